@@ -1,0 +1,163 @@
+"""What a model-family adapter captures, and the interface every adapter implements.
+
+An adapter is the only code that reaches inside a CLIP implementation. It runs an encoder tower
+forward and captures, for the blocks it is asked to explain, the attention internals the methods
+need: the in-projected queries, keys and values, the attention output before the output projection,
+and the row of that output at the pooled token as a tensor the embedding can be differentiated
+against. Methods are functions over these captures; a new model family is one new adapter file.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor
+
+Mode = Literal["faithful", "official"]
+MODES: tuple[str, ...] = ("faithful", "official")
+
+
+class UnsupportedModelError(TypeError):
+    """Raised early when no adapter knows the model family."""
+
+
+@dataclass
+class BlockCapture:
+    """Internals of one explained attention block, batch first.
+
+    ``q``, ``k``, ``v`` and ``attn_output`` are (B, N, C) and detached; ``token_output`` is the
+    (B, C) row of the attention output (before the output projection) at the pooled token, attached
+    to the graph so that the embedding can be differentiated with respect to it. ``probs`` (B, H, N, N)
+    is kept, with its graph, only when asked for. ``block_input`` is the (B, N, C) residual stream
+    entering the block (detached) and ``out_proj`` the block's output projection (weight, bias).
+    """
+
+    layer: int
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    attn_output: Tensor
+    token_output: Tensor
+    heads: int
+    out_proj_weight: Tensor
+    out_proj_bias: Tensor | None
+    probs: Tensor | None = None
+    block_input: Tensor | None = None
+
+
+@dataclass
+class TowerTrace:
+    """One forward pass of an encoder tower with its captures.
+
+    ``embedding`` (B, D) is the tower's output embedding (unnormalised) with its graph;
+    ``token_index`` (B,) the position of the pooled token (class token: 0; text: the EOS position);
+    ``blocks`` maps absolute block indices to their captures; ``grid`` is the (h, w) patch grid for
+    images; ``final_tokens`` (B, N, C) are the tokens after the last block when asked for.
+    """
+
+    embedding: Tensor
+    token_index: Tensor
+    blocks: dict[int, BlockCapture] = field(default_factory=dict)
+    grid: tuple[int, int] | None = None
+    final_tokens: Tensor | None = None
+
+
+class CLIPAdapter(ABC):
+    """Interface between one CLIP family and the explanation methods."""
+
+    family: str = "abstract"
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    @classmethod
+    @abstractmethod
+    def supports(cls, model: torch.nn.Module) -> bool:
+        """Whether this adapter can explain ``model``."""
+
+    @property
+    @abstractmethod
+    def num_image_blocks(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def num_text_blocks(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def patch_size(self) -> tuple[int, int]: ...
+
+    @property
+    @abstractmethod
+    def image_size(self) -> tuple[int, int]: ...
+
+    @property
+    @abstractmethod
+    def embed_dim(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def dtype(self) -> torch.dtype: ...
+
+    @abstractmethod
+    def trace_image(
+        self,
+        pixels: Tensor,
+        layers: Sequence[int],
+        *,
+        mode: Mode = "faithful",
+        keep_probs: bool = False,
+        keep_block_inputs: bool = False,
+        keep_final_tokens: bool = False,
+    ) -> TowerTrace:
+        """Run the image tower on (B, 3, H, W) pixels, capturing the given (absolute) blocks."""
+
+    @abstractmethod
+    def trace_text(
+        self,
+        tokens: Tensor,
+        layers: Sequence[int],
+        *,
+        mode: Mode = "faithful",
+        keep_probs: bool = False,
+        keep_block_inputs: bool = False,
+        keep_final_tokens: bool = False,
+    ) -> TowerTrace:
+        """Run the text tower on (K, L) token ids, capturing the given (absolute) blocks."""
+
+    @abstractmethod
+    def encode_image(self, pixels: Tensor) -> Tensor:
+        """The model's own image embedding (unnormalised), without a graph."""
+
+    @abstractmethod
+    def encode_text(self, tokens: Tensor) -> Tensor:
+        """The model's own text embedding (unnormalised), without a graph."""
+
+    def resolve_layers(self, layers: int | Sequence[int], tower: Literal["image", "text"]) -> list[int]:
+        """Turn ``layers`` into sorted absolute block indices.
+
+        An int n means the last n blocks (all blocks when the tower has fewer than n); a sequence
+        holds block indices, negative ones counted from the end (-1 is the last block).
+        """
+        total = self.num_image_blocks if tower == "image" else self.num_text_blocks
+        if isinstance(layers, bool):
+            raise TypeError("layers must be an int (the last n blocks) or a sequence of block indices")
+        if isinstance(layers, int):
+            if layers < 1:
+                raise ValueError(f"layers={layers}: ask for at least the last block (layers=1)")
+            return list(range(max(0, total - layers), total))
+        resolved = []
+        for layer in layers:
+            if isinstance(layer, bool) or not isinstance(layer, int):
+                raise TypeError(f"layer indices must be ints, got {layer!r}")
+            if not -total <= layer < total:
+                raise ValueError(f"layer {layer} is out of range for the {tower} tower's {total} blocks")
+            resolved.append(layer % total)
+        if not resolved:
+            raise ValueError("layers is empty: name at least one block")
+        if len(set(resolved)) != len(resolved):
+            raise ValueError(f"layers {list(layers)} name the same block twice")
+        return sorted(resolved)

@@ -1,0 +1,177 @@
+"""The public entry points: explain images against prompts, and the words of texts against images."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .adapters import MODES
+from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS, group_by_shape, prepare_images
+from .loading import LoadedModel, as_loaded
+from .methods import QK_CHOICES, get_image_method, get_text_method
+from .results import ImageExplanation, TextExplanation
+from .text import as_text_list, group_words, token_pieces
+
+
+@contextlib.contextmanager
+def explaining(model: nn.Module) -> Iterator[None]:
+    """Eval mode and gradients on for the duration; every module's training flag is restored after,
+    also when the explanation raises."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+@torch.no_grad()
+def encode_texts(model: LoadedModel, texts: str | Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """Unit-normalised text embeddings (K, D), float32, in batches."""
+    texts = as_text_list(texts, "texts")
+    adapter = model.adapter
+    with explaining(model.model):
+        with torch.no_grad():
+            parts = [adapter.encode_text(model.tokenize(texts[i:i + batch_size]))
+                     for i in range(0, len(texts), batch_size)]
+    return F.normalize(torch.cat(parts).float(), dim=-1)
+
+
+def prompt_targets(model: LoadedModel, prompts: Any, labels: Sequence[str] | None = None
+                   ) -> tuple[torch.Tensor, list[str]]:
+    """Prompts (a string, strings, or a (K, D) tensor of text embeddings) as unit-normalised targets."""
+    if isinstance(prompts, torch.Tensor):
+        if prompts.ndim == 1:
+            prompts = prompts.unsqueeze(0)
+        dim = model.adapter.embed_dim
+        if prompts.ndim != 2 or prompts.shape[1] != dim:
+            raise ValueError(f"prompt embeddings must be (K, {dim}) for this model, got {tuple(prompts.shape)}")
+        if prompts.shape[0] == 0:
+            raise ValueError("prompt embeddings are empty: give at least one")
+        if not torch.isfinite(prompts).all() or (prompts.norm(dim=-1) == 0).any():
+            raise ValueError("prompt embeddings must be finite and non-zero")
+        targets = F.normalize(prompts.detach().float().to(model.device), dim=-1)
+        names = list(labels) if labels is not None else [f"embedding {i}" for i in range(len(targets))]
+    else:
+        names = as_text_list(prompts, "prompts")
+        targets = encode_texts(model, names).to(model.device)
+        if labels is not None:
+            names = list(labels)
+    if len(names) != targets.shape[0]:
+        raise ValueError(f"{len(names)} labels for {targets.shape[0]} prompts")
+    return targets, names
+
+
+def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str = "grad_eclip",
+                  layers: int | Sequence[int] = (-1,), mode: str = "faithful", qk: str = "raw",
+                  resolution: str = "native", labels: Sequence[str] | None = None, batch_size: int = 8,
+                  max_patches: int = DEFAULT_MAX_PATCHES, progress: bool | None = None,
+                  **options: Any) -> ImageExplanation:
+    """Heat maps of images against prompts.
+
+    ``images``: a PIL image, a path, a list of them, or a preprocessed (B, 3, H, W) tensor used as is.
+    ``prompts``: a string, a list of strings, or a (K, D) tensor of text embeddings (e.g. a zero-shot
+    classifier; name them with ``labels``). ``layers``: block indices (negative from the end) or an int
+    n for the last n blocks; several blocks combine as ReLU per block, then sum. ``mode``: "faithful"
+    (the model's own multi-head blocks; scores equal the model's cosine) or "official" (the authors'
+    single-head recomputation of the explained blocks). ``qk``: "raw" or "out_proj" q and k for the
+    spatial weight. ``resolution``: "native" (aspect kept, sides rounded to the patch size, positional
+    embeddings interpolated; at most ``max_patches`` patches) or "model" (the model's preprocessing).
+
+    Cost (Grad-ECLIP): per batch of images on one grid, one forward of the image tower and one batched
+    backward of min(K, D) cotangents through the blocks after the earliest explained block (after
+    the last block only the class-token row), whatever the number of prompts K: no per-prompt passes.
+    Returns an ImageExplanation with raw maps (B, K, h, w), scores (B, K) and the settings used.
+    """
+    model = as_loaded(model)
+    _check_choice("mode", mode, MODES)
+    _check_choice("qk", qk, QK_CHOICES)
+    _check_choice("resolution", resolution, RESOLUTIONS)
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    fn = get_image_method(method)
+    adapter = model.adapter
+    absolute_layers = adapter.resolve_layers(layers, "image")
+    targets, names = prompt_targets(model, prompts, labels)
+    prepared = prepare_images(model, images, resolution, max_patches=max_patches)
+    raw: list[torch.Tensor | None] = [None] * len(prepared)
+    scores = torch.zeros(len(prepared), len(names))
+    batches = [indices[i:i + batch_size] for indices in group_by_shape(prepared).values()
+               for i in range(0, len(indices), batch_size)]
+    show = progress if progress is not None else len(batches) > 1
+    with explaining(model.model):
+        for batch in tqdm(batches, desc=f"explain ({method})", disable=not show, leave=False):
+            pixels = torch.stack([prepared[i].pixels for i in batch]).to(model.device)
+            out = fn(adapter, pixels, targets, layers=absolute_layers, mode=mode, qk=qk, **options)
+            maps = out.maps.float().cpu()
+            if not torch.isfinite(maps).all():
+                raise FloatingPointError(f"{method} produced non-finite values for {[prepared[i].source for i in batch]}")
+            for row, index in enumerate(batch):
+                raw[index] = maps[row]
+                scores[index] = out.scores[row].float().cpu()
+    settings = {"method": method, "layers": absolute_layers, "mode": mode, "qk": qk, "resolution": resolution,
+                **model.describe(), **{k: v for k, v in options.items() if isinstance(v, (int, float, str, bool))}}
+    return ImageExplanation(raw=raw, scores=scores, prompts=names, images=[p.display for p in prepared],
+                            settings=settings)
+
+
+def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *, method: str = "grad_eclip",
+                 layers: int | Sequence[int] = 8, mode: str = "faithful", qk: str = "raw",
+                 resolution: str = "native", max_patches: int = DEFAULT_MAX_PATCHES,
+                 **options: Any) -> TextExplanation:
+    """Importance of each word of each text for its match with each image.
+
+    ``layers``: text blocks (an int n: the last n; the authors sum the last 8). Relevance is summed over
+    the blocks before the ReLU, restricted to the tokens between the start and end tokens and
+    normalised to sum to 1; words get the sum of their BPE pieces. Cost: one forward of the image
+    tower (no graph), one forward of the text tower for all K texts and one batched backward of
+    min(B, D) cotangents.
+    """
+    model = as_loaded(model)
+    _check_choice("mode", mode, MODES)
+    _check_choice("qk", qk, QK_CHOICES)
+    _check_choice("resolution", resolution, RESOLUTIONS)
+    fn = get_text_method(method)
+    adapter = model.adapter
+    absolute_layers = adapter.resolve_layers(layers, "text")
+    texts = as_text_list(texts, "texts")
+    prepared = prepare_images(model, images, resolution, max_patches=max_patches)
+    tokens = model.tokenize(texts)
+    with explaining(model.model):
+        with torch.no_grad():
+            image_embeddings = torch.cat([adapter.encode_image(p.pixels.unsqueeze(0).to(model.device))
+                                          for p in prepared])
+        image_targets = F.normalize(image_embeddings.float(), dim=-1)
+        out = fn(adapter, tokens, image_targets, layers=absolute_layers, mode=mode, qk=qk, **options)
+    relevance = out.relevance.float().cpu()
+    eos = adapter.text_token_index(tokens).cpu()
+    pieces = [token_pieces(model, tokens[k, 1:int(eos[k])].tolist()) for k in range(len(texts))]
+    words = [group_words(p) for p in pieces]
+    n_images = len(prepared)
+    token_importance = torch.zeros(n_images, len(texts), max(len(p) for p in pieces) or 1)
+    word_importance = torch.zeros(n_images, len(texts), max(len(w) for w in words) or 1)
+    for k in range(len(texts)):
+        kept = relevance[:, k, 1:int(eos[k])]
+        total = kept.sum(dim=-1, keepdim=True)
+        kept = torch.where(total > 0, kept / torch.where(total > 0, total, torch.ones_like(total)),
+                           torch.zeros_like(kept))
+        token_importance[:, k, :kept.shape[-1]] = kept
+        for position, (_, members) in enumerate(words[k]):
+            word_importance[:, k, position] = kept[:, members].sum(dim=-1)
+    settings = {"method": method, "layers": absolute_layers, "mode": mode, "qk": qk, "resolution": resolution,
+                **model.describe()}
+    return TextExplanation(texts=texts, tokens=pieces, token_importance=token_importance,
+                           words=[[w for w, _ in ws] for ws in words], word_importance=word_importance,
+                           scores=out.scores.float().cpu(), images=[p.display for p in prepared], settings=settings)

@@ -1,0 +1,177 @@
+"""Loading CLIP models: open_clip names and weights, local checkpoints, and the embedded synthetic model."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .adapters import CLIPAdapter, get_adapter
+
+SYNTHETIC = "synthetic"
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+DATA_DIR = Path(os.environ.get("GRADECLIP_DATA", Path(__file__).resolve().parent.parent / "data"))
+SYNTHETIC_DIR = DATA_DIR / "synthetic_clip"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be found locally or downloaded."""
+
+
+@dataclass
+class LoadedModel:
+    """A CLIP model ready to explain: the open_clip model (eval mode) and what it needs around it."""
+
+    model: nn.Module
+    preprocess: Callable
+    tokenizer: Callable
+    device: torch.device
+    name: str
+    pretrained: str | None
+    precision: str = "fp32"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def adapter(self) -> CLIPAdapter:
+        return get_adapter(self.model)
+
+    @cached_property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) of the preprocessing's Normalize step."""
+        for step in getattr(self.preprocess, "transforms", [self.preprocess]):
+            if type(step).__name__ == "Normalize":
+                return tuple(float(v) for v in step.mean), tuple(float(v) for v in step.std)
+        visual = getattr(self.model, "visual", None)
+        mean = getattr(visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
+        std = getattr(visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)
+        return tuple(mean), tuple(std)
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.tokenizer, "context_length", None) or self.adapter.context_length)
+
+    def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
+        """Token ids (K, L); warns when a text is cut to the context length."""
+        from .text import tokenize
+
+        return tokenize(self, texts)
+
+    def describe(self) -> dict[str, Any]:
+        """Name, weights, precision and device, for manifests and result settings."""
+        return {"model": self.name, "pretrained": self.pretrained, "precision": self.precision,
+                "device": str(self.device)}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _resolve_name(name: str) -> str:
+    if name == SYNTHETIC:
+        config = SYNTHETIC_DIR / "open_clip_config.json"
+        if not config.is_file():
+            raise FileNotFoundError(
+                f"The embedded synthetic model is missing: {config} does not exist. It ships with the "
+                "repository under data/synthetic_clip; train it again with "
+                "`python -m gradeclip_utils.synthetic.train --out data/synthetic_clip`, or set GRADECLIP_DATA.")
+        return f"local-dir:{SYNTHETIC_DIR}"
+    path = Path(name)
+    if path.is_dir() and (path / "open_clip_config.json").is_file():
+        return f"local-dir:{path.resolve()}"
+    return name
+
+
+def _looks_like_file(pretrained: str) -> bool:
+    return any(sep in pretrained for sep in ("/", "\\")) or Path(pretrained).suffix in {
+        ".safetensors", ".bin", ".pt", ".pth", ".ckpt"}
+
+
+def load_model(name: str = SYNTHETIC, pretrained: str | None = None, device: str | torch.device | None = None,
+               precision: str = "fp32", *, cache_dir: str | None = None) -> LoadedModel:
+    """Load an open_clip CLIP model, ready for explanation.
+
+    ``name``: an open_clip model name ("ViT-B-16"), a folder with ``open_clip_config.json`` and weights
+    (or "local-dir:PATH"), or "synthetic" (the default), the small CLIP trained on this project's
+    synthetic scenes, shipped under ``data/synthetic_clip``. ``pretrained``: an open_clip weight tag
+    ("openai", "laion2b_s34b_b88k"), a local checkpoint file (safetensors, or a torch file loaded with
+    ``weights_only=True``), or None for random weights. ``device`` defaults to CUDA when available.
+    ``precision``: "fp32", "fp16" or "bf16" ("fp16" needs a CUDA device).
+    Raises ``WeightsUnavailableError`` when weights cannot be downloaded, and ``UnsupportedModelError``
+    when no adapter explains the model's family.
+    """
+    import open_clip
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    device = torch.device(device) if device is not None else default_device()
+    if precision == "fp16" and device.type == "cpu":
+        raise ValueError("fp16 is not supported on the CPU (many half-precision kernels are missing there): "
+                         "use precision='fp32' or 'bf16' on the CPU, or a CUDA device for fp16")
+    resolved = _resolve_name(name)
+    if resolved.startswith("local-dir:") and pretrained is not None:
+        raise ValueError(f"{name!r} is a model folder that carries its own weights; leave pretrained=None")
+    if pretrained is not None and _looks_like_file(pretrained) and not Path(pretrained).is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {pretrained}")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            resolved, pretrained=pretrained, precision=precision, device=device, cache_dir=cache_dir,
+            weights_only=True)
+    except Exception as error:  # hub clients raise their own exception types
+        if pretrained is not None and not _looks_like_file(pretrained) and _is_download_failure(error):
+            raise _weights_error(name, pretrained, error) from error
+        raise
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(resolved)
+    loaded = LoadedModel(model=model, preprocess=preprocess, tokenizer=tokenizer, device=device, name=name,
+                         pretrained=pretrained, precision=precision)
+    loaded.adapter  # fail early on unsupported families
+    return loaded
+
+
+def _is_download_failure(error: BaseException) -> bool:
+    text = f"{type(error).__name__}: {error}".lower()
+    keys = ("connect", "offline", "resolve", "download", "hub", "http", "network", "timed out", "not found",
+            "localentrynotfound", "cannot find", "no such file", "pretrained")
+    return any(key in text for key in keys)
+
+
+def _weights_error(name: str, pretrained: str, error: BaseException) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"Could not obtain pretrained weights {pretrained!r} for {name!r} ({type(error).__name__}: {error}). "
+        "The weights are downloaded on first use; without network access, download the checkpoint on another "
+        "machine and pass its local path instead, e.g. "
+        f"load_model({name!r}, pretrained='/path/to/open_clip_model.safetensors'), or copy a Hugging Face "
+        "snapshot folder and use load_model('local-dir:/path/to/folder'). Offline, the embedded "
+        "load_model('synthetic') always works.")
+
+
+def wrap_model(model: nn.Module, preprocess: Callable, tokenizer: Callable, *, name: str = "custom",
+               pretrained: str | None = None) -> LoadedModel:
+    """Wrap an open_clip model you already created (it is put in eval mode)."""
+    model.eval()
+    try:
+        parameter = next(model.parameters())
+        device, dtype = parameter.device, parameter.dtype
+    except StopIteration:
+        device, dtype = torch.device("cpu"), torch.float32
+    precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+    loaded = LoadedModel(model=model, preprocess=preprocess, tokenizer=tokenizer, device=device, name=name,
+                         pretrained=pretrained, precision=precision)
+    loaded.adapter
+    return loaded
+
+
+def as_loaded(model: LoadedModel | nn.Module) -> LoadedModel:
+    """Accept a LoadedModel; a bare model gets a clear error on what else is needed."""
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, nn.Module):
+        raise TypeError("pass the result of gradeclip_utils.load_model(...), or wrap an open_clip model with "
+                        "gradeclip_utils.wrap_model(model, preprocess, tokenizer)")
+    raise TypeError(f"expected a LoadedModel, got {type(model).__name__}")
+

@@ -1,0 +1,60 @@
+"""Explanation methods: functions over adapter captures, registered by name.
+
+An image method is ``fn(adapter, pixels, targets, **options) -> MapOutput`` with ``pixels`` a
+(B, 3, H, W) batch on one grid and ``targets`` (K, D) unit-normalised text embeddings. A text method
+is ``fn(adapter, tokens, targets, **options) -> TokenOutput`` with ``targets`` (B, D) unit-normalised
+image embeddings. A new method is one new file that calls ``register_image_method`` /
+``register_text_method``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .grad_eclip import QK_CHOICES, MapOutput, TokenOutput, cosine_scores, image_maps, minmax, token_relevance
+
+ImageMethod = Callable[..., MapOutput]
+TextMethod = Callable[..., TokenOutput]
+
+IMAGE_METHODS: dict[str, ImageMethod] = {}
+TEXT_METHODS: dict[str, TextMethod] = {}
+
+
+def register_image_method(name: str, fn: ImageMethod) -> ImageMethod:
+    IMAGE_METHODS[name] = fn
+    return fn
+
+
+def register_text_method(name: str, fn: TextMethod) -> TextMethod:
+    TEXT_METHODS[name] = fn
+    return fn
+
+
+def _lookup(table: dict, name: str, kind: str):
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(f"unknown {kind} method {name!r}; available: {', '.join(sorted(table))}") from None
+
+
+def get_image_method(name: str) -> ImageMethod:
+    return _lookup(IMAGE_METHODS, name, "image")
+
+
+def get_text_method(name: str) -> TextMethod:
+    return _lookup(TEXT_METHODS, name, "text")
+
+
+def list_methods() -> dict[str, list[str]]:
+    """Names of the registered image and text methods."""
+    return {"image": sorted(IMAGE_METHODS), "text": sorted(TEXT_METHODS)}
+
+
+register_image_method("grad_eclip", image_maps)
+register_text_method("grad_eclip", token_relevance)
+
+__all__ = [
+    "IMAGE_METHODS", "QK_CHOICES", "TEXT_METHODS", "MapOutput", "TokenOutput", "cosine_scores", "get_image_method",
+    "get_text_method", "image_maps", "list_methods", "minmax", "register_image_method", "register_text_method",
+    "token_relevance",
+]

@@ -1,0 +1,178 @@
+"""Grad-ECLIP (method.md sections 2-3) as functions over what an adapter captures.
+
+Image: for the explained block, ``w = dS/d o_cls`` (channel weights), ``l = minmax(cos(q_cls, k_i))``
+over patch tokens (spatial weights), ``H_i = ReLU(sum_c w_c l_i v_i[c])``; several blocks: ReLU per
+block, then sum. Text: the same with the EOS token over all positions, summed over blocks before the
+ReLU. All K targets are explained from one forward pass: the K gradients are one batched
+vector-Jacobian product (or, when K exceeds the embedding width D, the D x C Jacobian of the embedding
+times the closed-form dS/df), never a loop of per-target backward passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..adapters import BlockCapture, CLIPAdapter, Mode, TowerTrace
+
+QK = Literal["raw", "out_proj"]
+QK_CHOICES: tuple[str, ...] = ("raw", "out_proj")
+
+
+@dataclass
+class MapOutput:
+    """What an image method returns: raw maps (B, K, h, w) float32 and scores (B, K)."""
+
+    maps: Tensor
+    scores: Tensor
+
+
+@dataclass
+class TokenOutput:
+    """What a text method returns: raw relevance per position (B, K, L) float32 and scores (B, K)."""
+
+    relevance: Tensor
+    scores: Tensor
+
+
+def cosine_scores(embedding: Tensor, targets: Tensor) -> Tensor:
+    """S[n, m] = cos(embedding[n], targets[m]) in float32; ``targets`` are unit-normalised."""
+    return F.normalize(embedding.float(), dim=-1) @ targets.float().T
+
+
+def _batched_vjp(outputs: Tensor, inputs: Sequence[Tensor], cotangents: Tensor, chunk: int) -> list[Tensor]:
+    """Vector-Jacobian products for a batch of cotangents (M, *outputs.shape), in chunks of ``chunk``.
+
+    Returns one (M, *input.shape) tensor per input. The graph is kept between chunks and freed after
+    the last one.
+    """
+    total = cotangents.shape[0]
+    pieces: list[list[Tensor]] = [[] for _ in inputs]
+    for start in range(0, total, chunk):
+        stop = min(start + chunk, total)
+        grads = torch.autograd.grad(outputs, list(inputs), grad_outputs=cotangents[start:stop],
+                                    retain_graph=stop < total, is_grads_batched=True, allow_unused=True)
+        for slot, grad, inp in zip(pieces, grads, inputs):
+            slot.append(torch.zeros((stop - start, *inp.shape), dtype=inp.dtype, device=inp.device)
+                        if grad is None else grad)
+    return [torch.cat(slot, dim=0) for slot in pieces]
+
+
+def channel_weights(trace: TowerTrace, layers: Sequence[int], targets: Tensor,
+                    chunk: int = 128) -> tuple[dict[int, Tensor], Tensor]:
+    """Gradients of every score S[n, m] with respect to the pooled token's attention output.
+
+    ``targets`` (M, D) are unit-normalised embeddings of the other modality. Returns, per layer, a
+    float32 tensor (N, M, C) with ``[n, m] = dS[n, m] / d token_output[n]`` and the scores (N, M).
+    Cost: one batched backward of min(M, D) cotangents through the blocks after the earliest layer.
+    """
+    embedding = trace.embedding
+    inputs = [trace.blocks[layer].token_output for layer in layers]
+    count, dim = targets.shape[0], embedding.shape[-1]
+    scores = cosine_scores(embedding, targets)
+    n = embedding.shape[0]
+    if count <= dim:
+        cot = torch.zeros(count, n, count, dtype=scores.dtype, device=scores.device)
+        cot[torch.arange(count), :, torch.arange(count)] = 1.0
+        grads = _batched_vjp(scores, inputs, cot, chunk)
+        weights = [g.float().permute(1, 0, 2) for g in grads]
+    else:
+        eye = torch.eye(dim, dtype=embedding.dtype, device=embedding.device)
+        cot = eye[:, None, :].expand(dim, n, dim)
+        jacobians = _batched_vjp(embedding, inputs, cot, chunk)  # each (D, N, C)
+        f = embedding.detach().float()
+        norm = f.norm(dim=-1).clamp_min(1e-12)
+        f_hat = f / norm[:, None]
+        # dS[n, m]/df[n] = (t_m - S[n, m] f_hat[n]) / |f[n]|
+        ds_df = (targets.float()[None] - scores.detach()[..., None] * f_hat[:, None]) / norm[:, None, None]
+        weights = [torch.einsum("nmd,dnc->nmc", ds_df, jac.float()) for jac in jacobians]
+    return dict(zip(layers, weights)), scores.detach()
+
+
+def minmax(values: Tensor, dim: int = -1) -> Tensor:
+    """Min-max normalise along ``dim`` to [0, 1]; a constant slice gives zeros, never NaN."""
+    low = values.amin(dim=dim, keepdim=True)
+    span = values.amax(dim=dim, keepdim=True) - low
+    return torch.where(span > 0, (values - low) / torch.where(span > 0, span, torch.ones_like(span)),
+                       torch.zeros_like(values))
+
+
+def loosened_attention(capture: BlockCapture, token_index: Tensor, qk: QK, first_key: int) -> Tensor:
+    """Spatial weights l = minmax(cos(q_token, k_j)) over key positions ``first_key:`` (float32, (N, P)).
+
+    ``qk="out_proj"`` takes q and k through the block's output projection (weight and bias) first, as
+    the authors' evaluation scripts do; ``"raw"`` uses the in-projected q and k, as their notebooks do.
+    """
+    q, k = capture.q.float(), capture.k.float()
+    if qk == "out_proj":
+        weight = capture.out_proj_weight.float()
+        bias = None if capture.out_proj_bias is None else capture.out_proj_bias.float()
+        q, k = F.linear(q, weight, bias), F.linear(k, weight, bias)
+    elif qk != "raw":
+        raise ValueError(f"qk must be one of {QK_CHOICES}, got {qk!r}")
+    rows = torch.arange(q.shape[0], device=q.device)
+    query = q[rows, token_index]
+    relevance = F.cosine_similarity(query[:, None, :], k[:, first_key:], dim=-1)
+    return minmax(relevance)
+
+
+def value_projection(weights: Tensor, capture: BlockCapture, first_key: int) -> Tensor:
+    """sum_c w[n, m, c] v[n, j, c] for key positions ``first_key:``: (N, M, P) float32."""
+    return torch.einsum("nmc,npc->nmp", weights, capture.v[:, first_key:].float())
+
+
+def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, layers: Sequence[int] = (-1,),
+               mode: Mode = "faithful", qk: QK = "raw", spatial_weight: bool = True,
+               chunk: int = 128) -> MapOutput:
+    """Grad-ECLIP maps for B images (one grid) and K unit-normalised target embeddings.
+
+    Cost: one forward of the image tower and one batched backward of min(K, D) cotangents through the
+    blocks after the earliest explained block (only the class-token row after the last block).
+    """
+    blocks = adapter.resolve_layers(layers, "image")
+    trace = adapter.trace_image(pixels, blocks, mode=mode)
+    try:
+        weights, scores = channel_weights(trace, blocks, targets, chunk=chunk)
+        total = None
+        for layer in blocks:
+            capture = trace.blocks[layer]
+            contribution = value_projection(weights[layer], capture, first_key=1)
+            if spatial_weight:
+                contribution = contribution * loosened_attention(capture, trace.token_index, qk, 1)[:, None, :]
+            contribution = contribution.relu()
+            total = contribution if total is None else total + contribution
+        grid = trace.grid
+        maps = total.reshape(total.shape[0], total.shape[1], grid[0], grid[1])
+        return MapOutput(maps=maps.detach(), scores=scores)
+    finally:
+        del trace
+
+
+def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, layers: int | Sequence[int] = 8,
+                    mode: Mode = "faithful", qk: QK = "raw", spatial_weight: bool = True,
+                    chunk: int = 128) -> TokenOutput:
+    """Grad-ECLIP text relevance e = ReLU(sum over blocks of m) for K texts and B image targets.
+
+    ``targets`` (B, D) are unit-normalised image embeddings. Returns relevance (B, K, L) over all
+    positions (callers keep 1..eos-1) and scores (B, K). Cost: one forward of the text tower and one
+    batched backward of min(B, D) cotangents.
+    """
+    blocks = adapter.resolve_layers(layers, "text")
+    trace = adapter.trace_text(tokens, blocks, mode=mode)
+    try:
+        weights, scores = channel_weights(trace, blocks, targets, chunk=chunk)
+        total = None
+        for layer in blocks:
+            capture = trace.blocks[layer]
+            contribution = value_projection(weights[layer], capture, first_key=0)
+            if spatial_weight:
+                contribution = contribution * loosened_attention(capture, trace.token_index, qk, 0)[:, None, :]
+            total = contribution if total is None else total + contribution
+        relevance = total.relu().permute(1, 0, 2)
+        return TokenOutput(relevance=relevance.detach(), scores=scores.T.contiguous())
+    finally:
+        del trace

@@ -1,0 +1,173 @@
+"""Explanation results: small typed objects with normalisation, plotting and saving."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .inputs import upsample
+from .methods import minmax
+
+
+def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each (h, w) map to [0, 1]; an all-constant map gives zeros, never NaN."""
+    flat = maps.reshape(*maps.shape[:-2], -1)
+    return minmax(flat, dim=-1).reshape(maps.shape)
+
+
+@dataclass
+class ImageExplanation:
+    """Heat maps of B images against K prompts.
+
+    ``raw`` holds one (K, h, w) float32 map stack per image, unnormalised (faithfulness metrics and
+    cross-prompt comparisons need these values); ``scores`` (B, K) are the image-text cosines from the
+    same forward pass; ``images`` are the pictures the model saw; ``settings`` record how the maps were
+    made (method, layers, mode, qk, resolution, model).
+    """
+
+    raw: list[torch.Tensor]
+    scores: torch.Tensor
+    prompts: list[str]
+    images: list[Image.Image]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index: int) -> "ImageExplanation":
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"image index {index} out of range for {len(self)} images")
+        return ImageExplanation([self.raw[index]], self.scores[index].unsqueeze(0),
+                                list(self.prompts), [self.images[index]], dict(self.settings))
+
+    @property
+    def grid_sizes(self) -> list[tuple[int, int]]:
+        return [tuple(m.shape[-2:]) for m in self.raw]
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        sizes = set(self.grid_sizes)
+        if len(sizes) != 1:
+            raise ValueError(f"the images have different patch grids {sorted(sizes)}; index one image (ex[i]) "
+                             "or explain at resolution='model'")
+        return sizes.pop()
+
+    @property
+    def maps(self) -> torch.Tensor:
+        """Raw maps (B, K, h, w); all images must share a patch grid (else index them one by one)."""
+        self.grid_size
+        return torch.stack(self.raw)
+
+    def heatmaps(self, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Maps upsampled bilinearly to ``size`` (H, W) (default: the pictures' size) and min-max
+        normalised to [0, 1] per map: (B, K, H, W)."""
+        if size is None:
+            sizes = {image.size[::-1] for image in self.images}
+            if len(sizes) != 1:
+                raise ValueError("the images have different sizes; pass size=(H, W) or index one image (ex[i])")
+            size = sizes.pop()
+        return torch.stack([normalise_maps(upsample(m, size)) for m in self.raw])
+
+    def heatmap(self, image: int = 0, prompt: int = 0) -> np.ndarray:
+        """One normalised heat map at its picture's size, as a numpy array."""
+        picture = self.images[image]
+        return normalise_maps(upsample(self.raw[image][prompt], picture.size[::-1])).numpy()
+
+    def top_prompt(self) -> list[str]:
+        """The best-matching prompt of each image."""
+        return [self.prompts[int(i)] for i in self.scores.argmax(dim=1)]
+
+    def plot(self, **kwargs: Any):
+        """Grid of images x prompts with heat-map overlays and scores (see plotting.plot_explanation_grid)."""
+        from .plotting import plot_explanation_grid
+
+        return plot_explanation_grid(self, **kwargs)
+
+    def save(self, path: str | Path) -> Path:
+        """Save maps, scores and settings to a ``.npz`` file (pictures are not stored)."""
+        path = Path(path).with_suffix(".npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"raw_{i}": m.numpy() for i, m in enumerate(self.raw)}
+        meta = {"prompts": self.prompts, "settings": self.settings, "count": len(self.raw)}
+        np.savez_compressed(path, scores=self.scores.numpy(), meta=np.array(json.dumps(meta)), **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, images: Sequence[Image.Image] | None = None) -> "ImageExplanation":
+        """Load what ``save`` wrote (no pickle); pictures are blank unless given."""
+        with np.load(Path(path), allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            raw = [torch.from_numpy(data[f"raw_{i}"]) for i in range(meta["count"])]
+            scores = torch.from_numpy(data["scores"])
+        if images is None:
+            images = [Image.new("RGB", (m.shape[-1], m.shape[-2])) for m in raw]
+        return cls(raw, scores, meta["prompts"], list(images), meta["settings"])
+
+
+@dataclass
+class WordImportance:
+    """Word importance of one (image, text) pair."""
+
+    text: str
+    tokens: list[str]
+    token_importance: np.ndarray
+    words: list[str]
+    word_importance: np.ndarray
+    score: float
+
+
+@dataclass
+class TextExplanation:
+    """Importance of the words of K texts for their match with B images.
+
+    ``tokens[k]`` are the BPE pieces of text k (start and end tokens dropped; a piece ending a word
+    ends with '</w>'); ``token_importance`` (B, K, T) and ``word_importance`` (B, K, W) are zero-padded
+    to the longest text, each row summing to 1 over its own pieces (or all zero when nothing is
+    relevant); ``words[k]`` are whole words, their importance the sum of their pieces.
+    """
+
+    texts: list[str]
+    tokens: list[list[str]]
+    token_importance: torch.Tensor
+    words: list[list[str]]
+    word_importance: torch.Tensor
+    scores: torch.Tensor
+    images: list[Image.Image]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def pair(self, image: int = 0, text: int = 0) -> WordImportance:
+        n_tokens, n_words = len(self.tokens[text]), len(self.words[text])
+        return WordImportance(
+            text=self.texts[text], tokens=list(self.tokens[text]),
+            token_importance=self.token_importance[image, text, :n_tokens].numpy(),
+            words=list(self.words[text]), word_importance=self.word_importance[image, text, :n_words].numpy(),
+            score=float(self.scores[image, text]))
+
+    def plot_bar(self, image: int = 0, text: int = 0, **kwargs: Any):
+        from .plotting import plot_word_bars
+
+        return plot_word_bars(self.pair(image, text), **kwargs)
+
+    def plot_text(self, image: int = 0, text: int = 0, **kwargs: Any):
+        from .plotting import plot_highlighted_text
+
+        return plot_highlighted_text(self.pair(image, text), **kwargs)
+
+    def to_frame(self):
+        """Long-format pandas DataFrame: one row per (image, text, word)."""
+        import pandas as pd
+
+        rows = []
+        for b in range(self.scores.shape[0]):
+            for k, words in enumerate(self.words):
+                for position, word in enumerate(words):
+                    rows.append({"image": b, "text": self.texts[k], "position": position, "word": word,
+                                 "importance": float(self.word_importance[b, k, position]),
+                                 "score": float(self.scores[b, k])})
+        return pd.DataFrame(rows)

@@ -1,0 +1,151 @@
+"""A slow, literal implementation of method.md sections 1-3, written apart from the package.
+
+Every head is computed in its own loop iteration, every prompt gets its own backward pass, and the
+maps are assembled token by token. The package's batched code is checked against this.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _interpolate_pos(pos: torch.Tensor, native: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    if tuple(grid) == tuple(native):
+        return pos
+    width = pos.shape[1]
+    patches = pos[1:].reshape(native[0], native[1], width).permute(2, 0, 1)[None]
+    patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False)[0]
+    return torch.cat([pos[:1], patches.permute(1, 2, 0).reshape(-1, width)])
+
+
+def _block(blk, x, explained: bool, official: bool, mask, token_index):
+    """One residual block, literally; returns the new x and (q, k, v, o_token) when explained."""
+    width = x.shape[-1]
+    h = blk.ln_1(x)
+    w_in, b_in = blk.attn.in_proj_weight, blk.attn.in_proj_bias
+    q = h @ w_in[:width].T + b_in[:width]
+    k = h @ w_in[width:2 * width].T + b_in[width:2 * width]
+    v = h @ w_in[2 * width:].T + b_in[2 * width:]
+    heads = 1 if (explained and official) else blk.attn.num_heads
+    d = width // heads
+    outputs = []
+    for head in range(heads):
+        cols = slice(head * d, (head + 1) * d)
+        logits = q[..., cols] @ k[..., cols].transpose(-1, -2) / math.sqrt(d)
+        if mask is not None:
+            logits = logits + mask
+        outputs.append(torch.softmax(logits, dim=-1) @ v[..., cols])
+    o = torch.cat(outputs, dim=-1)
+    captured = None
+    if explained:
+        rows = torch.arange(x.shape[0])
+        o_token = o[rows, token_index]
+        pieces = []
+        for b in range(x.shape[0]):
+            t = int(token_index[b])
+            pieces.append(torch.cat([o[b, :t], o_token[b:b + 1], o[b, t + 1:]], dim=0))
+        o = torch.stack(pieces)
+        captured = (q.detach(), k.detach(), v.detach(), o_token)
+    out = o @ blk.attn.out_proj.weight.T + blk.attn.out_proj.bias
+    x = x + blk.ls_1(out)
+    x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+    return x, captured
+
+
+def image_forward(model, pixels, layers, official=False):
+    """Image embedding and per-layer captures, literally. ``layers`` are absolute indices."""
+    visual = model.visual
+    p = visual.patch_size[0]
+    grid = (pixels.shape[-2] // p, pixels.shape[-1] // p)
+    x = visual.conv1(pixels).flatten(2).transpose(1, 2)
+    cls = visual.class_embedding[None, None].expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1) + _interpolate_pos(visual.positional_embedding, visual.grid_size, grid)
+    x = visual.ln_pre(x)
+    token_index = torch.zeros(x.shape[0], dtype=torch.long)
+    captures = {}
+    for i, blk in enumerate(visual.transformer.resblocks):
+        x, cap = _block(blk, x, i in layers, official, None, token_index)
+        if cap is not None:
+            captures[i] = cap
+    embedding = visual.ln_post(x[:, 0]) @ visual.proj
+    return embedding, captures, grid
+
+
+def text_forward(model, tokens, layers, official=False):
+    x = model.token_embedding(tokens) + model.positional_embedding[:tokens.shape[1]]
+    mask = model.attn_mask[:tokens.shape[1], :tokens.shape[1]]
+    token_index = tokens.argmax(dim=-1)
+    captures = {}
+    for i, blk in enumerate(model.transformer.resblocks):
+        x, cap = _block(blk, x, i in layers, official, mask, token_index)
+        if cap is not None:
+            captures[i] = cap
+    x = model.ln_final(x)
+    embedding = x[torch.arange(x.shape[0]), token_index] @ model.text_projection
+    return embedding, captures, token_index
+
+
+def _cos(a, b):
+    return (a * b).sum() / (a.norm() * b.norm())
+
+
+@torch.no_grad()
+def _loosen(q, k, token, keys, out_proj, qk):
+    if qk == "out_proj":
+        q = q @ out_proj.weight.T + out_proj.bias
+        k = k @ out_proj.weight.T + out_proj.bias
+    r = torch.stack([_cos(q[token], k[j]) for j in keys])
+    if float(r.max() - r.min()) == 0.0:
+        return torch.zeros_like(r)
+    return (r - r.min()) / (r.max() - r.min())
+
+
+def image_maps(model, pixels, text_embeddings, layers, official=False, qk="raw", spatial=True):
+    """Literal Grad-ECLIP image maps (B, K, h, w) and scores (B, K), one backward per prompt."""
+    with torch.enable_grad():
+        embedding, captures, grid = image_forward(model, pixels, layers, official)
+        blocks = model.visual.transformer.resblocks
+        batch, count = pixels.shape[0], text_embeddings.shape[0]
+        maps = torch.zeros(batch, count, grid[0] * grid[1])
+        scores = torch.zeros(batch, count)
+        for k in range(count):
+            for b in range(batch):
+                s = _cos(embedding[b], text_embeddings[k])
+                scores[b, k] = s.detach()
+                grads = torch.autograd.grad(s, [captures[l][3] for l in layers], retain_graph=True)
+                for layer, grad in zip(layers, grads):
+                    q, key, v, _ = captures[layer]
+                    w = grad[b]
+                    patches = list(range(1, v.shape[1]))
+                    l = (_loosen(q[b], key[b], 0, patches, blocks[layer].attn.out_proj, qk) if spatial
+                         else torch.ones(len(patches)))
+                    for i, j in enumerate(patches):
+                        maps[b, k, i] += torch.relu((w * l[i] * v[b, j]).sum())
+    return maps.reshape(batch, count, *grid), scores
+
+
+def text_relevance(model, tokens, image_embeddings, layers, official=False, qk="raw"):
+    """Literal Grad-ECLIP text relevance (B, K, L) and scores (B, K), one backward per image."""
+    with torch.enable_grad():
+        embedding, captures, token_index = text_forward(model, tokens, layers, official)
+        blocks = model.transformer.resblocks
+        count, length = tokens.shape
+        batch = image_embeddings.shape[0]
+        relevance = torch.zeros(batch, count, length)
+        scores = torch.zeros(batch, count)
+        for b in range(batch):
+            for k in range(count):
+                s = _cos(embedding[k], image_embeddings[b])
+                scores[b, k] = s.detach()
+                grads = torch.autograd.grad(s, [captures[l][3] for l in layers], retain_graph=True)
+                m = torch.zeros(length)
+                for layer, grad in zip(layers, grads):
+                    q, key, v, _ = captures[layer]
+                    l = _loosen(q[k], key[k], int(token_index[k]), range(length), blocks[layer].attn.out_proj, qk)
+                    for j in range(length):
+                        m[j] += (grad[k] * l[j] * v[k, j]).sum()
+                relevance[b, k] = torch.relu(m)
+    return relevance, scores
