@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Run the test suite (sets up the environment first). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 MPLBACKEND=Agg
+exec "${GRADECLIP_VENV:-.venv}/bin/python" -m pytest "$@"
