@@ -161,3 +161,42 @@ class CLIPAdapter(ABC):
         if len(set(resolved)) != len(resolved):
             raise ValueError(f"layers {list(layers)} name the same block twice")
         return sorted(resolved)
+
+    # ------------------------------------------------------------------ optional: for the baselines
+    # Families that do not implement one of these simply do not support the baselines that need it.
+
+    def image_head(self, tokens: Tensor) -> Tensor:
+        """The image tower's head (final norm and projection) applied to any (..., C) tokens."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its image head")
+
+    def image_tokens_before(self, pixels: Tensor, block: int) -> tuple[Tensor, tuple[int, int]]:
+        """Tokens (B, N, C) entering image block ``block`` (``num_image_blocks``: after the last one),
+        without a graph, and the patch grid."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose intermediate image tokens")
+
+    def image_embedding_from(self, tokens: Tensor, block: int) -> Tensor:
+        """Image embedding (B, D) from tokens entering block ``block``, with a graph to ``tokens``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot resume the image tower mid-way")
+
+    def text_tokens_before(self, tokens: Tensor, block: int) -> Tensor:
+        """Hidden states (K, L, C) entering text block ``block``, without a graph."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose intermediate text tokens")
+
+    def text_embedding_from(self, hidden: Tensor, tokens: Tensor, block: int) -> Tensor:
+        """Text embedding (K, D) from hidden states entering block ``block`` of the sequences ``tokens``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot resume the text tower mid-way")
+
+    def value_path_features(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        """MaskCLIP's dense features: (embedding (B, D), patch features (B, P, D)) where the last block's
+        attention is replaced by its value path."""
+        raise NotImplementedError(f"{type(self).__name__} does not support MaskCLIP")
+
+    def surgery_features(self, pixels: Tensor, depth: int) -> tuple[Tensor, Tensor]:
+        """CLIP Surgery's dense features: (embedding (B, D), patch features (B, P, D)) from a parallel
+        v-v attention path through the last ``depth`` blocks."""
+        raise NotImplementedError(f"{type(self).__name__} does not support CLIP Surgery")
+
+    def image_parameter_groups(self) -> list[tuple[str, list[torch.nn.Parameter]]]:
+        """The image tower's parameters in groups from the top (head) down to the input embedding,
+        for the cascading randomisation sanity check."""
+        raise NotImplementedError(f"{type(self).__name__} does not list its image parameters")

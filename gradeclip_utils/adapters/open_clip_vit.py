@@ -323,3 +323,96 @@ class OpenClipViTAdapter(CLIPAdapter):
         x = x + block.ls_1(attn.out_proj(out))
         x = x + block.ls_2(block.mlp(block.ln_2(x)))
         return x, record
+
+    # ------------------------------------------------------------------------- for the baselines
+    def image_head(self, tokens: Tensor) -> Tensor:
+        return self._image_head(tokens)
+
+    def _check_block(self, block: int, total: int) -> int:
+        if isinstance(block, bool) or not isinstance(block, int) or not 0 <= block <= total:
+            raise ValueError(f"block must be an int in [0, {total}], got {block!r}")
+        return block
+
+    @torch.no_grad()
+    def image_tokens_before(self, pixels: Tensor, block: int) -> tuple[Tensor, tuple[int, int]]:
+        block = self._check_block(block, self.num_image_blocks)
+        x, grid = self.image_tokens(pixels)
+        for resblock in self.image_blocks()[:block]:
+            x = self._native_block(self.visual.transformer, resblock, x, None)
+        return x, grid
+
+    def image_embedding_from(self, tokens: Tensor, block: int) -> Tensor:
+        block = self._check_block(block, self.num_image_blocks)
+        x = tokens
+        for resblock in self.image_blocks()[block:]:
+            x = self._native_block(self.visual.transformer, resblock, x, None)
+        return self._image_head(x[:, 0])
+
+    @torch.no_grad()
+    def text_tokens_before(self, tokens: Tensor, block: int) -> Tensor:
+        block = self._check_block(block, self.num_text_blocks)
+        x, mask = self.text_input(tokens)
+        for resblock in self.text_blocks()[:block]:
+            x = self._native_block(self.text.transformer, resblock, x, mask)
+        return x
+
+    def text_embedding_from(self, hidden: Tensor, tokens: Tensor, block: int) -> Tensor:
+        block = self._check_block(block, self.num_text_blocks)
+        if hidden.shape[:2] != tokens.shape:
+            raise ValueError(f"hidden states {tuple(hidden.shape)} do not match tokens {tuple(tokens.shape)}")
+        mask = self.text.attn_mask
+        if mask is not None:
+            mask = mask[:tokens.shape[1], :tokens.shape[1]].to(device=hidden.device, dtype=hidden.dtype)
+        x = hidden
+        for resblock in self.text_blocks()[block:]:
+            x = self._native_block(self.text.transformer, resblock, x, mask)
+        index = self.text_token_index(tokens.to(x.device))
+        return self._text_head(x[torch.arange(x.shape[0], device=x.device), index])
+
+    @staticmethod
+    def _values(block: nn.Module, x: Tensor) -> Tensor:
+        """The in-projected values of ``ln_1(x)``."""
+        width = x.shape[-1]
+        attn = block.attn
+        bias = None if attn.in_proj_bias is None else attn.in_proj_bias[2 * width:]
+        return F.linear(block.ln_1(x), attn.in_proj_weight[2 * width:], bias)
+
+    @torch.no_grad()
+    def value_path_features(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        last = self.num_image_blocks - 1
+        x, _ = self.image_tokens_before(pixels, last)
+        block = self.image_blocks()[last]
+        embedding = self.image_embedding_from(x, last)
+        u = x[:, 1:] + block.ls_1(block.attn.out_proj(self._values(block, x[:, 1:])))
+        u = u + block.ls_2(block.mlp(block.ln_2(u)))
+        return embedding, self._image_head(u)
+
+    @torch.no_grad()
+    def surgery_features(self, pixels: Tensor, depth: int) -> tuple[Tensor, Tensor]:
+        total = self.num_image_blocks
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= total:
+            raise ValueError(f"depth must be an int in [1, {total}], got {depth!r}")
+        start = total - depth
+        x, _ = self.image_tokens_before(pixels, start)
+        path = x
+        for block in self.image_blocks()[start:]:
+            heads = block.attn.num_heads
+            v = self._values(block, x)
+            batch, length, width = v.shape
+            vh = v.reshape(batch, length, heads, width // heads).transpose(1, 2)
+            mixing = (vh @ vh.transpose(-1, -2) / math.sqrt(width // heads)).softmax(dim=-1)
+            out = (mixing @ vh).transpose(1, 2).reshape(batch, length, width)
+            path = path + block.ls_1(block.attn.out_proj(out))
+            x = self._native_block(self.visual.transformer, block, x, None)
+        return self._image_head(x[:, 0]), self._image_head(path[:, 1:])
+
+    def image_parameter_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
+        visual = self.visual
+        head = list(visual.ln_post.parameters()) + ([visual.proj] if isinstance(visual.proj, nn.Parameter) else [])
+        groups = [("head", head)]
+        for index in reversed(range(self.num_image_blocks)):
+            groups.append((f"block {index}", list(self.image_blocks()[index].parameters())))
+        embedding = [visual.class_embedding, visual.positional_embedding, *visual.conv1.parameters(),
+                     *visual.ln_pre.parameters()]
+        groups.append(("embedding", embedding))
+        return groups

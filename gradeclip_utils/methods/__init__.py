@@ -53,6 +53,30 @@ def list_methods() -> dict[str, list[str]]:
 register_image_method("grad_eclip", image_maps)
 register_text_method("grad_eclip", token_relevance)
 
+
+def _register_baselines() -> None:
+    """The baselines of method.md section 5, each in its own module."""
+    from . import (clip_surgery, game, grad_cam, grad_eclip_no_spatial, itsm, m2ib, maskclip, raw_attention,
+                   rise, rollout)
+
+    register_image_method("grad_eclip_no_spatial", grad_eclip_no_spatial.image_maps)
+    register_image_method("raw_attention", raw_attention.image_maps)
+    register_text_method("raw_attention", raw_attention.token_relevance)
+    register_image_method("rollout", rollout.image_maps)
+    register_image_method("grad_cam", grad_cam.image_maps)
+    register_image_method("game", game.image_maps)
+    register_image_method("game_last", game.last_layer_maps)
+    register_text_method("game", game.token_relevance)
+    register_image_method("maskclip", maskclip.image_maps)
+    register_image_method("clip_surgery", clip_surgery.image_maps)
+    register_image_method("rise", rise.image_maps)
+    register_image_method("m2ib", m2ib.image_maps)
+    register_text_method("m2ib", m2ib.token_relevance)
+    register_image_method("itsm", itsm.image_maps)
+
+
+_register_baselines()
+
 __all__ = [
     "IMAGE_METHODS", "QK_CHOICES", "TEXT_METHODS", "MapOutput", "TokenOutput", "cosine_scores", "get_image_method",
     "get_text_method", "image_maps", "list_methods", "minmax", "register_image_method", "register_text_method",

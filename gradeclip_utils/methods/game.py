@@ -1,0 +1,71 @@
+"""GAME, the bi-modal relevance of Chefer, Gur and Wolf (ICCV 2021; method.md 5.4).
+
+R = I; for every block from ``start_layer`` to the last, R <- R + mean_heads(clamp(dS/dA * A, min=0)) R,
+with A the block's attention probabilities and S the image-text cosine. Image: the class token's row
+over the patches; text: the EOS token's row over all positions. The original method uses all blocks
+(``start_layer=0``, the default); the Grad-ECLIP authors ran only the last block (``start_layer=-1``,
+registered as ``game_last``). The K targets are processed in chunks of batched backward passes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..adapters import CLIPAdapter
+from ._common import cosine_scores, score_gradients, to_grid
+from .grad_eclip import MapOutput, TokenOutput
+
+
+def _relevance_rows(trace, blocks: list[int], scores: Tensor, chunk: int) -> Tensor:
+    """Rows of R at the pooled token (B, K, N) for every target, chunk by chunk."""
+    probs = [trace.blocks[layer].probs for layer in blocks]
+    count = scores.shape[1]
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    pieces = []
+    for start in range(0, count, chunk):
+        stop = min(start + chunk, count)
+        part = scores[:, start:stop]
+        grads = score_gradients(part, probs, chunk=stop - start, retain_graph=stop < count)
+        size = probs[0].shape[-1]
+        relevance = torch.eye(size, device=scores.device).expand(scores.shape[0], stop - start, size, size)
+        for attention, grad in zip(probs, grads):
+            cam = (grad.float() * attention.detach().float().unsqueeze(1)).clamp(min=0).mean(dim=2)
+            relevance = relevance + cam @ relevance
+        pieces.append(relevance[rows, :, trace.token_index])  # (B, k, N)
+    return torch.cat(pieces, dim=1)
+
+
+def _blocks(adapter: CLIPAdapter, start_layer: int, tower: str) -> list[int]:
+    first = adapter.resolve_layers([start_layer], tower)[0]
+    total = adapter.num_image_blocks if tower == "image" else adapter.num_text_blocks
+    return list(range(first, total))
+
+
+def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, start_layer: int = 0, chunk: int = 16,
+               **_: Any) -> MapOutput:
+    """GAME maps (B, K, h, w) from block ``start_layer`` (negative: from the end) to the last."""
+    blocks = _blocks(adapter, start_layer, "image")
+    trace = adapter.trace_image(pixels, blocks, keep_probs=True)
+    scores = cosine_scores(trace.embedding, targets)
+    rows = _relevance_rows(trace, blocks, scores, chunk)
+    return MapOutput(maps=to_grid(rows[..., 1:], trace.grid), scores=scores.detach())
+
+
+def last_layer_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, **options: Any) -> MapOutput:
+    """GAME on the last block only, as the Grad-ECLIP authors ran it."""
+    options.pop("start_layer", None)
+    return image_maps(adapter, pixels, targets, start_layer=-1, **options)
+
+
+def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, start_layer: int = 0,
+                    chunk: int = 16, **_: Any) -> TokenOutput:
+    """GAME text relevance (B, K, L): the EOS row of R for K texts against B image targets."""
+    blocks = _blocks(adapter, start_layer, "text")
+    trace = adapter.trace_text(tokens, blocks, keep_probs=True)
+    scores = cosine_scores(trace.embedding, targets)  # (K, B): texts are the traced batch
+    rows = _relevance_rows(trace, blocks, scores, chunk)  # (K, B, L)
+    return TokenOutput(relevance=rows.permute(1, 0, 2).detach().float().contiguous(),
+                       scores=scores.T.detach().contiguous())

@@ -1,0 +1,36 @@
+"""Grad-CAM (Selvaraju et al. 2017) on the tokens entering a block (method.md 5.3).
+
+For the explained block (default the last), x are the tokens entering it: alpha_c = mean over the
+patch tokens of dS/dx_i[c], map_i = ReLU(sum_c alpha_c x_i[c]) over the patch tokens. The last
+block's own patch outputs never reach the embedding (only the class token leaves it), so their
+gradient is zero: Grad-CAM must use the tokens entering it. Several blocks: ReLU per block, then sum.
+All K targets come from one forward pass and batched backward passes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from ..adapters import CLIPAdapter
+from ._common import cosine_scores, score_gradients, to_grid
+from .grad_eclip import MapOutput
+
+
+def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, layers: Sequence[int] = (-1,),
+               chunk: int = 64, **_: Any) -> MapOutput:
+    """Grad-CAM maps (B, K, h, w) and scores (B, K)."""
+    blocks = adapter.resolve_layers(layers, "image")
+    trace = adapter.trace_image(pixels, blocks, keep_block_inputs=True)
+    inputs = [trace.blocks[layer].block_input for layer in blocks]
+    scores = cosine_scores(trace.embedding, targets)
+    grads = score_gradients(scores, inputs, chunk=chunk)
+    total = None
+    for x, grad in zip(inputs, grads):
+        patches = x[:, 1:].detach().float()
+        alpha = grad[:, :, 1:].float().mean(dim=2)  # (B, K, C)
+        contribution = torch.einsum("bkc,bpc->bkp", alpha, patches).relu()
+        total = contribution if total is None else total + contribution
+    return MapOutput(maps=to_grid(total, trace.grid), scores=scores.detach())

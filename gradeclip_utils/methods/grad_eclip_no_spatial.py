@@ -1,0 +1,19 @@
+"""Grad-ECLIP without the spatial weight (l_i = 1): the paper's own ablation (method.md 5.10).
+
+The map is ReLU(sum_c w_c v_i[c]) = ReLU(dS/da_cls,i) summed over heads: the channel weights alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from ..adapters import CLIPAdapter
+from .grad_eclip import MapOutput, image_maps as grad_eclip_maps
+
+
+def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, **options: Any) -> MapOutput:
+    """Grad-ECLIP maps with ``spatial_weight=False`` (all other options as for ``grad_eclip``)."""
+    options.pop("spatial_weight", None)
+    return grad_eclip_maps(adapter, pixels, targets, spatial_weight=False, **options)

@@ -1,0 +1,26 @@
+"""The image-text similarity map (ITSM, Li et al. 2022; method.md 5.9).
+
+Cosine of the target text embedding with every final patch token after the image tower's final norm
+and projection (the head the class token goes through).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..adapters import CLIPAdapter
+from ._common import cosine_scores, to_grid
+from .grad_eclip import MapOutput
+from .maskclip import dense_similarity
+
+
+@torch.no_grad()
+def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, **_: Any) -> MapOutput:
+    """ITSM maps (B, K, h, w) and scores (B, K)."""
+    trace = adapter.trace_image(pixels, [], keep_final_tokens=True)
+    features = adapter.image_head(trace.final_tokens[:, 1:])
+    return MapOutput(maps=to_grid(dense_similarity(features, targets), trace.grid),
+                     scores=cosine_scores(trace.embedding, targets))

@@ -1,0 +1,121 @@
+"""M2IB, the multi-modal information bottleneck (Wang et al., NeurIPS 2023; method.md 5.8).
+
+A bottleneck replaces the tokens R leaving block ``ib_layer`` by z = lambda R + (1 - lambda) eps,
+eps ~ N(0, 1) in units of sqrt(``var``) (the authors' estimator: mean 0, variance ``var`` = 1), with
+lambda = sigmoid(alpha) per token and channel, alpha starting at 5. For each image-text pair alpha is
+optimised for ``steps`` Adam steps (learning rate ``lr``) on beta * mean(KL capacity) - mean cos(f(z),
+t) over ``samples`` noise draws; the capacity KL(N(lambda R, (1 - lambda)^2) || N(0, 1)), summed over
+channels, at the class token's patches (image) or every position (text), is the map. As in the
+authors' code the capacity is the one of the last optimisation step. All pairs are optimised together
+(Adam acts element-wise, so they stay independent); noise is drawn from ``seed``.
+Defaults as the authors ran ViT-B/16: block index 9 of 12 (generally: L/6 blocks after it), beta 0.1,
+10 steps, learning rate 1, 10 samples.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..adapters import CLIPAdapter
+from ._common import cosine_scores, to_grid
+from .grad_eclip import MapOutput, TokenOutput
+
+
+def default_layer(blocks: int) -> int:
+    """Block index 9 of ViT-B's 12 (two blocks after it), scaled: L/6 blocks after it."""
+    return max(0, blocks - max(1, round(blocks / 6)) - 1)
+
+
+def _resolve(layer: int | None, blocks: int) -> int:
+    if layer is None:
+        return default_layer(blocks)
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -blocks <= layer < blocks:
+        raise ValueError(f"ib_layer must be a block index in [-{blocks}, {blocks}), got {layer!r}")
+    return layer % blocks
+
+
+def capacity(hidden: Tensor, lam: Tensor) -> Tensor:
+    """KL(N(lam h, (1 - lam)^2) || N(0, 1)) element-wise, with the authors' clamp of log variance."""
+    log_var = torch.log((1 - lam) ** 2).clamp(-10, 10)
+    mu = hidden * lam
+    return -0.5 * (1 + log_var - mu ** 2 - log_var.exp())
+
+
+def optimise_bottleneck(hidden: Tensor, targets: Tensor, finish: Callable[[Tensor], Tensor], *, beta: float,
+                        var: float, steps: int, lr: float, samples: int, seed: int) -> Tensor:
+    """Optimise one bottleneck per row of ``hidden`` (P, N, C) against ``targets`` (P, D) (unit).
+
+    ``finish`` maps (S P, N, C) tokens to embeddings (S P, D). Returns the capacity (P, N, C) of the
+    last step.
+    """
+    if steps < 1 or samples < 1:
+        raise ValueError("M2IB needs steps >= 1 and samples >= 1")
+    scale = math.sqrt(var)
+    standard = (hidden.detach().float() / scale)
+    alpha = torch.full_like(standard, 5.0, requires_grad=True)
+    optimiser = torch.optim.Adam([alpha], lr=lr)
+    generator = torch.Generator(device=hidden.device).manual_seed(seed)
+    pairs = hidden.shape[0]
+    last = None
+    for _ in range(steps):
+        optimiser.zero_grad()
+        lam = torch.sigmoid(alpha)
+        kl = capacity(standard, lam)
+        noise = torch.randn((samples, *standard.shape), generator=generator, device=hidden.device)
+        std = (torch.log((1 - lam) ** 2).clamp(-10, 10) / 2).exp()
+        z = (standard * lam + std * noise) * scale
+        embedding = finish(z.flatten(0, 1).to(hidden.dtype))
+        fit = F.cosine_similarity(embedding.float(), targets.float().repeat(samples, 1), dim=-1, eps=1e-6)
+        loss = beta * kl.flatten(1).mean(dim=1) - fit.reshape(samples, pairs).mean(dim=0)
+        loss.sum().backward()
+        optimiser.step()
+        last = kl.detach()
+    return last
+
+
+def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, ib_layer: int | None = None,
+               beta: float = 0.1, var: float = 1.0, steps: int = 10, lr: float = 1.0, samples: int = 10,
+               seed: int = 0, **_: Any) -> MapOutput:
+    """M2IB maps (B, K, h, w): one bottleneck per (image, target) pair, all optimised together."""
+    layer = _resolve(ib_layer, adapter.num_image_blocks)
+    hidden, grid = adapter.image_tokens_before(pixels, layer + 1)
+    batch, count = hidden.shape[0], targets.shape[0]
+    with torch.no_grad():
+        scores = cosine_scores(adapter.image_embedding_from(hidden, layer + 1), targets)
+    paired = hidden.repeat_interleave(count, dim=0)
+    paired_targets = targets.repeat(batch, 1)
+    with torch.enable_grad():
+        kl = optimise_bottleneck(paired, paired_targets, lambda z: adapter.image_embedding_from(z, layer + 1),
+                                 beta=beta, var=var, steps=steps, lr=lr, samples=samples, seed=seed)
+    maps = kl.sum(dim=-1)[:, 1:].reshape(batch, count, -1)
+    return MapOutput(maps=to_grid(maps, grid), scores=scores)
+
+
+def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, ib_layer: int | None = None,
+                    beta: float = 0.1, var: float = 1.0, steps: int = 10, lr: float = 1.0, samples: int = 10,
+                    seed: int = 0, **_: Any) -> TokenOutput:
+    """M2IB text relevance (B, K, L) for K texts against B unit image embeddings."""
+    layer = _resolve(ib_layer, adapter.num_text_blocks)
+    tokens = tokens.to(targets.device)
+    hidden = adapter.text_tokens_before(tokens, layer + 1)
+    count, batch = tokens.shape[0], targets.shape[0]
+    with torch.no_grad():
+        scores = cosine_scores(adapter.text_embedding_from(hidden, tokens, layer + 1), targets).T
+    paired = hidden.repeat(batch, 1, 1)  # image-major: row b * K + k
+    paired_tokens = tokens.repeat(batch, 1)
+    paired_targets = targets.repeat_interleave(count, dim=0)
+
+    def finish(z: Tensor) -> Tensor:
+        return adapter.text_embedding_from(z, paired_tokens.repeat(z.shape[0] // paired_tokens.shape[0], 1),
+                                           layer + 1)
+
+    with torch.enable_grad():
+        kl = optimise_bottleneck(paired, paired_targets, finish, beta=beta, var=var, steps=steps, lr=lr,
+                                 samples=samples, seed=seed)
+    relevance = kl.sum(dim=-1).reshape(batch, count, -1)
+    return TokenOutput(relevance=relevance.float(), scores=scores.contiguous())

@@ -1,0 +1,57 @@
+"""RISE, randomised input sampling (Petsiuk et al. 2018; method.md 5.7).
+
+N random binary masks on a coarse ``cells`` x ``cells`` grid (each cell kept with probability p),
+upsampled bilinearly to (cells + 1) x the cell size and cropped at a random shift, so that their edges
+fall anywhere; the saliency is sum_n S(image * mask_n) mask_n / (N p), with S the image-text cosine
+of the masked image (masked pixels become 0 in normalised space, the data set's mean colour, as the
+authors' code does). The masks are drawn from ``seed`` (the same masks for every image) and the
+masked images run through the model in batches of ``mask_batch``; all K targets share the passes.
+Maps have the image's pixel resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..adapters import CLIPAdapter
+from ._common import cosine_scores
+from .grad_eclip import MapOutput
+
+
+def generate_masks(count: int, size: tuple[int, int], cells: int = 8, p: float = 0.5, seed: int = 0) -> Tensor:
+    """(count, H, W) float32 RISE masks in [0, 1], a pure function of the arguments (drawn on the CPU)."""
+    if count < 1 or cells < 1 or not 0 < p <= 1:
+        raise ValueError(f"need count >= 1, cells >= 1 and 0 < p <= 1; got {count}, {cells}, {p}")
+    height, width = size
+    cell_h, cell_w = math.ceil(height / cells), math.ceil(width / cells)
+    generator = torch.Generator().manual_seed(seed)
+    grid = (torch.rand(count, 1, cells, cells, generator=generator) < p).float()
+    up = F.interpolate(grid, size=((cells + 1) * cell_h, (cells + 1) * cell_w), mode="bilinear",
+                       align_corners=False)
+    dy = torch.randint(0, cell_h, (count,), generator=generator)
+    dx = torch.randint(0, cell_w, (count,), generator=generator)
+    return torch.stack([up[n, 0, int(dy[n]):int(dy[n]) + height, int(dx[n]):int(dx[n]) + width]
+                        for n in range(count)]).clamp(0.0, 1.0)
+
+
+@torch.no_grad()
+def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, masks: int = 2000, cells: int = 8,
+               p: float = 0.5, seed: int = 0, mask_batch: int = 256, **_: Any) -> MapOutput:
+    """RISE saliency (B, K, H, W) from ``masks`` masked copies of each image."""
+    device = pixels.device
+    batch = pixels.shape[0]
+    all_masks = generate_masks(masks, tuple(pixels.shape[-2:]), cells, p, seed).to(device)
+    saliency = torch.zeros(batch, targets.shape[0], *pixels.shape[-2:], device=device)
+    per_pass = max(1, mask_batch // batch)
+    for start in range(0, masks, per_pass):
+        chunk = all_masks[start:start + per_pass]  # (n, H, W)
+        masked = (pixels.unsqueeze(1) * chunk[None, :, None]).flatten(0, 1)  # (B n, 3, H, W)
+        scores = cosine_scores(adapter.encode_image(masked), targets).reshape(batch, chunk.shape[0], -1)
+        saliency += torch.einsum("bnk,nhw->bkhw", scores, chunk.float())
+    saliency /= masks * p
+    return MapOutput(maps=saliency.float(), scores=cosine_scores(adapter.encode_image(pixels), targets))

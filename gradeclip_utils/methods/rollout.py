@@ -1,0 +1,34 @@
+"""Attention rollout (Abnar and Zuidema 2020; method.md 5.2).
+
+Per block from ``start_layer`` to the last: A = mean over heads of the attention, plus the identity,
+rows normalised to sum to 1; the rollout is the product A_last ... A_start, and the map is the class
+token's row over the patches. Prompt-independent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..adapters import CLIPAdapter
+from ._common import cosine_scores, per_target, to_grid
+from .grad_eclip import MapOutput
+
+
+@torch.no_grad()
+def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, start_layer: int = 0,
+               **_: Any) -> MapOutput:
+    """Rollout maps (B, K, h, w) from block ``start_layer`` (negative: from the end) to the last."""
+    blocks = adapter.resolve_layers([start_layer], "image")
+    blocks = list(range(blocks[0], adapter.num_image_blocks))
+    trace = adapter.trace_image(pixels, blocks, keep_probs=True)
+    rollout = None
+    for layer in blocks:
+        attention = trace.blocks[layer].probs.float().mean(dim=1)
+        attention = attention + torch.eye(attention.shape[-1], device=attention.device)
+        attention = attention / attention.sum(dim=-1, keepdim=True)
+        rollout = attention if rollout is None else attention @ rollout
+    maps = to_grid(rollout[:, 0, 1:], trace.grid)
+    return MapOutput(maps=per_target(maps, targets.shape[0]), scores=cosine_scores(trace.embedding, targets))

@@ -1,0 +1,463 @@
+"""Each baseline of method.md section 5 against an independent, literal computation.
+
+The literal forward below re-implements the open_clip ViT towers head by head (no adapter code) and
+keeps what the baselines need: the attention probabilities of every head with their graph, the
+tokens entering every block and the final tokens. Gradients are taken one (image, prompt) at a time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gradeclip_utils as ge
+from gradeclip_utils.methods import get_image_method, get_text_method, list_methods
+from gradeclip_utils.methods.clip_surgery import default_depth
+from gradeclip_utils.methods.m2ib import capacity, default_layer
+from gradeclip_utils.methods.rise import generate_masks
+
+TOL = 1e-5
+PROMPTS = ["a red circle", "two blue squares left of a star", "a photo"]
+BASELINES = ["raw_attention", "rollout", "grad_cam", "game", "game_last", "maskclip", "clip_surgery", "rise",
+             "m2ib", "itsm", "grad_eclip_no_spatial"]
+
+
+def text_targets(model, prompts):
+    with torch.no_grad():
+        return F.normalize(model.model.encode_text(model.tokenize(prompts)), dim=-1)
+
+
+def image_targets(model, pixels):
+    with torch.no_grad():
+        return F.normalize(model.model.encode_image(pixels), dim=-1)
+
+
+def _qkv(blk, x):
+    width = x.shape[-1]
+    h = blk.ln_1(x)
+    w, b = blk.attn.in_proj_weight, blk.attn.in_proj_bias
+    return (h @ w[:width].T + b[:width], h @ w[width:2 * width].T + b[width:2 * width],
+            h @ w[2 * width:].T + b[2 * width:])
+
+
+def literal_tower(blocks, x, mask=None):
+    """Run blocks literally; returns final tokens, block inputs and per-block lists of head probs."""
+    inputs, probs = [], []
+    for blk in blocks:
+        inputs.append(x)
+        q, k, v = _qkv(blk, x)
+        heads = blk.attn.num_heads
+        d = x.shape[-1] // heads
+        outs, head_probs = [], []
+        for hd in range(heads):
+            cols = slice(hd * d, (hd + 1) * d)
+            logits = q[..., cols] @ k[..., cols].transpose(-1, -2) / math.sqrt(d)
+            if mask is not None:
+                logits = logits + mask
+            a = torch.softmax(logits, dim=-1)
+            head_probs.append(a)
+            outs.append(a @ v[..., cols])
+        probs.append(head_probs)
+        x = x + blk.ls_1(blk.attn.out_proj(torch.cat(outs, dim=-1)))
+        x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+    return x, inputs, probs
+
+
+def literal_image(model, pixels):
+    visual = model.visual
+    x = visual.conv1(pixels).flatten(2).transpose(1, 2)
+    x = torch.cat([visual.class_embedding[None, None].expand(x.shape[0], 1, -1), x], dim=1)
+    x = visual.ln_pre(x + visual.positional_embedding)
+    final, inputs, probs = literal_tower(visual.transformer.resblocks, x)
+    embedding = visual.ln_post(final[:, 0]) @ visual.proj
+    return embedding, inputs, probs, final
+
+
+def literal_text(model, tokens):
+    x = model.token_embedding(tokens) + model.positional_embedding[:tokens.shape[1]]
+    mask = model.attn_mask[:tokens.shape[1], :tokens.shape[1]]
+    final, inputs, probs = literal_tower(model.transformer.resblocks, x, mask)
+    eos = tokens.argmax(dim=-1)
+    embedding = model.ln_final(final)[torch.arange(tokens.shape[0]), eos] @ model.text_projection
+    return embedding, inputs, probs, eos
+
+
+def cos(a, b):
+    return (a * b).sum() / (a.norm() * b.norm())
+
+
+def grid_of(model, pixels):
+    p = model.visual.patch_size[0]
+    return pixels.shape[-2] // p, pixels.shape[-1] // p
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(5))
+
+
+def test_registry_lists_every_baseline():
+    names = list_methods()
+    assert set(BASELINES) | {"grad_eclip"} <= set(names["image"])
+    assert {"grad_eclip", "raw_attention", "game", "m2ib"} <= set(names["text"])
+    with pytest.raises(ValueError, match="unknown image method 'nope'"):
+        get_image_method("nope")
+
+
+def test_raw_attention_is_class_row_mean_of_heads(tiny, pixels):
+    ex = ge.explain_image(tiny, pixels, PROMPTS, method="raw_attention")
+    with torch.no_grad():
+        _, _, probs, _ = literal_image(tiny.model, pixels)
+    expected = torch.stack(probs[-1]).mean(0)[:, 0, 1:].reshape(2, *grid_of(tiny.model, pixels))
+    for k in range(len(PROMPTS)):
+        assert (ex.maps[:, k] - expected).abs().max() <= TOL
+    two = ge.explain_image(tiny, pixels, PROMPTS, method="raw_attention", layers=(0, 2))
+    both = (torch.stack(probs[0]).mean(0) + torch.stack(probs[2]).mean(0))[:, 0, 1:] / 2
+    assert (two.maps[:, 0] - both.reshape(expected.shape)).abs().max() <= TOL
+
+
+def test_raw_attention_text_is_eos_row(tiny, pixels):
+    texts = ["a red circle and a blue square", "three stars"]
+    tokens = tiny.tokenize(texts)
+    with torch.no_grad():
+        _, _, probs, eos = literal_text(tiny.model, tokens)
+    out = get_text_method("raw_attention")(tiny.adapter, tokens, image_targets(tiny, pixels), layers=[2])
+    expected = torch.stack(probs[2]).mean(0)[torch.arange(2), eos]
+    assert out.relevance.shape == (2, 2, tokens.shape[1])
+    assert (out.relevance - expected[None]).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("start", [0, 1, -1])
+def test_rollout_is_product_of_normalised_attention(tiny, pixels, start):
+    ex = ge.explain_image(tiny, pixels, PROMPTS[:1], method="rollout", start_layer=start)
+    with torch.no_grad():
+        _, _, probs, _ = literal_image(tiny.model, pixels)
+    first = start % 3
+    for b in range(2):
+        rollout = None
+        for layer in range(first, 3):
+            a = torch.stack(probs[layer]).mean(0)[b].double()
+            a = a + torch.eye(a.shape[0], dtype=torch.float64)
+            a = a / a.sum(dim=1, keepdim=True)
+            rollout = a if rollout is None else a @ rollout
+        expected = rollout[0, 1:].reshape(grid_of(tiny.model, pixels)).float()
+        assert (ex.maps[b, 0] - expected).abs().max() <= TOL
+
+
+def test_grad_cam_uses_tokens_entering_last_block(tiny, pixels):
+    targets = text_targets(tiny, PROMPTS)
+    ex = ge.explain_image(tiny, pixels, PROMPTS, method="grad_cam")
+    grid = grid_of(tiny.model, pixels)
+    with torch.enable_grad():
+        embedding, inputs, _, final = literal_image(tiny.model, pixels)
+        for b in range(2):
+            for k in range(3):
+                s = cos(embedding[b], targets[k])
+                grad, final_grad = torch.autograd.grad(s, [inputs[-1], final], retain_graph=True)
+                # the trap: the last block's patch outputs never reach the embedding
+                assert final_grad[b, 1:].abs().max() == 0
+                alpha = grad[b, 1:].mean(dim=0)
+                expected = torch.relu(inputs[-1][b, 1:].detach() @ alpha).reshape(grid)
+                assert expected.abs().max() > 1e-4
+                assert (ex.maps[b, k] - expected).abs().max() <= TOL
+
+
+def literal_game(scores_fn, probs, start, row_index, size):
+    """Chefer's loop for one score: R <- R + mean_h(clamp(grad * A, 0)) R from block ``start`` on."""
+    s = scores_fn()
+    layers = list(range(start, len(probs)))
+    grads = torch.autograd.grad(s, [a for layer in layers for a in probs[layer]], retain_graph=True)
+    relevance = torch.eye(size, dtype=torch.float64)
+    position = 0
+    for layer in layers:
+        cams = []
+        for a in probs[layer]:
+            cams.append((grads[position] * a.detach()).clamp(min=0))
+            position += 1
+        cam = torch.stack(cams).mean(0)[row_index[0]].double()
+        relevance = relevance + cam @ relevance
+    return relevance[row_index[1]]
+
+
+@pytest.mark.parametrize("method,start", [("game", 0), ("game_last", 2)])
+def test_game_image_relevance_equals_chefer_loop(tiny, pixels, method, start):
+    targets = text_targets(tiny, PROMPTS)
+    ex = ge.explain_image(tiny, pixels, PROMPTS, method=method, chunk=2)
+    grid = grid_of(tiny.model, pixels)
+    with torch.enable_grad():
+        embedding, _, probs, _ = literal_image(tiny.model, pixels)
+        size = probs[0][0].shape[-1]
+        for b in range(2):
+            for k in range(3):
+                row = literal_game(lambda: cos(embedding[b], targets[k]), probs, start, (b, 0), size)
+                expected = row[1:].reshape(grid).float()
+                assert expected.abs().max() > 1e-6
+                assert (ex.maps[b, k] - expected).abs().max() <= TOL
+
+
+def test_game_text_relevance_equals_chefer_loop(tiny, pixels):
+    texts = ["a red circle and a blue square", "three stars"]
+    tokens = tiny.tokenize(texts)
+    images = image_targets(tiny, pixels)
+    out = get_text_method("game")(tiny.adapter, tokens, images, chunk=1)
+    with torch.enable_grad():
+        embedding, _, probs, eos = literal_text(tiny.model, tokens)
+        for b in range(2):
+            for k in range(2):
+                row = literal_game(lambda: cos(embedding[k], images[b]), probs, 0, (k, int(eos[k])),
+                                   tokens.shape[1])
+                assert (out.relevance[b, k] - row.float()).abs().max() <= TOL
+                assert abs(float(out.scores[b, k]) - float(cos(embedding[k], images[b]))) <= TOL
+
+
+def test_grad_eclip_without_spatial_weight_is_relu_of_attention_gradient(tiny, pixels):
+    targets = text_targets(tiny, PROMPTS)
+    ex = ge.explain_image(tiny, pixels, PROMPTS, method="grad_eclip_no_spatial")
+    grid = grid_of(tiny.model, pixels)
+    with torch.enable_grad():
+        embedding, _, probs, _ = literal_image(tiny.model, pixels)
+        for b in range(2):
+            for k in range(3):
+                grads = torch.autograd.grad(cos(embedding[b], targets[k]), probs[-1], retain_graph=True)
+                expected = torch.relu(sum(g[b, 0, 1:] for g in grads)).reshape(grid)
+                assert (ex.maps[b, k] - expected).abs().max() <= TOL
+
+
+def test_maskclip_is_value_path_cosine(tiny, pixels):
+    targets = text_targets(tiny, PROMPTS)
+    ex = ge.explain_image(tiny, pixels, PROMPTS, method="maskclip")
+    visual = tiny.model.visual
+    blk = visual.transformer.resblocks[-1]
+    with torch.no_grad():
+        _, inputs, _, _ = literal_image(tiny.model, pixels)
+        x = inputs[-1]
+        _, _, v = _qkv(blk, x)
+        for b in range(2):
+            for i in range(1, x.shape[1]):
+                u = x[b, i] + blk.attn.out_proj(v[b, i])
+                u = u + blk.mlp(blk.ln_2(u))
+                feature = visual.ln_post(u) @ visual.proj
+                for k in range(3):
+                    r, c = divmod(i - 1, grid_of(tiny.model, pixels)[1])
+                    assert abs(float(ex.maps[b, k, r, c]) - float(cos(feature, targets[k]))) <= TOL
+
+
+def test_itsm_is_final_patch_token_cosine(tiny, pixels):
+    targets = text_targets(tiny, PROMPTS)
+    ex = ge.explain_image(tiny, pixels, PROMPTS, method="itsm")
+    visual = tiny.model.visual
+    with torch.no_grad():
+        _, _, _, final = literal_image(tiny.model, pixels)
+        features = visual.ln_post(final[:, 1:]) @ visual.proj
+    expected = torch.stack([torch.stack([torch.stack([cos(f, targets[k]) for f in features[b]])
+                                         for k in range(3)]) for b in range(2)])
+    assert (ex.maps - expected.reshape(ex.maps.shape)).abs().max() <= TOL
+
+
+def literal_surgery_features(model, pixels, depth):
+    """The authors' dual-path forward: v-v attention on a new path from the last ``depth`` blocks."""
+    visual = model.visual
+    blocks = visual.transformer.resblocks
+    with torch.no_grad():
+        _, inputs, _, final = literal_image(model, pixels)
+        start = len(blocks) - depth
+        new = inputs[start]
+        for index in range(start, len(blocks)):
+            blk = blocks[index]
+            x_ori = inputs[index]
+            _, _, v = _qkv(blk, x_ori)
+            heads = blk.attn.num_heads
+            d = v.shape[-1] // heads
+            outs = []
+            for hd in range(heads):
+                vh = v[..., hd * d:(hd + 1) * d]
+                outs.append(torch.softmax(vh @ vh.transpose(-1, -2) * d ** -0.5, dim=-1) @ vh)
+            new = new + blk.attn.out_proj(torch.cat(outs, dim=-1))
+        tokens = torch.cat([final[:, :1], new[:, 1:]], dim=1)
+        return visual.ln_post(tokens) @ visual.proj
+
+
+def authors_feature_surgery(image_features, text_features):
+    """The authors' clip_feature_surgery (class set = the prompts), written as they write it."""
+    prob = image_features[:, :1, :] @ text_features.t()
+    prob = (prob * 2).softmax(-1)
+    w = prob / prob.mean(-1, keepdim=True)
+    b, n_t, n_i, c = image_features.shape[0], text_features.shape[0], image_features.shape[1], image_features.shape[2]
+    feats = image_features.reshape(b, n_i, 1, c) * text_features.reshape(1, 1, n_t, c)
+    feats *= w.reshape(1, 1, n_t, 1)
+    redundant = feats.mean(2, keepdim=True)
+    return (feats - redundant).sum(-1)  # (B, N, K)
+
+
+def test_clip_surgery_equals_authors_dual_path_and_feature_surgery(tiny, pixels):
+    targets = text_targets(tiny, PROMPTS)
+    assert default_depth(12) == 6
+    for depth in (1, 2):
+        ex = ge.explain_image(tiny, pixels, PROMPTS, method="clip_surgery", depth=depth)
+        features = F.normalize(literal_surgery_features(tiny.model, pixels, depth), dim=-1)
+        expected = torch.cat([authors_feature_surgery(features[b:b + 1], targets) for b in range(2)])
+        expected = expected[:, 1:].transpose(1, 2)
+        assert (ex.maps - expected.reshape(ex.maps.shape)).abs().max() <= TOL
+
+
+def test_clip_surgery_with_a_class_set_and_single_prompt(tiny, pixels):
+    classes = text_targets(tiny, PROMPTS)
+    one = ge.explain_image(tiny, pixels, PROMPTS[1], method="clip_surgery", surgery_targets=classes)
+    all_three = ge.explain_image(tiny, pixels, PROMPTS, method="clip_surgery")
+    assert (one.maps[:, 0] - all_three.maps[:, 1]).abs().max() <= TOL
+    with pytest.raises(ValueError, match="surgery_targets"):
+        ge.explain_image(tiny, pixels, PROMPTS[1], method="clip_surgery")
+
+
+def test_rise_masks_are_seeded_and_shaped():
+    a = generate_masks(50, (48, 40), cells=8, p=0.5, seed=3)
+    b = generate_masks(50, (48, 40), cells=8, p=0.5, seed=3)
+    c = generate_masks(50, (48, 40), cells=8, p=0.5, seed=4)
+    assert a.shape == (50, 48, 40) and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() <= 1
+    assert abs(float(generate_masks(2000, (32, 32), seed=0).mean()) - 0.5) < 0.02
+
+
+def test_rise_equals_literal_sum_over_masks(tiny, pixels):
+    targets = text_targets(tiny, PROMPTS)
+    ex = ge.explain_image(tiny, pixels, PROMPTS, method="rise", masks=24, mask_batch=10, seed=1, p=0.4)
+    masks = generate_masks(24, (48, 48), p=0.4, seed=1)
+    expected = torch.zeros(2, 3, 48, 48)
+    with torch.no_grad():
+        for b in range(2):
+            for n in range(24):
+                embedding = tiny.model.encode_image((pixels[b] * masks[n])[None])[0]
+                for k in range(3):
+                    expected[b, k] += cos(embedding, targets[k]) * masks[n]
+    expected /= 24 * 0.4
+    assert ex.maps.shape == (2, 3, 48, 48)
+    assert (ex.maps - expected).abs().max() <= TOL
+
+
+def test_rise_recovers_the_region_a_score_reads():
+    """Analytic case: S(image) = mean of the image over a fixed region R, so that the RISE saliency is
+    E[mask * mean_R(mask)] / p: higher inside R than outside."""
+
+    class RegionAdapter:
+        def encode_image(self, x):
+            value = x[:, 0, 8:16, 8:16].mean(dim=(-1, -2))
+            return torch.stack([value, torch.ones_like(value)], dim=-1)
+
+    from gradeclip_utils.methods import rise
+
+    pixels = torch.ones(1, 3, 32, 32)
+    out = rise.image_maps(RegionAdapter(), pixels, torch.tensor([[1.0, 0.0]]), masks=2000, cells=4, seed=0)
+    saliency = out.maps[0, 0]
+    inside = saliency[8:16, 8:16].mean()
+    far = torch.cat([saliency[24:, :].flatten(), saliency[:, 24:].flatten()]).mean()
+    assert inside > far + 0.05
+
+
+def test_m2ib_capacity_is_gaussian_kl():
+    lam = torch.tensor([0.5, 0.9, 0.99])
+    h = torch.tensor([2.0, -1.0, 0.3])
+    mu, s2 = lam * h, (1 - lam) ** 2
+    expected = 0.5 * (mu ** 2 + s2 - 1 - torch.log(s2))
+    assert (capacity(h, lam) - expected).abs().max() <= 1e-6
+    assert default_layer(12) == 9 and default_layer(4) == 2
+
+
+def literal_m2ib(hidden, target, finish, noise, beta, lr, steps):
+    """One pair's bottleneck, literally: Adam on alpha, capacity of the last step."""
+    alpha = torch.full_like(hidden, 5.0, requires_grad=True)
+    optimiser = torch.optim.Adam([alpha], lr=lr)
+    for step in range(steps):
+        optimiser.zero_grad()
+        lam = torch.sigmoid(alpha)
+        log_var = torch.log((1 - lam) ** 2).clamp(-10, 10)
+        kl = -0.5 * (1 + log_var - (hidden * lam) ** 2 - log_var.exp())
+        fits = []
+        for sample in noise[step]:
+            z = hidden * lam + (log_var / 2).exp() * sample
+            fits.append(cos(finish(z[None])[0], target))
+        loss = beta * kl.mean() - torch.stack(fits).mean()
+        loss.backward()
+        optimiser.step()
+        last = kl.detach()
+    return last
+
+
+def test_m2ib_image_equals_per_pair_literal_optimisation(tiny, pixels):
+    targets = text_targets(tiny, PROMPTS[:2])
+    steps, samples, seed = 3, 2, 7
+    ex = ge.explain_image(tiny, pixels, PROMPTS[:2], method="m2ib", ib_layer=1, steps=steps, samples=samples,
+                          seed=seed, beta=0.1, lr=0.5)
+    blocks = tiny.model.visual.transformer.resblocks
+    visual = tiny.model.visual
+    with torch.no_grad():
+        _, inputs, _, _ = literal_image(tiny.model, pixels)
+    hidden = inputs[2]
+
+    def finish(z):
+        x, _, _ = literal_tower(blocks[2:], z)
+        return visual.ln_post(x[:, 0]) @ visual.proj
+
+    generator = torch.Generator().manual_seed(seed)
+    noise = [torch.randn(samples, 4, *hidden.shape[1:], generator=generator) for _ in range(steps)]
+    with torch.enable_grad():
+        for b in range(2):
+            for k in range(2):
+                pair = 2 * b + k
+                kl = literal_m2ib(hidden[b], targets[k], finish, [n[:, pair] for n in noise], 0.1, 0.5, steps)
+                expected = kl.sum(-1)[1:].reshape(grid_of(tiny.model, pixels))
+                assert (ex.maps[b, k] - expected).abs().max() <= TOL * max(1.0, float(expected.abs().max()))
+
+
+def test_m2ib_text_equals_per_pair_literal_optimisation(tiny, pixels):
+    texts = ["a red circle", "three green stars"]
+    tokens = tiny.tokenize(texts)
+    images = image_targets(tiny, pixels)
+    steps, samples, seed = 2, 2, 3
+    out = get_text_method("m2ib")(tiny.adapter, tokens, images, ib_layer=0, steps=steps, samples=samples,
+                                  seed=seed)
+    model = tiny.model
+    mask = model.attn_mask[:tokens.shape[1], :tokens.shape[1]]
+    with torch.no_grad():
+        _, inputs, _, eos = literal_text(model, tokens)
+    hidden = inputs[1]
+    generator = torch.Generator().manual_seed(seed)
+    noise = [torch.randn(samples, 4, *hidden.shape[1:], generator=generator) for _ in range(steps)]
+    with torch.enable_grad():
+        for b in range(2):
+            for k in range(2):
+                def finish(z, k=k):
+                    x, _, _ = literal_tower(model.transformer.resblocks[1:], z, mask)
+                    return model.ln_final(x)[:, int(eos[k])] @ model.text_projection
+
+                pair = 2 * b + k
+                kl = literal_m2ib(hidden[k], images[b], finish, [n[:, pair] for n in noise], 0.1, 1.0, steps)
+                expected = kl.sum(-1)
+                assert (out.relevance[b, k] - expected).abs().max() <= TOL * max(1.0, float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_every_baseline_returns_the_common_result(tiny, method):
+    options = {"masks": 16} if method == "rise" else {"steps": 1, "samples": 1} if method == "m2ib" else {}
+    pixels = torch.randn(3, 3, 48, 48)
+    ex = ge.explain_image(tiny, pixels, PROMPTS, method=method, **options)
+    assert ex.maps.shape == (3, 3, *((48, 48) if method == "rise" else (6, 6)))
+    with torch.no_grad():
+        reference = F.normalize(tiny.model.encode_image(pixels), dim=-1) @ text_targets(tiny, PROMPTS).T
+    assert (ex.scores - reference).abs().max() <= TOL
+    assert ex.settings["method"] == method
+    wide = ge.explain_image(tiny, torch.randn(2, 3, 32, 48), PROMPTS, method=method, **options)
+    assert wide.maps.shape == (2, 3, *((32, 48) if method == "rise" else (4, 6)))
+    assert torch.isfinite(wide.maps).all()
+    assert wide.heatmaps().shape == (2, 3, 32, 48)
+
+
+@pytest.mark.parametrize("method", ["raw_attention", "game", "grad_cam", "maskclip", "itsm", "rollout"])
+def test_baselines_on_vit_b16(vit_b16, method):
+    """The paper's architecture (random weights): shapes, finiteness and scores on a 14 x 14 grid."""
+    pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    ex = ge.explain_image(vit_b16, pixels, ["a dog", "a cat"], method=method)
+    assert ex.maps.shape == (1, 2, 14, 14) and torch.isfinite(ex.maps).all()
+    assert ex.maps.abs().max() > 0
