@@ -1,0 +1,251 @@
+"""Train the synthetic CLIP on generated scenes with a contrastive loss.
+
+    python -m gradeclip_utils.synthetic.train --out runs/synthetic_clip [--steps 2000] [--resume]
+
+Fixed seed; the data stream is a function of the step (batch ``i`` holds scene ids
+``i*B ... i*B+B-1``), so ``--resume`` continues exactly where the last checkpoint stopped. Every
+``--checkpoint-minutes`` the model, optimizer and step go to ``OUT/checkpoint.pt``; the loss goes to
+``OUT/log.csv``; at the end the model is exported in open_clip's ``local-dir:`` format to
+``OUT/model`` (and to ``--export`` if given, e.g. ``data/synthetic_clip``).
+
+The loss is CLIP's symmetric cross-entropy, with two changes that the exact ground truth allows:
+each image is contrasted with the B true captions of the batch plus one hard negative per scene
+(wrong colour/shape/count/binding/relation), and every caption that is *true* of an image (e.g. two
+scenes that both contain a red circle) counts as a positive (soft targets spread over the true
+pairs) instead of a false negative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import OPEN_CLIP_CONFIG, build_model, image_mean_std, save_model
+from .dataset import HELDOUT_SEED_START, SyntheticBatches, images_to_tensor
+
+__all__ = ["contrastive_loss", "train", "main", "zero_shot_accuracy"]
+
+
+def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, truth: torch.Tensor,
+                     logit_scale: torch.Tensor) -> torch.Tensor:
+    """Multi-positive symmetric CLIP loss.
+
+    ``image_features`` (B, D) and ``text_features`` (T, D) are L2-normalised, T >= B, and the first B
+    texts are the images' own captions (so ``truth[i, i]`` is true); ``truth`` (B, T) marks every true
+    (image, text) pair. Image->text: cross-entropy over all T texts against the uniform distribution on
+    the true ones. Text->image: the same over the B images, for the first B texts.
+    """
+    B = image_features.shape[0]
+    truth = truth.to(image_features.dtype)
+    logits = logit_scale * image_features @ text_features.t()
+    t_i2t = truth / truth.sum(1, keepdim=True).clamp_min(1)
+    loss_i2t = -(t_i2t * F.log_softmax(logits, dim=1)).sum(1).mean()
+    pos = truth[:, :B].t()
+    t_t2i = pos / pos.sum(1, keepdim=True).clamp_min(1)
+    loss_t2i = -(t_t2i * F.log_softmax(logits[:, :B].t(), dim=1)).sum(1).mean()
+    return 0.5 * (loss_i2t + loss_t2i)
+
+
+def _tokenizer(config: dict):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(context_length=config["model_cfg"]["text_cfg"]["context_length"])
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float):
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def _lr_at(step: int, total: int, base: float, warmup: int, final_frac: float = 0.02) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model, tokenizer, n: int = 140, offset: int = 900_000_000,
+                       config: Optional[dict] = None) -> float:
+    """Quick colour x shape zero-shot top-1 on ``n`` held-out single-object scenes (training monitor;
+    the reported figures come from ``evaluate``)."""
+    from .captions import class_prompts
+    from .scenes import generate_scene
+
+    cfg = config or OPEN_CLIP_CONFIG
+    mean, std = image_mean_std(cfg)
+    prompts, labels = class_prompts()
+    was_training = model.training
+    model.eval()
+    tf = F.normalize(model.encode_text(tokenizer(prompts)), dim=-1)
+    scenes = [generate_scene(HELDOUT_SEED_START + offset + i, n_objects=1, with_captions=False)
+              for i in range(n)]
+    x = images_to_tensor([s.image for s in scenes], mean, std)
+    imf = F.normalize(model.encode_image(x), dim=-1)
+    pred = (imf @ tf.t()).argmax(1).tolist()
+    truth = [labels.index((s.objects[0].colour, s.objects[0].shape)) for s in scenes]
+    model.train(was_training)
+    return float(np.mean([p == t for p, t in zip(pred, truth)]))
+
+
+def _save_checkpoint(path: Path, model, optimizer, step: int, args: dict, elapsed: float):
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "args": args, "elapsed": elapsed, "config": OPEN_CLIP_CONFIG}, tmp)
+    tmp.replace(path)
+
+
+def train(out: str | Path, steps: int = 2000, batch_size: int = 128, lr: float = 1e-3,
+          weight_decay: float = 0.1, warmup: int = 150, seed: int = 0, threads: int = 2,
+          checkpoint_minutes: float = 3.0, resume: bool = False, negatives: bool = True,
+          workers: int = 1, eval_every: int = 250, export: Optional[str] = None,
+          max_minutes: Optional[float] = None, progress: bool = True) -> dict:
+    """Train (or resume) and export; returns a summary dict. See the module docstring."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    args = dict(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
+                seed=seed, negatives=negatives)
+    mean, std = image_mean_std()
+    model = build_model()
+    tokenizer = _tokenizer(OPEN_CLIP_CONFIG)
+    try:
+        optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6,
+                                      fused=True)
+    except (RuntimeError, TypeError):
+        optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    ckpt_path = out / "checkpoint.pt"
+    start, elapsed = 0, 0.0
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        start, elapsed = int(ck["step"]), float(ck.get("elapsed", 0.0))
+        if ck["args"] != args:
+            print(f"note: resuming with different arguments: {ck['args']} -> {args}", file=sys.stderr)
+    model.train()
+
+    data = SyntheticBatches(steps, batch_size, start=0, negatives=negatives)
+    subset = torch.utils.data.Subset(data, range(start, steps))
+    loader = torch.utils.data.DataLoader(subset, batch_size=None, shuffle=False, num_workers=workers,
+                                         prefetch_factor=4 if workers else None,
+                                         persistent_workers=False)
+    log_path = out / "log.csv"
+    new_log = not (resume and log_path.exists())
+    if not new_log:  # drop log rows written after the checkpoint we resume from
+        with open(log_path, newline="") as f:
+            rows = list(csv.reader(f))
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerows([r for r in rows if not r[0].isdigit() or int(r[0]) <= start])
+    log_f = open(log_path, "w" if new_log else "a", newline="")
+    log = csv.writer(log_f)
+    if new_log:
+        log.writerow(["step", "loss", "lr", "logit_scale", "elapsed_s", "zero_shot"])
+    t0 = time.time() - elapsed
+    last_ckpt = time.time()
+    bar = tqdm(total=steps, initial=start, disable=not progress, dynamic_ncols=True, mininterval=2.0)
+    ema, step, zs = None, start, float("nan")
+    for step, batch in enumerate(loader, start=start):
+        cur_lr = _lr_at(step, steps, lr, warmup)
+        for g in optimizer.param_groups:
+            g["lr"] = cur_lr
+        x = (batch["images"].float().div_(255.0) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(
+            std).view(1, 3, 1, 1)
+        tokens = tokenizer(batch["texts"])
+        imf = F.normalize(model.encode_image(x), dim=-1)
+        txf = F.normalize(model.encode_text(tokens), dim=-1)
+        loss = contrastive_loss(imf, txf, batch["truth"], model.logit_scale.exp())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        lv = loss.item()
+        ema = lv if ema is None else 0.95 * ema + 0.05 * lv
+        done = step + 1
+        if eval_every and (done % eval_every == 0 or done == steps):
+            zs = zero_shot_accuracy(model, tokenizer)
+            model.train()
+        log.writerow([done, f"{lv:.4f}", f"{cur_lr:.6g}", f"{model.logit_scale.exp().item():.2f}",
+                      f"{time.time() - t0:.1f}", "" if math.isnan(zs) else f"{zs:.3f}"])
+        bar.set_postfix(loss=f"{ema:.3f}", zs=f"{zs:.2f}", refresh=False)
+        bar.update(1)
+        if time.time() - last_ckpt > 60 * checkpoint_minutes or done == steps:
+            log_f.flush()
+            _save_checkpoint(ckpt_path, model, optimizer, done, args, time.time() - t0)
+            last_ckpt = time.time()
+        if max_minutes is not None and time.time() - t0 > 60 * max_minutes and done < steps:
+            log_f.flush()
+            _save_checkpoint(ckpt_path, model, optimizer, done, args, time.time() - t0)
+            print(f"stopping at step {done} (time limit); continue with --resume", file=sys.stderr)
+            break
+    bar.close()
+    log_f.close()
+    step_done = step + 1 if steps > start else start
+    summary = {"steps_done": step_done, "steps": steps, "wall_s": round(time.time() - t0, 1),
+               "final_loss_ema": ema, "zero_shot_monitor": zs, "args": args}
+    if step_done >= steps:
+        model.eval()
+        save_model(model, out / "model")
+        if export:
+            save_model(model, export)
+    with open(out / "summary.json", "w") as f:
+        json.dump(summary, f, indent=2, default=float)
+    return summary
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m gradeclip_utils.synthetic.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="run folder (checkpoint, log, exported model)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--warmup", type=int, default=150)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1, help="data-generation processes (0: in the loop)")
+    p.add_argument("--checkpoint-minutes", type=float, default=3.0)
+    p.add_argument("--eval-every", type=int, default=250, help="steps between zero-shot monitors (0: off)")
+    p.add_argument("--no-negatives", action="store_true", help="no hard negative captions in the loss")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--export", default=None, help="also export the final model here (e.g. data/synthetic_clip)")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    summary = train(a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+                    warmup=a.warmup, seed=a.seed, threads=a.threads, checkpoint_minutes=a.checkpoint_minutes,
+                    resume=a.resume, negatives=not a.no_negatives, workers=a.workers,
+                    eval_every=a.eval_every, export=a.export, max_minutes=a.max_minutes,
+                    progress=not a.no_progress)
+    print(json.dumps(summary, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Localisation metrics on hand-made maps and masks."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gradeclip_utils.metrics import (dilate_masks, energy_pointing_game, localisation_scores, mask_iou,
+                                     pointing_game, resize_maps)
+
+
+def _mask(h, w, ys, xs):
+    m = np.zeros((h, w), dtype=bool)
+    m[ys, xs] = True
+    return m
+
+
+def test_pointing_game_hit_and_miss():
+    mask = _mask(8, 8, slice(2, 4), slice(2, 4))
+    hit = np.zeros((8, 8)); hit[3, 3] = 1.0
+    miss = np.zeros((8, 8)); miss[6, 6] = 1.0
+    assert bool(pointing_game(hit, mask))
+    assert not bool(pointing_game(miss, mask))
+    out = pointing_game(np.stack([hit, miss]), mask)
+    assert out.shape == (2,) and out.tolist() == [True, False]
+
+
+def test_pointing_game_tolerance_is_euclidean_pixels():
+    mask = _mask(16, 16, 5, 5)
+    m = np.zeros((16, 16))
+    m[5, 8] = 1.0            # 3 pixels to the right
+    assert not bool(pointing_game(m, mask, tolerance=2))
+    assert bool(pointing_game(m, mask, tolerance=3))
+    d = np.zeros((16, 16))
+    d[7, 7] = 1.0            # diagonal distance sqrt(8) = 2.83
+    assert not bool(pointing_game(d, mask, tolerance=2.5))
+    assert bool(pointing_game(d, mask, tolerance=2.9))
+
+
+def test_pointing_game_degenerate_maps_miss():
+    mask = np.ones((4, 4), dtype=bool)
+    assert not bool(pointing_game(np.zeros((4, 4)), mask))          # flat: points nowhere
+    nan_map = np.ones((4, 4)); nan_map[0, 0] = np.nan
+    assert not bool(pointing_game(nan_map, mask))
+    assert not bool(pointing_game(np.eye(4), np.zeros((4, 4), dtype=bool)))  # no target
+
+
+def test_pointing_game_ties_and_negative_values():
+    mask = _mask(4, 4, 0, 0)
+    m = -np.ones((4, 4)); m[0, 0] = 0.0; m[3, 3] = 0.0  # tie between a hit and a miss
+    assert bool(pointing_game(m, mask))
+
+
+def test_energy_pointing_game_values():
+    mask = _mask(4, 4, slice(0, 2), slice(0, 4))       # top half
+    m = np.zeros((4, 4)); m[0, 0] = 3.0; m[3, 3] = 1.0
+    assert float(energy_pointing_game(m, mask)) == pytest.approx(0.75)
+    # negative values are ignored, positive scaling does not matter
+    m2 = m.copy(); m2[2, 1] = -100.0
+    assert float(energy_pointing_game(10 * m2, mask)) == pytest.approx(0.75)
+    # a uniform map scores the mask's area share
+    assert float(energy_pointing_game(np.ones((4, 4)), mask)) == pytest.approx(0.5)
+    assert float(energy_pointing_game(np.zeros((4, 4)), mask)) == 0.0
+    assert math.isnan(float(energy_pointing_game(m, np.zeros((4, 4), dtype=bool))))
+
+
+def test_mask_iou_threshold_at_mean():
+    mask = _mask(4, 4, slice(0, 2), slice(0, 2))       # 4 pixels
+    m = np.zeros((4, 4)); m[0:2, 0:3] = 1.0            # 6 pixels above the mean (6/16)
+    assert float(mask_iou(m, mask)) == pytest.approx(4 / 6)
+    assert float(mask_iou(mask.astype(float), mask)) == pytest.approx(1.0)
+    assert float(mask_iou(np.zeros((4, 4)), mask)) == 0.0   # nothing above the mean
+
+
+def test_maps_are_upsampled_to_the_mask_grid():
+    grid = np.zeros((2, 2)); grid[0, 1] = 1.0              # top-right patch
+    mask = _mask(8, 8, slice(0, 4), slice(4, 8))
+    assert bool(pointing_game(grid, mask))
+    up = resize_maps(grid, (8, 8))
+    assert up.shape == (8, 8) and float(up.max()) == pytest.approx(1.0)
+    ref = torch.nn.functional.interpolate(torch.tensor(grid)[None, None], size=(8, 8), mode="bilinear",
+                                          align_corners=False)[0, 0]
+    assert torch.allclose(up, ref.double())
+    assert float(energy_pointing_game(grid, mask)) > 0.5
+
+
+def test_batched_broadcast_torch_inputs():
+    masks = torch.zeros(3, 6, 6, dtype=torch.bool)
+    masks[0, 0, 0] = masks[1, 2, 2] = masks[2, 5, 5] = True
+    maps = torch.zeros(3, 2, 6, 6)                         # B x K x h x w against B x 1 x H x W
+    maps[0, 0, 0, 0] = 1; maps[0, 1, 5, 5] = 1
+    maps[1, 0, 2, 2] = 1; maps[1, 1, 2, 2] = 1
+    maps[2, 0, 0, 0] = 1; maps[2, 1, 5, 5] = 1
+    pg = pointing_game(maps, masks[:, None])
+    assert pg.shape == (3, 2)
+    assert pg.tolist() == [[True, False], [True, True], [False, True]]
+    scores = localisation_scores(maps, masks[:, None])
+    assert set(scores) == {"pointing", "energy", "iou", "area_share"}
+    assert scores["energy"].shape == (3, 2)
+    np.testing.assert_allclose(scores["area_share"], np.full((3, 2), 1 / 36))
+    np.testing.assert_allclose(scores["energy"], pg.astype(float))
+
+
+def test_dilate_masks_disk():
+    m = _mask(7, 7, 3, 3)
+    d = dilate_masks(m, 1.0).numpy()
+    assert d.sum() == 5                                    # plus shape, not the 3x3 square
+    assert dilate_masks(m, 1.5).numpy().sum() == 9

@@ -1,0 +1,87 @@
+"""Training: the loss, a few steps that reduce it, checkpoints, resume and export."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gradeclip_utils.synthetic.config import CONFIG_NAME, OPEN_CLIP_CONFIG, WEIGHTS_NAME, build_model
+from gradeclip_utils.synthetic.dataset import HELDOUT_SEED_START, SyntheticBatches, images_to_tensor
+from gradeclip_utils.synthetic.train import _tokenizer, contrastive_loss, train
+
+
+def test_contrastive_loss_multi_positive():
+    f = F.normalize(torch.randn(4, 8), dim=-1)
+    scale = torch.tensor(100.0)
+    eye = torch.eye(4, dtype=torch.bool)
+    assert float(contrastive_loss(f, f, eye, scale)) < 1e-3
+    # two scenes with the same caption: both texts are positives of both images; identical features
+    # then reach the loss's floor (the targets' entropy: log 2 on 2 of the 4 rows, both directions)
+    g = f.clone(); g[1] = g[0]
+    truth = eye.clone(); truth[0, 1] = truth[1, 0] = True
+    assert float(contrastive_loss(g, g, truth, scale)) == pytest.approx(np.log(2) / 2, abs=1e-3)
+    # ... while pulling the duplicates apart is penalised
+    h = g.clone(); h[1] = F.normalize(g[1] + 0.5 * f[1], dim=-1)
+    assert float(contrastive_loss(h, h, truth, scale)) > float(contrastive_loss(g, g, truth, scale)) + 0.1
+    # extra negative texts only enter the image->text direction
+    extra = torch.cat([f, -f])
+    assert float(contrastive_loss(f, extra, torch.cat([eye, torch.zeros(4, 4, dtype=torch.bool)], 1),
+                                  scale)) < 1e-3
+
+
+def test_batches_are_deterministic_and_below_heldout():
+    a, b = SyntheticBatches(2, 6)[1], SyntheticBatches(2, 6)[1]
+    assert torch.equal(a["images"], b["images"]) and a["texts"] == b["texts"]
+    assert a["images"].shape == (6, 3, 64, 64) and a["images"].dtype == torch.uint8
+    assert a["truth"].shape == (6, 12) and bool(a["truth"][torch.arange(6), torch.arange(6)].all())
+    with pytest.raises(ValueError):
+        SyntheticBatches(10, 100, start=HELDOUT_SEED_START - 500)
+
+
+def test_a_few_steps_reduce_the_loss():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    model = build_model()
+    tok = _tokenizer(OPEN_CLIP_CONFIG)
+    mean, std = OPEN_CLIP_CONFIG["preprocess_cfg"]["mean"], OPEN_CLIP_CONFIG["preprocess_cfg"]["std"]
+    batch = SyntheticBatches(1, 24)[0]
+    x = images_to_tensor(batch["images"].permute(0, 2, 3, 1).numpy(), mean, std)
+    tokens = tok(batch["texts"])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def loss_fn():
+        return contrastive_loss(F.normalize(model.encode_image(x), dim=-1),
+                                F.normalize(model.encode_text(tokens), dim=-1), batch["truth"],
+                                model.logit_scale.exp())
+
+    losses = []
+    for _ in range(6):
+        loss = loss_fn()
+        opt.zero_grad(); loss.backward(); opt.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        final = float(loss_fn())
+    assert final < losses[0] - 0.2, (losses, final)
+
+
+def test_train_checkpoint_resume_export(tmp_path):
+    import open_clip
+
+    out = tmp_path / "run"
+    s1 = train(out, steps=3, batch_size=8, warmup=1, workers=0, eval_every=0, progress=False,
+               max_minutes=0.0)    # stops after the first step, with a checkpoint
+    assert s1["steps_done"] == 1 and (out / "checkpoint.pt").exists() and not (out / "model").exists()
+    s2 = train(out, steps=3, batch_size=8, warmup=1, workers=0, eval_every=0, progress=False, resume=True,
+               export=str(tmp_path / "export"))
+    assert s2["steps_done"] == 3
+    rows = (out / "log.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["step", "1", "2", "3"]
+    for folder in (out / "model", tmp_path / "export"):
+        assert json.loads((folder / CONFIG_NAME).read_text()) == OPEN_CLIP_CONFIG
+        assert (folder / WEIGHTS_NAME).exists()
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'export'}")
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, ck["model"][k].half().float())
