@@ -1,0 +1,180 @@
+"""What the studies share: the sample images, image naming, model loading for notebooks, and intervals."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PHOTOS_DIR = REPO_ROOT / "data" / "photos"
+SAMPLES_DIR = REPO_ROOT / "data" / "samples"
+SYNTHETIC = "synthetic"
+
+#: captions that describe the bundled photographs (used by the notebooks on a real model)
+PHOTO_CAPTIONS: dict[str, str] = {
+    "astronaut": "an astronaut in an orange suit in front of a flag",
+    "chelsea": "an orange cat lying on a wooden floor",
+    "coffee": "a cup of coffee on a saucer with a spoon",
+    "rocket": "a white rocket launching into the sky",
+}
+
+
+def is_synthetic(model: Any) -> bool:
+    """Whether ``model`` (a LoadedModel or a model name) is the embedded synthetic CLIP."""
+    name = model if isinstance(model, str) else getattr(model, "name", "")
+    return name == SYNTHETIC
+
+
+def sample_photos() -> list[Path]:
+    """The bundled photographs (data/photos, licences in LICENSES.md beside them), sorted by name."""
+    photos = sorted(p for p in PHOTOS_DIR.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not photos:
+        raise FileNotFoundError(f"no sample photographs under {PHOTOS_DIR}")
+    return photos
+
+
+def sample_scene_path() -> Path:
+    """The bundled synthetic sample scene (a red circle, a blue square, a yellow star)."""
+    return SAMPLES_DIR / "three_shapes.png"
+
+
+def image_name(image: Any, index: int = 0) -> str:
+    """A short readable name: a file's stem, ``scene <seed>`` for a synthetic scene, else ``image <i>``."""
+    from ..synthetic import Scene
+
+    if isinstance(image, (str, Path)):
+        return Path(image).stem
+    if isinstance(image, Scene):
+        return f"scene {image.seed}"
+    return f"image {index}"
+
+
+def as_input(image: Any) -> Any:
+    """What ``explain_image`` takes: a synthetic scene becomes its picture, anything else stays."""
+    from ..synthetic import Scene
+
+    return image.image if isinstance(image, Scene) else image
+
+
+def named_images(images: Any) -> dict[str, Any]:
+    """Images as an ordered name -> image dict (a dict is kept; names are made unique)."""
+    if isinstance(images, dict):
+        if not images:
+            raise ValueError("no images given")
+        return dict(images)
+    if isinstance(images, (str, Path, Image.Image)) or not isinstance(images, Sequence):
+        images = [images]
+    if not images:
+        raise ValueError("no images given")
+    named: dict[str, Any] = {}
+    for index, image in enumerate(images):
+        name, k = image_name(image, index), 2
+        base = name
+        while name in named:
+            name, k = f"{base} ({k})", k + 1
+        named[name] = image
+    return named
+
+
+def default_images(model: Any, n_scenes: int = 4, seed: int = 2024) -> list[Any]:
+    """The notebooks' default images: synthetic scenes for the synthetic model, else the photographs."""
+    if is_synthetic(model):
+        from ..synthetic import generate_scene
+
+        return [generate_scene(seed + i, n_objects=2 + i % 3) for i in range(n_scenes)]
+    return [str(p) for p in sample_photos()]
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval (95% by default) of a proportion; (nan, nan) for n = 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap_ci(values: Sequence[float], statistic: Callable[[np.ndarray], float] = np.mean,
+                 n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic`` over ``values`` (NaNs dropped)."""
+    data = np.asarray(values, dtype=np.float64)
+    data = data[np.isfinite(data)]
+    if len(data) == 0:
+        return float("nan"), float("nan")
+    if len(data) == 1:
+        return float(data[0]), float(data[0])
+    rng = np.random.default_rng(seed)
+    stats = np.array([statistic(data[rng.integers(0, len(data), len(data))]) for _ in range(n_boot)])
+    alpha = (1 - level) / 2
+    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
+def mask_shares(heatmap: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, float]:
+    """Share of a map's non-negative mass in each of a set of disjoint masks, and in the rest
+    ("background"). ``heatmap`` must already be on the masks' grid."""
+    mass = np.clip(np.asarray(heatmap, dtype=np.float64), 0, None)
+    total = mass.sum()
+    shares: dict[str, float] = {}
+    covered = np.zeros(mass.shape, dtype=bool)
+    for name, mask in masks.items():
+        mask = np.asarray(mask, dtype=bool) & ~covered
+        shares[name] = float(mass[mask].sum() / total) if total > 0 else float("nan")
+        covered |= mask
+    shares["background"] = float(mass[~covered].sum() / total) if total > 0 else float("nan")
+    return shares
+
+
+def upsampled(raw: Any, size: tuple[int, int]) -> np.ndarray:
+    """A raw (h, w) map upsampled bilinearly to ``size`` (H, W), not normalised."""
+    from ..metrics import resize_maps
+
+    return resize_maps(raw, size).numpy()
+
+
+def prompt_mask(scene: Any, prompt: str) -> np.ndarray | None:
+    """For a synthetic scene and a caption of its grammar: the union of the visible masks of the objects
+    that match any of the caption's noun phrases; None when the prompt is not of the grammar or no
+    object matches."""
+    from ..synthetic import Scene
+    from ..synthetic.captions import parse_caption
+
+    if not isinstance(scene, Scene):
+        return None
+    try:
+        caption = parse_caption(prompt)
+    except ValueError:
+        return None
+    mask = np.zeros(scene.masks.shape[1:], dtype=bool)
+    for index, obj in enumerate(scene.objects):
+        if any(phrase.matches(obj) for phrase in caption.phrases):
+            mask |= scene.masks[index]
+    return mask if mask.any() else None
+
+
+def default_resolution(model: Any, image: Any) -> str:
+    """"model" for synthetic scenes or the synthetic model (64 x 64 inputs), else "native"."""
+    from ..synthetic import Scene
+
+    return "model" if isinstance(image, Scene) or is_synthetic(model) else "native"
+
+
+def default_caption(image: Any, kinds: Sequence[str] = ("pair", "full")) -> str:
+    """A caption for an image: a synthetic scene's first caption of ``kinds``, or a bundled
+    photograph's ``PHOTO_CAPTIONS`` entry; a clear error for other images."""
+    from ..synthetic import Scene
+
+    if isinstance(image, Scene):
+        for kind in kinds:
+            if kind in image.captions:
+                return image.captions[kind].text
+        raise ValueError(f"scene {image.seed} has no caption of kinds {tuple(kinds)}")
+    stem = Path(str(image)).stem
+    if stem in PHOTO_CAPTIONS:
+        return PHOTO_CAPTIONS[stem]
+    raise ValueError(f"no built-in caption for {image!r}: give one (SENTENCE / PROMPT in the parameter cell)")

@@ -1,0 +1,296 @@
+"""Attribute, counting and relation failures: does CLIP prefer the true caption to a one-word edit of
+it, and where do the heat maps go when it is right and when it is wrong?
+
+On the synthetic world every item is a held-out scene with a true caption and its false one-edit
+variants (exact truth): a colour, shape or size changed, the count changed ("two" against "three"),
+the colours of two objects swapped ("a red circle and a blue square" against "a blue circle and a red
+square": attribute binding), or the relation flipped ("left of" against "right of"). An item is
+right when the true caption scores above every variant. The maps of the true caption and of the
+best-scoring variant are measured against the exact masks: the share of each map's mass on the
+objects the caption is about ("targets"), on the other objects, and on the background.
+
+On photographs the items are hand-written pairs (``PHOTO_PROBES``): one true caption and one false
+edit each, with no masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from .common import as_input, default_resolution, image_name, mask_shares, upsampled, wilson_interval
+
+KINDS: tuple[str, ...] = ("colour", "shape", "size", "count", "binding", "relation")
+#: start of each kind's block of held-out scene ids (disjoint from the evaluation command's blocks)
+SEED_BLOCK = 600_000
+
+#: hand-written probes for the bundled photographs: (photo stem, kind, true caption, false edit)
+PHOTO_PROBES: tuple[tuple[str, str, str, str], ...] = (
+    ("chelsea", "colour", "a photo of an orange cat", "a photo of a black cat"),
+    ("chelsea", "count", "a photo of one cat", "a photo of two cats"),
+    ("chelsea", "shape", "a photo of a cat", "a photo of a dog"),
+    ("coffee", "colour", "a photo of a white cup", "a photo of a red cup"),
+    ("coffee", "relation", "a cup on top of a saucer", "a saucer on top of a cup"),
+    ("coffee", "count", "a photo of one cup of coffee", "a photo of three cups of coffee"),
+    ("astronaut", "colour", "an astronaut in an orange suit", "an astronaut in a blue suit"),
+    ("coffee", "binding", "a white cup on a brown table", "a brown cup on a white table"),
+    ("astronaut", "count", "a photo of one person", "a photo of three people"),
+    ("rocket", "relation", "a rocket rising above the trees", "trees rising above a rocket"),
+    ("rocket", "count", "a photo of one rocket", "a photo of three rockets"),
+)
+
+
+@dataclass
+class ChoiceItem:
+    """One test: an image, its true caption and false variants; for scenes, the target objects."""
+
+    kind: str
+    image: Any
+    caption: str
+    negatives: list[str]
+    targets: tuple[int, ...] = ()
+    name: str = ""
+
+
+@dataclass
+class ChoiceResults:
+    """The per-item table and, for the galleries, the maps of each item (true caption, best variant)."""
+
+    frame: Any
+    items: list[ChoiceItem]
+    maps: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    pictures: list[Any] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def _size_negatives(caption, objects) -> list:
+    from ..synthetic import SIZES
+
+    out = []
+    for k, phrase in enumerate(caption.phrases):
+        if phrase.size is None:
+            continue
+        for size in SIZES:
+            if size != phrase.size:
+                edited = replace(caption, phrases=caption.phrases[:k] + (replace(phrase, size=size),)
+                                 + caption.phrases[k + 1:])
+                if not edited.holds(objects):
+                    out.append(edited)
+    return out
+
+
+def synthetic_items(kind: str, n: int, start: int | None = None) -> list[ChoiceItem]:
+    """``n`` held-out scenes with a true caption and its false one-edit variants of ``kind``."""
+    from ..synthetic.captions import hard_negatives, object_caption, unique_objects
+    from ..synthetic.dataset import HELDOUT_SEED_START, make_example
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    source = {"colour": "partial", "shape": "partial", "size": "partial", "count": "count", "binding": "pair",
+              "relation": "relation"}[kind]
+    first = HELDOUT_SEED_START + (SEED_BLOCK + 10_000 * KINDS.index(kind) if start is None else start)
+    items: list[ChoiceItem] = []
+    for seed in range(first, first + 50 * max(n, 1)):
+        if len(items) >= n:
+            break
+        example = make_example(seed, kind=source)
+        scene, caption = example.scene, example.caption
+        if kind == "size":
+            unique = [i for i in unique_objects(scene.objects) if i in caption.targets]
+            if not unique:
+                continue
+            caption = object_caption(scene.objects, unique[0], with_size=True)
+            negatives = _size_negatives(caption, scene.objects)
+        else:
+            if kind == "count" and not any(p.count for p in caption.phrases):
+                continue
+            if kind == "binding" and (len(caption.phrases) != 2 or caption.relation is not None):
+                continue
+            if kind == "relation" and caption.relation is None:
+                continue
+            negatives = hard_negatives(caption, scene.objects, kind)
+        if negatives and caption.holds(scene.objects):
+            items.append(ChoiceItem(kind, scene, caption.text, [c.text for c in negatives],
+                                    tuple(caption.targets), f"scene {scene.seed}"))
+    if len(items) < n:
+        raise RuntimeError(f"found only {len(items)} of {n} {kind} items")
+    return items
+
+
+def photo_items(probes: Sequence[tuple[str, str, str, str]] = PHOTO_PROBES, photos: Sequence[Any] | None = None
+                ) -> list[ChoiceItem]:
+    """Items for photographs from (photo stem, kind, true caption, false caption) probes."""
+    from pathlib import Path
+
+    from .common import sample_photos
+
+    by_stem = {Path(p).stem: p for p in (photos if photos is not None else sample_photos())}
+    items = []
+    for stem, kind, true, false in probes:
+        if stem not in by_stem:
+            raise KeyError(f"no photograph named {stem!r}; have {sorted(by_stem)}")
+        items.append(ChoiceItem(kind, str(by_stem[stem]), true, [false], (), stem))
+    return items
+
+
+def run_choices(model: Any, items: Sequence[ChoiceItem], *, method: str = "grad_eclip", layers: Any = (-1,),
+                mode: str = "faithful", resolution: str | None = None, tolerance: float = 4.0,
+                progress: bool = True) -> ChoiceResults:
+    """Score and explain every item (one forward pass per item for all its captions).
+
+    ``resolution``: default "model" for synthetic scenes, "native" for photographs. Columns of the
+    frame: kind, image, caption, negative (the best-scoring false variant), options, score_true,
+    score_negative, margin, correct, and for scenes the map shares (true_/negative_ targets, others,
+    background) and whether the true caption's map points at a target (within ``tolerance`` pixels).
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .. import explain_image
+    from ..metrics import pointing_game
+    from ..synthetic import Scene
+
+    rows, maps, pictures = [], [], []
+    for item in tqdm(items, desc="captions", disable=not progress, leave=False):
+        is_scene = isinstance(item.image, Scene)
+        res = resolution or default_resolution(model, item.image)
+        prompts = [item.caption, *item.negatives]
+        ex = explain_image(model, as_input(item.image), prompts, method=method, layers=layers, mode=mode,
+                           resolution=res, progress=False)
+        scores = ex.scores[0].double().numpy()
+        best = 1 + int(np.argmax(scores[1:]))
+        row = {"kind": item.kind, "image": item.name or image_name(item.image), "caption": item.caption,
+               "negative": prompts[best], "options": len(prompts), "score_true": float(scores[0]),
+               "score_negative": float(scores[best]), "margin": float(scores[0] - scores[best]),
+               "correct": bool(scores[0] > scores[best])}
+        if is_scene:
+            size = item.image.masks.shape[1:]
+            target = np.zeros(size, dtype=bool)
+            for index in item.targets:
+                target |= item.image.masks[index]
+            others = item.image.masks.any(axis=0) & ~target
+            true_map, negative_map = (upsampled(ex.raw[0][k], size) for k in (0, best))
+            for label, heat in (("true", true_map), ("negative", negative_map)):
+                shares = mask_shares(heat, {"targets": target, "others": others})
+                row.update({f"{label}_{k}": v for k, v in shares.items()})
+            row["target_area"] = float(target.mean())
+            row["pointing"] = bool(pointing_game(ex.raw[0][0], target, tolerance=tolerance))
+        else:
+            true_map, negative_map = ex.raw[0][0].numpy(), ex.raw[0][best].numpy()
+        maps.append((true_map, negative_map))
+        pictures.append(ex.images[0])
+        rows.append(row)
+    settings = {"method": method, "layers": list(layers) if not isinstance(layers, int) else layers,
+                "mode": mode, "resolution": resolution or "model for scenes and the synthetic model, else native",
+                "tolerance_px": tolerance}
+    return ChoiceResults(pd.DataFrame(rows), list(items), maps, pictures, settings)
+
+
+def accuracy_table(frame):
+    """Per kind: n, accuracy with its 95% Wilson interval, chance (mean of 1 / options), mean margin, and
+    (scenes) the true caption's map share on the targets when the model is right and when it is wrong."""
+    import pandas as pd
+
+    rows = []
+    for kind, group in frame.groupby("kind", sort=False):
+        k, n = int(group["correct"].sum()), len(group)
+        low, high = wilson_interval(k, n)
+        row = {"kind": kind, "n": n, "accuracy": k / n, "ci_low": low, "ci_high": high,
+               "chance": float((1.0 / group["options"]).mean()), "mean_margin": float(group["margin"].mean())}
+        if "true_targets" in group:
+            row["target_share_right"] = float(group.loc[group["correct"], "true_targets"].mean()) \
+                if group["correct"].any() else float("nan")
+            row["target_share_wrong"] = float(group.loc[~group["correct"], "true_targets"].mean()) \
+                if (~group["correct"]).any() else float("nan")
+            row["target_area"] = float(group["target_area"].mean())
+            row["pointing"] = float(group["pointing"].mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_accuracy(table, title: str = "true caption against its one-edit variants"):
+    """Accuracy per kind with 95% Wilson intervals and chance marked."""
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.1 * len(table) + 2.5, 3.3))
+    x = np.arange(len(table))
+    acc = table["accuracy"].to_numpy()
+    err = np.clip(np.vstack([acc - table["ci_low"].to_numpy(), table["ci_high"].to_numpy() - acc]), 0, None)
+    ax.bar(x, acc, yerr=err, capsize=4, color="#5dade2", label="accuracy (95% Wilson CI)")
+    ax.scatter(x, table["chance"], marker="_", s=600, color="black", zorder=3, label="chance")
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{k}\n(n={n})" for k, n in zip(table["kind"], table["n"])], fontsize=9)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_map_destinations(frame):
+    """Where the mass of the maps goes (targets, other objects, background), for the true caption and
+    the best false variant, split by whether the model chose right; bars with 95% bootstrap intervals."""
+    import pandas as pd
+    import seaborn as sns
+
+    parts = []
+    for label in ("true", "negative"):
+        for region in ("targets", "others", "background"):
+            column = f"{label}_{region}"
+            part = frame[["kind", "correct", column]].rename(columns={column: "share"})
+            part["caption"] = "true caption" if label == "true" else "false variant"
+            part["region"] = region
+            parts.append(part)
+    long = pd.concat(parts, ignore_index=True).dropna(subset=["share"])
+    long["model"] = np.where(long["correct"], "right", "wrong")
+    grid = sns.catplot(data=long, x="region", y="share", hue="model", col="caption", row="kind", kind="bar",
+                       errorbar=("ci", 95), height=2.2, aspect=1.3, hue_order=["right", "wrong"],
+                       palette={"right": "#27ae60", "wrong": "#c0392b"}, seed=0, sharey=True)
+    grid.set_titles("{row_name} · {col_name}", size=9)
+    grid.set_axis_labels("", "share of map mass")
+    grid.figure.suptitle("where the heat maps go", fontsize=10)
+    grid.figure.tight_layout()
+    return grid.figure
+
+
+def plot_gallery(results: ChoiceResults, kind: str | None = None, n_right: int = 2, n_wrong: int = 2,
+                 panel_size: float = 2.2):
+    """Examples the model got right and wrong: input, map of the true caption, map of the best false
+    variant, each with its score."""
+    from matplotlib import pyplot as plt
+
+    import torch
+
+    from ..plotting import overlay
+    from ..results import normalise_maps
+
+    frame = results.frame
+    pool = frame.index[frame["kind"] == kind] if kind is not None else frame.index
+    right = [i for i in pool if frame.at[i, "correct"]][:n_right]
+    wrong = [i for i in pool if not frame.at[i, "correct"]][:n_wrong]
+    chosen = right + wrong
+    if not chosen:
+        raise ValueError(f"no items of kind {kind!r}")
+    fig, axes = plt.subplots(len(chosen), 3, figsize=(panel_size * 3 + 1.5, panel_size * len(chosen) + 0.5),
+                             squeeze=False)
+    for r, index in enumerate(chosen):
+        picture = results.pictures[index]
+        row = frame.loc[index]
+        axes[r, 0].imshow(picture)
+        verdict = "right" if row["correct"] else "wrong"
+        axes[r, 0].set_title(f"{row['image']} ({row['kind']}): {verdict}", fontsize=8,
+                             color="#1e8449" if row["correct"] else "#c0392b")
+        axes[r, 0].axis("off")
+        for c, (text, score, heat) in enumerate(((row["caption"], row["score_true"], results.maps[index][0]),
+                                                  (row["negative"], row["score_negative"], results.maps[index][1]))):
+            shown = normalise_maps(torch.as_tensor(upsampled(heat, picture.size[::-1])).float()).numpy()
+            label = "true" if c == 0 else "false"
+            overlay(picture, shown, ax=axes[r, c + 1], title=f"{label}: {text}\nS = {score:.3f}")
+            axes[r, c + 1].title.set_fontsize(7)
+    fig.suptitle(f"{kind or 'all kinds'}: {len(right)} right, {len(wrong)} wrong", fontsize=10)
+    fig.tight_layout()
+    return fig
