@@ -1,8 +1,24 @@
-"""Turning user images into model inputs at "native" or "model" resolution, and back into pictures."""
+"""Turning user images into model inputs at "native" or "model" resolution, and back into pictures.
+
+What counts as what (the rule is fixed, never guessed from the values):
+
+* a path, a PIL image, a numpy array, or an integer/bool torch tensor is a **picture**: it is converted
+  to 8-bit RGB and then preprocessed at the requested resolution;
+* a floating-point torch tensor (3, H, W) or (B, 3, H, W) is **preprocessed pixels** (already resized
+  and normalised with the model's mean and std) and is used as is.
+
+Picture arrays: (H, W) is grayscale; a 3-D array has its channel axis (1, 3 or 4 channels: gray, RGB,
+RGBA) last or first. When both ends could be the channel axis, numpy arrays are read channels-last
+(H, W, C: the numpy and PIL convention) and torch tensors channels-first (C, H, W: the torch
+convention). A 4-D array or tensor is a batch of such pictures. Value ranges by dtype: uint8 0-255,
+uint16 0-65535, bool 0/1, other integers 0-255, floats 0-1; values outside the range are an error,
+never rescaled silently.
+"""
 
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 if TYPE_CHECKING:
     from .loading import LoadedModel
@@ -19,6 +35,20 @@ if TYPE_CHECKING:
 Resolution = Literal["native", "model"]
 RESOLUTIONS: tuple[str, ...] = ("native", "model")
 DEFAULT_MAX_PATCHES = 1600  # 40 x 40 patches: 640 px a side for a patch size of 16
+CHANNEL_COUNTS = (1, 3, 4)
+_EXIF_ORIENTATION = 0x0112
+
+
+_INTERNAL_MODULES = ("gradeclip_utils", "torch", "contextlib", "functools")
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """Warn with the location of the first caller outside this package (and the decorators it goes
+    through), so that the warning points at the user's line."""
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in _INTERNAL_MODULES:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 @dataclass
@@ -31,45 +61,155 @@ class PreparedImage:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image file fully, with a clear error naming the file when it is missing or broken."""
+    """Open an image file fully, EXIF orientation applied, with a clear error naming the file when it
+    is missing, not a file, truncated, corrupt or not an image."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"image file not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"cannot read image {path}: it is not a file")
     try:
         with Image.open(path) as image:
             image.load()
-            return ImageOps.exif_transpose(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from error
+            return upright(image)
+    except MemoryError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"cannot read image {path}: {error} (raise PIL.Image.MAX_IMAGE_PIXELS if you trust "
+                         "the file)") from error
+    except Exception as error:  # PIL's decoders raise many types for broken files
+        raise ValueError(f"cannot read image {path} (truncated, corrupt or not an image): "
+                         f"{type(error).__name__}: {error}") from error
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image as viewers show it: its EXIF orientation applied (a no-op without the tag)."""
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # unreadable EXIF: nothing to apply
+        return image
+    if orientation in (None, 1):
+        return image
+    return ImageOps.exif_transpose(image)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit RGB; transparency is composited on white."""
-    if image.mode == "RGB":
+    """Any PIL mode to 8-bit RGB.
+
+    Transparency is composited on white; LAB goes through a colour transform; 16-bit modes ("I;16*") are scaled from their full range
+    0-65535; 32-bit integer ("I") and float ("F") modes have no fixed range and are stretched from
+    their own minimum to maximum. A mode PIL cannot convert gives a ValueError naming it.
+    """
+    mode = image.mode
+    if mode == "RGB":
         return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if mode.startswith("I;16"):
+        array = np.asarray(image).astype(np.float32) / 257.0
+        return Image.fromarray(array.round().clip(0, 255).astype(np.uint8)).convert("RGB")
+    if mode in ("I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
+        finite = array[np.isfinite(array)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        array = np.nan_to_num(array, nan=low, posinf=high, neginf=low)
         scaled = np.zeros_like(array) if high <= low else (array - low) / (high - low) * 255.0
         return Image.fromarray(scaled.round().astype(np.uint8)).convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    if mode == "LAB":  # PIL's plain convert reinterprets the channels; a colour transform is needed
+        try:
+            from PIL import ImageCms
+
+            transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"),
+                                                "LAB", "RGB")
+            return ImageCms.applyTransform(image, transform)
+        except (ImportError, OSError) as error:
+            raise ValueError(f"cannot convert a LAB image to RGB (PIL's colour management is missing): "
+                             f"{error}") from error
+    try:
+        if mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")
+        if image.mode in ("La", "PA"):
+            image = image.convert("RGBA") if image.mode == "PA" else image.convert("LA")
+        if image.mode in ("RGBA", "LA", "RGBa"):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return image.convert("RGB")
+    except ValueError as error:
+        raise ValueError(f"cannot convert an image of mode {mode!r} to RGB: {error}") from error
+
+
+def _channel_axis(shape: tuple[int, ...], channels_last_first: bool) -> int:
+    last, first = shape[-1] in CHANNEL_COUNTS, shape[0] in CHANNEL_COUNTS
+    if last and (channels_last_first or not first):
+        return -1
+    if first:
+        return 0
+    raise ValueError(f"a picture array of shape {shape} has no channel axis of {CHANNEL_COUNTS} channels "
+                     "first or last; give (H, W), (H, W, C) or (C, H, W)")
+
+
+def array_to_picture(array: np.ndarray | torch.Tensor, source: str = "array") -> Image.Image:
+    """A picture array or integer tensor (see the module docstring for the rule) to a PIL image."""
+    is_tensor = isinstance(array, torch.Tensor)
+    if is_tensor:
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array)
+    if array.ndim not in (2, 3):
+        raise ValueError(f"{source}: a picture array must be (H, W), (H, W, C) or (C, H, W); "
+                         f"got shape {array.shape}")
+    if 0 in array.shape:
+        raise ValueError(f"{source}: the picture array is empty (shape {array.shape})")
+    if array.ndim == 3:
+        axis = _channel_axis(array.shape, channels_last_first=not is_tensor)
+        if axis == 0:
+            array = np.moveaxis(array, 0, -1)
+        if array.shape[-1] == 1:
+            array = array[..., 0]
+    kind = array.dtype.kind
+    if kind == "b":
+        levels = array.astype(np.float64) * 255.0
+    elif kind in "ui":
+        if array.dtype == np.uint8:
+            levels = array
+        elif array.dtype == np.uint16:
+            levels = array.astype(np.float64) / 257.0
+        else:
+            low, high = int(array.min()), int(array.max())
+            if low < 0 or high > 255:
+                raise ValueError(f"{source}: integer picture arrays other than uint16 hold 8-bit levels 0-255; "
+                                 f"got values in [{low}, {high}] (dtype {array.dtype})")
+            levels = array
+    elif kind == "f":
+        if not np.isfinite(array).all():
+            raise ValueError(f"{source}: the picture array holds NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < 0 or high > 1:
+            raise ValueError(f"{source}: float picture arrays must hold values in [0, 1]; got [{low:.4g}, {high:.4g}]"
+                             " (divide 0-255 values by 255; a normalised float tensor (3, H, W) is taken as "
+                             "preprocessed pixels only as a torch tensor)")
+        levels = array.astype(np.float64) * 255.0
+    else:
+        raise TypeError(f"{source}: unsupported picture dtype {array.dtype}")
+    picture = np.ascontiguousarray(np.asarray(levels, dtype=np.float64).round().clip(0, 255).astype(np.uint8))
+    return Image.fromarray(picture)  # uint8 (H, W), (H, W, 3), (H, W, 4): L, RGB, RGBA
 
 
 def native_size(width: int, height: int, patch: tuple[int, int], max_patches: int) -> tuple[int, int, bool]:
     """Each side rounded to the nearest multiple of the patch size (at least one patch); returns
-    (width, height, capped) where the grid is scaled down, aspect kept, to at most ``max_patches``."""
+    (width, height, capped) where the grid is scaled down, aspect kept as far as whole patches allow,
+    to at most ``max_patches`` patches."""
+    if max_patches < 1:
+        raise ValueError(f"max_patches must be at least 1, got {max_patches}")
     ph, pw = patch
     gw, gh = max(1, math.floor(width / pw + 0.5)), max(1, math.floor(height / ph + 0.5))  # halves round up
     capped = gw * gh > max_patches
     if capped:
         scale = math.sqrt(max_patches / (gw * gh))
         gw, gh = max(1, math.floor(gw * scale)), max(1, math.floor(gh * scale))
+        while gw * gh > max_patches:  # one side sits at its one-patch floor: shorten the other
+            if gw >= gh:
+                gw = max(1, max_patches // gh)
+            else:
+                gh = max(1, max_patches // gw)
     return gw * pw, gh * ph, capped
 
 
@@ -94,17 +234,26 @@ def _pil_to_tensor(image: Image.Image) -> torch.Tensor:
 
 def prepare_image(model: "LoadedModel", image: Image.Image, resolution: Resolution, *,
                   max_patches: int = DEFAULT_MAX_PATCHES, source: str = "image") -> PreparedImage:
-    """One PIL image to model input at the given resolution."""
+    """One PIL image to model input at the given resolution.
+
+    "native" keeps the aspect ratio, each side rounded to the patch size; an image that would give
+    more than ``max_patches`` patches is downscaled to fit, with a warning. "model" is the model's own
+    preprocessing (resize and centre crop). Tiny images (even 1 x 1) become at least one patch.
+    """
     mean, std = model.normalization
-    image = to_rgb(image)
+    try:
+        image.load()
+        image = to_rgb(upright(image))
+    except OSError as error:  # a lazily opened file that turns out truncated or corrupt
+        name = getattr(image, "filename", "") or source
+        raise ValueError(f"cannot read image {name} (truncated or corrupt): {error}") from error
     if resolution == "model":
         pixels = model.preprocess(image)
     elif resolution == "native":
         width, height, capped = native_size(image.width, image.height, model.adapter.patch_size, max_patches)
         if capped:
-            warnings.warn(f"{source} ({image.width}x{image.height}) would give more than {max_patches} patches at "
-                          f"native resolution; it is downscaled to {width}x{height} (pass max_patches to change this)",
-                          UserWarning, stacklevel=4)
+            warn_user(f"{source} ({image.width}x{image.height}) would give more than {max_patches} patches at "
+                      f"native resolution; it is downscaled to {width}x{height} (pass max_patches to change this)")
         if (width, height) != image.size:
             image = image.resize((width, height), Image.BICUBIC)
         pixels = normalise(_pil_to_tensor(image), mean, std)
@@ -114,42 +263,75 @@ def prepare_image(model: "LoadedModel", image: Image.Image, resolution: Resoluti
     return PreparedImage(pixels=pixels, display=to_picture(pixels, mean, std), source=source)
 
 
+def _is_preprocessed(item: Any) -> bool:
+    return isinstance(item, torch.Tensor) and item.is_floating_point()
+
+
+def _prepare_pixels(model: "LoadedModel", tensor: torch.Tensor, name: str) -> list[PreparedImage]:
+    """Preprocessed float pixels (3, H, W) or (B, 3, H, W), used as is."""
+    mean, std = model.normalization
+    pixels = tensor.detach()
+    if pixels.ndim == 3:
+        pixels = pixels.unsqueeze(0)
+    if pixels.ndim != 4 or pixels.shape[1] != 3:
+        raise ValueError(f"{name}: a float tensor is taken as preprocessed pixels and must be (3, H, W) or "
+                         f"(B, 3, H, W); got shape {tuple(tensor.shape)}. For a picture, pass a numpy array "
+                         "(values 0-1 or 0-255 by dtype), a uint8 tensor or a PIL image")
+    if pixels.shape[0] == 0:
+        raise ValueError("the image batch is empty")
+    if not torch.isfinite(pixels).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    ph, pw = model.adapter.patch_size
+    if pixels.shape[-2] % ph or pixels.shape[-1] % pw or pixels.shape[-2] < ph or pixels.shape[-1] < pw:
+        raise ValueError(f"{name}: preprocessed pixels must have sides that are positive multiples of the patch "
+                         f"size {ph}x{pw}; got {tuple(pixels.shape[-2:])}. For a picture of any size, pass a "
+                         "numpy array, a uint8 tensor or a PIL image")
+    if bool(pixels.min() >= 0) and bool(pixels.max() <= 1):
+        warn_user(f"{name}: all values lie in [0, 1], which looks like an unnormalised picture; float tensors "
+                  "are used as preprocessed (normalised) pixels. Pass a numpy array or a uint8 tensor to have "
+                  "a picture preprocessed")
+    return [PreparedImage(pixels=p.float().cpu(), display=to_picture(p, mean, std), source=f"{name}[{i}]")
+            for i, p in enumerate(pixels)]
+
+
 def prepare_images(model: "LoadedModel", images: Any, resolution: Resolution = "native", *,
                    max_patches: int = DEFAULT_MAX_PATCHES) -> list[PreparedImage]:
     """Images as given by users to model inputs.
 
-    Accepts a PIL image, a path, a list of these, or an already preprocessed tensor (3, H, W) or
-    (B, 3, H, W) that is used as is (its sides must be multiples of the patch size).
+    Accepts a path, a PIL image, a numpy array or integer tensor holding a picture (or a batch of them),
+    a float tensor (3, H, W) or (B, 3, H, W) of preprocessed pixels used as is (its sides must be
+    multiples of the patch size; ``resolution`` does not apply to it), or a list of these. The module
+    docstring gives the exact rule for arrays.
     """
-    mean, std = model.normalization
-    if isinstance(images, torch.Tensor):
-        if images.ndim == 3:
-            images = images.unsqueeze(0)
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"an image tensor must be (3, H, W) or (B, 3, H, W) preprocessed pixels, "
-                             f"got shape {tuple(images.shape)}")
-        if images.shape[0] == 0:
-            raise ValueError("the image batch is empty")
-        if not torch.isfinite(images).all():
-            raise ValueError("the image tensor holds NaN or infinite values")
-        ph, pw = model.adapter.patch_size
-        if images.shape[-2] % ph or images.shape[-1] % pw:
-            raise ValueError(f"a preprocessed image tensor must have sides that are multiples of the patch size "
-                             f"{ph}x{pw}; got {tuple(images.shape[-2:])}")
-        return [PreparedImage(pixels=p.float().cpu(), display=to_picture(p, mean, std), source=f"tensor[{i}]")
-                for i, p in enumerate(images)]
-    items = images if isinstance(images, (list, tuple)) else [images]
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+    if isinstance(max_patches, bool) or not isinstance(max_patches, int) or max_patches < 1:
+        raise ValueError(f"max_patches must be a positive int, got {max_patches!r}")
+    if _is_preprocessed(images):
+        return _prepare_pixels(model, images, "tensor")
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        items = list(images) if images.ndim == 4 else [images]
+    elif isinstance(images, (list, tuple)):
+        items = list(images)
+    else:
+        items = [images]
     if not items:
         raise ValueError("no images given")
-    prepared = []
+    prepared: list[PreparedImage] = []
     for index, item in enumerate(items):
+        source = f"image[{index}]"
         if isinstance(item, (str, Path)):
             source, picture = str(item), load_image(item)
         elif isinstance(item, Image.Image):
-            source, picture = f"image[{index}]", item
+            picture = item
+        elif _is_preprocessed(item):
+            prepared.extend(_prepare_pixels(model, item, f"tensor[{index}]"))
+            continue
+        elif isinstance(item, (np.ndarray, torch.Tensor)):
+            picture = array_to_picture(item, source)
         else:
-            raise TypeError(f"images must be PIL images, file paths or a preprocessed tensor; "
-                            f"item {index} is {type(item).__name__}")
+            raise TypeError(f"images must be file paths, PIL images, numpy arrays or tensors; item {index} is "
+                            f"{type(item).__name__}")
         prepared.append(prepare_image(model, picture, resolution, max_patches=max_patches, source=source))
     return prepared
 

@@ -21,6 +21,15 @@ def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
     return minmax(flat, dim=-1).reshape(maps.shape)
 
 
+def _check_index(index: int, count: int, what: str) -> int:
+    """An int index (negative from the end) within ``count`` items, else a clear error."""
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise TypeError(f"{what} index must be an int, got {type(index).__name__}")
+    if not -count <= int(index) < count:
+        raise IndexError(f"{what} index {index} out of range for {count} {what}s")
+    return int(index) % count
+
+
 @dataclass
 class ImageExplanation:
     """Heat maps of B images against K prompts.
@@ -41,8 +50,7 @@ class ImageExplanation:
         return len(self.raw)
 
     def __getitem__(self, index: int) -> "ImageExplanation":
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"image index {index} out of range for {len(self)} images")
+        index = _check_index(index, len(self), "image")
         return ImageExplanation([self.raw[index]], self.scores[index].unsqueeze(0),
                                 list(self.prompts), [self.images[index]], dict(self.settings))
 
@@ -76,6 +84,8 @@ class ImageExplanation:
 
     def heatmap(self, image: int = 0, prompt: int = 0) -> np.ndarray:
         """One normalised heat map at its picture's size, as a numpy array."""
+        image = _check_index(image, len(self), "image")
+        prompt = _check_index(prompt, len(self.prompts), "prompt")
         picture = self.images[image]
         return normalise_maps(upsample(self.raw[image][prompt], picture.size[::-1])).numpy()
 
@@ -95,6 +105,7 @@ class ImageExplanation:
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"raw_{i}": m.numpy() for i, m in enumerate(self.raw)}
         meta = {"prompts": self.prompts, "settings": self.settings, "count": len(self.raw)}
+        meta = json.loads(json.dumps(meta, default=str))  # settings that JSON cannot hold are kept as text
         np.savez_compressed(path, scores=self.scores.numpy(), meta=np.array(json.dumps(meta)), **arrays)
         return path
 
@@ -102,6 +113,8 @@ class ImageExplanation:
     def load(cls, path: str | Path, images: Sequence[Image.Image] | None = None) -> "ImageExplanation":
         """Load what ``save`` wrote (no pickle); pictures are blank unless given."""
         with np.load(Path(path), allow_pickle=False) as data:
+            if "meta" not in data.files or "scores" not in data.files:
+                raise ValueError(f"{path} is not a saved ImageExplanation (no 'meta' and 'scores' arrays)")
             meta = json.loads(str(data["meta"]))
             raw = [torch.from_numpy(data[f"raw_{i}"]) for i in range(meta["count"])]
             scores = torch.from_numpy(data["scores"])
@@ -142,6 +155,8 @@ class TextExplanation:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def pair(self, image: int = 0, text: int = 0) -> WordImportance:
+        image = _check_index(image, self.scores.shape[0], "image")
+        text = _check_index(text, len(self.texts), "text")
         n_tokens, n_words = len(self.tokens[text]), len(self.words[text])
         return WordImportance(
             text=self.texts[text], tokens=list(self.tokens[text]),
