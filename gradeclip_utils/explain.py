@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+import threading
+import traceback
+import weakref
+from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,18 +22,79 @@ from .results import ImageExplanation, TextExplanation
 from .text import as_text_list, group_words, token_pieces
 
 
+KEEP_TRACEBACK_LOCALS = False
+"""Set True to keep the locals of the package's frames in tracebacks (for a debugger); by default they
+are released when an explanation raises, so that a kept exception (a notebook's last traceback) does
+not keep the autograd graph and its activations alive."""
+
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock that serialises explanations of one model (re-entrant: nested calls are fine)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
 @contextlib.contextmanager
 def explaining(model: nn.Module) -> Iterator[None]:
-    """Eval mode and gradients on for the duration; every module's training flag is restored after,
-    also when the explanation raises."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
+    """The state an explanation needs, restored exactly after, also when the explanation raises.
+
+    For the duration: the model's lock is held (other explanations of the same model wait), every
+    module is in eval mode (dropout and patch dropout off), gradients are on, and every parameter
+    requires grad (a frozen model's embedding must still be differentiable with respect to the
+    captured activations). After: each module's training flag, each parameter's ``requires_grad`` and
+    ``.grad`` are as they were. Nothing is registered on the model (no hooks).
+    """
+    with model_lock(model):
+        flags = [(module, module.training) for module in model.modules()]
+        parameters = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+        try:
+            model.eval()
+            for p, needs_grad, grad in parameters:
+                if grad is not None:
+                    p.grad = None  # a method that calls backward() accumulates into fresh tensors, not these
+                if not needs_grad:
+                    p.requires_grad_(True)
+            with torch.enable_grad():
+                yield
+        finally:
+            for module, flag in flags:
+                module.training = flag
+            for p, needs_grad, grad in parameters:
+                if p.grad is not grad:
+                    p.grad = grad
+                if p.requires_grad != needs_grad:
+                    p.requires_grad_(needs_grad)
+
+
+def release_frames(error: BaseException) -> None:
+    """Drop the locals of the finished frames of ``error``'s traceback (and of the errors it chains):
+    they hold the graph and activations of the failed explanation."""
+    if KEEP_TRACEBACK_LOCALS:
+        return
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
+
+
+def _run_method(model: LoadedModel, method: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a method; a half-precision model on the CPU that hits a missing kernel gets a clear error."""
     try:
-        with torch.enable_grad():
-            yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
+        return fn(*args, **kwargs)
+    except RuntimeError as error:
+        if model.adapter.dtype == torch.float16 and model.device.type == "cpu" and "Half" in str(error):
+            raise RuntimeError(
+                f"{method} failed on a half-precision (fp16) model on the CPU, where this torch build lacks a "
+                f"kernel ({error}). Convert the model with model.float() (or .bfloat16()), or run it on a CUDA "
+                "device.") from error
+        raise
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -41,6 +106,8 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
 def encode_texts(model: LoadedModel, texts: str | Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """Unit-normalised text embeddings (K, D), float32, in batches."""
     texts = as_text_list(texts, "texts")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
     adapter = model.adapter
     with explaining(model.model):
         with torch.no_grad():
@@ -51,24 +118,32 @@ def encode_texts(model: LoadedModel, texts: str | Sequence[str], batch_size: int
 
 def prompt_targets(model: LoadedModel, prompts: Any, labels: Sequence[str] | None = None
                    ) -> tuple[torch.Tensor, list[str]]:
-    """Prompts (a string, strings, or a (K, D) tensor of text embeddings) as unit-normalised targets."""
+    """Prompts (a string, strings, or a (K, D) tensor or numpy array of text embeddings) as
+    unit-normalised targets."""
+    if isinstance(prompts, np.ndarray):
+        if prompts.dtype.kind != "f":
+            raise TypeError(f"prompt embeddings must be floating point, got dtype {prompts.dtype}")
+        prompts = torch.from_numpy(np.ascontiguousarray(prompts))
     if isinstance(prompts, torch.Tensor):
+        if not prompts.is_floating_point():
+            raise TypeError(f"prompt embeddings must be floating point, got dtype {prompts.dtype}")
         if prompts.ndim == 1:
             prompts = prompts.unsqueeze(0)
         dim = model.adapter.embed_dim
         if prompts.ndim != 2 or prompts.shape[1] != dim:
-            raise ValueError(f"prompt embeddings must be (K, {dim}) for this model, got {tuple(prompts.shape)}")
+            raise ValueError(f"prompt embeddings must be (K, {dim}) for this model (its embedding width is {dim}), "
+                             f"got {tuple(prompts.shape)}")
         if prompts.shape[0] == 0:
             raise ValueError("prompt embeddings are empty: give at least one")
         if not torch.isfinite(prompts).all() or (prompts.norm(dim=-1) == 0).any():
             raise ValueError("prompt embeddings must be finite and non-zero")
         targets = F.normalize(prompts.detach().float().to(model.device), dim=-1)
-        names = list(labels) if labels is not None else [f"embedding {i}" for i in range(len(targets))]
+        names = [str(l) for l in labels] if labels is not None else [f"embedding {i}" for i in range(len(targets))]
     else:
         names = as_text_list(prompts, "prompts")
         targets = encode_texts(model, names).to(model.device)
         if labels is not None:
-            names = list(labels)
+            names = [str(l) for l in labels]
     if len(names) != targets.shape[0]:
         raise ValueError(f"{len(names)} labels for {targets.shape[0]} prompts")
     return targets, names
@@ -81,9 +156,12 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
                   **options: Any) -> ImageExplanation:
     """Heat maps of images against prompts.
 
-    ``images``: a PIL image, a path, a list of them, or a preprocessed (B, 3, H, W) tensor used as is.
-    ``prompts``: a string, a list of strings, or a (K, D) tensor of text embeddings (e.g. a zero-shot
-    classifier; name them with ``labels``). ``layers``: block indices (negative from the end) or an int
+    ``images``: a path, a PIL image, a numpy array or integer tensor holding a picture (HWC or CHW,
+    uint8 0-255, uint16, or float 0-1), a list of these, or a float tensor (3, H, W) / (B, 3, H, W) of
+    preprocessed pixels used as is (see ``gradeclip_utils.inputs`` for the exact rule).
+    ``prompts``: a string, a list of strings (empty strings give all-zero or weak maps, never NaN;
+    texts longer than the context length are cut with a warning), or a (K, D) tensor of text
+    embeddings (e.g. a zero-shot classifier; name them with ``labels``). ``layers``: block indices (negative from the end) or an int
     n for the last n blocks; several blocks combine as ReLU per block, then sum. ``mode``: "faithful"
     (the model's own multi-head blocks; scores equal the model's cosine) or "official" (the authors'
     single-head recomputation of the explained blocks). ``qk``: "raw" or "out_proj" q and k for the
@@ -94,6 +172,13 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
     backward of min(K, D) cotangents through the blocks after the earliest explained block (after
     the last block only the class-token row), whatever the number of prompts K: no per-prompt passes.
     Returns an ImageExplanation with raw maps (B, K, h, w), scores (B, K) and the settings used.
+
+    State: nothing is left on the model: training flags, ``requires_grad`` and ``.grad`` of every
+    parameter are restored, no hooks are registered, and no graph outlives the call, also when it
+    raises. The same inputs give bit-identical maps on the CPU. Threads: calls on one model are
+    serialised by a per-model lock (safe, but not parallel); different models run in parallel. Code
+    that runs the model outside this package while an explanation is in progress sees it in eval mode
+    with all parameters requiring grad.
     """
     model = as_loaded(model)
     _check_choice("mode", mode, MODES)
@@ -111,16 +196,23 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
     batches = [indices[i:i + batch_size] for indices in group_by_shape(prepared).values()
                for i in range(0, len(indices), batch_size)]
     show = progress if progress is not None else len(batches) > 1
-    with explaining(model.model):
-        for batch in tqdm(batches, desc=f"explain ({method})", disable=not show, leave=False):
-            pixels = torch.stack([prepared[i].pixels for i in batch]).to(model.device)
-            out = fn(adapter, pixels, targets, layers=absolute_layers, mode=mode, qk=qk, **options)
-            maps = out.maps.float().cpu()
-            if not torch.isfinite(maps).all():
-                raise FloatingPointError(f"{method} produced non-finite values for {[prepared[i].source for i in batch]}")
-            for row, index in enumerate(batch):
-                raw[index] = maps[row]
-                scores[index] = out.scores[row].float().cpu()
+    try:
+        with explaining(model.model):
+            for batch in tqdm(batches, desc=f"explain ({method})", disable=not show, leave=False):
+                pixels = torch.stack([prepared[i].pixels for i in batch]).to(model.device)
+                out = _run_method(model, method, fn, adapter, pixels, targets, layers=absolute_layers, mode=mode,
+                                  qk=qk, **options)
+                maps, batch_scores = out.maps.detach().float().cpu(), out.scores.detach().float().cpu()
+                del out, pixels
+                if not (torch.isfinite(maps).all() and torch.isfinite(batch_scores).all()):
+                    raise FloatingPointError(f"{method} produced non-finite maps or scores for "
+                                             f"{[prepared[i].source for i in batch]} (are the model's weights finite?)")
+                for row, index in enumerate(batch):
+                    raw[index] = maps[row].clone()
+                    scores[index] = batch_scores[row]
+    except BaseException as error:
+        release_frames(error)
+        raise
     settings = {"method": method, "layers": absolute_layers, "mode": mode, "qk": qk, "resolution": resolution,
                 **model.describe(), **{k: v for k, v in options.items() if isinstance(v, (int, float, str, bool))}}
     return ImageExplanation(raw=raw, scores=scores, prompts=names, images=[p.display for p in prepared],
@@ -137,7 +229,8 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
     the blocks before the ReLU, restricted to the tokens between the start and end tokens and
     normalised to sum to 1; words get the sum of their BPE pieces. Cost: one forward of the image
     tower (no graph), one forward of the text tower for all K texts and one batched backward of
-    min(B, D) cotangents.
+    min(B, D) cotangents. An empty or whitespace-only text has no words: its word list is empty and
+    its importance row all zero. State and threads: as for ``explain_image``.
     """
     model = as_loaded(model)
     _check_choice("mode", mode, MODES)
@@ -149,13 +242,22 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
     texts = as_text_list(texts, "texts")
     prepared = prepare_images(model, images, resolution, max_patches=max_patches)
     tokens = model.tokenize(texts)
-    with explaining(model.model):
-        with torch.no_grad():
-            image_embeddings = torch.cat([adapter.encode_image(p.pixels.unsqueeze(0).to(model.device))
-                                          for p in prepared])
-        image_targets = F.normalize(image_embeddings.float(), dim=-1)
-        out = fn(adapter, tokens, image_targets, layers=absolute_layers, mode=mode, qk=qk, **options)
-    relevance = out.relevance.float().cpu()
+    try:
+        with explaining(model.model):
+            with torch.no_grad():
+                image_embeddings = torch.cat([adapter.encode_image(p.pixels.unsqueeze(0).to(model.device))
+                                              for p in prepared])
+            image_targets = F.normalize(image_embeddings.float(), dim=-1)
+            out = _run_method(model, method, fn, adapter, tokens, image_targets, layers=absolute_layers, mode=mode,
+                              qk=qk, **options)
+        relevance, text_scores = out.relevance.detach().float().cpu(), out.scores.detach().float().cpu()
+        del out
+        if not (torch.isfinite(relevance).all() and torch.isfinite(text_scores).all()):
+            raise FloatingPointError(f"{method} produced non-finite relevance or scores (are the model's weights "
+                                     "finite?)")
+    except BaseException as error:
+        release_frames(error)
+        raise
     eos = adapter.text_token_index(tokens).cpu()
     pieces = [token_pieces(model, tokens[k, 1:int(eos[k])].tolist()) for k in range(len(texts))]
     words = [group_words(p) for p in pieces]
@@ -174,4 +276,4 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
                 **model.describe()}
     return TextExplanation(texts=texts, tokens=pieces, token_importance=token_importance,
                            words=[[w for w, _ in ws] for ws in words], word_importance=word_importance,
-                           scores=out.scores.float().cpu(), images=[p.display for p in prepared], settings=settings)
+                           scores=text_scores, images=[p.display for p in prepared], settings=settings)

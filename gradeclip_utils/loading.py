@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +24,13 @@ SYNTHETIC_DIR = DATA_DIR / "synthetic_clip"
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights could not be found locally or downloaded."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file holds more than tensors (a pickle that would run code) and is refused."""
+
+
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".tar"}
 
 
 @dataclass
@@ -91,6 +101,60 @@ def _looks_like_file(pretrained: str) -> bool:
         ".safetensors", ".bin", ".pt", ".pth", ".ckpt"}
 
 
+def check_checkpoint(path: str | Path) -> None:
+    """Refuse a checkpoint file that could run code when loaded, before any model is built.
+
+    safetensors files hold tensors only and are checked for a readable header. Every other file is
+    read as a torch checkpoint with ``weights_only=True`` (memory-mapped, so this costs little): a
+    pickle that names anything but tensors and plain containers (a malicious ``__reduce__``, a
+    TorchScript archive, a pickled module) raises ``UnsafeCheckpointError`` and nothing in it runs.
+    numpy ``.npz``/``.npy`` weights are read by open_clip with pickles disallowed.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".npz", ".npy"):
+        return
+    if suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except Exception as error:
+            raise ValueError(f"cannot read safetensors checkpoint {path}: {type(error).__name__}: {error}") from error
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*TorchScript archive")  # refused below, clearly
+            torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        raise UnsafeCheckpointError(
+            f"refusing checkpoint {path}: it is a pickle that holds more than tensors, and loading it could run "
+            f"code ({first_line[:200]}). Only safetensors files and torch checkpoints of plain tensors "
+            "(weights_only=True) are loaded; if you trust the file, convert it to safetensors yourself.") from None
+    except RuntimeError as error:
+        if "TorchScript" in str(error):
+            raise UnsafeCheckpointError(
+                f"refusing checkpoint {path}: it is a TorchScript archive, which is not loaded as weights; save "
+                "its state_dict as safetensors instead.") from None
+        raise ValueError(f"cannot read checkpoint {path} (truncated or corrupt?): {str(error)[:300]}") from error
+    except (EOFError, OSError, ValueError) as error:
+        raise ValueError(f"cannot read checkpoint {path} (truncated or corrupt?): {type(error).__name__}: "
+                         f"{str(error)[:300]}") from error
+
+
+def _folder_checkpoints(folder: Path) -> list[Path]:
+    """The checkpoint open_clip would pick in a model folder (all candidates when that is unknown)."""
+    try:
+        from open_clip.factory import _find_checkpoint_in_dir
+
+        chosen = _find_checkpoint_in_dir(folder)
+        return [Path(chosen)] if chosen else []
+    except ImportError:
+        return sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pth"))
+
+
 def load_model(name: str = SYNTHETIC, pretrained: str | None = None, device: str | torch.device | None = None,
                precision: str = "fp32", *, cache_dir: str | None = None) -> LoadedModel:
     """Load an open_clip CLIP model, ready for explanation.
@@ -99,7 +163,9 @@ def load_model(name: str = SYNTHETIC, pretrained: str | None = None, device: str
     (or "local-dir:PATH"), or "synthetic" (the default), the small CLIP trained on this project's
     synthetic scenes, shipped under ``data/synthetic_clip``. ``pretrained``: an open_clip weight tag
     ("openai", "laion2b_s34b_b88k"), a local checkpoint file (safetensors, or a torch file loaded with
-    ``weights_only=True``), or None for random weights. ``device`` defaults to CUDA when available.
+    ``weights_only=True``), or None for random weights. Local checkpoints, and those in a model folder,
+    are checked before anything is built: a pickle holding more than tensors raises
+    ``UnsafeCheckpointError`` without running anything. ``device`` defaults to CUDA when available.
     ``precision``: "fp32", "fp16" or "bf16" ("fp16" needs a CUDA device).
     Raises ``WeightsUnavailableError`` when weights cannot be downloaded, and ``UnsupportedModelError``
     when no adapter explains the model's family.
@@ -117,6 +183,11 @@ def load_model(name: str = SYNTHETIC, pretrained: str | None = None, device: str
         raise ValueError(f"{name!r} is a model folder that carries its own weights; leave pretrained=None")
     if pretrained is not None and _looks_like_file(pretrained) and not Path(pretrained).is_file():
         raise FileNotFoundError(f"checkpoint file not found: {pretrained}")
+    if pretrained is not None and Path(pretrained).is_file():
+        check_checkpoint(pretrained)
+    if resolved.startswith("local-dir:") and Path(resolved[len("local-dir:"):]).is_dir():
+        for checkpoint in _folder_checkpoints(Path(resolved[len("local-dir:"):])):
+            check_checkpoint(checkpoint)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             resolved, pretrained=pretrained, precision=precision, device=device, cache_dir=cache_dir,
@@ -152,7 +223,13 @@ def _weights_error(name: str, pretrained: str, error: BaseException) -> WeightsU
 
 def wrap_model(model: nn.Module, preprocess: Callable, tokenizer: Callable, *, name: str = "custom",
                pretrained: str | None = None) -> LoadedModel:
-    """Wrap an open_clip model you already created (it is put in eval mode)."""
+    """Wrap an open_clip model you already created (it is put in eval mode).
+
+    Raises ``UnsupportedModelError`` naming the family when no adapter explains the model. Half
+    precision (fp16) on the CPU is kept as given: it runs where torch has the CPU kernels, and an
+    explanation that hits a missing one raises a RuntimeError saying to use ``model.float()``
+    (or bf16, or a CUDA device).
+    """
     model.eval()
     try:
         parameter = next(model.parameters())

@@ -1,0 +1,142 @@
+"""Checkpoints load only as tensors: safetensors or weights_only torch files; pickles that would run
+code are refused before anything runs, with a clear error."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import gradeclip_utils as ge
+from gradeclip_utils.loading import UnsafeCheckpointError, check_checkpoint
+
+TINY_CONFIG = {"embed_dim": 16,
+               "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+               "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+TINY_NAME = "gradeclip-robustness-tiny"
+
+
+class WritesAFile:
+    """Unpickling this object opens (creates) a marker file: a stand-in for arbitrary code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture(scope="module")
+def tiny_name(tmp_path_factory):
+    """A tiny open_clip architecture registered under a name, so that ``pretrained=FILE`` can be used."""
+    folder = tmp_path_factory.mktemp("configs")
+    (folder / f"{TINY_NAME}.json").write_text(json.dumps(TINY_CONFIG))
+    open_clip.add_model_config(folder)
+    assert TINY_NAME in open_clip.list_models()
+    return TINY_NAME
+
+
+def tiny_state_dict(name=TINY_NAME):
+    torch.manual_seed(0)
+    model = open_clip.create_model(name, pretrained=None)
+    return {k: v.clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def model_folder(path, weights_name=None, weights=None):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CONFIG}))
+    if weights_name is not None:
+        if weights_name.endswith(".safetensors"):
+            save_file(weights, str(path / weights_name))
+        else:
+            torch.save(weights, path / weights_name)
+    return path
+
+
+def malicious_checkpoint(path, marker):
+    """A checkpoint that looks like weights but runs code (creates ``marker``) when unpickled."""
+    torch.save({"state_dict": {"visual.proj": torch.zeros(2)}, "payload": WritesAFile(marker)}, path)
+    return path
+
+
+def test_the_malicious_checkpoint_really_runs_code_when_unpickled(tmp_path):
+    """The control: a plain (unsafe) load of the test's payload does create its marker file."""
+    marker = tmp_path / "control-ran"
+    path = malicious_checkpoint(tmp_path / "control.pt", marker)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)["payload"].close()
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".bin", ".pth", ".ckpt"])
+def test_malicious_pretrained_file_is_refused_before_it_runs(tiny_name, tmp_path, suffix):
+    marker = tmp_path / "pwned"
+    path = malicious_checkpoint(tmp_path / f"weights{suffix}", marker)
+    with pytest.raises(UnsafeCheckpointError, match=rf"refusing checkpoint .*weights{suffix}.*more than tensors"):
+        ge.load_model(tiny_name, pretrained=str(path), device="cpu")
+    assert not marker.exists()
+    with pytest.raises(ValueError):  # UnsafeCheckpointError is a ValueError, for callers that catch those
+        check_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_malicious_checkpoint_in_a_model_folder_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    folder = model_folder(tmp_path / "model")
+    malicious_checkpoint(folder / "open_clip_pytorch_model.bin", marker)
+    for name in (str(folder), f"local-dir:{folder}"):
+        with pytest.raises(UnsafeCheckpointError, match="open_clip_pytorch_model.bin"):
+            ge.load_model(name, device="cpu")
+    assert not marker.exists()
+
+
+def test_torchscript_archive_is_refused(tiny_name, tmp_path):
+    path = tmp_path / "scripted.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, and still in use
+        torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)), str(path))
+    with pytest.raises(UnsafeCheckpointError, match="TorchScript"):
+        ge.load_model(tiny_name, pretrained=str(path), device="cpu")
+
+
+def test_corrupt_and_missing_checkpoints_name_the_file(tiny_name, tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save(tiny_state_dict(), good)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:500])
+    with pytest.raises(ValueError, match=r"cut\.pt.*truncated or corrupt"):
+        ge.load_model(tiny_name, pretrained=str(cut), device="cpu")
+    fake = tmp_path / "fake.safetensors"
+    fake.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match=r"fake\.safetensors"):
+        ge.load_model(tiny_name, pretrained=str(fake), device="cpu")
+    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+        ge.load_model(tiny_name, pretrained=str(tmp_path / "nowhere.pt"), device="cpu")
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "zip", "legacy"])
+def test_plain_tensor_checkpoints_load(tiny_name, tmp_path, fmt):
+    weights = tiny_state_dict()
+    if fmt == "safetensors":
+        path = tmp_path / "w.safetensors"
+        save_file(weights, str(path))
+    else:
+        path = tmp_path / "w.pt"
+        torch.save({"state_dict": weights}, path, _use_new_zipfile_serialization=fmt == "zip")
+    loaded = ge.load_model(tiny_name, pretrained=str(path), device="cpu")
+    state = loaded.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in weights.items())
+    assert loaded.pretrained == str(path)
+
+
+def test_safetensors_folder_loads_its_weights(tiny_name, tmp_path):
+    weights = tiny_state_dict()
+    folder = model_folder(tmp_path / "model", "open_clip_model.safetensors", weights)
+    loaded = ge.load_model(str(folder), device="cpu")
+    assert torch.equal(loaded.model.visual.proj, weights["visual.proj"])
+    explanation = ge.explain_image(loaded, torch.randn(1, 3, 32, 32), ["a dog"])
+    assert explanation.maps.shape == (1, 1, 2, 2) and torch.isfinite(explanation.maps).all()
