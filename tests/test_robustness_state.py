@@ -225,3 +225,48 @@ def test_concurrent_calls_on_one_model_are_serialised_and_correct():
     assert not errors and len(results) == 20
     assert all(torch.equal(maps, expected.maps) for maps in results.values())
     assert all(m.training for m in loaded.model.modules())
+
+
+@pytest.mark.parametrize("method", ge.list_methods()["image"])
+def test_every_image_method_leaves_nothing_and_repeats_exactly(tiny, method):
+    """Each registered method, on a model in train mode with a frozen image tower: finite maps, the
+    same maps twice, and the model exactly as it was, with no graph alive."""
+    options = {"clip_surgery": {"surgery_targets": ge.encode_texts(tiny, PROMPTS)},
+               "rise": {"masks": 200}}.get(method, {})
+    ge.explain_image(tiny, PIXELS[:1], PROMPTS[:2], method=method, **options)  # warm-up
+    baseline = graph_tensors()
+    model = tiny.model
+    model.train()
+    model.visual.requires_grad_(False)
+    try:
+        before = model_state(model)
+        first = ge.explain_image(tiny, PIXELS[:1], PROMPTS[:2], method=method, **options)
+        second = ge.explain_image(tiny, PIXELS[:1], PROMPTS[:2], method=method, **options)
+        same_state(before, model_state(model))
+        assert graph_tensors() == baseline
+    finally:
+        model.eval()
+        model.requires_grad_(True)
+    assert torch.isfinite(first.maps).all() and torch.equal(first.maps, second.maps)
+    heat = first.heatmaps()
+    assert heat.min() >= 0 and heat.max() <= 1
+
+
+@pytest.mark.parametrize("method", ge.list_methods()["text"])
+def test_every_text_method_leaves_nothing_and_repeats_exactly(tiny, method):
+    ge.explain_text(tiny, PIXELS[:1], PROMPTS, method=method)  # warm-up
+    baseline = graph_tensors()
+    model = tiny.model
+    model.train()
+    model.transformer.requires_grad_(False)
+    try:
+        before = model_state(model)
+        first = ge.explain_text(tiny, PIXELS[:1], ["", *PROMPTS], method=method)
+        second = ge.explain_text(tiny, PIXELS[:1], ["", *PROMPTS], method=method)
+        same_state(before, model_state(model))
+        assert graph_tensors() == baseline
+    finally:
+        model.eval()
+        model.requires_grad_(True)
+    assert torch.isfinite(first.word_importance).all() and torch.equal(first.word_importance, second.word_importance)
+    assert first.words[0] == [] and float(first.word_importance[0, 0].abs().sum()) == 0
