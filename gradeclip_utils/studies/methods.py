@@ -1,0 +1,185 @@
+"""Methods and faithfulness: Grad-ECLIP against the baselines on the same inputs, and the figures of the
+evaluation command's results (``python -m gradeclip_utils.evaluate``: per-image localisation, deletion and
+insertion curves, the cascading-randomisation sanity check and timing).
+
+``method_gallery`` explains the same images and prompts with every method; the ``plot_*`` functions read
+the evaluation's CSVs (``per_image.csv``, ``sanity.csv``, ``timing.csv``) and draw means with 95%
+bootstrap intervals over images (seaborn).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .common import as_input, default_resolution, image_name, prompt_mask, upsampled
+
+#: methods too slow for a quick run on the CPU (many forward passes or an optimisation per map)
+SLOW_METHODS: tuple[str, ...] = ("rise", "m2ib")
+
+
+def available_methods(include_slow: bool = True) -> list[str]:
+    """Grad-ECLIP first, then the registered baselines (without RISE and M2IB unless ``include_slow``)."""
+    from ..methods import list_methods
+
+    names = list_methods()["image"]
+    ordered = ["grad_eclip"] + [n for n in names if n != "grad_eclip"]
+    return [n for n in ordered if include_slow or n not in SLOW_METHODS]
+
+
+def method_gallery(model: Any, images: Sequence[Any], prompts: Sequence[str], methods: Sequence[str], *,
+                   method_options: Mapping[str, Mapping[str, Any]] | None = None, panel_size: float = 1.9):
+    """Rows: (image, prompt) pairs; columns: the input and each method's map of that prompt. On synthetic
+    scenes each panel gives the map's share of mass on the prompted objects. Returns (figure, table)
+    where the table has one row per (image, method) with seconds, score and that share."""
+    import pandas as pd
+    from matplotlib import pyplot as plt
+
+    from .. import explain_image
+    from ..metrics import energy_pointing_game
+    from ..plotting import overlay
+
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images for {len(prompts)} prompts: give one prompt per image")
+    options = dict(method_options or {})
+    fig, axes = plt.subplots(len(images), len(methods) + 1, squeeze=False, layout="constrained",
+                             figsize=(panel_size * (len(methods) + 1), panel_size * len(images) + 0.3))
+    rows = []
+    for r, (image, prompt) in enumerate(zip(images, prompts)):
+        resolution = default_resolution(model, image)
+        mask = prompt_mask(image, prompt)
+        for c, method in enumerate(methods):
+            started = time.perf_counter()
+            ex = explain_image(model, as_input(image), [prompt], method=method, resolution=resolution, progress=False,
+                               **dict(options.get(method, {})))
+            row = {"image": image_name(image, r), "prompt": prompt, "method": method,
+                   "seconds": time.perf_counter() - started, "score": float(ex.scores[0, 0])}
+            title = method if r == 0 else ""
+            if mask is not None:
+                row["energy"] = float(energy_pointing_game(upsampled(ex.raw[0][0], mask.shape), mask))
+                title = f"{title}\nenergy {row['energy']:.2f}" if title else f"energy {row['energy']:.2f}"
+            rows.append(row)
+            if c == 0:
+                axes[r, 0].imshow(ex.images[0])
+                axes[r, 0].set_title(prompt, fontsize=7)
+                axes[r, 0].axis("off")
+            overlay(ex.images[0], ex.heatmap(0, 0), ax=axes[r, c + 1], title=title)
+            axes[r, c + 1].title.set_fontsize(7)
+    fig.suptitle("the same images and prompts under every method", fontsize=10)
+    return fig, pd.DataFrame(rows)
+
+
+def _curve_frame(per_image, kind: str, measure: str = "score"):
+    """Long table of one kind of curve (deletion or insertion): method, fraction, value, key."""
+    pattern = re.compile(rf"^{kind}_{measure}_(\d+)$")
+    columns = [(int(m.group(1)), c) for c in per_image.columns if (m := pattern.match(c))]
+    if not columns:
+        raise ValueError(f"per_image.csv has no {kind}_{measure}_NN columns (was faithfulness skipped?)")
+    steps = max(i for i, _ in columns)
+    long = per_image.melt(id_vars=["key", "method"], value_vars=[c for _, c in sorted(columns)], var_name="column",
+                          value_name=measure)
+    long["step"] = long["column"].str.extract(r"_(\d+)$")[0].astype(int)
+    long["removed %"] = 50.0 * long["step"] / steps
+    return long
+
+
+def plot_curves(per_image, measure: str = "score", methods: Sequence[str] | None = None):
+    """Mean deletion and insertion curves per method with 95% bootstrap bands over images."""
+    import seaborn as sns
+    from matplotlib import pyplot as plt
+
+    order = list(methods) if methods is not None else list(dict.fromkeys(per_image["method"]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    for ax, kind, title in zip(axes, ("deletion", "insertion"),
+                               ("deletion (random pixels, most important first): lower is better",
+                                "insertion (into black, most important first): higher is better")):
+        long = _curve_frame(per_image, kind, measure)
+        sns.lineplot(data=long, x="removed %", y=measure, hue="method", hue_order=order, errorbar=("ci", 95),
+                     ax=ax, seed=0, marker="o", markersize=3, n_boot=500)
+        ax.set_xlabel(f"pixels {'deleted' if kind == 'deletion' else 'inserted'} (%)")
+        ax.set_ylabel("target score (cosine)" if measure == "score" else measure)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7, ncol=2, frameon=False)
+        ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def plot_metric_bars(per_image, columns: Sequence[str], labels: Sequence[str] | None = None,
+                     methods: Sequence[str] | None = None, reference: str | None = None):
+    """One panel per column of per_image.csv (e.g. pointing, energy, deletion_auc_score): the mean per
+    method with its 95% bootstrap interval. ``reference`` (e.g. "area_share") is drawn as a dashed line."""
+    import seaborn as sns
+    from matplotlib import pyplot as plt
+
+    present = [c for c in columns if c in per_image.columns]
+    if not present:
+        raise ValueError(f"none of {list(columns)} in the results")
+    labels = list(labels) if labels is not None else present
+    order = list(methods) if methods is not None else list(dict.fromkeys(per_image["method"]))
+    fig, axes = plt.subplots(1, len(present), figsize=(max(4.0, 0.45 * len(order) + 1.5) * len(present), 3.6),
+                             squeeze=False, layout="constrained")
+    for ax, column, label in zip(axes[0], present, labels):
+        sns.barplot(data=per_image, x="method", y=column, order=order, errorbar=("ci", 95), ax=ax, seed=0,
+                    color="#5dade2", n_boot=1000)
+        if reference is not None and reference in per_image.columns and column == "energy":
+            ax.axhline(float(per_image[reference].mean()), color="grey", ls="--", lw=0.8)
+        ax.set_ylabel(label)
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", rotation=60, labelsize=8)
+        ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def plot_sanity(sanity):
+    """Cascading randomisation: Spearman and SSIM of each method's map with the original map, per
+    randomisation stage (from the top block down), means with 95% bootstrap bands over images."""
+    import seaborn as sns
+    from matplotlib import pyplot as plt
+
+    stages = sanity.drop_duplicates("depth").sort_values("depth")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    for ax, column in zip(axes, ("spearman", "ssim")):
+        sns.lineplot(data=sanity, x="depth", y=column, hue="method", errorbar=("ci", 95), ax=ax, seed=0,
+                     marker="o", markersize=3, n_boot=500)
+        ax.set_xticks(stages["depth"])
+        ax.set_xticklabels(stages["stage"], rotation=45, ha="right", fontsize=8)
+        ax.set_xlabel("randomised from the top down to (cumulative)")
+        ax.set_ylabel(f"{'Spearman' if column == 'spearman' else 'SSIM'} with the original map")
+        ax.axhline(0, color="black", lw=0.6)
+        ax.legend(fontsize=7, ncol=2, frameon=False)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.suptitle("sanity check: a map that does not change when the weights are randomised does not explain the "
+                 "model", fontsize=9)
+    return fig
+
+
+def plot_timing(timing):
+    """Time per (image, prompt) relative to one plain image forward, with 1 and with 8 prompts per image."""
+    from matplotlib import pyplot as plt
+
+    order = timing.sort_values("ratio_k8")
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(order) + 2), 3.4), layout="constrained")
+    x = np.arange(len(order))
+    ax.bar(x - 0.2, order["ratio_k1"], width=0.4, label="1 prompt per image", color="#5dade2")
+    ax.bar(x + 0.2, order["ratio_k8"], width=0.4, label="8 prompts per image", color="#2e86c1")
+    ax.set_xticks(x)
+    ax.set_xticklabels(order["method"], rotation=60, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="grey", ls="--", lw=0.8)
+    ax.set_ylabel("time per (image, prompt) / one forward")
+    ax.legend(fontsize=8, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def read_results(folder: str | Path) -> dict[str, Any]:
+    """The evaluation's CSVs as DataFrames (missing files give None)."""
+    import pandas as pd
+
+    folder = Path(folder)
+    return {name: (pd.read_csv(folder / f"{name}.csv") if (folder / f"{name}.csv").exists() else None)
+            for name in ("per_image", "timing", "sanity")}
