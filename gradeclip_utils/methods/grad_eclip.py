@@ -11,7 +11,7 @@ times the closed-form dS/df), never a loop of per-target backward passes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,22 +44,32 @@ def cosine_scores(embedding: Tensor, targets: Tensor) -> Tensor:
     return F.normalize(embedding.float(), dim=-1) @ targets.float().T
 
 
-def _batched_vjp(outputs: Tensor, inputs: Sequence[Tensor], cotangents: Tensor, chunk: int) -> list[Tensor]:
-    """Vector-Jacobian products for a batch of cotangents (M, *outputs.shape), in chunks of ``chunk``.
+def batched_vjp(outputs: Tensor, inputs: Sequence[Tensor], cotangents: Callable[[int, int], Tensor], count: int,
+                chunk: int) -> list[Tensor]:
+    """Vector-Jacobian products of ``outputs`` for ``count`` cotangents, ``chunk`` at a time.
 
-    Returns one (M, *input.shape) tensor per input. The graph is kept between chunks and freed after
-    the last one.
+    ``cotangents(start, stop)`` builds cotangents ``start:stop`` as a (stop - start, *outputs.shape)
+    tensor, so that no more than one chunk of them is ever held. Returns one (count, *input.shape)
+    tensor per input (zeros for an input that ``outputs`` does not depend on). Each chunk is a single
+    backward pass vectorised with ``torch.func.vmap``, whose batching rules cover the backward of
+    layer norm and GELU (the older ``is_grads_batched`` loops over the cotangents one by one there).
+    The graph is kept between chunks and freed after the last one.
     """
-    total = cotangents.shape[0]
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
+    inputs = list(inputs)
     pieces: list[list[Tensor]] = [[] for _ in inputs]
-    for start in range(0, total, chunk):
-        stop = min(start + chunk, total)
-        grads = torch.autograd.grad(outputs, list(inputs), grad_outputs=cotangents[start:stop],
-                                    retain_graph=stop < total, is_grads_batched=True, allow_unused=True)
-        for slot, grad, inp in zip(pieces, grads, inputs):
-            slot.append(torch.zeros((stop - start, *inp.shape), dtype=inp.dtype, device=inp.device)
-                        if grad is None else grad)
-    return [torch.cat(slot, dim=0) for slot in pieces]
+    for start in range(0, count, chunk):
+        stop = min(start + chunk, count)
+        retain = stop < count
+
+        def pull(cotangent: Tensor, retain: bool = retain) -> tuple[Tensor, ...]:
+            return torch.autograd.grad(outputs, inputs, grad_outputs=cotangent, retain_graph=retain,
+                                       materialize_grads=True)
+
+        for slot, grad in zip(pieces, torch.func.vmap(pull)(cotangents(start, stop))):
+            slot.append(grad)
+    return [torch.cat(slot, dim=0) if len(slot) > 1 else slot[0] for slot in pieces]
 
 
 def channel_weights(trace: TowerTrace, layers: Sequence[int], targets: Tensor,
@@ -68,7 +78,9 @@ def channel_weights(trace: TowerTrace, layers: Sequence[int], targets: Tensor,
 
     ``targets`` (M, D) are unit-normalised embeddings of the other modality. Returns, per layer, a
     float32 tensor (N, M, C) with ``[n, m] = dS[n, m] / d token_output[n]`` and the scores (N, M).
-    Cost: one batched backward of min(M, D) cotangents through the blocks after the earliest layer.
+    Cost: one batched backward of min(M, D) cotangents through the blocks after the earliest layer:
+    M one-hot cotangents on the scores when M <= D, else the D x C Jacobian of the embedding (D
+    one-hot cotangents) times the closed-form dS/df.
     """
     embedding = trace.embedding
     inputs = [trace.blocks[layer].token_output for layer in layers]
@@ -76,20 +88,23 @@ def channel_weights(trace: TowerTrace, layers: Sequence[int], targets: Tensor,
     scores = cosine_scores(embedding, targets)
     n = embedding.shape[0]
     if count <= dim:
-        cot = torch.zeros(count, n, count, dtype=scores.dtype, device=scores.device)
-        cot[torch.arange(count), :, torch.arange(count)] = 1.0
-        grads = _batched_vjp(scores, inputs, cot, chunk)
+        def one_hot(start: int, stop: int) -> Tensor:
+            cot = torch.zeros(stop - start, n, count, dtype=scores.dtype, device=scores.device)
+            cot[torch.arange(stop - start), :, torch.arange(start, stop)] = 1.0
+            return cot
+
+        grads = batched_vjp(scores, inputs, one_hot, count, chunk)
         weights = [g.float().permute(1, 0, 2) for g in grads]
     else:
         eye = torch.eye(dim, dtype=embedding.dtype, device=embedding.device)
-        cot = eye[:, None, :].expand(dim, n, dim)
-        jacobians = _batched_vjp(embedding, inputs, cot, chunk)  # each (D, N, C)
+        jacobians = batched_vjp(embedding, inputs, lambda start, stop: eye[start:stop, None, :].expand(-1, n, dim),
+                                dim, chunk)  # each (D, N, C)
         f = embedding.detach().float()
         norm = f.norm(dim=-1).clamp_min(1e-12)
         f_hat = f / norm[:, None]
         # dS[n, m]/df[n] = (t_m - S[n, m] f_hat[n]) / |f[n]|
         ds_df = (targets.float()[None] - scores.detach()[..., None] * f_hat[:, None]) / norm[:, None, None]
-        weights = [torch.einsum("nmd,dnc->nmc", ds_df, jac.float()) for jac in jacobians]
+        weights = [torch.bmm(ds_df, jac.float().transpose(0, 1)) for jac in jacobians]
     return dict(zip(layers, weights)), scores.detach()
 
 
