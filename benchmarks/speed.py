@@ -1,0 +1,573 @@
+"""How much Grad-ECLIP costs next to a plain forward pass, the authors' per-prompt loop and the baselines.
+
+Everything is measured in one run, on the same model and the same inputs, and printed side by side as
+ratios to the plain forward (``model.encode_image`` under ``no_grad``) of the same B images:
+
+* Grad-ECLIP image maps for B images x K prompts (K = 1, 10, 100, 1000 by default), with the prompts
+  given as precomputed text embeddings (encoding the prompts is reported on its own line);
+* a literal per-prompt loop as the authors' code runs it (one image at a time, one forward with the
+  graph, one backward per prompt with ``retain_graph``), written here and checked against the
+  package's maps; for K above ``--loop-max-k`` its time is extrapolated linearly (it is linear in K by
+  construction: T(K) = T(1) + (K - 1) x the measured per-prompt cost) and marked so;
+* every registered baseline; text explanations of K captions (ratio to ``encode_text`` of the same
+  captions); deletion/insertion curves (images per second);
+* peak memory of each case, memory over many consecutive calls (small model), and, with ``--sweep``,
+  throughput against the image batch size.
+
+Timing: warm-up, then the cases are run round-robin ``--repeats`` times and the median is kept (so a
+burst of load elsewhere hits all cases alike). On CUDA the device is synchronised around every call. On
+the CPU both wall time and process CPU time are reported; CPU time counts only this process's work
+and is the steadier number on a shared machine.
+
+    python benchmarks/speed.py                                    # CPU defaults (ViT-B-16, random weights, B=2)
+    python benchmarks/speed.py --device cuda --precision fp16 --batch 32 --sweep 1,2,4,8,16,32,64,128,256
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+MiB = 2 ** 20
+
+
+# ------------------------------------------------------------------------------------------ measuring
+def _proc_status(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's resident-set high-water mark (Linux ``/proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Sample:
+    wall: float
+    cpu: float
+    peak: float | None  # bytes above the memory in use before the call
+
+
+class Meter:
+    """Times one call: synchronises CUDA, records wall and CPU time and the peak memory the call added."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.rss_peak_works = not self.cuda and _reset_peak_rss() and _proc_status("VmHWM") is not None
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def in_use(self) -> int | None:
+        if self.cuda:
+            return torch.cuda.memory_allocated(self.device)
+        return _proc_status("VmRSS")
+
+    def run(self, fn: Callable[[], Any]) -> Sample:
+        gc.collect()
+        self.sync()
+        before = self.in_use()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.rss_peak_works:
+            _reset_peak_rss()
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = fn()
+        self.sync()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        if self.cuda:
+            peak = torch.cuda.max_memory_allocated(self.device) - before
+        elif self.rss_peak_works:
+            peak = _proc_status("VmHWM") - before
+        else:
+            peak = None
+        del out
+        return Sample(wall, cpu, peak)
+
+
+@dataclass
+class Case:
+    name: str
+    group: str
+    fn: Callable[[], Any]
+    k: int | None = None
+    note: str = ""
+    samples: list[Sample] = field(default_factory=list)
+    single: bool = False
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(s.wall for s in self.samples)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(s.cpu for s in self.samples)
+
+    @property
+    def peak(self) -> float | None:
+        peaks = [s.peak for s in self.samples if s.peak is not None]
+        return max(peaks) if peaks else None
+
+
+def run_cases(cases: list[Case], meter: Meter, repeats: int, slow_s: float, log: Callable[[str], None]) -> None:
+    """Warm every case up once, then run them round-robin; a case slower than ``slow_s`` in its warm-up
+    keeps that one run (marked) instead of being repeated."""
+    for case in cases:
+        sample = meter.run(case.fn)
+        log(f"  warm-up {case.name}{'' if case.k is None else f' K={case.k}'}: {sample.wall:.2f} s")
+        if sample.wall > slow_s:
+            case.samples.append(sample)
+            case.single = True
+    for r in range(repeats):
+        for case in cases:
+            if not case.single:
+                case.samples.append(meter.run(case.fn))
+        log(f"  repeat {r + 1}/{repeats} done")
+
+
+# --------------------------------------------------------------------------------------------- models
+def tiny_model(device: torch.device, precision: str):
+    """A small open_clip CLIP with random weights (for the many-calls memory check)."""
+    import open_clip
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    from gradeclip_utils import wrap_model
+
+    torch.manual_seed(0)
+    vision = CLIPVisionCfg(layers=3, width=64, head_width=16, patch_size=8, image_size=(48, 48))
+    text = CLIPTextCfg(context_length=16, vocab_size=49408, width=48, heads=4, layers=3)
+    model = CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text).eval()
+    model = model.to(device=device, dtype={"fp32": torch.float32, "fp16": torch.float16,
+                                           "bf16": torch.bfloat16}[precision])
+    preprocess = open_clip.image_transform((48, 48), is_train=False)
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=16)
+    return wrap_model(model, preprocess, tokenizer, name="tiny-benchmark-clip")
+
+
+def unit_targets(count: int, dim: int, seed: int, device: torch.device) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(count, dim, generator=generator), dim=-1).to(device)
+
+
+CAPTION_WORDS = ("a photo of a dog playing with a red ball on the green grass near two small children and "
+                 "an old wooden fence under a cloudy sky in the late afternoon light").split()
+
+
+def captions(count: int) -> list[str]:
+    """K captions of 4 to 24 words (varied lengths, as real caption sets have)."""
+    return [" ".join(CAPTION_WORDS[(i * 7) % 5:(i * 7) % 5 + 4 + (i * 5) % 21]) for i in range(count)]
+
+
+# ------------------------------------------------------------------------------ the authors' loop
+def authors_loop(model, pixels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Grad-ECLIP as the authors' code computes it: for each image, one forward pass of the whole
+    tower with the autograd graph, the last block's attention computed explicitly for all tokens (its
+    output is the tensor differentiated against), then, for each prompt, ``autograd.grad`` of that
+    prompt's cosine with ``retain_graph=True``. Returns maps (B, K, h, w)."""
+    visual = model.model.visual
+    blocks = visual.transformer.resblocks
+    maps = []
+    for image in pixels:
+        x = visual.conv1(image[None].to(model.adapter.dtype))
+        grid = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)
+        x = torch.cat([visual.class_embedding.to(x.dtype).view(1, 1, -1), x], dim=1)
+        x = visual.ln_pre(x + model.adapter.positional_embedding(tuple(grid)).to(x.dtype))
+        for block in blocks[:-1]:
+            x = block(x)
+        last = blocks[-1]
+        attn = last.attn
+        width, heads = x.shape[-1], attn.num_heads
+        head_dim = width // heads
+        q, k, v = F.linear(last.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).split(width, dim=-1)
+
+        def split(t):
+            return t.reshape(1, -1, heads, head_dim).transpose(1, 2)
+
+        probs = (split(q) @ split(k).transpose(-1, -2) / math.sqrt(head_dim)).softmax(dim=-1)
+        attn_output = (probs @ split(v)).transpose(1, 2).reshape(1, -1, width)
+        y = x + last.ls_1(attn.out_proj(attn_output))
+        y = y + last.ls_2(last.mlp(last.ln_2(y)))
+        embedding = visual.ln_post(y[:, 0]) @ visual.proj
+        cosine = (F.normalize(embedding.float(), dim=-1) @ targets.T)[0]
+        q_cls, k_patch = F.normalize(q[0, :1].float(), dim=-1), F.normalize(k[0, 1:].float(), dim=-1)
+        sim = (q_cls * k_patch).sum(-1)
+        span = sim.max() - sim.min()
+        loosened = (sim - sim.min()) / span if span > 0 else torch.zeros_like(sim)
+        per_prompt = []
+        for index in range(targets.shape[0]):
+            grad = torch.autograd.grad(cosine[index], attn_output, retain_graph=True)[0]
+            emap = ((grad[0, :1].float() * v[0, 1:].detach().float()).sum(-1) * loosened.detach()).relu()
+            per_prompt.append(emap.reshape(int(grid[0]), int(grid[1])))
+        maps.append(torch.stack(per_prompt))
+        del cosine, attn_output, embedding
+    return torch.stack(maps)
+
+
+# ----------------------------------------------------------------------------------------- printing
+def fmt_ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:8.2f}x"
+
+
+def fmt_mib(value: float | None) -> str:
+    return "" if value is None else f"{value / MiB:9.1f}"
+
+
+def print_table(cases: list[Case], base: Case, show_cpu: bool, title: str) -> None:
+    print(f"\n{title}")
+    header = f"{'case':44s} {'K':>5s} {'wall s':>9s} {'wall/plain':>10s}"
+    if show_cpu:
+        header += f" {'cpu s':>9s} {'cpu/plain':>10s}"
+    header += f" {'peak MiB':>9s}  note"
+    print(header)
+    print("-" * len(header))
+    for case in cases:
+        line = f"{case.name:44s} {'' if case.k is None else case.k:>5} {case.wall:9.3f} {fmt_ratio(case.wall / base.wall):>10s}"
+        if show_cpu:
+            line += f" {case.cpu:9.3f} {fmt_ratio(case.cpu / base.cpu):>10s}"
+        note = case.note + (" [1 run]" if case.single else "")
+        line += f" {fmt_mib(case.peak):>9s}  {note}"
+        print(line)
+
+
+# --------------------------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="ViT-B-16",
+                        help="open_clip model name (random weights), or 'tiny' for a quick check of the script")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--batch", type=int, default=None, help="images B (default: 2 on the CPU, 32 on CUDA)")
+    parser.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's)")
+    parser.add_argument("--prompts", default="1,10,100,1000", help="the K values for Grad-ECLIP image maps")
+    parser.add_argument("--loop-max-k", type=int, default=None,
+                        help="largest K run through the per-prompt loop (default: 100 on the CPU, 1000 on CUDA); "
+                             "larger K are extrapolated")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case after one warm-up")
+    parser.add_argument("--slow", type=float, default=30.0,
+                        help="a case whose warm-up takes longer than this many seconds is not repeated")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--baselines", default="all", help="'all', 'none' or comma-separated method names")
+    parser.add_argument("--baseline-prompts", type=int, default=1, help="K for the baselines")
+    parser.add_argument("--rise-masks", type=int, default=None, help="RISE masks (default: 32 on the CPU, 2000 on CUDA)")
+    parser.add_argument("--captions", type=int, default=None, help="K captions for text explanations "
+                                                                    "(default: 20 on the CPU, 1000 on CUDA)")
+    parser.add_argument("--text-layers", type=int, default=8, help="text blocks explained (the authors: last 8)")
+    parser.add_argument("--encode-prompts", type=int, default=None,
+                        help="prompts encoded in the text-encoding line (default: 100 on the CPU, 1000 on CUDA)")
+    parser.add_argument("--perturbation-batch", type=int, default=128, help="frames per forward in deletion/insertion")
+    parser.add_argument("--memory-calls", type=int, default=1000, help="consecutive calls for the memory check (0: skip)")
+    parser.add_argument("--sweep", default="", help="comma-separated batch sizes for the throughput sweep")
+    parser.add_argument("--sweep-prompts", type=int, default=100, help="K in the throughput sweep")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: loop,baselines,text,perturbation")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from gradeclip_utils import load_model
+    from gradeclip_utils.explain import encode_texts, explain_image, explaining
+    from gradeclip_utils.metrics.faithfulness import perturbation_curves
+    from gradeclip_utils.methods import IMAGE_METHODS, get_image_method
+    from gradeclip_utils.methods.grad_eclip import image_maps, token_relevance
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batch = args.batch or (32 if cuda else 2)
+    loop_max_k = args.loop_max_k or (1000 if cuda else 100)
+    rise_masks = args.rise_masks or (2000 if cuda else 32)
+    caption_count = args.captions or (1000 if cuda else 20)
+    encode_count = args.encode_prompts or (1000 if cuda else 100)
+    prompt_counts = [int(k) for k in args.prompts.split(",") if k]
+    skip = set(filter(None, args.skip.split(",")))
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    if args.model == "tiny":  # a small random model for a quick run of the script itself
+        model = tiny_model(device, args.precision)
+    else:
+        model = load_model(args.model, pretrained=None, device=device, precision=args.precision)
+    adapter = model.adapter
+    size = (args.size, args.size) if args.size else adapter.image_size
+    dim = adapter.embed_dim
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn(batch, 3, *size, generator=generator).to(device)
+    targets = {k: unit_targets(k, dim, seed=k, device=device) for k in prompt_counts}
+    last = adapter.num_image_blocks - 1
+    meter = Meter(device)
+
+    print(f"model {args.model} (random weights), {args.precision}, device {device}"
+          f"{' (' + torch.cuda.get_device_name(device) + ')' if cuda else ''}, {batch} images of {size[0]}x{size[1]}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}")
+    print(f"repeats: warm-up + median of {args.repeats}; ratios are to the plain forward of the same {batch} images")
+
+    def explained(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def call():
+            with explaining(model.model):
+                return fn()
+        return call
+
+    def plain_forward():
+        with torch.no_grad():
+            return model.model.encode_image(pixels.to(adapter.dtype))
+
+    # ---------------------------------------------------------------- correctness of what is timed
+    check_k = min(10, max(prompt_counts))
+    with explaining(model.model):
+        fast = image_maps(adapter, pixels[:2], targets[max(prompt_counts)][:check_k]).maps
+        slow = authors_loop(model, pixels[:2], targets[max(prompt_counts)][:check_k])
+    scale = float(slow.abs().max())
+    relative = float((fast.float() - slow.float()).abs().max()) / max(scale, 1e-12)
+    print(f"check: per-prompt loop maps vs batched maps ({fast.shape[0]} images x {check_k} prompts): "
+          f"max |diff| / max |map| = {relative:.1e}")
+    if scale == 0 or relative > (1e-4 if args.precision == "fp32" else 5e-2):
+        raise SystemExit("the per-prompt loop and the batched maps disagree (or are all zero): timings would "
+                         "compare different computations")
+
+    # ------------------------------------------------------------------------------ image cases
+    base = Case("plain forward: model.encode_image", "image", plain_forward)
+    image_cases = [base]
+    for k in prompt_counts:
+        image_cases.append(Case("Grad-ECLIP maps (batched)", "image",
+                                explained(lambda k=k: image_maps(adapter, pixels, targets[k])), k=k))
+    kmax = max(prompt_counts)
+    image_cases.append(Case("explain_image (public API, embeddings)", "image",
+                            lambda: explain_image(model, pixels, targets[kmax], batch_size=batch, progress=False),
+                            k=kmax))
+    loop_cases: dict[int, Case] = {}
+    if "loop" not in skip:
+        for k in sorted({1, *[k for k in prompt_counts if k <= loop_max_k]}):
+            loop_cases[k] = Case("per-prompt loop (authors' code)", "image",
+                                 explained(lambda k=k: authors_loop(model, pixels, targets[max(prompt_counts)][:k])), k=k)
+        image_cases.extend(loop_cases.values())
+    if "baselines" not in skip and args.baselines != "none":
+        names = sorted(IMAGE_METHODS) if args.baselines == "all" else args.baselines.split(",")
+        kb = args.baseline_prompts
+        base_targets = unit_targets(kb, dim, seed=7, device=device)
+        for name in names:
+            if name == "grad_eclip":
+                continue
+            fn = get_image_method(name)
+            options: dict[str, Any] = {"layers": [last], "mode": "faithful", "qk": "raw"}
+            note = ""
+            if name == "rise":
+                options["masks"] = rise_masks
+                note = f"{rise_masks} masks"
+            if name == "clip_surgery":
+                options["surgery_targets"] = unit_targets(80, dim, seed=8, device=device)
+                note = "surgery set of 80 class embeddings"
+            image_cases.append(Case(f"baseline: {name}", "baseline",
+                                    explained(lambda fn=fn, options=options: fn(adapter, pixels, base_targets, **options)),
+                                    k=kb, note=note))
+    log(f"image cases ({len(image_cases)}):")
+    run_cases(image_cases, meter, args.repeats, args.slow, log)
+
+    # extrapolate the loop linearly to K above loop_max_k
+    extrapolated: dict[int, tuple[float, float]] = {}
+    if loop_cases:
+        k_hi = max(loop_cases)
+        low, high = loop_cases[1], loop_cases[k_hi]
+        if k_hi > 1:
+            per_wall = (high.wall - low.wall) / (k_hi - 1)
+            per_cpu = (high.cpu - low.cpu) / (k_hi - 1)
+            for k in prompt_counts:
+                if k not in loop_cases:
+                    extrapolated[k] = (low.wall + (k - 1) * per_wall, low.cpu + (k - 1) * per_cpu)
+
+    print_table(image_cases, base, not cuda, f"Image side: {batch} images, prompts as text embeddings")
+    for k, (wall, cpu) in sorted(extrapolated.items()):
+        line = f"{'per-prompt loop (authors code), extrapolated':44s} {k:>5} {wall:9.3f} {fmt_ratio(wall / base.wall):>10s}"
+        if not cuda:
+            line += f" {cpu:9.3f} {fmt_ratio(cpu / base.cpu):>10s}"
+        print(line + f" {'':>9s}  T(1) + (K-1) x per-prompt cost from K=1 and K={max(loop_cases)}")
+
+    # ----------------------------------------------------------------------------------- targets
+    results: dict[str, Any] = {"settings": {**vars(args), "batch": batch, "device": str(device)}, "cases": []}
+    grad = {c.k: c for c in image_cases if c.name.startswith("Grad-ECLIP maps")}
+    print("\nTargets (ratios measured above)" + ("" if cuda else "; wall / CPU time"))
+    clocks = [("wall", lambda c: c.wall)] + ([] if cuda else [("cpu", lambda c: c.cpu)])
+    for k, bound in ((100, 1.5), (1000, 2.0)):
+        if k in grad:
+            values = " / ".join(f"{get(grad[k]) / get(base):.2f}x" for _, get in clocks)
+            ok = all(get(grad[k]) / get(base) <= bound for _, get in clocks)
+            print(f"  K={k:<5d} Grad-ECLIP <= {bound}x plain forward: {values}  {'PASS' if ok else 'FAIL'}")
+    for k, bound in ((100, 5.0), (1000, 20.0)):
+        if k in grad and (k in loop_cases or k in extrapolated):
+            speedups = []
+            for index, (label, get) in enumerate(clocks):
+                loop_time = get(loop_cases[k]) if k in loop_cases else extrapolated[k][index]
+                speedups.append(loop_time / get(grad[k]))
+            kind = "measured" if k in loop_cases else "extrapolated"
+            values = " / ".join(f"{s:.1f}x" for s in speedups)
+            print(f"  K={k:<5d} faster than the per-prompt loop ({kind}) by >= {bound:.0f}x: {values}  "
+                  f"{'PASS' if all(s >= bound for s in speedups) else 'FAIL'}")
+    for case in image_cases:
+        results["cases"].append({"name": case.name, "k": case.k, "wall": case.wall, "cpu": case.cpu,
+                                 "wall_ratio": case.wall / base.wall, "cpu_ratio": case.cpu / base.cpu,
+                                 "peak_bytes": case.peak, "single_run": case.single, "note": case.note})
+    results["loop_extrapolated"] = {k: {"wall": w, "cpu": c} for k, (w, c) in extrapolated.items()}
+
+    # ------------------------------------------------------------------------------- text side
+    if "text" not in skip:
+        texts = captions(caption_count)
+        tokens = model.tokenize(texts)
+        with torch.no_grad():
+            image_targets = F.normalize(adapter.encode_image(pixels).float(), dim=-1)
+
+        def plain_text():
+            with torch.no_grad():
+                return model.model.encode_text(tokens.to(device))
+
+        text_base = Case("plain forward: model.encode_text", "text", plain_text, k=caption_count)
+        text_cases = [text_base,
+                      Case(f"Grad-ECLIP words, last {args.text_layers} blocks, {batch} images", "text",
+                           explained(lambda: token_relevance(adapter, tokens, image_targets, layers=args.text_layers)),
+                           k=caption_count),
+                      Case(f"Grad-ECLIP words, last block, {batch} images", "text",
+                           explained(lambda: token_relevance(adapter, tokens, image_targets, layers=1)),
+                           k=caption_count),
+                      Case(f"Grad-ECLIP words, last {args.text_layers} blocks, 1 image", "text",
+                           explained(lambda: token_relevance(adapter, tokens, image_targets[:1], layers=args.text_layers)),
+                           k=caption_count)]
+        encode = Case("encode prompts: encode_texts (tokenise + encode)", "text",
+                      lambda: encode_texts(model, captions(encode_count)), k=encode_count)
+        log("text cases:")
+        run_cases(text_cases + [encode], meter, args.repeats, args.slow, log)
+        print_table(text_cases, text_base, not cuda,
+                    f"Text side: {caption_count} captions (ratios to encode_text of the same captions)")
+        print(f"{'encode prompts: encode_texts':44s} {encode_count:>5} {encode.wall:9.3f} "
+              f"{fmt_ratio(encode.wall / base.wall):>10s}"
+              + ("" if cuda else f" {encode.cpu:9.3f} {fmt_ratio(encode.cpu / base.cpu):>10s}")
+              + f" {fmt_mib(encode.peak):>9s}  ratio to the plain IMAGE forward of {batch} images; "
+                "not part of the map cost when prompts are given as embeddings")
+        for case in text_cases + [encode]:
+            results["cases"].append({"name": case.name, "k": case.k, "wall": case.wall, "cpu": case.cpu,
+                                     "wall_ratio": case.wall / text_base.wall, "cpu_ratio": case.cpu / text_base.cpu,
+                                     "peak_bytes": case.peak, "single_run": case.single})
+
+    # --------------------------------------------------------------------- deletion / insertion
+    if "perturbation" not in skip:
+        classifier = targets[kmax]
+        with explaining(model.model):
+            out = image_maps(adapter, pixels, classifier)
+        labels = out.scores.argmax(dim=-1).tolist()
+        maps = out.maps[torch.arange(batch), torch.tensor(labels)].float().cpu()
+        mean, std = model.normalization
+
+        def curves():
+            return perturbation_curves(adapter, pixels, maps, classifier, labels, mean=mean, std=std,
+                                       batch_size=args.perturbation_batch)
+
+        perturb = Case("deletion + insertion curves", "perturbation", curves, k=classifier.shape[0])
+        plain = Case("plain forward", "perturbation", plain_forward)
+        log("perturbation case:")
+        run_cases([plain, perturb], meter, args.repeats, args.slow, log)
+        points = len(curves().fractions)
+        frames = 2 * points
+        print(f"\nDeletion/insertion: {batch} images x {frames} scored frames (deletion and insertion, "
+              f"{points} points each), classifier of {classifier.shape[0]} classes, "
+              f"{args.perturbation_batch} frames per forward")
+        print(f"  {perturb.wall:.3f} s wall = {perturb.wall / plain.wall:.1f}x the plain forward of the {batch} images; "
+              f"{batch / perturb.wall:.2f} images/s, {batch * frames / perturb.wall:.1f} frames/s; the plain "
+              f"forward runs {batch / plain.wall:.1f} images/s, so the curves cost "
+              f"{perturb.wall / (frames * plain.wall):.2f}x their {frames} forwards per image; "
+              f"peak {fmt_mib(perturb.peak).strip()} MiB")
+        results["perturbation"] = {"wall": perturb.wall, "images_per_s": batch / perturb.wall,
+                                   "frames_per_image": frames, "peak_bytes": perturb.peak}
+
+    # ------------------------------------------------------------------------ throughput sweep
+    sizes = [int(b) for b in args.sweep.split(",") if b]
+    if sizes:
+        print(f"\nThroughput against the image batch (K = {args.sweep_prompts} prompts as embeddings)")
+        print(f"{'B':>5s} {'plain img/s':>12s} {'maps img/s':>12s} {'maps/plain':>10s} {'peak MiB':>9s}")
+        sweep_targets = unit_targets(args.sweep_prompts, dim, seed=11, device=device)
+        results["sweep"] = []
+        for b in sizes:
+            images = torch.randn(b, 3, *size, generator=generator).to(device)
+            try:
+                plain = Case("plain", "sweep", lambda: torch.no_grad()(model.model.encode_image)(images.to(adapter.dtype)))
+                maps_case = Case("maps", "sweep", explained(lambda: image_maps(adapter, images, sweep_targets)))
+                run_cases([plain, maps_case], meter, args.repeats, args.slow, log)
+            except torch.cuda.OutOfMemoryError:
+                print(f"{b:5d}  out of memory: the sweep stops here")
+                break
+            print(f"{b:5d} {b / plain.wall:12.1f} {b / maps_case.wall:12.1f} {maps_case.wall / plain.wall:9.2f}x "
+                  f"{fmt_mib(maps_case.peak):>9s}")
+            results["sweep"].append({"batch": b, "plain_images_per_s": b / plain.wall,
+                                     "maps_images_per_s": b / maps_case.wall, "peak_bytes": maps_case.peak})
+            del images
+
+    # ------------------------------------------------------------------------ memory over calls
+    if args.memory_calls > 0:
+        small = tiny_model(device, args.precision)
+        small_pixels = torch.randn(2, 3, 48, 48, generator=generator).to(device)
+        small_targets = unit_targets(100, small.adapter.embed_dim, seed=3, device=device)
+        checkpoints = sorted({10, min(100, args.memory_calls), args.memory_calls})
+        readings = {}
+        tracemalloc.start()
+        python_heap = {}
+        for call in range(1, args.memory_calls + 1):
+            explain_image(small, small_pixels, small_targets, progress=False)
+            if call in checkpoints:
+                gc.collect()
+                meter.sync()
+                readings[call] = meter.in_use()
+                python_heap[call] = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        with warnings.catch_warnings():  # isinstance on some module objects warns about deprecated names
+            warnings.simplefilter("ignore")
+            live = sum(1 for obj in gc.get_objects() if isinstance(obj, torch.Tensor))
+        first, final = checkpoints[0], checkpoints[-1]
+        kind = "CUDA memory allocated" if cuda else "process RSS"
+        print(f"\nMemory over {args.memory_calls} consecutive explain_image calls (small model, 2 images x 100 prompts): "
+              + ", ".join(f"after {c}: {readings[c] / MiB:.1f} MiB" for c in checkpoints) + f" ({kind}); growth from "
+              f"call {first} to {final}: {(readings[final] - readings[first]) / MiB:+.2f} MiB; Python heap growth "
+              f"{(python_heap[final] - python_heap[first]) / 1024:+.1f} KiB; live tensors after: {live}")
+        results["memory"] = {"calls": args.memory_calls, "readings_bytes": readings, "python_heap_bytes": python_heap,
+                             "live_tensors": live}
+
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
