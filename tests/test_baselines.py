@@ -210,7 +210,7 @@ def test_game_text_relevance_equals_chefer_loop(tiny, pixels):
                 row = literal_game(lambda: cos(embedding[k], images[b]), probs, 0, (k, int(eos[k])),
                                    tokens.shape[1])
                 assert (out.relevance[b, k] - row.float()).abs().max() <= TOL
-                assert abs(float(out.scores[b, k]) - float(cos(embedding[k], images[b]))) <= TOL
+                assert abs(float(out.scores[b, k]) - float(cos(embedding[k], images[b]).detach())) <= TOL
 
 
 def test_grad_eclip_without_spatial_weight_is_relu_of_attention_gradient(tiny, pixels):
@@ -454,7 +454,7 @@ def test_every_baseline_returns_the_common_result(tiny, method):
     assert wide.heatmaps().shape == (2, 3, 32, 48)
 
 
-@pytest.mark.parametrize("method", ["raw_attention", "game", "grad_cam", "maskclip", "itsm", "rollout"])
+@pytest.mark.parametrize("method", ["raw_attention", "game_last", "grad_cam", "maskclip"])
 def test_baselines_on_vit_b16(vit_b16, method):
     """The paper's architecture (random weights): shapes, finiteness and scores on a 14 x 14 grid."""
     pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))

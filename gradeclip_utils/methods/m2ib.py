@@ -63,7 +63,6 @@ def optimise_bottleneck(hidden: Tensor, targets: Tensor, finish: Callable[[Tenso
     pairs = hidden.shape[0]
     last = None
     for _ in range(steps):
-        optimiser.zero_grad()
         lam = torch.sigmoid(alpha)
         kl = capacity(standard, lam)
         noise = torch.randn((samples, *standard.shape), generator=generator, device=hidden.device)
@@ -72,7 +71,8 @@ def optimise_bottleneck(hidden: Tensor, targets: Tensor, finish: Callable[[Tenso
         embedding = finish(z.flatten(0, 1).to(hidden.dtype))
         fit = F.cosine_similarity(embedding.float(), targets.float().repeat(samples, 1), dim=-1, eps=1e-6)
         loss = beta * kl.flatten(1).mean(dim=1) - fit.reshape(samples, pairs).mean(dim=0)
-        loss.sum().backward()
+        # gradients for alpha only (the model's parameters may require grad too)
+        (alpha.grad,) = torch.autograd.grad(loss.sum(), [alpha])
         optimiser.step()
         last = kl.detach()
     return last

@@ -1,0 +1,676 @@
+"""Compare explanation methods on localisation, faithfulness, the sanity check and speed.
+
+    python -m gradeclip_utils.evaluate                          # the synthetic world (offline default)
+    python -m gradeclip_utils.evaluate --dataset imagenet --data /path/to/val --model ViT-B-16 --pretrained openai
+    python -m gradeclip_utils.evaluate --dataset folder --data images/ --prompts prompts.csv
+
+Data sets:
+  synthetic  held-out scenes of the synthetic world (2-4 objects), one uniquely nameable object each,
+             prompted by its name ("a red circle") and scored against its exact visible mask; the
+             zero-shot classifier is the 35 colour x shape prompts.
+  imagenet   a folder of class subfolders (ImageNet's wnid folders get the standard class names; other
+             folders are named by their folder name); zero-shot classifier from the class names and the
+             80 OpenAI templates; the target is the ground-truth class (``--target pred``: the predicted
+             class). No masks: localisation metrics are left out.
+  folder     images with a CSV of ``image,prompt[,mask]`` (paths relative to the CSV's folder; a mask
+             is an image whose non-zero pixels mark the target); the classifier is the CSV's prompts.
+
+Per (image, method): pointing game (with a tolerance and strict), energy pointing game, IoU of the map
+thresholded at its mean, and deletion / insertion curves with their AUC (see ``AUC_DEFINITION``).
+Per method: time per (image, prompt) as a multiple of one plain image forward pass, and the cascading
+randomisation sanity check on a few images. Writes ``per_image.csv``, ``timing.csv``, ``sanity.csv``,
+``summary.md`` (means with 95% bootstrap confidence intervals) and plots into ``--out``. A run that is
+interrupted resumes where it stopped when started again with the same settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .methods import get_image_method, list_methods
+from .metrics import (AUC_DEFINITION, cascading_randomisation, localisation_scores, perturbation_curves,
+                      pointing_game)
+
+DATASETS = ("synthetic", "imagenet", "folder")
+RANDOM = "random"
+DEFAULT_METHODS = ("grad_eclip", "grad_eclip_no_spatial", "raw_attention", "rollout", "grad_cam", "game",
+                   "game_last", "maskclip", "clip_surgery", "rise", "m2ib", "itsm", RANDOM)
+MEASURES = ("score", "accuracy", "probability")
+LOCALISATION = ("pointing", "pointing_strict", "energy", "iou", "area_share")
+
+
+# ------------------------------------------------------------------------------------------ data
+@dataclass
+class EvalItem:
+    """One explained (image, target) pair; ``load`` gives the normalised pixels (3, H, W) and the
+    target mask (H, W) at the same geometry, or None."""
+
+    key: str
+    label: int
+    load: Callable[[], tuple[torch.Tensor, np.ndarray | None]]
+
+
+@dataclass
+class EvalSet:
+    """Items, the zero-shot classifier (C, D) (unit rows) and its class names."""
+
+    name: str
+    items: list[EvalItem]
+    class_names: list[str]
+    classifier: torch.Tensor
+    has_masks: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def _preprocessed_mask(model, mask: np.ndarray) -> np.ndarray:
+    """A boolean mask through the model's own preprocessing (resize, crop), thresholded at one half."""
+    from PIL import Image
+
+    picture = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).convert("RGB")
+    pixels = model.preprocess(picture)
+    mean, std = model.normalization
+    return (pixels[0] * std[0] + mean[0]).numpy() > 0.5
+
+
+def synthetic_set(model, n: int, *, offset: int | None = None) -> EvalSet:
+    """``n`` held-out synthetic scenes, each with one uniquely named object and its visible mask."""
+    from .explain import encode_texts
+    from .synthetic.captions import class_prompts
+    from .synthetic.evaluate import OFFSETS, localisation_items
+
+    prompts, _ = class_prompts()
+    index = {p: i for i, p in enumerate(prompts)}
+    items = []
+    for scene, caption, mask in localisation_items(n, OFFSETS["localisation"] if offset is None else offset):
+        def load(scene=scene, mask=mask):
+            return model.preprocess(scene.image).float(), _preprocessed_mask(model, mask)
+
+        items.append(EvalItem(key=f"scene-{scene.seed}", label=index[caption.text], load=load))
+    return EvalSet("synthetic", items, prompts, encode_texts(model, prompts), True,
+                   ["held-out scenes of 2-4 objects; target: one uniquely nameable object, prompt 'a {colour} {shape}'",
+                    "classifier: the 35 colour x shape prompts"])
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+def _load_picture(model, path: Path):
+    from .inputs import load_image, to_rgb
+
+    return model.preprocess(to_rgb(load_image(path))).float()
+
+
+def imagenet_set(model, root: Path, n: int, *, templates: str = "openai", target: str = "gt",
+                 batch_size: int = 64, cache: Path | None = None) -> EvalSet:
+    """An ImageNet-style folder of class subfolders, ``n`` images taken round-robin over the classes."""
+    from open_clip import build_zero_shot_classifier
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+
+    folders = sorted(p for p in Path(root).iterdir() if p.is_dir())
+    if not folders:
+        raise FileNotFoundError(f"{root} has no class subfolders")
+    wnids = all(len(f.name) == 9 and f.name[0] == "n" and f.name[1:].isdigit() for f in folders)
+    if wnids and len(folders) == len(IMAGENET_CLASSNAMES):
+        names = list(IMAGENET_CLASSNAMES)
+    else:
+        names = [f.name.replace("_", " ") for f in folders]
+    files = [sorted(p for p in f.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for f in folders]
+    chosen: list[tuple[Path, int]] = []
+    for depth in range(max(len(f) for f in files)):
+        for label, group in enumerate(files):
+            if depth < len(group) and len(chosen) < n:
+                chosen.append((group[depth], label))
+    if not chosen:
+        raise FileNotFoundError(f"no images under {root}")
+    chosen_templates = {"openai": OPENAI_IMAGENET_TEMPLATES, "simple": SIMPLE_IMAGENET_TEMPLATES}[templates]
+    if cache is not None and cache.is_file():
+        classifier = torch.load(cache, weights_only=True).to(model.device)
+    else:
+        with torch.no_grad():
+            classifier = build_zero_shot_classifier(model.model, model.tokenizer, names, chosen_templates,
+                                                    device=model.device, use_tqdm=True).T.float()
+        if cache is not None:
+            torch.save(classifier.cpu(), cache)
+    labels = [label for _, label in chosen]
+    if target == "pred":
+        labels = []
+        for start in range(0, len(chosen), batch_size):
+            pixels = torch.stack([_load_picture(model, p) for p, _ in chosen[start:start + batch_size]])
+            with torch.no_grad():
+                embedding = F.normalize(model.adapter.encode_image(pixels.to(model.device)).float(), dim=-1)
+            labels += (embedding @ classifier.T).argmax(dim=-1).tolist()
+    items = [EvalItem(key=str(path.relative_to(root)), label=label,
+                      load=lambda path=path: (_load_picture(model, path), None))
+             for (path, _), label in zip(chosen, labels)]
+    return EvalSet("imagenet", items, names, F.normalize(classifier, dim=-1), False,
+                   [f"{len(names)} classes x {len(chosen_templates)} templates ({templates}); target: "
+                    + ("ground-truth class" if target == "gt" else "predicted class")])
+
+
+def folder_set(model, csv_path: Path, n: int | None = None) -> EvalSet:
+    """Images with a CSV of ``image,prompt[,mask]`` rows."""
+    from PIL import Image
+
+    from .explain import encode_texts
+    from .inputs import load_image
+
+    csv_path = Path(csv_path)
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"image", "prompt"} <= set(rows[0]):
+        raise ValueError(f"{csv_path} needs a header with the columns image,prompt (and optionally mask)")
+    rows = rows[:n] if n else rows
+    prompts = sorted({row["prompt"] for row in rows})
+    index = {p: i for i, p in enumerate(prompts)}
+    base = csv_path.parent
+    has_masks = all(row.get("mask") for row in rows)
+
+    def load(row):
+        pixels = _load_picture(model, base / row["image"])
+        if not row.get("mask"):
+            return pixels, None
+        mask = np.asarray(load_image(base / row["mask"]).convert("L")) > 0
+        if mask.shape[::-1] != Image.open(base / row["image"]).size:
+            raise ValueError(f"mask {row['mask']} and image {row['image']} differ in size")
+        return pixels, _preprocessed_mask(model, mask)
+
+    items = [EvalItem(key=f"{i}:{row['image']}", label=index[row["prompt"]], load=lambda row=row: load(row))
+             for i, row in enumerate(rows)]
+    return EvalSet("folder", items, prompts, encode_texts(model, prompts), has_masks,
+                   [f"{len(rows)} rows of {csv_path.name}; classifier: its {len(prompts)} distinct prompts"])
+
+
+# --------------------------------------------------------------------------------------- methods
+def random_maps(adapter, pixels: torch.Tensor, targets: torch.Tensor, *, seed: int = 0, keys: Sequence[str] = (),
+                **_: Any):
+    """A reference that explains nothing: uniform noise on the patch grid, seeded by the item key."""
+    from .methods import MapOutput, cosine_scores
+
+    ph, pw = adapter.patch_size
+    grid = (pixels.shape[-2] // ph, pixels.shape[-1] // pw)
+    maps = []
+    for b in range(pixels.shape[0]):
+        key = keys[b] if b < len(keys) else str(b)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
+        maps.append(torch.rand(targets.shape[0], *grid, generator=generator))
+    with torch.no_grad():
+        scores = cosine_scores(adapter.encode_image(pixels), targets)
+    return MapOutput(maps=torch.stack(maps).to(pixels.device), scores=scores)
+
+
+def method_function(name: str) -> Callable:
+    return random_maps if name == RANDOM else get_image_method(name)
+
+
+def method_options(name: str, config: dict[str, Any], classifier: torch.Tensor) -> dict[str, Any]:
+    """The evaluation's settings for each method (documented in the summary)."""
+    if name == "rise":
+        return {"masks": config["rise_masks"], "seed": config["seed"]}
+    if name == "m2ib":
+        return {"steps": config["m2ib_steps"], "samples": config["m2ib_samples"], "seed": config["seed"]}
+    if name == "clip_surgery":
+        return {"surgery_targets": classifier}
+    if name == RANDOM:
+        return {"seed": config["seed"]}
+    return {}
+
+
+def run_method(model, name: str, pixels: torch.Tensor, targets: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
+    """Raw maps (B, K, h, w) of one method, on the model's device, as ``explain_image`` runs methods."""
+    from .explain import explaining
+
+    adapter = model.adapter
+    fn = method_function(name)
+    with explaining(model.model):
+        out = fn(adapter, pixels.to(model.device), targets.to(model.device),
+                 layers=adapter.resolve_layers((-1,), "image"), mode="faithful", qk="raw", **options)
+    maps = out.maps.detach().float().cpu()
+    if not torch.isfinite(maps).all():
+        raise FloatingPointError(f"{name} produced non-finite maps")
+    return maps
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_speed(model, pixels: torch.Tensor, classifier: torch.Tensor, methods: Sequence[str],
+                  options: dict[str, dict[str, Any]], prompts: Sequence[int] = (1, 8), repeats: int = 5,
+                  slow_seconds: float = 5.0) -> list[dict[str, Any]]:
+    """Time per (image, prompt) of each method over one plain ``encode_image`` forward per image.
+
+    Both are timed side by side on the same batch, the forward again right before each method: the
+    fastest of ``repeats`` runs after a warm-up (the least disturbed by other work on the machine); a
+    method whose warm-up took over ``slow_seconds`` is timed by that single run.
+    """
+    device = model.device
+    pixels = pixels.to(device)
+
+    def once(fn: Callable[[], Any]) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - start
+
+    def timed(fn: Callable[[], Any]) -> float:
+        first = once(fn)
+        if first > slow_seconds:
+            return first
+        return min(once(fn) for _ in range(repeats))
+
+    def forward() -> Any:
+        with torch.no_grad():
+            return model.adapter.encode_image(pixels)
+
+    rows = []
+    batch = pixels.shape[0]
+    for name in tqdm(methods, desc="timing", leave=False):
+        plain = timed(forward)
+        row: dict[str, Any] = {"method": name, "images": batch, "forward_s": plain}
+        for count in prompts:
+            targets = classifier[torch.arange(count) % classifier.shape[0]]
+            seconds = timed(lambda: run_method(model, name, pixels, targets, options[name]))
+            row[f"seconds_k{count}"] = seconds
+            row[f"ratio_k{count}"] = (seconds / (batch * count)) / (plain / batch)
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------- the run
+def _curve_columns(steps: int) -> list[str]:
+    return [f"{kind}_{measure}_{t:02d}" for kind in ("deletion", "insertion") for measure in MEASURES
+            for t in range(steps)]
+
+
+def _append_rows(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _batches(items: list[EvalItem], batch_size: int) -> list[list[EvalItem]]:
+    """Items grouped by target (one target per batch: K = 1), in order of first appearance."""
+    groups: dict[int, list[EvalItem]] = {}
+    for item in items:
+        groups.setdefault(item.label, []).append(item)
+    return [group[i:i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+
+
+def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS,
+             batch_size: int = 16, tolerance: float = 4.0, rise_masks: int = 2000, m2ib_steps: int = 10,
+             m2ib_samples: int = 10, seed: int = 0, sanity_images: int = 8, sanity_methods: Sequence[str] | None = None,
+             timing_images: int = 8, timing_repeats: int = 5, faithfulness: bool = True, command: str = "",
+             overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run every method on every item of ``data``, write the results into ``out`` and return the summary.
+
+    Resumes from ``out`` when it holds a run with the same settings (items already done are kept);
+    ``overwrite`` starts afresh.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    unknown = [m for m in methods if m != RANDOM and m not in list_methods()["image"]]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; available: {list_methods()['image'] + [RANDOM]}")
+    config = {"dataset": data.name, "model": model.describe(), "tolerance": tolerance, "rise_masks": rise_masks,
+              "m2ib_steps": m2ib_steps, "m2ib_samples": m2ib_samples, "seed": seed, "faithfulness": faithfulness,
+              "classes": len(data.class_names), "sanity_images": sanity_images, "timing_images": timing_images,
+              "timing_repeats": timing_repeats}
+    config_path = out / "config.json"
+    outputs = [out / name for name in ("per_image.csv", "timing.csv", "sanity.csv", "summary.md")]
+    if config_path.exists() and not overwrite:
+        previous = json.loads(config_path.read_text())
+        if previous != config:
+            raise ValueError(f"{out} holds a run with other settings ({config_path}); use another --out or "
+                             "--overwrite to start afresh")
+    elif overwrite:
+        for path in outputs:
+            path.unlink(missing_ok=True)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    options = {name: method_options(name, config, data.classifier) for name in methods}
+    mean, std = model.normalization
+    logit_scale = float(model.model.logit_scale.detach().exp()) if hasattr(model.model, "logit_scale") else 100.0
+    steps = 11
+
+    # speed, side by side with one plain forward
+    timing_path = out / "timing.csv"
+    timed = {row["method"] for row in _read_rows(timing_path)}
+    to_time = [m for m in methods if m not in timed]
+    if to_time and timing_images > 0:
+        pixels = torch.stack([item.load()[0] for item in data.items[:timing_images]])
+        rows = measure_speed(model, pixels, data.classifier, to_time, options, repeats=timing_repeats)
+        _append_rows(timing_path, rows, list(rows[0]))
+
+    # per-image metrics
+    per_image = out / "per_image.csv"
+    done = {(row["key"], row["method"]) for row in _read_rows(per_image)}
+    columns = ["key", "label", "prompt", "method"] + (list(LOCALISATION) if data.has_masks else [])
+    if faithfulness:
+        columns += [f"{kind}_auc_{m}" for kind in ("deletion", "insertion") for m in MEASURES] + _curve_columns(steps)
+    tasks = [(name, batch) for name in methods for batch in _batches(data.items, batch_size)
+             if any((item.key, name) not in done for item in batch)]
+    loaded: dict[str, tuple[torch.Tensor, np.ndarray | None]] = {}
+    for name, batch in tqdm(tasks, desc="methods x images", disable=not progress):
+        batch = [item for item in batch if (item.key, name) not in done]
+        for item in batch:
+            if item.key not in loaded:
+                loaded[item.key] = item.load()
+        pixels = torch.stack([loaded[item.key][0] for item in batch])
+        label = batch[0].label
+        extra = {"keys": [item.key for item in batch]} if name == RANDOM else {}
+        maps = run_method(model, name, pixels, data.classifier[label:label + 1], {**options[name], **extra})[:, 0]
+        rows = [{"key": item.key, "label": item.label, "prompt": data.class_names[item.label], "method": name}
+                for item in batch]
+        if data.has_masks:
+            masks = np.stack([loaded[item.key][1] for item in batch])
+            scores = localisation_scores(maps, masks, tolerance=tolerance)
+            strict = pointing_game(maps, masks, tolerance=0.0)
+            for b, row in enumerate(rows):
+                row.update(pointing=float(scores["pointing"][b]), pointing_strict=float(strict[b]),
+                           energy=float(scores["energy"][b]), iou=float(scores["iou"][b]),
+                           area_share=float(scores["area_share"][b]))
+        if faithfulness:
+            curves = perturbation_curves(model.adapter, pixels.to(model.device), maps, data.classifier,
+                                         [item.label for item in batch], mean=mean, std=std, seed=seed,
+                                         logit_scale=logit_scale)
+            for kind in ("deletion", "insertion"):
+                for measure in MEASURES:
+                    auc = curves.auc(kind, measure)
+                    values = getattr(curves, kind)[measure]
+                    for b, row in enumerate(rows):
+                        row[f"{kind}_auc_{measure}"] = float(auc[b])
+                        for t in range(steps):
+                            row[f"{kind}_{measure}_{t:02d}"] = float(values[b, t])
+        _append_rows(per_image, rows, columns)
+        done.update((item.key, name) for item in batch)
+        if len(loaded) > 4 * batch_size:
+            loaded.clear()
+
+    # the cascading randomisation sanity check
+    sanity_path = out / "sanity.csv"
+    checked = {row["method"] for row in _read_rows(sanity_path)}
+    sanity_methods = [m for m in (sanity_methods if sanity_methods is not None else methods)
+                      if m != RANDOM and m not in checked]
+    if sanity_images > 0 and sanity_methods:
+        chosen = data.items[:sanity_images]
+        pixels = torch.stack([item.load()[0] for item in chosen]).to(model.device)
+        labels = sorted({item.label for item in chosen})
+        targets = data.classifier[labels]
+        column = [labels.index(item.label) for item in chosen]
+        for name in tqdm(sanity_methods, desc="sanity check", disable=not progress):
+            fn = lambda m, p, t, name=name: run_method(m, name, p, t, options[name])  # noqa: E731
+            result = cascading_randomisation(model, pixels, targets, fn, seed=seed)
+            rows = []
+            for depth, (stage, rho, similarity) in enumerate(zip(result.stages, result.spearman, result.ssim)):
+                for b, item in enumerate(chosen):
+                    rows.append({"method": name, "depth": depth, "stage": stage, "key": item.key,
+                                 "spearman": float(rho[b, column[b]]), "ssim": float(similarity[b, column[b]])})
+            _append_rows(sanity_path, rows, list(rows[0]))
+
+    summary = summarise(out, data, config, command=command, methods=methods)
+    (out / "summary.md").write_text(summary["markdown"])
+    plot_results(out, summary)
+    return summary
+
+
+# ----------------------------------------------------------------------------------- reporting
+def bootstrap_ci(values: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and 95% percentile-bootstrap interval of the mean (NaNs dropped)."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, (resamples, values.size))].mean(axis=1)
+    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of a - b over paired items with its 95% percentile-bootstrap interval."""
+    return bootstrap_ci(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64), resamples, seed)
+
+
+def _fmt(mean: float, low: float, high: float, percent: bool = False) -> str:
+    if not np.isfinite(mean):
+        return "n/a"
+    if percent:
+        return f"{100 * mean:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def summarise(out: Path, data: EvalSet, config: dict[str, Any], *, command: str = "",
+              methods: Sequence[str] = DEFAULT_METHODS) -> dict[str, Any]:
+    """Read the CSVs of a run and build the markdown summary and the numbers the plots need."""
+    import pandas as pd
+
+    frame = pd.read_csv(out / "per_image.csv") if (out / "per_image.csv").exists() else pd.DataFrame()
+    timing = pd.read_csv(out / "timing.csv") if (out / "timing.csv").exists() else pd.DataFrame()
+    sanity = pd.read_csv(out / "sanity.csv") if (out / "sanity.csv").exists() else pd.DataFrame()
+    keys = {item.key for item in data.items}
+    if not frame.empty:
+        frame = frame[frame["key"].astype(str).isin(keys)]
+    if not sanity.empty:
+        sanity = sanity[sanity["key"].astype(str).isin(keys)]
+    methods = [m for m in methods if not frame.empty and m in set(frame["method"])]
+    lines = [f"# Method comparison: {data.name}", ""]
+    if command:
+        lines += ["Reproduce with:", "", "```", command, "```", ""]
+    model = config["model"]
+    lines += [f"Model: {model.get('model')} (weights: {model.get('pretrained') or 'its own'}, {model.get('precision')}, "
+              f"{model.get('device')}). Items: {frame['key'].nunique() if not frame.empty else 0}. "
+              + " ".join(f"{note}." for note in data.notes), ""]
+    columns = []
+    if data.has_masks:
+        columns += [("pointing", f"pointing game % (tol. {config['tolerance']:g} px)", True),
+                    ("pointing_strict", "pointing game % (strict)", True), ("energy", "energy PG %", True),
+                    ("iou", "IoU (map > mean) %", True)]
+    if config["faithfulness"]:
+        columns += [("deletion_auc_score", "deletion AUC, score (lower better)", False),
+                    ("insertion_auc_score", "insertion AUC, score (higher better)", False),
+                    ("deletion_auc_accuracy", "deletion AUC, top-1 %", True),
+                    ("insertion_auc_accuracy", "insertion AUC, top-1 %", True)]
+    header = ["method"] + [title for _, title, _ in columns] + ["time / forward (K=1)", "time / forward (K=8)"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table: dict[str, dict[str, tuple[float, float, float]]] = {}
+    for name in methods:
+        rows = frame[frame["method"] == name]
+        table[name] = {column: bootstrap_ci(rows[column].to_numpy()) for column, _, _ in columns}
+        cells = [name] + [_fmt(*table[name][column], percent=percent) for column, _, percent in columns]
+        speed = timing[timing["method"] == name] if not timing.empty else timing
+        for count in (1, 8):
+            key = f"ratio_k{count}"
+            cells.append(f"{float(speed[key].iloc[0]):.1f}x" if not speed.empty and key in speed else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Cells: mean [95% bootstrap confidence interval, 1000 resamples over images]."]
+    if data.has_masks:
+        lines.append(f"Area share of the target masks (what a uniform map scores in the energy PG): "
+                     f"{100 * frame['area_share'].mean():.1f}%.")
+    if config["faithfulness"]:
+        lines += ["", f"**AUC.** {AUC_DEFINITION} 'score' is the target's cosine with the image; 'top-1' the share "
+                  f"of images whose highest-scoring class (of {config['classes']}) is the target."]
+    if not timing.empty:
+        lines += ["", f"**Time.** Seconds per (image, prompt) divided by seconds per image of one plain "
+                  f"`encode_image` forward, measured side by side on the same batch of "
+                  f"{int(timing['images'].iloc[0])} images (the forward timed again next to each method; fastest of "
+                  f"{config.get('timing_repeats', 5)} runs after a warm-up, or the warm-up alone when it took over 5 s), "
+                  "with 1 and with 8 prompts per image; below 1 with 8 prompts means the prompts share passes."]
+    lines += ["", f"Settings: RISE {config['rise_masks']} masks (8 x 8 cells, p = 0.5, seed {config['seed']}); "
+              f"M2IB {config['m2ib_steps']} steps x {config['m2ib_samples']} samples; CLIP Surgery's class set: the "
+              f"{config['classes']} classifier prompts; GAME: all blocks (game) and the last block (game_last); "
+              "Grad-ECLIP: last block, faithful mode; random: uniform noise on the patch grid."]
+    claims = []
+    if data.has_masks and "grad_eclip" in methods:
+        base = frame[frame["method"] == "grad_eclip"].set_index("key")
+        lines += ["", "Pointing game (with tolerance), paired difference Grad-ECLIP minus other, percentage "
+                  "points [95% paired bootstrap CI]:", ""]
+        for other in methods:
+            if other == "grad_eclip":
+                continue
+            rows = frame[frame["method"] == other].set_index("key")
+            keys = base.index.intersection(rows.index)
+            diff = paired_difference(base.loc[keys, "pointing"].to_numpy(), rows.loc[keys, "pointing"].to_numpy())
+            claims.append({"other": other, "difference": diff, "n": len(keys)})
+            lines.append(f"- vs {other}: {_fmt(*diff, percent=True)} (n = {len(keys)})")
+    sanity_table = []
+    if not sanity.empty:
+        stages = sanity[["depth", "stage"]].drop_duplicates().sort_values("depth")
+        lines += ["", "Cascading randomisation (Spearman / SSIM of each map with the original, mean over "
+                  f"{sanity['key'].nunique()} images; stages cumulative from the top):", "",
+                  "| method | " + " | ".join(stages["stage"]) + " |", "|" + "---|" * (len(stages) + 1)]
+        for name in [m for m in methods if m in set(sanity["method"])]:
+            rows = sanity[sanity["method"] == name]
+            cells = []
+            for depth in stages["depth"]:
+                at = rows[rows["depth"] == depth]
+                cells.append(f"{at['spearman'].mean():.2f} / {at['ssim'].mean():.2f}")
+                sanity_table.append({"method": name, "depth": int(depth), "spearman": float(at["spearman"].mean()),
+                                     "ssim": float(at["ssim"].mean())})
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Files: per_image.csv (every item x method, with the curves), timing.csv, sanity.csv, "
+              "curves_deletion.png, curves_insertion.png, auc_bars.png, sanity.png.", ""]
+    curves = {}
+    if config["faithfulness"] and not frame.empty:
+        for kind in ("deletion", "insertion"):
+            curves[kind] = {name: frame[frame["method"] == name][[f"{kind}_score_{t:02d}" for t in range(11)]]
+                            .to_numpy().mean(axis=0) for name in methods}
+    return {"markdown": "\n".join(lines), "table": table, "claims": claims, "curves": curves,
+            "sanity": sanity_table, "methods": methods}
+
+
+def plot_results(out: Path, summary: dict[str, Any]) -> None:
+    """Mean deletion and insertion curves per method, a bar chart of AUCs, and the sanity curves."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fractions = np.arange(11) * 0.05
+    for kind, curves in summary["curves"].items():
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, curve in curves.items():
+            ax.plot(100 * fractions, curve, marker="o", markersize=3, label=name)
+        ax.set_xlabel(f"pixels {'deleted' if kind == 'deletion' else 'inserted'} (%)")
+        ax.set_ylabel("target score (cosine)")
+        ax.set_title(f"{kind} curves (mean over images)")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out / f"curves_{kind}.png", dpi=120)
+        plt.close(fig)
+    table = summary["table"]
+    if table and "deletion_auc_score" in next(iter(table.values())):
+        names = list(table)
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, column, title in zip(axes, ("deletion_auc_score", "insertion_auc_score"),
+                                     ("deletion AUC (lower is better)", "insertion AUC (higher is better)")):
+            means = np.array([table[n][column][0] for n in names])
+            errors = np.array([[table[n][column][0] - table[n][column][1], table[n][column][2] - table[n][column][0]]
+                               for n in names]).T
+            ax.bar(range(len(names)), means, yerr=errors, capsize=3, color="tab:blue" if "del" in column else "tab:orange")
+            ax.set_xticks(range(len(names)))
+            ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+            ax.set_title(title)
+        fig.tight_layout()
+        fig.savefig(out / "auc_bars.png", dpi=120)
+        plt.close(fig)
+    if summary["sanity"]:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name in dict.fromkeys(row["method"] for row in summary["sanity"]):
+            rows = [r for r in summary["sanity"] if r["method"] == name]
+            ax.plot([r["depth"] for r in rows], [r["spearman"] for r in rows], marker="o", markersize=3, label=name)
+        ax.set_xlabel("randomised groups, from the top (0: original)")
+        ax.set_ylabel("Spearman with the original map")
+        ax.set_title("cascading randomisation")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out / "sanity.png", dpi=120)
+        plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------- command line
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m gradeclip_utils.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=DATASETS, default="synthetic")
+    parser.add_argument("--data", default=None, help="imagenet: the folder of class subfolders; folder: the CSV")
+    parser.add_argument("--model", default="synthetic", help="open_clip name, model folder, or 'synthetic'")
+    parser.add_argument("--pretrained", default=None, help="open_clip weight tag or checkpoint file")
+    parser.add_argument("--device", default=None, help="default: CUDA when available")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated (default: all): {', '.join(DEFAULT_METHODS)}")
+    parser.add_argument("-n", "--n", type=int, default=200, help="number of images (default 200)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--tolerance", type=float, default=4.0, help="pointing-game tolerance in pixels of the "
+                        "model's input (default 4: the usual 15 px at 224 scaled to the synthetic 64)")
+    parser.add_argument("--rise-masks", type=int, default=2000)
+    parser.add_argument("--m2ib-steps", type=int, default=10)
+    parser.add_argument("--m2ib-samples", type=int, default=10)
+    parser.add_argument("--sanity-images", type=int, default=8, help="images for the sanity check (0: skip it)")
+    parser.add_argument("--sanity-methods", default=None, help="comma-separated (default: all but random)")
+    parser.add_argument("--timing-images", type=int, default=8, help="images for the speed measurement (0: skip)")
+    parser.add_argument("--timing-repeats", type=int, default=5)
+    parser.add_argument("--no-faithfulness", action="store_true", help="skip deletion and insertion")
+    parser.add_argument("--templates", choices=("openai", "simple"), default="openai")
+    parser.add_argument("--target", choices=("gt", "pred"), default="gt", help="imagenet: explain the ground-truth "
+                        "or the predicted class")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--out", default=None, help="output folder (default: results/eval-DATASET)")
+    parser.add_argument("--overwrite", action="store_true", help="discard a previous run in --out")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from .loading import load_model
+
+    model = load_model(args.model, args.pretrained, device=args.device, precision=args.precision)
+    out = Path(args.out or f"results/eval-{args.dataset}")
+    if args.dataset == "synthetic":
+        data = synthetic_set(model, args.n)
+    elif args.data is None:
+        parser.error(f"--dataset {args.dataset} needs --data")
+    elif args.dataset == "imagenet":
+        out.mkdir(parents=True, exist_ok=True)
+        data = imagenet_set(model, Path(args.data), args.n, templates=args.templates, target=args.target,
+                            cache=out / f"classifier-{args.templates}.pt")
+    else:
+        data = folder_set(model, Path(args.data), args.n)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    sanity_methods = None if args.sanity_methods is None else [m.strip() for m in args.sanity_methods.split(",")]
+    command = "python -m gradeclip_utils.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+    summary = evaluate(model, data, out, methods=methods, batch_size=args.batch_size, tolerance=args.tolerance,
+                       rise_masks=args.rise_masks, m2ib_steps=args.m2ib_steps, m2ib_samples=args.m2ib_samples,
+                       seed=args.seed, sanity_images=args.sanity_images, sanity_methods=sanity_methods,
+                       timing_images=args.timing_images, timing_repeats=args.timing_repeats,
+                       faithfulness=not args.no_faithfulness, command=command.strip(), overwrite=args.overwrite)
+    print(summary["markdown"])
+    print(f"\nwritten to {out}", file=sys.stderr)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The evaluation command: data sets, resumable runs, the written tables and plots, and the
+pointing-game claim on the embedded synthetic model."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gradeclip_utils import evaluate as ev
+from gradeclip_utils.metrics import AUC_DEFINITION
+
+FAST = dict(batch_size=4, rise_masks=16, m2ib_steps=1, m2ib_samples=1, timing_images=1, timing_repeats=1,
+            progress=False)
+
+
+def read(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_bootstrap_and_paired_difference_hand_values():
+    assert ev.bootstrap_ci(np.array([0.25, 0.25, 0.25])) == (0.25, 0.25, 0.25)
+    mean, low, high = ev.bootstrap_ci(np.array([0.0, 1.0, np.nan, 1.0, 0.0]))
+    assert mean == 0.5 and 0.0 <= low < 0.5 < high <= 1.0
+    assert ev.paired_difference(np.array([1.0, 1.0]), np.array([0.0, 1.0]))[0] == 0.5
+
+
+def test_synthetic_run_writes_tables_and_resumes(tiny, tmp_path, monkeypatch):
+    data = ev.synthetic_set(tiny, 5)
+    assert len(data.items) == 5 and data.classifier.shape == (35, tiny.adapter.embed_dim)
+    pixels, mask = data.items[0].load()
+    assert pixels.shape == (3, 48, 48) and mask.shape == (48, 48) and mask.any()
+    summary = ev.evaluate(tiny, data, tmp_path, sanity_images=2, sanity_methods=["grad_eclip", "rise"], **FAST)
+    rows = read(tmp_path / "per_image.csv")
+    assert len(rows) == 5 * len(ev.DEFAULT_METHODS)
+    assert {r["method"] for r in rows} == set(ev.DEFAULT_METHODS)
+    for row in rows:
+        assert row["pointing"] in ("True", "False", "0.0", "1.0")
+        auc = np.mean([float(row[f"deletion_score_{t:02d}"]) for t in range(11)][1:-1])
+        ends = (float(row["deletion_score_00"]) + float(row["deletion_score_10"])) / 2
+        assert float(row["deletion_auc_score"]) == pytest.approx((9 * auc + ends) / 10, abs=1e-9)
+    text = (tmp_path / "summary.md").read_text()
+    assert AUC_DEFINITION in text and "| grad_eclip |" in text and "Cascading randomisation" in text
+    for name in ("curves_deletion.png", "curves_insertion.png", "auc_bars.png", "sanity.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+    timing = read(tmp_path / "timing.csv")
+    assert {r["method"] for r in timing} == set(ev.DEFAULT_METHODS) and all(float(r["ratio_k1"]) > 0 for r in timing)
+    assert summary["claims"] and summary["table"]["grad_eclip"]["pointing"][0] >= 0
+
+    calls = []
+    original = ev.run_method
+    monkeypatch.setattr(ev, "run_method", lambda *a, **k: calls.append(a[1]) or original(*a, **k))
+    ev.evaluate(tiny, data, tmp_path, sanity_images=2, sanity_methods=["grad_eclip", "rise"], **FAST)
+    assert calls == [], "a finished run was recomputed"
+    more = ev.synthetic_set(tiny, 7)
+    ev.evaluate(tiny, more, tmp_path, methods=["grad_eclip"], sanity_images=2, sanity_methods=[], **FAST)
+    assert len(read(tmp_path / "per_image.csv")) == 5 * len(ev.DEFAULT_METHODS) + 2
+    with pytest.raises(ValueError, match="other settings"):
+        ev.evaluate(tiny, data, tmp_path, methods=["grad_eclip"], **{**FAST, "rise_masks": 17})
+    ev.evaluate(tiny, data, tmp_path, methods=["grad_eclip"], sanity_images=0, overwrite=True, **FAST)
+    assert len(read(tmp_path / "per_image.csv")) == 5
+
+
+def test_random_reference_is_seeded_by_item(tiny):
+    pixels = torch.randn(2, 3, 48, 48)
+    targets = torch.nn.functional.normalize(torch.randn(1, tiny.adapter.embed_dim), dim=-1)
+    a = ev.random_maps(tiny.adapter, pixels, targets, keys=["x", "y"]).maps
+    b = ev.random_maps(tiny.adapter, pixels[:1], targets, keys=["x"]).maps
+    assert torch.equal(a[:1], b) and not torch.equal(a[0], a[1])
+
+
+def test_folder_of_images_with_prompts_and_masks(tiny, tmp_path):
+    rng = np.random.default_rng(0)
+    with open(tmp_path / "prompts.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "prompt", "mask"])
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(tmp_path / f"im{i}.png")
+            mask = np.zeros((60, 80), dtype=np.uint8)
+            mask[10:30, 40:70] = 255
+            Image.fromarray(mask).save(tmp_path / f"m{i}.png")
+            writer.writerow([f"im{i}.png", ["a cat", "a dog"][i % 2], f"m{i}.png"])
+    data = ev.folder_set(tiny, tmp_path / "prompts.csv")
+    assert data.class_names == ["a cat", "a dog"] and data.has_masks
+    pixels, mask = data.items[0].load()
+    # the model's preprocessing: shortest side to 48 (60 x 80 -> 48 x 64), centre crop 48 x 48 (columns 8..56)
+    expected = np.zeros((48, 48), dtype=bool)
+    expected[8:24, 24:48] = True
+    assert pixels.shape == (3, 48, 48) and np.array_equal(mask, expected)
+    ev.evaluate(tiny, data, tmp_path / "out", methods=["grad_eclip", "itsm"], sanity_images=0, **FAST)
+    rows = read(tmp_path / "out" / "per_image.csv")
+    assert len(rows) == 6 and "energy" in rows[0] and "insertion_auc_score" in rows[0]
+
+
+def test_class_folders_build_a_template_classifier(tiny, tmp_path):
+    rng = np.random.default_rng(1)
+    for name in ("golden_retriever", "tabby_cat"):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (50, 50, 3), dtype=np.uint8)).save(tmp_path / "val" / name / f"{i}.jpg")
+    data = ev.imagenet_set(tiny, tmp_path / "val", 3, templates="simple", cache=tmp_path / "classifier.pt")
+    assert data.class_names == ["golden retriever", "tabby cat"] and not data.has_masks
+    assert [item.label for item in data.items] == [0, 1, 0]  # round-robin over the classes
+    from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
+
+    with torch.no_grad():
+        texts = [t("golden retriever") for t in SIMPLE_IMAGENET_TEMPLATES]
+        expected = torch.nn.functional.normalize(tiny.model.encode_text(tiny.tokenize(texts)), dim=-1).mean(0)
+    assert torch.allclose(data.classifier[0], torch.nn.functional.normalize(expected, dim=0), atol=1e-5)
+    again = ev.imagenet_set(tiny, tmp_path / "val", 3, templates="simple", cache=tmp_path / "classifier.pt")
+    assert torch.allclose(again.classifier, data.classifier)
+    ev.evaluate(tiny, data, tmp_path / "out", methods=["grad_eclip"], sanity_images=0, **FAST)
+    rows = read(tmp_path / "out" / "per_image.csv")
+    assert len(rows) == 3 and "pointing" not in rows[0]
