@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# The main job (sets up the environment first): explain the bundled sample scene with the embedded
-# synthetic CLIP and write the figures to OUT (default outputs/).
+# The main job (sets up the environment first): execute every notebook headless on the embedded synthetic
+# CLIP, with progress shown; executed copies go to OUT/notebooks, figures (PNG, PDF and a JSON manifest each)
+# to OUT/figures/<notebook>, a summary to OUT/summary.json.
+#   bash scripts/main.sh [OUT] [runner options]     (OUT defaults to outputs/)
+# Runner options (python -m gradeclip_utils.notebooks --help): --quick, --only 01 03,
+# --model ViT-B-16 --pretrained openai, --param NAME=VALUE, --fail-fast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-out="${1:-outputs}"
+out="outputs"
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
+    out="$1"
+    shift
+fi
 mkdir -p "$out"
-export MPLBACKEND=Agg
-exec "${GRADECLIP_VENV:-.venv}/bin/gradeclip" explain data/samples/three_shapes.png \
-    "a red circle" "a blue square" "a yellow star" --out "$out/three_shapes.png"
+unset MPLBACKEND  # the notebooks' kernels draw inline
+exec "${GRADECLIP_VENV:-.venv}/bin/python" -m gradeclip_utils.notebooks --out "$out" "$@"
