@@ -461,3 +461,13 @@ def test_baselines_on_vit_b16(vit_b16, method):
     ex = ge.explain_image(vit_b16, pixels, ["a dog", "a cat"], method=method)
     assert ex.maps.shape == (1, 2, 14, 14) and torch.isfinite(ex.maps).all()
     assert ex.maps.abs().max() > 0
+
+
+@pytest.mark.parametrize("method", ["raw_attention", "game", "m2ib"])
+def test_text_baselines_through_explain_text(tiny, method):
+    options = {"steps": 1, "samples": 1} if method == "m2ib" else {}
+    ex = ge.explain_text(tiny, torch.randn(2, 3, 48, 48), ["a red circle", "two blue squares"], method=method,
+                         layers=1, **options)
+    assert ex.word_importance.shape[:2] == (2, 2)
+    sums = ex.word_importance.sum(dim=-1)
+    assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5)
