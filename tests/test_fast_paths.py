@@ -210,3 +210,41 @@ def test_repeated_calls_leave_no_tensors_behind(tiny):
     for _ in range(20):
         ge.explain_image(tiny, images, targets, layers=(0, 2), progress=False)
     assert live() == before
+
+
+# ------------------------------------------------------------- text: the graph stops at the end tokens
+@pytest.mark.parametrize("mode", ["faithful", "official"])
+def test_text_trace_over_the_prefix_equals_the_full_trace(tiny, mode):
+    """Under the causal mask the text trace keeps a graph only up to the last end token. Asking for the
+    final tokens turns that off; embeddings, captures and channel weights must be the same."""
+    adapter = tiny.adapter
+    tokens = tiny.tokenize(CAPTIONS)
+    assert int(adapter.text_token_index(tokens).max()) + 1 < tokens.shape[1], "no padding: nothing to skip"
+    targets = unit(3, adapter.embed_dim, seed=13)
+    with explaining(tiny.model):
+        fast = adapter.trace_text(tokens, [0, 2], mode=mode)
+        slow = adapter.trace_text(tokens, [0, 2], mode=mode, keep_final_tokens=True)
+        assert_close(fast.embedding, slow.embedding)
+        for layer in (0, 2):
+            for name in ("q", "k", "v", "attn_output", "token_output"):
+                got, want = getattr(fast.blocks[layer], name), getattr(slow.blocks[layer], name)
+                assert got.shape == want.shape
+                assert (got - want).abs().max() <= TOL
+        fast_weights, _ = channel_weights(fast, [0, 2], targets)
+        slow_weights, _ = channel_weights(slow, [0, 2], targets)
+    for layer in (0, 2):
+        assert_close(fast_weights[layer], slow_weights[layer])
+
+
+def test_causal_prefix_only_under_a_causal_mask():
+    from gradeclip_utils.adapters.open_clip_vit import OpenClipViTAdapter
+
+    causal = torch.full((6, 6), float("-inf")).triu(1)
+    index = torch.tensor([2, 3])
+    assert OpenClipViTAdapter._causal_prefix(causal, index, 6) == 4
+    assert OpenClipViTAdapter._causal_prefix(causal, torch.tensor([5, 1]), 6) is None  # nothing after the last
+    assert OpenClipViTAdapter._causal_prefix(torch.zeros(6, 6), index, 6) is None  # bidirectional
+    assert OpenClipViTAdapter._causal_prefix(None, index, 6) is None
+    padded = causal.clone()
+    padded[:, 5] = float("-inf")  # a key masked for every query: not the plain causal mask
+    assert OpenClipViTAdapter._causal_prefix(padded, index, 6) is None

@@ -246,18 +246,62 @@ class OpenClipViTAdapter(CLIPAdapter):
     def _run_blocks(self, transformer: nn.Module, x: Tensor, mask: Tensor | None, layers: Sequence[int],
                     mode: Mode, token_index: Tensor, *, keep_probs: bool, keep_block_inputs: bool,
                     keep_final_tokens: bool) -> tuple[Tensor, dict[int, BlockCapture], Tensor | None]:
-        """Run all blocks; return the pooled token's row after the last block, captures, final tokens."""
+        """Run all blocks; return the pooled token's row after the last block, captures, final tokens.
+
+        Under a causal mask (the text tower) the rows after the last pooled token reach no pooled
+        token, so when nothing but the captures and the embedding is asked for, the graph (and so the
+        backward pass) covers only the rows up to the last pooled token; q, k, v and the attention
+        output of every row come from a second pass without a graph. Same numbers, and a backward
+        pass that skips the padding after the end tokens.
+        """
         blocks = transformer.resblocks
         explained = set(layers)
         first = min(explained) if explained else len(blocks)
         with torch.no_grad():
             for block in blocks[:first]:
                 x = self._native_block(transformer, block, x, mask)
-        x = x.detach().requires_grad_(keep_block_inputs and bool(explained))
+        prefix = None
+        if explained and not (keep_probs or keep_block_inputs or keep_final_tokens):
+            prefix = self._causal_prefix(mask, token_index, x.shape[1])
+        if prefix is None:
+            return self._explicit_blocks(blocks, first, len(blocks), x, mask, explained, mode, token_index,
+                                         keep_probs=keep_probs, keep_block_inputs=keep_block_inputs,
+                                         keep_final_tokens=keep_final_tokens)
+        with torch.no_grad():
+            _, whole, _ = self._explicit_blocks(blocks, first, max(explained) + 1, x, mask, explained, mode,
+                                                token_index, keep_probs=False, keep_block_inputs=False,
+                                                keep_final_tokens=False)
+        pooled, captures, final_tokens = self._explicit_blocks(
+            blocks, first, len(blocks), x[:, :prefix], mask[:prefix, :prefix], explained, mode, token_index,
+            keep_probs=False, keep_block_inputs=False, keep_final_tokens=False)
+        for index, capture in captures.items():
+            capture.q, capture.k, capture.v = whole[index].q, whole[index].k, whole[index].v
+            capture.attn_output = whole[index].attn_output
+        return pooled, captures, final_tokens
+
+    @staticmethod
+    def _causal_prefix(mask: Tensor | None, token_index: Tensor, length: int) -> int | None:
+        """Rows up to the last pooled token when ``mask`` is causal and rows follow it; else None."""
+        if mask is None or mask.shape[-2:] != (length, length):
+            return None
+        prefix = int(token_index.max()) + 1
+        if prefix >= length:
+            return None
+        above = torch.ones(length, length, dtype=torch.bool, device=mask.device).triu(1)
+        causal = bool(torch.isneginf(mask[above]).all()) and bool(torch.isfinite(mask[~above]).all())
+        return prefix if causal else None
+
+    def _explicit_blocks(self, blocks: nn.ModuleList, first: int, stop: int, x: Tensor, mask: Tensor | None,
+                         explained: set[int], mode: Mode, token_index: Tensor, *, keep_probs: bool,
+                         keep_block_inputs: bool, keep_final_tokens: bool
+                         ) -> tuple[Tensor, dict[int, BlockCapture], Tensor | None]:
+        """Blocks ``first`` to ``stop - 1`` computed explicitly: the pooled token's row, captures, final tokens."""
+        # a leaf that requires grad: the captures stay differentiable whatever the parameters' flags
+        x = x.detach().requires_grad_(bool(explained))
         rows = torch.arange(x.shape[0], device=x.device)
         captures: dict[int, BlockCapture] = {}
         final_tokens = None
-        for index in range(first, len(blocks)):
+        for index in range(first, stop):
             last = index == len(blocks) - 1
             x, capture = self._explicit_block(
                 blocks[index], index, x, mask, rows, token_index,
