@@ -17,7 +17,10 @@ ratios to the plain forward (``model.encode_image`` under ``no_grad``) of the sa
 Timing: warm-up, then the cases are run round-robin ``--repeats`` times and the median is kept (so a
 burst of load elsewhere hits all cases alike). On CUDA the device is synchronised around every call. On
 the CPU both wall time and process CPU time are reported; CPU time counts only this process's work
-and is the steadier number on a shared machine.
+and is the steadier number on a shared machine. "peak MiB" is the memory a call adds at its peak,
+measured in its warm-up run: on CUDA ``max_memory_allocated`` above what was allocated before the
+call; on the CPU the peak resident set above the resident set before the call, after the C heap's
+free pages were returned to the OS (so that memory cached by earlier calls does not hide the peak).
 
     python benchmarks/speed.py                                    # CPU defaults (ViT-B-16, random weights, B=2)
     python benchmarks/speed.py --device cuda --precision fp16 --batch 32 --sweep 1,2,4,8,16,32,64,128,256
@@ -59,6 +62,17 @@ def _proc_status(key: str) -> int | None:
     return None
 
 
+def _release_free_memory() -> None:
+    """Give the C heap's free pages back to the OS (glibc ``malloc_trim``), so that the resident set
+    holds only live memory and a call's peak resident set measures what the call itself needs."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _reset_peak_rss() -> bool:
     """Reset the kernel's resident-set high-water mark (Linux ``/proc/self/clear_refs``)."""
     try:
@@ -93,9 +107,13 @@ class Meter:
             return torch.cuda.memory_allocated(self.device)
         return _proc_status("VmRSS")
 
-    def run(self, fn: Callable[[], Any]) -> Sample:
+    def run(self, fn: Callable[[], Any], memory: bool = False) -> Sample:
+        """Time one call; with ``memory``, also measure the peak memory it adds (on the CPU this first
+        returns the heap's free pages to the OS, which makes the call itself slower: use it in warm-up)."""
         gc.collect()
         self.sync()
+        if memory and not self.cuda:
+            _release_free_memory()
         before = self.in_use()
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -105,7 +123,9 @@ class Meter:
         out = fn()
         self.sync()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        if self.cuda:
+        if not memory:
+            peak = None
+        elif self.cuda:
             peak = torch.cuda.max_memory_allocated(self.device) - before
         elif self.rss_peak_works:
             peak = _proc_status("VmHWM") - before
@@ -124,6 +144,7 @@ class Case:
     note: str = ""
     samples: list[Sample] = field(default_factory=list)
     single: bool = False
+    peak_bytes: float | None = None  # measured in the warm-up run
 
     @property
     def wall(self) -> float:
@@ -135,15 +156,15 @@ class Case:
 
     @property
     def peak(self) -> float | None:
-        peaks = [s.peak for s in self.samples if s.peak is not None]
-        return max(peaks) if peaks else None
+        return self.peak_bytes
 
 
 def run_cases(cases: list[Case], meter: Meter, repeats: int, slow_s: float, log: Callable[[str], None]) -> None:
-    """Warm every case up once, then run them round-robin; a case slower than ``slow_s`` in its warm-up
-    keeps that one run (marked) instead of being repeated."""
+    """Warm every case up once (measuring its peak memory), then run them round-robin; a case slower
+    than ``slow_s`` in its warm-up keeps that one run (marked) instead of being repeated."""
     for case in cases:
-        sample = meter.run(case.fn)
+        sample = meter.run(case.fn, memory=True)
+        case.peak_bytes = sample.peak
         log(f"  warm-up {case.name}{'' if case.k is None else f' K={case.k}'}: {sample.wall:.2f} s")
         if sample.wall > slow_s:
             case.samples.append(sample)
@@ -275,7 +296,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="largest K run through the per-prompt loop (default: 100 on the CPU, 1000 on CUDA); "
                              "larger K are extrapolated")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case after one warm-up")
-    parser.add_argument("--slow", type=float, default=30.0,
+    parser.add_argument("--slow", type=float, default=60.0,
                         help="a case whose warm-up takes longer than this many seconds is not repeated")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--baselines", default="all", help="'all', 'none' or comma-separated method names")
@@ -539,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         small = tiny_model(device, args.precision)
         small_pixels = torch.randn(2, 3, 48, 48, generator=generator).to(device)
         small_targets = unit_targets(100, small.adapter.embed_dim, seed=3, device=device)
-        checkpoints = sorted({10, min(100, args.memory_calls), args.memory_calls})
+        checkpoints = sorted({c for c in (10, 100, 500) if c < args.memory_calls} | {args.memory_calls})
         readings = {}
         tracemalloc.start()
         python_heap = {}
