@@ -6,14 +6,14 @@ Start with ``load_model`` (the embedded synthetic CLIP by default, or any open_c
 
 from .adapters import UnsupportedModelError, get_adapter
 from .explain import encode_texts, explain_image, explain_text
-from .loading import LoadedModel, WeightsUnavailableError, load_model, wrap_model
+from .loading import LoadedModel, UnsafeCheckpointError, WeightsUnavailableError, load_model, wrap_model
 from .methods import list_methods
 from .results import ImageExplanation, TextExplanation, WordImportance
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ImageExplanation", "LoadedModel", "TextExplanation", "UnsupportedModelError", "WeightsUnavailableError",
+    "ImageExplanation", "LoadedModel", "TextExplanation", "UnsafeCheckpointError", "UnsupportedModelError", "WeightsUnavailableError",
     "WordImportance", "encode_texts", "explain_image", "explain_text", "get_adapter", "list_methods", "load_model",
     "wrap_model", "__version__",
 ]

@@ -45,31 +45,28 @@ def explaining(model: nn.Module) -> Iterator[None]:
     """The state an explanation needs, restored exactly after, also when the explanation raises.
 
     For the duration: the model's lock is held (other explanations of the same model wait), every
-    module is in eval mode (dropout and patch dropout off), gradients are on, and every parameter
-    requires grad (a frozen model's embedding must still be differentiable with respect to the
-    captured activations). After: each module's training flag, each parameter's ``requires_grad`` and
-    ``.grad`` are as they were. Nothing is registered on the model (no hooks).
+    module is in eval mode (dropout and patch dropout off) and gradients are on. After: each module's
+    training flag is as it was, and each parameter's ``.grad`` is the same tensor with the same
+    values (a method that calls ``backward()`` accumulates into fresh tensors, dropped after).
+    ``requires_grad`` is never touched: the adapter differentiates with respect to captured
+    activations, so frozen models are explained as they are. Nothing is registered on the model.
     """
     with model_lock(model):
         flags = [(module, module.training) for module in model.modules()]
-        parameters = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+        grads = [(p, p.grad) for p in model.parameters()]
         try:
             model.eval()
-            for p, needs_grad, grad in parameters:
+            for p, grad in grads:
                 if grad is not None:
-                    p.grad = None  # a method that calls backward() accumulates into fresh tensors, not these
-                if not needs_grad:
-                    p.requires_grad_(True)
+                    p.grad = None
             with torch.enable_grad():
                 yield
         finally:
             for module, flag in flags:
                 module.training = flag
-            for p, needs_grad, grad in parameters:
+            for p, grad in grads:
                 if p.grad is not grad:
                     p.grad = grad
-                if p.requires_grad != needs_grad:
-                    p.requires_grad_(needs_grad)
 
 
 def release_frames(error: BaseException) -> None:
@@ -173,12 +170,11 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
     the last block only the class-token row), whatever the number of prompts K: no per-prompt passes.
     Returns an ImageExplanation with raw maps (B, K, h, w), scores (B, K) and the settings used.
 
-    State: nothing is left on the model: training flags, ``requires_grad`` and ``.grad`` of every
-    parameter are restored, no hooks are registered, and no graph outlives the call, also when it
-    raises. The same inputs give bit-identical maps on the CPU. Threads: calls on one model are
+    State: nothing is left on the model: training flags and ``.grad`` tensors are restored, ``requires_grad`` is
+    never touched, no hooks are registered, and no graph outlives the call, also when
+    it raises. The same inputs give bit-identical maps on the CPU. Threads: calls on one model are
     serialised by a per-model lock (safe, but not parallel); different models run in parallel. Code
-    that runs the model outside this package while an explanation is in progress sees it in eval mode
-    with all parameters requiring grad.
+    that runs the model outside this package while an explanation is in progress sees it in eval mode.
     """
     model = as_loaded(model)
     _check_choice("mode", mode, MODES)

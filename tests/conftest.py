@@ -51,4 +51,5 @@ def vit_b16():
     """open_clip ViT-B-16 with random weights (the paper's architecture), on the CPU."""
     from gradeclip_utils import load_model
 
+    torch.manual_seed(0)  # the same random weights whichever tests ran before
     return load_model("ViT-B-16", pretrained=None, device="cpu")

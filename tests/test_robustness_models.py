@@ -122,8 +122,9 @@ def test_requires_grad_flags_and_grads_are_left_as_they_were(tiny, freeze):
     got_text = ge.explain_text(loaded, PIXELS, PROMPTS)
     assert requires_grad_flags(model) == flags
     assert all(p.grad is None for p in model.parameters())
-    assert torch.equal(got.maps, expected.maps)
-    assert torch.equal(got_text.token_importance, expected_text.token_importance)
+    # frozen weights change which gradients autograd builds, so float32 rounding may differ in the last bits
+    assert (got.maps - expected.maps).abs().max() <= 1e-6
+    assert (got_text.token_importance - expected_text.token_importance).abs().max() <= 1e-6
 
 
 def test_existing_gradients_are_untouched(tiny, monkeypatch):
