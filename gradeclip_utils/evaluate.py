@@ -388,14 +388,13 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
     columns = ["key", "label", "prompt", "method"] + (list(LOCALISATION) if data.has_masks else [])
     if faithfulness:
         columns += [f"{kind}_auc_{m}" for kind in ("deletion", "insertion") for m in MEASURES] + _curve_columns(steps)
-    tasks = [(name, batch) for name in methods for batch in _batches(data.items, batch_size)
+    tasks = [(name, batch) for batch in _batches(data.items, batch_size) for name in methods
              if any((item.key, name) not in done for item in batch)]
     loaded: dict[str, tuple[torch.Tensor, np.ndarray | None]] = {}
-    for name, batch in tqdm(tasks, desc="methods x images", disable=not progress):
+    for name, batch in tqdm(tasks, desc="images x methods", disable=not progress):
         batch = [item for item in batch if (item.key, name) not in done]
-        for item in batch:
-            if item.key not in loaded:
-                loaded[item.key] = item.load()
+        if any(item.key not in loaded for item in batch):
+            loaded = {item.key: item.load() for item in batch}  # each batch's images are loaded once
         pixels = torch.stack([loaded[item.key][0] for item in batch])
         label = batch[0].label
         extra = {"keys": [item.key for item in batch]} if name == RANDOM else {}
@@ -424,8 +423,6 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
                             row[f"{kind}_{measure}_{t:02d}"] = float(values[b, t])
         _append_rows(per_image, rows, columns)
         done.update((item.key, name) for item in batch)
-        if len(loaded) > 4 * batch_size:
-            loaded.clear()
 
     # the cascading randomisation sanity check
     sanity_path = out / "sanity.csv"
