@@ -167,11 +167,12 @@ def test_faithful_scores_are_the_models_cosine_and_official_differ(vit_b16):
     faithful = ge.explain_image(vit_b16, pixels, prompts)
     official = ge.explain_image(vit_b16, pixels, prompts, mode="official")
     assert (faithful.scores - expected).abs().max() <= 1e-5
-    assert (official.scores - expected).abs().max() > 1e-3
+    # random weights give small cosines (~0.01): the single-head recomputation moves them by several percent
+    assert (official.scores - expected).abs().max() > 0.02 * expected.abs().max()
     text_faithful = ge.explain_text(vit_b16, pixels, prompts, layers=8)
     text_official = ge.explain_text(vit_b16, pixels, prompts, layers=8, mode="official")
     assert (text_faithful.scores - expected).abs().max() <= 1e-5
-    assert (text_official.scores - expected).abs().max() > 1e-3
+    assert (text_official.scores - expected).abs().max() > 0.02 * expected.abs().max()
 
 
 def test_vit_b16_map_equals_literal_equations(vit_b16):
