@@ -219,7 +219,7 @@ def method_function(name: str) -> Callable:
 def method_options(name: str, config: dict[str, Any], classifier: torch.Tensor) -> dict[str, Any]:
     """The evaluation's settings for each method (documented in the summary)."""
     if name == "rise":
-        return {"masks": config["rise_masks"], "seed": config["seed"]}
+        return {"masks": config["rise_masks"], "seed": config["seed"], "centre": config["rise_centre"]}
     if name == "m2ib":
         return {"steps": config["m2ib_steps"], "samples": config["m2ib_samples"], "seed": config["seed"]}
     if name == "clip_surgery":
@@ -339,7 +339,8 @@ def _batches(items: list[EvalItem], batch_size: int) -> list[list[EvalItem]]:
 
 
 def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS,
-             batch_size: int = 16, tolerance: float = 4.0, rise_masks: int = 2000, m2ib_steps: int = 10,
+             batch_size: int = 16, tolerance: float = 4.0, rise_masks: int = 2000, rise_centre: bool = True,
+             m2ib_steps: int = 10,
              m2ib_samples: int = 10, seed: int = 0, sanity_images: int = 8, sanity_methods: Sequence[str] | None = None,
              timing_images: int = 4, timing_repeats: int = 5, faithfulness: bool = True, command: str = "",
              overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -354,7 +355,8 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
     if unknown:
         raise ValueError(f"unknown methods {unknown}; available: {list_methods()['image'] + [RANDOM]}")
     config = {"dataset": data.name, "model": model.describe(), "tolerance": tolerance, "rise_masks": rise_masks,
-              "m2ib_steps": m2ib_steps, "m2ib_samples": m2ib_samples, "seed": seed, "faithfulness": faithfulness,
+              "rise_centre": rise_centre, "m2ib_steps": m2ib_steps, "m2ib_samples": m2ib_samples, "seed": seed,
+              "faithfulness": faithfulness,
               "classes": len(data.class_names), "sanity_images": sanity_images, "timing_images": timing_images,
               "timing_repeats": timing_repeats}
     config_path = out / "config.json"
@@ -534,7 +536,9 @@ def summarise(out: Path, data: EvalSet, config: dict[str, Any], *, command: str 
                   "5 s; the forward timed in alternation with every method, its fastest run the common reference). "
                   "Below 1 with 8 prompts: the prompts share the passes. "
                   f"One forward of the batch: {1000 * timing['forward_s'].min():.1f} ms."]
-    lines += ["", f"Settings: RISE {config['rise_masks']} masks (8 x 8 cells, p = 0.5, seed {config['seed']}); "
+    centred = (" with the mean score subtracted (`centre=True`: the same map up to a constant in expectation, "
+               "without the masks' coverage noise)") if config.get("rise_centre") else " (plain sum)"
+    lines += ["", f"Settings: RISE {config['rise_masks']} masks (8 x 8 cells, p = 0.5, seed {config['seed']}){centred}; "
               f"M2IB {config['m2ib_steps']} steps x {config['m2ib_samples']} samples; CLIP Surgery's class set: the "
               f"{config['classes']} classifier prompts; GAME: all blocks (game) and the last block (game_last); "
               "Grad-ECLIP: last block, faithful mode; random: uniform noise on the patch grid."]
@@ -643,6 +647,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tolerance", type=float, default=4.0, help="pointing-game tolerance in pixels of the "
                         "model's input (default 4: the usual 15 px at 224 scaled to the synthetic 64)")
     parser.add_argument("--rise-masks", type=int, default=2000)
+    parser.add_argument("--rise-plain", action="store_true", help="RISE's plain sum (default: mean score "
+                        "subtracted, which removes the masks' coverage noise)")
     parser.add_argument("--m2ib-steps", type=int, default=10)
     parser.add_argument("--m2ib-samples", type=int, default=10)
     parser.add_argument("--sanity-images", type=int, default=8, help="images for the sanity check (0: skip it)")
@@ -678,7 +684,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sanity_methods = None if args.sanity_methods is None else [m.strip() for m in args.sanity_methods.split(",")]
     command = "python -m gradeclip_utils.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
     summary = evaluate(model, data, out, methods=methods, batch_size=args.batch_size, tolerance=args.tolerance,
-                       rise_masks=args.rise_masks, m2ib_steps=args.m2ib_steps, m2ib_samples=args.m2ib_samples,
+                       rise_masks=args.rise_masks, rise_centre=not args.rise_plain, m2ib_steps=args.m2ib_steps,
+                       m2ib_samples=args.m2ib_samples,
                        seed=args.seed, sanity_images=args.sanity_images, sanity_methods=sanity_methods,
                        timing_images=args.timing_images, timing_repeats=args.timing_repeats,
                        faithfulness=not args.no_faithfulness, command=command.strip(), overwrite=args.overwrite)

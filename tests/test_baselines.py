@@ -321,17 +321,20 @@ def test_rise_masks_are_seeded_and_shaped():
     assert abs(float(generate_masks(2000, (32, 32), seed=0).mean()) - 0.5) < 0.02
 
 
-def test_rise_equals_literal_sum_over_masks(tiny, pixels):
+@pytest.mark.parametrize("centre", [False, True])
+def test_rise_equals_literal_sum_over_masks(tiny, pixels, centre):
     targets = text_targets(tiny, PROMPTS)
-    ex = ge.explain_image(tiny, pixels, PROMPTS, method="rise", masks=24, mask_batch=10, seed=1, p=0.4)
+    ex = ge.explain_image(tiny, pixels, PROMPTS, method="rise", masks=24, mask_batch=10, seed=1, p=0.4,
+                          centre=centre)
     masks = generate_masks(24, (48, 48), p=0.4, seed=1)
     expected = torch.zeros(2, 3, 48, 48)
     with torch.no_grad():
         for b in range(2):
-            for n in range(24):
-                embedding = tiny.model.encode_image((pixels[b] * masks[n])[None])[0]
-                for k in range(3):
-                    expected[b, k] += cos(embedding, targets[k]) * masks[n]
+            for k in range(3):
+                scores = [cos(tiny.model.encode_image((pixels[b] * masks[n])[None])[0], targets[k]) for n in range(24)]
+                mean = sum(scores) / 24 if centre else 0.0
+                for n in range(24):
+                    expected[b, k] += (scores[n] - mean) * masks[n]
     expected /= 24 * 0.4
     assert ex.maps.shape == (2, 3, 48, 48)
     assert (ex.maps - expected).abs().max() <= TOL

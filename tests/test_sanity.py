@@ -21,6 +21,7 @@ def test_spearman_hand_values_and_ties():
     # ranks a = (1, 2.5, 2.5, 4), b = (1, 3, 2, 4): rho = 4.5 / sqrt(4.5 * 5)
     assert spearman(a, b) == pytest.approx(4.5 / np.sqrt(4.5 * 5))
     assert spearman(torch.ones(3, 3), x.repeat(2, 2)[:3, :3]) == 0.0
+    assert spearman(torch.zeros(3, 3), torch.zeros(3, 3)) == 1.0
     rng = np.random.default_rng(0)
     u, v = rng.integers(0, 5, (4, 6, 6)).astype(float), rng.normal(size=(4, 6, 6))
     ours = spearman(u, v)

@@ -41,17 +41,28 @@ def generate_masks(count: int, size: tuple[int, int], cells: int = 8, p: float =
 
 @torch.no_grad()
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, masks: int = 2000, cells: int = 8,
-               p: float = 0.5, seed: int = 0, mask_batch: int = 256, **_: Any) -> MapOutput:
-    """RISE saliency (B, K, H, W) from ``masks`` masked copies of each image."""
+               p: float = 0.5, seed: int = 0, mask_batch: int = 256, centre: bool = False, **_: Any) -> MapOutput:
+    """RISE saliency (B, K, H, W) from ``masks`` masked copies of each image.
+
+    ``centre=True`` subtracts the mean score over the masks before weighting them:
+    sum_n (S_n - mean S) mask_n / (N p). In expectation that only removes a constant (the mean score),
+    but it removes the noise of the masks' uneven coverage, which dominates the plain sum when the
+    scores vary little between masks (cosines do, far less than the class probabilities RISE was made
+    for) and N is small.
+    """
     device = pixels.device
     batch = pixels.shape[0]
     all_masks = generate_masks(masks, tuple(pixels.shape[-2:]), cells, p, seed).to(device)
     saliency = torch.zeros(batch, targets.shape[0], *pixels.shape[-2:], device=device)
+    score_sum = torch.zeros(batch, targets.shape[0], device=device)
     per_pass = max(1, mask_batch // batch)
     for start in range(0, masks, per_pass):
         chunk = all_masks[start:start + per_pass]  # (n, H, W)
         masked = (pixels.unsqueeze(1) * chunk[None, :, None]).flatten(0, 1)  # (B n, 3, H, W)
         scores = cosine_scores(adapter.encode_image(masked), targets).reshape(batch, chunk.shape[0], -1)
         saliency += torch.einsum("bnk,nhw->bkhw", scores, chunk.float())
+        score_sum += scores.sum(dim=1)
+    if centre:
+        saliency -= (score_sum / masks)[..., None, None] * all_masks.sum(dim=0)
     saliency /= masks * p
     return MapOutput(maps=saliency.float(), scores=cosine_scores(adapter.encode_image(pixels), targets))

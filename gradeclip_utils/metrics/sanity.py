@@ -6,7 +6,8 @@ are recomputed for the same images and targets and compared with the original ma
 correlation and SSIM, both on the maps upsampled to the image size and min-max normalised. A map that
 does not change while the weights it claims to explain are destroyed is not explaining the model.
 Each randomised tensor is redrawn from a Gaussian with that tensor's own mean and standard deviation
-(seeded), so scales stay as trained. A constant map has no ranking: its Spearman correlation is 0.
+(seeded), so scales stay as trained. A constant map has no ranking: its Spearman correlation with a
+map that has one is 0, with another constant map 1 (nothing changed).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def _ranks(values: Tensor) -> Tensor:
 
 
 def spearman(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> np.ndarray:
-    """Spearman rank correlation of maps (..., H, W) pairwise over the leading axes (0 for a constant map)."""
+    """Spearman rank correlation of maps (..., H, W) pairwise over the leading axes (a constant map: 0
+    against a non-constant one, 1 against another constant one)."""
     x = torch.as_tensor(np.asarray(a), dtype=torch.float64).flatten(-2)
     y = torch.as_tensor(np.asarray(b), dtype=torch.float64).flatten(-2)
     rx, ry = _ranks(x), _ranks(y)
@@ -53,6 +55,8 @@ def spearman(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> np.ndarray:
     denominator = (rx.norm(dim=-1) * ry.norm(dim=-1))
     rho = torch.where(denominator > 0, (rx * ry).sum(-1) / torch.where(denominator > 0, denominator, 1.0),
                       torch.zeros_like(denominator))
+    both_constant = (rx.norm(dim=-1) == 0) & (ry.norm(dim=-1) == 0)
+    rho = torch.where(both_constant, torch.ones_like(rho), rho)
     return rho.numpy()
 
 
