@@ -630,6 +630,28 @@ def plot_results(out: Path, summary: dict[str, Any]) -> None:
         plt.close(fig)
 
 
+PLOTS = ("curves_deletion.png", "curves_insertion.png", "auc_bars.png", "sanity.png")
+
+
+def write_doc(summary: dict[str, Any], out: str | Path, doc: str | Path) -> Path:
+    """The summary as a committed document: the markdown with its plots copied into ``<doc stem>/``
+    beside it and shown inline."""
+    import shutil
+
+    out, doc = Path(out), Path(doc)
+    figures = doc.parent / doc.stem
+    figures.mkdir(parents=True, exist_ok=True)
+    shown = []
+    for name in PLOTS:
+        if (out / name).exists():
+            shutil.copyfile(out / name, figures / name)
+            shown.append(f"![{name[:-4].replace('_', ' ')}]({figures.name}/{name})")
+    text = summary["markdown"].rstrip().splitlines()
+    text = [line for line in text if not line.startswith("Files: ")]
+    doc.write_text("\n".join(text + ["", "## Plots", ""] + shown) + "\n")
+    return doc
+
+
 # ---------------------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m gradeclip_utils.evaluate", description=__doc__,
@@ -663,6 +685,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument("--out", default=None, help="output folder (default: results/eval-DATASET)")
     parser.add_argument("--overwrite", action="store_true", help="discard a previous run in --out")
+    parser.add_argument("--doc", default=None, help="also write the summary with its plots as this markdown file "
+                        "(the plots go into a folder named after it), e.g. docs/results.md")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -689,8 +713,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        seed=args.seed, sanity_images=args.sanity_images, sanity_methods=sanity_methods,
                        timing_images=args.timing_images, timing_repeats=args.timing_repeats,
                        faithfulness=not args.no_faithfulness, command=command.strip(), overwrite=args.overwrite)
+    if args.doc:
+        write_doc(summary, out, args.doc)
     print(summary["markdown"])
-    print(f"\nwritten to {out}", file=sys.stderr)
+    print(f"\nwritten to {out}" + (f" and {args.doc}" if args.doc else ""), file=sys.stderr)
     return summary
 
 
