@@ -252,12 +252,12 @@ def _sync(device: torch.device) -> None:
 def measure_speed(model, pixels: torch.Tensor, classifier: torch.Tensor, methods: Sequence[str],
                   options: dict[str, dict[str, Any]], prompts: Sequence[int] = (1, 8), repeats: int = 5,
                   slow_seconds: float = 5.0) -> list[dict[str, Any]]:
-    """Seconds of each method on one batch with 1 and 8 prompts, and of one plain ``encode_image``
-    forward of the same batch timed in alternation with it.
+    """Time per (image, prompt) of each method over the time per image of one plain ``encode_image``
+    forward of the same batch, with 1 and with 8 prompts per image.
 
-    Each time is the fastest of ``repeats`` runs after a warm-up (the run least disturbed by other work
-    on the machine); a method whose warm-up took over ``slow_seconds`` is timed by that single run.
-    Ratios (time per (image, prompt) over the forward's time per image) are computed by ``speed_ratios``.
+    Every run of the method is bracketed by two runs of the forward and its ratio taken against their
+    mean, so that both see the same load on a shared machine; the reported ratio is the median over
+    ``repeats`` runs after a warm-up (a method whose warm-up took over ``slow_seconds``: that run alone).
     """
     device = model.device
     pixels = pixels.to(device)
@@ -275,37 +275,32 @@ def measure_speed(model, pixels: torch.Tensor, classifier: torch.Tensor, methods
 
     rows = []
     batch = pixels.shape[0]
+    once(forward)
     for name in tqdm(methods, desc="timing", leave=False):
         row: dict[str, Any] = {"method": name, "images": batch}
-        plain = [once(forward)]
         for count in prompts:
             targets = classifier[torch.arange(count) % classifier.shape[0]]
             call = lambda: run_method(model, name, pixels, targets, options[name])  # noqa: E731
-            runs = [once(call)]
-            if runs[0] <= slow_seconds:
-                runs = []
+            before = once(forward)
+            first = once(call)
+            pairs = [(first, (before + once(forward)) / 2)]
+            if first <= slow_seconds:
+                pairs = []
                 for _ in range(repeats):
-                    plain.append(once(forward))
-                    runs.append(once(call))
-            row[f"seconds_k{count}"] = min(runs)
-        row["forward_s"] = min(plain)
+                    before = once(forward)
+                    seconds = once(call)
+                    pairs.append((seconds, (before + once(forward)) / 2))
+            row[f"seconds_k{count}"] = float(np.median([seconds for seconds, _ in pairs]))
+            row[f"forward_k{count}"] = float(np.median([plain for _, plain in pairs]))
+            row[f"ratio_k{count}"] = speed_ratio(pairs, batch, count)
         rows.append(row)
     return rows
 
 
-def speed_ratios(rows: Sequence[dict[str, Any]], prompts: Sequence[int] = (1, 8)) -> dict[str, dict[int, float]]:
-    """Time per (image, prompt) of each method over the time per image of one plain forward.
-
-    The forward's time is the fastest over all rows (every row timed it in alternation with its
-    method): the cost of a forward on an undisturbed machine, the same reference for every method.
-    """
-    forward = min(float(row["forward_s"]) for row in rows)
-    ratios = {}
-    for row in rows:
-        batch = int(row["images"])
-        ratios[str(row["method"])] = {count: (float(row[f"seconds_k{count}"]) / (batch * count)) / (forward / batch)
-                                      for count in prompts if f"seconds_k{count}" in row}
-    return ratios
+def speed_ratio(pairs: Sequence[tuple[float, float]], images: int, prompts: int) -> float:
+    """Median over (method seconds, forward seconds) pairs of the time per (image, prompt) over the
+    forward's time per image."""
+    return float(np.median([(seconds / (images * prompts)) / (plain / images) for seconds, plain in pairs]))
 
 
 # ------------------------------------------------------------------------------------- the run
@@ -512,13 +507,14 @@ def summarise(out: Path, data: EvalSet, config: dict[str, Any], *, command: str 
     header = ["method"] + [title for _, title, _ in columns] + ["time / forward (K=1)", "time / forward (K=8)"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     table: dict[str, dict[str, tuple[float, float, float]]] = {}
-    ratios = speed_ratios(timing.to_dict("records")) if not timing.empty else {}
     for name in methods:
         rows = frame[frame["method"] == name]
         table[name] = {column: bootstrap_ci(rows[column].to_numpy()) for column, _, _ in columns}
         cells = [name] + [_fmt(*table[name][column], percent=percent) for column, _, percent in columns]
+        speed = timing[timing["method"] == name] if not timing.empty else timing
         for count in (1, 8):
-            ratio = ratios.get(name, {}).get(count)
+            key = f"ratio_k{count}"
+            ratio = float(speed[key].iloc[0]) if not speed.empty and key in speed else None
             cells.append("n/a" if ratio is None else f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.0f}x")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Cells: mean [95% bootstrap confidence interval, 1000 resamples over images]."]
@@ -531,11 +527,11 @@ def summarise(out: Path, data: EvalSet, config: dict[str, Any], *, command: str 
     if not timing.empty:
         lines += ["", f"**Time.** Seconds per (image, prompt) divided by seconds per image of one plain "
                   f"`encode_image` forward, measured side by side on the same batch of "
-                  f"{int(timing['images'].iloc[0])} images with 1 and with 8 prompts per image (fastest of "
-                  f"{config.get('timing_repeats', 5)} runs after a warm-up, or the warm-up alone when it took over "
-                  "5 s; the forward timed in alternation with every method, its fastest run the common reference). "
+                  f"{int(timing['images'].iloc[0])} images with 1 and with 8 prompts per image: every run of a "
+                  "method between two runs of the forward, the ratio against their mean, the median over "
+                  f"{config.get('timing_repeats', 5)} runs after a warm-up (the warm-up alone when it took over 5 s). "
                   "Below 1 with 8 prompts: the prompts share the passes. "
-                  f"One forward of the batch: {1000 * timing['forward_s'].min():.1f} ms."]
+                  f"One forward of the batch: {1000 * timing['forward_k1'].median():.1f} ms (median)."]
     centred = (" with the mean score subtracted (`centre=True`: the same map up to a constant in expectation, "
                "without the masks' coverage noise)") if config.get("rise_centre") else " (plain sum)"
     lines += ["", f"Settings: RISE {config['rise_masks']} masks (8 x 8 cells, p = 0.5, seed {config['seed']}){centred}; "
@@ -567,7 +563,8 @@ def summarise(out: Path, data: EvalSet, config: dict[str, Any], *, command: str 
             for depth in stages["depth"]:
                 at = rows[rows["depth"] == depth]
                 cells.append(f"{at['spearman'].mean():.2f} / {at['ssim'].mean():.2f}")
-                sanity_table.append({"method": name, "depth": int(depth), "spearman": float(at["spearman"].mean()),
+                sanity_table.append({"method": name, "depth": int(depth), "stage": str(at["stage"].iloc[0]),
+                                     "spearman": float(at["spearman"].mean()),
                                      "ssim": float(at["ssim"].mean())})
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Files: per_image.csv (every item x method, with the curves), timing.csv, sanity.csv, "
@@ -589,14 +586,21 @@ def plot_results(out: Path, summary: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     fractions = np.arange(11) * 0.05
+    palette = plt.get_cmap("tab20").colors
+    styles = ("-", "--", ":", "-.")
+
+    def style(index: int, name: str) -> dict[str, Any]:
+        return {"color": palette[(2 * index) % 20 + (index // 10) % 2], "linestyle": styles[index % 4],
+                "linewidth": 2.5 if name == "grad_eclip" else 1.3, "marker": "o", "markersize": 3, "label": name}
+
     for kind, curves in summary["curves"].items():
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, curve in curves.items():
-            ax.plot(100 * fractions, curve, marker="o", markersize=3, label=name)
+        fig, ax = plt.subplots(figsize=(7.5, 4))
+        for index, (name, curve) in enumerate(curves.items()):
+            ax.plot(100 * fractions, curve, **style(index, name))
         ax.set_xlabel(f"pixels {'deleted' if kind == 'deletion' else 'inserted'} (%)")
         ax.set_ylabel("target score (cosine)")
-        ax.set_title(f"{kind} curves (mean over images)")
-        ax.legend(fontsize=7, ncol=2)
+        ax.set_title(f"{kind} curves (mean over images; {'lower' if kind == 'deletion' else 'higher'} is better)")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
         fig.savefig(out / f"curves_{kind}.png", dpi=120)
         plt.close(fig)
@@ -617,14 +621,17 @@ def plot_results(out: Path, summary: dict[str, Any]) -> None:
         fig.savefig(out / "auc_bars.png", dpi=120)
         plt.close(fig)
     if summary["sanity"]:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name in dict.fromkeys(row["method"] for row in summary["sanity"]):
+        fig, ax = plt.subplots(figsize=(7.5, 4))
+        for index, name in enumerate(dict.fromkeys(row["method"] for row in summary["sanity"])):
             rows = [r for r in summary["sanity"] if r["method"] == name]
-            ax.plot([r["depth"] for r in rows], [r["spearman"] for r in rows], marker="o", markersize=3, label=name)
-        ax.set_xlabel("randomised groups, from the top (0: original)")
+            ax.plot([r["depth"] for r in rows], [r["spearman"] for r in rows], **style(index, name))
+        stages = {r["depth"]: r["stage"] for r in summary["sanity"]}
+        ax.set_xticks(sorted(stages))
+        ax.set_xticklabels([stages[d] for d in sorted(stages)], rotation=30, ha="right", fontsize=8)
+        ax.set_xlabel("randomised from the top down, cumulatively, up to")
         ax.set_ylabel("Spearman with the original map")
-        ax.set_title("cascading randomisation")
-        ax.legend(fontsize=7, ncol=2)
+        ax.set_title("cascading randomisation (a sound map falls)")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
         fig.savefig(out / "sanity.png", dpi=120)
         plt.close(fig)
