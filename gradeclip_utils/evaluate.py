@@ -195,6 +195,11 @@ def folder_set(model, csv_path: Path, n: int | None = None) -> EvalSet:
 
 
 # --------------------------------------------------------------------------------------- methods
+def item_seed(seed: int, key: str) -> int:
+    """A seed for one item: the same whatever batch or order the item comes in."""
+    return seed * 1_000_003 + zlib.crc32(key.encode())
+
+
 def random_maps(adapter, pixels: torch.Tensor, targets: torch.Tensor, *, seed: int = 0, keys: Sequence[str] = (),
                 **_: Any):
     """A reference that explains nothing: uniform noise on the patch grid, seeded by the item key."""
@@ -205,7 +210,7 @@ def random_maps(adapter, pixels: torch.Tensor, targets: torch.Tensor, *, seed: i
     maps = []
     for b in range(pixels.shape[0]):
         key = keys[b] if b < len(keys) else str(b)
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
+        generator = torch.Generator().manual_seed(item_seed(seed, key))
         maps.append(torch.rand(targets.shape[0], *grid, generator=generator))
     with torch.no_grad():
         scores = cosine_scores(adapter.encode_image(pixels), targets)
@@ -408,8 +413,8 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
                            area_share=float(scores["area_share"][b]))
         if faithfulness:
             curves = perturbation_curves(model.adapter, pixels.to(model.device), maps, data.classifier,
-                                         [item.label for item in batch], mean=mean, std=std, seed=seed,
-                                         logit_scale=logit_scale)
+                                         [item.label for item in batch], mean=mean, std=std,
+                                         seed=[item_seed(seed, item.key) for item in batch], logit_scale=logit_scale)
             for kind in ("deletion", "insertion"):
                 for measure in MEASURES:
                     auc = curves.auc(kind, measure)
@@ -487,7 +492,13 @@ def summarise(out: Path, data: EvalSet, config: dict[str, Any], *, command: str 
     if not sanity.empty:
         sanity = sanity[sanity["key"].astype(str).isin(keys)]
     methods = [m for m in methods if not frame.empty and m in set(frame["method"])]
-    lines = [f"# Method comparison: {data.name}", ""]
+    lines = [f"# Method comparison: {data.name}", "",
+             "Every explanation method of the workbench (Grad-ECLIP and the baselines of method.md section 5, plus a "
+             "random map as the floor) on the same images and targets, scored by the metrics of method.md section 6: "
+             "localisation against ground-truth masks (pointing game: the map's maximum inside the target's mask; "
+             "energy pointing game: the share of the map's positive mass inside it; IoU of the map thresholded at "
+             "its mean), faithfulness (deletion and insertion curves and their AUC), the cascading model-"
+             "randomisation sanity check, and the time each method takes.", ""]
     if command:
         lines += ["Reproduce with:", "", "```", command, "```", ""]
     model = config["model"]

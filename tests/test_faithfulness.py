@@ -120,6 +120,10 @@ def test_batching_and_chunking_do_not_change_curves(tiny):
     for measure in ("accuracy", "score", "probability"):
         assert np.allclose(together.insertion[measure][1], alone.insertion[measure][0], atol=1e-5)
     assert together.deletion["score"].shape == (3, 11)
+    # with one seed per image, deletion too is independent of the batch
+    seeded = perturbation_curves(tiny.adapter, pixels, maps, classes, [0, 3, 4], **{**kwargs, "seed": [5, 6, 7]})
+    single = perturbation_curves(tiny.adapter, pixels[1:2], maps[1:2], classes, [3], **{**kwargs, "seed": [6]})
+    assert np.allclose(seeded.deletion["score"][1], single.deletion["score"][0], atol=1e-5)
 
 
 def test_bad_inputs_are_refused():

@@ -80,13 +80,15 @@ class PerturbationCurves:
 @torch.no_grad()
 def perturbation_curves(adapter, pixels: Tensor, maps: Tensor | np.ndarray, classifier: Tensor, labels: Sequence[int],
                         *, mean: Sequence[float], std: Sequence[float], step: float = 0.005,
-                        max_fraction: float = 0.5, score_every: int = 10, seed: int = 0,
+                        max_fraction: float = 0.5, score_every: int = 10, seed: int | Sequence[int] = 0,
                         logit_scale: float = 100.0, batch_size: int = 128) -> PerturbationCurves:
     """Deletion and insertion curves for B images (normalised pixels (B, 3, H, W)), their maps (B, h, w)
     for the target class ``labels[b]`` of a zero-shot ``classifier`` (C, D) of unit class embeddings.
 
     ``mean``/``std`` are the model's normalisation (to make random RGB and black pictures); every
-    modified picture goes through ``adapter.encode_image`` in batches of ``batch_size``.
+    modified picture goes through ``adapter.encode_image`` in batches of ``batch_size``. ``seed`` draws
+    the random pictures: one seed for the batch, or one per image (so that an image gets the same
+    random picture whatever batch it is in, e.g. for every method it is explained by).
     """
     if pixels.ndim != 4 or pixels.shape[1] != 3:
         raise ValueError(f"pixels must be (B, 3, H, W), got {tuple(pixels.shape)}")
@@ -105,8 +107,14 @@ def perturbation_curves(adapter, pixels: Tensor, maps: Tensor | np.ndarray, clas
     keep = ranks[:, None] < counts.to(device)[None, :, None, None]  # (B, T, H, W): pixels changed so far
     mean_t = torch.tensor(mean, dtype=pixels.dtype, device=device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=pixels.dtype, device=device).view(1, 3, 1, 1)
-    generator = torch.Generator().manual_seed(seed)
-    noise = (torch.rand(batch, 3, height, width, generator=generator).to(device, pixels.dtype) - mean_t) / std_t
+    if isinstance(seed, int):
+        uniform = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+    else:
+        if len(seed) != batch:
+            raise ValueError(f"{len(seed)} seeds for {batch} images")
+        uniform = torch.stack([torch.rand(3, height, width, generator=torch.Generator().manual_seed(int(s)))
+                               for s in seed])
+    noise = (uniform.to(device, pixels.dtype) - mean_t) / std_t
     black = ((0.0 - mean_t) / std_t).expand(batch, 3, height, width)
     classes = classifier.to(device).float()
     results = {}
