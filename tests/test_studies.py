@@ -391,3 +391,17 @@ def test_result_plots_read_the_evaluation_columns():
         plt.close(fig)
     with pytest.raises(ValueError, match="none of"):
         methods.plot_metric_bars(per_image, ["missing"])
+
+
+def test_tune_threads_only_for_the_synthetic_model_on_the_cpu(tiny):
+    from types import SimpleNamespace
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert common.tune_threads(tiny) == 2  # another model: left alone
+        assert common.tune_threads(SimpleNamespace(name="synthetic", device=torch.device("cuda"))) == 2
+        assert common.tune_threads(SimpleNamespace(name="synthetic", device=torch.device("cpu"))) == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

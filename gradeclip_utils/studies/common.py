@@ -178,3 +178,17 @@ def default_caption(image: Any, kinds: Sequence[str] = ("pair", "full")) -> str:
     if stem in PHOTO_CAPTIONS:
         return PHOTO_CAPTIONS[stem]
     raise ValueError(f"no built-in caption for {image!r}: give one (SENTENCE / PROMPT in the parameter cell)")
+
+
+def tune_threads(model: Any) -> int:
+    """Use one PyTorch CPU thread for the small synthetic CLIP on the CPU and return the count in use.
+
+    Its operations are too small to gain from being split across threads, and on a busy machine the
+    split costs much more than it gains (20x slower measured on two loaded cores). Other models and
+    devices keep PyTorch's own setting.
+    """
+    import torch
+
+    if is_synthetic(model) and getattr(model, "device", None) is not None and model.device.type == "cpu":
+        torch.set_num_threads(1)
+    return torch.get_num_threads()

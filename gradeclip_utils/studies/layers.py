@@ -70,8 +70,9 @@ def layer_localisation(model: Any, n: int = 100, layers: Sequence[int] | None = 
     from ..synthetic.evaluate import localisation_items
 
     items = localisation_items(n, offset)
-    prompts = sorted({caption.text for _, caption, _ in items})
-    column = {p: k for k, p in enumerate(prompts)}
+    by_prompt: dict[str, list[int]] = {}
+    for index, (_, caption, _) in enumerate(items):
+        by_prompt.setdefault(caption.text, []).append(index)
     total = model.adapter.num_image_blocks
     settings: list[tuple[Any, Any]] = [(block, (block,)) for block in (range(total) if layers is None else layers)]
     if include_all:
@@ -79,13 +80,15 @@ def layer_localisation(model: Any, n: int = 100, layers: Sequence[int] | None = 
     masks = np.stack([mask for _, _, mask in items])
     rows = []
     for label, spec in tqdm(settings, desc="blocks", disable=not progress, leave=False):
-        chosen = []
-        for start in range(0, len(items), batch_size):
-            chunk = items[start:start + batch_size]
-            ex = explain_image(model, [scene.image for scene, _, _ in chunk], prompts, layers=spec, method=method,
-                               mode=mode, resolution="model", batch_size=batch_size, progress=False)
-            chosen.append(torch.stack([ex.maps[b, column[cap.text]] for b, (_, cap, _) in enumerate(chunk)]))
-        scores = localisation_scores(torch.cat(chosen).float(), masks, tolerance=tolerance)
+        maps: list[torch.Tensor | None] = [None] * len(items)
+        for prompt, indices in by_prompt.items():  # one prompt per call: a map costs one backward
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start:start + batch_size]
+                ex = explain_image(model, [items[i][0].image for i in chunk], [prompt], layers=spec, method=method,
+                                   mode=mode, resolution="model", batch_size=batch_size, progress=False)
+                for row, index in enumerate(chunk):
+                    maps[index] = ex.maps[row, 0]
+        scores = localisation_scores(torch.stack(maps).float(), masks, tolerance=tolerance)
         for i, (scene, caption, _) in enumerate(items):
             rows.append({"block": str(label), "seed": scene.seed, "prompt": caption.text,
                          "pointing": float(scores["pointing"][i]), "energy": float(scores["energy"][i]),
