@@ -240,10 +240,11 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
     tokens = model.tokenize(texts)
     try:
         with explaining(model.model):
+            image_targets = torch.zeros(len(prepared), adapter.embed_dim, device=model.device)
             with torch.no_grad():
-                image_embeddings = torch.cat([adapter.encode_image(p.pixels.unsqueeze(0).to(model.device))
-                                              for p in prepared])
-            image_targets = F.normalize(image_embeddings.float(), dim=-1)
+                for indices in group_by_shape(prepared).values():  # one forward per patch grid
+                    pixels = torch.stack([prepared[i].pixels for i in indices]).to(model.device)
+                    image_targets[indices] = F.normalize(adapter.encode_image(pixels).float(), dim=-1)
             out = _run_method(model, method, fn, adapter, tokens, image_targets, layers=absolute_layers, mode=mode,
                               qk=qk, **options)
         relevance, text_scores = out.relevance.detach().float().cpu(), out.scores.detach().float().cpu()
