@@ -106,14 +106,15 @@ def test_generated_captions_agree_with_their_scene():
 def test_training_examples_and_truth_matrix():
     exs = [make_example(i) for i in range(120)]
     assert {e.kind for e in exs} == set(TRAIN_MIX)
-    caps = [e.caption for e in exs] + [e.negative for e in exs if e.negative is not None]
+    caps = [e.caption for e in exs] + [n for e in exs for n in e.negatives]
     fast = truth_matrix([e.scene for e in exs], caps)
     slow = np.array([[caption_holds(c, e.scene) for c in caps] for e in exs])
     np.testing.assert_array_equal(fast, slow)
     assert fast[np.arange(len(exs)), np.arange(len(exs))].all()
     for e in exs:
-        if e.negative is not None:
-            assert not e.negative.holds(e.scene.objects)
+        assert e.negatives and e.caption.holds(e.scene.objects)
+        assert all(not n.holds(e.scene.objects) for n in e.negatives)
+        assert len({n.text for n in e.negatives}) == len(e.negatives)
     counts = [e for e in exs if e.kind == "count"]
     assert any(p.count for e in counts for p in e.caption.phrases)
 

@@ -95,8 +95,9 @@ def test_occlusion_mostly_within_default_bound():
 
 
 def test_sizes_are_distinguishable():
-    small, large = [], []
+    small, large = {}, {}
     for seed in range(80):
         for o in generate_scene(seed, with_captions=False).objects:
-            (small if o.size == "small" else large).append(o.area)
-    assert max(small) < min(large)
+            (small if o.size == "small" else large).setdefault(o.shape, []).append(o.area)
+    for shape in SHAPES:
+        assert max(small[shape]) < min(large[shape]), shape

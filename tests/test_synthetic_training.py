@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from gradeclip_utils.synthetic.config import CONFIG_NAME, OPEN_CLIP_CONFIG, WEIGHTS_NAME, build_model
 from gradeclip_utils.synthetic.dataset import HELDOUT_SEED_START, SyntheticBatches, images_to_tensor
-from gradeclip_utils.synthetic.train import _tokenizer, contrastive_loss, train
+from gradeclip_utils.synthetic.train import _tokenizer, contrastive_loss, encode_text_trimmed, train
 
 
 def test_contrastive_loss_multi_positive():
@@ -31,11 +31,32 @@ def test_contrastive_loss_multi_positive():
                                   scale)) < 1e-3
 
 
+def test_trimmed_text_encoding_equals_open_clip():
+    torch.manual_seed(0)
+    model = build_model().eval()
+    texts = ["a red circle", "two small blue crosses", "a red circle, a blue square, two green stars, a white "
+             "cross and an orange triangle", "a star left of a square", "a shape"]
+    tokens = _tokenizer(OPEN_CLIP_CONFIG)(texts)
+    with torch.no_grad():
+        ref = model.encode_text(tokens)
+        fast = encode_text_trimmed(model, tokens)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-4)
+    # gradients flow as through the full computation
+    fast = encode_text_trimmed(model, tokens)
+    fast.sum().backward()
+    assert model.token_embedding.weight.grad is not None
+
+
 def test_batches_are_deterministic_and_below_heldout():
     a, b = SyntheticBatches(2, 6)[1], SyntheticBatches(2, 6)[1]
     assert torch.equal(a["images"], b["images"]) and a["texts"] == b["texts"]
     assert a["images"].shape == (6, 3, 64, 64) and a["images"].dtype == torch.uint8
-    assert a["truth"].shape == (6, 12) and bool(a["truth"][torch.arange(6), torch.arange(6)].all())
+    assert len(a["texts"]) == 18 and a["truth"].shape == (6, 18)
+    assert bool(a["truth"][torch.arange(6), torch.arange(6)].all())
+    # negative slots hold false captions (or the scene's own caption when it has no more negatives)
+    for k in (1, 2):
+        for b in range(6):
+            assert bool(a["truth"][b, 6 * k + b]) == (a["texts"][6 * k + b] == a["texts"][b])
     with pytest.raises(ValueError):
         SyntheticBatches(10, 100, start=HELDOUT_SEED_START - 500)
 

@@ -81,6 +81,7 @@ def save_model(model: torch.nn.Module, out_dir: str | Path, config: Optional[dic
              for k, v in model.state_dict().items()}
     tmp = out / (WEIGHTS_NAME + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.chmod(0o644)
     tmp.replace(out / WEIGHTS_NAME)
     with open(out / CONFIG_NAME, "w", encoding="utf-8") as f:
         json.dump(config or OPEN_CLIP_CONFIG, f, indent=2)

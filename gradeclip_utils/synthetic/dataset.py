@@ -35,16 +35,17 @@ HELDOUT_SEED_START = 1_000_000_000
 
 #: scene/caption kinds of the training stream and their probabilities
 TRAIN_MIX: dict[str, float] = {
-    "single": 0.30,    # one object, "a red circle" (sometimes with its size)
+    "single": 0.35,    # one object, "a red circle" (sometimes with its size, or only its shape/colour)
     "partial": 0.30,   # 2-6 objects, caption naming one of them
-    "full": 0.12,      # 1-4 objects, every object named
+    "full": 0.10,      # 1-4 objects, every object named
     "pair": 0.08,      # 2-4 objects, two of them named ("a red circle and a blue square")
-    "count": 0.10,     # a group of 2-4 identical colour+shape objects + distractors, "three red stars"
-    "relation": 0.10,  # 2-4 objects, "a red star left of a blue square"
+    "count": 0.09,     # a group of 2-4 identical colour+shape objects + distractors, "three red stars"
+    "relation": 0.08,  # 2-4 objects, "a red star left of a blue square"
 }
 
-_NEG_KINDS = {"single": ("colour", "shape"), "partial": ("colour", "shape"), "full": ("binding", "colour"),
-              "pair": ("binding", "colour"), "count": ("count",), "relation": ("relation", "colour")}
+#: hard-negative kinds tried for each example kind (in random order; one negative per kind found)
+_NEG_KINDS = {"single": ("colour", "shape"), "partial": ("colour", "shape"), "full": ("binding", "shape"),
+              "pair": ("binding", "shape"), "count": ("count", "shape"), "relation": ("relation", "shape")}
 
 
 @dataclass
@@ -52,7 +53,12 @@ class Example:
     scene: Scene
     kind: str
     caption: Caption
-    negative: Optional[Caption]
+    #: hard negatives (false one-edit variants of ``caption``), at most one per kind
+    negatives: list[Caption]
+
+    @property
+    def negative(self) -> Optional[Caption]:
+        return self.negatives[0] if self.negatives else None
 
 
 def _scene_for_kind(seed: int, kind: str, rng: np.random.Generator, config: SceneConfig) -> Scene:
@@ -88,7 +94,13 @@ def make_example(index: int, mix: Optional[dict[str, float]] = None, config: Sce
     objs = scene.objects
     cap: Optional[Caption] = None
     if kind == "single":
-        cap = object_caption(objs, 0, with_size=bool(rng.random() < 0.25))
+        u = rng.random()
+        if u < 0.1:     # only the shape ("a circle") or only the colour ("a red shape")
+            o = objs[0]
+            cap = Caption((NounPhrase(shape=o.shape),), targets=(0,)) if u < 0.05 else \
+                Caption((NounPhrase(colour=o.colour),), targets=(0,))
+        else:
+            cap = object_caption(objs, 0, with_size=bool(rng.random() < 0.2))
     elif kind == "partial":
         uniq = unique_objects(objs)
         if uniq:
@@ -103,13 +115,13 @@ def make_example(index: int, mix: Optional[dict[str, float]] = None, config: Sce
         cap = relation_caption(objs, rng)
     if cap is None:  # the scene does not support the kind: describe it fully
         cap = full_caption(objs, rng)
-    negative = None
-    for nk in _NEG_KINDS[kind]:
-        cands = hard_negatives(cap, objs, nk)
+    negatives = []
+    kinds = _NEG_KINDS[kind]
+    for k in rng.permutation(len(kinds)):
+        cands = hard_negatives(cap, objs, kinds[k])
         if cands:
-            negative = cands[int(rng.integers(len(cands)))]
-            break
-    return Example(scene=scene, kind=kind, caption=cap, negative=negative)
+            negatives.append(cands[int(rng.integers(len(cands)))])
+    return Example(scene=scene, kind=kind, caption=cap, negatives=negatives)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,18 +201,19 @@ def images_to_tensor(images: Sequence, mean: Sequence[float], std: Sequence[floa
 
 class SyntheticBatches(torch.utils.data.Dataset):
     """Map-style dataset whose item ``i`` is the whole training batch ``i`` (scene ids
-    ``start + i * batch_size ...``): images (uint8, B x 3 x H x W), the B true captions, the B hard
-    negatives (a true caption of the same scene stands in when a scene has none), and the truth
-    matrix (B x 2B) of every caption for every scene. Use it with ``DataLoader(batch_size=None)``.
+    ``start + i * batch_size ...``): images (uint8, B x 3 x H x W), the B true captions followed by
+    ``negatives`` x B hard negatives (negative slot k of scene b holds its k-th hard negative, or its
+    own true caption when it has fewer), and the truth matrix (B x (1 + negatives) B) of every
+    caption for every scene. Use it with ``DataLoader(batch_size=None)``.
     """
 
     def __init__(self, n_batches: int, batch_size: int, start: int = 0,
                  mix: Optional[dict[str, float]] = None, config: SceneConfig = SceneConfig(),
-                 negatives: bool = True):
+                 negatives: int = 2):
         if start + n_batches * batch_size > HELDOUT_SEED_START:
             raise ValueError("training scene ids must stay below HELDOUT_SEED_START")
         self.n_batches, self.batch_size, self.start = n_batches, batch_size, start
-        self.mix, self.config, self.negatives = mix, config, negatives
+        self.mix, self.config, self.negatives = mix, config, int(negatives)
 
     def __len__(self) -> int:
         return self.n_batches
@@ -211,8 +224,8 @@ class SyntheticBatches(torch.utils.data.Dataset):
         ids = range(self.start + i * self.batch_size, self.start + (i + 1) * self.batch_size)
         exs = [make_example(k, self.mix, self.config) for k in ids]
         caps = [e.caption for e in exs]
-        if self.negatives:
-            caps += [e.negative if e.negative is not None else e.caption for e in exs]
+        for k in range(self.negatives):
+            caps += [e.negatives[k] if k < len(e.negatives) else e.caption for e in exs]
         truth = truth_matrix([e.scene.objects for e in exs], caps)
         imgs = np.stack([e.scene.array for e in exs]).transpose(0, 3, 1, 2)
         return {
