@@ -331,11 +331,33 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def _batches(items: list[EvalItem], batch_size: int) -> list[list[EvalItem]]:
-    """Items grouped by target (one target per batch: K = 1), in order of first appearance."""
-    groups: dict[int, list[EvalItem]] = {}
-    for item in items:
-        groups.setdefault(item.label, []).append(item)
-    return [group[i:i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+    """Items sorted by target (stable) and cut into batches: few distinct targets per batch."""
+    ordered = sorted(items, key=lambda item: item.label)
+    return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+PER_PAIR = frozenset({"m2ib"})  # methods whose cost grows with images x targets: one call per target
+
+
+def batch_maps(model, name: str, pixels: torch.Tensor, labels: Sequence[int], classifier: torch.Tensor,
+               options: dict[str, Any]) -> torch.Tensor:
+    """Each image's map (B, h, w) for its own target ``labels[b]`` (a row of ``classifier``).
+
+    One call explains the batch against its distinct targets and keeps each image's own; methods in
+    ``PER_PAIR`` are called once per distinct target on the images that have it.
+    """
+    distinct = sorted(set(labels))
+    column = [distinct.index(label) for label in labels]
+    if name not in PER_PAIR:
+        maps = run_method(model, name, pixels, classifier[distinct], options)
+        return maps[torch.arange(len(labels)), torch.tensor(column)]
+    out: list[torch.Tensor | None] = [None] * len(labels)
+    for label in distinct:
+        rows = [b for b, own in enumerate(labels) if own == label]
+        part = run_method(model, name, pixels[rows], classifier[label:label + 1], options)[:, 0]
+        for row, single in zip(rows, part):
+            out[row] = single
+    return torch.stack(out)
 
 
 def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS,
@@ -398,9 +420,9 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
         if any(item.key not in loaded for item in batch):
             loaded = {item.key: item.load() for item in batch}  # each batch's images are loaded once
         pixels = torch.stack([loaded[item.key][0] for item in batch])
-        label = batch[0].label
         extra = {"keys": [item.key for item in batch]} if name == RANDOM else {}
-        maps = run_method(model, name, pixels, data.classifier[label:label + 1], {**options[name], **extra})[:, 0]
+        maps = batch_maps(model, name, pixels, [item.label for item in batch], data.classifier,
+                          {**options[name], **extra})
         rows = [{"key": item.key, "label": item.label, "prompt": data.class_names[item.label], "method": name}
                 for item in batch]
         if data.has_masks:

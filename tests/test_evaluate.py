@@ -73,6 +73,18 @@ def test_synthetic_run_writes_tables_and_resumes(tiny, tmp_path, monkeypatch):
     assert len(read(tmp_path / "per_image.csv")) == 5
 
 
+@pytest.mark.parametrize("method", ["grad_eclip", "m2ib"])
+def test_batch_maps_give_each_image_its_own_target(tiny, method):
+    pixels = torch.randn(3, 3, 48, 48, generator=torch.Generator().manual_seed(4))
+    classes = torch.nn.functional.normalize(torch.randn(4, tiny.adapter.embed_dim), dim=-1)
+    # one M2IB step: the map is the capacity before any update, so it does not depend on the noise draws
+    options = {"steps": 1, "samples": 1} if method == "m2ib" else {}
+    maps = ev.batch_maps(tiny, method, pixels, [2, 0, 2], classes, options)
+    for b, label in enumerate([2, 0, 2]):
+        alone = ev.run_method(tiny, method, pixels[b:b + 1], classes[label:label + 1], options)[0, 0]
+        assert torch.allclose(maps[b], alone, atol=1e-5)
+
+
 def test_random_reference_is_seeded_by_item(tiny):
     pixels = torch.randn(2, 3, 48, 48)
     targets = torch.nn.functional.normalize(torch.randn(1, tiny.adapter.embed_dim), dim=-1)
