@@ -1,0 +1,91 @@
+"""The committed synthetic CLIP: loads offline, matches its config, and still works.
+
+The last tests guard against a broken model or a broken explanation on fresh held-out scenes; the
+issue's targets for this set (>= 90% zero-shot colour x shape accuracy, Grad-ECLIP pointing game >= 75%)
+are checked separately and are not met by the committed model (an expected failure, see the marker).
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gradeclip_utils.synthetic.config import CONFIG_NAME, DATA_DIR, OPEN_CLIP_CONFIG, WEIGHTS_NAME
+from gradeclip_utils.synthetic.dataset import images_to_tensor
+from gradeclip_utils.synthetic.scenes import generate_scene
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    from gradeclip_utils import load_model
+
+    torch.set_num_threads(2)
+    return load_model(device="cpu")
+
+
+def test_files_and_size():
+    files = [DATA_DIR / CONFIG_NAME, DATA_DIR / WEIGHTS_NAME, DATA_DIR / "MODEL_CARD.md"]
+    assert all(f.is_file() for f in files)
+    total = sum(f.stat().st_size for f in DATA_DIR.iterdir() if f.is_file())
+    assert total <= 20 * 1024 * 1024
+    assert json.loads((DATA_DIR / CONFIG_NAME).read_text()) == OPEN_CLIP_CONFIG
+
+
+def test_weights_match_config_through_open_clip():
+    import open_clip
+    from safetensors.torch import load_file
+
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{DATA_DIR}")
+    state = load_file(str(DATA_DIR / WEIGHTS_NAME))
+    own = model.state_dict()
+    assert set(state) == set(own)   # strict: nothing missing, nothing extra
+    for k, v in state.items():
+        assert tuple(v.shape) == tuple(own[k].shape), k
+    cfg = OPEN_CLIP_CONFIG["model_cfg"]
+    v = model.visual
+    assert v.grid_size == (8, 8) and v.pool_type == "tok" and v.attn_pool is None
+    assert v.class_embedding.shape == (cfg["vision_cfg"]["width"],)
+    assert len(v.transformer.resblocks) == cfg["vision_cfg"]["layers"]
+    assert model.context_length == cfg["text_cfg"]["context_length"]
+    assert model.token_embedding.num_embeddings == 49408
+    tok = open_clip.get_tokenizer(f"local-dir:{DATA_DIR}")
+    assert type(tok).__name__ == "SimpleTokenizer" and tok.context_length == 32
+
+
+def test_load_model_default_is_synthetic(loaded):
+    assert loaded.name == "synthetic" and not loaded.model.training
+    assert next(loaded.model.parameters()).dtype == torch.float32
+    # the model's own preprocessing keeps a scene exactly (resize and crop are the identity)
+    s = generate_scene(123)
+    mean, std = OPEN_CLIP_CONFIG["preprocess_cfg"]["mean"], OPEN_CLIP_CONFIG["preprocess_cfg"]["std"]
+    torch.testing.assert_close(loaded.preprocess(s.image)[None], images_to_tensor([s.image], mean, std),
+                               atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def ci_scores(loaded):
+    from gradeclip_utils.synthetic.evaluate import OFFSETS, localisation_eval, zero_shot_eval
+
+    return (zero_shot_eval(loaded, n=140, offset=OFFSETS["ci_zero_shot"]),
+            localisation_eval(loaded, n=60, offset=OFFSETS["ci_localisation"]))
+
+
+def test_committed_model_is_not_broken(ci_scores):
+    """Regression guard on a fixed fresh held-out set (140 single-object scenes, 60 scenes of 2-4
+    objects): a broken model (chance is 2.9%) or a broken explanation fails here. The floors sit below
+    what the committed model measures on this set (82.1% zero-shot, 71.7% pointing game)."""
+    zs, loc = ci_scores
+    assert zs["top1"] >= 0.75, zs
+    assert zs["colour"] >= 0.95, zs
+    assert loc["pointing"] >= 0.65, loc
+    assert loc["energy"] > loc["area_share"] + 0.2, loc
+
+
+@pytest.mark.xfail(strict=True, reason="issue 3's CI targets (>= 90% zero-shot, >= 75% pointing game) are not "
+                   "met by the committed 1500-step model (82.1% and 71.7% on this set; see MODEL_CARD.md). "
+                   "Remove this marker when a model that meets them is committed.")
+def test_committed_model_meets_issue_targets(ci_scores):
+    zs, loc = ci_scores
+    assert zs["top1"] >= 0.90, zs
+    assert loc["pointing"] >= 0.75, loc
