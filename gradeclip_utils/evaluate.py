@@ -336,7 +336,7 @@ def _batches(items: list[EvalItem], batch_size: int) -> list[list[EvalItem]]:
     return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
 
 
-PER_PAIR = frozenset({"m2ib"})  # methods whose cost grows with images x targets: one call per target
+PAIRED = frozenset({"m2ib"})  # methods whose cost grows with images x targets, with a paired=True mode
 
 
 def batch_maps(model, name: str, pixels: torch.Tensor, labels: Sequence[int], classifier: torch.Tensor,
@@ -344,20 +344,14 @@ def batch_maps(model, name: str, pixels: torch.Tensor, labels: Sequence[int], cl
     """Each image's map (B, h, w) for its own target ``labels[b]`` (a row of ``classifier``).
 
     One call explains the batch against its distinct targets and keeps each image's own; methods in
-    ``PER_PAIR`` are called once per distinct target on the images that have it.
+    ``PAIRED`` explain image b against target b only (their ``paired=True`` mode).
     """
+    if name in PAIRED:
+        return run_method(model, name, pixels, classifier[list(labels)], {**options, "paired": True})[:, 0]
     distinct = sorted(set(labels))
     column = [distinct.index(label) for label in labels]
-    if name not in PER_PAIR:
-        maps = run_method(model, name, pixels, classifier[distinct], options)
-        return maps[torch.arange(len(labels)), torch.tensor(column)]
-    out: list[torch.Tensor | None] = [None] * len(labels)
-    for label in distinct:
-        rows = [b for b, own in enumerate(labels) if own == label]
-        part = run_method(model, name, pixels[rows], classifier[label:label + 1], options)[:, 0]
-        for row, single in zip(rows, part):
-            out[row] = single
-    return torch.stack(out)
+    maps = run_method(model, name, pixels, classifier[distinct], options)
+    return maps[torch.arange(len(labels)), torch.tensor(column)]
 
 
 def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS,

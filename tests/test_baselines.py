@@ -414,6 +414,33 @@ def test_m2ib_image_equals_per_pair_literal_optimisation(tiny, pixels):
                 assert (ex.maps[b, k] - expected).abs().max() <= TOL * max(1.0, float(expected.abs().max()))
 
 
+def test_m2ib_paired_mode_explains_image_b_against_target_b(tiny, pixels):
+    targets = text_targets(tiny, PROMPTS[:2])
+    options = dict(ib_layer=1, steps=3, samples=2, seed=7)
+    out = get_image_method("m2ib")(tiny.adapter, pixels, targets, paired=True, **options)
+    assert out.maps.shape == (2, 1, 6, 6) and out.scores.shape == (2, 1)
+    blocks = tiny.model.visual.transformer.resblocks
+    visual = tiny.model.visual
+    with torch.no_grad():
+        _, inputs, _, _ = literal_image(tiny.model, pixels)
+    hidden = inputs[2]
+
+    def finish(z):
+        x, _, _ = literal_tower(blocks[2:], z)
+        return visual.ln_post(x[:, 0]) @ visual.proj
+
+    generator = torch.Generator().manual_seed(7)
+    noise = [torch.randn(2, 2, *hidden.shape[1:], generator=generator) for _ in range(3)]
+    with torch.enable_grad():
+        for b in range(2):
+            kl = literal_m2ib(hidden[b], targets[b], finish, [n[:, b] for n in noise], 0.1, 1.0, 3)
+            expected = kl.sum(-1)[1:].reshape(6, 6)
+            assert (out.maps[b, 0] - expected).abs().max() <= TOL * max(1.0, float(expected.abs().max()))
+            assert abs(float(out.scores[b, 0]) - float(cos(finish(hidden[b:b + 1])[0], targets[b]).detach())) <= TOL
+    with pytest.raises(ValueError, match="one target per image"):
+        get_image_method("m2ib")(tiny.adapter, pixels, targets[:1], paired=True, **options)
+
+
 def test_m2ib_text_equals_per_pair_literal_optimisation(tiny, pixels):
     texts = ["a red circle", "three green stars"]
     tokens = tiny.tokenize(texts)

@@ -80,17 +80,26 @@ def optimise_bottleneck(hidden: Tensor, targets: Tensor, finish: Callable[[Tenso
 
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, ib_layer: int | None = None,
                beta: float = 0.1, var: float = 1.0, steps: int = 10, lr: float = 1.0, samples: int = 10,
-               seed: int = 0, **_: Any) -> MapOutput:
-    """M2IB maps (B, K, h, w): one bottleneck per (image, target) pair, all optimised together."""
+               seed: int = 0, paired: bool = False, **_: Any) -> MapOutput:
+    """M2IB maps (B, K, h, w): one bottleneck per (image, target) pair, all optimised together.
+
+    ``paired=True`` explains image b against target b only (``targets`` (B, D); maps (B, 1, h, w),
+    scores (B, 1)): B bottlenecks instead of B x K when every image has its own target.
+    """
     layer = _resolve(ib_layer, adapter.num_image_blocks)
     hidden, grid = adapter.image_tokens_before(pixels, layer + 1)
     batch, count = hidden.shape[0], targets.shape[0]
+    if paired and count != batch:
+        raise ValueError(f"paired=True needs one target per image: {count} targets for {batch} images")
     with torch.no_grad():
         scores = cosine_scores(adapter.image_embedding_from(hidden, layer + 1), targets)
-    paired = hidden.repeat_interleave(count, dim=0)
-    paired_targets = targets.repeat(batch, 1)
+    if paired:
+        scores, count = scores.diagonal().unsqueeze(1).contiguous(), 1
+        paired_hidden, paired_targets = hidden, targets
+    else:
+        paired_hidden, paired_targets = hidden.repeat_interleave(count, dim=0), targets.repeat(batch, 1)
     with torch.enable_grad():
-        kl = optimise_bottleneck(paired, paired_targets, lambda z: adapter.image_embedding_from(z, layer + 1),
+        kl = optimise_bottleneck(paired_hidden, paired_targets, lambda z: adapter.image_embedding_from(z, layer + 1),
                                  beta=beta, var=var, steps=steps, lr=lr, samples=samples, seed=seed)
     maps = kl.sum(dim=-1)[:, 1:].reshape(batch, count, -1)
     return MapOutput(maps=to_grid(maps, grid), scores=scores)
