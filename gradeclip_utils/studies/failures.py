@@ -247,13 +247,14 @@ def plot_map_destinations(frame):
             parts.append(part)
     long = pd.concat(parts, ignore_index=True).dropna(subset=["share"])
     long["model"] = np.where(long["correct"], "right", "wrong")
-    grid = sns.catplot(data=long, x="region", y="share", hue="model", col="caption", row="kind", kind="bar",
-                       errorbar=("ci", 95), height=2.2, aspect=1.3, hue_order=["right", "wrong"],
+    grid = sns.catplot(data=long, x="region", y="share", hue="model", col="kind", row="caption", kind="bar",
+                       errorbar=("ci", 95), height=2.3, aspect=0.95, hue_order=["right", "wrong"],
                        palette={"right": "#27ae60", "wrong": "#c0392b"}, seed=0, sharey=True)
-    grid.set_titles("{row_name} · {col_name}", size=9)
+    grid.set_titles("{col_name} · {row_name}", size=9)
+    grid.tick_params(axis="x", labelsize=8, rotation=30)
     grid.set_axis_labels("", "share of map mass")
     grid.figure.suptitle("where the heat maps go", fontsize=10)
-    grid.figure.tight_layout()
+    grid.tight_layout()  # the grid's own layout keeps room for the legend
     return grid.figure
 
 
