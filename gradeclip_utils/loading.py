@@ -88,7 +88,7 @@ def _resolve_name(name: str) -> str:
             raise FileNotFoundError(
                 f"The embedded synthetic model is missing: {config} does not exist. It ships with the "
                 "repository under data/synthetic_clip; train it again with "
-                "`python -m gradeclip_utils.synthetic.train --out data/synthetic_clip`, or set GRADECLIP_DATA.")
+                "`python -m gradeclip_utils.synthetic.train --out runs/synthetic_clip --export data/synthetic_clip` (see data/synthetic_clip/MODEL_CARD.md), or set GRADECLIP_DATA.")
         return f"local-dir:{SYNTHETIC_DIR}"
     path = Path(name)
     if path.is_dir() and (path / "open_clip_config.json").is_file():
