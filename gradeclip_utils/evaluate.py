@@ -316,6 +316,7 @@ def _curve_columns(steps: int) -> list[str]:
 
 def _append_rows(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
     new = not path.exists()
+    rows = [{k: round(v, 7) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
     with open(path, "a", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         if new:
@@ -668,8 +669,8 @@ PLOTS = ("curves_deletion.png", "curves_insertion.png", "auc_bars.png", "sanity.
 
 
 def write_doc(summary: dict[str, Any], out: str | Path, doc: str | Path) -> Path:
-    """The summary as a committed document: the markdown with its plots copied into ``<doc stem>/``
-    beside it and shown inline."""
+    """The summary as a committed document: the markdown with its plots and the run's CSV files copied
+    into ``<doc stem>/`` beside it, the plots shown inline."""
     import shutil
 
     out, doc = Path(out), Path(doc)
@@ -680,8 +681,14 @@ def write_doc(summary: dict[str, Any], out: str | Path, doc: str | Path) -> Path
         if (out / name).exists():
             shutil.copyfile(out / name, figures / name)
             shown.append(f"![{name[:-4].replace('_', ' ')}]({figures.name}/{name})")
+    copied = []
+    for name in ("per_image.csv", "timing.csv", "sanity.csv", "config.json"):
+        if (out / name).exists():
+            shutil.copyfile(out / name, figures / name)
+            copied.append(f"[{name}]({figures.name}/{name})")
     text = summary["markdown"].rstrip().splitlines()
     text = [line for line in text if not line.startswith("Files: ")]
+    text += ["", "The run's files: " + ", ".join(copied) + "."] if copied else []
     doc.write_text("\n".join(text + ["", "## Plots", ""] + shown) + "\n")
     return doc
 
@@ -717,7 +724,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "or the predicted class")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    parser.add_argument("--out", default=None, help="output folder (default: results/eval-DATASET)")
+    parser.add_argument("--out", default=None, help="output folder (default: outputs/eval-DATASET)")
     parser.add_argument("--overwrite", action="store_true", help="discard a previous run in --out")
     parser.add_argument("--doc", default=None, help="also write the summary with its plots as this markdown file "
                         "(the plots go into a folder named after it), e.g. docs/results.md")
@@ -727,7 +734,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from .loading import load_model
 
     model = load_model(args.model, args.pretrained, device=args.device, precision=args.precision)
-    out = Path(args.out or f"results/eval-{args.dataset}")
+    out = Path(args.out or f"outputs/eval-{args.dataset}")
     if args.dataset == "synthetic":
         data = synthetic_set(model, args.n)
     elif args.data is None:
