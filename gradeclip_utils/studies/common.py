@@ -17,9 +17,9 @@ SYNTHETIC = "synthetic"
 #: captions that describe the bundled photographs (used by the notebooks on a real model)
 PHOTO_CAPTIONS: dict[str, str] = {
     "astronaut": "an astronaut in an orange suit in front of a flag",
-    "chelsea": "an orange cat lying on a wooden floor",
-    "coffee": "a cup of coffee on a saucer with a spoon",
-    "rocket": "a white rocket launching into the sky",
+    "chelsea": "a close-up of a tabby cat with green eyes",
+    "coffee": "a red cup of coffee on a saucer with a spoon",
+    "rocket": "a white rocket on a launch pad at dusk",
 }
 
 

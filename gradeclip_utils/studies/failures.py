@@ -28,16 +28,17 @@ SEED_BLOCK = 600_000
 
 #: hand-written probes for the bundled photographs: (photo stem, kind, true caption, false edit)
 PHOTO_PROBES: tuple[tuple[str, str, str, str], ...] = (
-    ("chelsea", "colour", "a photo of an orange cat", "a photo of a black cat"),
+    ("chelsea", "colour", "a photo of a brown tabby cat", "a photo of a white cat"),
     ("chelsea", "count", "a photo of one cat", "a photo of two cats"),
     ("chelsea", "shape", "a photo of a cat", "a photo of a dog"),
-    ("coffee", "colour", "a photo of a white cup", "a photo of a red cup"),
+    ("coffee", "colour", "a photo of a red cup", "a photo of a blue cup"),
     ("coffee", "relation", "a cup on top of a saucer", "a saucer on top of a cup"),
     ("coffee", "count", "a photo of one cup of coffee", "a photo of three cups of coffee"),
+    ("coffee", "binding", "a red cup on a brown table", "a brown cup on a red table"),
     ("astronaut", "colour", "an astronaut in an orange suit", "an astronaut in a blue suit"),
-    ("coffee", "binding", "a white cup on a brown table", "a brown cup on a white table"),
     ("astronaut", "count", "a photo of one person", "a photo of three people"),
-    ("rocket", "relation", "a rocket rising above the trees", "trees rising above a rocket"),
+    ("rocket", "colour", "a white rocket at dusk", "a black rocket at dusk"),
+    ("rocket", "relation", "a rocket between two towers", "a tower between two rockets"),
     ("rocket", "count", "a photo of one rocket", "a photo of three rockets"),
 )
 

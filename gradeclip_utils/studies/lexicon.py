@@ -4,7 +4,8 @@ Part of speech (Universal POS tags). No tagger model is available offline, so ea
 from lexicons, without looking at its neighbours (a context-free lexicon tagger):
 
 1. closed classes from fixed lists (determiners, numerals, prepositions, conjunctions, pronouns,
-   auxiliaries, particles) and punctuation;
+   auxiliaries, particles) and punctuation; "front", "top" and "next" count as prepositions (captions
+   use them in "in front of", "on top of", "next to");
 2. the synthetic world's own categories (colours and sizes are adjectives, shape names nouns);
 3. open-class words from ``lemminflect``'s lexicon (derived from the NIH SPECIALIST Lexicon), which
    lists the parts of speech a form can have; when it can have several, the first of
@@ -55,6 +56,9 @@ for _tag, _words in _CLOSED.items():
     for _word in _words:
         CLOSED_CLASS.setdefault(_word, _tag)
 CLOSED_CLASS["'s"] = "PART"
+#: words that captions mostly use inside complex prepositions ("in front of", "on top of", "next to")
+for _word in ("front", "top", "next"):
+    CLOSED_CLASS[_word] = "ADP"
 
 
 def _synthetic_categories() -> dict[str, tuple[str, str]]:

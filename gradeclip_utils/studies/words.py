@@ -38,12 +38,12 @@ SYNTHETIC_TEMPLATES: tuple[str, ...] = (
 PHOTO_PARAPHRASES: dict[str, tuple[str, ...]] = {
     "astronaut": ("an astronaut in an orange suit in front of a flag", "a woman astronaut wearing an orange suit",
                   "a portrait of an astronaut with a flag behind her", "a smiling astronaut in an orange spacesuit"),
-    "chelsea": ("an orange cat lying on a wooden floor", "a ginger tabby cat resting on the floor",
-                "a cat with orange fur looking to the side", "a tabby cat lying down indoors"),
-    "coffee": ("a cup of coffee on a saucer with a spoon", "a white cup of espresso on a small plate",
-               "coffee in a white cup with a spoon beside it", "a hot drink in a cup on a wooden table"),
-    "rocket": ("a white rocket launching into the sky", "a rocket lifting off from the launch pad",
-               "a space launch with a tall white rocket", "a rocket taking off above the trees"),
+    "chelsea": ("a close-up of a tabby cat with green eyes", "the face of a striped cat looking to the side",
+                "a brown tabby cat with long white whiskers", "a portrait of a cat with green eyes"),
+    "coffee": ("a red cup of coffee on a saucer with a spoon", "a red espresso cup on a red saucer",
+               "coffee in a red cup with a spoon beside it", "a hot drink in a cup on a wooden table"),
+    "rocket": ("a white rocket on a launch pad at dusk", "a tall white rocket standing between towers",
+               "a rocket ready for launch in the evening", "a launch pad with a rocket and bright lights"),
 }
 #: class names of the bundled photographs, for the prompt templates
 PHOTO_CLASSES: dict[str, str] = {"astronaut": "astronaut", "chelsea": "cat", "coffee": "cup of coffee",
