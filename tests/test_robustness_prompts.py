@@ -85,12 +85,13 @@ def test_split_multibyte_characters_join_in_their_word(tiny):
 
 
 def test_duplicate_prompts_give_identical_maps(tiny):
+    # duplicates sit at different rows of one batched backward, where BLAS may round differently
     explanation = ge.explain_image(tiny, PIXELS, ["a red circle", "a star", "a red circle"])
-    assert torch.equal(explanation.maps[:, 0], explanation.maps[:, 2])
-    assert torch.equal(explanation.scores[:, 0], explanation.scores[:, 2])
+    assert (explanation.maps[:, 0] - explanation.maps[:, 2]).abs().max() <= 1e-6
+    assert (explanation.scores[:, 0] - explanation.scores[:, 2]).abs().max() <= 1e-6
     assert explanation.prompts == ["a red circle", "a star", "a red circle"]
     text = ge.explain_text(tiny, PIXELS, ["a star", "a star"])
-    assert torch.equal(text.word_importance[:, 0], text.word_importance[:, 1])
+    assert (text.word_importance[:, 0] - text.word_importance[:, 1]).abs().max() <= 1e-6
 
 
 def test_empty_and_wrong_prompt_containers_give_clear_errors(tiny):
