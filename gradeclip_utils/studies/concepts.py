@@ -206,8 +206,9 @@ class Decomposition:
         recon = normalise_maps(torch.from_numpy(upsampled(self.reconstruction, size)).float()).numpy()
         overlay(picture, recon, ax=axes[2], cmap=cmap, title=f"NNLS combination\nR² = {self.map_r2:.2f}")
         for j, concept in enumerate(self.concepts):
+            overlap = "n/a (empty map)" if np.isnan(self.overlap[j]) else f"{self.overlap[j]:.2f}"
             overlay(picture, self.explanation.heatmap(0, j + 1), ax=axes[3 + j], cmap=cmap,
-                    title=f"{concept.prompt}\nw = {self.map_weights[j]:.2f}, overlap {self.overlap[j]:.2f}")
+                    title=f"{concept.prompt}\nw = {self.map_weights[j]:.2f}, overlap {overlap}")
         fig.suptitle(f"“{self.sentence}”", fontsize=10)
         fig.tight_layout()
         return fig

@@ -73,6 +73,16 @@ def method_gallery(model: Any, images: Sequence[Any], prompts: Sequence[str], me
     return fig, pd.DataFrame(rows)
 
 
+def method_palette(methods: Sequence[str]) -> dict[str, Any]:
+    """Distinct colours per method; Grad-ECLIP black and the random floor grey, so both stand out."""
+    import seaborn as sns
+
+    others = [m for m in methods if m not in ("grad_eclip", "random")]
+    palette = dict(zip(others, sns.color_palette("husl", max(len(others), 1))))
+    palette.update({"grad_eclip": (0.0, 0.0, 0.0), "random": (0.6, 0.6, 0.6)})
+    return {m: palette[m] for m in methods}
+
+
 def _curve_frame(per_image, kind: str, measure: str = "score"):
     """Long table of one kind of curve (deletion or insertion): method, fraction, value, key."""
     pattern = re.compile(rf"^{kind}_{measure}_(\d+)$")
@@ -99,7 +109,7 @@ def plot_curves(per_image, measure: str = "score", methods: Sequence[str] | None
                                 "insertion (into black, most important first): higher is better")):
         long = _curve_frame(per_image, kind, measure)
         sns.lineplot(data=long, x="removed %", y=measure, hue="method", hue_order=order, errorbar=("ci", 95),
-                     ax=ax, seed=0, marker="o", markersize=3, n_boot=500)
+                     ax=ax, seed=0, marker="o", markersize=3, n_boot=500, palette=method_palette(order))
         ax.set_xlabel(f"pixels {'deleted' if kind == 'deletion' else 'inserted'} (%)")
         ax.set_ylabel("target score (cosine)" if measure == "score" else measure)
         ax.set_title(title, fontsize=9)
@@ -120,11 +130,15 @@ def plot_metric_bars(per_image, columns: Sequence[str], labels: Sequence[str] | 
         raise ValueError(f"none of {list(columns)} in the results")
     labels = list(labels) if labels is not None else present
     order = list(methods) if methods is not None else list(dict.fromkeys(per_image["method"]))
-    fig, axes = plt.subplots(1, len(present), figsize=(max(4.0, 0.45 * len(order) + 1.5) * len(present), 3.6),
+    cols = min(len(present), 2)
+    lines = -(-len(present) // cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(max(4.0, 0.42 * len(order) + 1.5) * cols, 3.4 * lines),
                              squeeze=False, layout="constrained")
-    for ax, column, label in zip(axes[0], present, labels):
+    for ax in axes.ravel()[len(present):]:
+        ax.axis("off")
+    for ax, column, label in zip(axes.ravel(), present, labels):
         sns.barplot(data=per_image, x="method", y=column, order=order, errorbar=("ci", 95), ax=ax, seed=0,
-                    color="#5dade2", n_boot=1000)
+                    n_boot=1000, hue="method", hue_order=order, palette=method_palette(order), legend=False)
         if reference is not None and reference in per_image.columns and column == "energy":
             ax.axhline(float(per_image[reference].mean()), color="grey", ls="--", lw=0.8)
         ax.set_ylabel(label)
@@ -141,10 +155,11 @@ def plot_sanity(sanity):
     from matplotlib import pyplot as plt
 
     stages = sanity.drop_duplicates("depth").sort_values("depth")
+    palette = method_palette(list(dict.fromkeys(sanity["method"])))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     for ax, column in zip(axes, ("spearman", "ssim")):
         sns.lineplot(data=sanity, x="depth", y=column, hue="method", errorbar=("ci", 95), ax=ax, seed=0,
-                     marker="o", markersize=3, n_boot=500)
+                     marker="o", markersize=3, n_boot=500, palette=palette)
         ax.set_xticks(stages["depth"])
         ax.set_xticklabels(stages["stage"], rotation=45, ha="right", fontsize=8)
         ax.set_xlabel("randomised from the top down to (cumulative)")
