@@ -29,10 +29,11 @@ def test_bootstrap_and_paired_difference_hand_values():
     assert ev.paired_difference(np.array([1.0, 1.0]), np.array([0.0, 1.0]))[0] == 0.5
 
 
-def test_speed_ratio_hand_values():
-    # 4 images, 8 prompts: 0.8 s per call = 0.025 s per pair; forward 0.1 s = 0.025 s per image: ratio 1
-    assert ev.speed_ratio([(0.8, 0.1)], 4, 8) == pytest.approx(1.0)
-    assert ev.speed_ratio([(0.4, 0.1), (0.3, 0.2), (1.0, 0.1)], 4, 1) == pytest.approx(4.0)  # median of 4, 1.5, 10
+def test_speed_ratios_hand_values():
+    rows = [{"method": "a", "images": 4, "forward_k1": 0.2, "forward_k8": 0.3, "seconds_k1": 0.4, "seconds_k8": 0.8},
+            {"method": "b", "images": 4, "forward_k1": 0.1, "forward_k8": 0.2, "seconds_k1": 0.1, "seconds_k8": 0.4}]
+    ratios = ev.speed_ratios(rows)  # the common forward: 0.1 s for 4 images (0.025 s per image)
+    assert ratios["a"] == pytest.approx({1: 4.0, 8: 1.0}) and ratios["b"] == pytest.approx({1: 1.0, 8: 0.5})
 
 
 def test_synthetic_run_writes_tables_and_resumes(tiny, tmp_path, monkeypatch):
