@@ -263,7 +263,8 @@ def measure_speed(model, pixels: torch.Tensor, classifier: torch.Tensor, methods
 
     Each is timed by its fastest run (the run least disturbed by other work on a shared machine): at
     least ``repeats`` runs after a warm-up and more, up to ``max_runs``, until ``budget_seconds`` are
-    spent; two runs when the warm-up took over ``slow_seconds``. Ratios: ``speed_ratios``.
+    spent; two runs when the warm-up took over ``slow_seconds``. Rows also hold ``ratio_k{count}``
+    (``speed_ratios`` over the measured rows).
     """
     device = model.device
     pixels = pixels.to(device)
@@ -297,6 +298,8 @@ def measure_speed(model, pixels: torch.Tensor, classifier: torch.Tensor, methods
             row[f"seconds_k{count}"] = min(runs)
             row[f"forward_k{count}"] = min(plain)
         rows.append(row)
+    for row in rows:  # the ratios against the fastest forward of this measurement, also in timing.csv
+        row.update({f"ratio_k{count}": ratio for count, ratio in speed_ratios(rows, prompts)[row["method"]].items()})
     return rows
 
 
