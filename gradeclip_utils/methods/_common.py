@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .grad_eclip import cosine_scores
+from .grad_eclip import batched_vjp, cosine_scores, one_hot_cotangents
 
 
 def score_gradients(scores: Tensor, inputs: Sequence[Tensor], chunk: int = 64,
@@ -17,20 +17,10 @@ def score_gradients(scores: Tensor, inputs: Sequence[Tensor], chunk: int = 64,
 
     The inputs must hold one row per image (the batch dimension first) and images must not interact,
     so that one cotangent per target over all images gives every image's own gradient. The K
-    cotangents are pushed through the graph in batches of ``chunk`` (one backward per chunk).
+    cotangents go through Grad-ECLIP's vectorised ``batched_vjp``, ``chunk`` at a time.
     """
-    count = scores.shape[1]
-    pieces: list[list[Tensor]] = [[] for _ in inputs]
-    for start in range(0, count, chunk):
-        stop = min(start + chunk, count)
-        cot = torch.zeros(stop - start, *scores.shape, dtype=scores.dtype, device=scores.device)
-        cot[torch.arange(stop - start), :, torch.arange(start, stop)] = 1.0
-        grads = torch.autograd.grad(scores, list(inputs), grad_outputs=cot, is_grads_batched=True,
-                                    retain_graph=retain_graph or stop < count, allow_unused=True)
-        for slot, grad, inp in zip(pieces, grads, inputs):
-            grad = torch.zeros((stop - start, *inp.shape), dtype=inp.dtype, device=inp.device) if grad is None else grad
-            slot.append(grad.transpose(0, 1))
-    return [torch.cat(slot, dim=1) for slot in pieces]
+    grads = batched_vjp(scores, inputs, one_hot_cotangents(scores), scores.shape[1], chunk, retain_graph)
+    return [grad.transpose(0, 1) for grad in grads]
 
 
 def per_target(maps: Tensor, count: int) -> Tensor:

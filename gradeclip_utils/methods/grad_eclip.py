@@ -45,7 +45,7 @@ def cosine_scores(embedding: Tensor, targets: Tensor) -> Tensor:
 
 
 def batched_vjp(outputs: Tensor, inputs: Sequence[Tensor], cotangents: Callable[[int, int], Tensor], count: int,
-                chunk: int) -> list[Tensor]:
+                chunk: int, retain_graph: bool = False) -> list[Tensor]:
     """Vector-Jacobian products of ``outputs`` for ``count`` cotangents, ``chunk`` at a time.
 
     ``cotangents(start, stop)`` builds cotangents ``start:stop`` as a (stop - start, *outputs.shape)
@@ -53,7 +53,7 @@ def batched_vjp(outputs: Tensor, inputs: Sequence[Tensor], cotangents: Callable[
     tensor per input (zeros for an input that ``outputs`` does not depend on). Each chunk is a single
     backward pass vectorised with ``torch.func.vmap``, whose batching rules cover the backward of
     layer norm and GELU (the older ``is_grads_batched`` loops over the cotangents one by one there).
-    The graph is kept between chunks and freed after the last one.
+    The graph is kept between chunks and freed after the last one (unless ``retain_graph``).
     """
     if chunk < 1:
         raise ValueError(f"chunk must be at least 1, got {chunk}")
@@ -61,7 +61,7 @@ def batched_vjp(outputs: Tensor, inputs: Sequence[Tensor], cotangents: Callable[
     pieces: list[list[Tensor]] = [[] for _ in inputs]
     for start in range(0, count, chunk):
         stop = min(start + chunk, count)
-        retain = stop < count
+        retain = retain_graph or stop < count
 
         def pull(cotangent: Tensor, retain: bool = retain) -> tuple[Tensor, ...]:
             return torch.autograd.grad(outputs, inputs, grad_outputs=cotangent, retain_graph=retain,
@@ -70,6 +70,17 @@ def batched_vjp(outputs: Tensor, inputs: Sequence[Tensor], cotangents: Callable[
         for slot, grad in zip(pieces, torch.func.vmap(pull)(cotangents(start, stop))):
             slot.append(grad)
     return [torch.cat(slot, dim=0) if len(slot) > 1 else slot[0] for slot in pieces]
+
+
+def one_hot_cotangents(scores: Tensor) -> Callable[[int, int], Tensor]:
+    """Cotangents ``start:stop`` selecting score column k for every row: (stop - start, N, K)."""
+
+    def build(start: int, stop: int) -> Tensor:
+        cot = torch.zeros(stop - start, *scores.shape, dtype=scores.dtype, device=scores.device)
+        cot[torch.arange(stop - start), :, torch.arange(start, stop)] = 1.0
+        return cot
+
+    return build
 
 
 def channel_weights(trace: TowerTrace, layers: Sequence[int], targets: Tensor,
@@ -88,12 +99,7 @@ def channel_weights(trace: TowerTrace, layers: Sequence[int], targets: Tensor,
     scores = cosine_scores(embedding, targets)
     n = embedding.shape[0]
     if count <= dim:
-        def one_hot(start: int, stop: int) -> Tensor:
-            cot = torch.zeros(stop - start, n, count, dtype=scores.dtype, device=scores.device)
-            cot[torch.arange(stop - start), :, torch.arange(start, stop)] = 1.0
-            return cot
-
-        grads = batched_vjp(scores, inputs, one_hot, count, chunk)
+        grads = batched_vjp(scores, inputs, one_hot_cotangents(scores), count, chunk)
         weights = [g.float().permute(1, 0, 2) for g in grads]
     else:
         eye = torch.eye(dim, dtype=embedding.dtype, device=embedding.device)
