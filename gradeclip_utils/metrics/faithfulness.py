@@ -101,10 +101,9 @@ def perturbation_curves(adapter, pixels: Tensor, maps: Tensor | np.ndarray, clas
     if scored[-1] != steps:
         scored.append(steps)
     fractions = np.array([n * step for n in scored])
-    counts = torch.tensor([round(n * step * height * width) for n in scored])
     device = pixels.device
+    counts = torch.tensor([round(n * step * height * width) for n in scored], device=device)
     ranks = pixel_ranks(maps, (height, width)).to(device)
-    keep = ranks[:, None] < counts.to(device)[None, :, None, None]  # (B, T, H, W): pixels changed so far
     mean_t = torch.tensor(mean, dtype=pixels.dtype, device=device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=pixels.dtype, device=device).view(1, 3, 1, 1)
     if isinstance(seed, int):
@@ -117,16 +116,24 @@ def perturbation_curves(adapter, pixels: Tensor, maps: Tensor | np.ndarray, clas
     noise = (uniform.to(device, pixels.dtype) - mean_t) / std_t
     black = ((0.0 - mean_t) / std_t).expand(batch, 3, height, width)
     classes = classifier.to(device).float()
+    n_frames = len(scored)
+
+    def _frames(kind: str, lo: int, hi: int) -> Tensor:
+        flat = torch.arange(lo, hi, device=device)
+        image, frac = flat // n_frames, flat % n_frames
+        changed = (ranks[image] < counts[frac, None, None])[:, None]  # pixels changed so far
+        if kind == "deletion":
+            return torch.where(changed, noise[image], pixels[image])
+        return torch.where(changed, pixels[image], black[image])
+
     results = {}
     for kind in ("deletion", "insertion"):
-        frames = []
-        for t in range(len(scored)):
-            changed = keep[:, t, None]
-            frames.append(torch.where(changed, noise, pixels) if kind == "deletion" else torch.where(changed, pixels, black))
-        stack = torch.stack(frames, dim=1).flatten(0, 1)  # (B T, 3, H, W), image-major
-        cosines = torch.cat([F.normalize(adapter.encode_image(stack[i:i + batch_size]).float(), dim=-1) @ classes.T
-                             for i in range(0, stack.shape[0], batch_size)]).reshape(batch, len(scored), -1).cpu()
-        target = labels_t[:, None, None].expand(-1, len(scored), 1)
+        # frames are built per encoder batch (flat index = image * T + fraction), never all at once
+        cosines = torch.cat([
+            F.normalize(adapter.encode_image(_frames(kind, lo, min(lo + batch_size, batch * n_frames))).float(),
+                        dim=-1) @ classes.T
+            for lo in range(0, batch * n_frames, batch_size)]).reshape(batch, n_frames, -1).cpu()
+        target = labels_t[:, None, None].expand(-1, n_frames, 1)
         score = cosines.gather(-1, target).squeeze(-1)
         results[kind] = {
             "accuracy": (cosines.argmax(dim=-1) == labels_t[:, None]).double().numpy(),

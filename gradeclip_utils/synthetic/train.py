@@ -178,7 +178,7 @@ def train(out: str | Path, steps: int = 2000, batch_size: int = 128, lr: float =
     ckpt_path = out / "checkpoint.pt"
     start, elapsed = 0, 0.0
     if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         start, elapsed = int(ck["step"]), float(ck.get("elapsed", 0.0))
