@@ -103,6 +103,49 @@ def test_train_checkpoint_resume_export(tmp_path):
         assert json.loads((folder / CONFIG_NAME).read_text()) == OPEN_CLIP_CONFIG
         assert (folder / WEIGHTS_NAME).exists()
     model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'export'}")
-    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, ck["model"][k].half().float())
+
+
+def test_other_config_and_snapshots_and_selection(tmp_path, monkeypatch):
+    import copy
+
+    import open_clip
+
+    from gradeclip_utils.synthetic import evaluate as ev
+
+    config = copy.deepcopy(OPEN_CLIP_CONFIG)
+    config["model_cfg"]["vision_cfg"]["layers"] = 2
+    out = tmp_path / "run"
+    summary = train(out, steps=4, batch_size=8, warmup=1, workers=0, eval_every=0, progress=False,
+                    config=config, snapshot_every=2)
+    assert summary["args"]["config"] == config
+    snaps = sorted(p.name for p in (out / "snapshots").iterdir())
+    assert snaps == ["step_2", "step_4"]
+    for folder in [out / "model", *(out / "snapshots").iterdir()]:
+        assert json.loads((folder / CONFIG_NAME).read_text()) == config
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out / 'snapshots' / 'step_4'}")
+    assert len(model.visual.transformer.resblocks) == 2
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["config"] == config
+
+    # selection: the highest pointing game among snapshots above the zero-shot floor, on its own range
+    scores = {"step_2": (0.97, 0.80), "step_4": (0.90, 0.95)}
+    seen_offsets = set()
+
+    def fake_zero_shot(model, n, offset):
+        seen_offsets.add(offset)
+        return {"top1": scores[model.name.split("/")[-1]][0]}
+
+    def fake_localisation(model, n, offset):
+        seen_offsets.add(offset)
+        return {"pointing": scores[model.name.split("/")[-1]][1], "energy": 0.3}
+
+    monkeypatch.setattr(ev, "zero_shot_eval", fake_zero_shot)
+    monkeypatch.setattr(ev, "localisation_eval", fake_localisation)
+    best, rows = ev.select_snapshot(out / "snapshots", min_zero_shot=0.95, progress=False)
+    assert best is not None and best.name == "step_2" and [r["step"] for r in rows] == [2, 4]
+    assert seen_offsets == {ev.OFFSETS["select_zero_shot"], ev.OFFSETS["select_localisation"]}
+    assert seen_offsets.isdisjoint({v for k, v in ev.OFFSETS.items() if not k.startswith("select")})
+    best, _ = ev.select_snapshot(out / "snapshots", min_zero_shot=0.99, progress=False)
+    assert best is None

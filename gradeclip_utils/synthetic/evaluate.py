@@ -1,6 +1,7 @@
 """Evaluate a CLIP on freshly generated held-out scenes and print a table.
 
     python -m gradeclip_utils.synthetic.evaluate [--model synthetic] [--json results.json]
+    python -m gradeclip_utils.synthetic.evaluate --select runs/synthetic_clip/snapshots
 
 All scenes come from the held-out seed range (``HELDOUT_SEED_START`` and up), never used in training.
 
@@ -17,6 +18,10 @@ All scenes come from the held-out seed range (``HELDOUT_SEED_START`` and up), ne
    of the 64x64 mask, 4 by default: the usual 15 px at 224 px scaled to 64 px; the strict version
    too), energy pointing game, with the mask's area share (what a uniform map would score) beside it,
    and the IoU of the map thresholded at its mean.
+
+``--select`` does model selection instead: it scores every snapshot of a training run on a validation
+range of its own (disjoint from the ranges above) and names the one with the best pointing game among
+those above a zero-shot floor.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -35,12 +41,12 @@ from .captions import Caption, class_prompts, hard_negatives, object_caption, un
 from .dataset import HELDOUT_SEED_START, make_example
 from .scenes import Scene, generate_scene
 
-__all__ = ["zero_shot_eval", "choice_eval", "localisation_eval", "evaluate", "format_table", "main",
-           "OFFSETS"]
+__all__ = ["zero_shot_eval", "choice_eval", "localisation_eval", "evaluate", "select_snapshot", "format_table",
+           "main", "OFFSETS"]
 
 #: disjoint blocks of the held-out range used by each part of the evaluation (and by the CI test)
 OFFSETS = {"zero_shot": 0, "choice": 100_000, "localisation": 200_000, "ci_zero_shot": 300_000,
-           "ci_localisation": 400_000}
+           "ci_localisation": 400_000, "select_zero_shot": 500_000, "select_localisation": 600_000}
 
 CHOICE_KINDS: tuple[str, ...] = ("colour", "shape", "count", "binding", "relation")
 
@@ -201,6 +207,32 @@ def evaluate(model=None, n_zero_shot: int = 700, n_choice: int = 200, n_localisa
     return res
 
 
+def select_snapshot(folder: str | Path, min_zero_shot: float = 0.95, n_zero_shot: int = 350,
+                    n_localisation: int = 300, progress: bool = True) -> tuple[Optional[Path], list[dict]]:
+    """Model selection among a run's snapshots (``OUT/snapshots/step_N`` of ``train --snapshot-every``)
+    on a validation range of held-out scenes of its own (``OFFSETS["select_*"]``, disjoint from the
+    ranges that ``evaluate`` reports): the snapshot with the highest Grad-ECLIP pointing game among
+    those with zero-shot top-1 >= ``min_zero_shot`` (ties: the later step). Returns (its folder or
+    None, one row per snapshot)."""
+    from tqdm import tqdm
+
+    from .. import load_model
+
+    snaps = sorted(Path(folder).glob("step_*"), key=lambda d: int(d.name.split("_")[1]))
+    if not snaps:
+        raise FileNotFoundError(f"no step_* snapshots in {folder}")
+    rows = []
+    for snap in tqdm(snaps, desc="snapshots", disable=not progress):
+        model = load_model(f"local-dir:{snap.resolve()}", device="cpu")
+        zs = zero_shot_eval(model, n_zero_shot, offset=OFFSETS["select_zero_shot"])
+        loc = localisation_eval(model, n_localisation, offset=OFFSETS["select_localisation"])
+        rows.append({"snapshot": str(snap), "step": int(snap.name.split("_")[1]), "zero_shot": zs["top1"],
+                     "pointing": loc["pointing"], "energy": loc["energy"]})
+    ok = [r for r in rows if r["zero_shot"] >= min_zero_shot]
+    best = max(ok, key=lambda r: (r["pointing"], r["step"])) if ok else None
+    return (Path(best["snapshot"]) if best else None), rows
+
+
 def format_table(res: dict[str, Any]) -> str:
     z, c, loc = res["zero_shot"], res["choice"], res["localisation"]
     rows = [("metric", "value", "reference", "n")]
@@ -236,8 +268,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--tolerance", type=float, default=4.0, help="pointing-game tolerance in pixels")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--select", default=None, metavar="DIR",
+                   help="instead: pick the best snapshot in DIR (a run's snapshots/) on the validation range")
+    p.add_argument("--min-zero-shot", type=float, default=0.95, help="with --select: zero-shot floor")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.select:
+        best, rows = select_snapshot(a.select, a.min_zero_shot)
+        for r in rows:
+            print(f"step {r['step']:>6}  zero-shot {r['zero_shot']:.1%}  pointing {r['pointing']:.1%}  "
+                  f"energy {r['energy']:.1%}{'  <- selected' if best and r['snapshot'] == str(best) else ''}")
+        print(f"selected: {best}" if best else f"no snapshot reaches zero-shot {a.min_zero_shot:.0%}")
+        return
     res = evaluate(a.model, a.n_zero_shot, a.n_choice, a.n_localisation, a.tolerance)
     print(format_table(res))
     print(f"(held-out scene ids from {HELDOUT_SEED_START}; {res['seconds']} s)", file=sys.stderr)

@@ -18,6 +18,7 @@ pairs) instead of a false negative.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -143,10 +144,10 @@ def zero_shot_accuracy(model, tokenizer, n: int = 140, offset: int = 900_000_000
     return float(np.mean([p == t for p, t in zip(pred, truth)]))
 
 
-def _save_checkpoint(path: Path, model, optimizer, step: int, args: dict, elapsed: float):
+def _save_checkpoint(path: Path, model, optimizer, step: int, args: dict, elapsed: float, config: dict):
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "args": args, "elapsed": elapsed, "config": OPEN_CLIP_CONFIG}, tmp)
+                "args": args, "elapsed": elapsed, "config": config}, tmp)
     tmp.replace(path)
 
 
@@ -155,8 +156,12 @@ def train(out: str | Path, steps: int = 2000, batch_size: int = 128, lr: float =
           checkpoint_minutes: float = 3.0, resume: bool = False, negatives: int = 2,
           workers: int = 1, eval_every: int = 250, export: Optional[str] = None,
           max_minutes: Optional[float] = None, stop_at: Optional[int] = None,
-          progress: bool = True) -> dict:
-    """Train (or resume) and export; returns a summary dict. See the module docstring."""
+          progress: bool = True, config: Optional[dict] = None, snapshot_every: int = 0) -> dict:
+    """Train (or resume) and export; returns a summary dict. See the module docstring.
+
+    ``config``: an open_clip config in the ``OPEN_CLIP_CONFIG`` format (default: that one);
+    ``snapshot_every``: also export the model every that many steps to ``OUT/snapshots/step_N``.
+    """
     from tqdm import tqdm
 
     out = Path(out)
@@ -167,9 +172,12 @@ def train(out: str | Path, steps: int = 2000, batch_size: int = 128, lr: float =
     np.random.seed(seed)
     args = dict(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
                 seed=seed, negatives=negatives)
-    mean, std = image_mean_std()
-    model = build_model()
-    tokenizer = _tokenizer(OPEN_CLIP_CONFIG)
+    config = config or OPEN_CLIP_CONFIG
+    if config != OPEN_CLIP_CONFIG:
+        args["config"] = config
+    mean, std = image_mean_std(config)
+    model = build_model(config)
+    tokenizer = _tokenizer(config)
     try:
         optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6,
                                       fused=True)
@@ -234,16 +242,18 @@ def train(out: str | Path, steps: int = 2000, batch_size: int = 128, lr: float =
         bar.update(1)
         if time.time() - last_ckpt > 60 * checkpoint_minutes or done == steps:
             log_f.flush()
-            _save_checkpoint(ckpt_path, model, optimizer, done, args, time.time() - t0)
+            _save_checkpoint(ckpt_path, model, optimizer, done, args, time.time() - t0, config)
             last_ckpt = time.time()
+        if snapshot_every and done % snapshot_every == 0:
+            save_model(model, out / "snapshots" / f"step_{done}", config)
         if stop_at is not None and done >= stop_at and done < steps:
             log_f.flush()
-            _save_checkpoint(ckpt_path, model, optimizer, done, args, time.time() - t0)
+            _save_checkpoint(ckpt_path, model, optimizer, done, args, time.time() - t0, config)
             print(f"stopping at step {done} (--stop-at); continue with --resume", file=sys.stderr)
             break
         if max_minutes is not None and time.time() - t0 > 60 * max_minutes and done < steps:
             log_f.flush()
-            _save_checkpoint(ckpt_path, model, optimizer, done, args, time.time() - t0)
+            _save_checkpoint(ckpt_path, model, optimizer, done, args, time.time() - t0, config)
             print(f"stopping at step {done} (time limit); continue with --resume", file=sys.stderr)
             break
     bar.close()
@@ -253,9 +263,9 @@ def train(out: str | Path, steps: int = 2000, batch_size: int = 128, lr: float =
                "final_loss_ema": ema, "zero_shot_monitor": zs, "args": args}
     if step_done >= steps:
         model.eval()
-        save_model(model, out / "model")
+        save_model(model, out / "model", config)
         if export:
-            save_model(model, export)
+            save_model(model, export, config)
     with open(out / "summary.json", "w") as f:
         json.dump(summary, f, indent=2, default=float)
     return summary
@@ -281,13 +291,21 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     p.add_argument("--stop-at", type=int, default=None,
                    help="stop (with a checkpoint) after this step; --resume continues, possibly with a new --steps")
+    p.add_argument("--vision-layers", type=int, default=None,
+                   help="blocks of the image tower (default: the embedded model's configuration)")
+    p.add_argument("--snapshot-every", type=int, default=0,
+                   help="also export the model every N steps to OUT/snapshots/step_N (0: off)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    config = None
+    if a.vision_layers is not None:
+        config = copy.deepcopy(OPEN_CLIP_CONFIG)
+        config["model_cfg"]["vision_cfg"]["layers"] = a.vision_layers
     summary = train(a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
                     warmup=a.warmup, seed=a.seed, threads=a.threads, checkpoint_minutes=a.checkpoint_minutes,
                     resume=a.resume, negatives=a.negatives, workers=a.workers,
                     eval_every=a.eval_every, export=a.export, max_minutes=a.max_minutes, stop_at=a.stop_at,
-                    progress=not a.no_progress)
+                    progress=not a.no_progress, config=config, snapshot_every=a.snapshot_every)
     print(json.dumps(summary, indent=2, default=float))
 
 
