@@ -192,8 +192,9 @@ def localisation_eval(model, n: int = 300, offset: int = OFFSETS["localisation"]
 
 
 def evaluate(model=None, n_zero_shot: int = 700, n_choice: int = 200, n_localisation: int = 300,
-             tolerance: float = 4.0) -> dict[str, Any]:
-    """Run the three evaluations (``model``: a LoadedModel or a name for ``load_model``)."""
+             tolerance: float = 4.0, layers: Sequence[int] = (-1,)) -> dict[str, Any]:
+    """Run the three evaluations (``model``: a LoadedModel or a name for ``load_model``; ``layers``: the
+    blocks Grad-ECLIP explains, summed after a ReLU per block as method.md defines)."""
     from .. import load_model
 
     if model is None or isinstance(model, str):
@@ -202,7 +203,8 @@ def evaluate(model=None, n_zero_shot: int = 700, n_choice: int = 200, n_localisa
     res = {"model": getattr(model, "name", "?"),
            "zero_shot": zero_shot_eval(model, n_zero_shot),
            "choice": choice_eval(model, n_choice),
-           "localisation": localisation_eval(model, n_localisation, tolerance=tolerance)}
+           "localisation": {**localisation_eval(model, n_localisation, tolerance=tolerance, layers=tuple(layers)),
+                            "layers": list(layers)}}
     res["seconds"] = round(time.time() - t0, 1)
     return res
 
@@ -242,6 +244,9 @@ def format_table(res: dict[str, Any]) -> str:
     for kind, v in c.items():
         rows.append((f"caption choice: {kind} ({v['options']:.1f} options)", f"{v['accuracy']:.1%}",
                      f"chance {v['chance']:.1%}", v["n"]))
+    blocks = loc.get("layers", [-1])
+    if list(blocks) != [-1]:
+        rows.append((f"(Grad-ECLIP below: blocks {', '.join(map(str, blocks))} summed)", "", "", ""))
     rows.append((f"Grad-ECLIP pointing game (tol. {loc['tolerance_px']:g} px)", f"{loc['pointing']:.1%}", "",
                  loc["n"]))
     rows.append(("Grad-ECLIP pointing game (strict)", f"{loc['pointing_strict']:.1%}", "", loc["n"]))
@@ -266,6 +271,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--n-choice", type=int, default=200, help="scenes per caption-choice kind")
     p.add_argument("--n-localisation", type=int, default=300)
     p.add_argument("--tolerance", type=float, default=4.0, help="pointing-game tolerance in pixels")
+    p.add_argument("--layers", type=int, nargs="+", default=[-1],
+                   help="blocks Grad-ECLIP explains for the localisation rows (default: the last, -1)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--select", default=None, metavar="DIR",
@@ -280,7 +287,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                   f"energy {r['energy']:.1%}{'  <- selected' if best and r['snapshot'] == str(best) else ''}")
         print(f"selected: {best}" if best else f"no snapshot reaches zero-shot {a.min_zero_shot:.0%}")
         return
-    res = evaluate(a.model, a.n_zero_shot, a.n_choice, a.n_localisation, a.tolerance)
+    res = evaluate(a.model, a.n_zero_shot, a.n_choice, a.n_localisation, a.tolerance, a.layers)
     print(format_table(res))
     print(f"(held-out scene ids from {HELDOUT_SEED_START}; {res['seconds']} s)", file=sys.stderr)
     if a.json:
