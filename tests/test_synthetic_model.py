@@ -1,8 +1,8 @@
 """The committed synthetic CLIP: loads offline, matches its config, and still works.
 
 The last tests guard against a broken model or a broken explanation on fresh held-out scenes; the
-issue's targets for this set (>= 90% zero-shot colour x shape accuracy, Grad-ECLIP pointing game >= 75%)
-are checked separately and are not met by the committed model (an expected failure, see the marker).
+issue's targets for this set are checked separately: >= 90% zero-shot colour x shape accuracy (met),
+Grad-ECLIP pointing game >= 75% (not met by the committed model: an expected failure, see the marker).
 """
 
 import json
@@ -74,18 +74,39 @@ def ci_scores(loaded):
 def test_committed_model_is_not_broken(ci_scores):
     """Regression guard on a fixed fresh held-out set (140 single-object scenes, 60 scenes of 2-4
     objects): a broken model (chance is 2.9%) or a broken explanation fails here. The floors sit below
-    what the committed model measures on this set (82.1% zero-shot, 71.7% pointing game)."""
+    what the committed model measures on this set (99.3% zero-shot, 70.0% pointing game, energy 27.0%
+    against a mask area share of 4.4%)."""
     zs, loc = ci_scores
-    assert zs["top1"] >= 0.75, zs
+    assert zs["top1"] >= 0.95, zs
     assert zs["colour"] >= 0.95, zs
-    assert loc["pointing"] >= 0.65, loc
-    assert loc["energy"] > loc["area_share"] + 0.2, loc
+    assert loc["pointing"] >= 0.60, loc
+    assert loc["energy"] > loc["area_share"] + 0.15, loc
 
 
-@pytest.mark.xfail(strict=True, reason="issue 3's CI targets (>= 90% zero-shot, >= 75% pointing game) are not "
-                   "met by the committed 1500-step model (82.1% and 71.7% on this set; see MODEL_CARD.md). "
-                   "Remove this marker when a model that meets them is committed.")
-def test_committed_model_meets_issue_targets(ci_scores):
-    zs, loc = ci_scores
+def test_committed_model_meets_zero_shot_target(ci_scores):
+    """Issue 3's CI target for zero-shot colour x shape accuracy (>= 90% on this set)."""
+    zs, _ = ci_scores
     assert zs["top1"] >= 0.90, zs
+
+
+@pytest.mark.xfail(strict=True, reason="issue 3's CI target for the Grad-ECLIP pointing game (>= 75% with the "
+                   "last block) is not met by the committed model (70.0% on this set; see MODEL_CARD.md). "
+                   "Remove this marker when a model that meets it is committed.")
+def test_committed_model_meets_pointing_target(ci_scores):
+    _, loc = ci_scores
     assert loc["pointing"] >= 0.75, loc
+
+
+def test_evaluate_command_prints_the_table_and_writes_json(tmp_path, capsys):
+    from gradeclip_utils.synthetic.evaluate import main
+
+    out = tmp_path / "res.json"
+    main(["--n-zero-shot", "14", "--n-choice", "4", "--n-localisation", "6", "--layers", "-2", "-1",
+          "--threads", "1", "--json", str(out)])
+    table = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert res["localisation"]["layers"] == [-2, -1] and res["localisation"]["n"] == 6
+    assert "blocks -2, -1 summed" in table
+    assert f"{res['zero_shot']['top1']:.1%}" in table.splitlines()[2]
+    for kind, v in res["choice"].items():
+        assert v["n"] == 4 and 0.0 <= v["accuracy"] <= 1.0 and f"caption choice: {kind}" in table
