@@ -1,6 +1,6 @@
 """Train the synthetic CLIP on generated scenes with a contrastive loss.
 
-    python -m gradeclip_utils.synthetic.train --out runs/synthetic_clip [--steps 2000] [--resume]
+    python -m gradeclip_utils.synthetic.train --out runs/synthetic_clip [--steps 4000] [--resume]
 
 Fixed seed; the data stream is a function of the step (batch ``i`` holds scene ids
 ``i*B ... i*B+B-1``), so ``--resume`` continues exactly where the last checkpoint stopped. Every
@@ -151,10 +151,10 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, args: dict, elapse
     tmp.replace(path)
 
 
-def train(out: str | Path, steps: int = 2000, batch_size: int = 128, lr: float = 1e-3,
-          weight_decay: float = 0.1, warmup: int = 150, seed: int = 0, threads: int = 2,
+def train(out: str | Path, steps: int = 4000, batch_size: int = 128, lr: float = 1e-3,
+          weight_decay: float = 0.1, warmup: int = 100, seed: int = 0, threads: int = 2,
           checkpoint_minutes: float = 3.0, resume: bool = False, negatives: int = 2,
-          workers: int = 1, eval_every: int = 250, export: Optional[str] = None,
+          workers: int = 1, eval_every: int = 100, export: Optional[str] = None,
           max_minutes: Optional[float] = None, stop_at: Optional[int] = None,
           progress: bool = True, config: Optional[dict] = None, snapshot_every: int = 0) -> dict:
     """Train (or resume) and export; returns a summary dict. See the module docstring.
@@ -275,16 +275,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(prog="python -m gradeclip_utils.synthetic.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="run folder (checkpoint, log, exported model)")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--warmup", type=int, default=150)
+    p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=1, help="data-generation processes (0: in the loop)")
     p.add_argument("--checkpoint-minutes", type=float, default=3.0)
-    p.add_argument("--eval-every", type=int, default=250, help="steps between zero-shot monitors (0: off)")
+    p.add_argument("--eval-every", type=int, default=100, help="steps between zero-shot monitors (0: off)")
     p.add_argument("--negatives", type=int, default=2, help="hard negative captions per scene in the loss")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--export", default=None, help="also export the final model here (e.g. data/synthetic_clip)")
