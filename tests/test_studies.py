@@ -200,7 +200,8 @@ def test_decomposition_study_rows_and_concept_energy(tiny):
     assert row["energy_in_mask"] == pytest.approx(float(energy_pointing_game(raw, mask)), abs=1e-6)
     assert row["mask_area"] == pytest.approx(mask.mean())
     photo = str(common.sample_photos()[1])
-    photo_frame = concepts.decomposition_study(tiny, [(photo, "a cat with green eyes")], progress=False)
+    with pytest.warns(UserWarning, match="downscaled"):  # the tiny model's 4-px patches: > 1600 of them
+        photo_frame = concepts.decomposition_study(tiny, [(photo, "a cat with green eyes")], progress=False)
     assert list(photo_frame["concept"]) == ["cat", "green", "eyes"] and photo_frame["energy_in_mask"].isna().all()
     for fig in (concepts.plot_study(frame), concepts.plot_concept_localisation(frame)):
         plt.close(fig)

@@ -23,6 +23,7 @@ shapes"), relations none.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -352,7 +353,9 @@ def plot_study(frame) -> Any:
         ax.set_xlabel("")
     per_image = frame.drop_duplicates("image")
     fits = pd_melt(per_image, ["map_r2", "text_r2"], {"map_r2": "maps", "text_r2": "text embeddings"})
-    sns.boxplot(data=fits, x="fit", y="R²", ax=axes[3], color="#a9cce3")
+    with warnings.catch_warnings():  # seaborn passes matplotlib's deprecated ``vert`` itself
+        warnings.filterwarnings("ignore", message=".*vert: bool was deprecated.*")
+        sns.boxplot(data=fits, x="fit", y="R²", ax=axes[3], color="#a9cce3")
     axes[3].set_ylim(min(0.0, float(fits["R²"].min()) - 0.05), 1.02)
     axes[3].set_title("NNLS fit of the sentence (uncentred R²)", fontsize=9)
     for ax in axes:
