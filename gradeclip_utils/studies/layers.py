@@ -62,17 +62,12 @@ def layer_localisation(model: Any, n: int = 100, layers: Sequence[int] | None = 
     ``tolerance`` pixels of the 64 x 64 mask), energy, iou and the mask's area share; block "all" is the
     sum of the per-block ReLU maps of every block (explain_image's combination)."""
     import pandas as pd
-    import torch
     from tqdm.auto import tqdm
 
-    from .. import explain_image
     from ..metrics import localisation_scores
-    from ..synthetic.evaluate import localisation_items
+    from ..synthetic.evaluate import item_maps, localisation_items
 
     items = localisation_items(n, offset)
-    by_prompt: dict[str, list[int]] = {}
-    for index, (_, caption, _) in enumerate(items):
-        by_prompt.setdefault(caption.text, []).append(index)
     total = model.adapter.num_image_blocks
     settings: list[tuple[Any, Any]] = [(block, (block,)) for block in (range(total) if layers is None else layers)]
     if include_all:
@@ -80,15 +75,8 @@ def layer_localisation(model: Any, n: int = 100, layers: Sequence[int] | None = 
     masks = np.stack([mask for _, _, mask in items])
     rows = []
     for label, spec in tqdm(settings, desc="blocks", disable=not progress, leave=False):
-        maps: list[torch.Tensor | None] = [None] * len(items)
-        for prompt, indices in by_prompt.items():  # one prompt per call: a map costs one backward
-            for start in range(0, len(indices), batch_size):
-                chunk = indices[start:start + batch_size]
-                ex = explain_image(model, [items[i][0].image for i in chunk], [prompt], layers=spec, method=method,
-                                   mode=mode, resolution="model", batch_size=batch_size, progress=False)
-                for row, index in enumerate(chunk):
-                    maps[index] = ex.maps[row, 0]
-        scores = localisation_scores(torch.stack(maps).float(), masks, tolerance=tolerance)
+        maps = item_maps(model, items, layers=spec, method=method, mode=mode, batch_size=batch_size)
+        scores = localisation_scores(maps, masks, tolerance=tolerance)
         for i, (scene, caption, _) in enumerate(items):
             rows.append({"block": str(label), "seed": scene.seed, "prompt": caption.text,
                          "pointing": float(scores["pointing"][i]), "energy": float(scores["energy"][i]),

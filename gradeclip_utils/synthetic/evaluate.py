@@ -41,7 +41,7 @@ from .captions import Caption, class_prompts, hard_negatives, object_caption, un
 from .dataset import HELDOUT_SEED_START, make_example
 from .scenes import Scene, generate_scene
 
-__all__ = ["zero_shot_eval", "choice_eval", "localisation_eval", "evaluate", "select_snapshot", "format_table",
+__all__ = ["zero_shot_eval", "choice_eval", "item_maps", "localisation_eval", "evaluate", "select_snapshot", "format_table",
            "main", "OFFSETS"]
 
 #: disjoint blocks of the held-out range used by each part of the evaluation (and by the CI test)
@@ -159,23 +159,37 @@ def localisation_items(n: int, offset: int, min_objects: int = 2, max_objects: i
     return items
 
 
+def item_maps(model, items: Sequence[tuple[Scene, Caption, np.ndarray]], *, layers: Any = (-1,),
+              method: str = "grad_eclip", mode: str = "faithful", batch_size: int = 64) -> torch.Tensor:
+    """Each item's map (N, h, w) at the model's patch grid for its own caption (``localisation_items``).
+
+    Scenes are explained one prompt at a time, grouped by prompt: every scene goes through the model
+    once, and no map is computed for another scene's prompt (which would cost a backward pass each
+    when ``layers`` reach below the last block).
+    """
+    from .. import explain_image
+
+    by_prompt: dict[str, list[int]] = {}
+    for index, (_, caption, _) in enumerate(items):
+        by_prompt.setdefault(caption.text, []).append(index)
+    maps: list[Optional[torch.Tensor]] = [None] * len(items)
+    for prompt, indices in by_prompt.items():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            ex = explain_image(model, [items[i][0].image for i in chunk], [prompt], layers=layers, method=method,
+                               mode=mode, resolution="model", batch_size=batch_size, progress=False)
+            for row, index in enumerate(chunk):
+                maps[index] = ex.maps[row, 0]
+    return torch.stack(maps).float()
+
+
 def localisation_eval(model, n: int = 300, offset: int = OFFSETS["localisation"], tolerance: float = 4.0,
                       batch_size: int = 64, layers=(-1,), mode: str = "faithful") -> dict[str, Any]:
     """Grad-ECLIP pointing game, energy pointing game and mean-threshold IoU against instance masks."""
-    from .. import explain_image
     from ..metrics import localisation_scores, pointing_game
 
     items = localisation_items(n, offset)
-    prompts = sorted({cap.text for _, cap, _ in items})
-    col = {p: k for k, p in enumerate(prompts)}
-    maps = []
-    for i in range(0, len(items), batch_size):
-        chunk = items[i:i + batch_size]
-        ex = explain_image(model, [s.image for s, _, _ in chunk], prompts, layers=layers, mode=mode,
-                           resolution="model", batch_size=batch_size, progress=False)
-        m = ex.maps
-        maps.append(torch.stack([m[b, col[cap.text]] for b, (_, cap, _) in enumerate(chunk)]))
-    maps_t = torch.cat(maps).float()
+    maps_t = item_maps(model, items, layers=layers, mode=mode, batch_size=batch_size)
     masks = np.stack([mask for _, _, mask in items])
     scores = localisation_scores(maps_t, masks, tolerance=tolerance)
     strict = pointing_game(maps_t, masks, tolerance=0.0)
