@@ -388,20 +388,26 @@ def literal_m2ib(hidden, target, finish, noise, beta, lr, steps):
     return last
 
 
+def m2ib_literal_setup(tiny, pixels):
+    """The tokens entering block 2 (M2IB's ib_layer=1 bottleneck) and the literal rest of the tower."""
+    blocks = tiny.model.visual.transformer.resblocks
+    visual = tiny.model.visual
+    with torch.no_grad():
+        _, inputs, _, _ = literal_image(tiny.model, pixels)
+
+    def finish(z):
+        x, _, _ = literal_tower(blocks[2:], z)
+        return visual.ln_post(x[:, 0]) @ visual.proj
+
+    return inputs[2], finish
+
+
 def test_m2ib_image_equals_per_pair_literal_optimisation(tiny, pixels):
     targets = text_targets(tiny, PROMPTS[:2])
     steps, samples, seed = 3, 2, 7
     ex = ge.explain_image(tiny, pixels, PROMPTS[:2], method="m2ib", ib_layer=1, steps=steps, samples=samples,
                           seed=seed, beta=0.1, lr=0.5)
-    blocks = tiny.model.visual.transformer.resblocks
-    visual = tiny.model.visual
-    with torch.no_grad():
-        _, inputs, _, _ = literal_image(tiny.model, pixels)
-    hidden = inputs[2]
-
-    def finish(z):
-        x, _, _ = literal_tower(blocks[2:], z)
-        return visual.ln_post(x[:, 0]) @ visual.proj
+    hidden, finish = m2ib_literal_setup(tiny, pixels)
 
     generator = torch.Generator().manual_seed(seed)
     noise = [torch.randn(samples, 4, *hidden.shape[1:], generator=generator) for _ in range(steps)]
@@ -419,15 +425,7 @@ def test_m2ib_paired_mode_explains_image_b_against_target_b(tiny, pixels):
     options = dict(ib_layer=1, steps=3, samples=2, seed=7)
     out = get_image_method("m2ib")(tiny.adapter, pixels, targets, paired=True, **options)
     assert out.maps.shape == (2, 1, 6, 6) and out.scores.shape == (2, 1)
-    blocks = tiny.model.visual.transformer.resblocks
-    visual = tiny.model.visual
-    with torch.no_grad():
-        _, inputs, _, _ = literal_image(tiny.model, pixels)
-    hidden = inputs[2]
-
-    def finish(z):
-        x, _, _ = literal_tower(blocks[2:], z)
-        return visual.ln_post(x[:, 0]) @ visual.proj
+    hidden, finish = m2ib_literal_setup(tiny, pixels)
 
     generator = torch.Generator().manual_seed(7)
     noise = [torch.randn(2, 2, *hidden.shape[1:], generator=generator) for _ in range(3)]
