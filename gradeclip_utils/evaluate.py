@@ -42,8 +42,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .methods import get_image_method, list_methods
-from .metrics import (AUC_DEFINITION, cascading_randomisation, localisation_scores, perturbation_curves,
-                      pointing_game)
+from .metrics import AUC_DEFINITION, cascading_randomisation, localisation_scores, perturbation_curves
 
 DATASETS = ("synthetic", "imagenet", "folder")
 RANDOM = "random"
@@ -428,11 +427,8 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
         if data.has_masks:
             masks = np.stack([loaded[item.key][1] for item in batch])
             scores = localisation_scores(maps, masks, tolerance=tolerance)
-            strict = pointing_game(maps, masks, tolerance=0.0)
             for b, row in enumerate(rows):
-                row.update(pointing=float(scores["pointing"][b]), pointing_strict=float(strict[b]),
-                           energy=float(scores["energy"][b]), iou=float(scores["iou"][b]),
-                           area_share=float(scores["area_share"][b]))
+                row.update({name: float(scores[name][b]) for name in LOCALISATION})
         if faithfulness:
             curves = perturbation_curves(model.adapter, pixels.to(model.device), maps, data.classifier,
                                          [item.label for item in batch], mean=mean, std=std,

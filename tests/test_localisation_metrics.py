@@ -96,7 +96,10 @@ def test_batched_broadcast_torch_inputs():
     assert pg.shape == (3, 2)
     assert pg.tolist() == [[True, False], [True, True], [False, True]]
     scores = localisation_scores(maps, masks[:, None])
-    assert set(scores) == {"pointing", "energy", "iou", "area_share"}
+    assert set(scores) == {"pointing", "pointing_strict", "energy", "iou", "area_share"}
+    np.testing.assert_array_equal(scores["pointing_strict"], pg)
+    wide = localisation_scores(maps, masks[:, None], tolerance=8.0)   # every pixel is within 8 px of the mask
+    assert wide["pointing"].all() and np.array_equal(wide["pointing_strict"], pg)
     assert scores["energy"].shape == (3, 2)
     np.testing.assert_allclose(scores["area_share"], np.full((3, 2), 1 / 36))
     np.testing.assert_allclose(scores["energy"], pg.astype(float))

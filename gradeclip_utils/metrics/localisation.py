@@ -112,12 +112,14 @@ def mask_iou(maps: ArrayLike, masks: ArrayLike) -> np.ndarray:
 
 
 def localisation_scores(maps: ArrayLike, masks: ArrayLike, tolerance: float = 0.0) -> dict[str, np.ndarray]:
-    """All three metrics plus the mask's area share (the energy a uniform map would score)."""
+    """All three metrics plus the mask's area share (the energy a uniform map would score); the pointing
+    game both within ``tolerance`` pixels ("pointing") and strict ("pointing_strict")."""
     mk = _as_tensor(masks, torch.bool)
     share = mk.to(torch.float64).mean(dim=(-2, -1))
     pg = pointing_game(maps, masks, tolerance)
     return {
         "pointing": pg,
+        "pointing_strict": pg if tolerance == 0 else pointing_game(maps, masks, 0.0),
         "energy": energy_pointing_game(maps, masks),
         "iou": mask_iou(maps, masks),
         "area_share": np.broadcast_to(share.numpy(), pg.shape).copy(),
