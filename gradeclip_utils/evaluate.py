@@ -162,10 +162,8 @@ def imagenet_set(model, root: Path, n: int, *, templates: str = "openai", target
 
 def folder_set(model, csv_path: Path, n: int | None = None) -> EvalSet:
     """Images with a CSV of ``image,prompt[,mask]`` rows."""
-    from PIL import Image
-
     from .explain import encode_texts
-    from .inputs import load_image
+    from .inputs import load_image, to_rgb
 
     csv_path = Path(csv_path)
     with open(csv_path, newline="", encoding="utf-8") as handle:
@@ -179,11 +177,12 @@ def folder_set(model, csv_path: Path, n: int | None = None) -> EvalSet:
     has_masks = all(row.get("mask") for row in rows)
 
     def load(row):
-        pixels = _load_picture(model, base / row["image"])
+        picture = to_rgb(load_image(base / row["image"]))
+        pixels = model.preprocess(picture).float()
         if not row.get("mask"):
             return pixels, None
         mask = np.asarray(load_image(base / row["mask"]).convert("L")) > 0
-        if mask.shape[::-1] != Image.open(base / row["image"]).size:
+        if mask.shape[::-1] != picture.size:
             raise ValueError(f"mask {row['mask']} and image {row['image']} differ in size")
         return pixels, _preprocessed_mask(model, mask)
 

@@ -115,6 +115,9 @@ def test_folder_of_images_with_prompts_and_masks(tiny, tmp_path):
     ev.evaluate(tiny, data, tmp_path / "out", methods=["grad_eclip", "itsm"], sanity_images=0, **FAST)
     rows = read(tmp_path / "out" / "per_image.csv")
     assert len(rows) == 6 and "energy" in rows[0] and "insertion_auc_score" in rows[0]
+    Image.fromarray(np.zeros((60, 81), dtype=np.uint8)).save(tmp_path / "m1.png")   # one column too many
+    with pytest.raises(ValueError, match="m1.png and image im1.png differ in size"):
+        ev.folder_set(tiny, tmp_path / "prompts.csv").items[1].load()
 
 
 def test_class_folders_build_a_template_classifier(tiny, tmp_path):
