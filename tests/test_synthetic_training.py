@@ -94,6 +94,10 @@ def test_train_checkpoint_resume_export(tmp_path):
     s1 = train(out, steps=3, batch_size=8, warmup=1, workers=0, eval_every=0, progress=False,
                max_minutes=0.0)    # stops after the first step, with a checkpoint
     assert s1["steps_done"] == 1 and (out / "checkpoint.pt").exists() and not (out / "model").exists()
+    s_at = train(tmp_path / "stop", steps=3, batch_size=8, warmup=1, workers=0, eval_every=0, progress=False,
+                 stop_at=2)   # stops after step 2, with a checkpoint at step 2
+    assert s_at["steps_done"] == 2 and not (tmp_path / "stop" / "model").exists()
+    assert torch.load(tmp_path / "stop" / "checkpoint.pt", weights_only=True)["step"] == 2
     s2 = train(out, steps=3, batch_size=8, warmup=1, workers=0, eval_every=0, progress=False, resume=True,
                export=str(tmp_path / "export"))
     assert s2["steps_done"] == 3

@@ -41,8 +41,8 @@ from .captions import Caption, class_prompts, hard_negatives, object_caption, un
 from .dataset import HELDOUT_SEED_START, make_example
 from .scenes import Scene, generate_scene
 
-__all__ = ["zero_shot_eval", "choice_eval", "item_maps", "localisation_eval", "evaluate", "select_snapshot", "format_table",
-           "main", "OFFSETS"]
+__all__ = ["zero_shot_eval", "choice_eval", "item_maps", "localisation_eval", "evaluate", "select_snapshot",
+           "format_table", "main", "OFFSETS"]
 
 #: disjoint blocks of the held-out range used by each part of the evaluation (and by the CI test)
 OFFSETS = {"zero_shot": 0, "choice": 100_000, "localisation": 200_000, "ci_zero_shot": 300_000,
@@ -233,15 +233,15 @@ def select_snapshot(folder: str | Path, min_zero_shot: float = 0.95, n_zero_shot
 
     from .. import load_model
 
-    snaps = sorted(Path(folder).glob("step_*"), key=lambda d: int(d.name.split("_")[1]))
+    snaps = sorted((int(d.name.split("_")[1]), d) for d in Path(folder).glob("step_*"))
     if not snaps:
         raise FileNotFoundError(f"no step_* snapshots in {folder}")
     rows = []
-    for snap in tqdm(snaps, desc="snapshots", disable=not progress):
+    for step, snap in tqdm(snaps, desc="snapshots", disable=not progress):
         model = load_model(f"local-dir:{snap.resolve()}", device="cpu")
         zs = zero_shot_eval(model, n_zero_shot, offset=OFFSETS["select_zero_shot"])
         loc = localisation_eval(model, n_localisation, offset=OFFSETS["select_localisation"])
-        rows.append({"snapshot": str(snap), "step": int(snap.name.split("_")[1]), "zero_shot": zs["top1"],
+        rows.append({"snapshot": str(snap), "step": step, "zero_shot": zs["top1"],
                      "pointing": loc["pointing"], "energy": loc["energy"]})
     ok = [r for r in rows if r["zero_shot"] >= min_zero_shot]
     best = max(ok, key=lambda r: (r["pointing"], r["step"])) if ok else None

@@ -240,21 +240,19 @@ def train(out: str | Path, steps: int = 4000, batch_size: int = 128, lr: float =
                       f"{time.time() - t0:.1f}", "" if math.isnan(zs) else f"{zs:.3f}"])
         bar.set_postfix(loss=f"{ema:.3f}", zs=f"{zs:.2f}", refresh=False)
         bar.update(1)
-        if time.time() - last_ckpt > 60 * checkpoint_minutes or done == steps:
+        stop = None  # why the run stops early, with a checkpoint to resume from
+        if done < steps and stop_at is not None and done >= stop_at:
+            stop = "--stop-at"
+        elif done < steps and max_minutes is not None and time.time() - t0 > 60 * max_minutes:
+            stop = "time limit"
+        if stop or time.time() - last_ckpt > 60 * checkpoint_minutes or done == steps:
             log_f.flush()
             _save_checkpoint(ckpt_path, model, optimizer, done, args, time.time() - t0, config)
             last_ckpt = time.time()
         if snapshot_every and done % snapshot_every == 0:
             save_model(model, out / "snapshots" / f"step_{done}", config)
-        if stop_at is not None and done >= stop_at and done < steps:
-            log_f.flush()
-            _save_checkpoint(ckpt_path, model, optimizer, done, args, time.time() - t0, config)
-            print(f"stopping at step {done} (--stop-at); continue with --resume", file=sys.stderr)
-            break
-        if max_minutes is not None and time.time() - t0 > 60 * max_minutes and done < steps:
-            log_f.flush()
-            _save_checkpoint(ckpt_path, model, optimizer, done, args, time.time() - t0, config)
-            print(f"stopping at step {done} (time limit); continue with --resume", file=sys.stderr)
+        if stop:
+            print(f"stopping at step {done} ({stop}); continue with --resume", file=sys.stderr)
             break
     bar.close()
     log_f.close()
