@@ -144,7 +144,7 @@ class Case:
     note: str = ""
     samples: list[Sample] = field(default_factory=list)
     single: bool = False
-    peak_bytes: float | None = None  # measured in the warm-up run
+    peak: float | None = None  # bytes the call adds at its peak, measured in the warm-up run
 
     @property
     def wall(self) -> float:
@@ -154,9 +154,11 @@ class Case:
     def cpu(self) -> float:
         return statistics.median(s.cpu for s in self.samples)
 
-    @property
-    def peak(self) -> float | None:
-        return self.peak_bytes
+    def record(self, base: "Case") -> dict[str, Any]:
+        """The case's results, with its ratios to ``base``, for the JSON output."""
+        return {"name": self.name, "k": self.k, "wall": self.wall, "cpu": self.cpu,
+                "wall_ratio": self.wall / base.wall, "cpu_ratio": self.cpu / base.cpu,
+                "peak_bytes": self.peak, "single_run": self.single, "note": self.note}
 
 
 def run_cases(cases: list[Case], meter: Meter, repeats: int, slow_s: float, log: Callable[[str], None]) -> None:
@@ -164,7 +166,7 @@ def run_cases(cases: list[Case], meter: Meter, repeats: int, slow_s: float, log:
     than ``slow_s`` in its warm-up keeps that one run (marked) instead of being repeated."""
     for case in cases:
         sample = meter.run(case.fn, memory=True)
-        case.peak_bytes = sample.peak
+        case.peak = sample.peak
         log(f"  warm-up {case.name}{'' if case.k is None else f' K={case.k}'}: {sample.wall:.2f} s")
         if sample.wall > slow_s:
             case.samples.append(sample)
@@ -459,10 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             values = " / ".join(f"{s:.1f}x" for s in speedups)
             print(f"  K={k:<5d} faster than the per-prompt loop ({kind}) by >= {bound:.0f}x: {values}  "
                   f"{'PASS' if all(s >= bound for s in speedups) else 'FAIL'}")
-    for case in image_cases:
-        results["cases"].append({"name": case.name, "k": case.k, "wall": case.wall, "cpu": case.cpu,
-                                 "wall_ratio": case.wall / base.wall, "cpu_ratio": case.cpu / base.cpu,
-                                 "peak_bytes": case.peak, "single_run": case.single, "note": case.note})
+    results["cases"] += [case.record(base) for case in image_cases]
     results["loop_extrapolated"] = {k: {"wall": w, "cpu": c} for k, (w, c) in extrapolated.items()}
 
     # ------------------------------------------------------------------------------- text side
@@ -498,10 +497,7 @@ def main(argv: list[str] | None = None) -> int:
               + ("" if cuda else f" {encode.cpu:9.3f} {fmt_ratio(encode.cpu / base.cpu):>10s}")
               + f" {fmt_mib(encode.peak):>9s}  ratio to the plain IMAGE forward of {batch} images; "
                 "not part of the map cost when prompts are given as embeddings")
-        for case in text_cases + [encode]:
-            results["cases"].append({"name": case.name, "k": case.k, "wall": case.wall, "cpu": case.cpu,
-                                     "wall_ratio": case.wall / text_base.wall, "cpu_ratio": case.cpu / text_base.cpu,
-                                     "peak_bytes": case.peak, "single_run": case.single})
+        results["cases"] += [case.record(text_base) for case in text_cases + [encode]]
 
     # --------------------------------------------------------------------- deletion / insertion
     if "perturbation" not in skip:
