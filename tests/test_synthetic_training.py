@@ -153,3 +153,36 @@ def test_other_config_and_snapshots_and_selection(tmp_path, monkeypatch):
     assert seen_offsets.isdisjoint({v for k, v in ev.OFFSETS.items() if not k.startswith("select")})
     best, _ = ev.select_snapshot(out / "snapshots", min_zero_shot=0.99, progress=False)
     assert best is None
+
+
+def test_command_line_tower_and_mix_overrides(tmp_path, capsys):
+    """``--vision KEY=VALUE`` reaches the open_clip config (and the exported model), ``--mix`` the data
+    stream; bad values stop the command before any training."""
+    import open_clip
+
+    from gradeclip_utils.synthetic.dataset import TRAIN_MIX
+    from gradeclip_utils.synthetic.train import main
+
+    out = tmp_path / "run"
+    main(["--out", str(out), "--steps", "2", "--batch-size", "8", "--warmup", "1", "--workers", "0",
+          "--eval-every", "0", "--no-progress", "--vision", "ls_init_value=0.1", "--vision", "layers=2",
+          "--mix", "single=1", "--mix", "partial=0", "--mix", "full=0", "--mix", "pair=0", "--mix", "count=0",
+          "--mix", "relation=0"])
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    vision = ck["config"]["model_cfg"]["vision_cfg"]
+    assert vision["ls_init_value"] == 0.1 and vision["layers"] == 2
+    assert ck["args"]["mix"] == {k: (1.0 if k == "single" else 0.0) for k in TRAIN_MIX}
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out / 'model'}")
+    blocks = model.visual.transformer.resblocks
+    assert len(blocks) == 2 and hasattr(blocks[0].ls_1, "gamma")
+
+    # the mix reaches the batches: an all-"single" stream has one object per scene
+    from gradeclip_utils.synthetic.dataset import make_example
+    assert all(len(make_example(i, ck["args"]["mix"]).scene.objects) == 1 for i in range(20))
+
+    for bad in (["--vision", "no_such_key=1"], ["--vision", "layers"], ["--vision", "layers=[oops"],
+                ["--mix", "no_such_kind=0.5"], ["--mix", "single=-1"], ["--mix", "single=x"]):
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path / "bad"), "--steps", "1", "--workers", "0", *bad])
+        assert not (tmp_path / "bad" / "checkpoint.pt").exists()
+    assert "--vision" in capsys.readouterr().err

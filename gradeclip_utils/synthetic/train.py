@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import OPEN_CLIP_CONFIG, build_model, image_mean_std, save_model
-from .dataset import HELDOUT_SEED_START, SyntheticBatches, images_to_tensor
+from .dataset import HELDOUT_SEED_START, TRAIN_MIX, SyntheticBatches, images_to_tensor
 
 __all__ = ["contrastive_loss", "encode_text_trimmed", "train", "main", "zero_shot_accuracy"]
 
@@ -156,11 +156,13 @@ def train(out: str | Path, steps: int = 4000, batch_size: int = 128, lr: float =
           checkpoint_minutes: float = 3.0, resume: bool = False, negatives: int = 2,
           workers: int = 1, eval_every: int = 100, export: Optional[str] = None,
           max_minutes: Optional[float] = None, stop_at: Optional[int] = None,
-          progress: bool = True, config: Optional[dict] = None, snapshot_every: int = 0) -> dict:
+          progress: bool = True, config: Optional[dict] = None, snapshot_every: int = 0,
+          mix: Optional[dict[str, float]] = None) -> dict:
     """Train (or resume) and export; returns a summary dict. See the module docstring.
 
     ``config``: an open_clip config in the ``OPEN_CLIP_CONFIG`` format (default: that one);
-    ``snapshot_every``: also export the model every that many steps to ``OUT/snapshots/step_N``.
+    ``snapshot_every``: also export the model every that many steps to ``OUT/snapshots/step_N``;
+    ``mix``: probabilities of the training example kinds (default: ``TRAIN_MIX``).
     """
     from tqdm import tqdm
 
@@ -175,6 +177,8 @@ def train(out: str | Path, steps: int = 4000, batch_size: int = 128, lr: float =
     config = config or OPEN_CLIP_CONFIG
     if config != OPEN_CLIP_CONFIG:
         args["config"] = config
+    if mix is not None and mix != TRAIN_MIX:
+        args["mix"] = dict(mix)
     mean, std = image_mean_std(config)
     model = build_model(config)
     tokenizer = _tokenizer(config)
@@ -194,7 +198,7 @@ def train(out: str | Path, steps: int = 4000, batch_size: int = 128, lr: float =
             print(f"note: resuming with different arguments: {ck['args']} -> {args}", file=sys.stderr)
     model.train()
 
-    data = SyntheticBatches(steps, batch_size, start=0, negatives=negatives)
+    data = SyntheticBatches(steps, batch_size, start=0, negatives=negatives, mix=mix)
     subset = torch.utils.data.Subset(data, range(start, steps))
     loader = torch.utils.data.DataLoader(subset, batch_size=None, shuffle=False, num_workers=workers,
                                          prefetch_factor=4 if workers else None,
@@ -269,6 +273,20 @@ def train(out: str | Path, steps: int = 4000, batch_size: int = 128, lr: float =
     return summary
 
 
+def _key_values(parser: argparse.ArgumentParser, items: list[str], option: str, parse) -> dict:
+    """``["a=1", "b=2"]`` -> ``{"a": parse("1"), "b": parse("2")}``, or a parser error naming ``option``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep or not key:
+                raise ValueError("expected KEY=VALUE")
+            out[key.strip()] = parse(value)
+        except ValueError as e:
+            parser.error(f"{option} {item!r}: {e}")
+    return out
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(prog="python -m gradeclip_utils.synthetic.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -291,19 +309,41 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help="stop (with a checkpoint) after this step; --resume continues, possibly with a new --steps")
     p.add_argument("--vision-layers", type=int, default=None,
                    help="blocks of the image tower (default: the embedded model's configuration)")
+    p.add_argument("--vision", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one entry of the image tower's open_clip vision_cfg (VALUE is JSON), e.g. "
+                        "ls_init_value=0.1; repeatable")
+    p.add_argument("--mix", action="append", default=[], metavar="KIND=P",
+                   help=f"override the share of one training example kind ({', '.join(TRAIN_MIX)}); "
+                        "repeatable; shares are renormalised")
     p.add_argument("--snapshot-every", type=int, default=0,
                    help="also export the model every N steps to OUT/snapshots/step_N (0: off)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     config = None
+    overrides = _key_values(p, a.vision, "--vision", json.loads)
     if a.vision_layers is not None:
+        overrides["layers"] = a.vision_layers
+    if overrides:
         config = copy.deepcopy(OPEN_CLIP_CONFIG)
-        config["model_cfg"]["vision_cfg"]["layers"] = a.vision_layers
+        config["model_cfg"]["vision_cfg"].update(overrides)
+        try:
+            build_model(config)
+        except Exception as e:  # an unknown key or a bad value: say so before any work
+            p.error(f"--vision: open_clip cannot build this image tower: {e}")
+    mix = None
+    if a.mix:
+        shares = _key_values(p, a.mix, "--mix", float)
+        unknown = sorted(set(shares) - set(TRAIN_MIX))
+        if unknown or any(v < 0 for v in shares.values()):
+            p.error(f"--mix: kinds are {', '.join(TRAIN_MIX)} with shares >= 0 (got {a.mix})")
+        mix = {**TRAIN_MIX, **shares}
+        if sum(mix.values()) <= 0:
+            p.error("--mix: the shares sum to zero")
     summary = train(a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
                     warmup=a.warmup, seed=a.seed, threads=a.threads, checkpoint_minutes=a.checkpoint_minutes,
                     resume=a.resume, negatives=a.negatives, workers=a.workers,
                     eval_every=a.eval_every, export=a.export, max_minutes=a.max_minutes, stop_at=a.stop_at,
-                    progress=not a.no_progress, config=config, snapshot_every=a.snapshot_every)
+                    progress=not a.no_progress, config=config, snapshot_every=a.snapshot_every, mix=mix)
     print(json.dumps(summary, indent=2, default=float))
 
 
