@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gradeclip_utils.synthetic.config import CONFIG_NAME, DATA_DIR, OPEN_CLIP_CONFIG, WEIGHTS_NAME
-from gradeclip_utils.synthetic.dataset import images_to_tensor
+from gradeclip_utils.synthetic.dataset import HELDOUT_SEED_START, images_to_tensor
 from gradeclip_utils.synthetic.scenes import generate_scene
 
 
@@ -110,3 +110,33 @@ def test_evaluate_command_prints_the_table_and_writes_json(tmp_path, capsys):
     assert f"{res['zero_shot']['top1']:.1%}" in table.splitlines()[2]
     for kind, v in res["choice"].items():
         assert v["n"] == 4 and 0.0 <= v["accuracy"] <= 1.0 and f"caption choice: {kind}" in table
+    misses = res["localisation"]["misses"]
+    assert sum(misses.values()) == pytest.approx(1.0 - res["localisation"]["pointing"])
+    assert all(f"pointing misses: peak on {kind}" in table for kind in misses)
+
+
+def test_miss_breakdown_places_each_peak():
+    """Hand-made maps peaking on the prompted object, on a look-alike (same colour), on an unrelated object
+    and on the background: one hit and one miss of each kind."""
+    from gradeclip_utils.metrics import pointing_game
+    from gradeclip_utils.synthetic.captions import object_caption
+    from gradeclip_utils.synthetic.evaluate import MISS_KINDS, miss_breakdown
+
+    scene = generate_scene(HELDOUT_SEED_START + 17, objects=[{"colour": "red", "shape": "circle"},
+                                                               {"colour": "red", "shape": "square"},
+                                                               {"colour": "blue", "shape": "star"}],
+                           with_captions=False)
+    caption = object_caption(scene.objects, 0)
+    background = ~scene.masks.any(0)
+    peaks = [np.argwhere(scene.masks[0])[0], np.argwhere(scene.masks[1])[0], np.argwhere(scene.masks[2])[0],
+             np.argwhere(background)[0]]
+    maps = torch.zeros(4, *scene.masks.shape[1:])
+    for k, (y, x) in enumerate(peaks):
+        maps[k, y, x] = 1.0
+    items = [(scene, caption, scene.masks[0])] * 4
+    hits = pointing_game(maps, np.stack([m for _, _, m in items]))
+    assert hits.tolist() == [True, False, False, False]
+    shares = miss_breakdown(maps, items, hits)
+    assert list(shares) == list(MISS_KINDS)
+    assert shares == {"look-alike object": 0.25, "other object": 0.25, "background": 0.25}
+    assert miss_breakdown(maps[:1], items[:1], hits[:1]) == dict.fromkeys(MISS_KINDS, 0.0)

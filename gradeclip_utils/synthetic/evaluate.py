@@ -17,7 +17,8 @@ All scenes come from the held-out seed range (``HELDOUT_SEED_START`` and up), ne
    is scored against the object's visible instance mask: pointing game (within ``--tolerance`` pixels
    of the 64x64 mask, 4 by default: the usual 15 px at 224 px scaled to 64 px; the strict version
    too), energy pointing game, with the mask's area share (what a uniform map would score) beside it,
-   and the IoU of the map thresholded at its mean.
+   and the IoU of the map thresholded at its mean; for the misses, where the map's peak lies (a look-alike
+   object sharing the prompted one's colour or shape, another object, or the background).
 
 ``--select`` does model selection instead: it scores every snapshot of a training run on a validation
 range of its own (disjoint from the ranges above) and names the one with the best pointing game among
@@ -41,14 +42,17 @@ from .captions import Caption, class_prompts, hard_negatives, object_caption, un
 from .dataset import HELDOUT_SEED_START, make_example
 from .scenes import Scene, generate_scene
 
-__all__ = ["zero_shot_eval", "choice_eval", "item_maps", "localisation_eval", "evaluate", "select_snapshot",
-           "format_table", "main", "OFFSETS"]
+__all__ = ["zero_shot_eval", "choice_eval", "item_maps", "localisation_eval", "miss_breakdown", "evaluate",
+           "select_snapshot", "format_table", "main", "OFFSETS", "MISS_KINDS"]
 
 #: disjoint blocks of the held-out range used by each part of the evaluation (and by the CI test)
 OFFSETS = {"zero_shot": 0, "choice": 100_000, "localisation": 200_000, "ci_zero_shot": 300_000,
            "ci_localisation": 400_000, "select_zero_shot": 500_000, "select_localisation": 600_000}
 
 CHOICE_KINDS: tuple[str, ...] = ("colour", "shape", "count", "binding", "relation")
+
+#: where a map's peak can fall when the pointing game misses (see :func:`miss_breakdown`)
+MISS_KINDS: tuple[str, ...] = ("look-alike object", "other object", "background")
 
 
 def _images(model, scenes: Sequence[Scene]) -> torch.Tensor:
@@ -183,6 +187,37 @@ def item_maps(model, items: Sequence[tuple[Scene, Caption, np.ndarray]], *, laye
     return torch.stack(maps).float()
 
 
+def miss_breakdown(maps: torch.Tensor, items: Sequence[tuple[Scene, Caption, np.ndarray]],
+                   hits: np.ndarray) -> dict[str, float]:
+    """Where the map's peak lies for the items the pointing game misses, as shares of all items.
+
+    The peak is the map's maximum after bilinear upsampling to the scene (as in the pointing game; the
+    first one in reading order on ties). It lies on a *look-alike object* (another object that shares the
+    prompted object's colour or its shape), on an *other object*, or on the *background* (no object's
+    visible pixels). Tells a model that confuses objects apart from one whose maps are diffuse.
+    """
+    from ..metrics.localisation import resize_maps
+
+    counts = dict.fromkeys(MISS_KINDS, 0)
+    missed = [i for i in range(len(items)) if not hits[i]]
+    if missed:
+        scene_size = tuple(items[0][2].shape[-2:])
+        peaks = resize_maps(maps[missed], scene_size).flatten(1).argmax(1).tolist()
+        for i, peak in zip(missed, peaks):
+            scene, caption, _ = items[i]
+            y, x = divmod(peak, scene_size[1])
+            target = scene.objects[caption.targets[0]]
+            on = [j for j in range(len(scene.objects)) if j != caption.targets[0] and scene.masks[j][y, x]]
+            if not on:
+                counts["background"] += 1
+            elif any(scene.objects[j].colour == target.colour or scene.objects[j].shape == target.shape
+                     for j in on):
+                counts["look-alike object"] += 1
+            else:
+                counts["other object"] += 1
+    return {k: v / max(1, len(items)) for k, v in counts.items()}
+
+
 def localisation_eval(model, n: int = 300, offset: int = OFFSETS["localisation"], tolerance: float = 4.0,
                       batch_size: int = 64, layers=(-1,), mode: str = "faithful") -> dict[str, Any]:
     """Grad-ECLIP pointing game, energy pointing game and mean-threshold IoU against instance masks."""
@@ -200,6 +235,7 @@ def localisation_eval(model, n: int = 300, offset: int = OFFSETS["localisation"]
         "energy": float(np.nanmean(scores["energy"])),
         "area_share": float(scores["area_share"].mean()),
         "iou": float(np.nanmean(scores["iou"])),
+        "misses": miss_breakdown(maps_t, items, scores["pointing"]),
         "grid": list(maps_t.shape[-2:]),
     }
 
@@ -266,6 +302,8 @@ def format_table(res: dict[str, Any]) -> str:
     rows.append(("Grad-ECLIP energy pointing game", f"{loc['energy']:.1%}",
                  f"mask area share {loc['area_share']:.1%}", loc["n"]))
     rows.append(("Grad-ECLIP IoU (map > mean)", f"{loc['iou']:.1%}", "", loc["n"]))
+    for kind, share in loc.get("misses", {}).items():
+        rows.append((f"  pointing misses: peak on {kind}", f"{share:.1%}", "", loc["n"]))
     widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
     lines = []
     for k, r in enumerate(rows):
