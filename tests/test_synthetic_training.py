@@ -112,7 +112,7 @@ def test_train_checkpoint_resume_export(tmp_path):
         torch.testing.assert_close(v, ck["model"][k].half().float())
 
 
-def test_other_config_and_snapshots_and_selection(tmp_path, monkeypatch):
+def test_other_config_and_snapshots_and_selection(tmp_path, monkeypatch, capsys):
     import copy
 
     import open_clip
@@ -153,6 +153,18 @@ def test_other_config_and_snapshots_and_selection(tmp_path, monkeypatch):
     assert seen_offsets.isdisjoint({v for k, v in ev.OFFSETS.items() if not k.startswith("select")})
     best, _ = ev.select_snapshot(out / "snapshots", min_zero_shot=0.99, progress=False)
     assert best is None
+
+    # the command prints the rows and copies the selected model (config and weights) where it is told
+    exported = tmp_path / "exported"
+    ev.main(["--select", str(out / "snapshots"), "--export", str(exported), "--threads", "1"])
+    assert "step_2" in capsys.readouterr().out.splitlines()[-2]
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        assert (exported / name).read_bytes() == (out / "snapshots" / "step_2" / name).read_bytes()
+    with pytest.raises(SystemExit):
+        ev.main(["--export", str(exported)])
+    with pytest.raises(SystemExit):
+        ev.main(["--select", str(out / "snapshots"), "--min-zero-shot", "0.99", "--export", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
 
 
 def test_command_line_tower_and_mix_overrides(tmp_path, capsys):

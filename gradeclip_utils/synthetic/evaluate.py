@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .captions import Caption, class_prompts, hard_negatives, object_caption, unique_objects
+from .config import CONFIG_NAME, WEIGHTS_NAME
 from .dataset import HELDOUT_SEED_START, make_example
 from .scenes import Scene, generate_scene
 
@@ -329,7 +331,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--select", default=None, metavar="DIR",
                    help="instead: pick the best snapshot in DIR (a run's snapshots/) on the validation range")
     p.add_argument("--min-zero-shot", type=float, default=0.95, help="with --select: zero-shot floor")
+    p.add_argument("--export", default=None, metavar="DIR",
+                   help="with --select: copy the selected model's config and weights to DIR (e.g. data/synthetic_clip)")
     a = p.parse_args(argv)
+    if a.export and not a.select:
+        p.error("--export goes with --select")
     torch.set_num_threads(a.threads)
     if a.select:
         best, rows = select_snapshot(a.select, a.min_zero_shot)
@@ -337,6 +343,13 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(f"step {r['step']:>6}  zero-shot {r['zero_shot']:.1%}  pointing {r['pointing']:.1%}  "
                   f"energy {r['energy']:.1%}{'  <- selected' if best and r['snapshot'] == str(best) else ''}")
         print(f"selected: {best}" if best else f"no snapshot reaches zero-shot {a.min_zero_shot:.0%}")
+        if a.export:
+            if best is None:
+                sys.exit("nothing to export")
+            Path(a.export).mkdir(parents=True, exist_ok=True)
+            for name in (CONFIG_NAME, WEIGHTS_NAME):
+                shutil.copyfile(best / name, Path(a.export) / name)
+            print(f"exported to {a.export}")
         return
     res = evaluate(a.model, a.n_zero_shot, a.n_choice, a.n_localisation, a.tolerance, a.layers)
     print(format_table(res))
