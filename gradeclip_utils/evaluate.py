@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import sys
@@ -111,6 +112,17 @@ def _load_picture(model, path: Path):
     from .inputs import load_image, to_rgb
 
     return model.preprocess(to_rgb(load_image(path))).float()
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A short hash of a module's parameters and buffers (names, dtypes, shapes and values): results and
+    caches made with other weights under the same model name must not be reused."""
+    h = hashlib.blake2b(digest_size=8)
+    with torch.no_grad():
+        for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+            h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            h.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def imagenet_set(model, root: Path, n: int, *, templates: str = "openai", target: str = "gt",
@@ -374,7 +386,8 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
     unknown = [m for m in methods if m != RANDOM and m not in list_methods()["image"]]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; available: {list_methods()['image'] + [RANDOM]}")
-    config = {"dataset": data.name, "model": model.describe(), "tolerance": tolerance, "rise_masks": rise_masks,
+    config = {"dataset": data.name, "model": model.describe(), "weights": weights_digest(model.model),
+              "tolerance": tolerance, "rise_masks": rise_masks,
               "rise_centre": rise_centre, "m2ib_steps": m2ib_steps, "m2ib_samples": m2ib_samples, "seed": seed,
               "faithfulness": faithfulness,
               "classes": len(data.class_names), "sanity_images": sanity_images, "timing_images": timing_images,
@@ -743,7 +756,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     elif args.dataset == "imagenet":
         out.mkdir(parents=True, exist_ok=True)
         data = imagenet_set(model, Path(args.data), args.n, templates=args.templates, target=args.target,
-                            cache=out / f"classifier-{args.templates}.pt")
+                            cache=out / f"classifier-{args.templates}-{weights_digest(model.model)}.pt")
     else:
         data = folder_set(model, Path(args.data), args.n)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -70,6 +70,19 @@ def test_synthetic_run_writes_tables_and_resumes(tiny, tmp_path, monkeypatch):
     assert len(read(tmp_path / "per_image.csv")) == 5 * len(ev.DEFAULT_METHODS) + 2
     with pytest.raises(ValueError, match="other settings"):
         ev.evaluate(tiny, data, tmp_path, methods=["grad_eclip"], **{**FAST, "rise_masks": 17})
+    # the same model name with other weights (e.g. a retrained model) is other settings too
+    param = next(tiny.model.parameters())
+    kept, digest = param.detach().clone(), ev.weights_digest(tiny.model)
+    with torch.no_grad():
+        param.view(-1)[0] += 1.0
+    try:
+        assert ev.weights_digest(tiny.model) != digest
+        with pytest.raises(ValueError, match="other settings"):
+            ev.evaluate(tiny, data, tmp_path, methods=["grad_eclip"], **FAST)
+    finally:
+        with torch.no_grad():
+            param.copy_(kept)
+    assert ev.weights_digest(tiny.model) == digest
     ev.evaluate(tiny, data, tmp_path, methods=["grad_eclip"], sanity_images=0, overwrite=True, **FAST)
     assert len(read(tmp_path / "per_image.csv")) == 5
 
