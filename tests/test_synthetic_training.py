@@ -193,7 +193,8 @@ def test_command_line_tower_and_mix_overrides(tmp_path, capsys):
     assert all(len(make_example(i, ck["args"]["mix"]).scene.objects) == 1 for i in range(20))
 
     for bad in (["--vision", "no_such_key=1"], ["--vision", "layers"], ["--vision", "layers=[oops"],
-                ["--mix", "no_such_kind=0.5"], ["--mix", "single=-1"], ["--mix", "single=x"]):
+                ["--mix", "no_such_kind=0.5"], ["--mix", "single=-1"], ["--mix", "single=nan"],
+                ["--mix", "single=x"]):
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path / "bad"), "--steps", "1", "--workers", "0", *bad])
         assert not (tmp_path / "bad" / "checkpoint.pt").exists()

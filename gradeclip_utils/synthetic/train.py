@@ -312,11 +312,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     p.add_argument("--stop-at", type=int, default=None,
                    help="stop (with a checkpoint) after this step; --resume continues, possibly with a new --steps")
-    p.add_argument("--vision-layers", type=int, default=None,
-                   help="blocks of the image tower (default: the embedded model's configuration)")
     p.add_argument("--vision", action="append", default=[], metavar="KEY=VALUE",
                    help="override one entry of the image tower's open_clip vision_cfg (VALUE is JSON), e.g. "
-                        "ls_init_value=0.1; repeatable")
+                        "layers=3 or ls_init_value=0.1; repeatable")
     p.add_argument("--mix", action="append", default=[], metavar="KIND=P",
                    help=f"override the share of one training example kind ({', '.join(TRAIN_MIX)}); "
                         "repeatable; shares are renormalised")
@@ -326,8 +324,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     a = p.parse_args(argv)
     config = None
     overrides = _key_values(p, a.vision, "--vision", json.loads)
-    if a.vision_layers is not None:
-        overrides["layers"] = a.vision_layers
     if overrides:
         config = copy.deepcopy(OPEN_CLIP_CONFIG)
         config["model_cfg"]["vision_cfg"].update(overrides)
@@ -339,7 +335,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if a.mix:
         shares = _key_values(p, a.mix, "--mix", float)
         unknown = sorted(set(shares) - set(TRAIN_MIX))
-        if unknown or any(v < 0 for v in shares.values()):
+        if unknown or any(not math.isfinite(v) or v < 0 for v in shares.values()):
             p.error(f"--mix: kinds are {', '.join(TRAIN_MIX)} with shares >= 0 (got {a.mix})")
         mix = {**TRAIN_MIX, **shares}
         if sum(mix.values()) <= 0:
