@@ -214,46 +214,30 @@ def captions(count: int) -> list[str]:
 # ------------------------------------------------------------------------------ the authors' loop
 def authors_loop(model, pixels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Grad-ECLIP as the authors' code computes it: for each image, one forward pass of the whole
-    tower with the autograd graph, the last block's attention computed explicitly for all tokens (its
-    output is the tensor differentiated against), then, for each prompt, ``autograd.grad`` of that
-    prompt's cosine with ``retain_graph=True``. Returns maps (B, K, h, w)."""
-    visual = model.model.visual
-    blocks = visual.transformer.resblocks
+    tower with the autograd graph (every block computed explicitly, the last block's attention output
+    the tensor differentiated against), then, for each prompt, ``autograd.grad`` of that prompt's
+    cosine with ``retain_graph=True``. Returns maps (B, K, h, w). Written over the adapter's captures,
+    so it runs for every family; the loosened attention is computed here from the captured q and k."""
+    adapter = model.adapter
+    blocks = list(range(adapter.num_image_blocks))
+    last = blocks[-1]
     maps = []
     for image in pixels:
-        x = visual.conv1(image[None].to(model.adapter.dtype))
-        grid = x.shape[-2:]
-        x = x.flatten(2).transpose(1, 2)
-        x = torch.cat([visual.class_embedding.to(x.dtype).view(1, 1, -1), x], dim=1)
-        x = visual.ln_pre(x + model.adapter.positional_embedding(tuple(grid)).to(x.dtype))
-        for block in blocks[:-1]:
-            x = block(x)
-        last = blocks[-1]
-        attn = last.attn
-        width, heads = x.shape[-1], attn.num_heads
-        head_dim = width // heads
-        q, k, v = F.linear(last.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).split(width, dim=-1)
-
-        def split(t):
-            return t.reshape(1, -1, heads, head_dim).transpose(1, 2)
-
-        probs = (split(q) @ split(k).transpose(-1, -2) / math.sqrt(head_dim)).softmax(dim=-1)
-        attn_output = (probs @ split(v)).transpose(1, 2).reshape(1, -1, width)
-        y = x + last.ls_1(attn.out_proj(attn_output))
-        y = y + last.ls_2(last.mlp(last.ln_2(y)))
-        embedding = visual.ln_post(y[:, 0]) @ visual.proj
-        cosine = (F.normalize(embedding.float(), dim=-1) @ targets.T)[0]
-        q_cls, k_patch = F.normalize(q[0, :1].float(), dim=-1), F.normalize(k[0, 1:].float(), dim=-1)
+        trace = adapter.trace_image(image[None], blocks)
+        capture = trace.blocks[last]
+        grid = trace.grid
+        cosine = (F.normalize(trace.embedding.float(), dim=-1) @ targets.T)[0]
+        q_cls, k_patch = F.normalize(capture.q[0, :1].float(), dim=-1), F.normalize(capture.k[0, 1:].float(), dim=-1)
         sim = (q_cls * k_patch).sum(-1)
         span = sim.max() - sim.min()
         loosened = (sim - sim.min()) / span if span > 0 else torch.zeros_like(sim)
         per_prompt = []
         for index in range(targets.shape[0]):
-            grad = torch.autograd.grad(cosine[index], attn_output, retain_graph=True)[0]
-            emap = ((grad[0, :1].float() * v[0, 1:].detach().float()).sum(-1) * loosened.detach()).relu()
+            grad = torch.autograd.grad(cosine[index], capture.token_output, retain_graph=True)[0]
+            emap = ((grad[0].float() * capture.v[0, 1:].float()).sum(-1) * loosened).relu()
             per_prompt.append(emap.reshape(int(grid[0]), int(grid[1])))
         maps.append(torch.stack(per_prompt))
-        del cosine, attn_output, embedding
+        del cosine, trace, capture
     return torch.stack(maps)
 
 
@@ -369,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def plain_forward():
         with torch.no_grad():
-            return model.model.encode_image(pixels.to(adapter.dtype))
+            return adapter.native_encode_image(pixels)
 
     # ---------------------------------------------------------------- correctness of what is timed
     check_k = min(10, max(prompt_counts))
@@ -473,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def plain_text():
             with torch.no_grad():
-                return model.model.encode_text(tokens.to(device))
+                return adapter.native_encode_text(tokens)
 
         text_base = Case("plain forward: model.encode_text", "text", plain_text, k=caption_count)
         text_cases = [text_base,
@@ -539,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         for b in sizes:
             images = torch.randn(b, 3, *size, generator=generator).to(device)
             try:
-                plain = Case("plain", "sweep", lambda: torch.no_grad()(model.model.encode_image)(images.to(adapter.dtype)))
+                plain = Case("plain", "sweep", lambda: adapter.native_encode_image(images))
                 maps_case = Case("maps", "sweep", explained(lambda: image_maps(adapter, images, sweep_targets)))
                 run_cases([plain, maps_case], meter, args.repeats, args.slow, log)
             except torch.cuda.OutOfMemoryError:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapters import MODES
+from .adapters import MODES, UnsupportedMethodError
 from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS, group_by_shape, prepare_images
 from .loading import LoadedModel, as_loaded
 from .methods import QK_CHOICES, get_image_method, get_text_method
@@ -82,9 +82,12 @@ def release_frames(error: BaseException) -> None:
 
 
 def _run_method(model: LoadedModel, method: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call a method; a half-precision model on the CPU that hits a missing kernel gets a clear error."""
+    """Call a method; a method the model's family cannot run, and a half-precision model on the CPU
+    that hits a missing kernel, get a clear error naming what is missing."""
     try:
         return fn(*args, **kwargs)
+    except UnsupportedMethodError as error:
+        raise UnsupportedMethodError(f"{method} is not available for {model.family} models: {error}") from None
     except RuntimeError as error:
         if model.adapter.dtype == torch.float16 and model.device.type == "cpu" and "Half" in str(error):
             raise RuntimeError(
@@ -111,6 +114,21 @@ def encode_texts(model: LoadedModel, texts: str | Sequence[str], batch_size: int
             parts = [adapter.encode_text(model.tokenize(texts[i:i + batch_size]))
                      for i in range(0, len(texts), batch_size)]
     return F.normalize(torch.cat(parts).float(), dim=-1)
+
+
+@torch.no_grad()
+def zero_shot_classifier(model: LoadedModel, classnames: Sequence[str], templates: Sequence[Any],
+                         batch_size: int = 256, progress: bool = True) -> torch.Tensor:
+    """A zero-shot classifier (C, D), float32, unit rows: for each class, the mean of its unit-normalised
+    template embeddings, normalised again (CLIP's and the Grad-ECLIP authors' recipe). ``templates``
+    are format strings with one ``{}`` or callables of the class name (open_clip's template lists)."""
+    if not classnames or not templates:
+        raise ValueError("a zero-shot classifier needs at least one class name and one template")
+    rows = []
+    for name in tqdm(classnames, desc="zero-shot classifier", disable=not progress, leave=False):
+        texts = [t(name) if callable(t) else t.format(name) for t in templates]
+        rows.append(F.normalize(encode_texts(model, texts, batch_size=batch_size).mean(dim=0), dim=-1))
+    return torch.stack(rows)
 
 
 def prompt_targets(model: LoadedModel, prompts: Any, labels: Sequence[str] | None = None
