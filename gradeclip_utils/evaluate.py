@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .explain import zero_shot_classifier
 from .methods import get_image_method, list_methods
 from .metrics import AUC_DEFINITION, cascading_randomisation, localisation_scores, perturbation_curves
 
@@ -128,7 +129,6 @@ def weights_digest(module: torch.nn.Module) -> str:
 def imagenet_set(model, root: Path, n: int, *, templates: str = "openai", target: str = "gt",
                  batch_size: int = 64, cache: Path | None = None) -> EvalSet:
     """An ImageNet-style folder of class subfolders, ``n`` images taken round-robin over the classes."""
-    from open_clip import build_zero_shot_classifier
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
     folders = sorted(p for p in Path(root).iterdir() if p.is_dir())
@@ -151,9 +151,7 @@ def imagenet_set(model, root: Path, n: int, *, templates: str = "openai", target
     if cache is not None and cache.is_file():
         classifier = torch.load(cache, weights_only=True).to(model.device)
     else:
-        with torch.no_grad():
-            classifier = build_zero_shot_classifier(model.model, model.tokenizer, names, chosen_templates,
-                                                    device=model.device, use_tqdm=True).T.float()
+        classifier = zero_shot_classifier(model, names, chosen_templates).to(model.device)
         if cache is not None:
             torch.save(classifier.cpu(), cache)
     labels = [label for _, label in chosen]
