@@ -51,7 +51,7 @@ def get_adapter(model: nn.Module) -> CLIPAdapter:
             try:
                 return family.build(model)
             except UnsupportedModelError as error:
-                reason = str(error)
+                reason = zoo.reason(model) or str(error)
                 break
     if reason is None:
         reason = zoo.reason(model) or openclip.unsupported_reason(model)
