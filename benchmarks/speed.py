@@ -163,9 +163,17 @@ class Case:
 
 def run_cases(cases: list[Case], meter: Meter, repeats: int, slow_s: float, log: Callable[[str], None]) -> None:
     """Warm every case up once (measuring its peak memory), then run them round-robin; a case slower
-    than ``slow_s`` in its warm-up keeps that one run (marked) instead of being repeated."""
-    for case in cases:
-        sample = meter.run(case.fn, memory=True)
+    than ``slow_s`` in its warm-up keeps that one run (marked) instead of being repeated. A case that
+    the model's family cannot run (``UnsupportedMethodError``) is dropped from ``cases`` with the reason."""
+    from gradeclip_utils.adapters import UnsupportedMethodError
+
+    for case in list(cases):
+        try:
+            sample = meter.run(case.fn, memory=True)
+        except UnsupportedMethodError as error:
+            log(f"  {case.name}: not available for this family ({error})")
+            cases.remove(case)
+            continue
         case.peak = sample.peak
         log(f"  warm-up {case.name}{'' if case.k is None else f' K={case.k}'}: {sample.wall:.2f} s")
         if sample.wall > slow_s:
@@ -195,6 +203,40 @@ def tiny_model(device: torch.device, precision: str):
     preprocess = open_clip.image_transform((48, 48), is_train=False)
     tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=16)
     return wrap_model(model, preprocess, tokenizer, name="tiny-benchmark-clip")
+
+
+def random_model(spec: str, device: torch.device, precision: str):
+    """A model with random weights in any family: an open_clip name ("ViT-B-16", "RN50"),
+    "hf-random:B-16" / "hf-random:B-32" (a transformers CLIPModel of that ViT's configuration), or
+    "openai-random:ViT-B/16" / "openai-random:RN50" (a model of OpenAI's clip package, its own init)."""
+    from gradeclip_utils import load_model, wrap_model
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    torch.manual_seed(0)
+    if spec.startswith("hf-random:"):
+        from transformers import CLIPConfig, CLIPModel
+
+        patch = {"B-16": 16, "B-32": 32}[spec.split(":", 1)[1]]
+        config = CLIPConfig(projection_dim=512, vision_config=dict(patch_size=patch, image_size=224),
+                            text_config=dict(max_position_embeddings=77))
+        config._attn_implementation = "sdpa"
+        model = CLIPModel(config).to(device=device, dtype=dtype)
+        return wrap_model(model, name=spec)
+    if spec.startswith("openai-random:"):
+        import warnings as _warnings
+
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore")
+            from clip.model import CLIP
+
+        arch = spec.split(":", 1)[1]
+        if arch == "RN50":
+            model = CLIP(1024, 224, (3, 4, 6, 3), 64, None, 77, 49408, 512, 8, 12)
+        else:
+            patch = {"ViT-B/16": 16, "ViT-B/32": 32}[arch]
+            model = CLIP(512, 224, 12, 768, patch, 77, 49408, 512, 8, 12)
+        return wrap_model(model.to(device=device, dtype=dtype), name=spec)
+    return load_model(spec, pretrained=None, device=device, precision=precision)
 
 
 def unit_targets(count: int, dim: int, seed: int, device: torch.device) -> torch.Tensor:
@@ -272,7 +314,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-16",
-                        help="open_clip model name (random weights), or 'tiny' for a quick check of the script")
+                        help="random weights in any family: an open_clip name (ViT-B-16, RN50), hf-random:B-16, "
+                             "openai-random:ViT-B/16 or openai-random:RN50; or 'tiny' for a quick check of the script")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--batch", type=int, default=None, help="images B (default: 2 on the CPU, 32 on CUDA)")
@@ -330,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model == "tiny":  # a small random model for a quick run of the script itself
         model = tiny_model(device, args.precision)
     else:
-        model = load_model(args.model, pretrained=None, device=device, precision=args.precision)
+        model = random_model(args.model, device, args.precision)
     adapter = model.adapter
     size = (args.size, args.size) if args.size else adapter.image_size
     dim = adapter.embed_dim
@@ -340,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     last = adapter.num_image_blocks - 1
     meter = Meter(device)
 
-    print(f"model {args.model} (random weights), {args.precision}, device {device}"
+    print(f"model {args.model} ({model.family}, random weights), {args.precision}, device {device}"
           f"{' (' + torch.cuda.get_device_name(device) + ')' if cuda else ''}, {batch} images of {size[0]}x{size[1]}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}")
     print(f"repeats: warm-up + median of {args.repeats}; ratios are to the plain forward of the same {batch} images")
