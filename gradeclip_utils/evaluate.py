@@ -711,7 +711,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=DATASETS, default="synthetic")
     parser.add_argument("--data", default=None, help="imagenet: the folder of class subfolders; folder: the CSV")
-    parser.add_argument("--model", default="synthetic", help="open_clip name, model folder, or 'synthetic'")
+    parser.add_argument("--model", default="synthetic", help="a model as load_model names it: open_clip name, model folder, hf:REPO_OR_FOLDER, "
+                             "openai-clip:STATE_DICT, or 'synthetic'")
     parser.add_argument("--pretrained", default=None, help="open_clip weight tag or checkpoint file")
     parser.add_argument("--device", default=None, help="default: CUDA when available")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))

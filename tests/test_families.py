@@ -456,3 +456,33 @@ def test_compare_models_side_by_side(families, resnets, tmp_path):
     assert comparison.save(tmp_path / "cmp").is_file()
     with pytest.raises(TypeError, match="as text"):
         ge.compare_models([families["hf"], families["openai"]], NATIVE_PIXELS, torch.randn(2, fam.EMBED))
+
+
+# ------------------------------------------------------------------------------ command line, evaluation
+@pytest.fixture(scope="module")
+def hf_folder(reference_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hf") / "clip"
+    fam.to_hf(reference_model).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_the_command_line_takes_another_family(hf_folder, tmp_path, capsys):
+    from gradeclip_utils.cli import main
+
+    out = tmp_path / "fig.png"
+    assert main(["explain", "data/samples/three_shapes.png", "a red circle", "a blue square",
+                 "--model", f"hf:{hf_folder}", "--device", "cpu", "--out", str(out), "--no-words"]) == 0
+    assert out.is_file() and "a red circle" in capsys.readouterr().out
+
+
+def test_the_evaluation_takes_another_family(hf_folder, tmp_path):
+    import json
+
+    from gradeclip_utils.evaluate import main
+
+    out = tmp_path / "eval"
+    main(["--model", f"hf:{hf_folder}", "--device", "cpu", "-n", "3", "--methods", "grad_eclip,raw_attention",
+          "--sanity-images", "0", "--timing-images", "0", "--out", str(out)])
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["family"] == "Hugging Face CLIP"
+    assert (out / "per_image.csv").read_text().count("grad_eclip") == 3
