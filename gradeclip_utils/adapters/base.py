@@ -64,7 +64,9 @@ class TowerTrace:
     ``embedding`` (B, D) is the tower's output embedding (unnormalised) with its graph;
     ``token_index`` (B,) the position of the pooled token (class token: 0; text: the EOS position);
     ``blocks`` maps absolute block indices to their captures; ``grid`` is the (h, w) patch grid for
-    images; ``final_tokens`` (B, N, C) are the tokens after the last block when asked for.
+    images; ``final_tokens`` (B, N, C) are the tokens after the last block when asked for;
+    ``block_outputs`` maps each explained block's index to the (B, N, C) tokens leaving it (all rows,
+    with their graph) when asked for (``keep_block_outputs``).
     """
 
     embedding: Tensor
@@ -72,6 +74,7 @@ class TowerTrace:
     blocks: dict[int, BlockCapture] = field(default_factory=dict)
     grid: tuple[int, int] | None = None
     final_tokens: Tensor | None = None
+    block_outputs: dict[int, Tensor] = field(default_factory=dict)
 
 
 class _Tower(ABC):
@@ -115,7 +118,8 @@ class ImageTower(_Tower):
 
     @abstractmethod
     def trace(self, pixels: Tensor, layers: Sequence[int], *, mode: Mode = "faithful", keep_probs: bool = False,
-              keep_block_inputs: bool = False, keep_final_tokens: bool = False) -> TowerTrace:
+              keep_block_inputs: bool = False, keep_final_tokens: bool = False,
+              keep_block_outputs: bool = False) -> TowerTrace:
         """Run on (B, 3, H, W) pixels, capturing the given (absolute) blocks."""
 
     @torch.no_grad()
@@ -165,7 +169,8 @@ class TextTower(_Tower):
 
     @abstractmethod
     def trace(self, tokens: Tensor, layers: Sequence[int], *, mode: Mode = "faithful", keep_probs: bool = False,
-              keep_block_inputs: bool = False, keep_final_tokens: bool = False) -> TowerTrace:
+              keep_block_inputs: bool = False, keep_final_tokens: bool = False,
+              keep_block_outputs: bool = False) -> TowerTrace:
         """Run on (K, L) token ids, capturing the given (absolute) blocks."""
 
     @torch.no_grad()
@@ -244,13 +249,15 @@ class CLIPAdapter:
 
     # ------------------------------------------------------------------------------------ towers
     def trace_image(self, pixels: Tensor, layers: Sequence[int], *, mode: Mode = "faithful", keep_probs: bool = False,
-                    keep_block_inputs: bool = False, keep_final_tokens: bool = False) -> TowerTrace:
+                    keep_block_inputs: bool = False, keep_final_tokens: bool = False,
+              keep_block_outputs: bool = False) -> TowerTrace:
         """Run the image tower on (B, 3, H, W) pixels, capturing the given (absolute) blocks."""
         return self.image.trace(pixels, layers, mode=mode, keep_probs=keep_probs,
                                 keep_block_inputs=keep_block_inputs, keep_final_tokens=keep_final_tokens)
 
     def trace_text(self, tokens: Tensor, layers: Sequence[int], *, mode: Mode = "faithful", keep_probs: bool = False,
-                   keep_block_inputs: bool = False, keep_final_tokens: bool = False) -> TowerTrace:
+                   keep_block_inputs: bool = False, keep_final_tokens: bool = False,
+              keep_block_outputs: bool = False) -> TowerTrace:
         """Run the text tower on (K, L) token ids, capturing the given (absolute) blocks."""
         return self.text.trace(tokens, layers, mode=mode, keep_probs=keep_probs,
                                keep_block_inputs=keep_block_inputs, keep_final_tokens=keep_final_tokens)

@@ -114,7 +114,10 @@ class AttentionPoolTower(ImageTower):
 
     # -------------------------------------------------------------------------------------- trace
     def trace(self, pixels: Tensor, layers: Sequence[int], *, mode: Mode = "faithful", keep_probs: bool = False,
-              keep_block_inputs: bool = False, keep_final_tokens: bool = False) -> TowerTrace:
+              keep_block_inputs: bool = False, keep_final_tokens: bool = False,
+              keep_block_outputs: bool = False) -> TowerTrace:
+        if keep_block_outputs:
+            raise UnsupportedMethodError("the ResNet attention pool leaves no tokens after it (only the pooled one)")
         if keep_final_tokens:
             raise UnsupportedMethodError("the ResNet attention pool has no per-patch output tokens (use maskclip, "
                                          "the value-path features of the pool, instead of ITSM)")
