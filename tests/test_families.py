@@ -395,7 +395,7 @@ def test_an_openai_state_dict_that_pickles_code_is_refused(tmp_path):
 
     path = tmp_path / "evil.pt"
     with open(path, "wb") as handle:
-        pickle.dump({"w": Evil()}, handle)
+        pickle.dump({"w": Evil()}, handle, protocol=2)
     with pytest.raises(ge.UnsafeCheckpointError):
         ge.load_model(f"openai-clip:{path}", device="cpu")
 
