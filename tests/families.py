@@ -13,7 +13,6 @@ model has 64-wide heads and QuickGELU.
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import open_clip

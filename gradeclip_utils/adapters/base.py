@@ -87,13 +87,17 @@ class _Tower(ABC):
     @abstractmethod
     def num_blocks(self) -> int: ...
 
-    @property
     @abstractmethod
-    def dtype(self) -> torch.dtype: ...
+    def weight(self) -> Tensor:
+        """A parameter whose dtype and device are the tower's (its first weight)."""
 
     @property
-    @abstractmethod
-    def device(self) -> torch.device: ...
+    def dtype(self) -> torch.dtype:
+        return self.weight().dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.weight().device
 
     def _missing(self, what: str) -> NotImplementedError:
         return UnsupportedMethodError(f"the {self.kind} tower does not {what}")

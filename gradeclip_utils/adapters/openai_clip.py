@@ -14,7 +14,7 @@ from torch import nn
 
 from .base import CLIPAdapter, UnsupportedModelError
 from .openclip import attention_problem
-from .resnet import AttentionPoolTower, is_modified_resnet
+from .resnet import image_tower, is_modified_resnet
 from .transformer import BlockView, CausalTextTower, ViTTower, fused_qkv, interpolate_positions, pool_positions
 
 FAMILY = "OpenAI clip"
@@ -129,10 +129,8 @@ def build(model: nn.Module) -> CLIPAdapter:
     reason = unsupported_reason(model)
     if reason:
         raise UnsupportedModelError(reason)
-    visual = model.visual
-    resnet = is_modified_resnet(visual)
-    image = AttentionPoolTower(visual) if resnet else _vit_tower(visual)
-    return CLIPAdapter(model, image, _text_tower(model), f"{FAMILY} {'ResNet' if resnet else 'ViT'}",
+    image, kind = image_tower(model.visual, _vit_tower)
+    return CLIPAdapter(model, image, _text_tower(model), f"{FAMILY} {kind}",
                        native_image=model.encode_image, native_text=model.encode_text,
                        logit_scale=model.logit_scale)
 

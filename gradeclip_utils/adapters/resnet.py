@@ -21,13 +21,21 @@ CLIP Surgery and M2IB (no transformer blocks) are refused with the reason.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .base import BlockCapture, ImageTower, Mode, TowerTrace, UnsupportedMethodError, check_block_index
 from .transformer import attention, interpolate_positions
+
+
+def image_tower(visual: nn.Module, vit_tower: Callable[[nn.Module], ImageTower]) -> tuple[ImageTower, str]:
+    """The tower of a CLIP image encoder that is either a ModifiedResNet or the family's ViT
+    (``vit_tower`` builds that one), and its kind ("ResNet" or "ViT") for the family's name."""
+    if is_modified_resnet(visual):
+        return AttentionPoolTower(visual), "ResNet"
+    return vit_tower(visual), "ViT"
 
 
 def is_modified_resnet(module: nn.Module) -> bool:
@@ -75,13 +83,8 @@ class AttentionPoolTower(ImageTower):
     def embed_dim(self) -> int:
         return int(self.pool.c_proj.out_features)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.visual.conv1.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.visual.conv1.weight.device
+    def weight(self) -> Tensor:
+        return self.visual.conv1.weight
 
     # -------------------------------------------------------------------------------------- trunk
     def features(self, pixels: Tensor) -> tuple[Tensor, tuple[int, int]]:

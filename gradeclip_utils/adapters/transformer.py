@@ -261,13 +261,8 @@ class ViTTower(ImageTower):
     def embed_dim(self) -> int:
         return self._embed_dim
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._weight().dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._weight().device
+    def weight(self) -> Tensor:
+        return self._weight()
 
     def tokens(self, pixels: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """The first block's input for (B, 3, H, W) pixels, and the patch grid."""
@@ -354,13 +349,8 @@ class CausalTextTower(TextTower):
     def context_length(self) -> int:
         return self._context_length
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._weight().dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._weight().device
+    def weight(self) -> Tensor:
+        return self._weight()
 
     @property
     def vocab_size(self) -> int:
