@@ -499,3 +499,52 @@ def test_text_baselines_through_explain_text(tiny, method):
     assert ex.word_importance.shape[:2] == (2, 2)
     sums = ex.word_importance.sum(dim=-1)
     assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A model with non-zero biases and non-identity LayerNorms everywhere (as trained weights have), for the
+# comparisons with the originals' equations below.
+
+def make_biased_clip(seed=2, **kwargs):
+    from conftest import make_tiny_clip
+
+    loaded = make_tiny_clip(seed=seed, **kwargs)
+    generator = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for name, p in loaded.model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=generator))
+            elif p.ndim == 1 and ("ln" in name or "norm" in name):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=generator))
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def biased():
+    return make_biased_clip()
+
+
+def test_biased_model_has_biases_and_layer_norm_gains(biased):
+    blk = biased.model.visual.transformer.resblocks[-1]
+    assert blk.attn.in_proj_bias.abs().min() > 0 and blk.attn.out_proj.bias.abs().min() > 0
+    assert (blk.ln_1.weight - 1).abs().max() > 0.05 and biased.model.visual.ln_post.bias.abs().max() > 0.05
+
+
+def test_trace_keeps_every_explained_blocks_output_with_its_graph(biased, pixels):
+    adapter = biased.adapter
+    trace = adapter.trace_image(pixels, [1, 2], keep_block_outputs=True)
+    with torch.no_grad():
+        _, inputs, _, final = literal_image(biased.model, pixels)
+    assert sorted(trace.block_outputs) == [1, 2]
+    assert (trace.block_outputs[1] - inputs[2]).abs().max() <= TOL
+    assert trace.block_outputs[2].shape == final.shape and (trace.block_outputs[2] - final).abs().max() <= TOL
+    # the last block's output keeps its graph: its class-token row is what the embedding reads
+    grad, = torch.autograd.grad(trace.embedding.sum(), [trace.block_outputs[2]])
+    assert grad[:, 1:].abs().max() == 0 and grad[:, 0].abs().max() > 0
+    assert adapter.trace_image(pixels, [2]).block_outputs == {}
+    texts = biased.tokenize(["a red circle", "two stars"])
+    text_trace = adapter.trace_text(texts, [0], keep_block_outputs=True)
+    with torch.no_grad():
+        _, text_inputs, _, _ = literal_text(biased.model, texts)
+    assert (text_trace.block_outputs[0] - text_inputs[1]).abs().max() <= TOL
+    assert adapter.logit_scale == pytest.approx(float(biased.model.logit_scale.detach().exp()))

@@ -55,7 +55,9 @@ class TowerTrace:
     ``embedding`` (B, D) is the tower's output embedding (unnormalised) with its graph;
     ``token_index`` (B,) the position of the pooled token (class token: 0; text: the EOS position);
     ``blocks`` maps absolute block indices to their captures; ``grid`` is the (h, w) patch grid for
-    images; ``final_tokens`` (B, N, C) are the tokens after the last block when asked for.
+    images; ``final_tokens`` (B, N, C) are the tokens after the last block when asked for;
+    ``block_outputs`` maps each explained block's index to the (B, N, C) tokens leaving it (all rows,
+    with their graph) when asked for (``keep_block_outputs``).
     """
 
     embedding: Tensor
@@ -63,6 +65,7 @@ class TowerTrace:
     blocks: dict[int, BlockCapture] = field(default_factory=dict)
     grid: tuple[int, int] | None = None
     final_tokens: Tensor | None = None
+    block_outputs: dict[int, Tensor] = field(default_factory=dict)
 
 
 class CLIPAdapter(ABC):
@@ -112,6 +115,7 @@ class CLIPAdapter(ABC):
         keep_probs: bool = False,
         keep_block_inputs: bool = False,
         keep_final_tokens: bool = False,
+        keep_block_outputs: bool = False,
     ) -> TowerTrace:
         """Run the image tower on (B, 3, H, W) pixels, capturing the given (absolute) blocks."""
 
@@ -125,6 +129,7 @@ class CLIPAdapter(ABC):
         keep_probs: bool = False,
         keep_block_inputs: bool = False,
         keep_final_tokens: bool = False,
+        keep_block_outputs: bool = False,
     ) -> TowerTrace:
         """Run the text tower on (K, L) token ids, capturing the given (absolute) blocks."""
 
@@ -164,6 +169,11 @@ class CLIPAdapter(ABC):
 
     # ------------------------------------------------------------------ optional: for the baselines
     # Families that do not implement one of these simply do not support the baselines that need it.
+
+    @property
+    def logit_scale(self) -> float:
+        """The multiplier of the cosine in the model's image-text logits (exp of the learned logit scale)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its logit scale")
 
     def image_head(self, tokens: Tensor) -> Tensor:
         """The image tower's head (final norm and projection) applied to any (..., C) tokens."""

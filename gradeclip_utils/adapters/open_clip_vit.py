@@ -214,25 +214,34 @@ class OpenClipViTAdapter(CLIPAdapter):
 
     def trace_image(self, pixels: Tensor, layers: Sequence[int], *, mode: Mode = "faithful",
                     keep_probs: bool = False, keep_block_inputs: bool = False,
-                    keep_final_tokens: bool = False) -> TowerTrace:
+                    keep_final_tokens: bool = False, keep_block_outputs: bool = False) -> TowerTrace:
         with torch.no_grad():
             x, grid = self.image_tokens(pixels)
         token_index = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        pooled, captures, final = self._run_blocks(
+        pooled, captures, final, outputs = self._run_blocks(
             self.visual.transformer, x, None, layers, mode, token_index,
-            keep_probs=keep_probs, keep_block_inputs=keep_block_inputs, keep_final_tokens=keep_final_tokens)
-        return TowerTrace(self._image_head(pooled), token_index, captures, grid, final)
+            keep_probs=keep_probs, keep_block_inputs=keep_block_inputs, keep_final_tokens=keep_final_tokens,
+            keep_block_outputs=keep_block_outputs)
+        return TowerTrace(self._image_head(pooled), token_index, captures, grid, final, outputs)
 
     def trace_text(self, tokens: Tensor, layers: Sequence[int], *, mode: Mode = "faithful",
                    keep_probs: bool = False, keep_block_inputs: bool = False,
-                   keep_final_tokens: bool = False) -> TowerTrace:
+                   keep_final_tokens: bool = False, keep_block_outputs: bool = False) -> TowerTrace:
         with torch.no_grad():
             x, mask = self.text_input(tokens)
         token_index = self.text_token_index(tokens.to(x.device))
-        pooled, captures, final = self._run_blocks(
+        pooled, captures, final, outputs = self._run_blocks(
             self.text.transformer, x, mask, layers, mode, token_index,
-            keep_probs=keep_probs, keep_block_inputs=keep_block_inputs, keep_final_tokens=keep_final_tokens)
-        return TowerTrace(self._text_head(pooled), token_index, captures, None, final)
+            keep_probs=keep_probs, keep_block_inputs=keep_block_inputs, keep_final_tokens=keep_final_tokens,
+            keep_block_outputs=keep_block_outputs)
+        return TowerTrace(self._text_head(pooled), token_index, captures, None, final, outputs)
+
+    @property
+    def logit_scale(self) -> float:
+        scale = getattr(self.model, "logit_scale", None)
+        if scale is None:
+            raise NotImplementedError(f"{type(self.model).__name__} has no logit_scale")
+        return float(scale.detach().float().exp())
 
     @torch.no_grad()
     def encode_image(self, pixels: Tensor) -> Tensor:
@@ -245,8 +254,10 @@ class OpenClipViTAdapter(CLIPAdapter):
     # ------------------------------------------------------------------------------------ blocks
     def _run_blocks(self, transformer: nn.Module, x: Tensor, mask: Tensor | None, layers: Sequence[int],
                     mode: Mode, token_index: Tensor, *, keep_probs: bool, keep_block_inputs: bool,
-                    keep_final_tokens: bool) -> tuple[Tensor, dict[int, BlockCapture], Tensor | None]:
-        """Run all blocks; return the pooled token's row after the last block, captures, final tokens.
+                    keep_final_tokens: bool, keep_block_outputs: bool = False
+                    ) -> tuple[Tensor, dict[int, BlockCapture], Tensor | None, dict[int, Tensor]]:
+        """Run all blocks; return the pooled token's row after the last block, captures, final tokens
+        and the explained blocks' outputs (when asked for).
 
         Under a causal mask (the text tower) the rows after the last pooled token reach no pooled
         token, so when nothing but the captures and the embedding is asked for, the graph (and so the
@@ -261,23 +272,23 @@ class OpenClipViTAdapter(CLIPAdapter):
             for block in blocks[:first]:
                 x = self._native_block(transformer, block, x, mask)
         prefix = None
-        if explained and not (keep_probs or keep_block_inputs or keep_final_tokens):
+        if explained and not (keep_probs or keep_block_inputs or keep_final_tokens or keep_block_outputs):
             prefix = self._causal_prefix(mask, token_index, x.shape[1])
         if prefix is None:
             return self._explicit_blocks(blocks, first, len(blocks), x, mask, explained, mode, token_index,
                                          keep_probs=keep_probs, keep_block_inputs=keep_block_inputs,
-                                         keep_final_tokens=keep_final_tokens)
+                                         keep_final_tokens=keep_final_tokens, keep_block_outputs=keep_block_outputs)
         with torch.no_grad():
-            _, whole, _ = self._explicit_blocks(blocks, first, max(explained) + 1, x, mask, explained, mode,
-                                                token_index, keep_probs=False, keep_block_inputs=False,
-                                                keep_final_tokens=False)
-        pooled, captures, final_tokens = self._explicit_blocks(
+            _, whole, _, _ = self._explicit_blocks(blocks, first, max(explained) + 1, x, mask, explained, mode,
+                                                   token_index, keep_probs=False, keep_block_inputs=False,
+                                                   keep_final_tokens=False)
+        pooled, captures, final_tokens, _ = self._explicit_blocks(
             blocks, first, len(blocks), x[:, :prefix], mask[:prefix, :prefix], explained, mode, token_index,
             keep_probs=False, keep_block_inputs=False, keep_final_tokens=False)
         for index, capture in captures.items():
             capture.q, capture.k, capture.v = whole[index].q, whole[index].k, whole[index].v
             capture.attn_output = whole[index].attn_output
-        return pooled, captures, final_tokens
+        return pooled, captures, final_tokens, {}
 
     @staticmethod
     def _causal_prefix(mask: Tensor | None, token_index: Tensor, length: int) -> int | None:
@@ -293,26 +304,31 @@ class OpenClipViTAdapter(CLIPAdapter):
 
     def _explicit_blocks(self, blocks: nn.ModuleList, first: int, stop: int, x: Tensor, mask: Tensor | None,
                          explained: set[int], mode: Mode, token_index: Tensor, *, keep_probs: bool,
-                         keep_block_inputs: bool, keep_final_tokens: bool
-                         ) -> tuple[Tensor, dict[int, BlockCapture], Tensor | None]:
-        """Blocks ``first`` to ``stop - 1`` computed explicitly: the pooled token's row, captures, final tokens."""
+                         keep_block_inputs: bool, keep_final_tokens: bool, keep_block_outputs: bool = False
+                         ) -> tuple[Tensor, dict[int, BlockCapture], Tensor | None, dict[int, Tensor]]:
+        """Blocks ``first`` to ``stop - 1`` computed explicitly: the pooled token's row, captures, final
+        tokens and (``keep_block_outputs``) every explained block's output tokens."""
         # a leaf that requires grad: the captures stay differentiable whatever the parameters' flags
         x = x.detach().requires_grad_(bool(explained))
         rows = torch.arange(x.shape[0], device=x.device)
         captures: dict[int, BlockCapture] = {}
+        outputs: dict[int, Tensor] = {}
         final_tokens = None
         for index in range(first, stop):
             last = index == len(blocks) - 1
+            keep_output = keep_block_outputs and index in explained
             x, capture = self._explicit_block(
                 blocks[index], index, x, mask, rows, token_index,
-                capture=index in explained, mode=mode, token_only=last and not keep_final_tokens,
+                capture=index in explained, mode=mode, token_only=last and not (keep_final_tokens or keep_output),
                 keep_probs=keep_probs, keep_input=keep_block_inputs)
             if capture is not None:
                 captures[index] = capture
+            if keep_output:
+                outputs[index] = x
         if x.ndim == 3:
             final_tokens = x if keep_final_tokens else None
             x = x[rows, token_index]
-        return x, captures, final_tokens
+        return x, captures, final_tokens, outputs
 
     @staticmethod
     def _native_block(transformer: nn.Module, block: nn.Module, x: Tensor, mask: Tensor | None) -> Tensor:
