@@ -22,7 +22,7 @@ from gradeclip_utils.methods.rise import generate_masks
 TOL = 1e-5
 PROMPTS = ["a red circle", "two blue squares left of a star", "a photo"]
 BASELINES = ["raw_attention", "rollout", "grad_cam", "game", "game_last", "maskclip", "clip_surgery", "rise",
-             "m2ib", "itsm", "grad_eclip_no_spatial"]
+             "m2ib", "itsm", "grad_eclip_no_spatial", "legrad"]
 
 
 def text_targets(model, prompts):
@@ -684,3 +684,35 @@ def test_grad_cam_authors_variant_averages_the_gradient_over_all_tokens(biased, 
                 alpha = grad[b].mean(dim=0)
                 expected = torch.relu(inputs[-1][b, 1:].detach() @ alpha).reshape(grid)
                 assert (ex.maps[b, k] - expected).abs().max() <= TOL
+
+
+def literal_legrad(model, pixels, targets, first):
+    """LeWrapper.compute_legrad_clip, literally: per block l >= first, f_l = normalize(ln_post(mean over
+    tokens of the block's output) @ proj), s = t . f_l, grad of s w.r.t. the block's attention maps
+    ((b h) n m), ReLU, mean over heads and over the query rows, patch keys; summed over the blocks."""
+    visual = model.visual
+    with torch.enable_grad():
+        _, inputs, probs, final = literal_image(model, pixels)
+        outputs = inputs[1:] + [final]
+        grid = grid_of(model, pixels)
+        maps = torch.zeros(pixels.shape[0], targets.shape[0], *grid)
+        for b in range(pixels.shape[0]):
+            for k in range(targets.shape[0]):
+                for layer in range(first, len(probs)):
+                    feature = F.normalize(visual.ln_post(outputs[layer][b].mean(dim=0)) @ visual.proj, dim=-1)
+                    s = targets[k] @ feature
+                    grads = torch.autograd.grad(s, probs[layer], retain_graph=True)
+                    grad = torch.stack([g[b] for g in grads]).clamp(min=0)  # (heads, N, N)
+                    maps[b, k] += grad.mean(dim=0).mean(dim=0)[1:].reshape(grid)
+    return maps
+
+
+@pytest.mark.parametrize("layer_index,first", [(-2, 1), (0, 0)])
+def test_legrad_equals_the_original_equations(biased, pixels, layer_index, first):
+    targets = text_targets(biased, PROMPTS)
+    ex = ge.explain_image(biased, pixels, PROMPTS, method="legrad", layer_index=layer_index, chunk=2)
+    expected = literal_legrad(biased.model, pixels, targets, first)
+    assert expected.abs().max() > 1e-4
+    assert (ex.maps - expected).abs().max() <= TOL * max(1.0, float(expected.abs().max()))
+    reference = F.normalize(biased.model.encode_image(pixels), dim=-1) @ targets.T
+    assert (ex.scores - reference).abs().max() <= TOL
