@@ -672,12 +672,20 @@ def test_maskclip_authors_variant_multiplies_by_the_out_proj_key_cosine(biased, 
 
 def test_grad_cam_authors_variant_averages_the_gradient_over_all_tokens(biased, pixels):
     """The Grad-ECLIP authors' grad_cam: grad.mean(0) over every token entering the last block (the class
-    token included), map = ReLU(sum_c alpha_c x_i[c]) over the patches."""
+    token included), map = ReLU(sum_c alpha_c x_i[c]) over the patches, the score from their
+    clip_encode_dense forward (the last block recomputed with one head of width C)."""
     targets = text_targets(biased, PROMPTS[:2])
     ex = ge.explain_image(biased, pixels, PROMPTS[:2], method="grad_cam", variant="authors")
     grid = grid_of(biased.model, pixels)
+    visual = biased.model.visual
+    blk = visual.transformer.resblocks[-1]
     with torch.enable_grad():
-        embedding, inputs, _, _ = literal_image(biased.model, pixels)
+        _, inputs, _, _ = literal_image(biased.model, pixels)
+        q, k, v = _qkv(blk, inputs[-1])
+        attention = torch.softmax(q * q.shape[-1] ** -0.5 @ k.transpose(-1, -2), dim=-1)
+        x = inputs[-1] + blk.attn.out_proj(attention @ v)
+        x = x + blk.mlp(blk.ln_2(x))
+        embedding = visual.ln_post(x[:, 0]) @ visual.proj
         for b in range(2):
             for k in range(2):
                 grad, = torch.autograd.grad(cos(embedding[b], targets[k]), [inputs[-1]], retain_graph=True)

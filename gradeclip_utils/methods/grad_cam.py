@@ -10,8 +10,10 @@ Original code: github.com/ramprs/grad-cam (CNNs; the channel weight is the gradi
 the spatial positions); for ViT CLIP the default ``variant="model"`` averages over the patch tokens,
 as github.com/jacobgil/pytorch-grad-cam does with its ViT ``reshape_transform`` (the class token
 dropped). ``variant="authors"``: the Grad-ECLIP authors' Grad-CAM baseline
-(github.com/Cyang-Zhao/Grad-Eclip, ``generate_emap.py``: ``grad_cam``), whose mean runs over all tokens,
-the class token included.
+(github.com/Cyang-Zhao/Grad-Eclip, ``generate_emap.py``: ``grad_cam`` on the outputs of
+``clip_encode_dense``), whose mean runs over all tokens, the class token included, and whose score
+comes from their forward with the explained block recomputed with one head (Grad-ECLIP's official
+mode). Returned scores are always the model's own cosines.
 """
 
 from __future__ import annotations
@@ -36,10 +38,14 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, layers:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     first = 0 if variant == "authors" else 1  # the tokens the channel weights average over
     blocks = adapter.resolve_layers(layers, "image")
-    trace = adapter.trace_image(pixels, blocks, keep_block_inputs=True)
+    mode = "official" if variant == "authors" else "faithful"
+    trace = adapter.trace_image(pixels, blocks, mode=mode, keep_block_inputs=True)
     inputs = [trace.blocks[layer].block_input for layer in blocks]
     scores = cosine_scores(trace.embedding, targets)
     grads = score_gradients(scores, inputs, chunk=chunk)
+    if variant == "authors":
+        with torch.no_grad():
+            scores = cosine_scores(adapter.encode_image(pixels), targets)
     total = None
     for x, grad in zip(inputs, grads):
         patches = x[:, 1:].detach().float()
