@@ -235,7 +235,7 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
 
 def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *, method: str = "grad_eclip",
                  layers: int | Sequence[int] = 8, mode: str = "faithful", qk: str = "raw",
-                 resolution: str = "native", max_patches: int = DEFAULT_MAX_PATCHES,
+                 resolution: str | None = None, max_patches: int = DEFAULT_MAX_PATCHES,
                  **options: Any) -> TextExplanation:
     """Importance of each word of each text for its match with each image.
 
@@ -244,11 +244,15 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
     normalised to sum to 1; words get the sum of their BPE pieces. Cost: one forward of the image
     tower (no graph), one forward of the text tower for all K texts and one batched backward of
     min(B, D) cotangents. An empty or whitespace-only text has no words: its word list is empty and
-    its importance row all zero. State and threads: as for ``explain_image``.
+    its importance row all zero. ``resolution`` of the image embedding: by default "native" in the
+    faithful mode and "model" (the model's resize and centre crop, 224 for ViT-B) in the official mode,
+    as the authors' text notebook embeds the image. State and threads: as for ``explain_image``.
     """
     model = as_loaded(model)
     _check_choice("mode", mode, MODES)
     _check_choice("qk", qk, QK_CHOICES)
+    if resolution is None:
+        resolution = "model" if mode == "official" else "native"
     _check_choice("resolution", resolution, RESOLUTIONS)
     fn = get_text_method(method)
     adapter = model.adapter

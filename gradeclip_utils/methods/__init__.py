@@ -56,8 +56,8 @@ register_text_method("grad_eclip", token_relevance)
 
 def _register_baselines() -> None:
     """The baselines of method.md section 5, each in its own module."""
-    from . import (clip_surgery, game, grad_cam, grad_eclip_no_spatial, itsm, m2ib, maskclip, raw_attention,
-                   rise, rollout)
+    from . import (clip_surgery, game, grad_cam, grad_eclip_no_spatial, itsm, legrad, m2ib, maskclip,
+                   raw_attention, rise, rollout)
 
     register_image_method("grad_eclip_no_spatial", grad_eclip_no_spatial.image_maps)
     register_image_method("raw_attention", raw_attention.image_maps)
@@ -73,6 +73,7 @@ def _register_baselines() -> None:
     register_image_method("m2ib", m2ib.image_maps)
     register_text_method("m2ib", m2ib.token_relevance)
     register_image_method("itsm", itsm.image_maps)
+    register_image_method("legrad", legrad.image_maps)
 
 
 _register_baselines()
