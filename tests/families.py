@@ -13,6 +13,7 @@ model has 64-wide heads and QuickGELU.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import open_clip
@@ -40,6 +41,7 @@ def reference_open_clip(*, resnet: bool = False, layers: int = 3, seed: int = 0)
     with torch.no_grad():  # values that fp16 holds exactly: OpenAI's build_model stores its weights in fp16
         for p in model.parameters():
             p.copy_(p.half().float())
+        model.logit_scale.fill_(math.log(100.0))  # what trained CLIPs end at (and a model without one assumes)
     return model.eval()
 
 

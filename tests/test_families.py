@@ -106,9 +106,15 @@ def test_the_reference_model_itself_equals_the_literal_equations(families, refer
             assert relative(got.maps, want) < TOL and relative(got.scores, want_scores) < TOL
 
 
-@pytest.mark.parametrize("method", sorted(set(IMAGE_METHODS) - {"grad_eclip"}))
-def test_every_other_image_method_equals_across_families(families, method):
-    options = FAST.get(method, {})
+IMAGE_CASES = [(method, {}) for method in sorted(set(IMAGE_METHODS) - {"grad_eclip"})] + [
+    (method, {"variant": "authors"}) for method in ("raw_attention", "maskclip", "grad_cam")] + [
+    ("game", {"target": "cosine"})]
+
+
+@pytest.mark.parametrize("method,extra", IMAGE_CASES, ids=[f"{m}{'-' + '-'.join(map(str, e.values())) if e else ''}"
+                                                          for m, e in IMAGE_CASES])
+def test_every_other_image_method_equals_across_families(families, method, extra):
+    options = {**FAST.get(method, {}), **extra}
     want = ge.explain_image(families["open_clip"], NATIVE_PIXELS, PROMPTS[:3], method=method, **options)
     assert float(want.maps.abs().max()) > 0
     for name in OTHERS:
@@ -206,12 +212,13 @@ def test_resnet_grad_cam_is_grad_cam_on_the_final_feature_map(resnets):
     assert relative(got.maps, want) < TOL
 
 
-@pytest.mark.parametrize("method,reason", [("itsm", "no per-patch output tokens"),
-                                           ("clip_surgery", "CLIP Surgery"),
-                                           ("m2ib", "leaves no tokens after it")])
-def test_resnet_refuses_what_needs_transformer_blocks_naming_method_and_family(resnets, method, reason):
+@pytest.mark.parametrize("method,options,reason", [("itsm", {}, "no per-patch output tokens"),
+                                                   ("clip_surgery", {}, "CLIP Surgery"),
+                                                   ("m2ib", {}, "leaves no tokens after it"),
+                                                   ("legrad", {"layer_index": -1}, "leaves no tokens after it")])
+def test_resnet_refuses_what_needs_transformer_blocks_naming_method_and_family(resnets, method, options, reason):
     with pytest.raises(UnsupportedMethodError, match=rf"{method} is not available for open_clip ResNet models: .*{reason}"):
-        ge.explain_image(resnets["open_clip"], MODEL_PIXELS, PROMPTS[:2], method=method)
+        ge.explain_image(resnets["open_clip"], MODEL_PIXELS, PROMPTS[:2], method=method, **options)
 
 
 def test_resnet_native_resolution_interpolates_the_pool_positions(resnets):

@@ -254,17 +254,19 @@ class CLIPAdapter:
     # ------------------------------------------------------------------------------------ towers
     def trace_image(self, pixels: Tensor, layers: Sequence[int], *, mode: Mode = "faithful", keep_probs: bool = False,
                     keep_block_inputs: bool = False, keep_final_tokens: bool = False,
-              keep_block_outputs: bool = False) -> TowerTrace:
+                    keep_block_outputs: bool = False) -> TowerTrace:
         """Run the image tower on (B, 3, H, W) pixels, capturing the given (absolute) blocks."""
         return self.image.trace(pixels, layers, mode=mode, keep_probs=keep_probs,
-                                keep_block_inputs=keep_block_inputs, keep_final_tokens=keep_final_tokens)
+                                keep_block_inputs=keep_block_inputs, keep_final_tokens=keep_final_tokens,
+                                keep_block_outputs=keep_block_outputs)
 
     def trace_text(self, tokens: Tensor, layers: Sequence[int], *, mode: Mode = "faithful", keep_probs: bool = False,
                    keep_block_inputs: bool = False, keep_final_tokens: bool = False,
-              keep_block_outputs: bool = False) -> TowerTrace:
+                   keep_block_outputs: bool = False) -> TowerTrace:
         """Run the text tower on (K, L) token ids, capturing the given (absolute) blocks."""
         return self.text.trace(tokens, layers, mode=mode, keep_probs=keep_probs,
-                               keep_block_inputs=keep_block_inputs, keep_final_tokens=keep_final_tokens)
+                               keep_block_inputs=keep_block_inputs, keep_final_tokens=keep_final_tokens,
+                               keep_block_outputs=keep_block_outputs)
 
     def encode_image(self, pixels: Tensor) -> Tensor:
         """The model's own image embedding (unnormalised), without a graph."""
