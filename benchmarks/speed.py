@@ -187,14 +187,40 @@ def run_cases(cases: list[Case], meter: Meter, repeats: int, slow_s: float, log:
 
 
 # --------------------------------------------------------------------------------------------- models
-def tiny_model(device: torch.device, precision: str):
-    """A small open_clip CLIP with random weights (for the many-calls memory check)."""
+def tiny_model(device: torch.device, precision: str, like: str = "ViT"):
+    """A small CLIP with random weights of the family ``like`` names (as ``--model`` does; for the
+    many-calls memory check): open_clip ViT by default, Hugging Face, OpenAI clip, or a ResNet."""
     import open_clip
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     from gradeclip_utils import wrap_model
 
     torch.manual_seed(0)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    resnet = "RN" in like
+    if like.startswith("hf-random:"):
+        from transformers import CLIPConfig, CLIPModel
+
+        config = CLIPConfig(projection_dim=32, vision_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3,
+                                                                  num_attention_heads=4, image_size=48, patch_size=8),
+                            text_config=dict(hidden_size=48, intermediate_size=192, num_hidden_layers=3,
+                                             num_attention_heads=4, max_position_embeddings=16))
+        return wrap_model(CLIPModel(config).to(device=device, dtype=dtype), name="tiny-benchmark-hf")
+    if like.startswith("openai-random:"):
+        import warnings as _warnings
+
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore")
+            from clip.model import CLIP as OpenAICLIP
+
+        model = (OpenAICLIP(32, 64, (1, 1, 1, 1), 8, None, 16, 49408, 64, 1, 3) if resnet
+                 else OpenAICLIP(32, 48, 3, 64, 8, 16, 49408, 64, 1, 3))
+        return wrap_model(model.to(device=device, dtype=dtype), name="tiny-benchmark-openai")
+    if resnet:
+        model = CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=(1, 1, 1, 1), width=8, head_width=64, image_size=64),
+                     text_cfg=CLIPTextCfg(context_length=16, vocab_size=49408, width=48, heads=4, layers=3)).eval()
+        return wrap_model(model.to(device=device, dtype=dtype), open_clip.image_transform(64, is_train=False),
+                          open_clip.tokenizer.SimpleTokenizer(context_length=16), name="tiny-benchmark-resnet")
     vision = CLIPVisionCfg(layers=3, width=64, head_width=16, patch_size=8, image_size=(48, 48))
     text = CLIPTextCfg(context_length=16, vocab_size=49408, width=48, heads=4, layers=3)
     model = CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text).eval()
@@ -580,8 +606,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # ------------------------------------------------------------------------ memory over calls
     if args.memory_calls > 0:
-        small = tiny_model(device, args.precision)
-        small_pixels = torch.randn(2, 3, 48, 48, generator=generator).to(device)
+        small = tiny_model(device, args.precision, like=args.model)
+        small_pixels = torch.randn(2, 3, *small.adapter.image_size, generator=generator).to(device)
         small_targets = unit_targets(100, small.adapter.embed_dim, seed=3, device=device)
         checkpoints = sorted({c for c in (10, 100, 500) if c < args.memory_calls} | {args.memory_calls})
         readings = {}
@@ -600,7 +626,8 @@ def main(argv: list[str] | None = None) -> int:
             live = sum(1 for obj in gc.get_objects() if isinstance(obj, torch.Tensor))
         first, final = checkpoints[0], checkpoints[-1]
         kind = "CUDA memory allocated" if cuda else "process RSS"
-        print(f"\nMemory over {args.memory_calls} consecutive explain_image calls (small model, 2 images x 100 prompts): "
+        print(f"\nMemory over {args.memory_calls} consecutive explain_image calls (small {small.family} model, 2 images "
+              "x 100 prompts): "
               + ", ".join(f"after {c}: {readings[c] / MiB:.1f} MiB" for c in checkpoints) + f" ({kind}); growth from "
               f"call {first} to {final}: {(readings[final] - readings[first]) / MiB:+.2f} MiB; Python heap growth "
               f"{(python_heap[final] - python_heap[first]) / 1024:+.1f} KiB; live tensors after: {live}")
