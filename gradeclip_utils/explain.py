@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .adapters import MODES, UnsupportedMethodError
 from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS, group_by_shape, prepare_images
 from .loading import LoadedModel, as_loaded
-from .methods import QK_CHOICES, get_image_method, get_text_method
+from .methods import QK_CHOICES, get_image_method, get_text_method, prepare_options
 from .results import ImageExplanation, TextExplanation
 from .text import as_text_list, group_words, token_pieces
 
@@ -204,6 +204,7 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
     adapter = model.adapter
     absolute_layers = adapter.resolve_layers(layers, "image")
     targets, names = prompt_targets(model, prompts, labels)
+    options = prepare_options(method, model, targets, options)
     prepared = prepare_images(model, images, resolution, max_patches=max_patches)
     raw: list[torch.Tensor | None] = [None] * len(prepared)
     scores = torch.zeros(len(prepared), len(names))

@@ -311,8 +311,10 @@ def test_clip_surgery_with_a_class_set_and_single_prompt(tiny, pixels):
     one = ge.explain_image(tiny, pixels, PROMPTS[1], method="clip_surgery", surgery_targets=classes)
     all_three = ge.explain_image(tiny, pixels, PROMPTS, method="clip_surgery")
     assert (one.maps[:, 0] - all_three.maps[:, 1]).abs().max() <= TOL
+    from gradeclip_utils.methods import clip_surgery  # the class-set form of one target alone cancels out
+
     with pytest.raises(ValueError, match="surgery_targets"):
-        ge.explain_image(tiny, pixels, PROMPTS[1], method="clip_surgery")
+        clip_surgery.image_maps(tiny.adapter, pixels, classes[1:2])
 
 
 def test_rise_masks_are_seeded_and_shaped():
@@ -622,8 +624,14 @@ def test_clip_surgery_single_text_form_subtracts_the_redundant_feature(biased, p
     with pytest.raises(ValueError, match="not both"):
         ge.explain_image(biased, pixels, PROMPTS[0], method="clip_surgery", redundant=redundant,
                          surgery_targets=text_targets(biased, PROMPTS))
-    with pytest.raises(ValueError, match="redundant=gradeclip_utils.encode_texts"):
-        ge.explain_image(biased, pixels, PROMPTS[0], method="clip_surgery")
+    # one prompt and neither form named: the demo's single-text form with the empty string's embedding
+    default = ge.explain_image(biased, pixels, PROMPTS[0], method="clip_surgery")
+    assert torch.equal(default.maps, as_row.maps) and default.settings["surgery_form"] == "single-text (empty string)"
+    assert ge.explain_image(biased, pixels, PROMPTS, method="clip_surgery").settings["surgery_form"] == "class set"
+    from gradeclip_utils.methods import clip_surgery
+
+    with pytest.raises(ValueError, match="redundant=gradeclip_utils.encode_texts"):  # the method itself, called bare
+        clip_surgery.image_maps(biased.adapter, pixels, targets)
 
 
 def test_raw_attention_authors_variant_is_the_single_head_recomputed_block(biased, pixels):

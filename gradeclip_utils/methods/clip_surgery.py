@@ -17,9 +17,11 @@ by its mean), the redundant response r_i = mean_c(w(t_c) f_i * t_c) is subtracte
 map_k,i = sum(w(t_k) f_i * t_k - r_i). The set of class prompts is
 ``surgery_targets`` when given (e.g. all class prompts of a data set, so that a prompt's map does not
 depend on the other prompts in the call) and otherwise the K targets themselves, as the authors do.
-Single-text form: map_k,i = f_i . (t_k - r) with r the (unit) redundant text feature. With a single
-target, no ``surgery_targets`` and no ``redundant`` the class-set surgery cancels everything, so that
-is refused (the error names both forms).
+Single-text form: map_k,i = f_i . (t_k - r) with r the (unit) redundant text feature. Through
+``explain_image``, a single prompt with neither ``surgery_targets`` nor ``redundant`` gets the demo's
+single-text form (``prepare`` fills in the empty string's embedding; the settings say
+``surgery_form``); called directly with a single target and neither, the class-set surgery would
+cancel everything, so that is refused (the error names both forms).
 """
 
 from __future__ import annotations
@@ -52,6 +54,21 @@ def feature_surgery(features: Tensor, cls_embedding: Tensor, targets: Tensor, su
     target_weight = (2 * cosine_scores(cls_embedding, t) - log_mean).exp()  # (B, K)
     redundant = torch.einsum("bpd,rd,br->bp", f, s, set_weight) / s.shape[0]
     return torch.einsum("bpd,kd,bk->bkp", f, t, target_weight) - redundant.unsqueeze(1)
+
+
+def prepare(model: Any, targets: Tensor, options: dict) -> dict:
+    """explain_image's defaults: a single prompt without a class set or a redundant feature gets the
+    single-text form with the empty string's embedding, as the authors' demo runs it."""
+    if options.get("redundant") is None and options.get("surgery_targets") is None and targets.shape[0] == 1:
+        from ..explain import encode_texts
+
+        options["redundant"] = encode_texts(model, "")[0].to(targets.device)
+        options["surgery_form"] = "single-text (empty string)"
+    elif options.get("redundant") is not None:
+        options["surgery_form"] = "single-text"
+    else:
+        options["surgery_form"] = "class set"
+    return options
 
 
 def single_text_surgery(features: Tensor, targets: Tensor, redundant: Tensor) -> Tensor:
