@@ -43,6 +43,7 @@ mask), read by the open_clip family's text tower.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable, Sequence
 
@@ -184,7 +185,9 @@ def rotate(t: Tensor, table: Tensor, heads: int, prefix: int, half: bool) -> Ten
         raise ValueError(f"{length} tokens do not fit the rotary table of {table.shape[0]} patches (tokens from "
                          "another grid than the one last embedded?)")
     t = t.reshape(batch, length, heads, width // heads).transpose(1, 2)
-    t = torch.cat([t[:, :, :start], apply_rot_embed_cat(t[:, :, start:], table, half=half)], dim=2)
+    patches = t[:, :, start:]
+    rotated = apply_rot_embed_cat(patches, table, half=True) if half else apply_rot_embed_cat(patches, table)
+    t = torch.cat([t[:, :, :start], rotated], dim=2)
     return t.transpose(1, 2).reshape(batch, length, width)
 
 
@@ -227,16 +230,24 @@ def _eva_block(block: nn.Module, table: Callable[[], Tensor | None]) -> BlockVie
 
 
 def rope_table(rope: nn.Module | None, grid: tuple[int, int]) -> Tensor | None:
-    """The rotary table (P, 2 d) of ``rope`` for a patch grid: the trunk's own cached table at its own
-    grid; for another grid the table timm builds when the trunk's size changes (``set_input_size``
-    rebuilds it with the same private call: no public one takes another shape on a cached rope)."""
+    """The rotary table (P, 2 d) of ``rope`` for a patch grid: the trunk's own table at its own grid;
+    for another grid the table timm builds when the trunk's size changes (``update_feat_shape``, what
+    ``set_input_size`` calls, on a copy of the rope module: the model is not changed), or, for a rope
+    built without a fixed grid (``dynamic_img_size``), the table it builds for that shape."""
     if rope is None:
         return None
     feat_shape = getattr(rope, "feat_shape", None)
-    if feat_shape is not None and tuple(feat_shape) == tuple(grid):
+    if feat_shape is None:
+        return rope.get_embed(shape=list(grid))
+    if tuple(feat_shape) == tuple(grid):
         return rope.get_embed()
-    cached = getattr(rope, "pos_embed", None)
-    return rope._build_embed_cat(list(grid), rope.bands, dtype=None if cached is None else cached.dtype)
+    if not hasattr(rope, "update_feat_shape"):
+        raise ValueError(f"this timm version cannot rebuild the trunk's rotary embedding for a {grid[0]}x{grid[1]} "
+                         f"grid (only for its own {tuple(feat_shape)}): use resolution='model', or a timm with "
+                         "RotaryEmbeddingCat.update_feat_shape")
+    resized = copy.deepcopy(rope)
+    resized.update_feat_shape(list(grid))
+    return resized.get_embed()
 
 
 class Trunk:
