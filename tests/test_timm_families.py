@@ -698,7 +698,8 @@ REFUSALS = [
     ("vit_medium_patch16_gap_256", "", "linear", dict(), r"pools by averaging the patch tokens \('avg'\)"),
     ("eva02_tiny_patch14_224", "token", None, dict(use_post_norm=True), r"EVA \(timm Eva trunk\) \(image tower block 0 "
      "is timm's EvaBlockPostNorm"),
-    ("vit_pe_core_tiny_patch16_384", "map", None, dict(), "attends over the class token as well as the patch tokens"),
+    ("vit_pe_core_tiny_patch16_384", "map", None, dict(), r"Perception Encoder \(timm Eva trunk with an attention-pool "
+     r"probe\) \(its attention-pool probe attends over the class token as well as the patch tokens"),
     ("fastvit_mci0", "avg", None, dict(), r"MobileCLIP \(timm FastVit trunk\) \(MobileCLIP's image tower is a timm "
      "FastVit trunk: .*pooled by averaging"),
     ("convnext_tiny", "", "linear", dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)), "ConvNeXt trunk is a "

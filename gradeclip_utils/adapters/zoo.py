@@ -26,7 +26,8 @@ def _is_mobileclip(trunk: nn.Module) -> bool:
 
 
 def family(model: nn.Module) -> str | None:
-    """The family of a zoo model ("SigLIP", "EVA", "MobileCLIP", "timm-trunk ...", "CoCa"), or None."""
+    """The family of a zoo model ("SigLIP", "EVA", "Perception Encoder", "MobileCLIP", "timm-trunk ...",
+    "CoCa"), or None."""
     if type(model).__name__ == "CoCa":
         return "CoCa"
     trunk = _trunk(model)
@@ -34,6 +35,8 @@ def family(model: nn.Module) -> str | None:
         return None
     kind = type(trunk).__name__
     if getattr(trunk, "global_pool", None) == "map":
+        if kind == "Eva":  # open_clip's Eva trunks with a probe: Perception Encoder (PE-Core)
+            return "Perception Encoder (timm Eva trunk with an attention-pool probe)"
         return f"SigLIP (timm {kind} trunk with an attention-pool probe)"
     if kind == "Eva":
         return "EVA (timm Eva trunk)"
