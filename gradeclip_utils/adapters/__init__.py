@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import hf_clip, openai_clip, openclip, zoo
+from . import hf_clip, openai_clip, openclip, timm_vit, zoo
 from .base import (MODES, BlockCapture, CLIPAdapter, ImageTower, Mode, TextTower, TowerTrace, UnsupportedMethodError,
                    UnsupportedModelError)
 
-#: the families, in the order they are tried
-FAMILIES = (openclip, hf_clip, openai_clip)
+#: the families, in the order they are tried: open_clip models with a timm image tower (TimmModel) belong
+#: to timm_vit, which is tried before the generic open_clip family (that one reads open_clip's own towers)
+FAMILIES = (timm_vit, openclip, hf_clip, openai_clip)
 
-SUPPORTED = ("open_clip ViT and ResNet CLIP models (OpenAI and LAION weights), Hugging Face transformers CLIPModel "
+SUPPORTED = ("open_clip ViT and ResNet CLIP models (OpenAI and LAION weights), open_clip models with a timm ViT image "
+             "tower (class-token ViTs such as MobileCLIP-B, EVA/EVA02, SigLIP/SigLIP2's attention-pool probe), Hugging "
+             "Face transformers CLIPModel "
              "(or a CLIPVisionModelWithProjection + CLIPTextModelWithProjection pair), and OpenAI clip package "
              "models (ViT and ResNet)")
 
