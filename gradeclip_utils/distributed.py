@@ -195,13 +195,16 @@ class Journal:
 
 def merge_table(path: str | Path, columns: Sequence[str], rows: Iterable[dict[str, Any]], *,
                 identity: Callable[[dict[str, Any]], Hashable],
-                order: Callable[[dict[str, Any]], Any | None]) -> list[dict[str, str]]:
+                order: Callable[[dict[str, Any]], Any | None], required: set[Hashable] = frozenset(),
+                required_key: Callable[[dict[str, Any]], Hashable] | None = None) -> list[dict[str, str]]:
     """Merge the rows already in the CSV ``path`` with ``rows`` (from part files) and write it atomically.
 
     Each ``identity`` is kept once (the first seen: the file's rows, then ``rows`` in order). Rows are
     sorted by ``order`` (a sort key; a stable sort); rows whose key is None (results of earlier runs
     that the present one does not ask for) follow in the order they came. Values are written as the
-    csv module writes them, so a merged file is the file one process appends.
+    csv module writes them, so a merged file is the file one process appends. When a ``required``
+    value (of ``required_key``, default ``identity``) has no row, nothing is written and a
+    RuntimeError says how many are missing: a merged file never lacks results silently.
     """
     seen: set[Hashable] = set()
     merged: list[dict[str, str]] = []
@@ -211,6 +214,11 @@ def merge_table(path: str | Path, columns: Sequence[str], rows: Iterable[dict[st
             continue
         seen.add(ident)
         merged.append({k: v if isinstance(v, str) else _csv_value(v) for k, v in row.items()})
+    missing = set(required) - {(required_key or identity)(row) for row in merged}
+    if missing:
+        raise RuntimeError(f"{Path(path).name}: {len(missing)} of {len(required)} results are missing from the part "
+                           f"files (e.g. {sorted(missing, key=str)[:3]}); nothing was merged. Is the output folder "
+                           "on a file system that every rank sees?")
     keys = [order(row) for row in merged]
     ordered = sorted(range(len(merged)), key=lambda i: (keys[i] is None, keys[i] if keys[i] is not None else i))
     result = [merged[i] for i in ordered]
@@ -378,6 +386,16 @@ class Context:
         box = [value]
         self._collective(lambda: dist.broadcast_object_list(box, src=0))
         return box[0]
+
+    def check_same(self, what: str, value: Any) -> None:
+        """Every rank must hold the same ``value`` (e.g. the digest of its model's weights: random
+        initial weights differ from process to process); else a ValueError on every rank."""
+        values = self.gather(value)
+        if any(v != values[0] for v in values):
+            differ = [r for r, v in enumerate(values) if v != values[0]]
+            raise ValueError(f"the ranks hold different {what} (rank 0: {values[0]!r}; ranks {differ} differ). Random "
+                             "initial weights differ from process to process: save one model and load it on every "
+                             "rank (--pretrained CHECKPOINT, or a model folder)")
 
     def on_main(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on rank 0 only; its result reaches every rank, and so does its error (the other

@@ -417,6 +417,7 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
               "faithfulness": faithfulness,
               "classes": len(data.class_names), "sanity_images": sanity_images, "timing_images": timing_images,
               "timing_repeats": timing_repeats}
+    context.check_same("model weights", config["weights"])
     config_path = out / "config.json"
     parts = out / distributed.PARTS
     outputs = [out / name for name in ("per_image.csv", "timing.csv", "sanity.csv", "summary.md", "run.json")]
@@ -502,10 +503,9 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
     if context.is_main:  # every rank has finished its share: merge, in the order one process writes
         order = {(item.key, name): (b, m, p) for b, batch in enumerate(batches) for m, name in enumerate(methods)
                  for p, item in enumerate(batch)}
-        merged = distributed.merge_table(per_image, columns, Journal.read(parts, "per_image"),
-                                         identity=lambda row: (row["key"], row["method"]),
-                                         order=lambda row: order.get((row["key"], row["method"])))
-        _check_complete("per_image.csv", set(order), {(row["key"], row["method"]) for row in merged})
+        distributed.merge_table(per_image, columns, Journal.read(parts, "per_image"),
+                                identity=lambda row: (row["key"], row["method"]),
+                                order=lambda row: order.get((row["key"], row["method"])), required=set(order))
         Journal.remove(parts, "per_image")
 
     # the cascading randomisation sanity check: method i of the list on rank i % N
@@ -535,11 +535,11 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
         sanity_rows = Journal.read(parts, "sanity")
         if sanity_rows or sanity_path.exists():
             rank = {name: m for m, name in enumerate(sanity_all)}
-            merged = distributed.merge_table(sanity_path, ["method", "depth", "stage", "key", "spearman", "ssim"],
-                                             sanity_rows, identity=lambda row: (row["method"], row["depth"], row["key"]),
-                                             order=lambda row: (rank[row["method"]],) if row["method"] in rank else None)
-            if sanity_images > 0:
-                _check_complete("sanity.csv", set(sanity_all), {row["method"] for row in merged})
+            distributed.merge_table(sanity_path, ["method", "depth", "stage", "key", "spearman", "ssim"], sanity_rows,
+                                    identity=lambda row: (row["method"], row["depth"], row["key"]),
+                                    order=lambda row: (rank[row["method"]],) if row["method"] in rank else None,
+                                    required=set(sanity_all) if sanity_images > 0 else set(),
+                                    required_key=lambda row: row["method"])
         Journal.remove(parts, "sanity")
         seconds = max(p["seconds"] for p in phase)
         total = sum(p["computed"] for p in phase)
@@ -554,15 +554,6 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
     if not context.is_main:
         summary = summarise(out, data, config, command=command, methods=methods)
     return summary
-
-
-def _check_complete(name: str, expected: set, present: set) -> None:
-    """A merged file must hold every result the run asked for (else the ranks' part files were not all
-    seen: is the output folder on a file system that every rank reads?)."""
-    missing = expected - present
-    if missing:
-        raise RuntimeError(f"{name}: {len(missing)} of {len(expected)} results are missing after the merge (e.g. "
-                           f"{sorted(missing, key=str)[:3]}); is --out on a file system that every rank sees?")
 
 
 # ----------------------------------------------------------------------------------- reporting

@@ -261,6 +261,7 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
                             "per_image": _ALL if classes in (None, _ALL) else _OWN,
                             "templates": templates if classes is not None else None, "names": _digest(names)},
                 "files": {"count": len(keys), "digest": _digest(keys)}}
+    context.check_same("model weights", settings["weights"])
     index_path, targets_path = out / "index.json", out / "targets.safetensors"
     show = progress and context.is_main
 

@@ -107,6 +107,12 @@ def test_merge_table_orders_dedups_and_writes_what_csv_writes(tmp_path):
     writer.writerows(expected)
     assert path.read_bytes().decode() == buffer.getvalue()
     assert [r["key"] for r in merged] == ["a", "a", "b", "c", "old"] and merged[0]["value"] == "1e-07"
+    # a result the run asked for that no part file holds: an error, and the file stays as it was
+    written = path.read_bytes()
+    with pytest.raises(RuntimeError, match="1 of 5 results are missing"):
+        distributed.merge_table(path, columns, [], identity=lambda r: (r["key"], r["method"]), order=lambda r: None,
+                                required={*order, ("d", "m")})
+    assert path.read_bytes() == written
 
 
 def test_atomic_output_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -136,6 +142,29 @@ def test_one_process_without_a_launcher(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="names one device for every rank"):
         distributed.init("cuda:1")
+
+
+class OtherWeightsOnRank1(Context):
+    """Rank 0 of two whose peer reports other values (as random initial weights give)."""
+
+    def gather(self, value):
+        return [value, "something else"]
+
+
+def test_ranks_with_different_weights_are_refused(tiny, tmp_path):
+    from gradeclip_utils.explain_dataset import explain_dataset
+
+    context = OtherWeightsOnRank1(rank=0, world_size=2)
+    with pytest.raises(ValueError, match="ranks hold different model weights .*ranks \\[1\\] differ"):
+        ev.evaluate(tiny, ev.synthetic_set(tiny, 2), tmp_path / "eval", methods=["grad_eclip"], context=context)
+    assert not (tmp_path / "eval" / "config.json").exists()
+    (tmp_path / "images").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "images" / "a.png")
+    with pytest.raises(ValueError, match="ranks hold different model weights"):
+        explain_dataset(tiny, tmp_path / "images", tmp_path / "maps", prompts=["a"], context=context)
+    assert not (tmp_path / "maps").exists()
 
 
 # ------------------------------------------------------------------------------- torchrun runs
