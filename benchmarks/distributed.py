@@ -9,7 +9,8 @@ Two workloads, each run as the commands users run, on the same generated images:
 
 Each command reports the throughput of its main phase in ``run.json`` (images, or image x method results,
 divided by the slowest rank's time from the synchronised start to its last result; start-up, model
-loading and the merge are left out); the wall time of the whole command is printed beside it. The
+loading and the merge are left out), and the CPU time of that phase summed over the ranks (the steadier
+number on a shared machine); the wall time of the whole command is printed beside it. The
 outputs of every configuration are compared with the one-process outputs (shards byte for byte,
 ``per_image.csv`` value for value).
 
@@ -98,7 +99,8 @@ def run_case(workload: str, processes: int, threads: int, paths, scratch: Path, 
     count = stats["images"] if workload == "explain" else stats["results"]
     return {"workload": workload, "device": device, "processes": processes, "threads": threads, "batch": batch,
             "workers": workers, "images": count, "seconds": stats["seconds"],
-            "images_per_second": count / stats["seconds"], "wall_seconds": wall, "out": str(out)}
+            "images_per_second": count / stats["seconds"], "cpu_seconds_per_image": stats["cpu_seconds"] / count,
+            "wall_seconds": wall, "out": str(out)}
 
 
 def same_outputs(workload: str, a: str, b: str) -> str:
@@ -128,12 +130,13 @@ def same_outputs(workload: str, a: str, b: str) -> str:
 
 def table(rows: list[dict], base: dict) -> list[str]:
     lines = ["| workload | device | processes x threads | batch | images | s (main phase) | images/s | ratio | "
-             "scaling efficiency | wall s | outputs vs 1 process |", "|" + "---|" * 11]
+             "scaling efficiency | CPU s / image | wall s | outputs vs 1 process |", "|" + "---|" * 12]
     for row in rows:
         ratio = row["images_per_second"] / base[row["workload"]]["images_per_second"]
         lines.append(f"| {row['workload']} | {row['device']} | {row['processes']} x {row['threads']} | {row['batch']} | "
-                     f"{row['images']} | {row['seconds']:.2f} | {row['images_per_second']:.2f} | {ratio:.2f}x | "
-                     f"{ratio / (row['processes'] * row['threads']):.0%} | {row['wall_seconds']:.1f} | "
+                     f"{row['images']} | {row['seconds']:.2f} | {row['images_per_second']:.3g} | {ratio:.2f}x | "
+                     f"{ratio / (row['processes'] * row['threads']):.0%} | {row['cpu_seconds_per_image']:.3g} | "
+                     f"{row['wall_seconds']:.1f} | "
                      f"{row.get('same', '')} |")
     return lines
 

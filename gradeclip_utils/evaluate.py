@@ -465,7 +465,7 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
     mine = [(batch, names) for batch, names in mine if names]
     journal = Journal(parts, "per_image", context.rank)
     todo = sum((item.key, name) not in done for batch, names in mine for name in names for item in batch)
-    started, computed = time.perf_counter(), 0
+    started, cpu_started, computed = time.perf_counter(), time.process_time(), 0
     with context.progress(todo, desc="images x methods", unit="result", disable=not progress) as bar:
         loads = distributed.load_units([batch for batch, _ in mine], _load_batch, workers=workers, device=model.device)
         for (whole, names), (all_pixels, all_masks) in zip(mine, loads):
@@ -499,7 +499,8 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
                 journal.append(_rounded(rows))
                 computed += len(rows)
                 bar.update(len(rows))
-        phase = context.gather({"computed": computed, "seconds": time.perf_counter() - started})
+        phase = context.gather({"computed": computed, "seconds": time.perf_counter() - started,
+                                "cpu_seconds": time.process_time() - cpu_started})
     if context.is_main:  # every rank has finished its share: merge, in the order one process writes
         order = {(item.key, name): (b, m, p) for b, batch in enumerate(batches) for m, name in enumerate(methods)
                  for p, item in enumerate(batch)}
@@ -545,6 +546,7 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
         total = sum(p["computed"] for p in phase)
         run = {"world_size": context.world_size, "device": str(model.device), "results": len(order),
                "computed": total, "already_done": len(order) - total, "seconds": round(seconds, 3),
+               "cpu_seconds": round(sum(p["cpu_seconds"] for p in phase), 3),
                "results_per_second": round(distributed.rate(total, seconds), 3)}
         distributed.atomic_write_text(out / "run.json", json.dumps(run, indent=2) + "\n")
         summary = summarise(out, data, config, command=command, methods=methods)

@@ -309,7 +309,7 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
     mine = [(j, shard) for j, shard in context.shard(shards) if not (out / _shard_file(j)).exists()]
     todo = sum(len(batch) for _, shard in mine for batch in shard)
     loader = _Loader(model, folder, images, resolution, max_patches)
-    started, computed = time.perf_counter(), 0
+    started, cpu_started, computed = time.perf_counter(), time.process_time(), 0
     with context.progress(todo, desc=f"explain-dataset ({method})", unit="image", disable=not progress) as bar:
         batches = distributed.load_units([batch for _, shard in mine for batch in shard], loader, workers=workers,
                                          device=model.device)
@@ -340,7 +340,8 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
                 bar.update(len(batch))
             with distributed.atomic_output(out / _shard_file(j)) as tmp:
                 save_file(tensors, str(tmp), metadata={"format": FORMAT})  # one key: the same bytes every run
-        phase = context.gather({"computed": computed, "seconds": time.perf_counter() - started})
+        phase = context.gather({"computed": computed, "seconds": time.perf_counter() - started,
+                                "cpu_seconds": time.process_time() - cpu_started})
 
     def finish() -> None:  # rank 0, after every rank has finished: the index says the run is complete
         missing = [shard["file"] for shard in index["shards"] if not (out / shard["file"]).exists()]
@@ -352,6 +353,7 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
         seconds, total = max(p["seconds"] for p in phase), sum(p["computed"] for p in phase)
         run = {"world_size": context.world_size, "device": str(model.device), "images": len(images),
                "computed": total, "already_done": len(images) - total, "seconds": round(seconds, 3),
+               "cpu_seconds": round(sum(p["cpu_seconds"] for p in phase), 3),
                "images_per_second": round(distributed.rate(total, seconds), 3)}
         distributed.atomic_write_text(out / "run.json", json.dumps(run, indent=2) + "\n")
 
