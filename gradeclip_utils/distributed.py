@@ -524,15 +524,20 @@ class GlobalProgress:
         if self._bar is not None:
             self._bar.update(n)
 
+    def close(self) -> None:
+        """Stop counting (after the ranks' synchronisation, so that the bar ends at the global count)."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        if self._bar is not None:
+            self._bar.close()
+
     def __enter__(self) -> "GlobalProgress":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-        if self._bar is not None:
-            self._bar.close()
+        self.close()
 
 
 def init(device: str | torch.device | None = None, *, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> Context:

@@ -373,6 +373,18 @@ def _load_batch(batch: list[EvalItem]) -> tuple[torch.Tensor, np.ndarray | None]
     return torch.stack([pixels for pixels, _ in loaded]), masks
 
 
+def _pending(mine, loads, done):
+    """(method, items, pixels, masks) of each (batch, method) still to do, the batch loaded once for all
+    its methods; items already done are left out (with their pixels and masks)."""
+    for (whole, names), (pixels, masks) in zip(mine, loads):
+        for name in names:
+            keep = [b for b, item in enumerate(whole) if (item.key, name) not in done]
+            if len(keep) == len(whole):
+                yield name, whole, pixels, masks
+            else:
+                yield name, [whole[b] for b in keep], pixels[keep], None if masks is None else masks[keep]
+
+
 PAIRED = frozenset({"m2ib"})  # methods whose cost grows with images x targets, with a paired=True mode
 
 
@@ -466,41 +478,36 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
     journal = Journal(parts, "per_image", context.rank)
     todo = sum((item.key, name) not in done for batch, names in mine for name in names for item in batch)
     started, cpu_started, computed = time.perf_counter(), time.process_time(), 0
-    with context.progress(todo, desc="images x methods", unit="result", disable=not progress) as bar:
-        loads = distributed.load_units([batch for batch, _ in mine], _load_batch, workers=workers, device=model.device)
-        for (whole, names), (all_pixels, all_masks) in zip(mine, loads):
-            for name in names:
-                keep = [b for b, item in enumerate(whole) if (item.key, name) not in done]
-                batch = [whole[b] for b in keep]
-                pixels = all_pixels if len(keep) == len(whole) else all_pixels[keep]
-                extra = {"keys": [item.key for item in batch]} if name == RANDOM else {}
-                maps = batch_maps(model, name, pixels, [item.label for item in batch], data.classifier,
-                                  {**options[name], **extra})
-                rows = [{"key": item.key, "label": item.label, "prompt": data.class_names[item.label], "method": name}
-                        for item in batch]
-                if data.has_masks:
-                    masks = all_masks[keep]
-                    scores = localisation_scores(maps, masks, tolerance=tolerance)
+    bar = context.progress(todo, desc="images x methods", unit="result", disable=not progress)
+    loads = distributed.load_units([batch for batch, _ in mine], _load_batch, workers=workers, device=model.device)
+    for name, batch, pixels, masks in _pending(mine, loads, done):
+        extra = {"keys": [item.key for item in batch]} if name == RANDOM else {}
+        maps = batch_maps(model, name, pixels, [item.label for item in batch], data.classifier,
+                          {**options[name], **extra})
+        rows = [{"key": item.key, "label": item.label, "prompt": data.class_names[item.label], "method": name}
+                for item in batch]
+        if data.has_masks:
+            scores = localisation_scores(maps, masks, tolerance=tolerance)
+            for b, row in enumerate(rows):
+                row.update({name: float(scores[name][b]) for name in LOCALISATION})
+        if faithfulness:
+            curves = perturbation_curves(model.adapter, pixels.to(model.device), maps, data.classifier,
+                                         [item.label for item in batch], mean=mean, std=std,
+                                         seed=[item_seed(seed, item.key) for item in batch], logit_scale=logit_scale)
+            for kind in ("deletion", "insertion"):
+                for measure in MEASURES:
+                    auc = curves.auc(kind, measure)
+                    values = getattr(curves, kind)[measure]
                     for b, row in enumerate(rows):
-                        row.update({name: float(scores[name][b]) for name in LOCALISATION})
-                if faithfulness:
-                    curves = perturbation_curves(model.adapter, pixels.to(model.device), maps, data.classifier,
-                                                 [item.label for item in batch], mean=mean, std=std,
-                                                 seed=[item_seed(seed, item.key) for item in batch],
-                                                 logit_scale=logit_scale)
-                    for kind in ("deletion", "insertion"):
-                        for measure in MEASURES:
-                            auc = curves.auc(kind, measure)
-                            values = getattr(curves, kind)[measure]
-                            for b, row in enumerate(rows):
-                                row[f"{kind}_auc_{measure}"] = float(auc[b])
-                                for t in range(steps):
-                                    row[f"{kind}_{measure}_{t:02d}"] = float(values[b, t])
-                journal.append(_rounded(rows))
-                computed += len(rows)
-                bar.update(len(rows))
-        phase = context.gather({"computed": computed, "seconds": time.perf_counter() - started,
-                                "cpu_seconds": time.process_time() - cpu_started})
+                        row[f"{kind}_auc_{measure}"] = float(auc[b])
+                        for t in range(steps):
+                            row[f"{kind}_{measure}_{t:02d}"] = float(values[b, t])
+        journal.append(_rounded(rows))
+        computed += len(rows)
+        bar.update(len(rows))
+    phase = context.gather({"computed": computed, "seconds": time.perf_counter() - started,
+                            "cpu_seconds": time.process_time() - cpu_started})
+    bar.close()
     if context.is_main:  # every rank has finished its share: merge, in the order one process writes
         order = {(item.key, name): (b, m, p) for b, batch in enumerate(batches) for m, name in enumerate(methods)
                  for p, item in enumerate(batch)}
@@ -824,42 +831,48 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from .loading import load_model
-
-    context = distributed.init(args.device, timeout_minutes=args.dist_timeout)
     out = Path(args.out or f"outputs/eval-{args.dataset}")
+    context = distributed.init(args.device, timeout_minutes=args.dist_timeout)
     try:
-        with context.guard(out):
-            model = load_model(args.model, args.pretrained, device=context.device, precision=args.precision)
-            if args.dataset == "synthetic":
-                data = synthetic_set(model, args.n)
-            elif args.data is None:
-                parser.error(f"--dataset {args.dataset} needs --data")
-            elif args.dataset == "imagenet":
-                out.mkdir(parents=True, exist_ok=True)
-                with context.main_first():  # rank 0 builds the classifier cache, the others read it
-                    data = imagenet_set(model, Path(args.data), args.n, templates=args.templates, target=args.target,
-                                        cache=out / f"classifier-{args.templates}-{weights_digest(model.model)}.pt")
-            else:
-                data = folder_set(model, Path(args.data), args.n)
-            methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-            sanity_methods = None if args.sanity_methods is None else [m.strip() for m in args.sanity_methods.split(",")]
-            command = "python -m gradeclip_utils.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
-            workers = args.workers if args.workers is not None else (4 if model.device.type == "cuda" else 0)
-            summary = evaluate(model, data, out, methods=methods, batch_size=args.batch_size, tolerance=args.tolerance,
-                               rise_masks=args.rise_masks, rise_centre=not args.rise_plain, m2ib_steps=args.m2ib_steps,
-                               m2ib_samples=args.m2ib_samples,
-                               seed=args.seed, sanity_images=args.sanity_images, sanity_methods=sanity_methods,
-                               timing_images=args.timing_images, timing_repeats=args.timing_repeats,
-                               faithfulness=not args.no_faithfulness, command=command.strip(),
-                               overwrite=args.overwrite, workers=workers, context=context)
-            if args.doc and context.is_main:
-                write_doc(summary, out, args.doc)
+        with context.guard(out):  # a failing rank records its error for the others
+            summary = _run(parser, args, argv, out, context)
     finally:
         context.close()
     if context.is_main:
         print(summary["markdown"])
         print(f"\nwritten to {out}" + (f" and {args.doc}" if args.doc else ""), file=sys.stderr)
+    return summary
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None, out: Path,
+         context: distributed.Context) -> dict[str, Any]:
+    from .loading import load_model
+
+    model = load_model(args.model, args.pretrained, device=context.device, precision=args.precision)
+    if args.dataset == "synthetic":
+        data = synthetic_set(model, args.n)
+    elif args.data is None:
+        parser.error(f"--dataset {args.dataset} needs --data")
+    elif args.dataset == "imagenet":
+        out.mkdir(parents=True, exist_ok=True)
+        with context.main_first():  # rank 0 builds the classifier cache, the other ranks read it
+            data = imagenet_set(model, Path(args.data), args.n, templates=args.templates, target=args.target,
+                                cache=out / f"classifier-{args.templates}-{weights_digest(model.model)}.pt")
+    else:
+        data = folder_set(model, Path(args.data), args.n)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    sanity_methods = None if args.sanity_methods is None else [m.strip() for m in args.sanity_methods.split(",")]
+    command = "python -m gradeclip_utils.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+    workers = args.workers if args.workers is not None else (4 if model.device.type == "cuda" else 0)
+    summary = evaluate(model, data, out, methods=methods, batch_size=args.batch_size, tolerance=args.tolerance,
+                       rise_masks=args.rise_masks, rise_centre=not args.rise_plain, m2ib_steps=args.m2ib_steps,
+                       m2ib_samples=args.m2ib_samples,
+                       seed=args.seed, sanity_images=args.sanity_images, sanity_methods=sanity_methods,
+                       timing_images=args.timing_images, timing_repeats=args.timing_repeats,
+                       faithfulness=not args.no_faithfulness, command=command.strip(), overwrite=args.overwrite,
+                       workers=workers, context=context)
+    if args.doc and context.is_main:
+        write_doc(summary, out, args.doc)
     return summary
 
 
