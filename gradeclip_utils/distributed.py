@@ -557,6 +557,9 @@ def init(device: str | torch.device | None = None, *, timeout_minutes: float = D
         return Context(device=torch.device(device) if device is not None else default_device())
     import torch.distributed as dist
 
+    if "RANK" not in os.environ:
+        raise ValueError(f"WORLD_SIZE={world_size} without RANK: start the processes with torchrun (or set RANK, "
+                         "LOCAL_RANK, MASTER_ADDR and MASTER_PORT for each)")
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     if not 0 <= rank < world_size:
         raise ValueError(f"RANK={rank} is not in [0, WORLD_SIZE={world_size})")
@@ -570,6 +573,8 @@ def init(device: str | torch.device | None = None, *, timeout_minutes: float = D
     if requested is not None and requested.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
     if use_cuda:
+        if "LOCAL_RANK" not in os.environ:
+            raise ValueError("LOCAL_RANK is not set: it chooses each rank's GPU (torchrun sets it)")
         count = torch.cuda.device_count()
         if local_rank < count:
             index = local_rank

@@ -140,6 +140,12 @@ def test_one_process_without_a_launcher(monkeypatch):
     assert (context.rank, context.world_size, context.distributed, context.device) == (0, 1, False, torch.device("cpu"))
     assert context.gather(3) == [3] and context.on_main(lambda: 5) == 5
     monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="WORLD_SIZE=2 without RANK"):
+        distributed.init("cpu")
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(ValueError, match=r"RANK=2 is not in \[0, WORLD_SIZE=2\)"):
+        distributed.init("cpu")
+    monkeypatch.setenv("RANK", "1")
     with pytest.raises(ValueError, match="names one device for every rank"):
         distributed.init("cuda:1")
 
