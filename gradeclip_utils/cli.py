@@ -1,4 +1,5 @@
-"""Command line: ``gradeclip explain IMAGE PROMPT [PROMPT ...] --out fig.png``."""
+"""Command line: ``gradeclip explain IMAGE PROMPT [PROMPT ...] --out fig.png``, ``gradeclip explain-dataset
+FOLDER --prompts FILE|--classes --out DIR`` (also under ``torchrun -m gradeclip_utils.cli``), ``gradeclip methods``."""
 
 from __future__ import annotations
 
@@ -41,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", default="gradeclip_explanation.png",
                          help="output figure (.png, .pdf or .svg); word-importance figures go beside it")
     explain.add_argument("--no-words", action="store_true", help="skip the word-importance figures")
+
+    from .explain_dataset import add_arguments
+
+    dataset = commands.add_parser("explain-dataset", help="maps of every image of a folder into sharded safetensors "
+                                  "files (one process, or many under torchrun)")
+    add_arguments(dataset)
 
     commands.add_parser("methods", help="list the explanation methods")
     return parser
@@ -86,6 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for kind, names in list_methods().items():
                 print(f"{kind}: {', '.join(names)}")
             return 0
+        if args.command == "explain-dataset":
+            from .explain_dataset import run
+
+            run(args)
+            return 0
         return _explain(args)
     except (WeightsUnavailableError, UnsupportedModelError, FileNotFoundError, ValueError) as error:
         print(f"gradeclip: error: {error}", file=sys.stderr)
@@ -93,4 +105,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    sys.exit(record(main)())

@@ -33,6 +33,17 @@ Per method: time per (image, prompt) as a multiple of one plain image forward pa
 randomisation sanity check on a few images. Writes ``per_image.csv``, ``timing.csv``, ``sanity.csv``,
 ``summary.md`` (means with 95% bootstrap confidence intervals) and plots into ``--out``. A run that is
 interrupted resumes where it stopped when started again with the same settings.
+
+Several processes: ``torchrun --nproc-per-node N -m gradeclip_utils.evaluate ...`` (also under ``srun`` or
+``accelerate launch``) runs on ``cuda:LOCAL_RANK`` per rank (NCCL), or on the CPU with gloo (``--device cpu``),
+and writes the same files as one process (see ``gradeclip_utils.distributed``). The work units are the
+batches one process runs (items sorted by target, cut every ``--batch-size``), the same whatever N; batch i
+goes to rank i % N. Results go to part files under ``OUT/parts/`` as they finish (each rank its own) and
+rank 0 merges them, in the order one process writes, into ``per_image.csv`` and ``sanity.csv`` once every
+rank has finished. The timing runs once, on rank 0, while the other ranks wait (so that it is not disturbed);
+the sanity check is split by method (method i of the list on rank i % N). ``config.json`` records
+``"distributed": {"world_size": N, "items_per_rank": [...]}``; a run stopped midway resumes from its part
+files, also with another N. ``run.json`` gives the throughput of the per-image phase.
 """
 
 from __future__ import annotations
@@ -54,6 +65,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import distributed
+from .distributed import Journal
 from .explain import zero_shot_classifier
 from .methods import get_image_method, list_methods
 from .metrics import (AUC_DEFINITION, authors_heatmap, authors_perturbation_curves, cascading_randomisation,
@@ -180,7 +193,8 @@ def imagenet_set(model, root: Path, n: int, *, templates: str = "openai", target
     else:
         classifier = zero_shot_classifier(model, names, chosen_templates).to(model.device)
         if cache is not None:
-            torch.save(classifier.cpu(), cache)
+            with distributed.atomic_output(cache) as tmp:
+                torch.save(classifier.cpu(), tmp)
     explained: list[int | None] = [None] * len(chosen)
     if target == "pred":  # explain the prediction; the curves still score the ground truth
         explained = []
@@ -381,14 +395,13 @@ def _curve_columns(steps: int) -> list[str]:
             for t in range(steps)]
 
 
+def _rounded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: round(v, 7) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+
+
 def _append_rows(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    new = not path.exists()
-    rows = [{k: round(v, 7) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
-    with open(path, "a", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    """Rows appended to a (small) CSV file, rewritten atomically."""
+    distributed.write_csv(path, columns, _read_rows(path) + _rounded(rows))
 
 
 def _read_rows(path: Path) -> list[dict[str, str]]:
@@ -399,9 +412,29 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def _batches(items: list[EvalItem], batch_size: int) -> list[list[EvalItem]]:
-    """Items sorted by target (stable) and cut into batches: few distinct targets per batch."""
+    """Items sorted by target (stable) and cut into batches: few distinct targets per batch. These are
+    also the work units of a run on several processes (batch i on rank i % N)."""
     ordered = sorted(items, key=lambda item: item.explained)
     return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+def _load_batch(batch: list[EvalItem]) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Pixels (B, 3, H, W) and masks (B, H, W) (or None) of a batch (in a DataLoader worker when there are any)."""
+    loaded = [item.load() for item in batch]
+    masks = None if any(mask is None for _, mask in loaded) else np.stack([mask for _, mask in loaded])
+    return torch.stack([pixels for pixels, _ in loaded]), masks
+
+
+def _pending(mine, loads, done):
+    """(method, items, pixels, masks) of each (batch, method) still to do, the batch loaded once for all
+    its methods; items already done are left out (with their pixels and masks)."""
+    for (whole, names), (pixels, masks) in zip(mine, loads):
+        for name in names:
+            keep = [b for b, item in enumerate(whole) if (item.key, name) not in done]
+            if len(keep) == len(whole):
+                yield name, whole, pixels, masks
+            else:
+                yield name, [whole[b] for b in keep], pixels[keep], None if masks is None else masks[keep]
 
 
 PAIRED = frozenset({"m2ib"})  # methods whose cost grows with images x targets, with a paired=True mode
@@ -491,20 +524,23 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
              m2ib_samples: int = 10, seed: int = 0, sanity_images: int = 8, sanity_methods: Sequence[str] | None = None,
              timing_images: int = 4, timing_repeats: int = 5, faithfulness: bool = True, command: str = "",
              overwrite: bool = False, progress: bool = True, protocol: str = "project",
-             tie_seeds: int = 3) -> dict[str, Any]:
+             tie_seeds: int = 3, workers: int = 0, context: distributed.Context | None = None) -> dict[str, Any]:
     """Run every method on every item of ``data``, write the results into ``out`` and return the summary.
 
     ``protocol``: "project" (this project's deletion and insertion on the preprocessed pixels, ties by
     seeded random permutations, repeated over ``tie_seeds`` tie seeds to show how much the order of ties
     moves an AUC) or "authors" (the Grad-ECLIP authors' scripts exactly, see ``authors_faithfulness``;
     no localisation). Resumes from ``out`` when it holds a run with the same settings (items already done
-    are kept); ``overwrite`` starts afresh.
+    are kept); ``overwrite`` starts afresh. ``workers``: DataLoader worker processes that load the images.
+    ``context``: this process's place in a run on several processes (``distributed.init``); every rank
+    calls ``evaluate`` with the same arguments, and each returns the summary of the merged run.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if tie_seeds < 1:
         raise ValueError("tie_seeds must be at least 1")
     tie_seeds = 1 if protocol == "authors" else tie_seeds
+    context = context or distributed.Context(device=model.device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     unknown = [m for m in methods if m != RANDOM and m not in list_methods()["image"]]
@@ -516,46 +552,60 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
               "faithfulness": faithfulness,
               "classes": len(data.class_names), "sanity_images": sanity_images, "timing_images": timing_images,
               "timing_repeats": timing_repeats, "protocol": protocol, "tie_seeds": tie_seeds}
+    context.check_same("model weights", config["weights"])
     config_path = out / "config.json"
-    outputs = [out / name for name in ("per_image.csv", "timing.csv", "sanity.csv", "summary.md")]
-    if config_path.exists() and not overwrite:
-        previous = json.loads(config_path.read_text())
-        if previous != config:
-            raise ValueError(f"{out} holds a run with other settings ({config_path}); use another --out or "
-                             "--overwrite to start afresh")
-    elif overwrite:
-        for path in outputs:
-            path.unlink(missing_ok=True)
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    parts = out / distributed.PARTS
+    outputs = [out / name for name in ("per_image.csv", "timing.csv", "sanity.csv", "summary.md", "run.json")]
+    batches = _batches(data.items, batch_size)
+
+    def prepare() -> None:  # on rank 0, before any rank reads what is done
+        if config_path.exists() and not overwrite:
+            previous = json.loads(config_path.read_text())
+            if not distributed.same_settings(previous, config):
+                raise ValueError(f"{out} holds a run with other settings ({config_path}); use another --out or "
+                                 "--overwrite to start afresh")
+        elif overwrite:
+            for path in outputs:
+                path.unlink(missing_ok=True)
+            Journal.remove(parts, "per_image")
+            Journal.remove(parts, "sanity")
+        record = context.record(distributed.items_per_rank([len(b) for b in batches], context.world_size))
+        distributed.atomic_write_text(config_path, json.dumps({**config, "distributed": record}, indent=2) + "\n")
+
+    context.on_main(prepare)
     options = {name: method_options(name, config, data.classifier) for name in methods}
     logit_scale = model.adapter.logit_scale
     steps = 11
 
-    # speed, side by side with one plain forward
+    # speed, side by side with one plain forward: on rank 0 while the other ranks wait
     timing_path = out / "timing.csv"
-    timed = {row["method"] for row in _read_rows(timing_path)}
-    to_time = [m for m in methods if m not in timed]
-    if to_time and timing_images > 0:
-        pixels = torch.stack([item.load()[0] for item in data.items[:timing_images]])
-        rows = measure_speed(model, pixels, data.classifier, to_time, options, repeats=timing_repeats)
-        _append_rows(timing_path, rows, list(rows[0]))
+    if context.is_main:
+        timed = {row["method"] for row in _read_rows(timing_path)}
+        to_time = [m for m in methods if m not in timed]
+        if to_time and timing_images > 0:
+            pixels = torch.stack([item.load()[0] for item in data.items[:timing_images]])
+            rows = measure_speed(model, pixels, data.classifier, to_time, options, repeats=timing_repeats)
+            _append_rows(timing_path, rows, list(rows[0]))
+    context.barrier()
 
-    # per-image metrics
+    # per-image metrics: this rank's batches, results appended to its part file as they finish
     per_image = out / "per_image.csv"
-    done = {(row["key"], row["method"]) for row in _read_rows(per_image)}
+    done = {(row["key"], row["method"]) for row in _read_rows(per_image) + Journal.read(parts, "per_image")}
     localise = data.has_masks and protocol == "project"
     columns = ["key", "label", "target", "prompt", "method"] + (list(LOCALISATION) if localise else [])
     if faithfulness:
         columns += [f"{kind}_auc_{m}" for kind in ("deletion", "insertion") for m in MEASURES] + _curve_columns(steps)
         columns += [f"{kind}_auc_{m}_tie{t}" for t in range(1, tie_seeds) for kind in ("deletion", "insertion")
                     for m in TIE_MEASURES]
-    tasks = [(name, batch) for batch in _batches(data.items, batch_size) for name in methods
-             if any((item.key, name) not in done for item in batch)]
-    loaded: dict[str, tuple[torch.Tensor, np.ndarray | None]] = {}
-    for name, batch in tqdm(tasks, desc="images x methods", disable=not progress):
-        batch = [item for item in batch if (item.key, name) not in done]
-        if any(item.key not in loaded for item in batch):
-            loaded = {item.key: item.load() for item in batch}  # each batch's images are loaded once
+    mine = [(batch, [name for name in methods if any((item.key, name) not in done for item in batch)])
+            for _, batch in context.shard(batches)]
+    mine = [(batch, names) for batch, names in mine if names]
+    journal = Journal(parts, "per_image", context.rank)
+    todo = sum((item.key, name) not in done for batch, names in mine for name in names for item in batch)
+    started, cpu_started, computed = time.perf_counter(), time.process_time(), 0
+    bar = context.progress(todo, desc="images x methods", unit="result", disable=not progress)
+    loads = distributed.load_units([batch for batch, _ in mine], _load_batch, workers=workers, device=model.device)
+    for name, batch, pixels, masks in _pending(mine, loads, done):
         rows = [{"key": item.key, "label": item.label, "target": item.explained,
                  "prompt": data.class_names[item.explained], "method": name} for item in batch]
         if protocol == "authors":
@@ -563,36 +613,47 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
                 for item, row in zip(batch, rows):
                     authors_faithfulness(model, name, item, data.classifier, row, options[name], seed=seed,
                                          logit_scale=logit_scale, steps=steps)
-            _append_rows(per_image, rows, columns)
-            done.update((item.key, name) for item in batch)
+            journal.append(_rounded(rows))
+            computed += len(rows)
+            bar.update(len(rows))
             continue
-        pixels = torch.stack([loaded[item.key][0] for item in batch])
         extra = {"keys": [item.key for item in batch]} if name == RANDOM else {}
         maps = batch_maps(model, name, pixels, [item.explained for item in batch], data.classifier,
                           {**options[name], **extra})
         if localise:
-            masks = np.stack([loaded[item.key][1] for item in batch])
             scores = localisation_scores(maps, masks, tolerance=tolerance)
             for b, row in enumerate(rows):
                 row.update({name: float(scores[name][b]) for name in LOCALISATION})
         if faithfulness:
             project_faithfulness(model, pixels, maps, batch, data.classifier, rows, seed=seed, tie_seeds=tie_seeds,
                                  logit_scale=logit_scale, steps=steps)
-        _append_rows(per_image, rows, columns)
-        done.update((item.key, name) for item in batch)
+        journal.append(_rounded(rows))
+        computed += len(rows)
+        bar.update(len(rows))
+    phase = context.gather({"computed": computed, "seconds": time.perf_counter() - started,
+                            "cpu_seconds": time.process_time() - cpu_started})
+    bar.close()
+    if context.is_main:  # every rank has finished its share: merge, in the order one process writes
+        order = {(item.key, name): (b, m, p) for b, batch in enumerate(batches) for m, name in enumerate(methods)
+                 for p, item in enumerate(batch)}
+        distributed.merge_table(per_image, columns, Journal.read(parts, "per_image"),
+                                identity=lambda row: (row["key"], row["method"]),
+                                order=lambda row: order.get((row["key"], row["method"])), required=set(order))
+        Journal.remove(parts, "per_image")
 
-    # the cascading randomisation sanity check
+    # the cascading randomisation sanity check: method i of the list on rank i % N
     sanity_path = out / "sanity.csv"
-    checked = {row["method"] for row in _read_rows(sanity_path)}
-    sanity_methods = [m for m in (sanity_methods if sanity_methods is not None else methods)
-                      if m != RANDOM and m not in checked]
-    if sanity_images > 0 and sanity_methods:
+    sanity_all = [m for m in (sanity_methods if sanity_methods is not None else methods) if m != RANDOM]
+    checked = {row["method"] for row in _read_rows(sanity_path) + Journal.read(parts, "sanity")}
+    sanity_mine = [name for _, name in context.shard(sanity_all) if name not in checked]
+    sanity_journal = Journal(parts, "sanity", context.rank)
+    if sanity_images > 0 and sanity_mine:
         chosen = data.items[:sanity_images]
         pixels = torch.stack([item.load()[0] for item in chosen]).to(model.device)
         labels = sorted({item.explained for item in chosen})
         targets = data.classifier[labels]
         column = [labels.index(item.explained) for item in chosen]
-        for name in tqdm(sanity_methods, desc="sanity check", disable=not progress):
+        for name in tqdm(sanity_mine, desc="sanity check", disable=not (progress and context.is_main)):
             fn = lambda m, p, t, name=name: run_method(m, name, p, t, options[name])  # noqa: E731
             result = cascading_randomisation(model, pixels, targets, fn, seed=seed)
             rows = []
@@ -600,11 +661,32 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
                 for b, item in enumerate(chosen):
                     rows.append({"method": name, "depth": depth, "stage": stage, "key": item.key,
                                  "spearman": float(rho[b, column[b]]), "ssim": float(similarity[b, column[b]])})
-            _append_rows(sanity_path, rows, list(rows[0]))
+            sanity_journal.append(_rounded(rows))
+    context.gather(None)
 
-    summary = summarise(out, data, config, command=command, methods=methods)
-    (out / "summary.md").write_text(summary["markdown"])
-    plot_results(out, summary)
+    if context.is_main:
+        sanity_rows = Journal.read(parts, "sanity")
+        if sanity_rows or sanity_path.exists():
+            rank = {name: m for m, name in enumerate(sanity_all)}
+            distributed.merge_table(sanity_path, ["method", "depth", "stage", "key", "spearman", "ssim"], sanity_rows,
+                                    identity=lambda row: (row["method"], row["depth"], row["key"]),
+                                    order=lambda row: (rank[row["method"]],) if row["method"] in rank else None,
+                                    required=set(sanity_all) if sanity_images > 0 else set(),
+                                    required_key=lambda row: row["method"])
+        Journal.remove(parts, "sanity")
+        seconds = max(p["seconds"] for p in phase)
+        total = sum(p["computed"] for p in phase)
+        run = {"world_size": context.world_size, "device": str(model.device), "results": len(order),
+               "computed": total, "already_done": len(order) - total, "seconds": round(seconds, 3),
+               "cpu_seconds": round(sum(p["cpu_seconds"] for p in phase), 3),
+               "results_per_second": round(distributed.rate(total, seconds), 3)}
+        distributed.atomic_write_text(out / "run.json", json.dumps(run, indent=2) + "\n")
+        summary = summarise(out, data, config, command=command, methods=methods)
+        distributed.atomic_write_text(out / "summary.md", summary["markdown"])
+        plot_results(out, summary)
+    context.barrier()
+    if not context.is_main:
+        summary = summarise(out, data, config, command=command, methods=methods)
     return summary
 
 
@@ -941,6 +1023,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "insertion with, to report how much the order of tied pixels moves each AUC (default 3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader worker processes that load the "
+                        "images (default: 4 on CUDA, 0 on the CPU, where they would compete with the model for cores)")
+    parser.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_MINUTES,
+                        help="under torchrun: minutes a rank waits for the others (default %(default)g)")
     parser.add_argument("--out", default=None, help="output folder (default: outputs/eval-DATASET)")
     parser.add_argument("--overwrite", action="store_true", help="discard a previous run in --out")
     parser.add_argument("--doc", default=None, help="also write the summary with its plots as this markdown file "
@@ -948,36 +1034,52 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = Path(args.out or f"outputs/eval-{args.dataset}")
+    context = distributed.init(args.device, timeout_minutes=args.dist_timeout)
+    try:
+        with context.guard(out):  # a failing rank records its error for the others
+            summary = _run(parser, args, argv, out, context)
+    finally:
+        context.close()
+    if context.is_main:
+        print(summary["markdown"])
+        print(f"\nwritten to {out}" + (f" and {args.doc}" if args.doc else ""), file=sys.stderr)
+    return summary
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None, out: Path,
+         context: distributed.Context) -> dict[str, Any]:
     from .loading import load_model
 
-    model = load_model(args.model, args.pretrained, device=args.device, precision=args.precision)
-    out = Path(args.out or f"outputs/eval-{args.dataset}")
+    model = load_model(args.model, args.pretrained, device=context.device, precision=args.precision)
     if args.dataset == "synthetic":
         data = synthetic_set(model, args.n)
     elif args.data is None:
         parser.error(f"--dataset {args.dataset} needs --data")
     elif args.dataset == "imagenet":
         out.mkdir(parents=True, exist_ok=True)
-        data = imagenet_set(model, Path(args.data), args.n, templates=args.templates, target=args.target,
-                            cache=out / f"classifier-{args.templates}-{weights_digest(model.model)}.pt")
+        with context.main_first():  # rank 0 builds the classifier cache, the other ranks read it
+            data = imagenet_set(model, Path(args.data), args.n, templates=args.templates, target=args.target,
+                                cache=out / f"classifier-{args.templates}-{weights_digest(model.model)}.pt")
     else:
         data = folder_set(model, Path(args.data), args.n)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     sanity_methods = None if args.sanity_methods is None else [m.strip() for m in args.sanity_methods.split(",")]
     command = "python -m gradeclip_utils.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+    workers = args.workers if args.workers is not None else (4 if model.device.type == "cuda" else 0)
     summary = evaluate(model, data, out, methods=methods, batch_size=args.batch_size, tolerance=args.tolerance,
                        rise_masks=args.rise_masks, rise_centre=not args.rise_plain, m2ib_steps=args.m2ib_steps,
                        m2ib_samples=args.m2ib_samples,
                        seed=args.seed, sanity_images=args.sanity_images, sanity_methods=sanity_methods,
                        timing_images=args.timing_images, timing_repeats=args.timing_repeats,
                        faithfulness=not args.no_faithfulness, command=command.strip(), overwrite=args.overwrite,
-                       protocol=args.protocol, tie_seeds=args.tie_seeds)
-    if args.doc:
+                       protocol=args.protocol, tie_seeds=args.tie_seeds, workers=workers, context=context)
+    if args.doc and context.is_main:
         write_doc(summary, out, args.doc)
-    print(summary["markdown"])
-    print(f"\nwritten to {out}" + (f" and {args.doc}" if args.doc else ""), file=sys.stderr)
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    record(main)()  # under torchrun, a failing rank's traceback goes into torchrun's failure report

@@ -1,0 +1,161 @@
+"""The whole-dataset explanation: shards read back as explain_image's maps of each image; a stopped run
+resumes; two torchrun processes write the files one process writes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gradeclip_utils import explain_image
+from gradeclip_utils.explain_dataset import DatasetMaps, explain_dataset, find_images
+from launch import torchrun
+
+PROMPTS = ["a red circle", "a blue square", "a green triangle"]
+
+
+def make_tree(root, sizes=((64, 48), (48, 64), (50, 50), (100, 30), (64, 48), (30, 90), (64, 48)), seed=0):
+    """Random pictures of several sizes in two class folders, one JPEG with an EXIF rotation (its
+    header size is the unrotated one)."""
+    rng = np.random.default_rng(seed)
+    for i, (width, height) in enumerate(sizes):
+        folder = root / ("tabby_cat" if i % 2 else "golden_retriever")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: shown as 40 x 72
+    Image.fromarray(rng.integers(0, 255, (40, 72, 3), dtype=np.uint8)).save(root / "tabby_cat" / "turned.jpg",
+                                                                            exif=exif.tobytes())
+    return root
+
+
+def assert_same_as_explain_image(model, folder, out, prompts, **options):
+    maps = DatasetMaps(out)
+    targets = maps.targets()
+    assert maps.keys == find_images(folder) and len(maps) == 8
+    for stored in maps:
+        if prompts is not None:
+            given = prompts
+        elif maps.settings["targets"]["per_image"] == "own":
+            given = targets[stored.label:stored.label + 1]
+        else:
+            given = targets
+        downscaled = maps.images[stored.index]["downscaled"]
+        with pytest.warns(UserWarning, match="downscaled") if downscaled else contextlib.nullcontext():
+            reference = explain_image(model, folder / stored.key, given, **options)
+        want = reference.raw[0]
+        assert stored.maps.shape == want.shape and stored.maps.dtype == torch.float32
+        assert torch.allclose(stored.maps, want, rtol=0, atol=1e-5 * float(want.abs().max())), stored.key
+        assert torch.allclose(stored.scores, reference.scores[0], atol=1e-6), stored.key
+        assert tuple(stored.input_size) == tuple(np.asarray(reference.images[0]).shape[:2])
+        assert torch.equal(maps[stored.key].maps, stored.maps) and torch.equal(maps[stored.index].maps, stored.maps)
+    return maps
+
+
+@pytest.mark.parametrize("classes", [None, "own", "all"])
+def test_shards_read_back_as_explain_image_of_each_image(tiny, tmp_path, classes):
+    folder = make_tree(tmp_path / "data")
+    out = tmp_path / "maps"
+    prompts = PROMPTS if classes is None else None
+    explain_dataset(tiny, folder, out, prompts=prompts, classes=classes, templates="simple", batch_size=2,
+                    shard_size=3, max_patches=50, progress=False)
+    maps = assert_same_as_explain_image(tiny, folder, out, prompts, max_patches=50)
+    index = json.loads((out / "index.json").read_text())
+    assert index["complete"] and index["distributed"] == {"world_size": 1, "items_per_rank": [8]}
+    entries = {entry["key"]: entry for entry in index["images"]}
+    assert entries["tabby_cat/turned.jpg"]["input_size"] == [72, 40]  # EXIF rotation applied to the header size
+    assert entries["tabby_cat/im3.png"]["downscaled"] and not entries["tabby_cat/im1.png"]["downscaled"]
+    for entry in index["images"]:  # 100 x 30 is 13 x 4 = 52 patches > 50: downscaled, as explain_image does
+        assert list(maps[entry["key"]].maps.shape[-2:]) == entry["grid"]
+    assert all(len(shard["batches"]) and sum(map(len, shard["batches"])) <= 3 for shard in index["shards"])
+    if classes is not None:
+        assert maps.prompts == ["golden retriever", "tabby cat"]
+        assert [entries[k]["label"] for k in ("golden_retriever/im0.png", "tabby_cat/im1.png")] == [0, 1]
+        want = ["tabby cat"] if classes == "own" else ["golden retriever", "tabby cat"]
+        assert maps["tabby_cat/im1.png"].prompts == want
+    heat = maps["tabby_cat/im1.png"].heatmaps()
+    assert heat.shape[-2:] == (64, 48) and float(heat.min()) >= 0 and float(heat.max()) == pytest.approx(1.0)
+
+
+def test_a_stopped_run_resumes_from_its_shards(tiny, tmp_path):
+    folder = make_tree(tmp_path / "data")
+    # the largest pictures come last in the plan (batches grouped by input size, sizes ascending)
+    broken = folder / "golden_retriever" / "big.png"
+    Image.fromarray(np.zeros((120, 120, 3), dtype=np.uint8)).save(broken)
+    whole = broken.read_bytes()
+    broken.write_bytes(whole[: len(whole) // 2])  # a readable header, truncated pixels
+    out = tmp_path / "maps"
+    options = dict(prompts=PROMPTS, batch_size=2, shard_size=2, progress=False)
+    with pytest.raises(ValueError, match="cannot read image .*big.png"):
+        explain_dataset(tiny, folder, out, **options)
+    written = sorted(p.name for p in (out / "shards").iterdir())
+    assert written and not any(p.name.startswith(".") for p in (out / "shards").iterdir())  # no temporary files
+    with pytest.raises(ValueError, match="incomplete run"):
+        DatasetMaps(out)
+    partial = DatasetMaps(out, allow_incomplete=True)
+    last = partial.images[[e["key"] for e in partial.images].index("golden_retriever/big.png")]["shard"]
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        partial["golden_retriever/big.png"]
+    broken.write_bytes(whole)
+    explain_dataset(tiny, folder, out, **options)
+    run = json.loads((out / "run.json").read_text())
+    done_before = sum(len(b) for shard in partial.index["shards"][:len(written)] for b in shard["batches"])
+    assert run["already_done"] == done_before > 0 and run["computed"] == 9 - done_before
+    assert f"shard-{last:05d}.safetensors" not in written
+    fresh = tmp_path / "fresh"
+    explain_dataset(tiny, folder, fresh, **options)
+    for path in sorted((fresh / "shards").iterdir()):
+        assert (out / "shards" / path.name).read_bytes() == path.read_bytes(), path.name
+    with pytest.raises(ValueError, match="other settings"):
+        explain_dataset(tiny, folder, out, **{**options, "batch_size": 1})
+    explain_dataset(tiny, folder, out, **{**options, "batch_size": 1}, overwrite=True)
+    assert json.loads((out / "run.json").read_text())["computed"] == 9
+
+
+def test_bad_inputs_give_clear_errors(tiny, tmp_path):
+    folder = make_tree(tmp_path / "data")
+    with pytest.raises(ValueError, match="either prompts or classes"):
+        explain_dataset(tiny, folder, tmp_path / "a", prompts=PROMPTS, classes="own")
+    shutil.copy(folder / "tabby_cat" / "im1.png", folder / "loose.png")
+    with pytest.raises(ValueError, match="inside a class folder; 1 lie directly"):
+        explain_dataset(tiny, folder, tmp_path / "a", classes="own")
+    with pytest.raises(FileNotFoundError, match="image folder not found"):
+        explain_dataset(tiny, tmp_path / "nothing", tmp_path / "a", prompts=PROMPTS)
+    (folder / "tabby_cat" / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="1 unreadable images .*bad.png"):
+        explain_dataset(tiny, folder, tmp_path / "a", prompts=PROMPTS)
+    (folder / "tabby_cat" / "bad.png").unlink()
+    explain_dataset(tiny, folder, tmp_path / "a", prompts=PROMPTS, progress=False)
+    with pytest.raises(KeyError, match="no image 'missing.png'"):
+        DatasetMaps(tmp_path / "a")["missing.png"]
+
+
+def test_two_processes_write_the_files_of_one(tmp_path):
+    from gradeclip_utils import cli
+
+    folder = make_tree(tmp_path / "data")
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n\n")
+    args = ["explain-dataset", str(folder), "--prompts", str(tmp_path / "prompts.txt"), "--batch-size", "2",
+            "--shard-size", "3", "--device", "cpu"]
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main(args + ["--out", str(tmp_path / "one"), "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = torchrun("-m", "gradeclip_utils.cli", *args, "--out", str(tmp_path / "two"), "--workers", "1",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = json.loads((tmp_path / "one/index.json").read_text()), json.loads((tmp_path / "two/index.json").read_text())
+    assert two["distributed"]["world_size"] == 2 and sum(two["distributed"]["items_per_rank"]) == 8
+    assert {k: v for k, v in one.items() if k != "distributed"} == {k: v for k, v in two.items() if k != "distributed"}
+    names = sorted(os.listdir(tmp_path / "one/shards"))
+    assert names == sorted(os.listdir(tmp_path / "two/shards")) and len(names) == len(one["shards"])
+    for name in names + ["../targets.safetensors"]:
+        assert (tmp_path / "one/shards" / name).read_bytes() == (tmp_path / "two/shards" / name).read_bytes(), name
+    assert "8 images; 8 explained" in result.stdout and "on 2 processes" in result.stdout
