@@ -1,8 +1,9 @@
 """Realistic random parameters for a CLIP of any family, for tests that compare against literal code.
 
-A freshly initialised CLIP is special in ways trained weights never are: open_clip, OpenAI's clip
-and Hugging Face set every bias to 0 and every norm to the identity, so code that drops a bias, takes
-the wrong slice of one, or skips a norm's affine part computes the same numbers as the right code.
+A freshly initialised CLIP is special in ways trained weights never are: open_clip and OpenAI's clip
+start every attention projection bias (``in_proj_bias``, ``out_proj.bias``) at 0 and every LayerNorm at
+the identity (Hugging Face zeroes every linear bias too), so code that drops a bias, takes the wrong
+slice of one, or skips a norm's affine part computes the same numbers as the right code.
 ``realistic_init(module, seed)`` redraws every parameter so that none of these is special:
 
 - ``nn.Linear`` (attention out-projections, MLPs, separate q/k/v projections, attention-pool
@@ -23,17 +24,16 @@ the wrong slice of one, or skips a norm's affine part computes the same numbers 
   a test can assert that nothing it should cover slipped through.
 
 Scales. The init of open_clip (and OpenAI's) draws the class and positional embeddings with std
-width^-0.5 and the text embeddings with 0.01-0.02 while the patch embedding's convolution gives tokens
-of about unit size: the position signal starts negligible and only training makes it matter. A trained
-CLIP has it at the scale of the patch tokens (the embedded synthetic CLIP, trained 2,500 steps, has
-positional embeddings at a quarter of its patch tokens' std; a fully trained ViT-B more), so here the
-embeddings get ``embedding_std`` = 0.5 against patch tokens of std about 1 for unit-variance pixels.
-Biases of 0.1 and norm gains in [0.6, 1.4] are larger than the embedded model's after a short training
-(biases 0.01-0.06, gains within 0.9-1.15) and of the order that long-trained checkpoints carry: large
-enough that a dropped or misplaced bias moves every map far beyond the tests' 1e-5 tolerance, small
-enough that attention stays peaked (``qk_gain`` 1.5 gives class-token attention logits of std ~2) and
-nothing saturates. These are reasoned choices, not statistics of a real checkpoint (none can be
-downloaded here).
+width^-0.5 and the text embeddings with 0.01-0.02, while the patch embedding's convolution gives tokens
+of order one: the position signal starts negligible and only training makes it matter (the
+embedded synthetic CLIP, trained 2,500 steps, has positional embeddings at a quarter of its patch
+tokens' std). Here the embeddings get ``embedding_std`` = 0.5 against patch tokens of std about 1 for
+unit-variance pixels. Biases of 0.1 and norm gains in [0.6, 1.4] are larger than that model's after its
+short training (biases of std 0.01-0.06, gains within about 0.9-1.16): large enough that a dropped or
+misplaced bias or norm moves every map far beyond the tests' 1e-5 tolerance, small enough that nothing
+saturates; ``qk_gain`` 1.5 gives class-token attention logits of std about 2, so attention stays peaked
+(entropy about 0.6 of the uniform one in the tiny test model). These are reasoned choices, not
+statistics of a real checkpoint (none can be downloaded here).
 """
 
 from __future__ import annotations
