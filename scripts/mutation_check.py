@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE = ("tests/test_grad_eclip.py",)
 BASELINES = ("tests/test_baselines.py",)
 METRICS = ("tests/test_localisation_metrics.py", "tests/test_faithfulness.py")
-EVALUATION = ("tests/test_evaluate.py", "tests/test_synthetic_model.py")
+EVALUATION = ("tests/test_tolerance_defaults.py", "tests/test_evaluate.py", "tests/test_synthetic_model.py")
 
 
 @dataclass(frozen=True)

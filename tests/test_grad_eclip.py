@@ -238,6 +238,25 @@ def test_constant_keys_give_zero_spatial_weight_not_nan():
     assert torch.equal(weights, torch.zeros(1, 4))
 
 
+def test_spatial_weight_is_normalised_over_the_patches_only():
+    """method.md: r_i = cos(q_cls, k_i) for patch tokens i, the class token's own key excluded, then
+    min-max over the patches. Hand values with the class token's key the most similar one (cos 1): over
+    the patches' cosines 0, 1/sqrt(2) and -1 the weights are 1 / (1 + 1/sqrt(2)), 1 and 0; normalising
+    over the class token too would give 0.5, 0.854, 0. Text (first key 0) keeps every position."""
+    from gradeclip_utils.adapters import BlockCapture
+    from gradeclip_utils.methods.grad_eclip import loosened_attention
+
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    q = torch.stack([e1, e2, e2, e2])[None]
+    k = torch.stack([e1, e2, (e1 + e2) / math.sqrt(2), -e1])[None]
+    capture = BlockCapture(layer=0, q=q, k=k, v=k, attn_output=k, token_output=k[:, 0], heads=1,
+                           out_proj_weight=torch.eye(2), out_proj_bias=None)
+    image = loosened_attention(capture, torch.zeros(1, dtype=torch.long), "raw", 1)
+    assert torch.allclose(image, torch.tensor([[1 / (1 + 1 / math.sqrt(2)), 1.0, 0.0]]), atol=1e-6)
+    text = loosened_attention(capture, torch.zeros(1, dtype=torch.long), "raw", 0)
+    assert torch.allclose(text, torch.tensor([[1.0, 0.5, (1 / math.sqrt(2) + 1) / 2, 0.0]]), atol=1e-6)
+
+
 def test_other_batch_layout_gives_the_same_maps(tiny):
     """open_clip's older sequence-first layout (batch_first=False) is handled."""
     pixels = noise(2, 48, 48)
