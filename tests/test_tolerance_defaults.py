@@ -102,6 +102,7 @@ def test_method_evaluation_and_its_command_default(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ev, "batch_maps", fake_maps)
     model = SimpleNamespace(describe=lambda: {"name": "stand-in"}, model=torch.nn.Linear(1, 1),
+                            adapter=SimpleNamespace(logit_scale=100.0),
                             normalization=((0.5,) * 3, (0.5,) * 3))
     ev.evaluate(model, data, tmp_path, methods=["grad_eclip"], faithfulness=False, sanity_images=0, timing_images=0,
                 progress=False)
