@@ -47,17 +47,18 @@ class Mutation:
     what: str
 
 
-ADAPTER = "gradeclip_utils/adapters/open_clip_vit.py"
+ENGINE = "gradeclip_utils/adapters/transformer.py"  # the family-neutral explicit blocks
+OPEN_CLIP = "gradeclip_utils/adapters/openclip.py"
 GRAD_ECLIP = "gradeclip_utils/methods/grad_eclip.py"
 FAITHFULNESS = "gradeclip_utils/metrics/faithfulness.py"
 LOCALISATION = "gradeclip_utils/metrics/localisation.py"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ the three of issue 13
-    Mutation("adapter-in-proj-bias", ADAPTER,
-             "q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).split(width, dim=-1)",
-             "q, k, v = F.linear(h, attn.in_proj_weight).split(width, dim=-1)",
-             CORE + BASELINES, "explicit block drops the in-projection bias"),
+    Mutation("engine-in-proj-bias", ENGINE,
+             "q, k, v = F.linear(h, weight, bias).chunk(3, dim=-1)",
+             "q, k, v = F.linear(h, weight).chunk(3, dim=-1)",
+             CORE + BASELINES, "explicit blocks drop the packed in-projection's bias"),
     Mutation("out-proj-qk-bias", GRAD_ECLIP,
              "q, k = F.linear(q, weight, bias), F.linear(k, weight, bias)",
              "q, k = F.linear(q, weight), F.linear(k, weight)",
@@ -72,22 +73,27 @@ MUTATIONS: tuple[Mutation, ...] = (
              'offset: int = OFFSETS["localisation"], tolerance: float = 4.0,',
              'offset: int = OFFSETS["localisation"], tolerance: float = 8.0,',
              METRICS + EVALUATION, "synthetic localisation's default pointing tolerance 8 px instead of 4"),
-    # ------------------------------------------------------------------ adapter
-    Mutation("adapter-value-bias-slice", ADAPTER,
-             "else attn.in_proj_bias[2 * width:]", "else attn.in_proj_bias[width:2 * width]",
-             BASELINES, "value path (MaskCLIP, CLIP Surgery) adds the key bias instead of the value bias"),
-    Mutation("adapter-ln-post-affine", ADAPTER,
-             "pooled = self.visual.ln_post(pooled)",
-             "pooled = F.layer_norm(pooled, pooled.shape[-1:], eps=self.visual.ln_post.eps)",
+    # ------------------------------------------------------------------ adapters and their engine
+    Mutation("engine-out-proj-bias", ENGINE,
+             "return self.post_attn(self.out_proj(self.inner_norm(out)))",
+             "return self.post_attn(F.linear(self.inner_norm(out), self.out_proj.weight))",
+             CORE + BASELINES, "explicit blocks drop the output projection's bias"),
+    Mutation("engine-values-are-keys", ENGINE,
+             "return self.qkv(self.ln_1(x))[2]", "return self.qkv(self.ln_1(x))[1]",
+             BASELINES, "value path (MaskCLIP, CLIP Surgery) takes the keys"),
+    Mutation("open-clip-ln-post-affine", OPEN_CLIP,
+             "pooled = visual.ln_post(pooled)",
+             "pooled = torch.nn.functional.layer_norm(pooled, pooled.shape[-1:], eps=visual.ln_post.eps)",
              CORE + BASELINES, "image head drops ln_post's weight and bias"),
-    Mutation("adapter-official-every-block", ADAPTER,
-             'heads = 1 if (capture and mode == "official") else attn.num_heads',
-             'heads = 1 if mode == "official" else attn.num_heads',
+    Mutation("engine-official-every-block", ENGINE,
+             'heads = 1 if (capture and mode == "official") else block.heads',
+             'heads = 1 if mode == "official" else block.heads',
              CORE, "official mode recomputes every explicit block with one head, not only the explained one"),
-    Mutation("adapter-layerscale-skipped", ADAPTER,
-             "x = x + block.ls_1(attn.out_proj(out))", "x = x + attn.out_proj(out)",
-             CORE, "explicit block skips LayerScale on the attention branch"),
-    Mutation("adapter-pos-bilinear", ADAPTER,
+    Mutation("open-clip-layerscale-skipped", OPEN_CLIP,
+             "post_attn = block.ls_1 if _is_identity(ln_attn) else",
+             "post_attn = (lambda t: t) if _is_identity(ln_attn) else",
+             CORE, "explicit open_clip blocks skip LayerScale on the attention branch"),
+    Mutation("engine-pos-bilinear", ENGINE,
              'size=tuple(grid), mode="bicubic"', 'size=tuple(grid), mode="bilinear"',
              CORE, "positional embeddings interpolated bilinearly instead of bicubically"),
     # ------------------------------------------------------------------ Grad-ECLIP
@@ -128,7 +134,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              ".clamp(min=0).mean(dim=2)", ".abs().mean(dim=2)",
              BASELINES, "Chefer relevance takes |grad * A| instead of its positive part"),
     Mutation("grad-cam-with-cls-token", "gradeclip_utils/methods/grad_cam.py",
-             "alpha = grad[:, :, 1:].float().mean(dim=2)", "alpha = grad.float().mean(dim=2)",
+             'first = 0 if variant == "authors" else 1', "first = 0",
              BASELINES, "Grad-CAM channel weights average the class token's gradient too"),
     Mutation("rise-normalisation", "gradeclip_utils/methods/rise.py",
              "saliency /= masks * p", "saliency /= masks",
@@ -154,8 +160,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              "black = ((0.0 - mean_t) / std_t)", "black = ((0.5 - mean_t) / std_t)",
              METRICS, "insertion starts from a grey picture instead of a black one"),
     Mutation("ranks-ascending", FAITHFULNESS,
-             "order = torch.sort(flat, dim=1, descending=True, stable=True)",
-             "order = torch.sort(flat, dim=1, descending=False, stable=True)",
+             "return permutation[torch.sort(flat[permutation], descending=True, stable=True).indices]",
+             "return permutation[torch.sort(flat[permutation], descending=False, stable=True).indices]",
              METRICS, "pixels ordered least important first"),
     # ------------------------------------------------------------------ inputs
     Mutation("native-size-floor", "gradeclip_utils/inputs.py",
