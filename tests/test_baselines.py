@@ -501,6 +501,7 @@ def test_baselines_on_vit_b16_equal_literal_computations(vit_b16):
     maps = {method: ge.explain_image(vit_b16, pixels, prompts, method=method).maps[0]
             for method in ("raw_attention", "grad_cam", "game_last", "maskclip")}
     visual = model.visual
+    scale = model.logit_scale.detach().exp()
     with torch.enable_grad():
         embedding, inputs, probs, _ = literal_image(model, pixels)
         expected = {"raw_attention": torch.stack(probs[-1]).mean(0)[0, 0, 1:].reshape(14, 14).expand(2, 14, 14)}
@@ -509,7 +510,8 @@ def test_baselines_on_vit_b16_equal_literal_computations(vit_b16):
             s = cos(embedding[0], targets[k])
             grad = torch.autograd.grad(s, inputs[-1], retain_graph=True)[0]
             cams.append(torch.relu(inputs[-1][0, 1:].detach() @ grad[0, 1:].mean(dim=0)).reshape(14, 14))
-            games.append(literal_game(lambda: cos(embedding[0], targets[k]), probs, 11, (0, 0), 197)[1:].reshape(14, 14))
+            games.append(literal_game(lambda: scale * cos(embedding[0], targets[k]), probs, 11, (0, 0),
+                                      197)[1:].reshape(14, 14))  # GAME differentiates the logit
         expected["grad_cam"], expected["game_last"] = torch.stack(cams), torch.stack(games).float()
     with torch.no_grad():
         blk, x = visual.transformer.resblocks[-1], inputs[-1].detach()

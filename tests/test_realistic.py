@@ -109,7 +109,7 @@ def test_class_token_attention_stays_peaked(tiny):
     pixels = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         _, captures, _ = reference.image_forward(tiny.model, pixels, [0, 1, 2])
-    heads = tiny.adapter.image_heads
+    heads = tiny.model.visual.transformer.resblocks[0].attn.num_heads
     for layer, (q, k, _, _) in captures.items():
         d = q.shape[-1] // heads
         qh = q.reshape(2, -1, heads, d).transpose(1, 2)[:, :, :1]
