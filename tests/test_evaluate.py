@@ -160,6 +160,22 @@ def test_random_reference_is_seeded_by_item(tiny):
     assert torch.equal(a[:1], b) and not torch.equal(a[0], a[1])
 
 
+def test_random_reference_does_not_depend_on_the_batch(tiny):
+    """An item's random map is the same whatever batch it is evaluated in: batch_maps explains a batch
+    against its distinct targets, so the map must not depend on how many there are or where the
+    item's own target sits among them (it did: the published random row moved with --batch-size)."""
+    generator = torch.Generator().manual_seed(2)
+    pixels = torch.randn(3, 3, 48, 48, generator=generator)
+    classes = torch.nn.functional.normalize(torch.randn(4, tiny.adapter.embed_dim, generator=generator), dim=-1)
+    keys, labels = ["a", "b", "c"], [3, 0, 2]
+    together = ev.batch_maps(tiny, "random", pixels, labels, classes, {"seed": 0, "keys": keys})
+    for i in range(3):
+        alone = ev.batch_maps(tiny, "random", pixels[i:i + 1], labels[i:i + 1], classes, {"seed": 0, "keys": keys[i:i + 1]})
+        assert torch.equal(together[i], alone[0]), keys[i]
+    expected = torch.rand(6, 6, generator=torch.Generator().manual_seed(ev.item_seed(0, "b")))
+    assert torch.equal(together[1], expected)
+
+
 def test_folder_of_images_with_prompts_and_masks(tiny, tmp_path):
     rng = np.random.default_rng(0)
     with open(tmp_path / "prompts.csv", "w", newline="") as handle:
