@@ -254,7 +254,8 @@ def item_seed(seed: int, key: str) -> int:
 
 def random_maps(adapter, pixels: torch.Tensor, targets: torch.Tensor, *, seed: int = 0, keys: Sequence[str] = (),
                 **_: Any):
-    """A reference that explains nothing: uniform noise on the patch grid, seeded by the item key."""
+    """A reference that explains nothing: uniform noise on the patch grid, seeded by the item key, the
+    same for every target (so an item's map does not depend on the batch or the other targets)."""
     from .methods import MapOutput, cosine_scores
 
     ph, pw = adapter.patch_size
@@ -263,7 +264,7 @@ def random_maps(adapter, pixels: torch.Tensor, targets: torch.Tensor, *, seed: i
     for b in range(pixels.shape[0]):
         key = keys[b] if b < len(keys) else str(b)
         generator = torch.Generator().manual_seed(item_seed(seed, key))
-        maps.append(torch.rand(targets.shape[0], *grid, generator=generator))
+        maps.append(torch.rand(*grid, generator=generator).expand(targets.shape[0], *grid))
     with torch.no_grad():
         scores = cosine_scores(adapter.encode_image(pixels), targets)
     return MapOutput(maps=torch.stack(maps).to(pixels.device), scores=scores)

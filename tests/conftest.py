@@ -1,4 +1,10 @@
-"""Shared fixtures: small randomly initialised open_clip models, built offline."""
+"""Shared fixtures: small randomly initialised open_clip models, built offline.
+
+Every model here gets realistic random parameters (``realistic.realistic_init``): non-zero biases in
+every linear layer and attention projection, norms away from the identity, embeddings at the scale of
+the patch tokens. A fresh open_clip init has zero biases and identity norms, which would hide any code
+that drops or misplaces them.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import pytest
 import torch
 
 from gradeclip_utils import wrap_model
+from realistic import realistic_init
 
 
 def make_tiny_clip(*, image_size=(48, 48), patch_size=8, width=64, heads=4, layers=3, text_width=48,
@@ -19,17 +26,12 @@ def make_tiny_clip(*, image_size=(48, 48), patch_size=8, width=64, heads=4, laye
     import open_clip
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-    torch.manual_seed(seed)
     vision = CLIPVisionCfg(layers=layers, width=width, head_width=width // heads, patch_size=patch_size,
                            image_size=image_size, ls_init_value=ls_init_value)
     text = CLIPTextCfg(context_length=context_length, vocab_size=49408, width=text_width, heads=text_heads,
                        layers=text_layers, ls_init_value=ls_init_value)
     model = CLIP(embed_dim=embed_dim, vision_cfg=vision, text_cfg=text)
-    # open_clip leaves some tensors at their (tiny) init; spread the weights so that attention is not uniform
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2 or "embedding" in name:
-                p.normal_(0, 0.5 / max(1, p.shape[-1]) ** 0.5 * 2)
+    assert realistic_init(model, seed) == ["logit_scale"]
     model.eval()
     preprocess = open_clip.image_transform(image_size, is_train=False)
     tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
@@ -51,5 +53,6 @@ def vit_b16():
     """open_clip ViT-B-16 with random weights (the paper's architecture), on the CPU."""
     from gradeclip_utils import load_model
 
-    torch.manual_seed(0)  # the same random weights whichever tests ran before
-    return load_model("ViT-B-16", pretrained=None, device="cpu")
+    loaded = load_model("ViT-B-16", pretrained=None, device="cpu")
+    assert realistic_init(loaded.model, 0) == ["logit_scale"]  # seeded: the same weights whichever tests ran before
+    return loaded

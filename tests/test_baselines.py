@@ -491,13 +491,37 @@ def test_every_baseline_returns_the_common_result(tiny, method):
     assert wide.heatmaps().shape == (2, 3, 32, 48)
 
 
-@pytest.mark.parametrize("method", ["raw_attention", "game_last", "grad_cam", "maskclip"])
-def test_baselines_on_vit_b16(vit_b16, method):
-    """The paper's architecture (random weights): shapes, finiteness and scores on a 14 x 14 grid."""
+def test_baselines_on_vit_b16_equal_literal_computations(vit_b16):
+    """The paper's architecture (12 blocks of 12 heads, 14 x 14 patches; realistic random weights): raw
+    attention, Grad-CAM, GAME on the last block and MaskCLIP against the literal computations above."""
+    model = vit_b16.model
     pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    ex = ge.explain_image(vit_b16, pixels, ["a dog", "a cat"], method=method)
-    assert ex.maps.shape == (1, 2, 14, 14) and torch.isfinite(ex.maps).all()
-    assert ex.maps.abs().max() > 0
+    prompts = ["a dog", "a cat"]
+    targets = text_targets(vit_b16, prompts)
+    maps = {method: ge.explain_image(vit_b16, pixels, prompts, method=method).maps[0]
+            for method in ("raw_attention", "grad_cam", "game_last", "maskclip")}
+    visual = model.visual
+    scale = model.logit_scale.detach().exp()
+    with torch.enable_grad():
+        embedding, inputs, probs, _ = literal_image(model, pixels)
+        expected = {"raw_attention": torch.stack(probs[-1]).mean(0)[0, 0, 1:].reshape(14, 14).expand(2, 14, 14)}
+        cams, games = [], []
+        for k in range(2):
+            s = cos(embedding[0], targets[k])
+            grad = torch.autograd.grad(s, inputs[-1], retain_graph=True)[0]
+            cams.append(torch.relu(inputs[-1][0, 1:].detach() @ grad[0, 1:].mean(dim=0)).reshape(14, 14))
+            games.append(literal_game(lambda: scale * cos(embedding[0], targets[k]), probs, 11, (0, 0),
+                                      197)[1:].reshape(14, 14))  # GAME differentiates the logit
+        expected["grad_cam"], expected["game_last"] = torch.stack(cams), torch.stack(games).float()
+    with torch.no_grad():
+        blk, x = visual.transformer.resblocks[-1], inputs[-1].detach()
+        u = x[0, 1:] + blk.attn.out_proj(_qkv(blk, x)[2][0, 1:])
+        u = u + blk.mlp(blk.ln_2(u))
+        features = F.normalize(visual.ln_post(u) @ visual.proj, dim=-1)
+        expected["maskclip"] = (features @ targets.T).T.reshape(2, 14, 14)
+    for method, value in expected.items():
+        assert value.abs().max() > 1e-4, method
+        assert (maps[method] - value).abs().max() <= TOL, method
 
 
 @pytest.mark.parametrize("method", ["raw_attention", "game", "m2ib"])

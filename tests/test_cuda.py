@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import gradeclip_utils as ge
+from realistic import realistic_init
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
@@ -14,8 +15,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 def test_half_precision_on_cuda_matches_fp32(precision):
     pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     prompts = ["a photo of a dog", "a red car", "a diagram"]
-    torch.manual_seed(0)
     full = ge.load_model("ViT-B-16", pretrained=None, device="cuda", precision="fp32")
+    realistic_init(full.model, 0)
     half = ge.load_model("ViT-B-16", pretrained=None, device="cuda", precision=precision)
     half.model.load_state_dict({k: v.to(half.adapter.dtype) if v.is_floating_point() else v
                                 for k, v in full.model.state_dict().items()})
@@ -33,6 +34,7 @@ def test_half_precision_on_cuda_matches_fp32(precision):
 def test_cuda_fp32_matches_cpu():
     pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     cpu = ge.load_model("ViT-B-16", pretrained=None, device="cpu")
+    realistic_init(cpu.model, 0)
     gpu = ge.load_model("ViT-B-16", pretrained=None, device="cuda")
     gpu.model.load_state_dict(cpu.model.state_dict())
     a = ge.explain_image(cpu, pixels, ["a dog", "a cat"])

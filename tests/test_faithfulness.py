@@ -19,24 +19,27 @@ MEAN, STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # pixel space = model input space
 class RegionModel:
     """An analytic 'model': embedding = [mean of channel 0 over the object, 0.2]."""
 
+    def __init__(self, region=REGION):
+        self.region = region
+
     def encode_image(self, pixels):
-        m = pixels[:, 0, REGION[0], REGION[1]].mean(dim=(-1, -2))
+        m = pixels[:, 0, self.region[0], self.region[1]].mean(dim=(-1, -2))
         return torch.stack([m, torch.full_like(m, 0.2)], dim=-1)
 
 
 CLASSES = torch.eye(2)
 
 
-def scene():
-    image = torch.full((1, 3, SIZE, SIZE), 0.5)
-    image[:, :, REGION[0], REGION[1]] = 1.0
+def scene(size=(SIZE, SIZE), region=REGION):
+    image = torch.full((1, 3, *size), 0.5)
+    image[:, :, region[0], region[1]] = 1.0
     return image
 
 
-def object_map(reverse=False):
-    inside = torch.zeros(SIZE, SIZE)
-    inside[REGION] = 1.0
-    jitter = torch.arange(SIZE * SIZE, dtype=torch.float32).reshape(SIZE, SIZE) * 1e-4  # no ties
+def object_map(reverse=False, size=(SIZE, SIZE), region=REGION):
+    inside = torch.zeros(size)
+    inside[region] = 1.0
+    jitter = torch.arange(size[0] * size[1], dtype=torch.float32).reshape(size) * 1e-4  # no ties
     return ((1 - inside) if reverse else inside) * 10 + jitter
 
 
@@ -71,17 +74,43 @@ def test_insertion_curve_hand_values():
     assert curves.auc("insertion")[0] == pytest.approx(auc, abs=1e-6)
 
 
-def literal_curves(image, saliency, seed, kind):
-    """Step by step as the protocol reads: 0.5% of the pixels at a time, scored every 10 steps."""
-    model = RegionModel()
-    order = sorted(range(SIZE * SIZE), key=lambda i: -float(saliency.flatten()[i]))
-    noise = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+def literal_bilinear(grid, size):
+    """Bilinear upsampling with align_corners=False, written out: output pixel y samples the input at
+    (y + 0.5) * h / H - 0.5, clamped at 0, between rows floor and floor + 1 (the last row repeats)."""
+    h, w = grid.shape
+    out = torch.zeros(size, dtype=torch.float64)
+
+    def taps(dst, n_in, n_out):
+        src = max((dst + 0.5) * n_in / n_out - 0.5, 0.0)
+        low = int(math.floor(src))
+        return low, min(low + 1, n_in - 1), src - low
+
+    for y in range(size[0]):
+        y0, y1, ty = taps(y, h, size[0])
+        for x in range(size[1]):
+            x0, x1, tx = taps(x, w, size[1])
+            top = (1 - tx) * float(grid[y0, x0]) + tx * float(grid[y0, x1])
+            bottom = (1 - tx) * float(grid[y1, x0]) + tx * float(grid[y1, x1])
+            out[y, x] = (1 - ty) * top + ty * bottom
+    return out
+
+
+def literal_curves(image, saliency, seed, kind, region=REGION):
+    """Step by step as the protocol reads: 0.5% of the pixels at a time, scored every 10 steps; a map on
+    a coarser grid is first upsampled to the image; ties go in raster order."""
+    height, width = image.shape[-2:]
+    model = RegionModel(region)
+    if tuple(saliency.shape) != (height, width):
+        saliency = literal_bilinear(saliency, (height, width))
+    values = saliency.flatten().tolist()
+    order = sorted(range(height * width), key=lambda i: (-values[i], i))
+    noise = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(seed))
     current = image.clone() if kind == "deletion" else torch.zeros_like(image)
     scores, changed = [], 0
     for step in range(101):
-        target = round(step * 0.005 * SIZE * SIZE)
+        target = round(step * 0.005 * height * width)
         for index in order[changed:target]:
-            r, c = divmod(index, SIZE)
+            r, c = divmod(index, width)
             current[0, :, r, c] = noise[0, :, r, c] if kind == "deletion" else image[0, :, r, c]
         changed = target
         if step % 10 == 0:
@@ -97,6 +126,69 @@ def test_curves_equal_step_by_step_protocol(reverse):
     for kind in ("deletion", "insertion"):
         expected = literal_curves(scene(), saliency, 3, kind)
         assert np.allclose(getattr(curves, kind)["score"][0], expected, atol=1e-6)
+
+
+def trapezoid(y, x):
+    return float(sum((y[i] + y[i + 1]) / 2 * (x[i + 1] - x[i]) for i in range(len(x) - 1)))
+
+
+WIDE, WIDE_REGION = (8, 25), (slice(2, 4), slice(5, 15))  # 200 pixels, an object of 20
+
+
+def test_insertion_curve_hand_values_on_a_non_square_image():
+    """8 x 25 = 200 pixels, 1 pixel per 0.5% step: at 0, 5%, 10%, ... 0, 10, 20, ... pixels are inserted,
+    the object's 20 first, so its mean is 0, 0.5, then 1 (an H x H count would give 0, 3, 6, ... of 64)."""
+    model = RegionModel(WIDE_REGION)
+    curves = perturbation_curves(model, scene(WIDE, WIDE_REGION), object_map(size=WIDE, region=WIDE_REGION)[None],
+                                 CLASSES, [0], mean=MEAN, std=STD)
+    m = np.array([0.0, 0.5] + [1.0] * 9)
+    expected = m / np.sqrt(m ** 2 + 0.04)
+    assert np.allclose(curves.insertion["score"][0], expected, atol=1e-6)
+    assert curves.auc("insertion")[0] == pytest.approx(trapezoid(expected, np.arange(11) * 0.05) / 0.5, abs=1e-6)
+    # deletion: the object's pixels are replaced first, by the seeded random picture's values
+    noise = torch.rand(1, 3, *WIDE, generator=torch.Generator().manual_seed(0))[0, 0][WIDE_REGION]
+    flat = noise.flatten().flip(0)  # the object's pixels in the map's order: the jitter ranks the last first
+    deleted = [0, 10, 20] + [20] * 8
+    means = np.array([(float(flat[:k].sum()) + (20 - k) * 1.0) / 20 for k in deleted])
+    assert np.allclose(curves.deletion["score"][0], means / np.sqrt(means ** 2 + 0.04), atol=1e-6)
+
+
+def test_pixel_ranks_of_maps_whose_grid_aspect_differs_from_the_image():
+    """By hand (bilinear, align_corners=False): a 2 x 1 map [[1], [0]] on a 4 x 6 image gives rows
+    1, 0.75, 0.25, 0, so ranks run row by row; a 1 x 3 map [0, 1, 2] on a 2 x 8 image gives columns
+    0, 0.0625, 0.4375, ..., 1.9375, 2, so ranks run from the right, the two tied rows in raster order
+    (``ties="raster"``; the default random tie order is tested below)."""
+    tall = pixel_ranks(torch.tensor([[[1.0], [0.0]]]), (4, 6), ties="raster")
+    assert tall[0].tolist() == torch.arange(24).reshape(4, 6).tolist()
+    wide = pixel_ranks(torch.tensor([[[0.0, 1.0, 2.0]]]), (2, 8), ties="raster")
+    expected = [[2 * (7 - x) + r for x in range(8)] for r in range(2)]
+    assert wide[0].tolist() == expected
+
+
+@pytest.mark.parametrize("grid", [(8, 25), (2, 5), (3, 2)], ids=["pixels", "coarse", "other-aspect"])
+def test_curves_on_a_non_square_image_equal_the_step_by_step_protocol(grid):
+    generator = torch.Generator().manual_seed(7)
+    saliency = torch.rand(*grid, generator=generator)
+    image = scene(WIDE, WIDE_REGION)
+    curves = perturbation_curves(RegionModel(WIDE_REGION), image, saliency[None], CLASSES, [0], mean=MEAN, std=STD,
+                                 seed=4, ties="raster")  # the upsampled edges tie: raster order, as the literal
+    for kind in ("deletion", "insertion"):
+        expected = literal_curves(image, saliency, 4, kind, WIDE_REGION)
+        assert np.allclose(getattr(curves, kind)["score"][0], expected, atol=1e-6), kind
+
+
+def test_auc_definition_is_what_is_computed():
+    """AUC_DEFINITION is printed in every table; it must say what the code computes: the trapezoid over
+    the 11 scored fractions 0, 5%, ..., 50%, divided by the x-range 0.5 (the curve's mean height)."""
+    curves = perturbation_curves(RegionModel(), scene(), object_map()[None], CLASSES, [0], mean=MEAN, std=STD)
+    assert np.allclose(curves.fractions, np.linspace(0.0, 0.5, 11))
+    for kind in ("deletion", "insertion"):
+        values = getattr(curves, kind)["score"][0]
+        assert curves.auc(kind)[0] == pytest.approx(trapezoid(values, curves.fractions) / 0.5, abs=1e-9)
+    assert area_under_curve([0, 0.25, 0.5], np.array([0.2, 0.2, 0.2])) == pytest.approx(0.2)  # mean height
+    for phrase in ("trapezoidal", "0 to 50%", "every 5%", "divided by the x-range (0.5)", "mean height",
+                   "random RGB", "black image", "lower is better", "higher is better"):
+        assert phrase in AUC_DEFINITION, phrase
 
 
 def test_object_first_map_beats_its_reverse():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -214,6 +215,25 @@ def test_shapes_for_non_square_images_and_batches(tiny):
     assert heat.min() >= 0 and heat.max() <= 1
 
 
+def test_heatmaps_are_the_bilinear_upsampling_then_min_max_of_the_raw_maps(tiny):
+    """heatmaps(): bilinear (align_corners=False) to the picture's size, then min-max per map. By hand, a
+    1 x 2 map [0, 2] on 1 x 4 pixels is [0, 0.5, 1.5, 2], normalised [0, 0.25, 0.75, 1]; a 2 x 1 map
+    [[4], [0]] on 4 x 2 pixels has rows 4, 3, 1, 0. Then a real non-square explanation against torch's
+    interpolation and an explicit min-max."""
+    from gradeclip_utils.results import normalise_maps
+    from gradeclip_utils.inputs import upsample
+
+    assert normalise_maps(upsample(torch.tensor([[0.0, 2.0]]), (1, 4))).tolist() == [[0.0, 0.25, 0.75, 1.0]]
+    assert upsample(torch.tensor([[4.0], [0.0]]), (4, 2)).tolist() == [[4.0, 4.0], [3.0, 3.0], [1.0, 1.0], [0.0, 0.0]]
+    explanation = ge.explain_image(tiny, scene(56, 40, seed=3), PROMPTS[:2], resolution="native")
+    raw = explanation.maps  # (1, 2, 5, 7) for 40 x 56 pixels
+    up = F.interpolate(raw, size=(40, 56), mode="bilinear", align_corners=False)
+    low, high = up.amin(dim=(-2, -1), keepdim=True), up.amax(dim=(-2, -1), keepdim=True)
+    assert (high > low).all()
+    assert torch.allclose(explanation.heatmaps(), (up - low) / (high - low), atol=1e-6)
+    assert np.allclose(explanation.heatmap(0, 1), ((up - low) / (high - low))[0, 1].numpy(), atol=1e-6)
+
+
 def test_all_zero_and_constant_maps_normalise_to_zeros():
     from gradeclip_utils.results import normalise_maps
     from gradeclip_utils.methods import minmax
@@ -236,6 +256,25 @@ def test_constant_keys_give_zero_spatial_weight_not_nan():
                            out_proj_weight=torch.eye(8), out_proj_bias=None)
     weights = loosened_attention(capture, torch.zeros(1, dtype=torch.long), "raw", 1)
     assert torch.equal(weights, torch.zeros(1, 4))
+
+
+def test_spatial_weight_is_normalised_over_the_patches_only():
+    """method.md: r_i = cos(q_cls, k_i) for patch tokens i, the class token's own key excluded, then
+    min-max over the patches. Hand values with the class token's key the most similar one (cos 1): over
+    the patches' cosines 0, 1/sqrt(2) and -1 the weights are 1 / (1 + 1/sqrt(2)), 1 and 0; normalising
+    over the class token too would give 0.5, 0.854, 0. Text (first key 0) keeps every position."""
+    from gradeclip_utils.adapters import BlockCapture
+    from gradeclip_utils.methods.grad_eclip import loosened_attention
+
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    q = torch.stack([e1, e2, e2, e2])[None]
+    k = torch.stack([e1, e2, (e1 + e2) / math.sqrt(2), -e1])[None]
+    capture = BlockCapture(layer=0, q=q, k=k, v=k, attn_output=k, token_output=k[:, 0], heads=1,
+                           out_proj_weight=torch.eye(2), out_proj_bias=None)
+    image = loosened_attention(capture, torch.zeros(1, dtype=torch.long), "raw", 1)
+    assert torch.allclose(image, torch.tensor([[1 / (1 + 1 / math.sqrt(2)), 1.0, 0.0]]), atol=1e-6)
+    text = loosened_attention(capture, torch.zeros(1, dtype=torch.long), "raw", 0)
+    assert torch.allclose(text, torch.tensor([[1.0, 0.5, (1 / math.sqrt(2) + 1) / 2, 0.0]]), atol=1e-6)
 
 
 def test_other_batch_layout_gives_the_same_maps(tiny):

@@ -110,3 +110,57 @@ def test_dilate_masks_disk():
     d = dilate_masks(m, 1.0).numpy()
     assert d.sum() == 5                                    # plus shape, not the 3x3 square
     assert dilate_masks(m, 1.5).numpy().sum() == 9
+
+
+# ------------------------------------------------ non-square masks, maps of another grid aspect (hand values)
+def test_pointing_game_on_a_wide_mask_with_a_tall_patch_grid():
+    """A 3 x 2 grid (taller than wide) on a 6 x 16 mask (wider than tall). By hand, bilinear with
+    align_corners=False: output pixel x samples input column (x + 0.5) * 2 / 16 - 0.5, clamped at the
+    edges, so a one-hot patch (0, 1) upsamples to 1 exactly at row 0, columns 12..15 (x >= 11.5), to
+    0.9375 at (0, 11) and to 0.75 at (1, 12..15)."""
+    grid = np.zeros((3, 2)); grid[0, 1] = 1.0
+    assert bool(pointing_game(grid, _mask(6, 16, 0, 12)))
+    assert bool(pointing_game(grid, _mask(6, 16, 0, 15)))
+    assert not bool(pointing_game(grid, _mask(6, 16, 0, 11)))        # 0.9375 < 1: not a maximum
+    assert not bool(pointing_game(grid, _mask(6, 16, 1, 12)))        # 0.75
+    assert bool(pointing_game(grid, _mask(6, 16, 1, 12), tolerance=1.0))   # one pixel below a maximum
+    assert bool(pointing_game(grid, _mask(6, 16, 0, 11), tolerance=1.0))
+    assert not bool(pointing_game(grid, _mask(6, 16, 2, 10), tolerance=2.0))  # nearest maximum (0, 12): sqrt(8)
+    assert bool(pointing_game(grid, _mask(6, 16, 2, 10), tolerance=2.9))
+
+
+def test_energy_and_iou_on_a_map_of_another_aspect():
+    """A 1 x 2 map [1, 3] on a 2 x 8 mask: by hand, each row upsamples to
+    [1, 1, 1.25, 1.75, 2.25, 2.75, 3, 3] (sum 16, mean 2)."""
+    grid = np.array([[1.0, 3.0]])
+    left = _mask(2, 8, slice(0, 2), slice(0, 4))
+    assert float(energy_pointing_game(grid, left)) == pytest.approx((1 + 1 + 1.25 + 1.75) / 16)
+    top_right = _mask(2, 8, 0, slice(6, 8))
+    assert float(energy_pointing_game(grid, top_right)) == pytest.approx(6 / 32)
+    middle = _mask(2, 8, slice(0, 2), slice(3, 7))                   # columns 3..6
+    # above the mean 2: columns 4..7; intersection 3 columns, union columns 3..7, both rows
+    assert float(mask_iou(grid, middle)) == pytest.approx(6 / 10)
+    scores = localisation_scores(np.stack([grid, grid[:, ::-1]]), np.stack([left, left]))
+    np.testing.assert_allclose(scores["energy"], [5 / 16, 11 / 16])
+    np.testing.assert_allclose(scores["area_share"], [0.5, 0.5])
+    assert scores["pointing"].tolist() == [False, True]               # maxima at columns 6-7, then 0-1
+
+
+def test_pointing_tolerance_is_euclidean_on_a_non_square_grid():
+    mask = _mask(7, 20, 1, 2)
+    peak = np.zeros((7, 20)); peak[4, 6] = 1.0                        # (3, 4) away: distance 5
+    assert not bool(pointing_game(peak, mask, tolerance=4.99))
+    assert bool(pointing_game(peak, mask, tolerance=5.0))
+    transposed = _mask(20, 7, 2, 1)
+    assert not bool(pointing_game(peak.T, transposed, tolerance=4.99))
+    assert bool(pointing_game(peak.T, transposed, tolerance=5.0))
+
+
+def test_default_tolerance_of_the_metrics_is_strict():
+    """pointing_game and localisation_scores count only a maximum inside the mask unless told otherwise;
+    the evaluations pass their own 4 px (pinned in test_evaluate.py)."""
+    mask = _mask(5, 9, 2, 4)
+    beside = np.zeros((5, 9)); beside[2, 5] = 1.0                     # one pixel to the right
+    assert not bool(pointing_game(beside, mask))
+    assert not bool(localisation_scores(beside, mask)["pointing"])
+    assert bool(localisation_scores(beside, mask, tolerance=1.0)["pointing"])

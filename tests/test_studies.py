@@ -268,11 +268,32 @@ def test_choices_against_independent_scores(tiny):
         plt.close(fig)
 
 
-def test_photo_probes_run_without_masks(tiny):
-    items = failures.photo_items(failures.PHOTO_PROBES[:2])
+def test_photo_probes_against_literal_scores_and_maps(tiny):
+    """Photographs (at the model's resolution, to stay fast): each row's scores from the literal forward of
+    tests/reference.py and the kept maps equal to the literal Grad-ECLIP maps; no mask columns."""
+    import reference
+    from gradeclip_utils.inputs import prepare_images
+
+    probes = failures.PHOTO_PROBES[:2]
+    items = failures.photo_items(probes)
     results = failures.run_choices(tiny, items, resolution="model", progress=False)
-    assert list(results.frame["caption"]) == [p[2] for p in failures.PHOTO_PROBES[:2]]
-    assert "true_targets" not in results.frame
+    assert list(results.frame["caption"]) == [p[2] for p in probes]
+    assert "true_targets" not in results.frame and "pointing" not in results.frame
+    for (_, row), item, (true_map, negative_map) in zip(results.frame.iterrows(), items, results.maps):
+        pixels = prepare_images(tiny, item.image, "model")[0].pixels[None]
+        texts = text_embeddings(tiny, [item.caption, *item.negatives])
+        with torch.no_grad():
+            embedding, _, _ = reference.image_forward(tiny.model, pixels, [])
+        scores = (F.normalize(embedding, dim=-1) @ texts.T)[0].numpy()
+        assert row["options"] == 2 and row["negative"] == item.negatives[0]
+        assert row["score_true"] == pytest.approx(scores[0], abs=1e-5)
+        assert row["score_negative"] == pytest.approx(scores[1], abs=1e-5)
+        assert row["margin"] == pytest.approx(scores[0] - scores[1], abs=1e-5)
+        assert row["correct"] == bool(scores[0] > scores[1])
+        expected, _ = reference.image_maps(tiny.model, pixels, texts, [2])
+        assert expected.abs().max() > 0
+        np.testing.assert_allclose(true_map, expected[0, 0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(negative_map, expected[0, 1].numpy(), atol=1e-5)
     with pytest.raises(KeyError, match="no photograph"):
         failures.photo_items([("zebra", "colour", "a", "b")])
 
@@ -367,29 +388,61 @@ def test_method_gallery_matches_direct_explanations(tiny):
     assert not set(methods.SLOW_METHODS) & set(methods.available_methods(include_slow=False))
 
 
-def test_result_plots_read_the_evaluation_columns():
+def test_result_plots_draw_the_evaluation_columns():
+    """What each plot draws, read back from its axes: the mean curve per method and step, the mean bar
+    per method, the area-share line, the mean sanity line per stage, the timing ratios in order."""
     rng = np.random.default_rng(0)
     rows = []
     for method in ("grad_eclip", "random"):
         for key in range(4):
             row = {"key": f"k{key}", "method": method, "pointing": rng.random() > 0.5, "energy": rng.random(),
-                   "area_share": 0.1, "deletion_auc_score": rng.random(), "insertion_auc_score": rng.random()}
+                   "area_share": 0.1 + key / 100, "deletion_auc_score": rng.random(), "insertion_auc_score": rng.random()}
             for kind in ("deletion", "insertion"):
                 row.update({f"{kind}_score_{i:02d}": rng.random() for i in range(11)})
             rows.append(row)
     per_image = pd.DataFrame(rows)
+    order = ["grad_eclip", "random"]
     long = methods._curve_frame(per_image, "deletion")
     assert sorted(long["removed %"].unique()) == pytest.approx([5.0 * i for i in range(11)])
     assert len(long) == 8 * 11
+
+    def data_lines(ax, points):
+        return [line for line in ax.lines if len(line.get_xdata()) == points]
+
+    fig = methods.plot_curves(per_image)
+    for ax, kind in zip(fig.axes, ("deletion", "insertion")):
+        lines = data_lines(ax, 11)
+        assert len(lines) == 2
+        for line, method in zip(lines, order):
+            group = per_image[per_image["method"] == method]
+            np.testing.assert_allclose(line.get_xdata(), 5.0 * np.arange(11))
+            np.testing.assert_allclose(line.get_ydata(), [group[f"{kind}_score_{i:02d}"].mean() for i in range(11)])
+    plt.close(fig)
+    fig = methods.plot_metric_bars(per_image, ["pointing", "energy"], reference="area_share")
+    for ax, column in zip(fig.axes, ("pointing", "energy")):
+        means = [per_image[per_image["method"] == m][column].mean() for m in order]
+        np.testing.assert_allclose([bar.get_height() for bar in ax.patches], means)
+        flat = [line.get_ydata()[0] for line in ax.lines if np.ptp(line.get_xdata()) > 0.9]  # the axhline spans all
+        assert flat == ([pytest.approx(0.115)] if column == "energy" else [])
+    plt.close(fig)
+    stages = ["original", "head", "block 0"]
     sanity = pd.DataFrame([{"method": m, "depth": d, "stage": s, "key": k, "spearman": rng.random(),
                             "ssim": rng.random()} for m in ("grad_eclip", "rollout")
-                           for d, s in enumerate(["original", "head", "block 0"]) for k in range(2)])
-    timing = pd.DataFrame([{"method": "grad_eclip", "ratio_k1": 1.2, "ratio_k8": 0.2},
-                           {"method": "rise", "ratio_k1": 900.0, "ratio_k8": 800.0}])
-    for fig in (methods.plot_curves(per_image), methods.plot_metric_bars(per_image, ["pointing", "energy"],
-                                                                         reference="area_share"),
-                methods.plot_sanity(sanity), methods.plot_timing(timing)):
-        plt.close(fig)
+                           for d, s in enumerate(stages) for k in range(2)])
+    fig = methods.plot_sanity(sanity)
+    for ax, column in zip(fig.axes, ("spearman", "ssim")):
+        assert [label.get_text() for label in ax.get_xticklabels()] == stages
+        for line, method in zip(data_lines(ax, 3), ("grad_eclip", "rollout")):
+            group = sanity[sanity["method"] == method]
+            np.testing.assert_allclose(line.get_ydata(), group.groupby("depth")[column].mean().to_numpy())
+    plt.close(fig)
+    timing = pd.DataFrame([{"method": "rise", "ratio_k1": 900.0, "ratio_k8": 800.0},
+                           {"method": "grad_eclip", "ratio_k1": 1.2, "ratio_k8": 0.2}])
+    fig = methods.plot_timing(timing)
+    ax = fig.axes[0]
+    assert [label.get_text() for label in ax.get_xticklabels()] == ["grad_eclip", "rise"]  # by ratio_k8
+    assert [bar.get_height() for bar in ax.patches] == [1.2, 900.0, 0.2, 800.0]
+    plt.close(fig)
     with pytest.raises(ValueError, match="none of"):
         methods.plot_metric_bars(per_image, ["missing"])
 

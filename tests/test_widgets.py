@@ -13,8 +13,8 @@ from gradeclip_utils import explain_image, explain_text
 from gradeclip_utils.export import FigureExporter
 from gradeclip_utils.metrics import energy_pointing_game
 from gradeclip_utils.synthetic import generate_scene
-from gradeclip_utils.widgets import (Explorer, LayerViewer, MethodComparison, method_takes, scores_html,
-                                     words_html)
+from gradeclip_utils.widgets import (GENERIC_CLASSES, Explorer, LayerViewer, MethodComparison, method_takes,
+                                     scores_html, words_html)
 
 PNG = b"\x89PNG"
 
@@ -120,10 +120,12 @@ def test_method_comparison_redraws_for_prompt_image_and_methods(tiny, scenes):
                                   methods=["grad_eclip", "raw_attention", "clip_surgery"])
     assert comparison.error is None and [r["method"] for r in comparison.last["rows"]] == [
         "grad_eclip", "raw_attention", "clip_surgery"]
+    # CLIP Surgery's class set for a model other than the synthetic one: "a photo of a {class}" over GENERIC_CLASSES
+    with torch.no_grad():
+        generic = tiny.model.encode_text(tiny.tokenize([f"a photo of a {c}" for c in GENERIC_CLASSES]))
+    extra = {"clip_surgery": {"surgery_targets": torch.nn.functional.normalize(generic, dim=-1)}}
     for row in comparison.last["rows"]:
-        if row["method"] == "clip_surgery":
-            continue  # its class set (surgery_targets) comes from default_method_options
-        raw = direct(tiny, scenes[0], ["a red circle"], method=row["method"]).maps[0, 0]
+        raw = direct(tiny, scenes[0], ["a red circle"], method=row["method"], **extra.get(row["method"], {})).maps[0, 0]
         assert torch.allclose(comparison.explanations[row["method"]].maps[0, 0], raw, atol=1e-6)
         mass = raw.clamp(min=0).sum()
         expected = float(energy_pointing_game(raw, scenes[0].masks[0])) if mass > 0 else 0.0
