@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text progress: it stays readable in a saved or reloaded notebook (a widget bar does not)
 
 from .methods import get_image_method, list_methods
 from .metrics import AUC_DEFINITION, cascading_randomisation, localisation_scores, perturbation_curves

@@ -370,10 +370,11 @@ class _Base:
         manifest.setdefault("data", {"scores": self.last.get("scores")})
         manifest.setdefault("title", self.figure.get_suptitle())
         saved = exporter.save(self.figure, name, settings=settings, **manifest)
-        if show:
-            from IPython.display import display
+        if show:  # as a PNG at the figure's own pixel size (the figure is not a pyplot one)
+            from IPython.display import Image, display
 
-            display(self.figure)
+            display(Image(data=figure_png(self.figure), width=int(round(self.figure.get_size_inches()[0] *
+                                                                          self.figure.dpi))))
         return saved
 
 

@@ -294,7 +294,7 @@ def decomposition_study(model: Any, items: Sequence[Any], caption_kinds: Sequenc
     defaults to the model's for scenes and the synthetic model, else native.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text progress: readable in a saved or reloaded notebook
 
     from ..synthetic import Scene
     from .common import default_resolution, image_name

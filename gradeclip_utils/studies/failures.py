@@ -147,7 +147,7 @@ def run_choices(model: Any, items: Sequence[ChoiceItem], *, method: str = "grad_
     background) and whether the true caption's map points at a target (within ``tolerance`` pixels).
     """
     import pandas as pd
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text progress: readable in a saved or reloaded notebook
 
     from .. import explain_image
     from ..metrics import pointing_game

@@ -62,7 +62,7 @@ def layer_localisation(model: Any, n: int = 100, layers: Sequence[int] | None = 
     ``tolerance`` pixels of the 64 x 64 mask), energy, iou and the mask's area share; block "all" is the
     sum of the per-block ReLU maps of every block (explain_image's combination)."""
     import pandas as pd
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text progress: readable in a saved or reloaded notebook
 
     from ..metrics import localisation_scores
     from ..synthetic.evaluate import item_maps, localisation_items
