@@ -38,6 +38,9 @@ PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"  # papermill's tag for the cell it inserts
 KERNEL_NAME = "python3"
 ENGINE_NAME = "gradeclip"
+#: JupyterLab settings the project installs as defaults (a user's own settings still win): save the
+#: widgets' state with the notebook, so that a reopened notebook shows the explorers' last figures
+LAB_SETTINGS = {"@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": True}}
 
 
 class NotebookError(RuntimeError):
@@ -151,6 +154,17 @@ def _own_kernel_spec() -> Iterator[Path]:
                 os.environ.pop("JUPYTER_PATH", None)
             else:
                 os.environ["JUPYTER_PATH"] = previous
+
+
+def install_lab_settings(app_settings_dir: str | Path | None = None) -> Path:
+    """Write ``LAB_SETTINGS`` as JupyterLab default overrides of this environment (``overrides.d`` of the
+    application settings folder, default ``<sys.prefix>/share/jupyter/lab/settings``); returns the file."""
+    folder = Path(app_settings_dir) if app_settings_dir is not None else (
+        Path(sys.prefix) / "share" / "jupyter" / "lab" / "settings")
+    target = folder / "overrides.d" / "gradeclip_utils.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(LAB_SETTINGS, indent=2) + "\n", encoding="utf-8")
+    return target
 
 
 def _kernel_env() -> dict[str, str]:
@@ -393,7 +407,7 @@ def _parse_param(text: str) -> tuple[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gradeclip_utils.notebooks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="output folder: OUT/notebooks (executed copies), OUT/figures")
+    parser.add_argument("--out", help="output folder: OUT/notebooks (executed copies), OUT/figures (required to run)")
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="notebooks whose name starts so")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="small study sizes (QUICK=True), as in the tests")
@@ -407,11 +421,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell (default 1800)")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failing notebook")
     parser.add_argument("--list", action="store_true", help="list the notebooks and exit")
+    parser.add_argument("--install-lab-settings", action="store_true",
+                        help="make JupyterLab in this environment save widget state with notebooks, and exit")
     args = parser.parse_args(argv)
+    if args.install_lab_settings:
+        print("wrote", install_lab_settings())
+        return 0
     notebooks = select_notebooks(args.only)
     if args.list:
         print("\n".join(p.stem for p in notebooks))
         return 0
+    if not args.out:
+        parser.error("--out is required to run the notebooks")
     overrides: dict[str, Any] = {}
     if args.quick:
         overrides["QUICK"] = True

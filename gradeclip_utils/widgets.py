@@ -431,7 +431,8 @@ class Explorer(_Base):
         self.suggestions = w.Dropdown(options=[ADD_PROMPT, *suggestions], description="add")
         self.layer = w.IntSlider(min=0, max=blocks - 1, value=layer % blocks, description="block",
                                  continuous_update=False)
-        self.mode = w.ToggleButtons(options=list(MODES), value=mode, description="mode")
+        self.mode = w.ToggleButtons(options=list(MODES), value=mode, description="mode",
+                                    style={"button_width": "80px", "description_width": "initial"})
         self.shared = w.Checkbox(value=shared_scale, description="one colour scale for all prompts", indent=False,
                                  layout=w.Layout(width="auto"))
         self.scores = w.HTML()
@@ -698,14 +699,14 @@ class MethodComparison(_Base):
                       f"energy {r['energy_on_prompted_objects']:.2f}" + (" \u00b7 peak on it"
                                                                        if r["max_on_prompted_objects"] else ""))
             unused = [o for o, used in (("block", r["uses_block"]), ("mode", r["uses_mode"])) if not used]
-            name = r["method"] + (f" (no {'/'.join(unused)})" if unused else "")
+            name = r["method"] + "".join(f" (no {o})" for o in unused)
             timing = f"{r['seconds']:.2f} s" if one_score else f"S = {signed(r['score'])} \u00b7 {r['seconds']:.2f} s"
             titles.append(f"{name}\n{timing}\n{energy}")
         described = self.model.describe()
         score = f" \u00b7 S = {signed(scores[0])}" + (" (S < 0: no match)" if scores[0] < 0 else "") if one_score else ""
         title = (f"\u201c{state['prompt']}\u201d on {state['image']}{score}\nblock {state['layers'][0]} \u00b7 "
-                 f"{state['mode']} mode \u00b7 {self.precision} \u00b7 model {described.get('model')} \u00b7 "
-                 "each panel on its own scale; \u201cno block/mode\u201d: the method ignores that setting")
+                 f"{state['mode']} mode \u00b7 {self.precision} \u00b7 model {described.get('model')}\n"
+                 "each panel on its own scale; (no block), (no mode): the method ignores that setting")
         return heat_map_panels(picture, maps, titles, title=title, scale="panel", colorbar=self.colorbar,
                                flagged=[False] * len(rows) if one_score else [s < 0 for s in scores],
                                width_px=self.width)

@@ -374,3 +374,18 @@ def test_html_views_escape_text(tiny, scenes):
     assert "&lt;i&gt;x" in table and "<b>+0.3000</b>" in table
     assert np.isfinite(words.word_importance.numpy()).all()
     assert signed(-0.5) == "\u22120.500" and signed(0.25, 2) == "+0.25"
+
+
+def test_object_prompts_name_each_object_the_scene_has_once():
+    from gradeclip_utils.studies.common import object_prompts, prompt_mask
+
+    scene = generate_scene(7, objects=[{"shape": "circle", "colour": "red"}, {"shape": "circle", "colour": "red"},
+                                       {"shape": "square", "colour": "orange"}])
+    assert object_prompts(scene) == ["an orange square"]  # the two red circles share a name: left out
+    for seed in range(2024, 2030):
+        scene = generate_scene(seed, n_objects=2 + seed % 3)
+        names = [f"{o.colour} {o.shape}" for o in scene.objects]
+        expected = [n for n in names if names.count(n) == 1]
+        prompts = object_prompts(scene)
+        assert [p.split(" ", 1)[1] for p in prompts] == expected
+        assert all(prompt_mask(scene, p) is not None for p in prompts)  # each one's energy can be measured

@@ -300,7 +300,7 @@ def decomposition_study(model: Any, items: Sequence[Any], caption_kinds: Sequenc
     from .common import default_resolution, image_name
 
     rows = []
-    for index, item in enumerate(tqdm(items, desc="decompose", disable=not progress, leave=False)):
+    for index, item in enumerate(tqdm(items, desc="decompose", disable=not progress)):
         if isinstance(item, Scene):
             caption = next((item.captions[k] for k in caption_kinds if k in item.captions), None)
             if caption is None:

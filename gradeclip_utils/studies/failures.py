@@ -154,7 +154,7 @@ def run_choices(model: Any, items: Sequence[ChoiceItem], *, method: str = "grad_
     from ..synthetic import Scene
 
     rows, maps, pictures = [], [], []
-    for item in tqdm(items, desc="captions", disable=not progress, leave=False):
+    for item in tqdm(items, desc="captions", disable=not progress):
         is_scene = isinstance(item.image, Scene)
         res = resolution or default_resolution(model, item.image)
         prompts = [item.caption, *item.negatives]

@@ -74,7 +74,7 @@ def layer_localisation(model: Any, n: int = 100, layers: Sequence[int] | None = 
         settings.append(("all", total))
     masks = np.stack([mask for _, _, mask in items])
     rows = []
-    for label, spec in tqdm(settings, desc="blocks", disable=not progress, leave=False):
+    for label, spec in tqdm(settings, desc="blocks", disable=not progress):
         maps = item_maps(model, items, layers=spec, method=method, mode=mode, batch_size=batch_size)
         scores = localisation_scores(maps, masks, tolerance=tolerance)
         for i, (scene, caption, _) in enumerate(items):
