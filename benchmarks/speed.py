@@ -163,9 +163,17 @@ class Case:
 
 def run_cases(cases: list[Case], meter: Meter, repeats: int, slow_s: float, log: Callable[[str], None]) -> None:
     """Warm every case up once (measuring its peak memory), then run them round-robin; a case slower
-    than ``slow_s`` in its warm-up keeps that one run (marked) instead of being repeated."""
-    for case in cases:
-        sample = meter.run(case.fn, memory=True)
+    than ``slow_s`` in its warm-up keeps that one run (marked) instead of being repeated. A case that
+    the model's family cannot run (``UnsupportedMethodError``) is dropped from ``cases`` with the reason."""
+    from gradeclip_utils.adapters import UnsupportedMethodError
+
+    for case in list(cases):
+        try:
+            sample = meter.run(case.fn, memory=True)
+        except UnsupportedMethodError as error:
+            log(f"  {case.name}: not available for this family ({error})")
+            cases.remove(case)
+            continue
         case.peak = sample.peak
         log(f"  warm-up {case.name}{'' if case.k is None else f' K={case.k}'}: {sample.wall:.2f} s")
         if sample.wall > slow_s:
@@ -179,14 +187,40 @@ def run_cases(cases: list[Case], meter: Meter, repeats: int, slow_s: float, log:
 
 
 # --------------------------------------------------------------------------------------------- models
-def tiny_model(device: torch.device, precision: str):
-    """A small open_clip CLIP with random weights (for the many-calls memory check)."""
+def tiny_model(device: torch.device, precision: str, like: str = "ViT"):
+    """A small CLIP with random weights of the family ``like`` names (as ``--model`` does; for the
+    many-calls memory check): open_clip ViT by default, Hugging Face, OpenAI clip, or a ResNet."""
     import open_clip
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     from gradeclip_utils import wrap_model
 
     torch.manual_seed(0)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    resnet = "RN" in like
+    if like.startswith("hf-random:"):
+        from transformers import CLIPConfig, CLIPModel
+
+        config = CLIPConfig(projection_dim=32, vision_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3,
+                                                                  num_attention_heads=4, image_size=48, patch_size=8),
+                            text_config=dict(hidden_size=48, intermediate_size=192, num_hidden_layers=3,
+                                             num_attention_heads=4, max_position_embeddings=16))
+        return wrap_model(CLIPModel(config).to(device=device, dtype=dtype), name="tiny-benchmark-hf")
+    if like.startswith("openai-random:"):
+        import warnings as _warnings
+
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore")
+            from clip.model import CLIP as OpenAICLIP
+
+        model = (OpenAICLIP(32, 64, (1, 1, 1, 1), 8, None, 16, 49408, 64, 1, 3) if resnet
+                 else OpenAICLIP(32, 48, 3, 64, 8, 16, 49408, 64, 1, 3))
+        return wrap_model(model.to(device=device, dtype=dtype), name="tiny-benchmark-openai")
+    if resnet:
+        model = CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=(1, 1, 1, 1), width=8, head_width=64, image_size=64),
+                     text_cfg=CLIPTextCfg(context_length=16, vocab_size=49408, width=48, heads=4, layers=3)).eval()
+        return wrap_model(model.to(device=device, dtype=dtype), open_clip.image_transform(64, is_train=False),
+                          open_clip.tokenizer.SimpleTokenizer(context_length=16), name="tiny-benchmark-resnet")
     vision = CLIPVisionCfg(layers=3, width=64, head_width=16, patch_size=8, image_size=(48, 48))
     text = CLIPTextCfg(context_length=16, vocab_size=49408, width=48, heads=4, layers=3)
     model = CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text).eval()
@@ -195,6 +229,40 @@ def tiny_model(device: torch.device, precision: str):
     preprocess = open_clip.image_transform((48, 48), is_train=False)
     tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=16)
     return wrap_model(model, preprocess, tokenizer, name="tiny-benchmark-clip")
+
+
+def random_model(spec: str, device: torch.device, precision: str):
+    """A model with random weights in any family: an open_clip name ("ViT-B-16", "RN50"),
+    "hf-random:B-16" / "hf-random:B-32" (a transformers CLIPModel of that ViT's configuration), or
+    "openai-random:ViT-B/16" / "openai-random:RN50" (a model of OpenAI's clip package, its own init)."""
+    from gradeclip_utils import load_model, wrap_model
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    torch.manual_seed(0)
+    if spec.startswith("hf-random:"):
+        from transformers import CLIPConfig, CLIPModel
+
+        patch = {"B-16": 16, "B-32": 32}[spec.split(":", 1)[1]]
+        config = CLIPConfig(projection_dim=512, vision_config=dict(patch_size=patch, image_size=224),
+                            text_config=dict(max_position_embeddings=77))
+        config._attn_implementation = "sdpa"
+        model = CLIPModel(config).to(device=device, dtype=dtype)
+        return wrap_model(model, name=spec)
+    if spec.startswith("openai-random:"):
+        import warnings as _warnings
+
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore")
+            from clip.model import CLIP
+
+        arch = spec.split(":", 1)[1]
+        if arch == "RN50":
+            model = CLIP(1024, 224, (3, 4, 6, 3), 64, None, 77, 49408, 512, 8, 12)
+        else:
+            patch = {"ViT-B/16": 16, "ViT-B/32": 32}[arch]
+            model = CLIP(512, 224, 12, 768, patch, 77, 49408, 512, 8, 12)
+        return wrap_model(model.to(device=device, dtype=dtype), name=spec)
+    return load_model(spec, pretrained=None, device=device, precision=precision)
 
 
 def unit_targets(count: int, dim: int, seed: int, device: torch.device) -> torch.Tensor:
@@ -214,46 +282,30 @@ def captions(count: int) -> list[str]:
 # ------------------------------------------------------------------------------ the authors' loop
 def authors_loop(model, pixels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Grad-ECLIP as the authors' code computes it: for each image, one forward pass of the whole
-    tower with the autograd graph, the last block's attention computed explicitly for all tokens (its
-    output is the tensor differentiated against), then, for each prompt, ``autograd.grad`` of that
-    prompt's cosine with ``retain_graph=True``. Returns maps (B, K, h, w)."""
-    visual = model.model.visual
-    blocks = visual.transformer.resblocks
+    tower with the autograd graph (every block computed explicitly, the last block's attention output
+    the tensor differentiated against), then, for each prompt, ``autograd.grad`` of that prompt's
+    cosine with ``retain_graph=True``. Returns maps (B, K, h, w). Written over the adapter's captures,
+    so it runs for every family; the loosened attention is computed here from the captured q and k."""
+    adapter = model.adapter
+    blocks = list(range(adapter.num_image_blocks))
+    last = blocks[-1]
     maps = []
     for image in pixels:
-        x = visual.conv1(image[None].to(model.adapter.dtype))
-        grid = x.shape[-2:]
-        x = x.flatten(2).transpose(1, 2)
-        x = torch.cat([visual.class_embedding.to(x.dtype).view(1, 1, -1), x], dim=1)
-        x = visual.ln_pre(x + model.adapter.positional_embedding(tuple(grid)).to(x.dtype))
-        for block in blocks[:-1]:
-            x = block(x)
-        last = blocks[-1]
-        attn = last.attn
-        width, heads = x.shape[-1], attn.num_heads
-        head_dim = width // heads
-        q, k, v = F.linear(last.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).split(width, dim=-1)
-
-        def split(t):
-            return t.reshape(1, -1, heads, head_dim).transpose(1, 2)
-
-        probs = (split(q) @ split(k).transpose(-1, -2) / math.sqrt(head_dim)).softmax(dim=-1)
-        attn_output = (probs @ split(v)).transpose(1, 2).reshape(1, -1, width)
-        y = x + last.ls_1(attn.out_proj(attn_output))
-        y = y + last.ls_2(last.mlp(last.ln_2(y)))
-        embedding = visual.ln_post(y[:, 0]) @ visual.proj
-        cosine = (F.normalize(embedding.float(), dim=-1) @ targets.T)[0]
-        q_cls, k_patch = F.normalize(q[0, :1].float(), dim=-1), F.normalize(k[0, 1:].float(), dim=-1)
+        trace = adapter.trace_image(image[None], blocks)
+        capture = trace.blocks[last]
+        grid = trace.grid
+        cosine = (F.normalize(trace.embedding.float(), dim=-1) @ targets.T)[0]
+        q_cls, k_patch = F.normalize(capture.q[0, :1].float(), dim=-1), F.normalize(capture.k[0, 1:].float(), dim=-1)
         sim = (q_cls * k_patch).sum(-1)
         span = sim.max() - sim.min()
         loosened = (sim - sim.min()) / span if span > 0 else torch.zeros_like(sim)
         per_prompt = []
         for index in range(targets.shape[0]):
-            grad = torch.autograd.grad(cosine[index], attn_output, retain_graph=True)[0]
-            emap = ((grad[0, :1].float() * v[0, 1:].detach().float()).sum(-1) * loosened.detach()).relu()
+            grad = torch.autograd.grad(cosine[index], capture.token_output, retain_graph=True)[0]
+            emap = ((grad[0].float() * capture.v[0, 1:].float()).sum(-1) * loosened).relu()
             per_prompt.append(emap.reshape(int(grid[0]), int(grid[1])))
         maps.append(torch.stack(per_prompt))
-        del cosine, attn_output, embedding
+        del cosine, trace, capture
     return torch.stack(maps)
 
 
@@ -288,7 +340,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-16",
-                        help="open_clip model name (random weights), or 'tiny' for a quick check of the script")
+                        help="random weights in any family: an open_clip name (ViT-B-16, RN50), hf-random:B-16, "
+                             "openai-random:ViT-B/16 or openai-random:RN50; or 'tiny' for a quick check of the script")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--batch", type=int, default=None, help="images B (default: 2 on the CPU, 32 on CUDA)")
@@ -346,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model == "tiny":  # a small random model for a quick run of the script itself
         model = tiny_model(device, args.precision)
     else:
-        model = load_model(args.model, pretrained=None, device=device, precision=args.precision)
+        model = random_model(args.model, device, args.precision)
     adapter = model.adapter
     size = (args.size, args.size) if args.size else adapter.image_size
     dim = adapter.embed_dim
@@ -356,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     last = adapter.num_image_blocks - 1
     meter = Meter(device)
 
-    print(f"model {args.model} (random weights), {args.precision}, device {device}"
+    print(f"model {args.model} ({model.family}, random weights), {args.precision}, device {device}"
           f"{' (' + torch.cuda.get_device_name(device) + ')' if cuda else ''}, {batch} images of {size[0]}x{size[1]}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}")
     print(f"repeats: warm-up + median of {args.repeats}; ratios are to the plain forward of the same {batch} images")
@@ -369,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def plain_forward():
         with torch.no_grad():
-            return model.model.encode_image(pixels.to(adapter.dtype))
+            return adapter.native_encode_image(pixels)
 
     # ---------------------------------------------------------------- correctness of what is timed
     check_k = min(10, max(prompt_counts))
@@ -473,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def plain_text():
             with torch.no_grad():
-                return model.model.encode_text(tokens.to(device))
+                return adapter.native_encode_text(tokens)
 
         text_base = Case("plain forward: model.encode_text", "text", plain_text, k=caption_count)
         text_cases = [text_base,
@@ -539,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         for b in sizes:
             images = torch.randn(b, 3, *size, generator=generator).to(device)
             try:
-                plain = Case("plain", "sweep", lambda: torch.no_grad()(model.model.encode_image)(images.to(adapter.dtype)))
+                plain = Case("plain", "sweep", lambda: adapter.native_encode_image(images))
                 maps_case = Case("maps", "sweep", explained(lambda: image_maps(adapter, images, sweep_targets)))
                 run_cases([plain, maps_case], meter, args.repeats, args.slow, log)
             except torch.cuda.OutOfMemoryError:
@@ -553,8 +606,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # ------------------------------------------------------------------------ memory over calls
     if args.memory_calls > 0:
-        small = tiny_model(device, args.precision)
-        small_pixels = torch.randn(2, 3, 48, 48, generator=generator).to(device)
+        small = tiny_model(device, args.precision, like=args.model)
+        small_pixels = torch.randn(2, 3, *small.adapter.image_size, generator=generator).to(device)
         small_targets = unit_targets(100, small.adapter.embed_dim, seed=3, device=device)
         checkpoints = sorted({c for c in (10, 100, 500) if c < args.memory_calls} | {args.memory_calls})
         readings = {}
@@ -573,7 +626,8 @@ def main(argv: list[str] | None = None) -> int:
             live = sum(1 for obj in gc.get_objects() if isinstance(obj, torch.Tensor))
         first, final = checkpoints[0], checkpoints[-1]
         kind = "CUDA memory allocated" if cuda else "process RSS"
-        print(f"\nMemory over {args.memory_calls} consecutive explain_image calls (small model, 2 images x 100 prompts): "
+        print(f"\nMemory over {args.memory_calls} consecutive explain_image calls (small {small.family} model, 2 images "
+              "x 100 prompts): "
               + ", ".join(f"after {c}: {readings[c] / MiB:.1f} MiB" for c in checkpoints) + f" ({kind}); growth from "
               f"call {first} to {final}: {(readings[final] - readings[first]) / MiB:+.2f} MiB; Python heap growth "
               f"{(python_heap[final] - python_heap[first]) / 1024:+.1f} KiB; live tensors after: {live}")

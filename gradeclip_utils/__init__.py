@@ -1,10 +1,13 @@
 """Grad-ECLIP workbench: explain CLIP image-text matches with heat maps and word importance.
 
-Start with ``load_model`` (the embedded synthetic CLIP by default, or any open_clip ViT CLIP), then
-``explain_image`` for heat maps and ``explain_text`` for word importance.
+Start with ``load_model`` (the embedded synthetic CLIP by default; open_clip ViT and ResNet models,
+Hugging Face ``hf:`` checkpoints, OpenAI ``clip`` state dicts) or ``wrap_model`` (a model you built),
+then ``explain_image`` for heat maps, ``explain_text`` for word importance and ``compare_models`` for
+several models side by side.
 """
 
-from .adapters import UnsupportedModelError, get_adapter
+from .adapters import UnsupportedMethodError, UnsupportedModelError, get_adapter
+from .compare import ModelComparison, compare_models
 from .explain import encode_texts, explain_image, explain_text
 from .loading import LoadedModel, UnsafeCheckpointError, WeightsUnavailableError, load_model, wrap_model
 from .methods import list_methods
@@ -13,7 +16,8 @@ from .results import ImageExplanation, TextExplanation, WordImportance
 __version__ = "0.1.0"
 
 __all__ = [
-    "ImageExplanation", "LoadedModel", "TextExplanation", "UnsafeCheckpointError", "UnsupportedModelError", "WeightsUnavailableError",
-    "WordImportance", "encode_texts", "explain_image", "explain_text", "get_adapter", "list_methods", "load_model",
-    "wrap_model", "__version__",
+    "ImageExplanation", "LoadedModel", "ModelComparison", "TextExplanation", "UnsafeCheckpointError",
+    "UnsupportedMethodError", "UnsupportedModelError", "WeightsUnavailableError", "WordImportance", "compare_models",
+    "encode_texts", "explain_image", "explain_text", "get_adapter", "list_methods", "load_model", "wrap_model",
+    "__version__",
 ]

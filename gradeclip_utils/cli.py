@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("image", help="image file")
     explain.add_argument("prompts", nargs="+", help="one or more text prompts")
     explain.add_argument("--model", default="synthetic",
-                         help="open_clip model name (e.g. ViT-B-16), a model folder, or 'synthetic' (default)")
+                         help="a model as load_model names it: an open_clip name (ViT-B-16, RN50), a model folder, "
+                              "hf:REPO_OR_FOLDER, openai-clip:STATE_DICT, or 'synthetic' (default)")
     explain.add_argument("--pretrained", default=None,
                          help="open_clip weight tag (e.g. openai) or a local checkpoint file")
     explain.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

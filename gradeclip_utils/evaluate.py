@@ -3,6 +3,18 @@
     python -m gradeclip_utils.evaluate                          # the synthetic world (offline default)
     python -m gradeclip_utils.evaluate --dataset imagenet --data /path/to/val --model ViT-B-16 --pretrained openai
     python -m gradeclip_utils.evaluate --dataset folder --data images/ --prompts prompts.csv
+    python -m gradeclip_utils.evaluate --dataset imagenet --data /path/to/val --model ViT-B-16 --pretrained openai \
+        --protocol authors --target pred     # the Grad-ECLIP authors' deletion / insertion, number for number
+
+Protocols (deletion and insertion; see PROTOCOL_TEXT and method.md section 6):
+  project    (default) maps and perturbations on the model's preprocessed pixels; tied pixels ordered by a
+             seeded random permutation per image, shared by every method, repeated over --tie-seeds seeds
+             and the range of each method's mean AUC reported; localisation on the same maps.
+  authors    the Grad-ECLIP authors' imagenet_eval_deletion.py / imagenet_eval_insertion.py exactly:
+             640 short-side shrink, perturbation of the native picture before preprocessing, int(HW/200)
+             pixels per step, new random values per step, numpy argsort order of the min-max-normalised-
+             then-resized map, accuracy against the ground truth with either target, their variants of
+             Grad-ECLIP (official mode, out_proj q and k), raw attention, MaskCLIP, Grad-CAM and rollout.
 
 Data sets:
   synthetic  held-out scenes of the synthetic world (2-4 objects), one uniquely nameable object each,
@@ -42,14 +54,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm  # text progress: it stays readable in a saved or reloaded notebook (a widget bar does not)
 
+from .explain import zero_shot_classifier
 from .methods import get_image_method, list_methods
-from .metrics import AUC_DEFINITION, cascading_randomisation, localisation_scores, perturbation_curves
+from .metrics import (AUC_DEFINITION, authors_heatmap, authors_perturbation_curves, cascading_randomisation,
+                      localisation_scores, perturbation_curves, shrink_to_640)
 
 DATASETS = ("synthetic", "imagenet", "folder")
 RANDOM = "random"
 DEFAULT_METHODS = ("grad_eclip", "grad_eclip_no_spatial", "raw_attention", "rollout", "grad_cam", "game",
-                   "game_last", "maskclip", "clip_surgery", "rise", "m2ib", "itsm", RANDOM)
+                   "game_last", "maskclip", "clip_surgery", "rise", "m2ib", "itsm", "legrad", RANDOM)
 MEASURES = ("score", "accuracy", "probability")
+TIE_MEASURES = ("score", "accuracy")  # the AUCs recomputed for every further tie seed
 LOCALISATION = ("pointing", "pointing_strict", "energy", "iou", "area_share")
 
 
@@ -57,11 +72,19 @@ LOCALISATION = ("pointing", "pointing_strict", "energy", "iou", "area_share")
 @dataclass
 class EvalItem:
     """One explained (image, target) pair; ``load`` gives the normalised pixels (3, H, W) and the
-    target mask (H, W) at the same geometry, or None."""
+    target mask (H, W) at the same geometry, or None; ``picture`` the native RGB picture (PIL), for the
+    authors' protocol. ``label`` is the class scored (the ground truth); ``target`` the class explained
+    (None: the label; ImageNet's ``--target pred``: the model's prediction)."""
 
     key: str
     label: int
     load: Callable[[], tuple[torch.Tensor, np.ndarray | None]]
+    picture: Callable[[], Any] | None = None
+    target: int | None = None
+
+    @property
+    def explained(self) -> int:
+        return self.label if self.target is None else self.target
 
 
 @dataclass
@@ -99,7 +122,8 @@ def synthetic_set(model, n: int, *, offset: int | None = None) -> EvalSet:
         def load(scene=scene, mask=mask):
             return model.preprocess(scene.image).float(), _preprocessed_mask(model, mask)
 
-        items.append(EvalItem(key=f"scene-{scene.seed}", label=index[caption.text], load=load))
+        items.append(EvalItem(key=f"scene-{scene.seed}", label=index[caption.text], load=load,
+                              picture=lambda scene=scene: scene.image.convert("RGB")))
     return EvalSet("synthetic", items, prompts, encode_texts(model, prompts), True,
                    ["held-out scenes of 2-4 objects; target: one uniquely nameable object, prompt 'a {colour} {shape}'",
                     "classifier: the 35 colour x shape prompts"])
@@ -108,10 +132,14 @@ def synthetic_set(model, n: int, *, offset: int | None = None) -> EvalSet:
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
-def _load_picture(model, path: Path):
+def _native_picture(path: Path):
     from .inputs import load_image, to_rgb
 
-    return model.preprocess(to_rgb(load_image(path))).float()
+    return to_rgb(load_image(path))
+
+
+def _load_picture(model, path: Path):
+    return model.preprocess(_native_picture(path)).float()
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -128,7 +156,6 @@ def weights_digest(module: torch.nn.Module) -> str:
 def imagenet_set(model, root: Path, n: int, *, templates: str = "openai", target: str = "gt",
                  batch_size: int = 64, cache: Path | None = None) -> EvalSet:
     """An ImageNet-style folder of class subfolders, ``n`` images taken round-robin over the classes."""
-    from open_clip import build_zero_shot_classifier
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
     folders = sorted(p for p in Path(root).iterdir() if p.is_dir())
@@ -151,25 +178,25 @@ def imagenet_set(model, root: Path, n: int, *, templates: str = "openai", target
     if cache is not None and cache.is_file():
         classifier = torch.load(cache, weights_only=True).to(model.device)
     else:
-        with torch.no_grad():
-            classifier = build_zero_shot_classifier(model.model, model.tokenizer, names, chosen_templates,
-                                                    device=model.device, use_tqdm=True).T.float()
+        classifier = zero_shot_classifier(model, names, chosen_templates).to(model.device)
         if cache is not None:
             torch.save(classifier.cpu(), cache)
-    labels = [label for _, label in chosen]
-    if target == "pred":
-        labels = []
+    explained: list[int | None] = [None] * len(chosen)
+    if target == "pred":  # explain the prediction; the curves still score the ground truth
+        explained = []
         for start in range(0, len(chosen), batch_size):
             pixels = torch.stack([_load_picture(model, p) for p, _ in chosen[start:start + batch_size]])
             with torch.no_grad():
                 embedding = F.normalize(model.adapter.encode_image(pixels.to(model.device)).float(), dim=-1)
-            labels += (embedding @ classifier.T).argmax(dim=-1).tolist()
+            explained += (embedding @ classifier.T.to(embedding.device)).argmax(dim=-1).tolist()
     items = [EvalItem(key=str(path.relative_to(root)), label=label,
-                      load=lambda path=path: (_load_picture(model, path), None))
-             for (path, _), label in zip(chosen, labels)]
+                      load=lambda path=path: (_load_picture(model, path), None),
+                      picture=lambda path=path: _native_picture(path), target=explained_class)
+             for (path, label), explained_class in zip(chosen, explained)]
     return EvalSet("imagenet", items, names, F.normalize(classifier, dim=-1), False,
                    [f"{len(names)} classes x {len(chosen_templates)} templates ({templates}); target: "
-                    + ("ground-truth class" if target == "gt" else "predicted class")])
+                    + ("ground-truth class" if target == "gt" else "predicted class (curves scored against the "
+                       "ground truth)")])
 
 
 def folder_set(model, csv_path: Path, n: int | None = None) -> EvalSet:
@@ -198,7 +225,8 @@ def folder_set(model, csv_path: Path, n: int | None = None) -> EvalSet:
             raise ValueError(f"mask {row['mask']} and image {row['image']} differ in size")
         return pixels, _preprocessed_mask(model, mask)
 
-    items = [EvalItem(key=f"{i}:{row['image']}", label=index[row["prompt"]], load=lambda row=row: load(row))
+    items = [EvalItem(key=f"{i}:{row['image']}", label=index[row["prompt"]], load=lambda row=row: load(row),
+                      picture=lambda row=row: to_rgb(load_image(base / row["image"])))
              for i, row in enumerate(rows)]
     return EvalSet("folder", items, prompts, encode_texts(model, prompts), has_masks,
                    [f"{len(rows)} rows of {csv_path.name}; classifier: its {len(prompts)} distinct prompts"])
@@ -231,8 +259,30 @@ def method_function(name: str) -> Callable:
     return random_maps if name == RANDOM else get_image_method(name)
 
 
+PROTOCOLS = ("project", "authors")
+AUTHORS_OPTIONS: dict[str, dict[str, Any]] = {
+    # the Grad-ECLIP authors' evaluation scripts (github.com/Cyang-Zhao/Grad-Eclip, imagenet_eval_*.py)
+    "grad_eclip": {"mode": "official", "qk": "out_proj"},
+    "grad_eclip_no_spatial": {"mode": "official", "qk": "out_proj"},
+    "raw_attention": {"variant": "authors"},
+    "maskclip": {"variant": "authors"},
+    "grad_cam": {"variant": "authors"},
+    "rollout": {"start_layer": -1},
+}
+AUTHORS_MODEL_RESOLUTION = frozenset({"game", "game_last", "rollout", "clip_surgery", "m2ib"})
+"""Methods the authors' scripts explain on the model's 224 centre crop (their map is then stretched over the
+whole picture); the others are explained at the picture's native resolution (their clip_encode_dense)."""
+
+
 def method_options(name: str, config: dict[str, Any], classifier: torch.Tensor) -> dict[str, Any]:
     """The evaluation's settings for each method (documented in the summary)."""
+    options = _method_options(name, config, classifier)
+    if config.get("protocol") == "authors":
+        options = {**options, **AUTHORS_OPTIONS.get(name, {})}
+    return options
+
+
+def _method_options(name: str, config: dict[str, Any], classifier: torch.Tensor) -> dict[str, Any]:
     if name == "rise":
         return {"masks": config["rise_masks"], "seed": config["seed"], "centre": config["rise_centre"]}
     if name == "m2ib":
@@ -245,14 +295,16 @@ def method_options(name: str, config: dict[str, Any], classifier: torch.Tensor) 
 
 
 def run_method(model, name: str, pixels: torch.Tensor, targets: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
-    """Raw maps (B, K, h, w) of one method, on the model's device, as ``explain_image`` runs methods."""
+    """Raw maps (B, K, h, w) of one method, on the model's device, as ``explain_image`` runs methods
+    (``options`` may set ``mode`` and ``qk``; default faithful and raw)."""
     from .explain import explaining
 
     adapter = model.adapter
     fn = method_function(name)
+    options = {"mode": "faithful", "qk": "raw", **options}
     with explaining(model.model):
         out = fn(adapter, pixels.to(model.device), targets.to(model.device),
-                 layers=adapter.resolve_layers((-1,), "image"), mode="faithful", qk="raw", **options)
+                 layers=adapter.resolve_layers((-1,), "image"), **options)
     maps = out.maps.detach().float().cpu()
     if not torch.isfinite(maps).all():
         raise FloatingPointError(f"{name} produced non-finite maps")
@@ -348,7 +400,7 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
 
 def _batches(items: list[EvalItem], batch_size: int) -> list[list[EvalItem]]:
     """Items sorted by target (stable) and cut into batches: few distinct targets per batch."""
-    ordered = sorted(items, key=lambda item: item.label)
+    ordered = sorted(items, key=lambda item: item.explained)
     return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
 
 
@@ -370,17 +422,89 @@ def batch_maps(model, name: str, pixels: torch.Tensor, labels: Sequence[int], cl
     return maps[torch.arange(len(labels)), torch.tensor(column)]
 
 
+def tie_seeds_of(seed: int, key: str, count: int) -> list[int]:
+    """The tie seeds of one item: the first is the one the main AUC uses; all are shared by every method."""
+    return [item_seed(seed + 7919 * (t + 1), key) for t in range(count)]
+
+
+def _curve_row(row: dict[str, Any], curves, steps: int, suffix: str = "", measures: Sequence[str] = MEASURES,
+               b: int = 0, with_points: bool = True) -> None:
+    """Write one image's AUCs (and curve points) of ``curves`` into ``row``."""
+    for kind in ("deletion", "insertion"):
+        for measure in measures:
+            row[f"{kind}_auc_{measure}{suffix}"] = float(curves.auc(kind, measure)[b])
+            if with_points:
+                values = getattr(curves, kind)[measure]
+                for t in range(steps):
+                    row[f"{kind}_{measure}_{t:02d}"] = float(values[b, t])
+
+
+def project_faithfulness(model, pixels: torch.Tensor, maps: torch.Tensor, batch: Sequence[EvalItem],
+                         classifier: torch.Tensor, rows: list[dict[str, Any]], *, seed: int, tie_seeds: int,
+                         logit_scale: float, steps: int) -> None:
+    """The project's deletion and insertion (preprocessed pixels, one random picture per image, ties by
+    seeded permutations) for a batch, once per tie seed; the first tie seed gives the main columns."""
+    mean, std = model.normalization
+    keys = [item.key for item in batch]
+    for t in range(tie_seeds):
+        curves = perturbation_curves(model.adapter, pixels.to(model.device), maps, classifier,
+                                     [item.label for item in batch], mean=mean, std=std,
+                                     seed=[item_seed(seed, key) for key in keys], logit_scale=logit_scale,
+                                     ties="random", tie_seed=[tie_seeds_of(seed, key, tie_seeds)[t] for key in keys])
+        for b, row in enumerate(rows):
+            if t == 0:
+                _curve_row(row, curves, steps, b=b)
+            else:
+                _curve_row(row, curves, steps, suffix=f"_tie{t}", measures=TIE_MEASURES, b=b, with_points=False)
+
+
+def authors_maps(model, name: str, item: EvalItem, picture, classifier: torch.Tensor,
+                 options: dict[str, Any]) -> np.ndarray:
+    """One item's heat map as the authors' ``generate_hm`` makes it: the method at native resolution (or,
+    for ``AUTHORS_MODEL_RESOLUTION``, on the model's centre crop), min-max normalised, resized to the
+    picture."""
+    from .inputs import prepare_images
+
+    resolution = "model" if name in AUTHORS_MODEL_RESOLUTION else "native"
+    pixels = prepare_images(model, picture, resolution)[0].pixels[None]
+    extra = {"keys": [item.key]} if name == RANDOM else {}
+    grid_map = batch_maps(model, name, pixels, [item.explained], classifier, {**options, **extra})[0]
+    return authors_heatmap(grid_map, (picture.size[1], picture.size[0]))
+
+
+def authors_faithfulness(model, name: str, item: EvalItem, classifier: torch.Tensor, row: dict[str, Any],
+                         options: dict[str, Any], *, seed: int, logit_scale: float, steps: int) -> None:
+    """The Grad-ECLIP authors' deletion and insertion for one item (see ``authors_perturbation_curves``)."""
+    if item.picture is None:
+        raise ValueError(f"--protocol authors needs the native pictures; {item.key} has none")
+    picture = shrink_to_640(item.picture())
+    heatmap = authors_maps(model, name, item, picture, classifier, options)
+    curves = authors_perturbation_curves(model.adapter.encode_image, lambda p: model.preprocess(p).float(), picture,
+                                         heatmap, classifier.to(model.device), item.label,
+                                         seed=item_seed(seed, item.key), ties="numpy", logit_scale=logit_scale)
+    _curve_row(row, curves, steps)
+
+
 def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS,
              batch_size: int = 16, tolerance: float = 4.0, rise_masks: int = 2000, rise_centre: bool = True,
              m2ib_steps: int = 10,
              m2ib_samples: int = 10, seed: int = 0, sanity_images: int = 8, sanity_methods: Sequence[str] | None = None,
              timing_images: int = 4, timing_repeats: int = 5, faithfulness: bool = True, command: str = "",
-             overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+             overwrite: bool = False, progress: bool = True, protocol: str = "project",
+             tie_seeds: int = 3) -> dict[str, Any]:
     """Run every method on every item of ``data``, write the results into ``out`` and return the summary.
 
-    Resumes from ``out`` when it holds a run with the same settings (items already done are kept);
-    ``overwrite`` starts afresh.
+    ``protocol``: "project" (this project's deletion and insertion on the preprocessed pixels, ties by
+    seeded random permutations, repeated over ``tie_seeds`` tie seeds to show how much the order of ties
+    moves an AUC) or "authors" (the Grad-ECLIP authors' scripts exactly, see ``authors_faithfulness``;
+    no localisation). Resumes from ``out`` when it holds a run with the same settings (items already done
+    are kept); ``overwrite`` starts afresh.
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if tie_seeds < 1:
+        raise ValueError("tie_seeds must be at least 1")
+    tie_seeds = 1 if protocol == "authors" else tie_seeds
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     unknown = [m for m in methods if m != RANDOM and m not in list_methods()["image"]]
@@ -391,7 +515,7 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
               "rise_centre": rise_centre, "m2ib_steps": m2ib_steps, "m2ib_samples": m2ib_samples, "seed": seed,
               "faithfulness": faithfulness,
               "classes": len(data.class_names), "sanity_images": sanity_images, "timing_images": timing_images,
-              "timing_repeats": timing_repeats}
+              "timing_repeats": timing_repeats, "protocol": protocol, "tie_seeds": tie_seeds}
     config_path = out / "config.json"
     outputs = [out / name for name in ("per_image.csv", "timing.csv", "sanity.csv", "summary.md")]
     if config_path.exists() and not overwrite:
@@ -404,8 +528,7 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
             path.unlink(missing_ok=True)
     config_path.write_text(json.dumps(config, indent=2) + "\n")
     options = {name: method_options(name, config, data.classifier) for name in methods}
-    mean, std = model.normalization
-    logit_scale = float(model.model.logit_scale.detach().exp()) if hasattr(model.model, "logit_scale") else 100.0
+    logit_scale = model.adapter.logit_scale
     steps = 11
 
     # speed, side by side with one plain forward
@@ -420,9 +543,12 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
     # per-image metrics
     per_image = out / "per_image.csv"
     done = {(row["key"], row["method"]) for row in _read_rows(per_image)}
-    columns = ["key", "label", "prompt", "method"] + (list(LOCALISATION) if data.has_masks else [])
+    localise = data.has_masks and protocol == "project"
+    columns = ["key", "label", "target", "prompt", "method"] + (list(LOCALISATION) if localise else [])
     if faithfulness:
         columns += [f"{kind}_auc_{m}" for kind in ("deletion", "insertion") for m in MEASURES] + _curve_columns(steps)
+        columns += [f"{kind}_auc_{m}_tie{t}" for t in range(1, tie_seeds) for kind in ("deletion", "insertion")
+                    for m in TIE_MEASURES]
     tasks = [(name, batch) for batch in _batches(data.items, batch_size) for name in methods
              if any((item.key, name) not in done for item in batch)]
     loaded: dict[str, tuple[torch.Tensor, np.ndarray | None]] = {}
@@ -430,29 +556,28 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
         batch = [item for item in batch if (item.key, name) not in done]
         if any(item.key not in loaded for item in batch):
             loaded = {item.key: item.load() for item in batch}  # each batch's images are loaded once
+        rows = [{"key": item.key, "label": item.label, "target": item.explained,
+                 "prompt": data.class_names[item.explained], "method": name} for item in batch]
+        if protocol == "authors":
+            if faithfulness:
+                for item, row in zip(batch, rows):
+                    authors_faithfulness(model, name, item, data.classifier, row, options[name], seed=seed,
+                                         logit_scale=logit_scale, steps=steps)
+            _append_rows(per_image, rows, columns)
+            done.update((item.key, name) for item in batch)
+            continue
         pixels = torch.stack([loaded[item.key][0] for item in batch])
         extra = {"keys": [item.key for item in batch]} if name == RANDOM else {}
-        maps = batch_maps(model, name, pixels, [item.label for item in batch], data.classifier,
+        maps = batch_maps(model, name, pixels, [item.explained for item in batch], data.classifier,
                           {**options[name], **extra})
-        rows = [{"key": item.key, "label": item.label, "prompt": data.class_names[item.label], "method": name}
-                for item in batch]
-        if data.has_masks:
+        if localise:
             masks = np.stack([loaded[item.key][1] for item in batch])
             scores = localisation_scores(maps, masks, tolerance=tolerance)
             for b, row in enumerate(rows):
                 row.update({name: float(scores[name][b]) for name in LOCALISATION})
         if faithfulness:
-            curves = perturbation_curves(model.adapter, pixels.to(model.device), maps, data.classifier,
-                                         [item.label for item in batch], mean=mean, std=std,
-                                         seed=[item_seed(seed, item.key) for item in batch], logit_scale=logit_scale)
-            for kind in ("deletion", "insertion"):
-                for measure in MEASURES:
-                    auc = curves.auc(kind, measure)
-                    values = getattr(curves, kind)[measure]
-                    for b, row in enumerate(rows):
-                        row[f"{kind}_auc_{measure}"] = float(auc[b])
-                        for t in range(steps):
-                            row[f"{kind}_{measure}_{t:02d}"] = float(values[b, t])
+            project_faithfulness(model, pixels, maps, batch, data.classifier, rows, seed=seed, tie_seeds=tie_seeds,
+                                 logit_scale=logit_scale, steps=steps)
         _append_rows(per_image, rows, columns)
         done.update((item.key, name) for item in batch)
 
@@ -464,9 +589,9 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
     if sanity_images > 0 and sanity_methods:
         chosen = data.items[:sanity_images]
         pixels = torch.stack([item.load()[0] for item in chosen]).to(model.device)
-        labels = sorted({item.label for item in chosen})
+        labels = sorted({item.explained for item in chosen})
         targets = data.classifier[labels]
-        column = [labels.index(item.label) for item in chosen]
+        column = [labels.index(item.explained) for item in chosen]
         for name in tqdm(sanity_methods, desc="sanity check", disable=not progress):
             fn = lambda m, p, t, name=name: run_method(m, name, p, t, options[name])  # noqa: E731
             result = cascading_randomisation(model, pixels, targets, fn, seed=seed)
@@ -508,6 +633,62 @@ def _fmt(mean: float, low: float, high: float, percent: bool = False) -> str:
     return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
 
 
+PROTOCOL_TEXT = {
+    "project": ("this project's (method.md section 6): maps on the model's preprocessed pixels, pixels ranked by "
+                "the bilinearly upsampled map, round(n x 0.5% x H x W) pixels changed at step n, deletion's random "
+                "values one seeded random picture per image, tied pixels ordered by a seeded random permutation "
+                "shared by every method on an image (repeated over several tie seeds, below)."),
+    "authors": ("the Grad-ECLIP authors' deletion and insertion scripts exactly (imagenet_eval_deletion.py, "
+                "imagenet_eval_insertion.py): each native picture (short side shrunk to 640 when longer) is "
+                "perturbed and then preprocessed; int(H x W / 200) pixels per step in numpy's argsort order of the "
+                "map, min-max normalised on its grid and then resized to the picture; deletion draws new random "
+                "values for each step's pixels; accuracy against the ground truth; their baseline variants. No "
+                "localisation."),
+}
+
+
+def _point_table(frame, methods: Sequence[str]) -> list[str]:
+    """Mean top-1 accuracy at each scored point of the authors' curves, in percent."""
+    lines = ["| method | deletion top-1 % at 0, 5, ..., 50% | insertion top-1 % at 5, ..., 50%, 100% |", "|---|---|---|"]
+    for name in methods:
+        rows = frame[frame["method"] == name]
+        cells = []
+        for kind in ("deletion", "insertion"):
+            points = [100 * rows[f"{kind}_accuracy_{t:02d}"].mean() for t in range(11)]
+            cells.append(" ".join(f"{p:.1f}" for p in points))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def tie_spread(frame, method: str, column: str, tie_seeds: int) -> float:
+    """Range (max - min) over the tie seeds of a method's mean AUC (nan with one tie seed)."""
+    rows = frame[frame["method"] == method]
+    names = [column] + [f"{column}_tie{t}" for t in range(1, tie_seeds)]
+    if tie_seeds < 2 or any(name not in rows for name in names) or rows.empty:
+        return math.nan
+    means = [float(rows[name].mean()) for name in names]
+    return max(means) - min(means)
+
+
+def _tie_table(frame, methods: Sequence[str], tie_seeds: int) -> list[str]:
+    if tie_seeds < 2:
+        return []
+    columns = [("deletion_auc_score", "deletion AUC, score", False), ("insertion_auc_score", "insertion AUC, score", False),
+               ("deletion_auc_accuracy", "deletion AUC, top-1 (points)", True),
+               ("insertion_auc_accuracy", "insertion AUC, top-1 (points)", True)]
+    lines = ["", f"**Ties.** How much the order of tied pixels moves the mean AUC: max - min of the method's mean AUC "
+             f"over {tie_seeds} tie seeds (each a seeded random permutation per image, shared by every method). A gap "
+             "between two methods smaller than these is within tie noise.", "",
+             "| method | " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for name in methods:
+        cells = []
+        for column, _, percent in columns:
+            value = tie_spread(frame, name, column, tie_seeds)
+            cells.append("n/a" if not np.isfinite(value) else f"{100 * value:.1f}" if percent else f"{value:.4f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def summarise(out: Path, data: EvalSet, config: dict[str, Any], *, command: str = "",
               methods: Sequence[str] = DEFAULT_METHODS) -> dict[str, Any]:
     """Read the CSVs of a run and build the markdown summary and the numbers the plots need."""
@@ -535,8 +716,11 @@ def summarise(out: Path, data: EvalSet, config: dict[str, Any], *, command: str 
     lines += [f"Model: {model.get('model')} (weights: {model.get('pretrained') or 'its own'}, {model.get('precision')}, "
               f"{model.get('device')}). Items: {frame['key'].nunique() if not frame.empty else 0}. "
               + " ".join(f"{note}." for note in data.notes), ""]
+    protocol = config.get("protocol", "project")
+    has_masks = data.has_masks and protocol == "project"
+    lines += [f"Protocol: {PROTOCOL_TEXT[protocol]}", ""]
     columns = []
-    if data.has_masks:
+    if has_masks:
         columns += [("pointing", f"pointing game % (tol. {config['tolerance']:g} px)", True),
                     ("pointing_strict", "pointing game % (strict)", True), ("energy", "energy PG %", True),
                     ("iou", "IoU (map > mean) %", True)]
@@ -558,12 +742,18 @@ def summarise(out: Path, data: EvalSet, config: dict[str, Any], *, command: str 
             cells.append("n/a" if ratio is None else f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.0f}x")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Cells: mean [95% bootstrap confidence interval, 1000 resamples over images]."]
-    if data.has_masks:
+    if has_masks:
         lines.append(f"Area share of the target masks (what a uniform map scores in the energy PG): "
                      f"{100 * frame['area_share'].mean():.1f}%.")
     if config["faithfulness"]:
-        lines += ["", f"**AUC.** {AUC_DEFINITION} 'score' is the target's cosine with the image; 'top-1' the share "
-                  f"of images whose highest-scoring class (of {config['classes']}) is the target."]
+        lines += ["", f"**AUC.** {AUC_DEFINITION} 'score' is the ground-truth class's cosine with the image; "
+                  f"'top-1' the share of images whose highest-scoring class (of {config['classes']}) is the "
+                  "ground truth (also when the map explains the predicted class)."]
+        if protocol == "authors":
+            lines += ["", "Under the authors' protocol insertion is scored at 5% ... 50% (its AUC over these ten "
+                      "points) and on the whole picture; top-1 accuracy at each point, mean over images, as their "
+                      "scripts print it:", ""] + _point_table(frame, methods)
+        lines += _tie_table(frame, methods, int(config.get("tie_seeds", 1)))
     if not timing.empty:
         lines += ["", f"**Time.** Seconds per (image, prompt) divided by seconds per image of one plain "
                   f"`encode_image` forward, measured side by side on the same batch of "
@@ -576,12 +766,20 @@ def summarise(out: Path, data: EvalSet, config: dict[str, Any], *, command: str 
                   "Below 1 with 8 prompts: the prompts share the passes."]
     centred = (" with the mean score subtracted (`centre=True`: the same map up to a constant in expectation, "
                "without the masks' coverage noise)") if config.get("rise_centre") else " (plain sum)"
+    grad_eclip = ("last block, official mode (one head), q and k through out_proj, as the authors' evaluation "
+                  "scripts" if protocol == "authors" else "last block, faithful mode")
     lines += ["", f"Settings: RISE {config['rise_masks']} masks (8 x 8 cells, p = 0.5, seed {config['seed']}){centred}; "
-              f"M2IB {config['m2ib_steps']} steps x {config['m2ib_samples']} samples; CLIP Surgery's class set: the "
-              f"{config['classes']} classifier prompts; GAME: all blocks (game) and the last block (game_last); "
-              "Grad-ECLIP: last block, faithful mode; random: uniform noise on the patch grid."]
+              f"M2IB {config['m2ib_steps']} steps x {config['m2ib_samples']} samples, no clamp (as M2IB's own code); "
+              f"CLIP Surgery's class set: the {config['classes']} classifier prompts; GAME: the logit "
+              "exp(logit_scale) x cos differentiated (as Chefer et al.), all blocks (game) and the last block "
+              f"(game_last); LeGrad: the last two blocks (its default); Grad-ECLIP: {grad_eclip}; random: uniform "
+              "noise on the patch grid."
+              + (" Authors' variants: raw_attention, maskclip and grad_cam variant='authors', rollout from the last "
+                 "block; game, game_last, rollout, clip_surgery and m2ib explained on the model's centre crop and "
+                 "stretched over the picture (as the authors' scripts do), the others at native resolution."
+                 if protocol == "authors" else "")]
     claims = []
-    if data.has_masks and "grad_eclip" in methods:
+    if has_masks and "grad_eclip" in methods:
         base = frame[frame["method"] == "grad_eclip"].set_index("key")
         lines += ["", "Pointing game (with tolerance), paired difference Grad-ECLIP minus other, percentage "
                   "points [95% paired bootstrap CI]:", ""]
@@ -713,7 +911,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=DATASETS, default="synthetic")
     parser.add_argument("--data", default=None, help="imagenet: the folder of class subfolders; folder: the CSV")
-    parser.add_argument("--model", default="synthetic", help="open_clip name, model folder, or 'synthetic'")
+    parser.add_argument("--model", default="synthetic", help="a model as load_model names it: open_clip name, model folder, hf:REPO_OR_FOLDER, "
+                             "openai-clip:STATE_DICT, or 'synthetic'")
     parser.add_argument("--pretrained", default=None, help="open_clip weight tag or checkpoint file")
     parser.add_argument("--device", default=None, help="default: CUDA when available")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
@@ -735,7 +934,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-faithfulness", action="store_true", help="skip deletion and insertion")
     parser.add_argument("--templates", choices=("openai", "simple"), default="openai")
     parser.add_argument("--target", choices=("gt", "pred"), default="gt", help="imagenet: explain the ground-truth "
-                        "or the predicted class")
+                        "or the predicted class (the curves always score the ground truth)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="project", help="deletion and insertion as this "
+                        "project runs them (default) or exactly as the Grad-ECLIP authors' scripts do ('authors')")
+    parser.add_argument("--tie-seeds", type=int, default=3, help="project protocol: tie seeds to repeat deletion and "
+                        "insertion with, to report how much the order of tied pixels moves each AUC (default 3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument("--out", default=None, help="output folder (default: outputs/eval-DATASET)")
@@ -767,7 +970,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        m2ib_samples=args.m2ib_samples,
                        seed=args.seed, sanity_images=args.sanity_images, sanity_methods=sanity_methods,
                        timing_images=args.timing_images, timing_repeats=args.timing_repeats,
-                       faithfulness=not args.no_faithfulness, command=command.strip(), overwrite=args.overwrite)
+                       faithfulness=not args.no_faithfulness, command=command.strip(), overwrite=args.overwrite,
+                       protocol=args.protocol, tie_seeds=args.tie_seeds)
     if args.doc:
         write_doc(summary, out, args.doc)
     print(summary["markdown"])

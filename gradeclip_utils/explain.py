@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm  # text progress: it stays readable in a saved or reloaded notebook (a widget bar does not)
 
-from .adapters import MODES
+from .adapters import MODES, UnsupportedMethodError
 from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS, group_by_shape, prepare_images
 from .loading import LoadedModel, as_loaded
-from .methods import QK_CHOICES, get_image_method, get_text_method
+from .methods import QK_CHOICES, get_image_method, get_text_method, prepare_options
 from .results import ImageExplanation, TextExplanation
 from .text import as_text_list, group_words, token_pieces
 
@@ -82,9 +82,12 @@ def release_frames(error: BaseException) -> None:
 
 
 def _run_method(model: LoadedModel, method: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call a method; a half-precision model on the CPU that hits a missing kernel gets a clear error."""
+    """Call a method; a method the model's family cannot run, and a half-precision model on the CPU
+    that hits a missing kernel, get a clear error naming what is missing."""
     try:
         return fn(*args, **kwargs)
+    except UnsupportedMethodError as error:
+        raise UnsupportedMethodError(f"{method} is not available for {model.family} models: {error}") from None
     except RuntimeError as error:
         if model.adapter.dtype == torch.float16 and model.device.type == "cpu" and "Half" in str(error):
             raise RuntimeError(
@@ -111,6 +114,21 @@ def encode_texts(model: LoadedModel, texts: str | Sequence[str], batch_size: int
             parts = [adapter.encode_text(model.tokenize(texts[i:i + batch_size]))
                      for i in range(0, len(texts), batch_size)]
     return F.normalize(torch.cat(parts).float(), dim=-1)
+
+
+@torch.no_grad()
+def zero_shot_classifier(model: LoadedModel, classnames: Sequence[str], templates: Sequence[Any],
+                         batch_size: int = 256, progress: bool = True) -> torch.Tensor:
+    """A zero-shot classifier (C, D), float32, unit rows: for each class, the mean of its unit-normalised
+    template embeddings, normalised again (CLIP's and the Grad-ECLIP authors' recipe). ``templates``
+    are format strings with one ``{}`` or callables of the class name (open_clip's template lists)."""
+    if not classnames or not templates:
+        raise ValueError("a zero-shot classifier needs at least one class name and one template")
+    rows = []
+    for name in tqdm(classnames, desc="zero-shot classifier", disable=not progress, leave=False):
+        texts = [t(name) if callable(t) else t.format(name) for t in templates]
+        rows.append(F.normalize(encode_texts(model, texts, batch_size=batch_size).mean(dim=0), dim=-1))
+    return torch.stack(rows)
 
 
 def prompt_targets(model: LoadedModel, prompts: Any, labels: Sequence[str] | None = None
@@ -186,6 +204,7 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
     adapter = model.adapter
     absolute_layers = adapter.resolve_layers(layers, "image")
     targets, names = prompt_targets(model, prompts, labels)
+    options = prepare_options(method, model, targets, options)
     prepared = prepare_images(model, images, resolution, max_patches=max_patches)
     raw: list[torch.Tensor | None] = [None] * len(prepared)
     scores = torch.zeros(len(prepared), len(names))
@@ -217,7 +236,7 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
 
 def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *, method: str = "grad_eclip",
                  layers: int | Sequence[int] = 8, mode: str = "faithful", qk: str = "raw",
-                 resolution: str = "native", max_patches: int = DEFAULT_MAX_PATCHES,
+                 resolution: str | None = None, max_patches: int = DEFAULT_MAX_PATCHES,
                  **options: Any) -> TextExplanation:
     """Importance of each word of each text for its match with each image.
 
@@ -226,11 +245,15 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
     normalised to sum to 1; words get the sum of their BPE pieces. Cost: one forward of the image
     tower (no graph), one forward of the text tower for all K texts and one batched backward of
     min(B, D) cotangents. An empty or whitespace-only text has no words: its word list is empty and
-    its importance row all zero. State and threads: as for ``explain_image``.
+    its importance row all zero. ``resolution`` of the image embedding: by default "native" in the
+    faithful mode and "model" (the model's resize and centre crop, 224 for ViT-B) in the official mode,
+    as the authors' text notebook embeds the image. State and threads: as for ``explain_image``.
     """
     model = as_loaded(model)
     _check_choice("mode", mode, MODES)
     _check_choice("qk", qk, QK_CHOICES)
+    if resolution is None:
+        resolution = "model" if mode == "official" else "native"
     _check_choice("resolution", resolution, RESOLUTIONS)
     fn = get_text_method(method)
     adapter = model.adapter

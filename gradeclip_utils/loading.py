@@ -1,4 +1,6 @@
-"""Loading CLIP models: open_clip names and weights, local checkpoints, and the embedded synthetic model."""
+"""Loading CLIP models of every supported family: open_clip names and weights, local checkpoints, the
+embedded synthetic model, Hugging Face transformers checkpoints (``hf:``) and OpenAI clip state dicts
+(``openai-clip:``); and wrapping models users built themselves."""
 
 from __future__ import annotations
 
@@ -15,8 +17,16 @@ import torch
 from torch import nn
 
 from .adapters import CLIPAdapter, get_adapter
+from .adapters.hf_clip import HFCLIPPair
 
 SYNTHETIC = "synthetic"
+HF_PREFIX = "hf:"
+OPENAI_CLIP_PREFIX = "openai-clip:"
+#: the normalisation every OpenAI-trained CLIP (and most others) was trained with
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: the size of CLIP's byte-pair vocabulary (open_clip's bundled tokenizer)
+CLIP_VOCAB_SIZE = 49408
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
 DATA_DIR = Path(os.environ.get("GRADECLIP_DATA", Path(__file__).resolve().parent.parent / "data"))
 SYNTHETIC_DIR = DATA_DIR / "synthetic_clip"
@@ -35,7 +45,7 @@ PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".tar"}
 
 @dataclass
 class LoadedModel:
-    """A CLIP model ready to explain: the open_clip model (eval mode) and what it needs around it."""
+    """A CLIP model ready to explain: the model (eval mode) and what it needs around it."""
 
     model: nn.Module
     preprocess: Callable
@@ -57,9 +67,13 @@ class LoadedModel:
             if type(step).__name__ == "Normalize":
                 return tuple(float(v) for v in step.mean), tuple(float(v) for v in step.std)
         visual = getattr(self.model, "visual", None)
-        mean = getattr(visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
-        std = getattr(visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)
+        mean = getattr(visual, "image_mean", None) or CLIP_MEAN
+        std = getattr(visual, "image_std", None) or CLIP_STD
         return tuple(mean), tuple(std)
+
+    @property
+    def family(self) -> str:
+        return self.adapter.family
 
     @property
     def context_length(self) -> int:
@@ -72,9 +86,9 @@ class LoadedModel:
         return tokenize(self, texts)
 
     def describe(self) -> dict[str, Any]:
-        """Name, weights, precision and device, for manifests and result settings."""
-        return {"model": self.name, "pretrained": self.pretrained, "precision": self.precision,
-                "device": str(self.device)}
+        """Name, family, weights, precision and device, for manifests and result settings."""
+        return {"model": self.name, "family": self.family, "pretrained": self.pretrained,
+                "precision": self.precision, "device": str(self.device)}
 
 
 def default_device() -> torch.device:
@@ -144,6 +158,23 @@ def check_checkpoint(path: str | Path) -> None:
                          f"{str(error)[:300]}") from error
 
 
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors file or a torch file of plain tensors (checked first: a pickle
+    holding more than tensors raises ``UnsafeCheckpointError`` before anything in it runs)."""
+    path = Path(path)
+    check_checkpoint(path)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return state
+
+
 def _folder_checkpoints(folder: Path) -> list[Path]:
     """The checkpoint open_clip would pick in a model folder (all candidates when that is unknown)."""
     try:
@@ -157,34 +188,76 @@ def _folder_checkpoints(folder: Path) -> list[Path]:
 
 def load_model(name: str = SYNTHETIC, pretrained: str | None = None, device: str | torch.device | None = None,
                precision: str = "fp32", *, cache_dir: str | None = None) -> LoadedModel:
-    """Load an open_clip CLIP model, ready for explanation.
+    """Load a CLIP model of any supported family, ready for explanation.
 
-    ``name``: an open_clip model name ("ViT-B-16"), a folder with ``open_clip_config.json`` and weights
-    (or "local-dir:PATH"), or "synthetic" (the default), the small CLIP trained on this project's
-    synthetic scenes, shipped under ``data/synthetic_clip``. ``pretrained``: an open_clip weight tag
-    ("openai", "laion2b_s34b_b88k"), a local checkpoint file (safetensors, or a torch file loaded with
-    ``weights_only=True``), or None for random weights. Local checkpoints, and those in a model folder,
-    are checked before anything is built: a pickle holding more than tensors raises
-    ``UnsafeCheckpointError`` without running anything. ``device`` defaults to CUDA when available.
-    ``precision``: "fp32", "fp16" or "bf16" ("fp16" needs a CUDA device).
-    Raises ``WeightsUnavailableError`` when weights cannot be downloaded, and ``UnsupportedModelError``
-    when no adapter explains the model's family.
+    ``name``:
+
+    - an open_clip model name ("ViT-B-16", "RN50"), a folder with ``open_clip_config.json`` and weights
+      (or "local-dir:PATH"), or "synthetic" (the default), the small CLIP trained on this project's
+      synthetic scenes, shipped under ``data/synthetic_clip``. ``pretrained``: an open_clip weight tag
+      ("openai", "laion2b_s34b_b88k"), a local checkpoint file (safetensors, or a torch file loaded with
+      ``weights_only=True``), or None for random weights;
+    - "hf:REPO_OR_FOLDER": a Hugging Face transformers ``CLIPModel`` ("hf:openai/clip-vit-base-patch16"
+      downloads when online; offline, a folder with ``config.json`` and ``model.safetensors``);
+    - "openai-clip:NAME" with ``pretrained`` a local state dict (safetensors or plain tensors), or
+      "openai-clip:FILE": a model of OpenAI's ``clip`` package built from that state dict.
+
+    Local checkpoints, and those in a model folder, are checked before anything is built: a pickle
+    holding more than tensors raises ``UnsafeCheckpointError`` without running anything. ``device``
+    defaults to CUDA when available. ``precision``: "fp32", "fp16" or "bf16" ("fp16" needs a CUDA
+    device). Raises ``WeightsUnavailableError`` when weights cannot be downloaded, and
+    ``UnsupportedModelError`` when no adapter explains the model's family.
     """
-    import open_clip
-
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a model name, got {name!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     device = torch.device(device) if device is not None else default_device()
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("fp16 is not supported on the CPU (many half-precision kernels are missing there): "
                          "use precision='fp32' or 'bf16' on the CPU, or a CUDA device for fp16")
-    resolved = _resolve_name(name)
-    if resolved.startswith("local-dir:") and pretrained is not None:
-        raise ValueError(f"{name!r} is a model folder that carries its own weights; leave pretrained=None")
     if pretrained is not None and _looks_like_file(pretrained) and not Path(pretrained).is_file():
         raise FileNotFoundError(f"checkpoint file not found: {pretrained}")
     if pretrained is not None and Path(pretrained).is_file():
         check_checkpoint(pretrained)
+    family = family_loader(name)
+    if family is not None:
+        spec = name[len(family.PREFIX):]
+        try:
+            model, preprocess, tokenizer = family.load(spec, pretrained=pretrained, device=device,
+                                                       dtype=PRECISION_DTYPES[precision], cache_dir=cache_dir)
+        except (FileNotFoundError, ImportError, ValueError, TypeError):
+            raise  # the family's own, precise errors
+        except Exception as error:  # hub clients raise their own exception types
+            if not Path(spec).exists() and pretrained is None and _is_download_failure(error):
+                raise _weights_error(name, pretrained, error, family) from error
+            raise
+        return _wrap(model, preprocess, tokenizer, name=name, pretrained=pretrained, device=device,
+                     precision=precision)
+    return _load_open_clip(name, pretrained, device, precision, cache_dir)
+
+
+PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def family_loader(name: str):
+    """The adapter family whose name prefix ``name`` carries ("hf:", "openai-clip:"), or None."""
+    from .adapters import FAMILIES
+
+    for family in FAMILIES:
+        prefix = getattr(family, "PREFIX", None)
+        if prefix and name.startswith(prefix):
+            return family
+    return None
+
+
+def _load_open_clip(name: str, pretrained: str | None, device: torch.device, precision: str,
+                    cache_dir: str | None) -> LoadedModel:
+    import open_clip
+
+    resolved = _resolve_name(name)
+    if resolved.startswith("local-dir:") and pretrained is not None:
+        raise ValueError(f"{name!r} is a model folder that carries its own weights; leave pretrained=None")
     if resolved.startswith("local-dir:") and Path(resolved[len("local-dir:"):]).is_dir():
         for checkpoint in _folder_checkpoints(Path(resolved[len("local-dir:"):])):
             check_checkpoint(checkpoint)
@@ -196,12 +269,27 @@ def load_model(name: str = SYNTHETIC, pretrained: str | None = None, device: str
         if pretrained is not None and not _looks_like_file(pretrained) and _is_download_failure(error):
             raise _weights_error(name, pretrained, error) from error
         raise
-    model.eval()
-    tokenizer = open_clip.get_tokenizer(resolved)
-    loaded = LoadedModel(model=model, preprocess=preprocess, tokenizer=tokenizer, device=device, name=name,
-                         pretrained=pretrained, precision=precision)
-    loaded.adapter  # fail early on unsupported families
-    return loaded
+    try:
+        tokenizer = open_clip.get_tokenizer(resolved)
+    except Exception as error:  # a tokenizer that lives on the hub (SigLIP's, for one)
+        if not _is_download_failure(error):
+            raise
+        tokenizer = _missing_tokenizer(name, error)
+    return _wrap(model, preprocess, tokenizer, name=name, pretrained=pretrained, device=device, precision=precision)
+
+
+def _missing_tokenizer(name: str, error: BaseException) -> Callable:
+    """A stand-in for a tokenizer that could not be had offline: prompts must then be embeddings."""
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+
+    def tokenizer(texts: Any) -> torch.Tensor:
+        raise WeightsUnavailableError(
+            f"the tokenizer of {name!r} could not be loaded ({reason}): it lives on the Hugging Face hub. Pass "
+            "prompts as (K, D) text embeddings (explain_image(model, images, embeddings, labels=names)), or run "
+            "once online so that it is cached.")
+
+    tokenizer.unavailable = True
+    return tokenizer
 
 
 def _is_download_failure(error: BaseException) -> bool:
@@ -211,7 +299,12 @@ def _is_download_failure(error: BaseException) -> bool:
     return any(key in text for key in keys)
 
 
-def _weights_error(name: str, pretrained: str, error: BaseException) -> WeightsUnavailableError:
+def _weights_error(name: str, pretrained: str | None, error: BaseException, family=None) -> WeightsUnavailableError:
+    if family is not None:
+        return WeightsUnavailableError(
+            f"Could not obtain {name!r} ({type(error).__name__}: {str(error)[:300]}). It is downloaded on first use; "
+            f"without network access, {family.OFFLINE_HINT}. Offline, the embedded load_model('synthetic') always "
+            "works.")
     return WeightsUnavailableError(
         f"Could not obtain pretrained weights {pretrained!r} for {name!r} ({type(error).__name__}: {error}). "
         "The weights are downloaded on first use; without network access, download the checkpoint on another "
@@ -221,26 +314,70 @@ def _weights_error(name: str, pretrained: str, error: BaseException) -> WeightsU
         "load_model('synthetic') always works.")
 
 
-def wrap_model(model: nn.Module, preprocess: Callable, tokenizer: Callable, *, name: str = "custom",
-               pretrained: str | None = None) -> LoadedModel:
-    """Wrap an open_clip model you already created (it is put in eval mode).
+def wrap_model(model: nn.Module | tuple[nn.Module, nn.Module], preprocess: Callable | None = None,
+               tokenizer: Callable | None = None, *, name: str = "custom", pretrained: str | None = None) -> LoadedModel:
+    """Wrap a CLIP model you already built (it is put in eval mode): an open_clip model, a Hugging
+    Face ``CLIPModel`` (or a ``(CLIPVisionModelWithProjection, CLIPTextModelWithProjection)`` pair),
+    or a model of OpenAI's ``clip`` package.
+
+    ``preprocess`` defaults to the model's own image size with CLIP's resize, centre crop and
+    normalisation; ``tokenizer`` to open_clip's bundled CLIP tokenizer (the byte-pair vocabulary of
+    every CLIP checkpoint: the same ids as Hugging Face's ``CLIPTokenizer`` and OpenAI's
+    ``clip.tokenize``, except that it also unescapes HTML entities such as ``&amp;``). A tokenizer you
+    pass (open_clip's, or a Hugging Face one) is checked first: one that maps ordinary words to unknown
+    or identical ids (an offline ``from_pretrained`` can return such a stub) is refused.
 
     Raises ``UnsupportedModelError`` naming the family when no adapter explains the model. Half
     precision (fp16) on the CPU is kept as given: it runs where torch has the CPU kernels, and an
     explanation that hits a missing one raises a RuntimeError saying to use ``model.float()``
     (or bf16, or a CUDA device).
     """
+    if isinstance(model, (tuple, list)):
+        if len(model) != 2 or not all(isinstance(m, nn.Module) for m in model):
+            raise TypeError("a model pair is (vision_model_with_projection, text_model_with_projection)")
+        model = HFCLIPPair(*model)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"wrap_model takes a CLIP model (an nn.Module), got {type(model).__name__}")
+    return _wrap(model, preprocess, tokenizer, name=name, pretrained=pretrained)
+
+
+def _wrap(model: nn.Module, preprocess: Callable | None, tokenizer: Callable | None, *, name: str,
+          pretrained: str | None, device: torch.device | None = None, precision: str | None = None) -> LoadedModel:
+    """The LoadedModel of a built model: eval mode, its adapter (or the family's error), and the
+    default preprocessing and tokenizer where none is given. Device and precision default to those of
+    the image tower's weights (OpenAI's fp16 models keep some parameters in fp32)."""
+    from .text import checked_tokenizer
+
     model.eval()
-    try:
-        parameter = next(model.parameters())
-        device, dtype = parameter.device, parameter.dtype
-    except StopIteration:
-        device, dtype = torch.device("cpu"), torch.float32
-    precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+    adapter = get_adapter(model)  # fail early on unsupported families
+    if device is None:
+        device = adapter.device
+    if precision is None:
+        precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(adapter.dtype, "fp32")
+    if preprocess is None:
+        import open_clip
+
+        preprocess = open_clip.image_transform(adapter.image_size, is_train=False, mean=CLIP_MEAN, std=CLIP_STD)
+    if tokenizer is None:
+        tokenizer = default_tokenizer(adapter)
+    elif not getattr(tokenizer, "unavailable", False):
+        tokenizer = checked_tokenizer(tokenizer, adapter.context_length, getattr(adapter.text, "vocab_size", None))
     loaded = LoadedModel(model=model, preprocess=preprocess, tokenizer=tokenizer, device=device, name=name,
                          pretrained=pretrained, precision=precision)
-    loaded.adapter
+    loaded.__dict__["adapter"] = adapter
     return loaded
+
+
+def default_tokenizer(adapter: CLIPAdapter) -> Callable:
+    """open_clip's bundled CLIP tokenizer at the text tower's context length; refused for a text tower
+    whose vocabulary is not CLIP's byte-pair vocabulary."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    vocab = getattr(adapter.text, "vocab_size", None)
+    if vocab is not None and vocab != CLIP_VOCAB_SIZE:
+        raise ValueError(f"this model's text tower has a vocabulary of {vocab} tokens, not CLIP's {CLIP_VOCAB_SIZE}: "
+                         "pass its own tokenizer (wrap_model(model, tokenizer=...))")
+    return SimpleTokenizer(context_length=adapter.context_length)
 
 
 def as_loaded(model: LoadedModel | nn.Module) -> LoadedModel:
@@ -248,7 +385,7 @@ def as_loaded(model: LoadedModel | nn.Module) -> LoadedModel:
     if isinstance(model, LoadedModel):
         return model
     if isinstance(model, nn.Module):
-        raise TypeError("pass the result of gradeclip_utils.load_model(...), or wrap an open_clip model with "
-                        "gradeclip_utils.wrap_model(model, preprocess, tokenizer)")
+        raise TypeError("pass the result of gradeclip_utils.load_model(...), or wrap a CLIP model you built with "
+                        "gradeclip_utils.wrap_model(model, preprocess=None, tokenizer=None)")
     raise TypeError(f"expected a LoadedModel, got {type(model).__name__}")
 

@@ -33,15 +33,86 @@ def _simple_tokenizer(tokenizer):
     return tokenizer if hasattr(tokenizer, "byte_decoder") and hasattr(tokenizer, "encode") else None
 
 
+#: ordinary words that every usable CLIP tokenizer maps to distinct, known ids
+PROBE_WORDS = ("photo", "dog", "red", "car", "tree")
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer (``CLIPTokenizer`` / ``CLIPTokenizerFast``) as the callable the package
+    uses: texts to (K, context_length) id tensors, cut to the context length and padded after the end
+    token with 0, as OpenAI's ``clip.tokenize`` and open_clip pad (Hugging Face pads with the end token).
+    Under the causal mask the embedding does not depend on the padding, but Grad-ECLIP's word
+    importance does (its spatial weight is min-max normalised over every position, padding included,
+    as the authors compute it), so both tokenizers give the same words and the same importance."""
+
+    def __init__(self, tokenizer, context_length: int) -> None:
+        self.tokenizer, self.context_length = tokenizer, int(context_length)
+
+    def __call__(self, texts: str | Sequence[str]) -> torch.Tensor:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        encoded = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.context_length,
+                                 return_tensors="pt")
+        ids = encoded["input_ids"].long()
+        end = getattr(self.tokenizer, "eos_token_id", None)
+        if end is not None:
+            is_end = ids == end
+            first = torch.where(is_end.any(dim=1), is_end.int().argmax(dim=1), torch.full_like(ids[:, 0], ids.shape[1]))
+            ids = ids.masked_fill(torch.arange(ids.shape[1])[None] > first[:, None], 0)
+        return ids
+
+    def count(self, text: str) -> int:
+        """Tokens of ``text`` without the start and end tokens."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def pieces(self, ids: Sequence[int]) -> list[str]:
+        return list(self.tokenizer.convert_ids_to_tokens([int(i) for i in ids]))
+
+
+def _is_hf_tokenizer(tokenizer) -> bool:
+    return hasattr(tokenizer, "convert_ids_to_tokens") and hasattr(tokenizer, "unk_token_id")
+
+
+def checked_tokenizer(tokenizer, context_length: int, vocab_size: int | None = None):
+    """A tokenizer a user passed, wrapped (Hugging Face tokenizers) and checked on ordinary words: they
+    must get distinct ids, none of them the unknown token, all inside the model's vocabulary, in
+    sequences no longer than the context length. An offline ``from_pretrained`` can silently return a
+    stub that maps every word to the unknown token; that is refused here rather than explained."""
+    if not callable(tokenizer):
+        raise TypeError(f"tokenizer must be callable (texts -> token ids), got {type(tokenizer).__name__}")
+    if _is_hf_tokenizer(tokenizer):
+        tokenizer = HFTokenizer(tokenizer, context_length)
+    ids = tokenizer(list(PROBE_WORDS))
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.dtype not in (torch.long, torch.int, torch.int32):
+        raise TypeError(f"the tokenizer must return a (K, L) integer tensor, got {type(ids).__name__}"
+                        + (f" of shape {tuple(ids.shape)}" if isinstance(ids, torch.Tensor) else ""))
+    if ids.shape[1] > context_length:
+        raise ValueError(f"the tokenizer gives sequences of {ids.shape[1]} tokens; the text tower holds {context_length}")
+    if vocab_size is not None and int(ids.max()) >= vocab_size:
+        raise ValueError(f"the tokenizer gives id {int(ids.max())}, outside the text tower's vocabulary of {vocab_size}")
+    inner = getattr(tokenizer, "tokenizer", None)
+    unknown = getattr(inner, "unk_token_id", None)
+    words = [set(row.tolist()) for row in ids]
+    special = set.intersection(*words)  # start, end and padding: in every row
+    content = [row - special for row in words]
+    if any(not row for row in content) or len(set.union(*content)) < len(PROBE_WORDS) \
+            or (unknown is not None and any(unknown in row for row in content)):
+        raise ValueError(
+            f"the tokenizer maps ordinary words {PROBE_WORDS} to unknown or identical ids ({ids.tolist()}): it is not "
+            "a usable CLIP tokenizer (an offline from_pretrained can return such a stub). Leave tokenizer=None for "
+            "open_clip's bundled CLIP tokenizer, which gives the same ids for CLIP checkpoints.")
+    return tokenizer
+
+
 def tokenize(model: "LoadedModel", texts: str | Sequence[str]) -> torch.Tensor:
     """Token ids (K, L) for the model's text tower; warns (pointing at the caller's line) when a text
     is cut to the context length, start and end tokens included."""
     texts = as_text_list(texts, "texts")
     simple = _simple_tokenizer(model.tokenizer)
+    count = (lambda t: len(simple.encode(t))) if simple is not None else getattr(model.tokenizer, "count", None)
     length = model.context_length
-    if simple is not None:
+    if count is not None:
         for text in texts:
-            pieces = len(simple.encode(text))
+            pieces = count(text)
             if pieces + 2 > length:
                 warn_user(f"text of {pieces} tokens is cut to the context length {length} "
                           f"(start and end tokens included): {text[:60]!r}...")
@@ -56,22 +127,34 @@ def token_pieces(model: "LoadedModel", ids: Sequence[int]) -> list[str]:
     empty, so that the pieces of a word join to the word.
     """
     simple = _simple_tokenizer(model.tokenizer)
-    if simple is None:
+    if simple is not None:
+        raw = [simple.decoder[int(token)] for token in ids]
+    elif hasattr(model.tokenizer, "pieces"):
+        raw = model.tokenizer.pieces(ids)
+    else:
         raise NotImplementedError(
-            f"word importance needs open_clip's SimpleTokenizer; {type(model.tokenizer).__name__} is not supported yet")
+            f"word importance needs a CLIP byte-pair tokenizer (open_clip's, or a Hugging Face CLIPTokenizer); "
+            f"{type(model.tokenizer).__name__} is not one")
+    byte_decoder = _byte_decoder()
     pieces = []
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    for token in ids:
-        piece = simple.decoder[int(token)]
+    for piece in raw:
         end = piece.endswith("</w>")
         body = piece[:-4] if end else piece
-        text = decoder.decode(bytes(simple.byte_decoder[c] for c in body), final=end)
+        text = decoder.decode(bytes(byte_decoder[c] for c in body if c in byte_decoder), final=end)
         if end:
             decoder.reset()
         pieces.append(text + ("</w>" if end else ""))
     if pieces and not pieces[-1].endswith("</w>"):  # a text cut mid-word: flush what is left
         pieces[-1] += decoder.decode(b"", final=True)
     return pieces
+
+
+def _byte_decoder() -> dict[str, int]:
+    """CLIP's byte-level BPE alphabet back to bytes (the same table in open_clip and transformers)."""
+    from open_clip.tokenizer import bytes_to_unicode
+
+    return {v: k for k, v in bytes_to_unicode().items()}
 
 
 def group_words(pieces: Sequence[str]) -> list[tuple[str, list[int]]]:

@@ -39,6 +39,7 @@ def _block(blk, x, explained: bool, official: bool, mask, token_index):
             logits = logits + mask
         outputs.append(torch.softmax(logits, dim=-1) @ v[..., cols])
     o = torch.cat(outputs, dim=-1)
+    inner = getattr(blk.attn, "ln_inner", None)  # open_clip's optional norm before the output projection
     captured = None
     if explained:
         rows = torch.arange(x.shape[0])
@@ -49,6 +50,8 @@ def _block(blk, x, explained: bool, official: bool, mask, token_index):
             pieces.append(torch.cat([o[b, :t], o_token[b:b + 1], o[b, t + 1:]], dim=0))
         o = torch.stack(pieces)
         captured = (q.detach(), k.detach(), v.detach(), o_token)
+    if inner is not None:
+        o = inner(o)
     out = o @ blk.attn.out_proj.weight.T + blk.attn.out_proj.bias
     x = x + blk.ls_1(out)
     x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
@@ -149,3 +152,73 @@ def text_relevance(model, tokens, image_embeddings, layers, official=False, qk="
                         m[j] += (grad[k] * l[j] * v[k, j]).sum()
                 relevance[b, k] = torch.relu(m)
     return relevance, scores
+
+
+# ------------------------------------------------------------------------------- ResNet attention pool
+class _Stop(Exception):
+    pass
+
+
+def resnet_features(visual, pixels):
+    """The input of the attention pool (B, C, h, w), taken from the model's own forward by a hook on
+    the pool (the forward stops there, so any input size works)."""
+    captured = {}
+
+    def grab(module, args):
+        captured["x"] = args[0]
+        raise _Stop
+
+    handle = visual.attnpool.register_forward_pre_hook(grab)
+    try:
+        visual(pixels)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return captured["x"]
+
+
+def resnet_maps(model, pixels, text_embeddings, official=False, qk="raw"):
+    """Literal Grad-ECLIP on a ResNet CLIP's attention pool (method.md section 4), one image and one
+    prompt at a time, every head in its own loop iteration. Returns maps (B, K, h, w), scores (B, K)."""
+    visual = model.visual
+    pool = visual.attnpool
+    with torch.no_grad():
+        features = resnet_features(visual, pixels)
+    batch, width, gh, gw = features.shape
+    side = round((pool.positional_embedding.shape[0] - 1) ** 0.5)
+    pos = _interpolate_pos(pool.positional_embedding, (side, side), (gh, gw))
+    heads = 1 if official else pool.num_heads
+    d = width // heads
+    count = text_embeddings.shape[0]
+    maps = torch.zeros(batch, count, gh * gw)
+    scores = torch.zeros(batch, count)
+    with torch.enable_grad():
+        for b in range(batch):
+            spatial = features[b].reshape(width, gh * gw).T  # (HW, C)
+            tokens = torch.cat([spatial.mean(dim=0, keepdim=True), spatial]) + pos
+            q = tokens[0] @ pool.q_proj.weight.T + pool.q_proj.bias
+            k = tokens @ pool.k_proj.weight.T + pool.k_proj.bias
+            v = tokens @ pool.v_proj.weight.T + pool.v_proj.bias
+            pieces = []
+            for head in range(heads):
+                cols = slice(head * d, (head + 1) * d)
+                a = torch.softmax(k[:, cols] @ q[cols] / math.sqrt(d), dim=0)
+                pieces.append((a[:, None] * v[:, cols]).sum(dim=0))
+            o = torch.cat(pieces).detach().requires_grad_(True)
+            f = o @ pool.c_proj.weight.T + pool.c_proj.bias
+            with torch.no_grad():
+                qq, kk = q, k
+                if qk == "out_proj":
+                    qq = qq @ pool.c_proj.weight.T + pool.c_proj.bias
+                    kk = kk @ pool.c_proj.weight.T + pool.c_proj.bias
+                r = torch.stack([_cos(qq, kk[i]) for i in range(1, gh * gw + 1)])
+            span = float(r.max() - r.min())
+            loose = (r - r.min()) / span if span > 0 else torch.zeros_like(r)
+            for t in range(count):
+                s = _cos(f, text_embeddings[t])
+                scores[b, t] = s.detach()
+                (grad,) = torch.autograd.grad(s, [o], retain_graph=True)
+                for i in range(gh * gw):
+                    maps[b, t, i] = torch.relu((grad * loose[i] * v[i + 1].detach()).sum())
+    return maps.reshape(batch, count, gh, gw), scores

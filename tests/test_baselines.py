@@ -22,7 +22,7 @@ from gradeclip_utils.methods.rise import generate_masks
 TOL = 1e-5
 PROMPTS = ["a red circle", "two blue squares left of a star", "a photo"]
 BASELINES = ["raw_attention", "rollout", "grad_cam", "game", "game_last", "maskclip", "clip_surgery", "rise",
-             "m2ib", "itsm", "grad_eclip_no_spatial"]
+             "m2ib", "itsm", "grad_eclip_no_spatial", "legrad"]
 
 
 def text_targets(model, prompts):
@@ -184,15 +184,17 @@ def literal_game(scores_fn, probs, start, row_index, size):
 
 @pytest.mark.parametrize("method,start", [("game", 0), ("game_last", 2)])
 def test_game_image_relevance_equals_chefer_loop(tiny, pixels, method, start):
+    """Chefer et al. differentiate the logit exp(logit_scale) x cos (their ``logits_per_image``)."""
     targets = text_targets(tiny, PROMPTS)
     ex = ge.explain_image(tiny, pixels, PROMPTS, method=method, chunk=2)
     grid = grid_of(tiny.model, pixels)
+    scale = tiny.model.logit_scale.detach().exp()
     with torch.enable_grad():
         embedding, _, probs, _ = literal_image(tiny.model, pixels)
         size = probs[0][0].shape[-1]
         for b in range(2):
             for k in range(3):
-                row = literal_game(lambda: cos(embedding[b], targets[k]), probs, start, (b, 0), size)
+                row = literal_game(lambda: scale * cos(embedding[b], targets[k]), probs, start, (b, 0), size)
                 expected = row[1:].reshape(grid).float()
                 assert expected.abs().max() > 1e-6
                 assert (ex.maps[b, k] - expected).abs().max() <= TOL
@@ -203,11 +205,12 @@ def test_game_text_relevance_equals_chefer_loop(tiny, pixels):
     tokens = tiny.tokenize(texts)
     images = image_targets(tiny, pixels)
     out = get_text_method("game")(tiny.adapter, tokens, images, chunk=1)
+    scale = tiny.model.logit_scale.detach().exp()
     with torch.enable_grad():
         embedding, _, probs, eos = literal_text(tiny.model, tokens)
         for b in range(2):
             for k in range(2):
-                row = literal_game(lambda: cos(embedding[k], images[b]), probs, 0, (k, int(eos[k])),
+                row = literal_game(lambda: scale * cos(embedding[k], images[b]), probs, 0, (k, int(eos[k])),
                                    tokens.shape[1])
                 assert (out.relevance[b, k] - row.float()).abs().max() <= TOL
                 assert abs(float(out.scores[b, k]) - float(cos(embedding[k], images[b]).detach())) <= TOL
@@ -308,8 +311,10 @@ def test_clip_surgery_with_a_class_set_and_single_prompt(tiny, pixels):
     one = ge.explain_image(tiny, pixels, PROMPTS[1], method="clip_surgery", surgery_targets=classes)
     all_three = ge.explain_image(tiny, pixels, PROMPTS, method="clip_surgery")
     assert (one.maps[:, 0] - all_three.maps[:, 1]).abs().max() <= TOL
+    from gradeclip_utils.methods import clip_surgery  # the class-set form of one target alone cancels out
+
     with pytest.raises(ValueError, match="surgery_targets"):
-        ge.explain_image(tiny, pixels, PROMPTS[1], method="clip_surgery")
+        clip_surgery.image_maps(tiny.adapter, pixels, classes[1:2])
 
 
 def test_rise_masks_are_seeded_and_shaped():
@@ -368,18 +373,22 @@ def test_m2ib_capacity_is_gaussian_kl():
     assert default_layer(12) == 9 and default_layer(4) == 2
 
 
-def literal_m2ib(hidden, target, finish, noise, beta, lr, steps):
-    """One pair's bottleneck, literally: Adam on alpha, capacity of the last step."""
+def literal_m2ib(hidden, target, finish, noise, beta, lr, steps, clamp=False):
+    """One pair's bottleneck, literally: Adam on alpha, capacity of the last step (``clamp``: the older
+    IBA code's clamp of the log variance to [-10, 10], for contrast)."""
     alpha = torch.full_like(hidden, 5.0, requires_grad=True)
     optimiser = torch.optim.Adam([alpha], lr=lr)
     for step in range(steps):
         optimiser.zero_grad()
         lam = torch.sigmoid(alpha)
-        log_var = torch.log((1 - lam) ** 2).clamp(-10, 10)
-        kl = -0.5 * (1 + log_var - (hidden * lam) ** 2 - log_var.exp())
+        # M2IB's InformationBottleneck: no clamp of the log variance (commented out in its iba.py)
+        var = (1 - lam) ** 2
+        if clamp:
+            var = torch.log(var).clamp(-10, 10).exp()
+        kl = -0.5 * (1 + torch.log(var) - (hidden * lam) ** 2 - var)
         fits = []
         for sample in noise[step]:
-            z = hidden * lam + (log_var / 2).exp() * sample
+            z = hidden * lam + var.sqrt() * sample
             fits.append(cos(finish(z[None])[0], target))
         loss = beta * kl.mean() - torch.stack(fits).mean()
         loss.backward()
@@ -499,3 +508,227 @@ def test_text_baselines_through_explain_text(tiny, method):
     assert ex.word_importance.shape[:2] == (2, 2)
     sums = ex.word_importance.sum(dim=-1)
     assert torch.allclose(sums, torch.ones_like(sums), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A model with non-zero biases and non-identity LayerNorms everywhere (as trained weights have), for the
+# comparisons with the originals' equations below.
+
+def make_biased_clip(seed=2, **kwargs):
+    from conftest import make_tiny_clip
+
+    loaded = make_tiny_clip(seed=seed, **kwargs)
+    generator = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for name, p in loaded.model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=generator))
+            elif p.ndim == 1 and ("ln" in name or "norm" in name):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=generator))
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def biased():
+    return make_biased_clip()
+
+
+def test_biased_model_has_biases_and_layer_norm_gains(biased):
+    blk = biased.model.visual.transformer.resblocks[-1]
+    assert blk.attn.in_proj_bias.abs().min() > 0 and blk.attn.out_proj.bias.abs().min() > 0
+    assert (blk.ln_1.weight - 1).abs().max() > 0.05 and biased.model.visual.ln_post.bias.abs().max() > 0.05
+
+
+def test_trace_keeps_every_explained_blocks_output_with_its_graph(biased, pixels):
+    adapter = biased.adapter
+    trace = adapter.trace_image(pixels, [1, 2], keep_block_outputs=True)
+    with torch.no_grad():
+        _, inputs, _, final = literal_image(biased.model, pixels)
+    assert sorted(trace.block_outputs) == [1, 2]
+    assert (trace.block_outputs[1] - inputs[2]).abs().max() <= TOL
+    assert trace.block_outputs[2].shape == final.shape and (trace.block_outputs[2] - final).abs().max() <= TOL
+    # the last block's output keeps its graph: its class-token row is what the embedding reads
+    grad, = torch.autograd.grad(trace.embedding.sum(), [trace.block_outputs[2]])
+    assert grad[:, 1:].abs().max() == 0 and grad[:, 0].abs().max() > 0
+    assert adapter.trace_image(pixels, [2]).block_outputs == {}
+    texts = biased.tokenize(["a red circle", "two stars"])
+    text_trace = adapter.trace_text(texts, [0], keep_block_outputs=True)
+    with torch.no_grad():
+        _, text_inputs, _, _ = literal_text(biased.model, texts)
+    assert (text_trace.block_outputs[0] - text_inputs[1]).abs().max() <= TOL
+    assert adapter.logit_scale == pytest.approx(float(biased.model.logit_scale.detach().exp()))
+
+
+# ---------------------------------------------------------------- each baseline as its original computes it
+def test_m2ib_has_no_clamp_as_in_its_own_code(biased, pixels):
+    """M2IB's iba.py computes the capacity and the noise from log((1 - lambda)^2) unclamped (the older IBA
+    clamp to [-10, 10] is commented out there); with alpha starting at 5 the clamp would bind at once."""
+    targets = text_targets(biased, PROMPTS[:1])
+    steps, samples, seed = 3, 2, 4
+    ex = ge.explain_image(biased, pixels[:1], PROMPTS[:1], method="m2ib", ib_layer=1, steps=steps,
+                          samples=samples, seed=seed)
+    hidden, finish = m2ib_literal_setup(biased, pixels[:1])
+    generator = torch.Generator().manual_seed(seed)
+    noise = [torch.randn(samples, 1, *hidden.shape[1:], generator=generator)[:, 0] for _ in range(steps)]
+    with torch.enable_grad():
+        kl = literal_m2ib(hidden[0], targets[0], finish, noise, 0.1, 1.0, steps)
+    expected = kl.sum(-1)[1:].reshape(grid_of(biased.model, pixels))
+    assert (ex.maps[0, 0] - expected).abs().max() <= TOL * float(expected.abs().max())
+    assert float(torch.log((1 - torch.sigmoid(torch.tensor(5.0))) ** 2)) < -10  # the clamp would bind at once
+    with torch.enable_grad():
+        clamped = literal_m2ib(hidden[0], targets[0], finish, noise, 0.1, 1.0, steps, clamp=True)
+    clamped = clamped.sum(-1)[1:].reshape(expected.shape)
+    assert (ex.maps[0, 0] - clamped).abs().max() > 100 * TOL * float(expected.abs().max())
+
+
+def test_game_over_all_blocks_differentiates_the_logit_and_the_cosine_is_an_option(biased, pixels):
+    targets = text_targets(biased, PROMPTS)
+    logit = ge.explain_image(biased, pixels, PROMPTS, method="game")
+    cosine = ge.explain_image(biased, pixels, PROMPTS, method="game", target="cosine")
+    scale = float(biased.model.logit_scale.detach().exp())
+    grid = grid_of(biased.model, pixels)
+    with torch.enable_grad():
+        embedding, _, probs, _ = literal_image(biased.model, pixels)
+        size = probs[0][0].shape[-1]
+        for b in range(2):
+            for k in range(3):
+                for out, factor in ((logit, scale), (cosine, 1.0)):
+                    row = literal_game(lambda: factor * cos(embedding[b], targets[k]), probs, 0, (b, 0), size)
+                    expected = row[1:].reshape(grid).float()
+                    assert (out.maps[b, k] - expected).abs().max() <= TOL * max(1.0, float(expected.abs().max()))
+    # over several blocks R is not linear in the gradient's scale: the two targets give other maps
+    assert not torch.allclose(logit.maps, scale * cosine.maps, rtol=1e-3)
+    last = ge.explain_image(biased, pixels, PROMPTS, method="game_last")
+    last_cosine = ge.explain_image(biased, pixels, PROMPTS, method="game_last", target="cosine")
+    assert torch.allclose(last.maps, scale * last_cosine.maps, rtol=1e-4, atol=1e-6)  # one block: a rescaling
+    with pytest.raises(ValueError, match="target must be one of"):
+        ge.explain_image(biased, pixels, PROMPTS, method="game", target="probability")
+
+
+def test_clip_surgery_single_text_form_subtracts_the_redundant_feature(biased, pixels):
+    """The demo's "CLIP Surgery for a single text": clip_feature_surgery(image_features, text_features,
+    redundant_features) = image_features @ (text_features - redundant_features).t()."""
+    targets = text_targets(biased, PROMPTS[:1])
+    redundant = text_targets(biased, [""])
+    as_row = ge.explain_image(biased, pixels, PROMPTS[0], method="clip_surgery", redundant=redundant)
+    for depth in (None, 1):
+        options = {} if depth is None else {"depth": depth}
+        ex = ge.explain_image(biased, pixels, PROMPTS[0], method="clip_surgery", redundant=redundant[0], **options)
+        image_features = F.normalize(literal_surgery_features(biased.model, pixels, depth or 2), dim=-1)
+        similarity = image_features @ (targets - redundant).t()  # (B, N, 1), written as the authors write it
+        expected = similarity[:, 1:, 0].reshape(2, *grid_of(biased.model, pixels))
+        assert (ex.maps[:, 0] - expected).abs().max() <= TOL
+        if depth is None:
+            assert torch.equal(as_row.maps, ex.maps)  # a (1, D) or a (D,) redundant feature
+    assert default_depth(3) == 2
+    with pytest.raises(ValueError, match="not both"):
+        ge.explain_image(biased, pixels, PROMPTS[0], method="clip_surgery", redundant=redundant,
+                         surgery_targets=text_targets(biased, PROMPTS))
+    # one prompt and neither form named: the demo's single-text form with the empty string's embedding
+    default = ge.explain_image(biased, pixels, PROMPTS[0], method="clip_surgery")
+    assert torch.equal(default.maps, as_row.maps) and default.settings["surgery_form"] == "single-text (empty string)"
+    assert ge.explain_image(biased, pixels, PROMPTS, method="clip_surgery").settings["surgery_form"] == "class set"
+    from gradeclip_utils.methods import clip_surgery
+
+    with pytest.raises(ValueError, match="redundant=gradeclip_utils.encode_texts"):  # the method itself, called bare
+        clip_surgery.image_maps(biased.adapter, pixels, targets)
+
+
+def test_raw_attention_authors_variant_is_the_single_head_recomputed_block(biased, pixels):
+    """The Grad-ECLIP authors' clip_encode_dense: attention_layer(q, k, v, 1) (one head of width C, scale
+    C ** -0.5) on the last block, and its class-token row over the patches (attn[0, :1, 1:])."""
+    ex = ge.explain_image(biased, pixels, PROMPTS, method="raw_attention", variant="authors")
+    model_variant = ge.explain_image(biased, pixels, PROMPTS, method="raw_attention")
+    blk = biased.model.visual.transformer.resblocks[-1]
+    with torch.no_grad():
+        _, inputs, _, _ = literal_image(biased.model, pixels)
+        q, k, _ = _qkv(blk, inputs[-1])
+        attention = torch.softmax(q * q.shape[-1] ** -0.5 @ k.transpose(-1, -2), dim=-1)
+        expected = attention[:, 0, 1:].reshape(2, *grid_of(biased.model, pixels))
+        reference = F.normalize(biased.model.encode_image(pixels), dim=-1) @ text_targets(biased, PROMPTS).T
+    for k_ in range(3):
+        assert (ex.maps[:, k_] - expected).abs().max() <= TOL
+    assert (model_variant.maps[:, 0] - expected).abs().max() > 1e-3  # another map than the mean over heads
+    assert (ex.scores - reference).abs().max() <= TOL  # the model's own scores
+    with pytest.raises(ValueError, match="variant must be one of"):
+        ge.explain_image(biased, pixels, PROMPTS, method="raw_attention", variant="chefer")
+
+
+def test_maskclip_authors_variant_multiplies_by_the_out_proj_key_cosine(biased, pixels):
+    """The Grad-ECLIP authors' mask_clip: cos(v_final_i, t) * cos(k_out_cls, k_out_i), with
+    k_out = out_proj(k) (weight and bias) of the last block."""
+    targets = text_targets(biased, PROMPTS)
+    ex = ge.explain_image(biased, pixels, PROMPTS, method="maskclip", variant="authors")
+    visual = biased.model.visual
+    blk = visual.transformer.resblocks[-1]
+    grid = grid_of(biased.model, pixels)
+    with torch.no_grad():
+        _, inputs, _, _ = literal_image(biased.model, pixels)
+        x = inputs[-1]
+        _, k, v = _qkv(blk, x)
+        k_out = blk.attn.out_proj(k)
+        v_final = x + blk.attn.out_proj(v)
+        v_final = visual.ln_post(v_final + blk.mlp(blk.ln_2(v_final))) @ visual.proj
+        for b in range(2):
+            for i in range(1, x.shape[1]):
+                r, c = divmod(i - 1, grid[1])
+                key = float(cos(k_out[b, 0], k_out[b, i]))
+                for t in range(3):
+                    expected = float(cos(v_final[b, i], targets[t])) * key
+                    assert abs(float(ex.maps[b, t, r, c]) - expected) <= TOL
+
+
+def test_grad_cam_authors_variant_averages_the_gradient_over_all_tokens(biased, pixels):
+    """The Grad-ECLIP authors' grad_cam: grad.mean(0) over every token entering the last block (the class
+    token included), map = ReLU(sum_c alpha_c x_i[c]) over the patches, the score from their
+    clip_encode_dense forward (the last block recomputed with one head of width C)."""
+    targets = text_targets(biased, PROMPTS[:2])
+    ex = ge.explain_image(biased, pixels, PROMPTS[:2], method="grad_cam", variant="authors")
+    grid = grid_of(biased.model, pixels)
+    visual = biased.model.visual
+    blk = visual.transformer.resblocks[-1]
+    with torch.enable_grad():
+        _, inputs, _, _ = literal_image(biased.model, pixels)
+        q, k, v = _qkv(blk, inputs[-1])
+        attention = torch.softmax(q * q.shape[-1] ** -0.5 @ k.transpose(-1, -2), dim=-1)
+        x = inputs[-1] + blk.attn.out_proj(attention @ v)
+        x = x + blk.mlp(blk.ln_2(x))
+        embedding = visual.ln_post(x[:, 0]) @ visual.proj
+        for b in range(2):
+            for k in range(2):
+                grad, = torch.autograd.grad(cos(embedding[b], targets[k]), [inputs[-1]], retain_graph=True)
+                alpha = grad[b].mean(dim=0)
+                expected = torch.relu(inputs[-1][b, 1:].detach() @ alpha).reshape(grid)
+                assert (ex.maps[b, k] - expected).abs().max() <= TOL
+
+
+def literal_legrad(model, pixels, targets, first):
+    """LeWrapper.compute_legrad_clip, literally: per block l >= first, f_l = normalize(ln_post(mean over
+    tokens of the block's output) @ proj), s = t . f_l, grad of s w.r.t. the block's attention maps
+    ((b h) n m), ReLU, mean over heads and over the query rows, patch keys; summed over the blocks."""
+    visual = model.visual
+    with torch.enable_grad():
+        _, inputs, probs, final = literal_image(model, pixels)
+        outputs = inputs[1:] + [final]
+        grid = grid_of(model, pixels)
+        maps = torch.zeros(pixels.shape[0], targets.shape[0], *grid)
+        for b in range(pixels.shape[0]):
+            for k in range(targets.shape[0]):
+                for layer in range(first, len(probs)):
+                    feature = F.normalize(visual.ln_post(outputs[layer][b].mean(dim=0)) @ visual.proj, dim=-1)
+                    s = targets[k] @ feature
+                    grads = torch.autograd.grad(s, probs[layer], retain_graph=True)
+                    grad = torch.stack([g[b] for g in grads]).clamp(min=0)  # (heads, N, N)
+                    maps[b, k] += grad.mean(dim=0).mean(dim=0)[1:].reshape(grid)
+    return maps
+
+
+@pytest.mark.parametrize("layer_index,first", [(-2, 1), (0, 0)])
+def test_legrad_equals_the_original_equations(biased, pixels, layer_index, first):
+    targets = text_targets(biased, PROMPTS)
+    ex = ge.explain_image(biased, pixels, PROMPTS, method="legrad", layer_index=layer_index, chunk=2)
+    expected = literal_legrad(biased.model, pixels, targets, first)
+    assert expected.abs().max() > 1e-4
+    assert (ex.maps - expected).abs().max() <= TOL * max(1.0, float(expected.abs().max()))
+    reference = F.normalize(biased.model.encode_image(pixels), dim=-1) @ targets.T
+    assert (ex.scores - reference).abs().max() <= TOL

@@ -169,3 +169,49 @@ def test_grad_eclip_points_better_than_raw_attention_and_random_on_the_synthetic
     pointing = {name: summary["table"][name]["pointing"][0] for name in ("grad_eclip", "raw_attention", "random")}
     assert pointing["grad_eclip"] > pointing["raw_attention"], pointing
     assert pointing["grad_eclip"] > pointing["random"], pointing
+
+
+def test_target_pred_explains_the_prediction_and_scores_the_ground_truth(tiny, tmp_path):
+    rng = np.random.default_rng(3)
+    for name in ("golden_retriever", "tabby_cat"):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (50, 60, 3), dtype=np.uint8)).save(tmp_path / "val" / name / f"{i}.png")
+    data = ev.imagenet_set(tiny, tmp_path / "val", 6, templates="simple", target="pred")
+    with torch.no_grad():
+        pixels = torch.stack([item.load()[0] for item in data.items])
+        embedding = torch.nn.functional.normalize(tiny.model.encode_image(pixels), dim=-1)
+    predicted = (embedding @ data.classifier.T).argmax(dim=-1).tolist()
+    assert [item.label for item in data.items] == [0, 1, 0, 1, 0, 1]  # the ground truth
+    assert [item.explained for item in data.items] == predicted
+    assert any(p != item.label for p, item in zip(predicted, data.items))  # the two differ somewhere
+    ev.evaluate(tiny, data, tmp_path / "out", methods=["grad_eclip"], sanity_images=0, tie_seeds=2, **FAST)
+    rows = {row["key"]: row for row in read(tmp_path / "out" / "per_image.csv")}
+    for item, p in zip(data.items, predicted):
+        row = rows[item.key]
+        assert int(row["target"]) == p and int(row["label"]) == item.label
+        # deletion's first point is the unchanged image: top-1 is right only where the prediction is the truth
+        assert float(row["deletion_accuracy_00"]) == float(p == item.label)
+        assert "deletion_auc_score_tie1" in row
+
+
+def test_authors_protocol_runs_their_presets(tiny, tmp_path, monkeypatch):
+    data = ev.synthetic_set(tiny, 3)
+    calls = []
+    original = ev.run_method
+    monkeypatch.setattr(ev, "run_method", lambda m, name, pixels, targets, options: calls.append(
+        (name, tuple(pixels.shape[-2:]), dict(options))) or original(m, name, pixels, targets, options))
+    summary = ev.evaluate(tiny, data, tmp_path, methods=["grad_eclip", "raw_attention", "game_last"],
+                          sanity_images=0, protocol="authors", **{**FAST, "timing_images": 0})
+    rows = read(tmp_path / "per_image.csv")
+    assert len(rows) == 9 and "pointing" not in rows[0] and "deletion_auc_score_tie1" not in rows[0]
+    seen = {name: options for name, _, options in calls}
+    assert seen["grad_eclip"]["mode"] == "official" and seen["grad_eclip"]["qk"] == "out_proj"
+    assert seen["raw_attention"]["variant"] == "authors"
+    # the synthetic pictures are 64 x 64: native resolution at 64 rounds to the 8-pixel patches, the centre crop is 48
+    shapes = {name: shape for name, shape, _ in calls}
+    assert shapes["grad_eclip"] == (64, 64) and shapes["game_last"] == (48, 48)
+    text = summary["markdown"]
+    assert "authors' deletion and insertion scripts exactly" in text and "insertion top-1 % at 5" in text
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        ev.evaluate(tiny, data, tmp_path / "x", methods=["grad_eclip"], protocol="paper", **FAST)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from gradeclip_utils.metrics import AUC_DEFINITION, area_under_curve, perturbation_curves, pixel_ranks
+from gradeclip_utils.metrics import (AUC_DEFINITION, area_under_curve, authors_heatmap, authors_perturbation_curves,
+                                     perturbation_curves, pixel_order, pixel_ranks, shrink_to_640)
 
 SIZE = 20
 REGION = (slice(4, 8), slice(5, 15))  # 40 of 400 pixels: the "object"
@@ -49,7 +50,7 @@ def test_area_under_curve_hand_values():
 
 
 def test_pixel_ranks_hand_values():
-    ranks = pixel_ranks(torch.tensor([[[0.1, 0.9], [0.5, 0.5]]]), (2, 2))
+    ranks = pixel_ranks(torch.tensor([[[0.1, 0.9], [0.5, 0.5]]]), (2, 2), ties="raster")
     assert ranks.tolist() == [[[3, 0], [1, 2]]]  # tie between the two 0.5s in raster order
     up = pixel_ranks(torch.tensor([[[0.0, 1.0]]]), (1, 4))  # bilinear: 0, 0.25, 0.75, 1
     assert up.tolist() == [[[3, 2, 1, 0]]]
@@ -131,3 +132,110 @@ def test_bad_inputs_are_refused():
         perturbation_curves(RegionModel(), scene(), object_map()[None], CLASSES, [2], mean=MEAN, std=STD)
     with pytest.raises(ValueError, match="NaN"):
         pixel_ranks(torch.full((1, 2, 2), math.nan), (2, 2))
+
+
+def test_tied_pixels_follow_a_seeded_permutation_the_same_for_two_methods():
+    generator = torch.Generator().manual_seed(0)
+    a = torch.rand(6, 6, generator=generator)
+    a[a < 0.6] = 0.0  # a ReLU map: most pixels tie at zero
+    b = 2 * a  # another method whose map orders and ties the pixels as the first does
+    size = (12, 12)
+    ranks_a = pixel_ranks(a[None], size, seed=7)[0].flatten()
+    ranks_b = pixel_ranks(b[None], size, seed=7)[0].flatten()
+    assert torch.equal(ranks_a, ranks_b)
+    up = torch.nn.functional.interpolate(a[None, None].double(), size=size, mode="bilinear", align_corners=False).flatten()
+    tied = (up == 0).nonzero().flatten()
+    assert len(tied) > 20
+    # independently: tied pixels come last, in the order they take in randperm(P, seed)
+    position = torch.empty(up.numel(), dtype=torch.long)
+    position[torch.randperm(up.numel(), generator=torch.Generator().manual_seed(7))] = torch.arange(up.numel())
+    expected = tied[torch.argsort(position[tied])]
+    assert torch.equal(torch.argsort(ranks_a)[-len(tied):], expected)
+    assert not torch.equal(ranks_a, pixel_ranks(a[None], size, seed=8)[0].flatten())  # another seed, another order
+    assert torch.equal(pixel_ranks(a[None], size, seed=[7])[0].flatten(), ranks_a)
+    untied = torch.argsort(ranks_a)[:up.numel() - len(tied)]
+    assert (up[untied][1:] <= up[untied][:-1]).all()  # the rest by value
+    assert torch.equal(pixel_order(up, ties="numpy"), torch.from_numpy(np.argsort(-up.numpy())))
+    with pytest.raises(ValueError, match="ties must be one of"):
+        pixel_order(up, ties="first")
+
+
+def test_tie_order_moves_an_auc_that_a_shared_seed_keeps():
+    images = scene()
+    flat = torch.zeros(1, SIZE, SIZE)  # a map that ties everywhere
+    one = perturbation_curves(RegionModel(), images, flat, CLASSES, [0], mean=MEAN, std=STD, tie_seed=1)
+    again = perturbation_curves(RegionModel(), images, flat * 5, CLASSES, [0], mean=MEAN, std=STD, tie_seed=1)
+    other = perturbation_curves(RegionModel(), images, flat, CLASSES, [0], mean=MEAN, std=STD, tie_seed=2)
+    assert np.array_equal(one.insertion["score"], again.insertion["score"])
+    assert not np.array_equal(one.insertion["score"], other.insertion["score"])
+
+
+class RecordingPreprocess:
+    """The model's preprocessing stand-in: picture to (3, H, W) floats in [0, 1], every picture kept."""
+
+    def __init__(self):
+        self.pictures = []
+
+    def __call__(self, picture):
+        array = np.array(picture)
+        self.pictures.append(array)
+        return torch.from_numpy(array).permute(2, 0, 1).float() / 255
+
+
+def test_authors_protocol_hand_computed_pixel_counts_and_points():
+    """A 30 x 40 picture: int(1200 / 200) = 6 pixels per step, 60 k pixels changed at the k-th scored point;
+    deletion's pixels take torch.rand(6, 3) * 255 (truncated) drawn step by step, insertion copies them into
+    black; the points are the analytic model's scores of those pictures, against the given label."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    picture = rng.integers(1, 256, (30, 40, 3), dtype=np.uint8)
+    heatmap = rng.random((30, 40)).astype(np.float32)
+    order = np.argsort(-heatmap.reshape(-1))
+
+    class Brightness:
+        """embedding = [mean red, 0.3]: the score of class 0 grows with the picture's red."""
+
+        def encode_image(self, pixels):
+            red = pixels[:, 0].mean(dim=(-1, -2))
+            return torch.stack([red, torch.full_like(red, 0.3)], dim=-1)
+
+    preprocess = RecordingPreprocess()
+    curves = authors_perturbation_curves(Brightness().encode_image, preprocess, Image.fromarray(picture), heatmap,
+                                         CLASSES, 0, seed=5)
+    seen = preprocess.pictures  # the picture, then each scored step's deleted and inserted pictures, the picture
+    deletion, insertion = seen[:1] + seen[1:21:2], seen[2:21:2] + seen[21:]
+    assert len(deletion) == 11 and len(insertion) == 11
+    assert np.array_equal(deletion[0], picture) and np.array_equal(insertion[-1], picture)
+    generator = torch.Generator().manual_seed(5)
+    draws = [(torch.rand(6, 3, generator=generator) * 255.).numpy().astype(np.uint8) for _ in range(100)]
+    for k in range(1, 11):
+        changed = order[:60 * k]
+        flat_del, flat_ins = deletion[k].reshape(-1, 3), insertion[k - 1].reshape(-1, 3)
+        assert np.array_equal(flat_del[changed], np.concatenate(draws[:10 * k]))
+        assert np.array_equal(np.delete(flat_del, changed, axis=0), np.delete(picture.reshape(-1, 3), changed, axis=0))
+        assert (flat_ins.any(axis=1)).sum() == 60 * k  # the picture has no black pixel
+        assert np.array_equal(flat_ins[changed], picture.reshape(-1, 3)[changed])
+    for kind, pictures in (("deletion", deletion), ("insertion", insertion)):
+        red = np.array([p[..., 0].mean() / 255 for p in pictures])
+        score = red / np.sqrt(red ** 2 + 0.09)
+        assert np.allclose(curves.__dict__[kind]["score"][0], score, atol=1e-5)
+        assert np.array_equal(curves.__dict__[kind]["accuracy"][0], (red > 0.3).astype(float))
+    assert np.allclose(curves.fractions, np.arange(11) * 0.05)
+    assert np.allclose(curves.insertion_fractions, list(np.arange(1, 11) * 0.05) + [1.0])
+    # insertion's AUC runs over 5% ... 50% (the whole picture is the same for every method)
+    ins = curves.insertion["score"][0]
+    assert curves.auc("insertion")[0] == pytest.approx(area_under_curve(np.arange(1, 11) * 0.05, ins[:10]))
+
+
+def test_authors_map_is_normalised_on_its_grid_then_resized_and_large_pictures_shrink():
+    from PIL import Image
+
+    grid = torch.tensor([[0.0, 2.0], [4.0, 8.0]])
+    heat = authors_heatmap(grid, (4, 6))
+    expected = torch.nn.functional.interpolate((grid / 8)[None, None], size=(4, 6), mode="bilinear",
+                                               align_corners=False)[0, 0].numpy()
+    assert heat.shape == (4, 6) and np.allclose(heat, expected, atol=1e-6)
+    assert shrink_to_640(Image.new("RGB", (1000, 800))).size == (800, 640)  # scale 800 / 640 = 1.25
+    assert shrink_to_640(Image.new("RGB", (700, 641))).size == (698, 640)  # int(700 / (641 / 640))
+    assert shrink_to_640(Image.new("RGB", (900, 640))).size == (900, 640)  # short side 640: kept

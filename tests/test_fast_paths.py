@@ -237,14 +237,14 @@ def test_text_trace_over_the_prefix_equals_the_full_trace(tiny, mode):
 
 
 def test_causal_prefix_only_under_a_causal_mask():
-    from gradeclip_utils.adapters.open_clip_vit import OpenClipViTAdapter
+    from gradeclip_utils.adapters.transformer import causal_prefix
 
     causal = torch.full((6, 6), float("-inf")).triu(1)
     index = torch.tensor([2, 3])
-    assert OpenClipViTAdapter._causal_prefix(causal, index, 6) == 4
-    assert OpenClipViTAdapter._causal_prefix(causal, torch.tensor([5, 1]), 6) is None  # nothing after the last
-    assert OpenClipViTAdapter._causal_prefix(torch.zeros(6, 6), index, 6) is None  # bidirectional
-    assert OpenClipViTAdapter._causal_prefix(None, index, 6) is None
+    assert causal_prefix(causal, index, 6) == 4
+    assert causal_prefix(causal, torch.tensor([5, 1]), 6) is None  # nothing after the last
+    assert causal_prefix(torch.zeros(6, 6), index, 6) is None  # bidirectional
+    assert causal_prefix(None, index, 6) is None
     padded = causal.clone()
     padded[:, 5] = float("-inf")  # a key masked for every query: not the plain causal mask
-    assert OpenClipViTAdapter._causal_prefix(padded, index, 6) is None
+    assert causal_prefix(padded, index, 6) is None

@@ -26,14 +26,16 @@ def wrap(model, image_size=32, name="custom"):
 
 
 UNSUPPORTED = {
-    "resnet": (lambda: CLIP(16, CLIPVisionCfg(layers=(1, 1, 1, 1), width=8, image_size=32, head_width=8),
-                            CLIPTextCfg(**TEXT)), r"ResNet CLIP \(attention-pool image tower\)"),
     "attentional-pool": (lambda: CLIP(16, CLIPVisionCfg(**VIT, attentional_pool=True, attn_pooler_queries=4,
                                                         attn_pooler_heads=2), CLIPTextCfg(**TEXT)),
                          "attentional pooler"),
     "average-pool": (lambda: CLIP(16, CLIPVisionCfg(**VIT, pool_type="avg"), CLIPTextCfg(**TEXT)), "pools with 'avg'"),
     "qk-norm": (lambda: CLIP(16, CLIPVisionCfg(**VIT, qk_norm=True), CLIPTextCfg(**TEXT)),
-                "CustomResidualAttentionBlock"),
+                r"open_clip ViT \(image tower uses q/k normalisation \(qk_norm\)"),
+    "scaled-cosine": (lambda: CLIP(16, CLIPVisionCfg(**VIT), CLIPTextCfg(**TEXT, scaled_cosine_attn=True)),
+                      r"text tower uses scaled cosine attention with a learnt logit scale"),
+    "head-scale": (lambda: CLIP(16, CLIPVisionCfg(**VIT, scale_heads=True), CLIPTextCfg(**TEXT)),
+                   r"per-head output scaling \(scale_heads\)"),
     "coca": (lambda: CoCa(16, MultimodalCfg(width=32, heads=2, layers=1, context_length=16), CLIPTextCfg(**TEXT),
                           CLIPVisionCfg(**VIT)), "family: CoCa"),
     "not-clip": (lambda: nn.Linear(4, 4), "family: Linear"),
@@ -51,11 +53,9 @@ def test_unsupported_families_fail_at_wrap_time_naming_the_family(family):
 def test_unsupported_folder_model_fails_at_load_time(tmp_path):
     import json
 
-    config = {"model_cfg": {"embed_dim": 16, "vision_cfg": {"layers": [1, 1, 1, 1], "width": 8, "image_size": 32,
-                                                            "head_width": 8},
-                            "text_cfg": TEXT}}
+    config = {"model_cfg": {"embed_dim": 16, "vision_cfg": {**VIT, "pool_type": "avg"}, "text_cfg": TEXT}}
     (tmp_path / "open_clip_config.json").write_text(json.dumps(config))
-    with pytest.raises(ge.UnsupportedModelError, match="ResNet CLIP"):
+    with pytest.raises(ge.UnsupportedModelError, match="pools with 'avg'"):
         ge.load_model(str(tmp_path), device="cpu")
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import gradeclip_utils as ge
-from gradeclip_utils.adapters import OpenClipViTAdapter
+from gradeclip_utils.adapters import CLIPAdapter
 from gradeclip_utils.methods import IMAGE_METHODS, TEXT_METHODS, grad_eclip
 
 PROMPTS = ["a red circle", "two blue squares", "a photo"]
@@ -68,14 +68,14 @@ def graph_watch(monkeypatch):
     """Weak references to every embedding the adapter traces (the root of each autograd graph)."""
     roots: list[weakref.ref] = []
     for name in ("trace_image", "trace_text"):
-        original = getattr(OpenClipViTAdapter, name)
+        original = getattr(CLIPAdapter, name)
 
         def traced(self, *args, _original=original, **kwargs):
             trace = _original(self, *args, **kwargs)
             roots.append(weakref.ref(trace.embedding))
             return trace
 
-        monkeypatch.setattr(OpenClipViTAdapter, name, traced)
+        monkeypatch.setattr(CLIPAdapter, name, traced)
     return roots
 
 

@@ -1,39 +1,46 @@
 """Model-family adapters: the only code that reaches inside a CLIP implementation.
 
 ``get_adapter(model)`` returns the adapter for a model or raises ``UnsupportedModelError`` naming the
-model's family. Adding a family means one new file with a ``CLIPAdapter`` subclass, listed in
-``ADAPTERS``.
+model's family and the reason. Each family is one file with ``recognises(model)`` (does the model
+belong to it) and ``build(model)`` (its ``CLIPAdapter``, or ``UnsupportedModelError`` with the reason),
+listed in ``FAMILIES``. The transformer engine (``transformer.py``) and the ResNet attention-pool tower
+(``resnet.py``) are shared by the families that have such towers.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from .base import MODES, BlockCapture, CLIPAdapter, Mode, TowerTrace, UnsupportedModelError
-from .open_clip_vit import OpenClipViTAdapter, unsupported_reason
+from . import hf_clip, openai_clip, openclip, timm_vit, zoo
+from .base import (MODES, BlockCapture, CLIPAdapter, ImageTower, Mode, TextTower, TowerTrace, UnsupportedMethodError,
+                   UnsupportedModelError)
 
-ADAPTERS: tuple[type[CLIPAdapter], ...] = (OpenClipViTAdapter,)
+#: the families, in the order they are tried: open_clip models with a timm image tower (TimmModel) belong
+#: to timm_vit, which is tried before the generic open_clip family (that one reads open_clip's own towers)
+FAMILIES = (timm_vit, openclip, hf_clip, openai_clip)
+
+SUPPORTED = ("open_clip ViT and ResNet CLIP models (OpenAI and LAION weights), open_clip models with a timm ViT image "
+             "tower (class-token ViTs such as MobileCLIP-B, EVA/EVA02, SigLIP/SigLIP2's attention-pool probe), Hugging "
+             "Face transformers CLIPModel "
+             "(or a CLIPVisionModelWithProjection + CLIPTextModelWithProjection pair), and OpenAI clip package "
+             "models (ViT and ResNet)")
 
 
 def model_family(model: nn.Module) -> str:
     """A human-readable name of a CLIP model's family, for error messages."""
-    visual = getattr(model, "visual", None)
-    visual_type = type(visual).__name__ if visual is not None else None
-    if visual_type == "ModifiedResNet":
-        return "ResNet CLIP (attention-pool image tower)"
-    if visual_type == "TimmModel":
-        trunk = type(getattr(visual, "trunk", None)).__name__
-        siglip = " (SigLIP-style)" if getattr(model, "logit_bias", None) is not None else ""
-        return f"timm-trunk image tower ({trunk}){siglip}"
-    text = getattr(model, "text", None)
-    if type(text).__name__ == "HFTextEncoder":
-        return "Hugging Face text tower (HFTextEncoder)"
+    named = zoo.family(model)
+    if named:
+        return named
     if type(model).__name__ == "CoCa":
         return "CoCa"
+    text = getattr(model, "text", None)
+    if type(text).__name__ == "HFTextEncoder":
+        return "open_clip with a Hugging Face text tower (HFTextEncoder)"
     if type(model).__module__.startswith("transformers"):
         return f"Hugging Face transformers model ({type(model).__name__})"
-    if visual_type == "VisionTransformer":
-        return "open_clip ViT"
+    visual = getattr(model, "visual", None)
+    if type(visual).__name__ == "VisionTransformer":
+        return "open_clip ViT" if openclip.recognises(model) else "ViT CLIP"
     return type(model).__name__
 
 
@@ -41,18 +48,22 @@ def get_adapter(model: nn.Module) -> CLIPAdapter:
     """The adapter that explains ``model``; raises ``UnsupportedModelError`` naming its family."""
     if isinstance(model, CLIPAdapter):
         return model
-    for adapter in ADAPTERS:
-        if adapter.supports(model):
-            return adapter(model)
-    reason = unsupported_reason(model)
+    reason = None
+    for family in FAMILIES:
+        if family.recognises(model):
+            try:
+                return family.build(model)
+            except UnsupportedModelError as error:
+                reason = zoo.reason(model) or str(error)
+                break
+    if reason is None:
+        reason = zoo.reason(model) or openclip.unsupported_reason(model)
     raise UnsupportedModelError(
         f"Grad-ECLIP has no adapter for this model family: {model_family(model)}"
-        + (f" ({reason})" if reason else "")
-        + ". Supported: open_clip ViT CLIP models with class-token pooling (for example ViT-B-16 / openai)."
-    )
+        + (f" ({reason})" if reason else "") + f". Supported: {SUPPORTED}.")
 
 
 __all__ = [
-    "ADAPTERS", "MODES", "BlockCapture", "CLIPAdapter", "Mode", "OpenClipViTAdapter", "TowerTrace",
-    "UnsupportedModelError", "get_adapter", "model_family",
+    "FAMILIES", "MODES", "BlockCapture", "CLIPAdapter", "ImageTower", "Mode", "TextTower", "TowerTrace",
+    "UnsupportedMethodError", "UnsupportedModelError", "get_adapter", "model_family",
 ]

@@ -4,24 +4,33 @@ An adapter is the only code that reaches inside a CLIP implementation. It runs a
 forward and captures, for the blocks it is asked to explain, the attention internals the methods
 need: the in-projected queries, keys and values, the attention output before the output projection,
 and the row of that output at the pooled token as a tensor the embedding can be differentiated
-against. Methods are functions over these captures; a new model family is one new adapter file.
+against. Methods are functions over these captures.
+
+An adapter is an image tower and a text tower (``ImageTower``, ``TextTower``) behind one
+``CLIPAdapter``. The towers that are transformers share one engine (``transformer.py``); a family's
+file only says where its pieces are (which modules are the norms, projections and blocks). A new
+model family is one new file that builds its towers and is listed in the registry.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 Mode = Literal["faithful", "official"]
 MODES: tuple[str, ...] = ("faithful", "official")
 
 
 class UnsupportedModelError(TypeError):
-    """Raised early when no adapter knows the model family."""
+    """Raised early when no adapter knows the model family (or a feature of the model)."""
+
+
+class UnsupportedMethodError(NotImplementedError):
+    """Raised when a method needs something that a model family does not have (the error names both)."""
 
 
 @dataclass
@@ -55,7 +64,9 @@ class TowerTrace:
     ``embedding`` (B, D) is the tower's output embedding (unnormalised) with its graph;
     ``token_index`` (B,) the position of the pooled token (class token: 0; text: the EOS position);
     ``blocks`` maps absolute block indices to their captures; ``grid`` is the (h, w) patch grid for
-    images; ``final_tokens`` (B, N, C) are the tokens after the last block when asked for.
+    images; ``final_tokens`` (B, N, C) are the tokens after the last block when asked for;
+    ``block_outputs`` maps each explained block's index to the (B, N, C) tokens leaving it (all rows,
+    with their graph) when asked for (``keep_block_outputs``).
     """
 
     embedding: Tensor
@@ -63,32 +74,43 @@ class TowerTrace:
     blocks: dict[int, BlockCapture] = field(default_factory=dict)
     grid: tuple[int, int] | None = None
     final_tokens: Tensor | None = None
+    block_outputs: dict[int, Tensor] = field(default_factory=dict)
 
 
-class CLIPAdapter(ABC):
-    """Interface between one CLIP family and the explanation methods."""
+class _Tower(ABC):
+    """What the image and the text towers have in common."""
 
-    family: str = "abstract"
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-
-    @classmethod
-    @abstractmethod
-    def supports(cls, model: torch.nn.Module) -> bool:
-        """Whether this adapter can explain ``model``."""
+    #: a human-readable name of the tower's kind, for error messages ("ViT", "ResNet attention pool")
+    kind: str = "tower"
 
     @property
     @abstractmethod
-    def num_image_blocks(self) -> int: ...
+    def num_blocks(self) -> int: ...
+
+    @abstractmethod
+    def weight(self) -> Tensor:
+        """A parameter whose dtype and device are the tower's (its first weight)."""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weight().dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.weight().device
+
+    def _missing(self, what: str) -> NotImplementedError:
+        return UnsupportedMethodError(f"the {self.kind} tower does not {what}")
+
+
+class ImageTower(_Tower):
+    """An image encoder as the methods see it. The optional capabilities at the end serve baselines;
+    a tower that lacks one raises ``UnsupportedMethodError`` saying what it lacks."""
 
     @property
     @abstractmethod
-    def num_text_blocks(self) -> int: ...
-
-    @property
-    @abstractmethod
-    def patch_size(self) -> tuple[int, int]: ...
+    def patch_size(self) -> tuple[int, int]:
+        """The stride between grid cells in pixels (the patch size of a ViT, 32 for a ResNet)."""
 
     @property
     @abstractmethod
@@ -98,43 +120,175 @@ class CLIPAdapter(ABC):
     @abstractmethod
     def embed_dim(self) -> int: ...
 
+    @abstractmethod
+    def trace(self, pixels: Tensor, layers: Sequence[int], *, mode: Mode = "faithful", keep_probs: bool = False,
+              keep_block_inputs: bool = False, keep_final_tokens: bool = False,
+              keep_block_outputs: bool = False) -> TowerTrace:
+        """Run on (B, 3, H, W) pixels, capturing the given (absolute) blocks."""
+
+    @torch.no_grad()
+    def encode(self, pixels: Tensor) -> Tensor:
+        return self.trace(pixels, []).embedding
+
+    def check_pixels(self, pixels: Tensor) -> tuple[int, int]:
+        """The grid of (B, 3, H, W) pixels whose sides are positive multiples of the patch size."""
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise ValueError(f"pixels must be (B, 3, H, W), got {tuple(pixels.shape)}")
+        ph, pw = self.patch_size
+        height, width = pixels.shape[-2:]
+        if height % ph or width % pw or height < ph or width < pw:
+            raise ValueError(
+                f"image size {height}x{width} is not a positive multiple of the patch size {ph}x{pw}")
+        return height // ph, width // pw
+
+    def head(self, tokens: Tensor) -> Tensor:
+        raise self._missing("expose a head that applies to every token")
+
+    def tokens_before(self, pixels: Tensor, block: int) -> tuple[Tensor, tuple[int, int]]:
+        raise self._missing("expose intermediate tokens")
+
+    def embedding_from(self, tokens: Tensor, block: int) -> Tensor:
+        raise self._missing("resume mid-way from intermediate tokens")
+
+    def value_path_features(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        raise self._missing("have a value path for dense features")
+
+    def surgery_features(self, pixels: Tensor, depth: int) -> tuple[Tensor, Tensor]:
+        raise self._missing("support CLIP Surgery's v-v attention path")
+
+    def parameter_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
+        raise self._missing("list its parameters by depth")
+
+
+class TextTower(_Tower):
+    """A text encoder as the methods see it."""
+
     @property
     @abstractmethod
-    def dtype(self) -> torch.dtype: ...
+    def context_length(self) -> int: ...
 
     @abstractmethod
-    def trace_image(
-        self,
-        pixels: Tensor,
-        layers: Sequence[int],
-        *,
-        mode: Mode = "faithful",
-        keep_probs: bool = False,
-        keep_block_inputs: bool = False,
-        keep_final_tokens: bool = False,
-    ) -> TowerTrace:
+    def token_index(self, tokens: Tensor) -> Tensor:
+        """Position of the pooled (EOS) token of each sequence, as the model pools it."""
+
+    @abstractmethod
+    def trace(self, tokens: Tensor, layers: Sequence[int], *, mode: Mode = "faithful", keep_probs: bool = False,
+              keep_block_inputs: bool = False, keep_final_tokens: bool = False,
+              keep_block_outputs: bool = False) -> TowerTrace:
+        """Run on (K, L) token ids, capturing the given (absolute) blocks."""
+
+    @torch.no_grad()
+    def encode(self, tokens: Tensor) -> Tensor:
+        return self.trace(tokens, []).embedding
+
+    def tokens_before(self, tokens: Tensor, block: int) -> Tensor:
+        raise self._missing("expose intermediate hidden states")
+
+    def embedding_from(self, hidden: Tensor, tokens: Tensor, block: int) -> Tensor:
+        raise self._missing("resume mid-way from intermediate hidden states")
+
+
+class CLIPAdapter:
+    """Interface between one CLIP model and the explanation methods: an image tower and a text tower.
+
+    ``family`` names the model family ("open_clip ViT", "Hugging Face CLIP", "OpenAI clip ResNet", ...);
+    results and manifests record it. Every method of the interface delegates to one tower.
+    ``native_image`` / ``native_text`` call the model's own public forward (``encode_image``,
+    ``get_image_features``, ...): what users compare against, and the baseline of the benchmarks.
+    """
+
+    def __init__(self, model: nn.Module, image: ImageTower, text: TextTower, family: str, *,
+                 native_image: Callable[[Tensor], Tensor], native_text: Callable[[Tensor], Tensor],
+                 logit_scale: Tensor | None = None) -> None:
+        self.model, self.image, self.text, self.family = model, image, text, family
+        self._native_image, self._native_text = native_image, native_text
+        self._logit_scale = logit_scale
+
+    #: the temperature CLIP models end their training at (exp of the learnt logit scale)
+    DEFAULT_LOGIT_SCALE = 100.0
+
+    @property
+    def logit_scale(self) -> float:
+        """exp(logit_scale): what turns the model's cosines into its logits; 100 (CLIP's trained value)
+        for a model that carries none (a Hugging Face vision/text pair)."""
+        if self._logit_scale is None:
+            return self.DEFAULT_LOGIT_SCALE
+        return float(self._logit_scale.detach().float().exp())
+
+    def __repr__(self) -> str:
+        return f"<CLIPAdapter {self.family}: {self.num_image_blocks} image / {self.num_text_blocks} text blocks>"
+
+    # ----------------------------------------------------------------------------------- geometry
+    @property
+    def num_image_blocks(self) -> int:
+        return self.image.num_blocks
+
+    @property
+    def num_text_blocks(self) -> int:
+        return self.text.num_blocks
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return self.image.patch_size
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.image.image_size
+
+    @property
+    def embed_dim(self) -> int:
+        return self.image.embed_dim
+
+    @property
+    def context_length(self) -> int:
+        return self.text.context_length
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.image.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.image.device
+
+    # ------------------------------------------------------------------------------------ towers
+    def trace_image(self, pixels: Tensor, layers: Sequence[int], *, mode: Mode = "faithful", keep_probs: bool = False,
+                    keep_block_inputs: bool = False, keep_final_tokens: bool = False,
+                    keep_block_outputs: bool = False) -> TowerTrace:
         """Run the image tower on (B, 3, H, W) pixels, capturing the given (absolute) blocks."""
+        return self.image.trace(pixels, layers, mode=mode, keep_probs=keep_probs,
+                                keep_block_inputs=keep_block_inputs, keep_final_tokens=keep_final_tokens,
+                                keep_block_outputs=keep_block_outputs)
 
-    @abstractmethod
-    def trace_text(
-        self,
-        tokens: Tensor,
-        layers: Sequence[int],
-        *,
-        mode: Mode = "faithful",
-        keep_probs: bool = False,
-        keep_block_inputs: bool = False,
-        keep_final_tokens: bool = False,
-    ) -> TowerTrace:
+    def trace_text(self, tokens: Tensor, layers: Sequence[int], *, mode: Mode = "faithful", keep_probs: bool = False,
+                   keep_block_inputs: bool = False, keep_final_tokens: bool = False,
+                   keep_block_outputs: bool = False) -> TowerTrace:
         """Run the text tower on (K, L) token ids, capturing the given (absolute) blocks."""
+        return self.text.trace(tokens, layers, mode=mode, keep_probs=keep_probs,
+                               keep_block_inputs=keep_block_inputs, keep_final_tokens=keep_final_tokens,
+                               keep_block_outputs=keep_block_outputs)
 
-    @abstractmethod
     def encode_image(self, pixels: Tensor) -> Tensor:
         """The model's own image embedding (unnormalised), without a graph."""
+        return self.image.encode(pixels)
 
-    @abstractmethod
     def encode_text(self, tokens: Tensor) -> Tensor:
         """The model's own text embedding (unnormalised), without a graph."""
+        return self.text.encode(tokens)
+
+    def text_token_index(self, tokens: Tensor) -> Tensor:
+        return self.text.token_index(tokens)
+
+    @torch.no_grad()
+    def native_encode_image(self, pixels: Tensor) -> Tensor:
+        """The image embedding from the model's own forward (at the model's own image size, where a
+        family's forward accepts no other), without a graph."""
+        return self._native_image(pixels.to(device=self.device, dtype=self.dtype))
+
+    @torch.no_grad()
+    def native_encode_text(self, tokens: Tensor) -> Tensor:
+        """The text embedding from the model's own forward, without a graph."""
+        return self._native_text(tokens.to(self.text.device))
 
     def resolve_layers(self, layers: int | Sequence[int], tower: Literal["image", "text"]) -> list[int]:
         """Turn ``layers`` into sorted absolute block indices.
@@ -163,40 +317,45 @@ class CLIPAdapter(ABC):
         return sorted(resolved)
 
     # ------------------------------------------------------------------ optional: for the baselines
-    # Families that do not implement one of these simply do not support the baselines that need it.
-
     def image_head(self, tokens: Tensor) -> Tensor:
         """The image tower's head (final norm and projection) applied to any (..., C) tokens."""
-        raise NotImplementedError(f"{type(self).__name__} does not expose its image head")
+        return self.image.head(tokens)
 
     def image_tokens_before(self, pixels: Tensor, block: int) -> tuple[Tensor, tuple[int, int]]:
         """Tokens (B, N, C) entering image block ``block`` (``num_image_blocks``: after the last one),
         without a graph, and the patch grid."""
-        raise NotImplementedError(f"{type(self).__name__} does not expose intermediate image tokens")
+        return self.image.tokens_before(pixels, block)
 
     def image_embedding_from(self, tokens: Tensor, block: int) -> Tensor:
         """Image embedding (B, D) from tokens entering block ``block``, with a graph to ``tokens``."""
-        raise NotImplementedError(f"{type(self).__name__} cannot resume the image tower mid-way")
+        return self.image.embedding_from(tokens, block)
 
     def text_tokens_before(self, tokens: Tensor, block: int) -> Tensor:
         """Hidden states (K, L, C) entering text block ``block``, without a graph."""
-        raise NotImplementedError(f"{type(self).__name__} does not expose intermediate text tokens")
+        return self.text.tokens_before(tokens, block)
 
     def text_embedding_from(self, hidden: Tensor, tokens: Tensor, block: int) -> Tensor:
         """Text embedding (K, D) from hidden states entering block ``block`` of the sequences ``tokens``."""
-        raise NotImplementedError(f"{type(self).__name__} cannot resume the text tower mid-way")
+        return self.text.embedding_from(hidden, tokens, block)
 
     def value_path_features(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         """MaskCLIP's dense features: (embedding (B, D), patch features (B, P, D)) where the last block's
         attention is replaced by its value path."""
-        raise NotImplementedError(f"{type(self).__name__} does not support MaskCLIP")
+        return self.image.value_path_features(pixels)
 
     def surgery_features(self, pixels: Tensor, depth: int) -> tuple[Tensor, Tensor]:
         """CLIP Surgery's dense features: (embedding (B, D), patch features (B, P, D)) from a parallel
         v-v attention path through the last ``depth`` blocks."""
-        raise NotImplementedError(f"{type(self).__name__} does not support CLIP Surgery")
+        return self.image.surgery_features(pixels, depth)
 
-    def image_parameter_groups(self) -> list[tuple[str, list[torch.nn.Parameter]]]:
+    def image_parameter_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
         """The image tower's parameters in groups from the top (head) down to the input embedding,
         for the cascading randomisation sanity check."""
-        raise NotImplementedError(f"{type(self).__name__} does not list its image parameters")
+        return self.image.parameter_groups()
+
+
+def check_block_index(block: int, total: int) -> int:
+    """``block`` as an int in [0, total] (``total``: after the last block), or a ValueError."""
+    if isinstance(block, bool) or not isinstance(block, int) or not 0 <= block <= total:
+        raise ValueError(f"block must be an int in [0, {total}], got {block!r}")
+    return block

@@ -4,7 +4,9 @@ An image method is ``fn(adapter, pixels, targets, **options) -> MapOutput`` with
 (B, 3, H, W) batch on one grid and ``targets`` (K, D) unit-normalised text embeddings. A text method
 is ``fn(adapter, tokens, targets, **options) -> TokenOutput`` with ``targets`` (B, D) unit-normalised
 image embeddings. A new method is one new file that calls ``register_image_method`` /
-``register_text_method``.
+``register_text_method``. A method whose defaults depend on the model (say, an embedding of a text)
+registers ``prepare(model, targets, options) -> options`` beside it; ``explain_image`` calls it once
+per call, before the batches.
 """
 
 from __future__ import annotations
@@ -18,11 +20,20 @@ TextMethod = Callable[..., TokenOutput]
 
 IMAGE_METHODS: dict[str, ImageMethod] = {}
 TEXT_METHODS: dict[str, TextMethod] = {}
+PREPARE: dict[str, Callable[..., dict]] = {}
 
 
-def register_image_method(name: str, fn: ImageMethod) -> ImageMethod:
+def register_image_method(name: str, fn: ImageMethod, prepare: Callable[..., dict] | None = None) -> ImageMethod:
     IMAGE_METHODS[name] = fn
+    if prepare is not None:
+        PREPARE[name] = prepare
     return fn
+
+
+def prepare_options(name: str, model, targets, options: dict) -> dict:
+    """The options of image method ``name`` completed with its model-dependent defaults."""
+    prepare = PREPARE.get(name)
+    return prepare(model, targets, dict(options)) if prepare is not None else dict(options)
 
 
 def register_text_method(name: str, fn: TextMethod) -> TextMethod:
@@ -56,8 +67,8 @@ register_text_method("grad_eclip", token_relevance)
 
 def _register_baselines() -> None:
     """The baselines of method.md section 5, each in its own module."""
-    from . import (clip_surgery, game, grad_cam, grad_eclip_no_spatial, itsm, m2ib, maskclip, raw_attention,
-                   rise, rollout)
+    from . import (clip_surgery, game, grad_cam, grad_eclip_no_spatial, itsm, legrad, m2ib, maskclip,
+                   raw_attention, rise, rollout)
 
     register_image_method("grad_eclip_no_spatial", grad_eclip_no_spatial.image_maps)
     register_image_method("raw_attention", raw_attention.image_maps)
@@ -68,17 +79,19 @@ def _register_baselines() -> None:
     register_image_method("game_last", game.last_layer_maps)
     register_text_method("game", game.token_relevance)
     register_image_method("maskclip", maskclip.image_maps)
-    register_image_method("clip_surgery", clip_surgery.image_maps)
+    register_image_method("clip_surgery", clip_surgery.image_maps, prepare=clip_surgery.prepare)
     register_image_method("rise", rise.image_maps)
     register_image_method("m2ib", m2ib.image_maps)
     register_text_method("m2ib", m2ib.token_relevance)
     register_image_method("itsm", itsm.image_maps)
+    register_image_method("legrad", legrad.image_maps)
 
 
 _register_baselines()
 
 __all__ = [
     "IMAGE_METHODS", "QK_CHOICES", "TEXT_METHODS", "MapOutput", "TokenOutput", "cosine_scores", "get_image_method",
-    "get_text_method", "image_maps", "list_methods", "minmax", "register_image_method", "register_text_method",
+    "get_text_method", "image_maps", "list_methods", "minmax", "prepare_options", "register_image_method",
+    "register_text_method",
     "token_relevance",
 ]

@@ -1,5 +1,13 @@
 """CLIP Surgery (Li et al. 2023; method.md 5.6).
 
+Original code: github.com/xmed-lab/CLIP_Surgery, ``clip/clip_surgery_model.py`` (the dual-path
+architecture surgery) and ``clip/clip.py`` (``clip_feature_surgery``), run as in its ``demo.py``: the
+class-set form (no ``redundant``; the set is ``surgery_targets`` or the K targets) reproduces
+``clip_feature_surgery(image_features, text_features)``, the single-text form (``redundant=`` the
+empty string's text embedding, e.g. ``gradeclip_utils.encode_texts(model, "")``) reproduces
+``clip_feature_surgery(image_features, text_features, redundant_features)`` of the demo's "CLIP
+Surgery for a single text" (which encodes "" the way it encodes the prompts).
+
 Architecture surgery: from the first of the last ``depth`` blocks on, a parallel path adds the
 blocks' v-v self-attention (queries and keys replaced by the values, computed from the original
 path's tokens) and skips the MLPs; the original path is left as it is and still gives the class
@@ -9,7 +17,11 @@ by its mean), the redundant response r_i = mean_c(w(t_c) f_i * t_c) is subtracte
 map_k,i = sum(w(t_k) f_i * t_k - r_i). The set of class prompts is
 ``surgery_targets`` when given (e.g. all class prompts of a data set, so that a prompt's map does not
 depend on the other prompts in the call) and otherwise the K targets themselves, as the authors do.
-With a single target and no ``surgery_targets`` the surgery cancels everything, so that is refused.
+Single-text form: map_k,i = f_i . (t_k - r) with r the (unit) redundant text feature. Through
+``explain_image``, a single prompt with neither ``surgery_targets`` nor ``redundant`` gets the demo's
+single-text form (``prepare`` fills in the empty string's embedding; the settings say
+``surgery_form``); called directly with a single target and neither, the class-set surgery would
+cancel everything, so that is refused (the error names both forms).
 """
 
 from __future__ import annotations
@@ -44,20 +56,60 @@ def feature_surgery(features: Tensor, cls_embedding: Tensor, targets: Tensor, su
     return torch.einsum("bpd,kd,bk->bkp", f, t, target_weight) - redundant.unsqueeze(1)
 
 
+def prepare(model: Any, targets: Tensor, options: dict) -> dict:
+    """explain_image's defaults: a single prompt without a class set or a redundant feature gets the
+    single-text form with the empty string's embedding, as the authors' demo runs it."""
+    if options.get("redundant") is None and options.get("surgery_targets") is None and targets.shape[0] == 1:
+        from ..explain import encode_texts
+
+        options["redundant"] = encode_texts(model, "")[0].to(targets.device)
+        options["surgery_form"] = "single-text (empty string)"
+    elif options.get("redundant") is not None:
+        options["surgery_form"] = "single-text"
+    else:
+        options["surgery_form"] = "class set"
+    return options
+
+
+def single_text_surgery(features: Tensor, targets: Tensor, redundant: Tensor) -> Tensor:
+    """The single-text form: unit (B, P, D) patch features against K targets minus the redundant
+    feature r (unit): f_i . (t_k - r), (B, K, P)."""
+    f = F.normalize(features.float(), dim=-1)
+    return torch.einsum("bpd,kd->bkp", f, targets.float() - F.normalize(redundant.float(), dim=-1))
+
+
 @torch.no_grad()
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, depth: int | None = None,
-               surgery_targets: Tensor | None = None, **_: Any) -> MapOutput:
-    """CLIP Surgery maps (B, K, h, w); ``depth`` surgery blocks (default: the last half)."""
-    surgery_set = targets if surgery_targets is None else surgery_targets.to(targets.device)
-    if surgery_set.ndim != 2 or surgery_set.shape[-1] != targets.shape[-1]:
-        raise ValueError(f"surgery_targets must be (R, {targets.shape[-1]}) text embeddings")
-    if surgery_set.shape[0] < 2:
-        raise ValueError("CLIP Surgery subtracts the mean response over a set of class prompts: with a single "
-                         "prompt that removes everything. Pass surgery_targets=(R, D) embeddings of R >= 2 "
-                         "class prompts, or explain several prompts at once.")
+               surgery_targets: Tensor | None = None, redundant: Tensor | None = None, **_: Any) -> MapOutput:
+    """CLIP Surgery maps (B, K, h, w); ``depth`` surgery blocks (default: the last half).
+
+    ``redundant`` (a (D,) or (1, D) text embedding, e.g. of the empty string) selects the single-text
+    form; otherwise the class-set form over ``surgery_targets`` (default: the K targets).
+    """
+    if redundant is not None:
+        if surgery_targets is not None:
+            raise ValueError("pass either redundant= (the single-text form) or surgery_targets= (the class-set "
+                             "form), not both")
+        if redundant.numel() != targets.shape[-1]:
+            raise ValueError(f"redundant must be one ({targets.shape[-1]},) text embedding, got "
+                             f"{tuple(redundant.shape)}")
+        redundant = redundant.to(targets.device).reshape(targets.shape[-1])
+    else:
+        surgery_set = targets if surgery_targets is None else surgery_targets.to(targets.device)
+        if surgery_set.ndim != 2 or surgery_set.shape[-1] != targets.shape[-1]:
+            raise ValueError(f"surgery_targets must be (R, {targets.shape[-1]}) text embeddings")
+        if surgery_set.shape[0] < 2:
+            raise ValueError("CLIP Surgery's class-set form subtracts the mean response over a set of class "
+                             "prompts: with a single prompt that removes everything. Use the single-text form "
+                             "with redundant=gradeclip_utils.encode_texts(model, '') (the empty string's "
+                             "embedding, as the authors' demo does), or pass surgery_targets=(R, D) embeddings "
+                             "of R >= 2 class prompts, or explain several prompts at once.")
     depth = default_depth(adapter.num_image_blocks) if depth is None else depth
     embedding, features = adapter.surgery_features(pixels, depth)
     ph, pw = adapter.patch_size
     grid = (pixels.shape[-2] // ph, pixels.shape[-1] // pw)
-    maps = feature_surgery(features, embedding, targets, surgery_set)
+    if redundant is not None:
+        maps = single_text_surgery(features, targets, redundant)
+    else:
+        maps = feature_surgery(features, embedding, targets, surgery_set)
     return MapOutput(maps=to_grid(maps, grid), scores=cosine_scores(embedding, targets))

@@ -1,10 +1,18 @@
 """GAME, the bi-modal relevance of Chefer, Gur and Wolf (ICCV 2021; method.md 5.4).
 
+Original code: github.com/hila-chefer/Transformer-MM-Explainability, ``CLIP_explainability.ipynb``
+(``interpret``); the defaults here (``target="logit"``) reproduce it, with its ``start_layer`` as
+``start_layer`` (its notebook's -1 is ``game_last``, the generic method's all blocks is ``game``).
+
 R = I; for every block from ``start_layer`` to the last, R <- R + mean_heads(clamp(dS/dA * A, min=0)) R,
-with A the block's attention probabilities and S the image-text cosine. Image: the class token's row
+with A the block's attention probabilities and S what is differentiated: by default the model's logit
+exp(logit_scale) * cos(f_I, f_T), as the original differentiates ``logits_per_image``;
+``target="cosine"`` differentiates the cosine instead. With one block that only rescales the map; over
+several blocks R is not linear in the gradient's scale and the maps differ. Image: the class token's row
 over the patches; text: the EOS token's row over all positions. The original method uses all blocks
 (``start_layer=0``, the default); the Grad-ECLIP authors ran only the last block (``start_layer=-1``,
-registered as ``game_last``). The K targets are processed in chunks of batched backward passes.
+registered as ``game_last``). The returned scores are always the cosines. The K targets are processed in
+chunks of batched backward passes.
 """
 
 from __future__ import annotations
@@ -38,6 +46,18 @@ def _relevance_rows(trace, blocks: list[int], scores: Tensor, chunk: int) -> Ten
     return torch.cat(pieces, dim=1)
 
 
+TARGETS: tuple[str, ...] = ("logit", "cosine")
+
+
+def _differentiated(adapter: CLIPAdapter, scores: Tensor, target: str) -> Tensor:
+    """What GAME differentiates: the logit (exp(logit_scale) x cosine) or the cosine."""
+    if target == "logit":
+        return adapter.logit_scale * scores
+    if target == "cosine":
+        return scores
+    raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+
+
 def _blocks(adapter: CLIPAdapter, start_layer: int, tower: str) -> list[int]:
     first = adapter.resolve_layers([start_layer], tower)[0]
     total = adapter.num_image_blocks if tower == "image" else adapter.num_text_blocks
@@ -45,12 +65,12 @@ def _blocks(adapter: CLIPAdapter, start_layer: int, tower: str) -> list[int]:
 
 
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, start_layer: int = 0, chunk: int = 16,
-               **_: Any) -> MapOutput:
+               target: str = "logit", **_: Any) -> MapOutput:
     """GAME maps (B, K, h, w) from block ``start_layer`` (negative: from the end) to the last."""
     blocks = _blocks(adapter, start_layer, "image")
     trace = adapter.trace_image(pixels, blocks, keep_probs=True)
     scores = cosine_scores(trace.embedding, targets)
-    rows = _relevance_rows(trace, blocks, scores, chunk)
+    rows = _relevance_rows(trace, blocks, _differentiated(adapter, scores, target), chunk)
     return MapOutput(maps=to_grid(rows[..., 1:], trace.grid), scores=scores.detach())
 
 
@@ -61,11 +81,11 @@ def last_layer_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, **opt
 
 
 def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, start_layer: int = 0,
-                    chunk: int = 16, **_: Any) -> TokenOutput:
+                    chunk: int = 16, target: str = "logit", **_: Any) -> TokenOutput:
     """GAME text relevance (B, K, L): the EOS row of R for K texts against B image targets."""
     blocks = _blocks(adapter, start_layer, "text")
     trace = adapter.trace_text(tokens, blocks, keep_probs=True)
     scores = cosine_scores(trace.embedding, targets)  # (K, B): texts are the traced batch
-    rows = _relevance_rows(trace, blocks, scores, chunk)  # (K, B, L)
+    rows = _relevance_rows(trace, blocks, _differentiated(adapter, scores, target), chunk)  # (K, B, L)
     return TokenOutput(relevance=rows.permute(1, 0, 2).detach().float().contiguous(),
                        scores=scores.T.detach().contiguous())

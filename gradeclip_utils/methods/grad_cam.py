@@ -5,6 +5,15 @@ patch tokens of dS/dx_i[c], map_i = ReLU(sum_c alpha_c x_i[c]) over the patch to
 block's own patch outputs never reach the embedding (only the class token leaves it), so their
 gradient is zero: Grad-CAM must use the tokens entering it. Several blocks: ReLU per block, then sum.
 All K targets come from one forward pass and batched backward passes.
+
+Original code: github.com/ramprs/grad-cam (CNNs; the channel weight is the gradient averaged over
+the spatial positions); for ViT CLIP the default ``variant="model"`` averages over the patch tokens,
+as github.com/jacobgil/pytorch-grad-cam does with its ViT ``reshape_transform`` (the class token
+dropped). ``variant="authors"``: the Grad-ECLIP authors' Grad-CAM baseline
+(github.com/Cyang-Zhao/Grad-Eclip, ``generate_emap.py``: ``grad_cam`` on the outputs of
+``clip_encode_dense``), whose mean runs over all tokens, the class token included, and whose score
+comes from their forward with the explained block recomputed with one head (Grad-ECLIP's official
+mode). Returned scores are always the model's own cosines.
 """
 
 from __future__ import annotations
@@ -19,18 +28,28 @@ from ._common import cosine_scores, score_gradients, to_grid
 from .grad_eclip import MapOutput
 
 
+VARIANTS: tuple[str, ...] = ("model", "authors")
+
+
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, layers: Sequence[int] = (-1,),
-               chunk: int = 64, **_: Any) -> MapOutput:
+               chunk: int = 64, variant: str = "model", **_: Any) -> MapOutput:
     """Grad-CAM maps (B, K, h, w) and scores (B, K)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    first = 0 if variant == "authors" else 1  # the tokens the channel weights average over
     blocks = adapter.resolve_layers(layers, "image")
-    trace = adapter.trace_image(pixels, blocks, keep_block_inputs=True)
+    mode = "official" if variant == "authors" else "faithful"
+    trace = adapter.trace_image(pixels, blocks, mode=mode, keep_block_inputs=True)
     inputs = [trace.blocks[layer].block_input for layer in blocks]
     scores = cosine_scores(trace.embedding, targets)
     grads = score_gradients(scores, inputs, chunk=chunk)
+    if variant == "authors":
+        with torch.no_grad():
+            scores = cosine_scores(adapter.encode_image(pixels), targets)
     total = None
     for x, grad in zip(inputs, grads):
         patches = x[:, 1:].detach().float()
-        alpha = grad[:, :, 1:].float().mean(dim=2)  # (B, K, C)
+        alpha = grad[:, :, first:].float().mean(dim=2)  # (B, K, C)
         contribution = torch.einsum("bkc,bpc->bkp", alpha, patches).relu()
         total = contribution if total is None else total + contribution
     return MapOutput(maps=to_grid(total, trace.grid), scores=scores.detach())

@@ -1,6 +1,10 @@
 """Grad-ECLIP without the spatial weight (l_i = 1): the paper's own ablation (method.md 5.10).
 
 The map is ReLU(sum_c w_c v_i[c]) = ReLU(dS/da_cls,i) summed over heads: the channel weights alone.
+
+Original code: github.com/Cyang-Zhao/Grad-Eclip, ``generate_emap.py``: ``grad_eclip(...,
+withksim=False)`` (the ``"eclip-wo-ksim"`` maps of its evaluation scripts); ``mode="official"``
+reproduces it (the default ``mode="faithful"`` explains the model's own multi-head block).
 """
 
 from __future__ import annotations

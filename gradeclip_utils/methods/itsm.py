@@ -2,6 +2,10 @@
 
 Cosine of the target text embedding with every final patch token after the image tower's final norm
 and projection (the head the class token goes through).
+
+Original code: github.com/xmed-lab/CLIP_Surgery (``demo.py``, "Explain raw predictions of CLIP":
+``image_features @ text_features.t()`` over the patch tokens of the plain CLIP, its image features
+unit-normalised); this function computes it (no options).
 """
 
 from __future__ import annotations

@@ -1,13 +1,20 @@
 """M2IB, the multi-modal information bottleneck (Wang et al., NeurIPS 2023; method.md 5.8).
 
+Original code: github.com/YingWANGG/M2IB, ``scripts/iba.py`` (``InformationBottleneck``,
+``IBAInterpreter``) and ``scripts/methods.py`` (``vision_heatmap_iba`` / ``text_heatmap_iba``); the
+defaults here (``ib_layer=None``, beta 0.1, var 1, 10 steps, lr 1, 10 samples) reproduce it.
+
 A bottleneck replaces the tokens R leaving block ``ib_layer`` by z = lambda R + (1 - lambda) eps,
 eps ~ N(0, 1) in units of sqrt(``var``) (the authors' estimator: mean 0, variance ``var`` = 1), with
 lambda = sigmoid(alpha) per token and channel, alpha starting at 5. For each image-text pair alpha is
 optimised for ``steps`` Adam steps (learning rate ``lr``) on beta * mean(KL capacity) - mean cos(f(z),
 t) over ``samples`` noise draws; the capacity KL(N(lambda R, (1 - lambda)^2) || N(0, 1)), summed over
 channels, at the class token's patches (image) or every position (text), is the map. As in the
-authors' code the capacity is the one of the last optimisation step. All pairs are optimised together
-(Adam acts element-wise, so they stay independent); noise is drawn from ``seed``.
+authors' code the capacity is the one of the last optimisation step, and log((1 - lambda)^2) is used
+as it is: M2IB's ``iba.py`` has the older IBA code's clamp of the log variance to [-10, 10] commented
+out (with alpha starting at 5 that clamp would be active everywhere from the first step, and give
+another map). All pairs are optimised together (Adam acts element-wise, so they stay independent);
+noise is drawn from ``seed``.
 Defaults as the authors ran ViT-B/16: block index 9 of 12 (generally: L/6 blocks after it), beta 0.1,
 10 steps, learning rate 1, 10 samples.
 """
@@ -40,10 +47,10 @@ def _resolve(layer: int | None, blocks: int) -> int:
 
 
 def capacity(hidden: Tensor, lam: Tensor) -> Tensor:
-    """KL(N(lam h, (1 - lam)^2) || N(0, 1)) element-wise, with the authors' clamp of log variance."""
-    log_var = torch.log((1 - lam) ** 2).clamp(-10, 10)
+    """KL(N(lam h, (1 - lam)^2) || N(0, 1)) element-wise, as M2IB's ``_calc_capacity`` (no clamp)."""
+    var = (1 - lam) ** 2
     mu = hidden * lam
-    return -0.5 * (1 + log_var - mu ** 2 - log_var.exp())
+    return -0.5 * (1 + torch.log(var) - mu ** 2 - var)
 
 
 def optimise_bottleneck(hidden: Tensor, targets: Tensor, finish: Callable[[Tensor], Tensor], *, beta: float,
@@ -66,8 +73,7 @@ def optimise_bottleneck(hidden: Tensor, targets: Tensor, finish: Callable[[Tenso
         lam = torch.sigmoid(alpha)
         kl = capacity(standard, lam)
         noise = torch.randn((samples, *standard.shape), generator=generator, device=hidden.device)
-        std = (torch.log((1 - lam) ** 2).clamp(-10, 10) / 2).exp()
-        z = (standard * lam + std * noise) * scale
+        z = (standard * lam + (1 - lam) * noise) * scale  # M2IB's _sample_t: mu + sqrt((1 - lam)^2) eps
         embedding = finish(z.flatten(0, 1).to(hidden.dtype))
         fit = F.cosine_similarity(embedding.float(), targets.float().repeat(samples, 1), dim=-1, eps=1e-6)
         loss = beta * kl.flatten(1).mean(dim=1) - fit.reshape(samples, pairs).mean(dim=0)

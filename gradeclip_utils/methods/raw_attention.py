@@ -1,8 +1,17 @@
-"""Raw self-attention (method.md 5.1): the pooled token's attention row, mean over heads.
+"""Raw self-attention (method.md 5.1): the pooled token's attention row.
 
 Image: the class token's row over the patch tokens of the explained block(s) (default: the last one;
 several blocks are averaged). Text: the EOS token's row over all positions. The map does not depend
-on the prompt: every target gets the same map. Always the model's own multi-head attention.
+on the prompt: every target gets the same map.
+
+Variants (``variant``):
+- ``"model"`` (default): the model's own multi-head attention, mean over heads (the usual baseline,
+  which has no single original code; it is the first step of attention rollout, method.md 5.2).
+- ``"authors"``: the Grad-ECLIP authors' self-attention baseline (github.com/Cyang-Zhao/Grad-Eclip,
+  ``generate_emap.py``: ``clip_encode_dense`` then ``attn[0, :1, 1:]``, the ``"selfattn"`` map of
+  ``imagenet_eval_deletion.py``): the explained block recomputed with ONE head of width C (scale
+  1/sqrt(C)), as Grad-ECLIP's official mode does, and that head's class-token row. Image only.
+Scores are always the model's own cosines.
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ from torch import Tensor
 from ..adapters import CLIPAdapter
 from ._common import cosine_scores, per_target, to_grid
 from .grad_eclip import MapOutput, TokenOutput
+
+VARIANTS: tuple[str, ...] = ("model", "authors")
 
 
 def _mean_rows(trace, blocks: Sequence[int], first_key: int) -> Tensor:
@@ -29,18 +40,25 @@ def _mean_rows(trace, blocks: Sequence[int], first_key: int) -> Tensor:
 
 @torch.no_grad()
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, layers: Sequence[int] = (-1,),
-               **_: Any) -> MapOutput:
+               variant: str = "model", **_: Any) -> MapOutput:
     """Class-token attention over patches (B, K, h, w), identical for all K targets."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     blocks = adapter.resolve_layers(layers, "image")
-    trace = adapter.trace_image(pixels, blocks, keep_probs=True)
+    mode = "official" if variant == "authors" else "faithful"
+    trace = adapter.trace_image(pixels, blocks, mode=mode, keep_probs=True)
     maps = to_grid(_mean_rows(trace, blocks, first_key=1), trace.grid)
-    return MapOutput(maps=per_target(maps, targets.shape[0]), scores=cosine_scores(trace.embedding, targets))
+    embedding = adapter.encode_image(pixels) if variant == "authors" else trace.embedding
+    return MapOutput(maps=per_target(maps, targets.shape[0]), scores=cosine_scores(embedding, targets))
 
 
 @torch.no_grad()
 def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, layers: Sequence[int] = (-1,),
-                    **_: Any) -> TokenOutput:
+                    variant: str = "model", **_: Any) -> TokenOutput:
     """EOS-token attention over positions (B, K, L) for B image targets, identical for all B."""
+    if variant != "model":
+        raise ValueError("raw_attention's text relevance has only variant='model' (the authors' variant is "
+                         "for images)")
     blocks = adapter.resolve_layers(layers, "text")
     trace = adapter.trace_text(tokens, blocks, keep_probs=True)
     relevance = _mean_rows(trace, blocks, first_key=0)  # (K, L)

@@ -7,6 +7,11 @@ of the masked image (masked pixels become 0 in normalised space, the data set's 
 authors' code does). The masks are drawn from ``seed`` (the same masks for every image) and the
 masked images run through the model in batches of ``mask_batch``; all K targets share the passes.
 Maps have the image's pixel resolution.
+
+Original code: github.com/eclique/RISE (``explanations.py``: ``RISE.generate_masks`` and ``forward``);
+the defaults (``centre=False``, 8 x 8 cells, p = 0.5) reproduce it with the image-text cosine as the
+score (the original explains class probabilities). ``centre=True`` is this project's variance
+reduction (see ``image_maps``).
 """
 
 from __future__ import annotations

@@ -3,6 +3,13 @@
 Per block from ``start_layer`` to the last: A = mean over heads of the attention, plus the identity,
 rows normalised to sum to 1; the rollout is the product A_last ... A_start, and the map is the class
 token's row over the patches. Prompt-independent.
+
+Original code: github.com/samiraabnar/attention_flow (the rollout with the residual added, as
+github.com/hila-chefer/Transformer-Explainability's ``compute_rollout_attention`` writes it);
+``start_layer=0`` (the default) reproduces it. The Grad-ECLIP authors' rollout
+(github.com/Cyang-Zhao/Grad-Eclip, ``generate_emap.py``: ``compute_rollout_attention`` over the
+attentions that ``mm_interpret`` collects from its ``start_layer=-1``) covers the last block only:
+``start_layer=-1``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,12 @@
 """Deletion and insertion curves and their AUC (method.md section 6), batched on the model's device.
 
-Pixels are ordered by the heat map (bilinearly upsampled to the image, most important first; ties in
-raster order). In steps of ``step`` (0.5%) of the pixels up to ``max_fraction`` (50%), deletion
+Pixels are ordered by the heat map (bilinearly upsampled to the image, most important first). Tied
+pixels (many maps are exactly zero over most of the image after a ReLU) are ordered by a seeded random
+permutation of the pixels (``ties="random"``, the default): the permutation depends only on the tie
+seed, so two methods whose maps tie on the same pixels get the same order there, and an evaluation can
+pass one seed per image, shared by every method, and repeat with a few seeds to see how much the order
+of ties moves a result. ``ties="raster"`` keeps raster order and ``ties="numpy"`` numpy's
+``argsort(-map)`` (the Grad-ECLIP authors' scripts; its tie order is implementation-defined). In steps of ``step`` (0.5%) of the pixels up to ``max_fraction`` (50%), deletion
 replaces pixels with uniform random RGB values (one seeded random picture per image, so the pixels
 deleted at each step keep their random values), starting from the image; insertion copies pixels
 into an all-black picture. Every ``score_every`` steps (every 5%: 11 points) the classifier scores
@@ -22,14 +27,16 @@ from torch import Tensor
 
 from .localisation import resize_maps
 
-__all__ = ["AUC_DEFINITION", "CURVE_MEASURES", "PerturbationCurves", "area_under_curve", "perturbation_curves",
-           "pixel_ranks"]
+__all__ = ["AUC_DEFINITION", "CURVE_MEASURES", "TIES", "PerturbationCurves", "area_under_curve",
+           "authors_heatmap", "authors_perturbation_curves", "perturbation_curves", "pixel_order", "pixel_ranks",
+           "shrink_to_640"]
 
 AUC_DEFINITION = ("AUC = trapezoidal area under the curve over the changed-pixel fraction (0 to 50%, scored "
                   "every 5%), divided by the x-range (0.5): the curve's mean height. Deletion (pixels replaced "
                   "by random RGB, most important first): lower is better. Insertion (pixels copied into a black "
                   "image, most important first): higher is better.")
 CURVE_MEASURES: tuple[str, ...] = ("accuracy", "score", "probability")
+TIES: tuple[str, ...] = ("random", "raster", "numpy")
 
 
 def area_under_curve(fractions: Sequence[float] | np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -45,18 +52,38 @@ def area_under_curve(fractions: Sequence[float] | np.ndarray, values: np.ndarray
     return area / span
 
 
-def pixel_ranks(maps: Tensor | np.ndarray, size: tuple[int, int]) -> Tensor:
+def pixel_order(values: Tensor | np.ndarray, *, ties: str = "random", seed: int = 0) -> Tensor:
+    """Indices of a flat (P,) array of pixel values, largest first, ties ordered as ``ties`` says:
+    "random" by the seeded random permutation ``randperm(P, seed)`` (a pure function of P and the
+    seed), "raster" by position, "numpy" as ``numpy.argsort(-values)`` orders them."""
+    flat = torch.as_tensor(np.asarray(values) if isinstance(values, np.ndarray) else values).reshape(-1)
+    if not torch.isfinite(flat).all():
+        raise ValueError("maps hold NaN or infinite values")
+    if ties == "raster":
+        return torch.sort(flat, descending=True, stable=True).indices
+    if ties == "numpy":
+        return torch.from_numpy(np.argsort(-flat.numpy()))
+    if ties != "random":
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
+    permutation = torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(int(seed)))
+    return permutation[torch.sort(flat[permutation], descending=True, stable=True).indices]
+
+
+def pixel_ranks(maps: Tensor | np.ndarray, size: tuple[int, int], *, ties: str = "random",
+                seed: int | Sequence[int] = 0) -> Tensor:
     """Rank of every pixel (B, H, W): 0 for the most important; maps (B, h, w) are upsampled bilinearly.
 
-    Ties are broken in raster order (a constant map removes the image from the top-left on).
+    Ties are ordered as ``pixel_order`` says; ``seed`` is the tie seed, one for all maps or one per map.
     """
     up = resize_maps(maps, size)
     if up.ndim != 3:
         raise ValueError(f"maps must be (B, h, w), got {tuple(up.shape)}")
     flat = up.reshape(up.shape[0], -1)
-    if not torch.isfinite(flat).all():
-        raise ValueError("maps hold NaN or infinite values")
-    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    seeds = [int(seed)] * flat.shape[0] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+    if len(seeds) != flat.shape[0]:
+        raise ValueError(f"{len(seeds)} tie seeds for {flat.shape[0]} maps")
+    order = torch.stack([pixel_order(row, ties=ties, seed=s) for row, s in zip(flat.cpu(), seeds)]) \
+        if flat.shape[0] else torch.zeros_like(flat, dtype=torch.long)
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(flat.shape[1]).expand_as(order).contiguous())
     return ranks.reshape(up.shape[0], *size)
@@ -71,24 +98,31 @@ class PerturbationCurves:
     deletion: dict[str, np.ndarray]
     insertion: dict[str, np.ndarray]
 
+    insertion_fractions: np.ndarray | None = None  # when insertion is scored elsewhere (the authors' protocol)
+
     def auc(self, kind: str, measure: str = "score") -> np.ndarray:
-        """Per-image AUC (B,) of one curve (see ``AUC_DEFINITION``)."""
+        """Per-image AUC (B,) of one curve (see ``AUC_DEFINITION``) over its points up to 50% (the authors'
+        insertion also scores the full image, which is the same for every method and left out)."""
         curves = {"deletion": self.deletion, "insertion": self.insertion}[kind]
-        return area_under_curve(self.fractions, curves[measure])
+        x = self.fractions if kind == "deletion" or self.insertion_fractions is None else self.insertion_fractions
+        keep = np.asarray(x) <= 0.5 + 1e-9
+        return area_under_curve(np.asarray(x)[keep], curves[measure][..., keep])
 
 
 @torch.no_grad()
 def perturbation_curves(adapter, pixels: Tensor, maps: Tensor | np.ndarray, classifier: Tensor, labels: Sequence[int],
                         *, mean: Sequence[float], std: Sequence[float], step: float = 0.005,
                         max_fraction: float = 0.5, score_every: int = 10, seed: int | Sequence[int] = 0,
-                        logit_scale: float = 100.0, batch_size: int = 128) -> PerturbationCurves:
+                        logit_scale: float = 100.0, batch_size: int = 128, ties: str = "random",
+                        tie_seed: int | Sequence[int] = 0) -> PerturbationCurves:
     """Deletion and insertion curves for B images (normalised pixels (B, 3, H, W)), their maps (B, h, w)
     for the target class ``labels[b]`` of a zero-shot ``classifier`` (C, D) of unit class embeddings.
 
     ``mean``/``std`` are the model's normalisation (to make random RGB and black pictures); every
     modified picture goes through ``adapter.encode_image`` in batches of ``batch_size``. ``seed`` draws
     the random pictures: one seed for the batch, or one per image (so that an image gets the same
-    random picture whatever batch it is in, e.g. for every method it is explained by).
+    random picture whatever batch it is in, e.g. for every method it is explained by). ``ties`` and
+    ``tie_seed`` (one, or one per image) order tied pixels (see ``pixel_order``).
     """
     if pixels.ndim != 4 or pixels.shape[1] != 3:
         raise ValueError(f"pixels must be (B, 3, H, W), got {tuple(pixels.shape)}")
@@ -103,7 +137,7 @@ def perturbation_curves(adapter, pixels: Tensor, maps: Tensor | np.ndarray, clas
     fractions = np.array([n * step for n in scored])
     device = pixels.device
     counts = torch.tensor([round(n * step * height * width) for n in scored], device=device)
-    ranks = pixel_ranks(maps, (height, width)).to(device)
+    ranks = pixel_ranks(maps, (height, width), ties=ties, seed=tie_seed).to(device)
     mean_t = torch.tensor(mean, dtype=pixels.dtype, device=device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=pixels.dtype, device=device).view(1, 3, 1, 1)
     if isinstance(seed, int):
@@ -141,3 +175,79 @@ def perturbation_curves(adapter, pixels: Tensor, maps: Tensor | np.ndarray, clas
             "probability": (logit_scale * cosines).softmax(dim=-1).gather(-1, target).squeeze(-1).double().numpy(),
         }
     return PerturbationCurves(fractions=fractions, deletion=results["deletion"], insertion=results["insertion"])
+
+
+# ------------------------------------------------------------------ the Grad-ECLIP authors' protocol
+def shrink_to_640(picture):
+    """The authors' evaluation scripts: a picture whose short side exceeds 640 is resized (PIL's default
+    resampling) to int(side / scale) with scale = short side / 640; smaller pictures are kept."""
+    width, height = picture.size
+    if min(width, height) <= 640:
+        return picture
+    scale = min(width, height) / 640
+    return picture.resize((int(width / scale), int(height / scale)))
+
+
+def authors_heatmap(grid_map: Tensor, size: tuple[int, int]) -> np.ndarray:
+    """The authors' ``generate_hm``: min-max normalise the map where it was computed (patch grid), then
+    resize it (bilinear) to the picture's (H, W). A constant map gives zeros (where the authors' code
+    would divide by zero)."""
+    m = grid_map.detach().float().clone()
+    m -= m.min()
+    peak = m.max()
+    m = m / peak if peak > 0 else torch.zeros_like(m)
+    up = F.interpolate(m[None, None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    return up[0, 0].numpy()
+
+
+@torch.no_grad()
+def authors_perturbation_curves(encode, preprocess, picture, heatmap: np.ndarray, classifier: Tensor, label: int,
+                                *, steps: int = 100, score_every: int = 10, seed: int = 0, ties: str = "numpy",
+                                tie_seed: int = 0, logit_scale: float = 100.0) -> PerturbationCurves:
+    """Deletion and insertion exactly as the Grad-ECLIP authors' ``imagenet_eval_deletion.py`` and
+    ``imagenet_eval_insertion.py`` run them, for one native RGB ``picture`` (PIL, after ``shrink_to_640``)
+    and its ``heatmap`` (H, W) at the picture's size.
+
+    Pixels are taken in ``numpy.argsort(-heatmap)`` order (``ties``: see ``pixel_order``), int(H W /
+    (2 steps)) (at least 1) per step; deletion gives the pixels of each step new uniform random values
+    ``torch.rand(n, 3) * 255`` (truncated to uint8), insertion copies them into a black picture; every
+    ``score_every`` steps the picture goes through ``preprocess`` (the model's resize and crop) and
+    ``encode``. Deletion is also scored on the picture itself (0%), insertion at 5% ... 50% and on the
+    picture itself (stored at fraction 1.0). ``label`` is the class scored (the ground truth, also when
+    the map explains the prediction). Returns curves of one image, nominal fractions (the pixels changed
+    at 5 k% are 10 k int(H W / 200)).
+    """
+    from PIL import Image
+
+    image = np.array(picture.convert("RGB")).copy()
+    height, width = image.shape[:2]
+    if heatmap.shape != (height, width):
+        raise ValueError(f"heatmap {heatmap.shape} does not match the picture's {(height, width)}")
+    order = pixel_order(torch.from_numpy(np.ascontiguousarray(heatmap.reshape(-1))), ties=ties, seed=tie_seed).numpy()
+    once = max(1, int(height * width / (2 * steps)))
+    generator = torch.Generator().manual_seed(int(seed))
+    deleted, inserted = image.copy(), np.zeros(image.shape)
+    deletion_frames, insertion_frames = [preprocess(picture)], []
+    for step in range(1, steps + 1):
+        index = order[(step - 1) * once:step * once]
+        ys, xs = index // width, index % width
+        deleted[ys, xs, :] = (torch.rand(len(index), 3, generator=generator) * 255.).numpy()
+        inserted[ys, xs, :] = image[ys, xs, :]
+        if step % score_every == 0:
+            deletion_frames.append(preprocess(Image.fromarray(np.uint8(deleted))))
+            insertion_frames.append(preprocess(Image.fromarray(np.uint8(inserted))))
+    insertion_frames.append(preprocess(picture))
+    classes = classifier.float()
+    results = {}
+    for kind, frames in (("deletion", deletion_frames), ("insertion", insertion_frames)):
+        cosines = F.normalize(encode(torch.stack(frames).to(classes.device)).float(), dim=-1) @ classes.T
+        cosines = cosines.cpu()
+        results[kind] = {
+            "accuracy": (cosines.argmax(dim=-1) == label).double().numpy()[None],
+            "score": cosines[:, label].double().numpy()[None],
+            "probability": (logit_scale * cosines).softmax(dim=-1)[:, label].double().numpy()[None],
+        }
+    points = steps // score_every
+    fractions = np.array([n * score_every / (2 * steps) for n in range(points + 1)])
+    return PerturbationCurves(fractions=fractions, deletion=results["deletion"], insertion=results["insertion"],
+                              insertion_fractions=np.append(fractions[1:], 1.0))

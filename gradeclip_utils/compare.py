@@ -1,0 +1,150 @@
+"""Models side by side: the same images and prompts explained under two or more CLIP models (of any
+family), with their scores and how much their maps agree.
+
+    comparison = compare_models({"OpenAI": openai_model, "LAION": laion_model}, images, prompts)
+    comparison.scores        # (M, B, K) image-text cosines per model
+    comparison.agreement()   # (B, K, M, M) Spearman rank correlation of the maps between models
+    comparison.plot(image=0) # models x prompts overlays, a shared or per-map colour scale
+
+Each model embeds the prompts itself (its own text tower), so prompts are texts, never embeddings.
+Maps of models with other patch sizes or resolutions are compared on one pixel grid: each map is
+upsampled bilinearly to the first model's picture of that image.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .inputs import upsample
+from .results import ImageExplanation, normalise_maps
+
+
+def _ranks(values: torch.Tensor) -> torch.Tensor:
+    """Average ranks (ties share their mean rank) of a flat tensor, as Spearman's correlation uses."""
+    from scipy.stats import rankdata
+
+    return torch.from_numpy(rankdata(values.numpy(), method="average")).double()
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rank correlation of two maps of the same shape (0 when either is constant)."""
+    ra, rb = _ranks(a.flatten().double()), _ranks(b.flatten().double())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / denominator if denominator > 0 else 0.0
+
+
+@dataclass
+class ModelComparison:
+    """``explanations[m]`` is model ``names[m]``'s ImageExplanation of the same images and prompts."""
+
+    names: list[str]
+    explanations: list[ImageExplanation]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompts(self) -> list[str]:
+        return self.explanations[0].prompts
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """(M, B, K) image-text cosines, each model's own."""
+        return torch.stack([ex.scores for ex in self.explanations])
+
+    def common_size(self, image: int) -> tuple[int, int]:
+        """The pixel grid maps of ``image`` are compared on: the first model's picture."""
+        return self.explanations[0].images[image].size[::-1]
+
+    def upsampled(self, image: int = 0) -> torch.Tensor:
+        """Raw maps of one image, every model upsampled to the common size: (M, K, H, W)."""
+        size = self.common_size(image)
+        return torch.stack([upsample(ex.raw[image], size) for ex in self.explanations])
+
+    def agreement(self) -> np.ndarray:
+        """(B, K, M, M) Spearman rank correlations between the models' maps of each image and prompt."""
+        count, models = len(self.explanations[0]), len(self.names)
+        out = np.ones((count, len(self.prompts), models, models))
+        for b in range(count):
+            maps = self.upsampled(b)
+            for k in range(len(self.prompts)):
+                for i in range(models):
+                    for j in range(i + 1, models):
+                        out[b, k, i, j] = out[b, k, j, i] = spearman(maps[i, k], maps[j, k])
+        return out
+
+    def plot(self, image: int = 0, *, shared_scale: bool = False, alpha: float = 0.5, panel: float = 2.4):
+        """Models (rows) x prompts (columns) of one image: overlays with each model's score. With
+        ``shared_scale`` all maps of a prompt share one colour scale (raw values), so that a model whose
+        map is weaker looks weaker; by default each map is min-max scaled on its own."""
+        import matplotlib.pyplot as plt
+
+        models, prompts = len(self.names), len(self.prompts)
+        maps = self.upsampled(image)
+        fig, axes = plt.subplots(models, prompts, figsize=(panel * prompts, panel * models + 0.6), squeeze=False,
+                                 layout="constrained")
+        for k in range(prompts):
+            column = maps[:, k]
+            low, high = float(column.min()), float(column.max())
+            for m in range(models):
+                ax = axes[m, k]
+                picture = self.explanations[m].images[image].resize(tuple(reversed(self.common_size(image))))
+                ax.imshow(picture)
+                if shared_scale:
+                    heat = ((column[m] - low) / (high - low) if high > low else torch.zeros_like(column[m])).numpy()
+                else:
+                    heat = normalise_maps(column[m]).numpy()
+                ax.imshow(heat, cmap="jet", alpha=alpha, vmin=0, vmax=1)
+                score = float(self.explanations[m].scores[image, k])
+                ax.set_title(f"{self.prompts[k][:28]}\nS = {score:+.3f}" if m == 0 else f"S = {score:+.3f}", fontsize=9)
+                ax.set_xticks([]), ax.set_yticks([])
+                if k == 0:
+                    ax.set_ylabel(self.names[m], fontsize=9)
+        method = self.settings.get("method", "grad_eclip")
+        fig.suptitle(f"{method}, {self.settings.get('mode', 'faithful')} mode, "
+                     f"{'shared' if shared_scale else 'per-map'} colour scale", fontsize=10)
+        return fig
+
+    def save(self, path: str | Path) -> Path:
+        """Maps, scores and settings of every model in one ``.npz`` (no pickle)."""
+        path = Path(path).with_suffix(".npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        for m, ex in enumerate(self.explanations):
+            arrays[f"scores_{m}"] = ex.scores.numpy()
+            for b, raw in enumerate(ex.raw):
+                arrays[f"raw_{m}_{b}"] = raw.numpy()
+        meta = {"names": self.names, "prompts": self.prompts, "count": len(self.explanations[0]),
+                "settings": self.settings, "model_settings": [ex.settings for ex in self.explanations]}
+        np.savez_compressed(path, meta=np.array(json.dumps(meta, default=str)), **arrays)
+        return path
+
+
+def compare_models(models: Mapping[str, Any] | Sequence[Any], images: Any, prompts: str | Sequence[str], *,
+                   method: str = "grad_eclip", **options: Any) -> ModelComparison:
+    """Explain the same ``images`` against the same text ``prompts`` under every model (a mapping of
+    names to LoadedModels, or a sequence named by each model's name); ``options`` go to
+    ``explain_image`` for every model (layers, mode, qk, resolution, ...)."""
+    from .explain import explain_image
+    from .loading import as_loaded
+
+    if isinstance(prompts, (torch.Tensor, np.ndarray)):
+        raise TypeError("compare_models takes prompts as text: each model embeds them with its own text tower")
+    if isinstance(models, Mapping):
+        names, loaded = [str(n) for n in models], [as_loaded(m) for m in models.values()]
+    else:
+        loaded = [as_loaded(m) for m in models]
+        names = [m.name for m in loaded]
+        if len(set(names)) != len(names):
+            names = [f"{m.name} ({m.family}) #{i}" for i, m in enumerate(loaded)]
+    if len(loaded) < 2:
+        raise ValueError("compare_models needs at least two models")
+    explanations = [explain_image(model, images, prompts, method=method, **options) for model in loaded]
+    settings = {"method": method, **{k: v for k, v in options.items() if isinstance(v, (int, float, str, bool, tuple))},
+                "models": [m.describe() for m in loaded]}
+    return ModelComparison(names, explanations, settings)
