@@ -33,6 +33,7 @@ family that ``load_model`` returns.
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 import inspect
 import io
@@ -97,6 +98,27 @@ def _widgets():
     except ImportError as error:  # pragma: no cover - ipywidgets is a runtime dependency
         raise ImportError("the explorers need ipywidgets: pip install ipywidgets") from error
     return ipywidgets
+
+
+@functools.lru_cache(maxsize=None)
+def _panel_type():
+    """The explorers' outer box: a VBox whose plain-text form (what a viewer without the widget manager
+    shows) says what it is instead of listing its children."""
+    w = _widgets()
+
+    class ExplorerPanel(w.VBox):
+        explorer = "explorer"
+
+        def __repr__(self) -> str:
+            return f"{self.explorer}: an interactive widget (live in a running notebook, or from its saved state)"
+
+    return ExplorerPanel
+
+
+def _panel(name: str, children: list) -> Any:
+    panel = _panel_type()(children)
+    panel.explorer = name
+    return panel
 
 
 def image_blocks(model: Any) -> int:
@@ -442,7 +464,8 @@ class Explorer(_Base):
         controls = w.VBox([w.HBox([self.image, self.method, self.suggestions]),
                            w.HBox([self.prompts, self.apply]), hint,
                            w.HBox([self.layer, self.mode, self.shared])])
-        self.widget = w.VBox([self.style, controls, self.status, self.view, w.HBox([self.scores, self.words])])
+        self.widget = _panel("Explorer", [self.style, controls, self.status, self.view,
+                                          w.HBox([self.scores, self.words])])
         for control in (self.image, self.prompts, self.layer, self.mode, self.method, self.shared):
             control.observe(self._changed, names="value")
         self.suggestions.observe(self._add_suggestion, names="value")
@@ -603,9 +626,9 @@ class MethodComparison(_Base):
         self.table = w.HTML()
         hint = w.HTML("<small>press <b>Enter</b> in the prompt box (or <b>apply</b>); ctrl-click or shift-click "
                       "to choose several methods</small>")
-        self.widget = w.VBox([self.style, w.HBox([w.VBox([self.image, w.HBox([self.prompt, self.apply]), hint]),
-                                                  self.methods]),
-                              self.status, self.view, self.table])
+        self.widget = _panel("MethodComparison", [
+            self.style, w.HBox([w.VBox([self.image, w.HBox([self.prompt, self.apply]), hint]), self.methods]),
+            self.status, self.view, self.table])
         for control in (self.image, self.prompt, self.methods):
             control.observe(self._changed, names="value")
         self.apply.on_click(lambda _button: self.render())
@@ -767,7 +790,8 @@ class LayerViewer(_Base):
                                  continuous_update=False)
         self.cumulative = w.Checkbox(value=False, description="sum from this block to the last", indent=False,
                                      layout=w.Layout(width="auto"))
-        self.widget = w.VBox([self.style, w.HBox([self.layer, self.cumulative]), self.status, self.view])
+        self.widget = _panel("LayerViewer", [self.style, w.HBox([self.layer, self.cumulative]), self.status,
+                                             self.view])
         for control in (self.layer, self.cumulative):
             control.observe(self._changed, names="value")
         if auto_render:

@@ -389,3 +389,9 @@ def test_object_prompts_name_each_object_the_scene_has_once():
         prompts = object_prompts(scene)
         assert [p.split(" ", 1)[1] for p in prompts] == expected
         assert all(prompt_mask(scene, p) is not None for p in prompts)  # each one's energy can be measured
+
+
+def test_a_viewer_without_the_widget_manager_reads_what_the_explorer_is(explorer):
+    bundle = explorer.widget._repr_mimebundle_()
+    assert bundle["text/plain"].startswith("Explorer: an interactive widget") and "VBox(" not in bundle["text/plain"]
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == explorer.widget.model_id
