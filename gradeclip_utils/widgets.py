@@ -454,7 +454,8 @@ class Explorer(_Base):
         self.layer = w.IntSlider(min=0, max=blocks - 1, value=layer % blocks, description="block",
                                  continuous_update=False)
         self.mode = w.ToggleButtons(options=list(MODES), value=mode, description="mode",
-                                    style={"button_width": "80px", "description_width": "initial"})
+                                    style={"button_width": "80px", "description_width": "initial"},
+                                    layout=w.Layout(width="auto", flex="0 0 auto", display="flex"))
         self.shared = w.Checkbox(value=shared_scale, description="one colour scale for all prompts", indent=False,
                                  layout=w.Layout(width="auto"))
         self.scores = w.HTML()
