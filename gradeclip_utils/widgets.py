@@ -682,9 +682,13 @@ class MethodComparison(_Base):
             if mask is None:
                 why = ("no object of this scene matches the prompt" if hasattr(image, "masks")
                        else "not a synthetic scene (no object masks)")
-            self.explanations, rows = {}, []
+            self.explanations, rows, failed = {}, [], {}
             for method in state["methods"]:
-                ex, seconds = self._explain(method, state, image, resolution)
+                try:
+                    ex, seconds = self._explain(method, state, image, resolution)
+                except Exception as caught:  # one method this model cannot run does not stop the others
+                    failed[method] = f"{type(caught).__name__}: {caught}"
+                    continue
                 row = {"method": method, "seconds": round(seconds, 3), "score": float(ex.scores[0, 0]),
                        "energy_on_prompted_objects": None, "max_on_prompted_objects": None,
                        "uses_block": method_takes(method, "layers"), "uses_mode": method_takes(method, "mode")}
@@ -695,14 +699,18 @@ class MethodComparison(_Base):
                 self.explanations[method] = ex
                 rows.append(row)
             state.update(resolution=resolution, rows=rows, scores=[r["score"] for r in rows],
-                         no_mask_reason=None if mask is not None else why)
+                         no_mask_reason=None if mask is not None else why, failed=failed)
+            if not rows:
+                raise ValueError("no chosen method could run: " + "; ".join(f"{m}: {e}" for m, e in failed.items()))
             fig = self.draw(state)
             png = figure_png(fig)
             state["seconds"] = round(time.perf_counter() - started, 3)
-            self.table.value = _rows_html(rows, None if mask is not None else why)
+            self.table.value = _rows_html(rows, None if mask is not None else why, failed)
+            note = (f" \u00b7 {len(failed)} method{'s' if len(failed) != 1 else ''} could not run (see the table)"
+                    if failed else "")
             self.status.value = (f"<small>{html.escape(self._describe(state))} \u00b7 drawn in "
                                  f"{state['seconds']:.2f} s (maps: {sum(r['seconds'] for r in rows):.2f} s when "
-                                 "first computed)</small>")
+                                 f"first computed){html.escape(note)}</small>")
         except Exception as caught:
             error = caught
         return self._finish(state, fig, png, error)
@@ -731,14 +739,18 @@ class MethodComparison(_Base):
         title = (f"\u201c{state['prompt']}\u201d on {state['image']}{score}\nblock {state['layers'][0]} \u00b7 "
                  f"{state['mode']} mode \u00b7 {self.precision} \u00b7 model {described.get('model')}\n"
                  "each panel on its own scale; (no block), (no mode): the method ignores that setting")
+        if state.get("failed"):
+            title += f"\nnot drawn (could not run on this model): {', '.join(state['failed'])}"
         return heat_map_panels(picture, maps, titles, title=title, scale="panel", colorbar=self.colorbar,
                                flagged=[False] * len(rows) if one_score else [s < 0 for s in scores],
                                width_px=self.width)
 
 
-def _rows_html(rows: Sequence[dict[str, Any]], no_mask_reason: str | None = None) -> str:
-    """The comparison table: one row per method, every column aligned the same way in header and body."""
-    if not rows:
+def _rows_html(rows: Sequence[dict[str, Any]], no_mask_reason: str | None = None,
+               failed: Mapping[str, str] | None = None) -> str:
+    """The comparison table: one row per method, every column aligned the same way in header and body;
+    methods that could not run get a row that says why."""
+    if not rows and not failed:
         return ""
     columns = [("method", "method"), ("seconds", "seconds"), ("score", "S (cosine)"),
                ("energy_on_prompted_objects", "energy on prompted objects"),
@@ -763,6 +775,9 @@ def _rows_html(rows: Sequence[dict[str, Any]], no_mask_reason: str | None = None
             colour = ";color:#b03a2e" if key == "score" and value is not None and value < 0 else ""
             cells.append(f"<td style='{_FIRST if i == 0 else _CELL}{colour}'>{html.escape(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
+    for method, reason in (failed or {}).items():
+        body.append(f"<tr><td style='{_FIRST}'>{html.escape(method)}</td><td colspan='{len(columns) - 1}' "
+                    f"style='{_FIRST};color:#b03a2e'>could not run: {html.escape(reason)}</td></tr>")
     note = (f"<tr><td colspan='{len(columns)}' style='padding:2px 10px'><small>energy n/a: "
             f"{html.escape(no_mask_reason)}</small></td></tr>") if no_mask_reason else ""
     return f"<table style='border-collapse:collapse'><tr>{head}</tr>{''.join(body)}{note}</table>"

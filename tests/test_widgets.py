@@ -395,3 +395,23 @@ def test_a_viewer_without_the_widget_manager_reads_what_the_explorer_is(explorer
     bundle = explorer.widget._repr_mimebundle_()
     assert bundle["text/plain"].startswith("Explorer: an interactive widget") and "VBox(" not in bundle["text/plain"]
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == explorer.widget.model_id
+
+
+def test_a_method_that_cannot_run_is_reported_and_the_others_drawn(tiny, scenes, monkeypatch):
+    real = gradeclip_utils.explain_image
+
+    def refusing(*args, **kwargs):
+        if kwargs["method"] == "rollout":
+            raise NotImplementedError("rollout is not available for this family")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gradeclip_utils, "explain_image", refusing)
+    comparison = MethodComparison(tiny, scenes, ["a red circle"], methods=["grad_eclip", "rollout", "raw_attention"])
+    assert comparison.error is None and [r["method"] for r in comparison.last["rows"]] == ["grad_eclip", "raw_attention"]
+    assert comparison.last["failed"] == {"rollout": "NotImplementedError: rollout is not available for this family"}
+    assert len(map_panels(comparison.figure)) == 2 and "not drawn" in comparison.figure.get_suptitle()
+    assert "could not run: NotImplementedError: rollout is not available" in comparison.table.value
+    assert "1 method could not run" in comparison.status.value
+    comparison.methods.value = ("rollout",)
+    assert comparison.error.startswith("ValueError: no chosen method could run: rollout")
+    assert comparison.figure is None and comparison.view.value == b""
