@@ -5,9 +5,9 @@ code over every block, round after round; a move from code redraws exactly as a 
 its debounce has passed (the debounce itself, 0.3 s by default, is a wait for the end of a burst, not
 work, and is not counted). Each move is timed twice:
 
-* **new setting**: the explorer's cache of explanations is emptied first, so the image maps are
-  computed again (the words are too: the text explanation does not depend on the block, but an empty
-  cache recomputes it), then the figure is drawn and encoded as PNG;
+* **new setting**: the explorer's cached image maps are dropped first, so they are computed again (the
+  word importance stays cached, as in use: it does not depend on the block), then the figure is drawn
+  and encoded as PNG;
 * **setting seen before**: the same move again, with the cached explanation: only the figure.
 
 The same is measured for a prompt typed (one more prompt), the mode switched, the shared colour scale
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def move(block: int, fresh: bool) -> None:
         if fresh:
-            explorer.clear_cache()
+            explorer.clear_cache(words=False)
         explorer.layer.value = block
         assert explorer.error is None and explorer.last["layers"] == [block], explorer.error
 

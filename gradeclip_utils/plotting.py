@@ -202,7 +202,7 @@ def map_scale(maps: Sequence[np.ndarray], scale: str) -> tuple[list[np.ndarray],
 def heat_map_panels(picture: Image.Image, maps: Sequence[np.ndarray], titles: Sequence[str], *, title: str,
                     scale: str = "panel", colorbar: bool = True, flagged: Sequence[bool] | None = None,
                     width_px: int = 960, input_title: str | None = "input", cmap: str = "jet", alpha: float = 0.5,
-                    panel_inches: float = PANEL_INCHES, dpi: int = PANEL_DPI) -> Figure:
+                    panel_inches: float = PANEL_INCHES, dpi: int = PANEL_DPI, reuse: Figure | None = None) -> Figure:
     """The input picture, then one overlay per map, in as many rows as ``width_px`` needs.
 
     Text has fixed point sizes and every panel is ``panel_inches`` wide whatever the number of panels
@@ -211,9 +211,14 @@ def heat_map_panels(picture: Image.Image, maps: Sequence[np.ndarray], titles: Se
     ``colorbar`` adds one bar for the figure that says which. Panels with ``flagged`` True get a red
     frame and a red title (the explorers flag a negative score S this way). ``title`` may hold several
     lines. Returns a Figure on its own Agg canvas, not registered with pyplot (nothing to close).
+
+    ``reuse``: a figure this function made before; when its layout (panel count, rows, title lines, size)
+    is the one needed, its images, titles, frames and colour bar are updated in place and it is returned
+    (the same drawing, without building the axes again: an explorer's redraw is faster).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
+    from matplotlib.patches import Rectangle
     from matplotlib.colors import Normalize
 
     if len(maps) != len(titles):
@@ -245,28 +250,50 @@ def heat_map_panels(picture: Image.Image, maps: Sequence[np.ndarray], titles: Se
     width = cols * cell_w + bar_in + 2 * margin_in
     height = head_in + rows * cell_h + margin_in
     width, height = round(width * dpi) / dpi, round(height * dpi) / dpi  # whole pixels
+    shape = (picture.height, picture.width)
+    for index, heat in enumerate(shown):
+        if heat.shape != shape:
+            raise ValueError(f"map {index} has shape {heat.shape}, the picture {shape}")
+    norm = Normalize(vmin=vmin, vmax=vmax)
+    colour_label = "map value, one scale\nfor all panels" if scale == "shared" else "each panel scaled:\n0 its min, 1 its max"
+    layout = (n, extra, cols, title_lines, suptitle.count("\n"), width, height, dpi, colorbar, cmap, alpha, shape)
+    if reuse is not None and getattr(reuse, "_panel_layout", None) == layout:
+        reuse._suptitle.set_text(suptitle)
+        for index, ax in enumerate(reuse.axes[:n]):
+            red = index >= extra and flagged[index - extra]
+            ax.images[0].set_data(picture)
+            if index >= extra:
+                ax.images[1].set_data(shown[index - extra])
+                ax.images[1].set_norm(Normalize(vmin=vmin, vmax=vmax))
+            for patch in [p for p in ax.patches if p.get_gid() == "flag"]:
+                patch.remove()
+            if red:
+                ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False,
+                                       edgecolor=NEGATIVE_COLOUR, linewidth=2.5, clip_on=False, gid="flag"))
+            ax.title.set_text(panel_titles[index])
+            ax.title.set_color(NEGATIVE_COLOUR if red else "black")
+        if colorbar:
+            reuse._panel_bar.mappable.set_norm(norm)
+            reuse._panel_bar.update_normal(reuse._panel_bar.mappable)
+            reuse._panel_bar.ax.tick_params(labelsize=7)
+            reuse._panel_bar.set_label(colour_label, fontsize=7)
+        return reuse
     fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
     fig.suptitle(suptitle, fontsize=SUPTITLE_POINTS, y=1 - 0.06 / height, va="top")
-    norm = Normalize(vmin=vmin, vmax=vmax)
-    shape = (picture.height, picture.width)
     for index in range(n):
         r, c = divmod(index, cols)
         left = margin_in + c * cell_w + gap_in / 2
         bottom = height - head_in - r * cell_h - title_in - panel_inches
-        ax = fig.add_axes((left / width, bottom / height, panel_inches / width, panel_inches / height),
-                          xticks=[], yticks=[])
+        ax = fig.add_axes((left / width, bottom / height, panel_inches / width, panel_inches / height))
         ax.imshow(picture)
         red = index >= extra and flagged[index - extra]
         if index >= extra:
-            heat = shown[index - extra]
-            if heat.shape != shape:
-                raise ValueError(f"map {index - extra} has shape {heat.shape}, the picture {shape}")
-            ax.imshow(heat, cmap=cmap, alpha=alpha, norm=norm)
-        for spine in ax.spines.values():
-            spine.set_visible(red)
-            spine.set_color(NEGATIVE_COLOUR)
-            spine.set_linewidth(2.5)
+            ax.imshow(shown[index - extra], cmap=cmap, alpha=alpha, norm=Normalize(vmin=vmin, vmax=vmax))
+        ax.set_axis_off()  # no ticks or spines to lay out and draw (the frame below is a plain patch)
+        if red:
+            ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, edgecolor=NEGATIVE_COLOUR,
+                                   linewidth=2.5, clip_on=False, gid="flag"))
         ax.set_title(panel_titles[index], fontsize=TITLE_POINTS, color=NEGATIVE_COLOUR if red else "black",
                      pad=pad_pt)
     if colorbar:
@@ -275,6 +302,7 @@ def heat_map_panels(picture: Image.Image, maps: Sequence[np.ndarray], titles: Se
         cax = fig.add_axes(((width - bar_in + 0.05) / width, (top - bar_h) / height, 0.13 / width, bar_h / height))
         bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax)
         bar.ax.tick_params(labelsize=7)
-        label = "map value, one scale\nfor all panels" if scale == "shared" else "each panel scaled:\n0 its min, 1 its max"
-        bar.set_label(label, fontsize=7)
+        bar.set_label(colour_label, fontsize=7)
+        fig._panel_bar = bar
+    fig._panel_layout = layout
     return fig

@@ -9,7 +9,7 @@
 
 Every explorer has ``.widget`` (display it), ``render()`` (draw now, with the controls' current values)
 and observable state: ``last`` (the settings and scores of the last render), ``figure`` (its matplotlib
-figure; None when the last render failed), ``history`` (every render's ``last``) and ``error`` (None, or
+figure; None when the last render failed; a redraw with the same layout updates the same figure in place), ``history`` (every render's ``last``) and ``error`` (None, or
 why the last render failed). ``export(exporter, name)`` saves the current figure with its manifest.
 
 Redraws. A change made in the browser (a slider step, Enter in the prompt box, a click in a list) is
@@ -278,6 +278,7 @@ class _Base:
         self.history: list[dict[str, Any]] = []
         self.error: str | None = None
         self.cache = _Cache()
+        self._drawn = None  # the last figure drawn, updated in place when the next one has its layout
         self._rendering = False
         self._pending: asyncio.TimerHandle | None = None
         self.style = w.HTML(_STYLE)
@@ -373,9 +374,13 @@ class _Base:
         self.history.append(state)
         return state
 
-    def clear_cache(self) -> None:
-        """Forget the cached explanations (after changing ``method_options``, say)."""
-        self.cache.clear()
+    def clear_cache(self, *, words: bool = True) -> None:
+        """Forget the cached explanations (after changing ``method_options``, say); with ``words=False``
+        keep the word importance (which does not depend on the block or the image method)."""
+        if words:
+            self.cache.clear()
+        else:
+            self.cache.items = OrderedDict((k, v) for k, v in self.cache.items.items() if k[0] == "text")
 
     def export(self, exporter: Any, name: str, *, show: bool = False, **manifest: Any) -> dict[str, Any]:
         """Save the current figure (PNG, PDF, manifest) with ``exporter`` (an export.FigureExporter);
@@ -581,8 +586,9 @@ class Explorer(_Base):
         scale_text = "one colour scale for all prompts" if scale == "shared" else "each panel on its own scale"
         title = (f"{self._describe(state)}\n{state['image']} \u00b7 model {described.get('model')}{weights} "
                  f"\u00b7 {scale_text}")
-        return heat_map_panels(picture, maps, titles, title=title, scale=scale, colorbar=self.colorbar,
-                               flagged=[s < 0 for s in scores], width_px=self.width)
+        self._drawn = heat_map_panels(picture, maps, titles, title=title, scale=scale, colorbar=self.colorbar,
+                                      flagged=[s < 0 for s in scores], width_px=self.width, reuse=self._drawn)
+        return self._drawn
 
 
 class MethodComparison(_Base):
@@ -741,9 +747,10 @@ class MethodComparison(_Base):
                  "each panel on its own scale; (no block), (no mode): the method ignores that setting")
         if state.get("failed"):
             title += f"\nnot drawn (could not run on this model): {', '.join(state['failed'])}"
-        return heat_map_panels(picture, maps, titles, title=title, scale="panel", colorbar=self.colorbar,
-                               flagged=[False] * len(rows) if one_score else [s < 0 for s in scores],
-                               width_px=self.width)
+        self._drawn = heat_map_panels(picture, maps, titles, title=title, scale="panel", colorbar=self.colorbar,
+                                      flagged=[False] * len(rows) if one_score else [s < 0 for s in scores],
+                                      width_px=self.width, reuse=self._drawn)
+        return self._drawn
 
 
 def _rows_html(rows: Sequence[dict[str, Any]], no_mask_reason: str | None = None,
@@ -838,8 +845,9 @@ class LayerViewer(_Base):
                      else f"block {state['layers'][0]}")
             title = (f"\u201c{self.prompt}\u201d on {self.name}\n{self._describe(state)} \u00b7 model "
                      f"{self.model.describe().get('model')}")
-            fig = heat_map_panels(picture, [heat], [f"{label}\nS = {signed(score)}"], title=title, scale="panel",
-                                  flagged=[score < 0], width_px=self.width)
+            fig = self._drawn = heat_map_panels(picture, [heat], [f"{label}\nS = {signed(score)}"], title=title,
+                                                scale="panel", flagged=[score < 0], width_px=self.width,
+                                                reuse=self._drawn)
             png = figure_png(fig)
             state["scores"] = [score]
             self.status.value = f"<small>{html.escape(self._describe(state))} \u00b7 S = {signed(score)}</small>"

@@ -266,7 +266,8 @@ def test_the_sign_of_s_is_visible(synthetic):
     titles = [ax.title for ax in map_panels(explorer.figure)]
     assert f"S = {signed(float(scores[1]))}" in titles[1].get_text() and "\u2212" in titles[1].get_text()
     assert to_hex(titles[1].get_color()) == NEGATIVE_COLOUR and to_hex(titles[0].get_color()) == "#000000"
-    frames = [ax.spines["top"].get_visible() for ax in map_panels(explorer.figure)]
+    frames = [any(patch.get_gid() == "flag" and to_hex(patch.get_edgecolor()) == NEGATIVE_COLOUR
+                  for patch in ax.patches) for ax in map_panels(explorer.figure)]
     assert frames == [False, True]
     assert f"color:#b03a2e'>{signed(float(scores[1]), 4)}" in explorer.scores.value
     assert "S &lt; 0" in explorer.scores.value
@@ -415,3 +416,19 @@ def test_a_method_that_cannot_run_is_reported_and_the_others_drawn(tiny, scenes,
     comparison.methods.value = ("rollout",)
     assert comparison.error.startswith("ValueError: no chosen method could run: rollout")
     assert comparison.figure is None and comparison.view.value == b""
+
+
+def test_a_redraw_in_place_draws_what_a_new_figure_draws(tiny, scenes):
+    def pixels(data):
+        with Image.open(io.BytesIO(bytes(data))) as picture:
+            return np.asarray(picture.convert("RGB"))
+
+    explorer = Explorer(tiny, scenes, ["a red circle", "a blue square"])
+    first = explorer.figure
+    explorer.layer.value = 0
+    explorer.shared.value = True
+    assert explorer.figure is first  # the same layout: updated in place
+    fresh = Explorer(tiny, scenes, ["a red circle", "a blue square"], layer=0, shared_scale=True)
+    assert fresh.figure is not first and np.array_equal(pixels(explorer.view.value), pixels(fresh.view.value))
+    explorer.prompts.value = "a red circle; a blue square; a star"  # one more panel: a new figure
+    assert explorer.figure is not first and len(map_panels(explorer.figure)) == 3
