@@ -63,7 +63,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text progress: it stays readable in a saved or reloaded notebook (a widget bar does not)
 
 from . import distributed
 from .distributed import Journal
@@ -525,16 +525,18 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
              m2ib_samples: int = 10, seed: int = 0, sanity_images: int = 8, sanity_methods: Sequence[str] | None = None,
              timing_images: int = 4, timing_repeats: int = 5, faithfulness: bool = True, command: str = "",
              overwrite: bool = False, progress: bool = True, protocol: str = "project",
-             tie_seeds: int = 3, workers: int = 0, context: distributed.Context | None = None) -> dict[str, Any]:
+             tie_seeds: int = 3, timing_budget: float = 1.0, workers: int = 0,
+             context: distributed.Context | None = None) -> dict[str, Any]:
     """Run every method on every item of ``data``, write the results into ``out`` and return the summary.
 
     ``protocol``: "project" (this project's deletion and insertion on the preprocessed pixels, ties by
     seeded random permutations, repeated over ``tie_seeds`` tie seeds to show how much the order of ties
     moves an AUC) or "authors" (the Grad-ECLIP authors' scripts exactly, see ``authors_faithfulness``;
-    no localisation). Resumes from ``out`` when it holds a run with the same settings (items already done
-    are kept); ``overwrite`` starts afresh. ``workers``: DataLoader worker processes that load the images.
-    ``context``: this process's place in a run on several processes (``distributed.init``); every rank
-    calls ``evaluate`` with the same arguments, and each returns the summary of the merged run.
+    no localisation). ``timing_budget``: seconds of timed runs per fast method and prompt count (see
+    ``measure_speed``). Resumes from ``out`` when it holds a run with the same settings (items already
+    done are kept); ``overwrite`` starts afresh. ``workers``: DataLoader worker processes that load the
+    images. ``context``: this process's place in a run on several processes (``distributed.init``); every
+    rank calls ``evaluate`` with the same arguments, and each returns the summary of the merged run.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -552,7 +554,8 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
               "rise_centre": rise_centre, "m2ib_steps": m2ib_steps, "m2ib_samples": m2ib_samples, "seed": seed,
               "faithfulness": faithfulness,
               "classes": len(data.class_names), "sanity_images": sanity_images, "timing_images": timing_images,
-              "timing_repeats": timing_repeats, "protocol": protocol, "tie_seeds": tie_seeds}
+              "timing_repeats": timing_repeats, "protocol": protocol, "tie_seeds": tie_seeds,
+              **({"timing_budget": timing_budget} if timing_budget != 1.0 else {})}
     context.check_same("model weights", config["weights"])
     config_path = out / "config.json"
     parts = out / distributed.PARTS
@@ -585,7 +588,8 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
         to_time = [m for m in methods if m not in timed]
         if to_time and timing_images > 0:
             pixels = torch.stack([item.load()[0] for item in data.items[:timing_images]])
-            rows = measure_speed(model, pixels, data.classifier, to_time, options, repeats=timing_repeats)
+            rows = measure_speed(model, pixels, data.classifier, to_time, options, repeats=timing_repeats,
+                                 budget_seconds=timing_budget)
             _append_rows(timing_path, rows, list(rows[0]))
     context.barrier()
 
@@ -842,7 +846,8 @@ def summarise(out: Path, data: EvalSet, config: dict[str, Any], *, command: str 
                   f"`encode_image` forward, measured side by side on the same batch of "
                   f"{int(timing['images'].iloc[0])} images with 1 and with 8 prompts per image: every run of a "
                   "method timed in alternation with the forward, each by its fastest run (at least "
-                  f"{config.get('timing_repeats', 5)} runs after a warm-up, more up to 1 s of runs; 2 runs for "
+                  f"{config.get('timing_repeats', 5)} runs after a warm-up, more up to {config.get('timing_budget', 1.0):g} s "
+                  "of runs; 2 runs for "
                   "methods slower than 5 s), the run least disturbed by other work on the machine; the forward's "
                   "fastest run over the whole measurement is the common reference: "
                   f"{1000 * min(timing['forward_k1'].min(), timing['forward_k8'].min()):.1f} ms for the batch. "

@@ -1,4 +1,4 @@
-"""Figures: heat-map overlays, image x prompt grids, and word importance as text and bars.
+"""Figures: heat-map overlays, image x prompt grids, panels of maps, and word importance as text and bars.
 
 Every function returns a matplotlib Figure; ``save_figure`` writes it as PNG, PDF or SVG.
 """
@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-import matplotlib
+import textwrap
 
+import matplotlib
 import numpy as np
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
@@ -21,6 +22,15 @@ if TYPE_CHECKING:
     from .results import ImageExplanation, WordImportance
 
 FIGURE_FORMATS = ("png", "pdf", "svg")
+
+#: heat_map_panels' layout: every panel is PANEL_INCHES square and text has fixed point sizes, so at
+#: PANEL_DPI (and shown at its pixel size) text looks the same whatever the number of panels
+PANEL_INCHES = 2.0
+PANEL_DPI = 100
+TITLE_POINTS = 9
+SUPTITLE_POINTS = 10
+NEGATIVE_COLOUR = "#b03a2e"
+SCALES = ("panel", "shared")
 
 
 def _new_axes(ax, figsize):
@@ -150,3 +160,149 @@ def save_figure(fig: Figure, path: str | Path, formats: Iterable[str] | None = N
         fig.savefig(target, dpi=dpi, bbox_inches="tight")
         written.append(target)
     return written
+
+
+def panel_columns(panels: int, width_px: int, *, panel_inches: float = PANEL_INCHES, dpi: int = PANEL_DPI,
+                  reserved_px: int = 0) -> int:
+    """How many panels of ``panel_inches`` fit side by side in ``width_px`` pixels (at least one, at most
+    ``panels``)."""
+    if panels < 1:
+        raise ValueError("panels must be at least 1")
+    fit = int((width_px - reserved_px) // (panel_inches * dpi + 0.15 * dpi))
+    return max(1, min(panels, fit))
+
+
+def _wrapped(text: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(text, width=width, break_long_words=True) or [""])
+
+
+def map_scale(maps: Sequence[np.ndarray], scale: str) -> tuple[list[np.ndarray], float, float]:
+    """The maps as shown and the (vmin, vmax) of their colour scale.
+
+    ``"panel"``: each map min-max normalised to [0, 1] on its own (a constant map gives zeros); the
+    scale is 0 (each map's minimum) to 1 (its maximum). ``"shared"``: the maps' own values on one scale
+    from min(0, smallest value) to the largest value over all maps, so that a weak map looks weak.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    arrays = [np.asarray(m, dtype=np.float32) for m in maps]
+    if scale == "panel":
+        shown = []
+        for a in arrays:
+            low, high = float(a.min()), float(a.max())
+            shown.append((a - low) / (high - low) if high > low else np.zeros_like(a))
+        return shown, 0.0, 1.0
+    low = min([0.0] + [float(a.min()) for a in arrays])
+    high = max([float(a.max()) for a in arrays] + [low])
+    if high <= low:
+        return [np.zeros_like(a) for a in arrays], 0.0, 1.0
+    return arrays, low, high
+
+
+def heat_map_panels(picture: Image.Image, maps: Sequence[np.ndarray], titles: Sequence[str], *, title: str,
+                    scale: str = "panel", colorbar: bool = True, flagged: Sequence[bool] | None = None,
+                    width_px: int = 960, input_title: str | None = "input", cmap: str = "jet", alpha: float = 0.5,
+                    panel_inches: float = PANEL_INCHES, dpi: int = PANEL_DPI, reuse: Figure | None = None) -> Figure:
+    """The input picture, then one overlay per map, in as many rows as ``width_px`` needs.
+
+    Text has fixed point sizes and every panel is ``panel_inches`` wide whatever the number of panels
+    (the figure grows instead), and the layout is computed, so titles never overlap. ``maps`` are 2-D
+    arrays at the picture's size (raw values); ``scale`` is "panel" or "shared" (see ``map_scale``);
+    ``colorbar`` adds one bar for the figure that says which. Panels with ``flagged`` True get a red
+    frame and a red title (the explorers flag a negative score S this way). ``title`` may hold several
+    lines. Returns a Figure on its own Agg canvas, not registered with pyplot (nothing to close).
+
+    ``reuse``: a figure this function made before; when its layout (panel count, rows, title lines, size)
+    is the one needed, its images, titles, frames and colour bar are updated in place and it is returned
+    (the same drawing, without building the axes again: an explorer's redraw is faster).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.patches import Rectangle
+    from matplotlib.colors import Normalize
+
+    if len(maps) != len(titles):
+        raise ValueError(f"{len(maps)} maps for {len(titles)} titles")
+    flagged = list(flagged) if flagged is not None else [False] * len(maps)
+    if len(flagged) != len(maps):
+        raise ValueError(f"{len(flagged)} flags for {len(maps)} maps")
+    shown, vmin, vmax = map_scale(maps, scale)
+    extra = 1 if input_title is not None else 0
+    n = len(shown) + extra
+    if n == 0:
+        raise ValueError("nothing to draw: give at least one map or the input")
+    bar_in = 1.0 if colorbar else 0.0
+    cols = panel_columns(n, width_px, panel_inches=panel_inches, dpi=dpi, reserved_px=int(bar_in * dpi))
+    rows = -(-n // cols)
+    chars = max(8, int(panel_inches * 72 / (TITLE_POINTS * 0.56)))
+    panel_titles = ([input_title] if extra else []) + [_wrapped(t, chars) if "\n" not in t else
+                                                      "\n".join(_wrapped(line, chars) for line in t.split("\n"))
+                                                      for t in titles]
+    title_lines = max(t.count("\n") + 1 for t in panel_titles)
+    suptitle = "\n".join(_wrapped(line, int((cols * (panel_inches + 0.15) + bar_in) * 72 / (SUPTITLE_POINTS * 0.56)))
+                         for line in title.split("\n"))
+    pad_pt = 5
+    line_in = TITLE_POINTS * 1.3 / 72
+    head_in = (suptitle.count("\n") + 1) * SUPTITLE_POINTS * 1.35 / 72 + 0.12
+    gap_in, margin_in = 0.15, 0.08
+    title_in = title_lines * line_in + pad_pt / 72
+    cell_w, cell_h = panel_inches + gap_in, panel_inches + title_in + gap_in
+    width = cols * cell_w + bar_in + 2 * margin_in
+    height = head_in + rows * cell_h + margin_in
+    width, height = round(width * dpi) / dpi, round(height * dpi) / dpi  # whole pixels
+    shape = (picture.height, picture.width)
+    for index, heat in enumerate(shown):
+        if heat.shape != shape:
+            raise ValueError(f"map {index} has shape {heat.shape}, the picture {shape}")
+    norm = Normalize(vmin=vmin, vmax=vmax)
+    colour_label = "map value, one scale\nfor all panels" if scale == "shared" else "each panel scaled:\n0 its min, 1 its max"
+    layout = (n, extra, cols, title_lines, suptitle.count("\n"), width, height, dpi, colorbar, cmap, alpha, shape)
+    if reuse is not None and getattr(reuse, "_panel_layout", None) == layout:
+        reuse._suptitle.set_text(suptitle)
+        for index, ax in enumerate(reuse.axes[:n]):
+            red = index >= extra and flagged[index - extra]
+            ax.images[0].set_data(picture)
+            if index >= extra:
+                ax.images[1].set_data(shown[index - extra])
+                ax.images[1].set_norm(Normalize(vmin=vmin, vmax=vmax))
+            for patch in [p for p in ax.patches if p.get_gid() == "flag"]:
+                patch.remove()
+            if red:
+                ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False,
+                                       edgecolor=NEGATIVE_COLOUR, linewidth=2.5, clip_on=False, gid="flag"))
+            ax.title.set_text(panel_titles[index])
+            ax.title.set_color(NEGATIVE_COLOUR if red else "black")
+        if colorbar:
+            reuse._panel_bar.mappable.set_norm(norm)
+            reuse._panel_bar.update_normal(reuse._panel_bar.mappable)
+            reuse._panel_bar.ax.tick_params(labelsize=7)
+            reuse._panel_bar.set_label(colour_label, fontsize=7)
+        return reuse
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    fig.suptitle(suptitle, fontsize=SUPTITLE_POINTS, y=1 - 0.06 / height, va="top")
+    for index in range(n):
+        r, c = divmod(index, cols)
+        left = margin_in + c * cell_w + gap_in / 2
+        bottom = height - head_in - r * cell_h - title_in - panel_inches
+        ax = fig.add_axes((left / width, bottom / height, panel_inches / width, panel_inches / height))
+        ax.imshow(picture)
+        red = index >= extra and flagged[index - extra]
+        if index >= extra:
+            ax.imshow(shown[index - extra], cmap=cmap, alpha=alpha, norm=Normalize(vmin=vmin, vmax=vmax))
+        ax.set_axis_off()  # no ticks or spines to lay out and draw (the frame below is a plain patch)
+        if red:
+            ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, edgecolor=NEGATIVE_COLOUR,
+                                   linewidth=2.5, clip_on=False, gid="flag"))
+        ax.set_title(panel_titles[index], fontsize=TITLE_POINTS, color=NEGATIVE_COLOUR if red else "black",
+                     pad=pad_pt)
+    if colorbar:
+        top = height - head_in - title_in
+        bar_h = max(0.8, min(panel_inches, top - margin_in - 0.1))
+        cax = fig.add_axes(((width - bar_in + 0.05) / width, (top - bar_h) / height, 0.13 / width, bar_h / height))
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax)
+        bar.ax.tick_params(labelsize=7)
+        bar.set_label(colour_label, fontsize=7)
+        fig._panel_bar = bar
+    fig._panel_layout = layout
+    return fig

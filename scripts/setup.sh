@@ -28,4 +28,7 @@ fi
 echo "setup: installing gradeclip_utils with its test and notebook extras"
 "${pip[@]}" install -e ".[dev]"
 "$venv/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null 2>&1 || true
+# JupyterLab in this environment saves the widgets' state with a notebook (a reopened notebook shows the
+# explorers' last figures, not "Error displaying widget"); a user's own setting still wins
+"$venv/bin/python" -m gradeclip_utils.notebooks --install-lab-settings >/dev/null
 echo "$wanted" > "$stamp"

@@ -1,9 +1,12 @@
-"""The notebooks: committed clean, each executes top to bottom headless on the embedded synthetic CLIP
-(QUICK study sizes), and every figure it draws is exported with a manifest that describes it."""
+"""The notebooks: committed clean, each executes top to bottom headless (papermill) on the embedded synthetic
+CLIP (QUICK study sizes), every figure it draws is exported with a manifest that describes it, and the
+executed copy holds the state of every widget it shows (so a reopened copy shows them, not an error)."""
 
 from __future__ import annotations
 
 import ast
+import base64
+import json
 import time
 from pathlib import Path
 
@@ -14,11 +17,14 @@ from PIL import Image
 import gradeclip_utils
 from gradeclip_utils.export import REPO_ROOT, load_manifests
 from gradeclip_utils.methods import list_methods
-from gradeclip_utils.notebooks import (INJECTED_TAG, NotebookError, inject_parameters, list_notebooks, main,
-                                       parameter_names, parameters_cell_index, run_all, run_notebook)
+from gradeclip_utils.notebooks import (INJECTED_TAG, NotebookError, check_parameters, list_notebooks, main,
+                                       overrides_per_notebook, parameter_names, parameters_cell_index, run_all,
+                                       run_notebook)
 
 NOTEBOOKS = list_notebooks()
-REQUIRED_PARAMETERS = {"MODEL", "PRETRAINED", "DEVICE", "OUT_DIR", "QUICK"}
+REQUIRED_PARAMETERS = {"MODEL", "PRETRAINED", "DEVICE", "OUT_DIR", "QUICK", "FULL"}
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 #: seconds one notebook may take in QUICK mode (they take 20-70 s on two busy cores)
 TIME_LIMIT = 240
 
@@ -44,22 +50,37 @@ def test_committed_without_outputs_with_one_parameters_cell(path):
     values: dict = {}
     exec(compile(ast.parse(notebook.cells[index].source), str(path), "exec"), {}, values)
     assert values["MODEL"] == "synthetic" and values["PRETRAINED"] is None and values["DEVICE"] is None
-    assert values["QUICK"] is False and values["OUT_DIR"] == f"outputs/figures/{path.stem}"
+    assert values["QUICK"] is False and values["FULL"] is False
+    assert values["OUT_DIR"] == f"outputs/figures/{path.stem}"
+    assert "tqdm.auto" not in "".join(c.source for c in notebook.cells)  # widget bars vanish on a reload
+    for line in notebook.cells[index].source.splitlines():  # papermill reads a line with one "=" only
+        assert line.count("=") <= 1, line
 
 
-def test_injected_parameters_follow_the_parameters_cell():
+def test_overrides_are_checked_before_anything_runs():
     notebook = nbformat.read(NOTEBOOKS[0], as_version=4)
-    injected = inject_parameters(notebook, {"QUICK": True, "OUT_DIR": "/tmp/x"})
-    index = parameters_cell_index(notebook)
-    cell = injected.cells[index + 1]
-    assert cell.metadata["tags"] == [INJECTED_TAG] and len(injected.cells) == len(notebook.cells) + 1
-    assert "QUICK = True" in cell.source and "OUT_DIR = '/tmp/x'" in cell.source
-    nbformat.validate(injected)
-    assert len(notebook.cells) == len(injected.cells) - 1  # the original is left alone
+    check_parameters(notebook, {"QUICK": True, "OUT_DIR": "/tmp/x"})
     with pytest.raises(ValueError, match="unknown parameters"):
-        inject_parameters(notebook, {"QIUCK": True})
+        check_parameters(notebook, {"QIUCK": True})
     with pytest.raises(ValueError, match="plain literal"):
-        inject_parameters(notebook, {"QUICK": object()})
+        check_parameters(notebook, {"QUICK": object()})
+    shares = overrides_per_notebook(NOTEBOOKS, {"QUICK": True, "N_IMAGES": 5, "N_SCENES": 7})
+    have = {p.stem: set(parameter_names(nbformat.read(p, as_version=4))) for p in NOTEBOOKS}
+    for path, share in shares.items():  # the common ones everywhere, the others where the notebook has them
+        assert share == {"QUICK": True, **{k: v for k, v in (("N_IMAGES", 5), ("N_SCENES", 7)) if k in have[path.stem]}}
+    assert shares[NOTEBOOKS[6]]["N_IMAGES"] == 5 and "N_IMAGES" not in shares[NOTEBOOKS[0]]
+    with pytest.raises(ValueError, match="no selected notebook has them"):
+        overrides_per_notebook(NOTEBOOKS, {"N_IMAGE": 5})
+
+
+class _Bar:
+    """What the runner's tqdm bar is told."""
+
+    def __init__(self):
+        self.labels = []
+
+    def set_postfix_str(self, text):
+        self.labels.append(text)
 
 
 def _tiny_notebook(path: Path, body: list[str]) -> Path:
@@ -72,31 +93,55 @@ def _tiny_notebook(path: Path, body: list[str]) -> Path:
     return path
 
 
-def test_a_failing_notebook_is_named_with_its_cell(tmp_path):
-    good = _tiny_notebook(tmp_path / "good.ipynb", ["import sys\nprint(sys.executable)\nprint(QUICK)"])
+def test_a_failing_notebook_is_named_with_its_cell(tmp_path, capfd):
+    good = _tiny_notebook(tmp_path / "good.ipynb", [
+        "import sys\nprint(sys.executable)\nprint(QUICK)",
+        "import time\nfrom tqdm import tqdm\nfor _ in tqdm(range(4), desc='inner work', mininterval=0):\n    time.sleep(1.2)",
+        "import ipywidgets\nipywidgets.IntSlider(value=3, description='probe')"])
     bad = _tiny_notebook(tmp_path / "bad.ipynb", ["x = 1", "raise RuntimeError('boom')", "y = 2"])
     out = tmp_path / "out"
     with pytest.raises(NotebookError) as caught:
         run_notebook(bad, out, {"QUICK": True})
     message = str(caught.value)
-    assert "notebook bad failed in cell 4" in message and "RuntimeError: boom" in message
+    assert "notebook bad failed in cell 3: RuntimeError: boom (In [4] of the executed copy" in message
+    assert nbformat.read(bad, as_version=4).cells[3].source == "raise RuntimeError('boom')"  # cell 3 of the file
     executed = nbformat.read(out / "notebooks" / "bad.ipynb", as_version=4)
-    assert executed.cells[4].outputs[0]["output_type"] == "error"
-    assert executed.cells[5].execution_count is None  # nothing ran after the failure
+    failing = [c for c in executed.cells if c.cell_type == "code" and c.source == "raise RuntimeError('boom')"]
+    assert failing[0].outputs[0]["output_type"] == "error" and failing[0].execution_count == 4
+    assert [c for c in executed.cells if c.source == "y = 2"][0].execution_count is None  # nothing ran after it
+    bar = _Bar()
+    assert run_notebook(good, out, {"QUICK": True}, progress=bar).ok
+    assert "good: cell 4/5" in bar.labels and any(l.startswith("good: cell 4/5 | inner work:") for l in bar.labels)
     runs = run_all(out, [good, bad], {"QUICK": True}, progress=False)
-    assert [(r.notebook, r.ok, r.failed_cell) for r in runs] == [("good", True, None), ("bad", False, 4)]
-    printed = nbformat.read(out / "notebooks" / "good.ipynb", as_version=4).cells[3].outputs[0]["text"]
+    assert [(r.notebook, r.ok, r.failed_cell) for r in runs] == [("good", True, None), ("bad", False, 3)]
+    executed = nbformat.read(out / "notebooks" / "good.ipynb", as_version=4)
+    index = parameters_cell_index(executed)
+    injected = executed.cells[index + 1]  # papermill's cell, right after the parameters cell
+    assert injected.metadata["tags"] == [INJECTED_TAG] and "QUICK = True" in injected.source
     import sys
 
+    printed = executed.cells[index + 2].outputs[0]["text"]
     assert printed.split() == [sys.executable, "True"]  # the runner's own interpreter, the injected value
-    assert (out / "summary.json").is_file()
+    progress_text = executed.cells[index + 3].outputs[0]["text"]
+    assert "\r" not in progress_text and "inner work: 100%" in progress_text  # text progress, compacted
+    view = executed.cells[index + 4].outputs[0]["data"][WIDGET_VIEW]["model_id"]
+    state = executed.metadata["widgets"][WIDGET_STATE]["state"]
+    assert state[view]["state"]["value"] == 3 and state[view]["state"]["description"] == "probe"
+    summary = json.loads((out / "summary.json").read_text())
+    assert [n["notebook"] for n in summary["notebooks"]] == ["good", "bad"] and summary["seconds"] > 0
+    assert "without encryption" not in capfd.readouterr().err  # the kernels talk over IPC, not TCP
 
 
-def test_the_command_lists_and_refuses_unknown_names(capsys):
+def test_the_command_lists_and_refuses_unknown_names(capsys, tmp_path):
     assert main(["--out", "unused", "--list"]) == 0
     assert capsys.readouterr().out.split() == [p.stem for p in NOTEBOOKS]
     with pytest.raises(ValueError, match="no notebook matches"):
         main(["--out", "unused", "--only", "99"])
+    with pytest.raises(ValueError, match="no selected notebook has them"):
+        main(["--out", str(tmp_path / "never"), "--only", "01", "--param", "N_IMAGES=3"])
+    assert not (tmp_path / "never").exists()  # refused before anything ran
+    with pytest.raises(SystemExit):
+        main(["--out", "unused", "--quick", "--full"])
 
 
 def _png_outputs(notebook) -> int:
@@ -106,15 +151,28 @@ def _png_outputs(notebook) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_headless_and_exports_every_figure(path, tmp_path):
+def test_notebook_runs_headless_and_exports_every_figure(path, tmp_path, caplog):
     started = time.perf_counter()
     run = run_notebook(path, tmp_path, {"QUICK": True}, timeout=TIME_LIMIT)
     seconds = time.perf_counter() - started
     assert run.ok and seconds < TIME_LIMIT
+    assert not [r for r in caplog.records if r.name.startswith("papermill") and r.levelno >= 30], caplog.text
     executed = nbformat.read(run.executed, as_version=4)
     code = [cell for cell in executed.cells if cell.cell_type == "code"]
     assert all(cell.execution_count is not None for cell in code)
     assert not [o for cell in code for o in cell.outputs if o["output_type"] == "error"]
+    # every widget shown is in the saved widget state (a reopened copy shows it, not "model not found"),
+    # and none of them is a progress bar (those are text)
+    views = [o["data"][WIDGET_VIEW]["model_id"] for cell in code for o in cell.outputs if WIDGET_VIEW in o.get("data", {})]
+    state = executed.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    assert all(view in state for view in views), [v for v in views if v not in state]
+    assert not [m for m in state.values() if m["model_name"] in ("FloatProgressModel", "IntProgressModel")]
+    if path.stem in ("02_explorer", "06_layers"):
+        assert views, "the explorers are shown"
+        images = [m for m in state.values() if m["model_name"] == "ImageModel"]
+        saved = [b["data"] for m in images for b in m.get("buffers", []) if b["path"] == ["value"]]
+        assert images and len(saved) == len(images), "the explorers' last figures are saved"
+        assert all(base64.b64decode(data).startswith(b"\x89PNG") for data in saved)
 
     manifests = load_manifests(run.figures_dir)
     assert manifests, "the notebook exported no figure"

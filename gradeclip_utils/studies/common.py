@@ -137,6 +137,14 @@ def upsampled(raw: Any, size: tuple[int, int]) -> np.ndarray:
     return resize_maps(raw, size).numpy()
 
 
+def object_prompts(scene: Any) -> list[str]:
+    """"a red circle" for every object of a synthetic scene that its colour and shape name alone (an
+    object that shares both with another is left out: its prompt would name both)."""
+    from ..synthetic.captions import object_caption, unique_objects
+
+    return [object_caption(scene.objects, index).text for index in sorted(unique_objects(scene.objects))]
+
+
 def prompt_mask(scene: Any, prompt: str) -> np.ndarray | None:
     """For a synthetic scene and a caption of its grammar: the union of the visible masks of the objects
     that match any of the caption's noun phrases; None when the prompt is not of the grammar or no

@@ -294,13 +294,13 @@ def decomposition_study(model: Any, items: Sequence[Any], caption_kinds: Sequenc
     defaults to the model's for scenes and the synthetic model, else native.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text progress: readable in a saved or reloaded notebook
 
     from ..synthetic import Scene
     from .common import default_resolution, image_name
 
     rows = []
-    for index, item in enumerate(tqdm(items, desc="decompose", disable=not progress, leave=False)):
+    for index, item in enumerate(tqdm(items, desc="decompose", disable=not progress)):
         if isinstance(item, Scene):
             caption = next((item.captions[k] for k in caption_kinds if k in item.captions), None)
             if caption is None:

@@ -147,14 +147,14 @@ def run_choices(model: Any, items: Sequence[ChoiceItem], *, method: str = "grad_
     background) and whether the true caption's map points at a target (within ``tolerance`` pixels).
     """
     import pandas as pd
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text progress: readable in a saved or reloaded notebook
 
     from .. import explain_image
     from ..metrics import pointing_game
     from ..synthetic import Scene
 
     rows, maps, pictures = [], [], []
-    for item in tqdm(items, desc="captions", disable=not progress, leave=False):
+    for item in tqdm(items, desc="captions", disable=not progress):
         is_scene = isinstance(item.image, Scene)
         res = resolution or default_resolution(model, item.image)
         prompts = [item.caption, *item.negatives]

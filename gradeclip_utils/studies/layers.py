@@ -62,7 +62,7 @@ def layer_localisation(model: Any, n: int = 100, layers: Sequence[int] | None = 
     ``tolerance`` pixels of the 64 x 64 mask), energy, iou and the mask's area share; block "all" is the
     sum of the per-block ReLU maps of every block (explain_image's combination)."""
     import pandas as pd
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text progress: readable in a saved or reloaded notebook
 
     from ..metrics import localisation_scores
     from ..synthetic.evaluate import item_maps, localisation_items
@@ -74,7 +74,7 @@ def layer_localisation(model: Any, n: int = 100, layers: Sequence[int] | None = 
         settings.append(("all", total))
     masks = np.stack([mask for _, _, mask in items])
     rows = []
-    for label, spec in tqdm(settings, desc="blocks", disable=not progress, leave=False):
+    for label, spec in tqdm(settings, desc="blocks", disable=not progress):
         maps = item_maps(model, items, layers=spec, method=method, mode=mode, batch_size=batch_size)
         scores = localisation_scores(maps, masks, tolerance=tolerance)
         for i, (scene, caption, _) in enumerate(items):

@@ -1,0 +1,426 @@
+"""The notebooks in a real browser: JupyterLab on 127.0.0.1, headless Chromium driven by Playwright.
+
+Notebook 02 (the explorers) and notebook 06 (a study with the layer slider) run top to bottom from the
+Run menu; then, as a user would, the block slider is moved with the keyboard, a prompt is typed and
+submitted with Enter, the method is switched, the prompt box is emptied (the error replaces the figure)
+and the layer viewer's box is ticked. After each step the heat-map image must have changed, the status
+line must name the new settings, and no output may show "Error displaying widget", a traceback or a
+widget's plain-text repr. Notebook 06 is then reloaded with its kernel alive, saved, and reopened with a
+fresh kernel: the widgets must show their last figures (from the saved widget state), not errors.
+
+Chromium: ``GRADECLIP_CHROMIUM``, else Debian's /usr/bin/chromium or one on PATH; Playwright drives it
+(no browser download). Where either is missing the test is skipped with the reason. Screenshots of
+every step (and of a failure) go to ``GRADECLIP_BROWSER_SHOTS`` or the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from gradeclip_utils.notebooks import install_lab_settings, list_notebooks
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+#: seconds allowed for running a whole notebook (QUICK sizes) in the browser
+RUN_ALL_TIMEOUT = 300
+#: seconds allowed for one redraw to reach the page
+REDRAW_TIMEOUT = 60
+WIDGET_REPR = re.compile(r"\b(VBox|HBox|IntSlider|Dropdown|Text|Image|HTML|Checkbox|Button|SelectMultiple|Combobox|"
+                         r"ToggleButtons|FloatProgress|IntProgress)\(")
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+#: the notebook panel on show
+PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
+
+
+def chromium_or_skip() -> str:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("no browser: playwright is not installed (pip install -e '.[dev]')")
+    for candidate in (os.environ.get("GRADECLIP_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser"), shutil.which("google-chrome")):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    pytest.skip("no browser: Chromium not found (apt-get install chromium, or set GRADECLIP_CHROMIUM)")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def notebook_copy(stem: str, folder: Path, figures: Path) -> str:
+    """The repository's notebook with papermill's injected parameters (QUICK sizes, figures to a
+    temporary folder), as the headless runner would run it."""
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    source = next(p for p in list_notebooks() if p.stem.startswith(stem))
+    notebook = parameterize_notebook(load_notebook_node(str(source)),
+                                     {"QUICK": True, "OUT_DIR": str(figures / source.stem)})
+    nbformat.write(notebook, folder / source.name)
+    return source.name
+
+
+class Lab:
+    """JupyterLab started for the test only: 127.0.0.1, a free port, a token, and temporary root,
+    configuration, data, runtime, settings and workspace folders (the user's own are never read); its
+    "python3" kernel is ipykernel's own, this interpreter, talking over IPC sockets."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.root = base / "root"
+        self.root.mkdir(parents=True)
+        self.port, self.token = free_port(), secrets.token_hex(16)
+        folders = {name: base / name for name in ("config", "data", "runtime", "settings", "workspaces",
+                                                   "app-settings", "ipython")}
+        for folder in folders.values():
+            folder.mkdir()
+        install_lab_settings(folders["app-settings"])  # what scripts/setup.sh installs into the environment
+        (folders["app-settings"] / "overrides.d" / "browser-test.json").write_text(json.dumps({
+            "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False},
+            "@jupyterlab/notebook-extension:tracker": {"windowingMode": "none"}}))  # every cell in the page
+        env = dict(os.environ, JUPYTER_CONFIG_DIR=str(folders["config"]), JUPYTER_DATA_DIR=str(folders["data"]),
+                   JUPYTER_RUNTIME_DIR=str(folders["runtime"]), JUPYTERLAB_SETTINGS_DIR=str(folders["settings"]),
+                   JUPYTERLAB_WORKSPACES_DIR=str(folders["workspaces"]), IPYTHONDIR=str(folders["ipython"]), PYTHONWARNINGS="ignore::DeprecationWarning")
+        env.pop("MPLBACKEND", None)  # the kernels draw inline
+        env.pop("JUPYTER_PATH", None)  # the kernel is ipykernel's own "python3": this interpreter
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+        command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
+                   "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
+                   f"--ServerApp.root_dir={self.root}", f"--LabApp.app_settings_dir={folders['app-settings']}",
+                   "--KernelManager.transport=ipc", "--ServerApp.terminals_enabled=False",
+                   "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            command.append("--allow-root")
+        self.log = open(base / "jupyterlab.log", "w")
+        self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                self.api("status")
+                break
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.close()
+                    raise RuntimeError(f"JupyterLab did not start: see {base / 'jupyterlab.log'}")
+                time.sleep(0.5)
+
+    def url(self, path: str, query: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}/{path}?token={self.token}{query}"
+
+    def api(self, path: str, method: str = "GET"):
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/api/{path}", method=method,
+                                         headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def browser_page(tmp_path_factory):
+    executable = chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    base = tmp_path_factory.mktemp("browser")
+    lab = Lab(base)
+    shots = Path(os.environ.get("GRADECLIP_BROWSER_SHOTS") or base / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    playwright = sync_playwright().start()
+    try:
+        context = playwright.chromium.launch_persistent_context(
+            str(base / "chromium-profile"), executable_path=executable, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1600, "height": 1100})
+        page = context.pages[0] if context.pages else context.new_page()
+        page.set_default_timeout(REDRAW_TIMEOUT * 1000)
+        yield page, lab, shots
+        context.close()
+    finally:
+        playwright.stop()
+        lab.close()
+
+
+class Steps:
+    """Screenshots each step; on a failure saves one more and names the files in the error."""
+
+    def __init__(self, page, shots: Path, name: str) -> None:
+        self.page, self.shots, self.name, self.count = page, shots, name, 0
+
+    def shot(self, label: str) -> Path:
+        self.count += 1
+        path = self.shots / f"{self.name}-{self.count:02d}-{label}.png"
+        self.page.screenshot(path=str(path), full_page=False)
+        return path
+
+    def __enter__(self) -> "Steps":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if error is not None:
+            path = self.shot("failure")
+            raise AssertionError(f"{error} (screenshots: {self.shots}, last {path.name})") from error
+
+
+def open_notebook(page, lab: Lab, name: str) -> None:
+    """Open ``name`` alone (``reset``: no other tab of an earlier test) and wait for its kernel."""
+    for session in lab.api("sessions"):  # earlier tests' kernels: stopped, they cost CPU and memory
+        lab.api(f"sessions/{session['id']}", method="DELETE")
+    page.goto(lab.url(f"lab/tree/{name}", "&reset"))
+    wait_kernel(page, lab, name)
+
+
+def wait_kernel(page, lab: Lab, name: str, timeout: float = 120) -> None:
+    """Wait until the notebook is shown and its kernel has started and is idle."""
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=timeout * 1000)
+    deadline = time.monotonic() + timeout
+    while not any(s["path"].endswith(name) and s["kernel"]["execution_state"] == "idle" for s in lab.api("sessions")):
+        assert time.monotonic() < deadline, f"no idle kernel for {name}"
+        time.sleep(0.5)
+    wait_idle(page, timeout)
+
+
+def wait_idle(page, timeout: float = 120) -> None:
+    page.wait_for_function("""() => {
+        const i = document.querySelector(`${PANEL} .jp-Notebook-ExecutionIndicator`);
+        return i && i.getAttribute('data-status') === 'idle';
+    }""".replace("${PANEL}", PANEL), timeout=timeout * 1000)
+
+
+def run_all(page) -> None:
+    page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-item", has_text=re.compile(r"^Run All Cells")).first.click()
+    page.wait_for_function("""() => {
+        const prompts = Array.from(document.querySelectorAll(`${PANEL} .jp-CodeCell .jp-InputPrompt`));
+        const i = document.querySelector(`${PANEL} .jp-Notebook-ExecutionIndicator`);
+        return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent))
+            && i && i.getAttribute('data-status') === 'idle';
+    }""".replace("${PANEL}", PANEL), timeout=RUN_ALL_TIMEOUT * 1000)
+
+
+def assert_clean(page) -> None:
+    """No output shows a widget error, a traceback or a widget's plain-text repr."""
+    outputs = page.locator(f"{PANEL} .jp-OutputArea-output").all_inner_texts()
+    text = "\n".join(outputs)
+    assert outputs, "the notebook shows no output"
+    assert "Error displaying widget" not in text, "a widget could not be displayed"
+    assert "Traceback" not in text and not page.locator(f"{PANEL} .jp-OutputArea-output[data-mime-type*='error']").count()
+    found = WIDGET_REPR.findall(text)
+    assert not found, f"plain-text widget repr in the outputs: {found}"
+
+
+def output_of(page, code: str):
+    """The output area of the code cell whose source contains ``code``."""
+    cell = page.locator(f"{PANEL} .jp-CodeCell").filter(has=page.locator(".jp-InputArea", has_text=code)).first
+    return cell.locator(".jp-OutputArea").first
+
+
+def image_digest(widget) -> str:
+    """SHA-256 of the PNG the heat-map image shows (fetched from its blob URL), once it has loaded."""
+    image = widget.locator("img.widget-image").first
+    image.wait_for(state="visible")
+    return image.evaluate("""async img => {
+        await img.decode();
+        const bytes = await (await fetch(img.src)).arrayBuffer();
+        const hash = await crypto.subtle.digest('SHA-256', bytes);
+        return Array.from(new Uint8Array(hash)).map(b => b.toString(16).padStart(2, '0')).join('');
+    }""")
+
+
+def wait_drawn(widget, expected: str) -> str:
+    """Wait until the status names ``expected`` and the explorer is not busy; returns the status text."""
+    widget.scroll_into_view_if_needed()
+    status = widget.locator(".gradeclip-status").first
+    deadline = time.monotonic() + REDRAW_TIMEOUT
+    while True:
+        text = status.inner_text()
+        busy = widget.locator(".gradeclip-busy, .gradeclip-stale").count()
+        if expected in text and "rendering" not in text and not busy:
+            return text
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the status never showed {expected!r}; it shows {text!r}")
+        time.sleep(0.2)
+
+
+def watch_busy(widget) -> None:
+    """Record (in ``window.gradeclipBusySeen``) whether the widget ever shows the busy state: the status
+    saying it is rendering while the figure is marked stale."""
+    widget.evaluate("""el => {
+        window.gradeclipBusySeen = false;
+        const check = () => {
+            if (el.querySelector('img.gradeclip-stale') && /rendering/.test(el.textContent)) {
+                window.gradeclipBusySeen = true;
+            }
+        };
+        new MutationObserver(check).observe(el, {subtree: true, attributes: true, childList: true,
+                                                 characterData: true});
+    }""")
+
+
+def shown_at_pixel_size(widget) -> bool:
+    """The heat-map image is displayed at its own pixel size (text keeps its size whatever the panels)."""
+    return widget.locator("img.widget-image").first.evaluate(
+        "img => Math.abs(img.getBoundingClientRect().width - img.naturalWidth) <= 1")
+
+
+def control(widget, kind: str, label: str):
+    """The control of type ``kind`` (widget-slider, widget-text, widget-dropdown, ...) whose label is ``label``."""
+    return widget.locator(f".{kind}").filter(has=widget.page.locator("label.widget-label", has_text=label)).first
+
+
+def test_explorer_notebook_in_the_browser(browser_page, tmp_path):
+    page, lab, shots = browser_page
+    name = notebook_copy("02", lab.root, tmp_path / "figures")
+    with Steps(page, shots, "02") as steps:
+        open_notebook(page, lab, name)
+        run_all(page)
+        steps.shot("run-all")
+        assert_clean(page)
+        explorer = output_of(page, "explorer.widget")
+        status = wait_drawn(explorer, "grad_eclip \u00b7 block 3 \u00b7 faithful mode \u00b7 fp32")
+        assert shown_at_pixel_size(explorer)
+        before = image_digest(explorer)
+        prompts_before = int(re.search(r"(\d+) prompts?", status).group(1))
+
+        # the block slider, with the keyboard
+        control(explorer, "widget-slider", "block").locator(".noUi-handle").focus()
+        page.keyboard.press("ArrowLeft")
+        wait_drawn(explorer, "grad_eclip \u00b7 block 2 \u00b7 faithful mode")
+        after_slider = image_digest(explorer)
+        assert after_slider != before, "the heat maps did not change with the block"
+        steps.shot("block-2")
+
+        # a typed prompt, submitted with Enter
+        box = control(explorer, "widget-text", "prompts").locator("input")
+        box.click()
+        box.press("End")
+        box.type("; a green star")
+        box.press("Enter")
+        wait_drawn(explorer, f"{prompts_before + 1} prompts")
+        after_prompt = image_digest(explorer)
+        assert after_prompt != after_slider, "the heat maps did not change with the new prompt"
+        assert "a green star" in explorer.locator("table").first.inner_text()
+        assert shown_at_pixel_size(explorer)
+        steps.shot("prompt")
+
+        # the method
+        control(explorer, "widget-dropdown", "method").locator("select").select_option(label="rollout")
+        wait_drawn(explorer, "rollout \u00b7 block: not used \u00b7 mode: not used")
+        assert image_digest(explorer) != after_prompt, "the heat maps did not change with the method"
+        steps.shot("rollout")
+
+        # a slow method (RISE): while it draws, the status says so and the old figure is marked stale
+        watch_busy(explorer)
+        before_rise = image_digest(explorer)
+        control(explorer, "widget-dropdown", "method").locator("select").select_option(label="rise")
+        wait_drawn(explorer, "rise \u00b7 block: not used")
+        assert explorer.evaluate("() => window.gradeclipBusySeen"), "no busy state while RISE was drawing"
+        assert image_digest(explorer) != before_rise
+        steps.shot("rise")
+
+        # an empty prompt box: the error replaces the figure, scores and words
+        box.fill("")
+        box.press("Enter")
+        wait_drawn(explorer, "could not render")
+        assert not explorer.locator("img.widget-image").first.is_visible()
+        assert "a green star" not in explorer.inner_text()
+        steps.shot("error")
+        box.fill("a red circle; a blue square")
+        box.press("Enter")
+        wait_drawn(explorer, "2 prompts")
+        assert explorer.locator("img.widget-image").first.is_visible()
+
+        # the comparison's prompt box also draws on Enter
+        comparison = output_of(page, "comparison.widget")
+        wait_drawn(comparison, "methods")
+        compared = image_digest(comparison)
+        prompt = control(comparison, "widget-text", "prompt").locator("input")
+        prompt.fill("a blue square")
+        prompt.press("Enter")
+        wait_drawn(comparison, "\u201ca blue square\u201d")
+        assert image_digest(comparison) != compared
+        steps.shot("comparison")
+        assert_clean(page)
+
+
+def test_study_notebook_survives_a_reload_and_a_reopen(browser_page, tmp_path):
+    page, lab, shots = browser_page
+    name = notebook_copy("06", lab.root, tmp_path / "figures")
+    with Steps(page, shots, "06") as steps:
+        open_notebook(page, lab, name)
+        run_all(page)
+        steps.shot("run-all")
+        assert_clean(page)
+        viewer = output_of(page, "viewer.widget")
+        wait_drawn(viewer, "blocks 0\u20133 (sum)")  # where the notebook's own cells left it
+        before = image_digest(viewer)
+        control(viewer, "widget-slider", "block").locator(".noUi-handle").focus()
+        page.keyboard.press("ArrowRight")
+        wait_drawn(viewer, "blocks 1\u20133 (sum)")
+        summed = image_digest(viewer)
+        assert summed != before, "the map did not change with the block"
+        viewer.locator(".widget-checkbox input").first.click()
+        wait_drawn(viewer, "grad_eclip \u00b7 block 1 \u00b7 faithful mode")
+        assert image_digest(viewer) != summed
+        label = viewer.locator(".widget-checkbox").first
+        assert label.evaluate("el => el.scrollWidth <= el.clientWidth + 1"), "the checkbox label is cut off"
+        steps.shot("block-1")
+
+        # saved (JupyterLab also autosaves): the widget state goes into the file
+        page.locator(f"{PANEL} [data-command='docmanager:save']").first.click()
+        deadline = time.monotonic() + 60
+        while WIDGET_STATE not in nbformat.read(lab.root / name, as_version=4).metadata.get("widgets", {}):
+            assert time.monotonic() < deadline, "the saved notebook has no widget state"
+            time.sleep(0.5)
+
+        # a page reload with the kernel alive: every widget comes back live, no progress bar leaves an error
+        page.reload()
+        wait_kernel(page, lab, name)
+        viewer = output_of(page, "viewer.widget")
+        wait_drawn(viewer, "grad_eclip \u00b7 block 1 \u00b7 faithful mode")
+        assert_clean(page)
+        shown = image_digest(viewer)
+        control(viewer, "widget-slider", "block").locator(".noUi-handle").focus()
+        page.keyboard.press("ArrowRight")
+        wait_drawn(viewer, "grad_eclip \u00b7 block 2 \u00b7 faithful mode")  # still live
+        assert image_digest(viewer) != shown
+        steps.shot("reloaded")
+
+        # the kernel shut down and the notebook reopened: the saved widget state shows the last figures
+        page.locator(f"{PANEL} [data-command='docmanager:save']").first.click()
+        time.sleep(2)
+        for session in lab.api("sessions"):
+            lab.api(f"sessions/{session['id']}", method="DELETE")
+        page.reload()
+        wait_kernel(page, lab, name)
+        viewer = output_of(page, "viewer.widget")
+        viewer.scroll_into_view_if_needed()
+        viewer.locator("img.widget-image").first.wait_for(state="visible")
+        assert "block 2" in viewer.locator(".gradeclip-status").first.inner_text()
+        assert_clean(page)
+        steps.shot("reopened")
