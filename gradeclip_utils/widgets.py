@@ -6,6 +6,8 @@
   and, on synthetic scenes, the share of each map on the prompted objects.
 - ``LayerViewer``: one image and prompt, a slider over the blocks (maps computed once, the slider only
   switches), optionally the sum of the blocks from the chosen one to the last.
+- ``ModelComparisonView``: the same image and prompts under two or more models (of any family), with
+  each model's scores and how far their maps agree.
 
 Every explorer has ``.widget`` (display it), ``render()`` (draw now, with the controls' current values)
 and observable state: ``last`` (the settings and scores of the last render), ``figure`` (its matplotlib
@@ -854,3 +856,141 @@ class LayerViewer(_Base):
         except Exception as caught:
             error = caught
         return self._finish(state, fig, png, error)
+
+
+class ModelComparisonView(_Base):
+    """The same image and prompts under two or more models, of any family, side by side.
+
+    ``models``: a mapping of names to LoadedModels (the first one's preprocessing decides the default
+    resolution). Each model embeds the prompts with its own text tower; the panels are models (rows of
+    panels) x prompts, every map upsampled to the first model's picture of the image, with each model's
+    own score. Below the figure, the Spearman rank correlation of each pair of models' maps per prompt
+    (``compare.ModelComparison.agreement``). ``shared_scale`` (a checkbox) puts every panel on one colour
+    scale, so that a model whose maps are weaker shows weaker maps. Comparisons are cached.
+    """
+
+    def __init__(self, models: Mapping[str, Any], images: Any, prompts: Sequence[str], *, method: str = "grad_eclip",
+                 mode: str = "faithful", resolution: str | None = None, shared_scale: bool = False,
+                 colorbar: bool = True, width: int = DEFAULT_WIDTH, debounce: float = DEBOUNCE_SECONDS,
+                 auto_render: bool = True) -> None:
+        from .adapters import MODES
+        from .methods import list_methods
+
+        if not isinstance(models, Mapping) or len(models) < 2:
+            raise ValueError("give at least two models, as a mapping of names to loaded models")
+        self.models = dict(models)
+        super().__init__(next(iter(self.models.values())), width=width, debounce=debounce)
+        w = _widgets()
+        if not prompts:
+            raise ValueError("give at least one prompt")
+        self.images = named_images(images)
+        self.resolution = resolution
+        self.colorbar = colorbar
+        available = list_methods()["image"]
+        if method not in available:
+            raise ValueError(f"unknown image method {method!r}; registered: {available}")
+        self.image = w.Dropdown(options=list(self.images), description="image")
+        self.method = w.Dropdown(options=available, value=method, description="method")
+        self.prompts = w.Text(value=f"{PROMPT_SEPARATOR} ".join(prompts), description="prompts",
+                              continuous_update=False, placeholder="type prompts separated by ; and press Enter",
+                              layout=w.Layout(width="600px"))
+        self.apply = w.Button(description="apply", icon="check", button_style="primary",
+                              tooltip="draw with the prompts as typed (Enter in the box does the same)",
+                              layout=w.Layout(width="120px"))
+        self.mode = w.ToggleButtons(options=list(MODES), value=mode, description="mode",
+                                    style={"button_width": "80px", "description_width": "initial"},
+                                    layout=w.Layout(width="auto", flex="0 0 auto", display="flex"))
+        self.shared = w.Checkbox(value=shared_scale, description="one colour scale for all panels", indent=False,
+                                 layout=w.Layout(width="auto"))
+        self.table = w.HTML()
+        hint = w.HTML("<small>prompts are separated by <b>;</b> &mdash; press <b>Enter</b> in the box (or "
+                      f"<b>apply</b>) to draw; {len(self.models)} models: {html.escape(', '.join(self.models))}</small>")
+        self.widget = _panel("ModelComparisonView", [
+            self.style, w.VBox([w.HBox([self.image, self.method]), w.HBox([self.prompts, self.apply]), hint,
+                                w.HBox([self.mode, self.shared])]), self.status, self.view, self.table])
+        for control in (self.image, self.prompts, self.method, self.mode, self.shared):
+            control.observe(self._changed, names="value")
+        self.apply.on_click(lambda _button: self.render())
+        if auto_render:
+            self.render()
+
+    def current_prompts(self) -> list[str]:
+        text = self.prompts.value.replace("\n", PROMPT_SEPARATOR)
+        return [part.strip() for part in text.split(PROMPT_SEPARATOR) if part.strip()]
+
+    def settings(self) -> dict[str, Any]:
+        return {"image": self.image.value, "prompts": self.current_prompts(), "method": self.method.value,
+                "mode": self.mode.value, "layers": [-1], "shared_scale": bool(self.shared.value),
+                "models": list(self.models)}
+
+    def _describe(self, state: Mapping[str, Any]) -> str:
+        precisions = sorted({str(m.describe().get("precision")) for m in self.models.values()})
+        return " \u00b7 ".join([str(state.get("method")), "last block", f"{state.get('mode')} mode",
+                                f"{len(self.models)} models", "/".join(precisions)])
+
+    def _clear_outputs(self) -> None:
+        self.table.value = ""
+
+    def render(self) -> dict[str, Any]:
+        """Explain the current image against the current prompts under every model and redraw."""
+        from .compare import compare_models
+
+        state = self._begin()
+        fig = png = error = None
+        try:
+            if not state["prompts"]:
+                raise ValueError("type at least one prompt (separate several with ';')")
+            started = time.perf_counter()
+            image = self.images[state["image"]]
+            resolution = self.resolution or default_resolution(self.model, image)
+            key = ("models", state["image"], tuple(state["prompts"]), state["method"], state["mode"], resolution)
+            comparison = self.cache.get(key, lambda: compare_models(
+                self.models, as_input(image), state["prompts"], method=state["method"], mode=state["mode"],
+                resolution=resolution, progress=False))
+            agreement = comparison.agreement()[0]  # (K, M, M)
+            scores = comparison.scores[:, 0]  # (M, K)
+            state.update(resolution=resolution, scores=scores.tolist(),
+                         agreement={p: agreement[k].round(4).tolist() for k, p in enumerate(state["prompts"])})
+            fig = self.draw(comparison, state)
+            png = figure_png(fig)
+            self.comparison = comparison
+            self.table.value = _agreement_html(comparison.names, state["prompts"], agreement)
+            state["seconds"] = round(time.perf_counter() - started, 3)
+            self.status.value = (f"<small>{html.escape(self._describe(state))} \u00b7 drawn in "
+                                 f"{state['seconds']:.2f} s</small>")
+        except Exception as caught:
+            error = caught
+        return self._finish(state, fig, png, error)
+
+    def draw(self, comparison: Any, state: Mapping[str, Any]):
+        """Models x prompts panels on the first model's picture."""
+        from .plotting import heat_map_panels
+
+        picture = comparison.explanations[0].images[0]
+        maps = comparison.upsampled(0)  # (M, K, H, W)
+        panels, titles, flagged = [], [], []
+        for m, name in enumerate(comparison.names):
+            for k, prompt in enumerate(state["prompts"]):
+                score = float(comparison.scores[m, 0, k])
+                panels.append(maps[m, k].numpy())
+                titles.append(f"{name}\n{prompt}\nS = {signed(score)}")
+                flagged.append(score < 0)
+        scale = "shared" if state["shared_scale"] else "panel"
+        families = ", ".join(f"{n}: {m.describe().get('family')}" for n, m in self.models.items())
+        title = (f"{self._describe(state)}\n{state['image']} \u00b7 {families} \u00b7 "
+                 + ("one colour scale for all panels" if scale == "shared" else "each panel on its own scale"))
+        self._drawn = heat_map_panels(picture, panels, titles, title=title, scale=scale, colorbar=self.colorbar,
+                                      flagged=flagged, width_px=self.width, reuse=self._drawn)
+        return self._drawn
+
+
+def _agreement_html(names: Sequence[str], prompts: Sequence[str], agreement: np.ndarray) -> str:
+    """Spearman rank correlation of each pair of models' maps, one row per pair, one column per prompt."""
+    pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
+    head = "".join(f"<th style='text-align:right'>{html.escape(p[:30])}</th>" for p in prompts)
+    rows = "".join(
+        f"<tr><td>{html.escape(names[i])} vs {html.escape(names[j])}</td>"
+        + "".join(f"<td style='text-align:right'>{agreement[k, i, j]:+.3f}</td>" for k in range(len(prompts)))
+        + "</tr>" for i, j in pairs)
+    return ("<b>agreement of the maps</b> (Spearman rank correlation on the first model's picture)"
+            f"<table><tr><th style='text-align:left'>models</th>{head}</tr>{rows}</table>")

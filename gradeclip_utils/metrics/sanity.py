@@ -130,6 +130,18 @@ def _method_maps(method: str | MapFunction, options: dict[str, Any]) -> MapFunct
     return run
 
 
+def randomised_copy(model, stages: int = 1, seed: int = 0):
+    """A copy of a LoadedModel whose image tower has its top ``stages`` parameter groups (head, last
+    block, ...) redrawn as the cascading check draws them (same mean and spread, new values); the
+    model itself is left as it is. Named "<name> (top N randomised)"."""
+    randomised = dataclasses.replace(model, model=copy.deepcopy(model.model),
+                                     name=f"{model.name} (top {stages} randomised)")
+    generator = torch.Generator().manual_seed(seed)
+    for _, parameters in randomised.adapter.image_parameter_groups()[:stages]:
+        _randomise(parameters, generator)
+    return randomised
+
+
 def cascading_randomisation(model, pixels: Tensor, targets: Tensor, method: str | MapFunction = "grad_eclip", *,
                             seed: int = 0, max_stages: int | None = None, **options: Any) -> SanityResult:
     """Run the cascading randomisation check for B images (normalised pixels) against K unit targets.
