@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text progress: it stays readable in a saved or reloaded notebook (a widget bar does not)
 
 __all__ = ["Context", "Journal", "RankFailedError", "atomic_output", "atomic_write_text", "init", "load_units",
            "merge_table", "same_settings", "shard_indices", "PARTS", "DEFAULT_TIMEOUT_MINUTES"]

@@ -112,7 +112,7 @@ def _input_sizes(model, folder: Path, keys: Sequence[str], resolution: str, max_
                  show: bool) -> list[tuple[int, int, bool]]:
     """(height, width, downscaled) of each image as the model will see it, from the file headers (EXIF
     orientation applied), without decoding the pixels."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text progress (a widget bar does not survive a reload)
 
     from .inputs import native_size, prepare_image
 
@@ -167,7 +167,7 @@ def _shard_file(j: int) -> str:
 def _class_targets(model, names: Sequence[str], templates: str, show: bool) -> torch.Tensor:
     """(C, D) unit class embeddings: the mean of each class's normalised template embeddings, renormalised."""
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text progress (a widget bar does not survive a reload)
 
     from .explain import encode_texts
 

@@ -195,3 +195,11 @@ def test_notebook_runs_headless_and_exports_every_figure(path, tmp_path, caplog)
                 assert (REPO_ROOT / image["path"]).is_file()
             else:
                 assert image["kind"] == "synthetic_scene" and image["recipe"], image
+
+
+def test_the_package_draws_text_progress_only():
+    """tqdm.auto picks a widget bar in a kernel, which a saved or reloaded notebook shows as an error: the
+    package's progress bars are plain text ones, in every module (the notebooks run them)."""
+    package = Path(gradeclip_utils.__file__).parent
+    offenders = [str(p.relative_to(package)) for p in package.rglob("*.py") if "tqdm.auto" in p.read_text()]
+    assert not offenders, offenders
