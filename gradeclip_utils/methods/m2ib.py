@@ -14,7 +14,9 @@ authors' code the capacity is the one of the last optimisation step, and log((1 
 as it is: M2IB's ``iba.py`` has the older IBA code's clamp of the log variance to [-10, 10] commented
 out (with alpha starting at 5 that clamp would be active everywhere from the first step, and give
 another map). All pairs are optimised together (Adam acts element-wise, so they stay independent);
-noise is drawn from ``seed``.
+the noise of every pair is the same draw from ``seed`` (what explaining that pair alone with
+``seed`` draws), so a pair's map never depends on the other pairs of the call or on its place among
+them.
 Defaults as the authors ran ViT-B/16: block index 9 of 12 (generally: L/6 blocks after it), beta 0.1,
 10 steps, learning rate 1, 10 samples.
 """
@@ -58,7 +60,8 @@ def optimise_bottleneck(hidden: Tensor, targets: Tensor, finish: Callable[[Tenso
     """Optimise one bottleneck per row of ``hidden`` (P, N, C) against ``targets`` (P, D) (unit).
 
     ``finish`` maps (S P, N, C) tokens to embeddings (S P, D). Returns the capacity (P, N, C) of the
-    last step.
+    last step. Every row gets the same noise, (S, N, C) per step from ``seed``: a row's result is the
+    one it gets alone.
     """
     if steps < 1 or samples < 1:
         raise ValueError("M2IB needs steps >= 1 and samples >= 1")
@@ -72,7 +75,7 @@ def optimise_bottleneck(hidden: Tensor, targets: Tensor, finish: Callable[[Tenso
     for _ in range(steps):
         lam = torch.sigmoid(alpha)
         kl = capacity(standard, lam)
-        noise = torch.randn((samples, *standard.shape), generator=generator, device=hidden.device)
+        noise = torch.randn((samples, 1, *standard.shape[1:]), generator=generator, device=hidden.device)
         z = (standard * lam + (1 - lam) * noise) * scale  # M2IB's _sample_t: mu + sqrt((1 - lam)^2) eps
         embedding = finish(z.flatten(0, 1).to(hidden.dtype))
         fit = F.cosine_similarity(embedding.float(), targets.float().repeat(samples, 1), dim=-1, eps=1e-6)
