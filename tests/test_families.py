@@ -493,3 +493,19 @@ def test_the_evaluation_takes_another_family(hf_folder, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["family"] == "Hugging Face CLIP"
     assert (out / "per_image.csv").read_text().count("grad_eclip") == 3
+
+
+def test_resnet_maskclip_is_maskclips_resnet_head(resnets):
+    """MaskCLIP's maskclip_head.py on a ResNet: c_proj(v_proj(x)) as 1x1 convolutions on the bare feature
+    map (no positional embedding), cosine with each text embedding."""
+    loaded = resnets["openai"]
+    targets = ge.encode_texts(loaded, PROMPTS[:3])
+    pool = loaded.model.visual.attnpool
+    with torch.no_grad():
+        x = reference.resnet_features(loaded.model.visual, RESNET_PIXELS)  # (B, C, h, w)
+        v = torch.nn.functional.conv2d(x, pool.v_proj.weight[:, :, None, None], pool.v_proj.bias)
+        feat = torch.nn.functional.conv2d(v, pool.c_proj.weight[:, :, None, None], pool.c_proj.bias)
+        feat = feat / feat.norm(dim=1, keepdim=True)
+        want = torch.einsum("bchw,kc->bkhw", feat, targets)
+    got = ge.explain_image(loaded, RESNET_PIXELS, targets, method="maskclip")
+    assert relative(got.maps, want) < TOL

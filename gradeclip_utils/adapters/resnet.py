@@ -15,7 +15,7 @@ feature grid is not the model's own (native resolution: sides are multiples of t
 What the baselines get here (the project's analogues, documented in README): raw attention, rollout
 and GAME on the pool's attention (its only attention); Grad-CAM on the final feature map (the pool's
 input, gradients through the mean token included: Grad-CAM as first defined for CNNs); MaskCLIP as
-its authors run ResNets (``c_proj(v_proj(x_i))`` per spatial token). ITSM (no per-token output),
+its authors run ResNets (``c_proj(v_proj(x_i))`` per position of the bare feature map). ITSM (no per-token output),
 CLIP Surgery and M2IB (no transformer blocks) are refused with the reason.
 """
 
@@ -165,9 +165,11 @@ class AttentionPoolTower(ImageTower):
 
     @torch.no_grad()
     def value_path_features(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
-        tokens, _ = self.tokens_before(pixels, 0)
-        embedding = self.embedding_from(tokens, 0)
-        return embedding, self.pool.c_proj(self.pool.v_proj(tokens[:, 1:]))
+        """MaskCLIP's ResNet head: ``c_proj(v_proj(x_i))`` on the bare feature map (its
+        ``maskclip_head.py`` applies the two 1x1 projections without the pool's positional embedding)."""
+        spatial, grid = self.features(pixels)
+        embedding = self.embedding_from(self.pool_input(spatial, grid), 0)
+        return embedding, self.pool.c_proj(self.pool.v_proj(spatial))
 
     def parameter_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
         visual = self.visual
