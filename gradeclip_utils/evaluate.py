@@ -426,6 +426,10 @@ def _load_batch(batch: list[EvalItem]) -> tuple[torch.Tensor, np.ndarray | None]
     return torch.stack([pixels for pixels, _ in loaded]), masks
 
 
+def _nothing_to_load(batch: list[EvalItem]) -> tuple[None, None]:
+    return None, None
+
+
 def _pending(mine, loads, done):
     """(method, items, pixels, masks) of each (batch, method) still to do, the batch loaded once for all
     its methods; items already done are left out (with their pixels and masks)."""
@@ -435,7 +439,8 @@ def _pending(mine, loads, done):
             if len(keep) == len(whole):
                 yield name, whole, pixels, masks
             else:
-                yield name, [whole[b] for b in keep], pixels[keep], None if masks is None else masks[keep]
+                yield (name, [whole[b] for b in keep], None if pixels is None else pixels[keep],
+                       None if masks is None else masks[keep])
 
 
 PAIRED = frozenset({"m2ib"})  # methods whose cost grows with images x targets, with a paired=True mode
@@ -500,18 +505,24 @@ def authors_maps(model, name: str, item: EvalItem, picture, classifier: torch.Te
     from .inputs import prepare_images
 
     resolution = "model" if name in AUTHORS_MODEL_RESOLUTION else "native"
-    pixels = prepare_images(model, picture, resolution)[0].pixels[None]
+    # the authors explain the (640-shrunk) picture at its full native size: no patch cap
+    pixels = prepare_images(model, picture, resolution, max_patches=sys.maxsize)[0].pixels[None]
     extra = {"keys": [item.key]} if name == RANDOM else {}
     grid_map = batch_maps(model, name, pixels, [item.explained], classifier, {**options, **extra})[0]
     return authors_heatmap(grid_map, (picture.size[1], picture.size[0]))
 
 
-def authors_faithfulness(model, name: str, item: EvalItem, classifier: torch.Tensor, row: dict[str, Any],
-                         options: dict[str, Any], *, seed: int, logit_scale: float, steps: int) -> None:
-    """The Grad-ECLIP authors' deletion and insertion for one item (see ``authors_perturbation_curves``)."""
+def authors_picture(item: EvalItem):
+    """The native picture the authors' scripts perturb: shrunk to a 640 short side when larger."""
     if item.picture is None:
         raise ValueError(f"--protocol authors needs the native pictures; {item.key} has none")
-    picture = shrink_to_640(item.picture())
+    return shrink_to_640(item.picture())
+
+
+def authors_faithfulness(model, name: str, item: EvalItem, picture, classifier: torch.Tensor, row: dict[str, Any],
+                         options: dict[str, Any], *, seed: int, logit_scale: float, steps: int) -> None:
+    """The Grad-ECLIP authors' deletion and insertion for one item (see ``authors_perturbation_curves``),
+    on its ``authors_picture``."""
     heatmap = authors_maps(model, name, item, picture, classifier, options)
     curves = authors_perturbation_curves(model.adapter.encode_image, lambda p: model.preprocess(p).float(), picture,
                                          heatmap, classifier.to(model.device), item.label,
@@ -550,7 +561,7 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
     if unknown:
         raise ValueError(f"unknown methods {unknown}; available: {list_methods()['image'] + [RANDOM]}")
     config = {"dataset": data.name, "model": model.describe(), "weights": weights_digest(model.model),
-              "tolerance": tolerance, "rise_masks": rise_masks,
+              "tolerance": tolerance, "batch_size": batch_size, "rise_masks": rise_masks,
               "rise_centre": rise_centre, "m2ib_steps": m2ib_steps, "m2ib_samples": m2ib_samples, "seed": seed,
               "faithfulness": faithfulness,
               "classes": len(data.class_names), "sanity_images": sanity_images, "timing_images": timing_images,
@@ -609,15 +620,20 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
     todo = sum((item.key, name) not in done for batch, names in mine for name in names for item in batch)
     started, cpu_started, computed = time.perf_counter(), time.process_time(), 0
     bar = context.progress(todo, desc="images x methods", unit="result", disable=not progress)
-    loads = distributed.load_units([batch for batch, _ in mine], _load_batch, workers=workers, device=model.device)
+    # the authors' protocol preprocesses each native picture itself: nothing to load ahead
+    loader = _load_batch if protocol == "project" else _nothing_to_load
+    loads = distributed.load_units([batch for batch, _ in mine], loader, workers=workers, device=model.device)
+    pictures: dict[str, Any] = {}
     for name, batch, pixels, masks in _pending(mine, loads, done):
         rows = [{"key": item.key, "label": item.label, "target": item.explained,
                  "prompt": data.class_names[item.explained], "method": name} for item in batch]
         if protocol == "authors":
             if faithfulness:
+                if set(pictures) != {item.key for item in batch}:  # each batch's pictures are decoded once
+                    pictures = {item.key: authors_picture(item) for item in batch}
                 for item, row in zip(batch, rows):
-                    authors_faithfulness(model, name, item, data.classifier, row, options[name], seed=seed,
-                                         logit_scale=logit_scale, steps=steps)
+                    authors_faithfulness(model, name, item, pictures[item.key], data.classifier, row, options[name],
+                                         seed=seed, logit_scale=logit_scale, steps=steps)
             journal.append(_rounded(rows))
             computed += len(rows)
             bar.update(len(rows))
@@ -903,7 +919,15 @@ def summarise(out: Path, data: EvalSet, config: dict[str, Any], *, command: str 
             curves[kind] = {name: frame[frame["method"] == name][[f"{kind}_score_{t:02d}" for t in range(11)]]
                             .to_numpy().mean(axis=0) for name in methods}
     return {"markdown": "\n".join(lines), "table": table, "claims": claims, "curves": curves,
-            "sanity": sanity_table, "methods": methods}
+            "fractions": curve_fractions(protocol), "sanity": sanity_table, "methods": methods}
+
+
+def curve_fractions(protocol: str) -> dict[str, list[float]]:
+    """Where the 11 scored points of each curve lie (share of the pixels changed): 0% ... 50% for both
+    curves in the project's protocol; under the authors' protocol insertion is scored at 5% ... 50% and
+    on the full picture."""
+    points = [round(0.05 * t, 2) for t in range(11)]
+    return {"deletion": points, "insertion": points[1:] + [1.0] if protocol == "authors" else points}
 
 
 def plot_results(out: Path, summary: dict[str, Any]) -> None:
@@ -913,7 +937,7 @@ def plot_results(out: Path, summary: dict[str, Any]) -> None:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fractions = np.arange(11) * 0.05
+    fractions = summary.get("fractions") or curve_fractions("project")
     palette = plt.get_cmap("tab20").colors
     styles = ("-", "--", ":", "-.")
 
@@ -924,7 +948,7 @@ def plot_results(out: Path, summary: dict[str, Any]) -> None:
     for kind, curves in summary["curves"].items():
         fig, ax = plt.subplots(figsize=(7.5, 4))
         for index, (name, curve) in enumerate(curves.items()):
-            ax.plot(100 * fractions, curve, **style(index, name))
+            ax.plot(100 * np.asarray(fractions[kind]), curve, **style(index, name))
         ax.set_xlabel(f"pixels {'deleted' if kind == 'deletion' else 'inserted'} (%)")
         ax.set_ylabel("target score (cosine)")
         ax.set_title(f"{kind} curves (mean over images; {'lower' if kind == 'deletion' else 'higher'} is better)")

@@ -282,6 +282,15 @@ def test_authors_protocol_runs_their_presets(tiny, tmp_path, monkeypatch):
     assert shapes["grad_eclip"] == (64, 64) and shapes["game_last"] == (48, 48)
     text = summary["markdown"]
     assert "authors' deletion and insertion scripts exactly" in text and "insertion top-1 % at 5" in text
+    # insertion is scored at 5% ... 50% and on the whole picture, and plotted there
+    assert summary["fractions"]["insertion"] == [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 1.0]
+    assert summary["fractions"]["deletion"] == [round(0.05 * t, 2) for t in range(11)]
+    import matplotlib.pyplot as plt
+
+    drawn, plot = [], plt.Axes.plot
+    monkeypatch.setattr(plt.Axes, "plot", lambda self, x, *a, **k: drawn.append(list(x)) or plot(self, x, *a, **k))
+    ev.plot_results(tmp_path, summary)
+    assert [100.0 * f for f in summary["fractions"]["insertion"]] in [[round(v, 6) for v in x] for x in drawn]
     with pytest.raises(ValueError, match="protocol must be one of"):
         ev.evaluate(tiny, data, tmp_path / "x", methods=["grad_eclip"], protocol="paper", **FAST)
 
@@ -352,3 +361,18 @@ def test_published_method_table_is_reproduced(tmp_path):
                     off.append(f"{method} {title}: {values.mean():.4f} against the published {published:.4f} "
                                f"(3 SE = {band:.4f})")
     assert not off, "\n".join(off)
+
+
+def test_authors_maps_explain_the_shrunk_picture_at_its_full_native_size(tiny, monkeypatch):
+    """The authors shrink a picture to a 640 short side and explain it at native size, with no cap on the
+    patches (the package's default cap of 1600 would downscale a 640 x 880 picture)."""
+    from PIL import Image
+
+    picture = ev.shrink_to_640(Image.new("RGB", (1100, 800), (120, 30, 200)))
+    assert picture.size == (880, 640)
+    shapes = []
+    monkeypatch.setattr(ev, "batch_maps", lambda model, name, pixels, *a, **k: shapes.append(tuple(pixels.shape[-2:]))
+                        or torch.zeros(1, pixels.shape[-2] // 8, pixels.shape[-1] // 8))
+    item = ev.EvalItem(key="big", label=0, load=lambda: (None, None))
+    heat = ev.authors_maps(tiny, "grad_eclip", item, picture, torch.eye(1, 32), {})
+    assert shapes == [(640, 880)] and heat.shape == (640, 880)
