@@ -228,7 +228,8 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
     from .evaluate import weights_digest
     from .explain import encode_texts, explaining
     from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS
-    from .methods import QK_CHOICES, get_image_method
+    from .explain import _run_method
+    from .methods import QK_CHOICES, get_image_method, prepare_options
 
     context = context or Context(device=model.device)
     folder, out = Path(folder), Path(out)
@@ -304,6 +305,9 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
     from safetensors.torch import load_file, save_file
 
     targets = load_file(str(targets_path))["targets"].to(model.device)
+    # the method's model-dependent defaults from all the run's targets, as explain_image completes them
+    # (CLIP Surgery's class set: every prompt or class, whichever of them a batch explains)
+    options = prepare_options(method, model, targets, {})
     images, shards = index["images"], [shard["batches"] for shard in index["shards"]]
     per_image = settings["targets"]["per_image"]
     mine = [(j, shard) for j, shard in context.shard(shards) if not (out / _shard_file(j)).exists()]
@@ -324,7 +328,8 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
                 else:
                     chosen = targets
                 with explaining(model.model):
-                    result = fn(model.adapter, pixels, chosen, layers=absolute_layers, mode=mode, qk=qk)
+                    result = _run_method(model, method, fn, model.adapter, pixels, chosen, layers=absolute_layers,
+                                         mode=mode, qk=qk, **options)
                 maps, scores = result.maps.detach().float().cpu(), result.scores.detach().float().cpu()
                 del result
                 if per_image == _OWN:
@@ -334,8 +339,8 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
                     raise FloatingPointError(f"{method} produced non-finite maps or scores for "
                                              f"{[images[i]['key'] for i in batch]}")
                 for row, i in enumerate(batch):
-                    tensors[f"maps.{i}"] = maps[row].clone()
-                    tensors[f"scores.{i}"] = scores[row].clone()
+                    tensors[f"maps.{i}"] = maps[row].clone(memory_format=torch.contiguous_format)
+                    tensors[f"scores.{i}"] = scores[row].clone(memory_format=torch.contiguous_format)
                 computed += len(batch)
                 bar.update(len(batch))
             with distributed.atomic_output(out / _shard_file(j)) as tmp:

@@ -83,6 +83,26 @@ def test_shards_read_back_as_explain_image_of_each_image(tiny, tmp_path, classes
     assert heat.shape[-2:] == (64, 48) and float(heat.min()) >= 0 and float(heat.max()) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("classes", [None, "own"])
+def test_clip_surgery_shards_take_every_prompt_as_the_class_set(tiny, tmp_path, classes):
+    """CLIP Surgery's map depends on its class set: in a dataset run it is all the run's prompts (or
+    classes), whichever of them a batch explains, so the shards equal explain_image against the whole set
+    (its own class picked out with --classes own), whatever the batches."""
+    folder = make_tree(tmp_path / "data")
+    out = tmp_path / "maps"
+    prompts = PROMPTS if classes is None else None
+    explain_dataset(tiny, folder, out, prompts=prompts, classes=classes, templates="simple", method="clip_surgery",
+                    batch_size=3, shard_size=4, max_patches=50, progress=False)
+    maps = DatasetMaps(out)
+    targets = maps.targets()
+    for stored in maps:
+        with pytest.warns(UserWarning) if maps.images[stored.index]["downscaled"] else contextlib.nullcontext():
+            reference = explain_image(tiny, folder / stored.key, prompts if prompts is not None else targets,
+                                      method="clip_surgery", max_patches=50)
+        want = reference.raw[0] if classes is None else reference.raw[0][stored.label:stored.label + 1]
+        assert torch.allclose(stored.maps, want, rtol=0, atol=1e-5 * float(want.abs().max())), stored.key
+
+
 def test_a_stopped_run_resumes_from_its_shards(tiny, tmp_path):
     folder = make_tree(tmp_path / "data")
     # the largest pictures come last in the plan (batches grouped by input size, sizes ascending)

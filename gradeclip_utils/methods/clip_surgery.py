@@ -57,8 +57,10 @@ def feature_surgery(features: Tensor, cls_embedding: Tensor, targets: Tensor, su
 
 
 def prepare(model: Any, targets: Tensor, options: dict) -> dict:
-    """explain_image's defaults: a single prompt without a class set or a redundant feature gets the
-    single-text form with the empty string's embedding, as the authors' demo runs it."""
+    """The defaults of a call over ``targets`` (explain_image's prompts, or all the prompts of a dataset
+    run): a single prompt without a class set or a redundant feature gets the single-text form with the
+    empty string's embedding, as the authors' demo runs it; several prompts are the class set
+    themselves, fixed here, so that a caller explaining a batch against some of them keeps them all."""
     if options.get("redundant") is None and options.get("surgery_targets") is None and targets.shape[0] == 1:
         from ..explain import encode_texts
 
@@ -67,6 +69,8 @@ def prepare(model: Any, targets: Tensor, options: dict) -> dict:
     elif options.get("redundant") is not None:
         options["surgery_form"] = "single-text"
     else:
+        if options.get("surgery_targets") is None:
+            options["surgery_targets"] = targets
         options["surgery_form"] = "class set"
     return options
 
