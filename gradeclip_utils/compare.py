@@ -25,21 +25,6 @@ from .inputs import upsample
 from .results import ImageExplanation, normalise_maps
 
 
-def _ranks(values: torch.Tensor) -> torch.Tensor:
-    """Average ranks (ties share their mean rank) of a flat tensor, as Spearman's correlation uses."""
-    from scipy.stats import rankdata
-
-    return torch.from_numpy(rankdata(values.numpy(), method="average")).double()
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman's rank correlation of two maps of the same shape (0 when either is constant)."""
-    ra, rb = _ranks(a.flatten().double()), _ranks(b.flatten().double())
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = float(ra.norm() * rb.norm())
-    return float((ra * rb).sum()) / denominator if denominator > 0 else 0.0
-
-
 @dataclass
 class ModelComparison:
     """``explanations[m]`` is model ``names[m]``'s ImageExplanation of the same images and prompts."""
@@ -67,15 +52,17 @@ class ModelComparison:
         return torch.stack([upsample(ex.raw[image], size) for ex in self.explanations])
 
     def agreement(self) -> np.ndarray:
-        """(B, K, M, M) Spearman rank correlations between the models' maps of each image and prompt."""
+        """(B, K, M, M) Spearman rank correlations between the models' maps of each image and prompt
+        (``metrics.spearman``: a constant map scores 0 against a varying one, 1 against another constant)."""
+        from .metrics import spearman
+
         count, models = len(self.explanations[0]), len(self.names)
         out = np.ones((count, len(self.prompts), models, models))
         for b in range(count):
-            maps = self.upsampled(b)
-            for k in range(len(self.prompts)):
-                for i in range(models):
-                    for j in range(i + 1, models):
-                        out[b, k, i, j] = out[b, k, j, i] = spearman(maps[i, k], maps[j, k])
+            maps = self.upsampled(b)  # (M, K, H, W)
+            for i in range(models):
+                for j in range(i + 1, models):
+                    out[b, :, i, j] = out[b, :, j, i] = spearman(maps[i], maps[j])
         return out
 
     def plot(self, image: int = 0, *, shared_scale: bool = False, alpha: float = 0.5, panel: float = 2.4):
