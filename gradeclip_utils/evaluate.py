@@ -68,6 +68,7 @@ from tqdm import tqdm  # text progress: it stays readable in a saved or reloaded
 from . import distributed
 from .distributed import Journal
 from .explain import zero_shot_classifier
+from .inputs import IMAGE_SUFFIXES, class_names
 from .methods import get_image_method, list_methods
 from .metrics import (AUC_DEFINITION, authors_heatmap, authors_perturbation_curves, cascading_randomisation,
                       localisation_scores, perturbation_curves, shrink_to_640)
@@ -142,7 +143,6 @@ def synthetic_set(model, n: int, *, offset: int | None = None) -> EvalSet:
                     "classifier: the 35 colour x shape prompts"])
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
 def _native_picture(path: Path):
@@ -169,16 +169,12 @@ def weights_digest(module: torch.nn.Module) -> str:
 def imagenet_set(model, root: Path, n: int, *, templates: str = "openai", target: str = "gt",
                  batch_size: int = 64, cache: Path | None = None) -> EvalSet:
     """An ImageNet-style folder of class subfolders, ``n`` images taken round-robin over the classes."""
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
     folders = sorted(p for p in Path(root).iterdir() if p.is_dir())
     if not folders:
         raise FileNotFoundError(f"{root} has no class subfolders")
-    wnids = all(len(f.name) == 9 and f.name[0] == "n" and f.name[1:].isdigit() for f in folders)
-    if wnids and len(folders) == len(IMAGENET_CLASSNAMES):
-        names = list(IMAGENET_CLASSNAMES)
-    else:
-        names = [f.name.replace("_", " ") for f in folders]
+    names = class_names([f.name for f in folders])
     files = [sorted(p for p in f.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for f in folders]
     chosen: list[tuple[Path, int]] = []
     for depth in range(max(len(f) for f in files)):
@@ -402,14 +398,7 @@ def _rounded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _append_rows(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
     """Rows appended to a (small) CSV file, rewritten atomically."""
-    distributed.write_csv(path, columns, _read_rows(path) + _rounded(rows))
-
-
-def _read_rows(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    distributed.write_csv(path, columns, distributed.read_csv(path) + _rounded(rows))
 
 
 def _batches(items: list[EvalItem], batch_size: int) -> list[list[EvalItem]]:
@@ -595,7 +584,7 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
     # speed, side by side with one plain forward: on rank 0 while the other ranks wait
     timing_path = out / "timing.csv"
     if context.is_main:
-        timed = {row["method"] for row in _read_rows(timing_path)}
+        timed = {row["method"] for row in distributed.read_csv(timing_path)}
         to_time = [m for m in methods if m not in timed]
         if to_time and timing_images > 0:
             pixels = torch.stack([item.load()[0] for item in data.items[:timing_images]])
@@ -606,7 +595,7 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
 
     # per-image metrics: this rank's batches, results appended to its part file as they finish
     per_image = out / "per_image.csv"
-    done = {(row["key"], row["method"]) for row in _read_rows(per_image) + Journal.read(parts, "per_image")}
+    done = {(row["key"], row["method"]) for row in distributed.read_csv(per_image) + Journal.read(parts, "per_image")}
     localise = data.has_masks and protocol == "project"
     columns = ["key", "label", "target", "prompt", "method"] + (list(LOCALISATION) if localise else [])
     if faithfulness:
@@ -665,7 +654,7 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
     # the cascading randomisation sanity check: method i of the list on rank i % N
     sanity_path = out / "sanity.csv"
     sanity_all = [m for m in (sanity_methods if sanity_methods is not None else methods) if m != RANDOM]
-    checked = {row["method"] for row in _read_rows(sanity_path) + Journal.read(parts, "sanity")}
+    checked = {row["method"] for row in distributed.read_csv(sanity_path) + Journal.read(parts, "sanity")}
     sanity_mine = [name for _, name in context.shard(sanity_all) if name not in checked]
     sanity_journal = Journal(parts, "sanity", context.rank)
     if sanity_images > 0 and sanity_mine:

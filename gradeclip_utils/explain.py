@@ -118,17 +118,22 @@ def encode_texts(model: LoadedModel, texts: str | Sequence[str], batch_size: int
 
 @torch.no_grad()
 def zero_shot_classifier(model: LoadedModel, classnames: Sequence[str], templates: Sequence[Any],
-                         batch_size: int = 256, progress: bool = True) -> torch.Tensor:
+                         batch_size: int = 2048, progress: bool = True) -> torch.Tensor:
     """A zero-shot classifier (C, D), float32, unit rows: for each class, the mean of its unit-normalised
     template embeddings, normalised again (CLIP's and the Grad-ECLIP authors' recipe). ``templates``
-    are format strings with one ``{}`` or callables of the class name (open_clip's template lists)."""
+    are format strings with one ``{}`` or callables of the class name (open_clip's template lists); the
+    texts of several classes are encoded together, about ``batch_size`` at a time."""
     if not classnames or not templates:
         raise ValueError("a zero-shot classifier needs at least one class name and one template")
+    step = max(1, batch_size // len(templates))
     rows = []
-    for name in tqdm(classnames, desc="zero-shot classifier", disable=not progress, leave=False):
-        texts = [t(name) if callable(t) else t.format(name) for t in templates]
-        rows.append(F.normalize(encode_texts(model, texts, batch_size=batch_size).mean(dim=0), dim=-1))
-    return torch.stack(rows)
+    for start in tqdm(range(0, len(classnames), step), desc="zero-shot classifier", leave=False,
+                      disable=not progress or len(classnames) <= step):
+        group = classnames[start:start + step]
+        texts = [t(name) if callable(t) else t.format(name) for name in group for t in templates]
+        embedded = encode_texts(model, texts, batch_size=batch_size).reshape(len(group), len(templates), -1)
+        rows.append(F.normalize(embedded.mean(dim=1), dim=-1))
+    return torch.cat(rows)
 
 
 def prompt_targets(model: LoadedModel, prompts: Any, labels: Sequence[str] | None = None

@@ -52,14 +52,13 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from . import distributed
 from .distributed import Context
+from .inputs import IMAGE_SUFFIXES, class_names
 
 FORMAT = "gradeclip-maps/1"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 SHARDS = "shards"
 _OWN, _ALL = "own", "all"
 
@@ -77,17 +76,6 @@ def find_images(folder: str | Path) -> list[str]:
     if not keys:
         raise FileNotFoundError(f"no images under {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     return keys
-
-
-def class_names(folders: Sequence[str]) -> list[str]:
-    """Class names of the class folders: ImageNet's 1000 wnid folders get the standard names, other
-    folders their own name (``_`` as a space), as the evaluation names them."""
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-
-    wnids = all(len(f) == 9 and f[0] == "n" and f[1:].isdigit() for f in folders)
-    if wnids and len(folders) == len(IMAGENET_CLASSNAMES):
-        return list(IMAGENET_CLASSNAMES)
-    return [f.replace("_", " ") for f in folders]
 
 
 def _labels(keys: Sequence[str]) -> tuple[list[str], list[int]]:
@@ -165,21 +153,13 @@ def _shard_file(j: int) -> str:
 
 # ------------------------------------------------------------------------------------- targets
 def _class_targets(model, names: Sequence[str], templates: str, show: bool) -> torch.Tensor:
-    """(C, D) unit class embeddings: the mean of each class's normalised template embeddings, renormalised."""
+    """(C, D) unit class embeddings: explain.zero_shot_classifier with open_clip's ImageNet templates."""
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
-    from tqdm import tqdm  # text progress (a widget bar does not survive a reload)
 
-    from .explain import encode_texts
+    from .explain import zero_shot_classifier
 
     chosen = {"openai": OPENAI_IMAGENET_TEMPLATES, "simple": SIMPLE_IMAGENET_TEMPLATES}[templates]
-    rows = []
-    step = max(1, 2048 // len(chosen))
-    for start in tqdm(range(0, len(names), step), desc="class embeddings", disable=not show or len(names) <= step):
-        group = names[start:start + step]
-        texts = [template(name) for name in group for template in chosen]
-        embedded = encode_texts(model, texts).reshape(len(group), len(chosen), -1)
-        rows.append(F.normalize(embedded.mean(dim=1), dim=-1))
-    return torch.cat(rows).cpu()
+    return zero_shot_classifier(model, names, chosen, progress=show).cpu()
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -226,9 +206,8 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
     """
     from .adapters import MODES
     from .evaluate import weights_digest
-    from .explain import encode_texts, explaining
+    from .explain import _run_method, encode_texts, explaining
     from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS
-    from .explain import _run_method
     from .methods import QK_CHOICES, get_image_method, prepare_options
 
     context = context or Context(device=model.device)

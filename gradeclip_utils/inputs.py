@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 Resolution = Literal["native", "model"]
 RESOLUTIONS: tuple[str, ...] = ("native", "model")
 DEFAULT_MAX_PATCHES = 1600  # 40 x 40 patches: 640 px a side for a patch size of 16
+#: file suffixes read as images in folders (the evaluation's and the dataset explanation's)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 CHANNEL_COUNTS = (1, 3, 4)
 _EXIF_ORIENTATION = 0x0112
 
@@ -334,6 +336,17 @@ def prepare_images(model: "LoadedModel", images: Any, resolution: Resolution = "
                             f"{type(item).__name__}")
         prepared.append(prepare_image(model, picture, resolution, max_patches=max_patches, source=source))
     return prepared
+
+
+def class_names(folders: Sequence[str]) -> list[str]:
+    """Class names of an ImageNet-style tree's class folders: ImageNet's 1000 wnid folders get the standard
+    names, other folders their own name (``_`` as a space)."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    wnids = all(len(f) == 9 and f[0] == "n" and f[1:].isdigit() for f in folders)
+    if wnids and len(folders) == len(IMAGENET_CLASSNAMES):
+        return list(IMAGENET_CLASSNAMES)
+    return [f.replace("_", " ") for f in folders]
 
 
 def group_by_shape(prepared: Sequence[PreparedImage]) -> dict[tuple[int, ...], list[int]]:
