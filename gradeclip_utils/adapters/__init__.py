@@ -31,8 +31,6 @@ def model_family(model: nn.Module) -> str:
     named = zoo.family(model)
     if named:
         return named
-    if type(model).__name__ == "CoCa":
-        return "CoCa"
     text = getattr(model, "text", None)
     if type(text).__name__ == "HFTextEncoder":
         return "open_clip with a Hugging Face text tower (HFTextEncoder)"

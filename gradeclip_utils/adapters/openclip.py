@@ -109,7 +109,7 @@ def _text_parts(model: nn.Module) -> dict[str, Any]:
 
 def unsupported_reason(model: nn.Module) -> str | None:
     """Why this file cannot explain ``model`` (None when it can)."""
-    CLIP, CustomTextCLIP, TextTransformer, VisionTransformer = _classes()
+    CLIP, CustomTextCLIP, _, VisionTransformer = _classes()
     if not isinstance(model, (CLIP, CustomTextCLIP)):
         return f"not an open_clip CLIP model ({type(model).__name__})"
     visual = model.visual
@@ -123,6 +123,13 @@ def unsupported_reason(model: nn.Module) -> str | None:
             return problem
     elif not is_modified_resnet(visual):
         return f"image tower {type(visual).__name__} is neither an open_clip VisionTransformer nor a ModifiedResNet"
+    return text_problem(model)
+
+
+def text_problem(model: nn.Module) -> str | None:
+    """Why the text tower of an open_clip model cannot be read (None when it can); the families whose
+    models carry open_clip's text tower (timm trunks too) share these checks."""
+    _, CustomTextCLIP, TextTransformer, _ = _classes()
     if isinstance(model, CustomTextCLIP):
         if not isinstance(model.text, TextTransformer):
             return f"text tower {type(model.text).__name__} is not an open_clip TextTransformer"

@@ -146,30 +146,11 @@ def trunk_problem(visual: nn.Module) -> str | None:
     return None
 
 
-def _text_problem(model: nn.Module) -> str | None:
-    """The open_clip family's text-tower checks (the text towers are the same)."""
-    from open_clip.model import CustomTextCLIP
-    from open_clip.transformer import TextTransformer
-
-    if isinstance(model, CustomTextCLIP):
-        if not isinstance(model.text, TextTransformer):
-            return f"text tower {type(model.text).__name__} is not an open_clip TextTransformer"
-        if model.text.cls_emb is not None:
-            return "text tower appends a class embedding (CoCa-style)"
-    parts = openclip._text_parts(model)
-    problem = openclip._blocks_problem("text", parts["transformer"])
-    if problem:
-        return problem
-    if parts["pool_type"] not in ("argmax", "last", "first", "eos"):
-        return f"text tower pools with '{parts['pool_type']}'"
-    return None
-
-
 def unsupported_reason(model: nn.Module) -> str | None:
     """Why this file cannot explain ``model`` (None when it can)."""
     if not recognises(model):
         return f"not an open_clip model with a timm image tower ({type(model).__name__})"
-    return trunk_problem(model.visual) or _text_problem(model)
+    return trunk_problem(model.visual) or openclip.text_problem(model)
 
 
 # --------------------------------------------------------------------------------------- the trunk

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-#: timm trunks that timm_vit.py reads (and refuses, when it does, with its own reason)
-READ_BY_TIMM_VIT = ("VisionTransformer", "Eva")
+from .timm_vit import TRUNKS as READ_BY_TIMM_VIT  # timm_vit.py reads these (and names what it refuses in them)
 
 
 def _trunk(model: nn.Module) -> nn.Module | None:
