@@ -192,12 +192,10 @@ def authors_heatmap(grid_map: Tensor, size: tuple[int, int]) -> np.ndarray:
     """The authors' ``generate_hm``: min-max normalise the map where it was computed (patch grid), then
     resize it (bilinear) to the picture's (H, W). A constant map gives zeros (where the authors' code
     would divide by zero)."""
-    m = grid_map.detach().float().clone()
-    m -= m.min()
-    peak = m.max()
-    m = m / peak if peak > 0 else torch.zeros_like(m)
-    up = F.interpolate(m[None, None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
-    return up[0, 0].numpy()
+    from ..inputs import upsample
+    from ..results import normalise_maps
+
+    return upsample(normalise_maps(grid_map.detach().float()), tuple(size)).numpy()
 
 
 @torch.no_grad()
