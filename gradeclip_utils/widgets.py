@@ -260,6 +260,35 @@ class _Cache:
         self.items.clear()
 
 
+def _prompt_box(prompts: Sequence[str]) -> tuple[Any, Any]:
+    """The prompts box (prompts separated by ";", drawn on Enter) and its apply button."""
+    w = _widgets()
+    bad = [p for p in prompts if PROMPT_SEPARATOR in p or "\n" in p]
+    if bad:
+        raise ValueError(f"prompts cannot contain {PROMPT_SEPARATOR!r} or a newline (it separates them): {bad}")
+    box = w.Text(value=f"{PROMPT_SEPARATOR} ".join(prompts), description="prompts", continuous_update=False,
+                 placeholder="type prompts separated by ; and press Enter", layout=w.Layout(width="600px"))
+    apply = w.Button(description="apply", icon="check", button_style="primary",
+                     tooltip="draw with the prompts as typed (Enter in the box does the same)",
+                     layout=w.Layout(width="120px"))
+    return box, apply
+
+
+def _mode_buttons(mode: str) -> Any:
+    from .adapters import MODES
+
+    w = _widgets()
+    return w.ToggleButtons(options=list(MODES), value=mode, description="mode",
+                           style={"button_width": "80px", "description_width": "initial"},
+                           layout=w.Layout(width="auto", flex="0 0 auto", display="flex"))
+
+
+def _shared_box(value: bool, what: str) -> Any:
+    w = _widgets()
+    return w.Checkbox(value=value, description=f"one colour scale for all {what}", indent=False,
+                      layout=w.Layout(width="auto"))
+
+
 class _Base:
     """Shared state, debouncing, busy state and bookkeeping of the explorers."""
 
@@ -322,6 +351,11 @@ class _Base:
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
+
+    def current_prompts(self) -> list[str]:
+        """The prompts in the box (split at ";" and newlines, blanks dropped)."""
+        text = self.prompts.value.replace("\n", PROMPT_SEPARATOR)
+        return [part.strip() for part in text.split(PROMPT_SEPARATOR) if part.strip()]
 
     def settings(self) -> dict[str, Any]:  # pragma: no cover - implemented by each explorer
         raise NotImplementedError
@@ -428,7 +462,6 @@ class Explorer(_Base):
                  method_options: Mapping[str, Mapping[str, Any]] | None = None, text_layers: int = 8,
                  shared_scale: bool = False, colorbar: bool = True, width: int = DEFAULT_WIDTH,
                  debounce: float = DEBOUNCE_SECONDS, auto_render: bool = True) -> None:
-        from .adapters import MODES
         from .methods import list_methods
 
         super().__init__(model, width=width, debounce=debounce)
@@ -445,26 +478,15 @@ class Explorer(_Base):
             raise ValueError(f"unknown image methods {unknown}; registered: {available}")
         if method not in methods:
             raise ValueError(f"method {method!r} is not among the methods offered {methods}")
-        bad = [p for p in prompts if PROMPT_SEPARATOR in p or "\n" in p]
-        if bad:
-            raise ValueError(f"prompts cannot contain {PROMPT_SEPARATOR!r} or a newline (it separates them): {bad}")
+        self.prompts, self.apply = _prompt_box(prompts)
         blocks = image_blocks(model)
         self.image = w.Dropdown(options=list(self.images), description="image")
         self.method = w.Dropdown(options=methods, value=method, description="method")
-        self.prompts = w.Text(value=f"{PROMPT_SEPARATOR} ".join(prompts), description="prompts",
-                              continuous_update=False, placeholder="type prompts separated by ; and press Enter",
-                              layout=w.Layout(width="600px"))
-        self.apply = w.Button(description="apply", icon="check", button_style="primary",
-                              tooltip="draw with the prompts as typed (Enter in the box does the same)",
-                              layout=w.Layout(width="120px"))
         self.suggestions = w.Dropdown(options=[ADD_PROMPT, *suggestions], description="add")
         self.layer = w.IntSlider(min=0, max=blocks - 1, value=layer % blocks, description="block",
                                  continuous_update=False)
-        self.mode = w.ToggleButtons(options=list(MODES), value=mode, description="mode",
-                                    style={"button_width": "80px", "description_width": "initial"},
-                                    layout=w.Layout(width="auto", flex="0 0 auto", display="flex"))
-        self.shared = w.Checkbox(value=shared_scale, description="one colour scale for all prompts", indent=False,
-                                 layout=w.Layout(width="auto"))
+        self.mode = _mode_buttons(mode)
+        self.shared = _shared_box(shared_scale, "prompts")
         self.scores = w.HTML()
         self.words = w.HTML()
         hint = w.HTML("<small>prompts are separated by <b>;</b> &mdash; press <b>Enter</b> in the box (or "
@@ -497,11 +519,6 @@ class Explorer(_Base):
             else:
                 self.render()
         self.suggestions.value = ADD_PROMPT
-
-    def current_prompts(self) -> list[str]:
-        """The prompts in the box (split at ";" and newlines, blanks dropped)."""
-        text = self.prompts.value.replace("\n", PROMPT_SEPARATOR)
-        return [part.strip() for part in text.split(PROMPT_SEPARATOR) if part.strip()]
 
     def settings(self) -> dict[str, Any]:
         """What the next render will use."""
@@ -873,7 +890,6 @@ class ModelComparisonView(_Base):
                  mode: str = "faithful", resolution: str | None = None, shared_scale: bool = False,
                  colorbar: bool = True, width: int = DEFAULT_WIDTH, debounce: float = DEBOUNCE_SECONDS,
                  auto_render: bool = True) -> None:
-        from .adapters import MODES
         from .methods import list_methods
 
         if not isinstance(models, Mapping) or len(models) < 2:
@@ -891,17 +907,9 @@ class ModelComparisonView(_Base):
             raise ValueError(f"unknown image method {method!r}; registered: {available}")
         self.image = w.Dropdown(options=list(self.images), description="image")
         self.method = w.Dropdown(options=available, value=method, description="method")
-        self.prompts = w.Text(value=f"{PROMPT_SEPARATOR} ".join(prompts), description="prompts",
-                              continuous_update=False, placeholder="type prompts separated by ; and press Enter",
-                              layout=w.Layout(width="600px"))
-        self.apply = w.Button(description="apply", icon="check", button_style="primary",
-                              tooltip="draw with the prompts as typed (Enter in the box does the same)",
-                              layout=w.Layout(width="120px"))
-        self.mode = w.ToggleButtons(options=list(MODES), value=mode, description="mode",
-                                    style={"button_width": "80px", "description_width": "initial"},
-                                    layout=w.Layout(width="auto", flex="0 0 auto", display="flex"))
-        self.shared = w.Checkbox(value=shared_scale, description="one colour scale for all panels", indent=False,
-                                 layout=w.Layout(width="auto"))
+        self.prompts, self.apply = _prompt_box(prompts)
+        self.mode = _mode_buttons(mode)
+        self.shared = _shared_box(shared_scale, "panels")
         self.table = w.HTML()
         hint = w.HTML("<small>prompts are separated by <b>;</b> &mdash; press <b>Enter</b> in the box (or "
                       f"<b>apply</b>) to draw; {len(self.models)} models: {html.escape(', '.join(self.models))}</small>")
@@ -913,10 +921,6 @@ class ModelComparisonView(_Base):
         self.apply.on_click(lambda _button: self.render())
         if auto_render:
             self.render()
-
-    def current_prompts(self) -> list[str]:
-        text = self.prompts.value.replace("\n", PROMPT_SEPARATOR)
-        return [part.strip() for part in text.split(PROMPT_SEPARATOR) if part.strip()]
 
     def settings(self) -> dict[str, Any]:
         return {"image": self.image.value, "prompts": self.current_prompts(), "method": self.method.value,
