@@ -41,7 +41,8 @@ class BlockCapture:
     (B, C) row of the attention output (before the output projection) at the pooled token, attached
     to the graph so that the embedding can be differentiated with respect to it. ``probs`` (B, H, N, N)
     is kept, with its graph, only when asked for. ``block_input`` is the (B, N, C) residual stream
-    entering the block (detached) and ``out_proj`` the block's output projection (weight, bias).
+    entering the block, when asked for, attached to the graph (Grad-CAM differentiates with respect to
+    it), and ``out_proj`` the block's output projection (weight, bias).
     """
 
     layer: int
