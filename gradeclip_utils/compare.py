@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .inputs import upsample
-from .results import ImageExplanation, normalise_maps
+from .results import ImageExplanation
 
 
 @dataclass
@@ -65,37 +65,37 @@ class ModelComparison:
                     out[b, :, i, j] = out[b, :, j, i] = spearman(maps[i], maps[j])
         return out
 
-    def plot(self, image: int = 0, *, shared_scale: bool = False, alpha: float = 0.5, panel: float = 2.4):
-        """Models (rows) x prompts (columns) of one image: overlays with each model's score. With
-        ``shared_scale`` all maps of a prompt share one colour scale (raw values), so that a model whose
-        map is weaker looks weaker; by default each map is min-max scaled on its own."""
-        import matplotlib.pyplot as plt
+    def plot(self, image: int = 0, *, shared_scale: bool = False, title: str | None = None, width_px: int = 960,
+             colorbar: bool = True, alpha: float = 0.5, reuse: Any = None):
+        """One overlay per model and prompt, a row per model when the prompts fit in ``width_px``
+        (``plotting.heat_map_panels``: fixed text sizes, a colour bar, a red frame where the score S is
+        negative), each titled with the model, the prompt and its score. With ``shared_scale`` every panel is on one scale of raw values (``plotting.map_scale``:
+        from min(0, smallest value) to the largest), so that a model whose maps are weaker looks weaker, as
+        in the explorers; by default each map is min-max scaled on its own. ``reuse``: a figure this method
+        drew before, updated in place when its layout fits."""
+        from .plotting import heat_map_panels, signed
 
-        models, prompts = len(self.names), len(self.prompts)
-        maps = self.upsampled(image)
-        fig, axes = plt.subplots(models, prompts, figsize=(panel * prompts, panel * models + 0.6), squeeze=False,
-                                 layout="constrained")
-        for k in range(prompts):
-            column = maps[:, k]
-            low, high = float(column.min()), float(column.max())
-            for m in range(models):
-                ax = axes[m, k]
-                picture = self.explanations[m].images[image].resize(tuple(reversed(self.common_size(image))))
-                ax.imshow(picture)
-                if shared_scale:
-                    heat = ((column[m] - low) / (high - low) if high > low else torch.zeros_like(column[m])).numpy()
-                else:
-                    heat = normalise_maps(column[m]).numpy()
-                ax.imshow(heat, cmap="jet", alpha=alpha, vmin=0, vmax=1)
+        maps = self.upsampled(image)  # (M, K, H, W)
+        panels, titles, flagged = [], [], []
+        for m, name in enumerate(self.names):
+            for k, prompt in enumerate(self.prompts):
                 score = float(self.explanations[m].scores[image, k])
-                ax.set_title(f"{self.prompts[k][:28]}\nS = {score:+.3f}" if m == 0 else f"S = {score:+.3f}", fontsize=9)
-                ax.set_xticks([]), ax.set_yticks([])
-                if k == 0:
-                    ax.set_ylabel(self.names[m], fontsize=9)
-        method = self.settings.get("method", "grad_eclip")
-        fig.suptitle(f"{method}, {self.settings.get('mode', 'faithful')} mode, "
-                     f"{'shared' if shared_scale else 'per-map'} colour scale", fontsize=10)
-        return fig
+                panels.append(maps[m, k].numpy())
+                titles.append(f"{name}\n{prompt}\nS = {signed(score)}")
+                flagged.append(score < 0)
+        scale = "shared" if shared_scale else "panel"
+        if title is None:
+            described = self.settings.get("models") or [{}] * len(self.names)
+            families = ", ".join(f"{n}: {d.get('family', '?')}" for n, d in zip(self.names, described))
+            title = (f"{self.settings.get('method', 'grad_eclip')} \u00b7 {self.settings.get('mode', 'faithful')} mode"
+                     f" \u00b7 {families}\n"
+                     + ("one colour scale for all panels" if shared_scale else "each panel on its own scale"))
+        picture = self.explanations[0].images[image]
+        if picture.size[::-1] != tuple(maps.shape[-2:]):
+            picture = picture.resize((int(maps.shape[-1]), int(maps.shape[-2])))
+        return heat_map_panels(picture, panels, titles, title=title, scale=scale, colorbar=colorbar, flagged=flagged,
+                               width_px=width_px, alpha=alpha, input_title=None, columns=len(self.prompts),
+                               reuse=reuse)
 
     def save(self, path: str | Path) -> Path:
         """Maps, scores and settings of every model in one ``.npz`` (no pickle)."""

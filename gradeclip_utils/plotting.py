@@ -176,6 +176,11 @@ def _wrapped(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width=width, break_long_words=True) or [""])
 
 
+def signed(value: float, digits: int = 3) -> str:
+    """A score with its sign always written, and a true minus sign: "+0.312", "−0.462"."""
+    return f"{value:+.{digits}f}".replace("-", "\u2212")
+
+
 def map_scale(maps: Sequence[np.ndarray], scale: str) -> tuple[list[np.ndarray], float, float]:
     """The maps as shown and the (vmin, vmax) of their colour scale.
 
@@ -202,7 +207,8 @@ def map_scale(maps: Sequence[np.ndarray], scale: str) -> tuple[list[np.ndarray],
 def heat_map_panels(picture: Image.Image, maps: Sequence[np.ndarray], titles: Sequence[str], *, title: str,
                     scale: str = "panel", colorbar: bool = True, flagged: Sequence[bool] | None = None,
                     width_px: int = 960, input_title: str | None = "input", cmap: str = "jet", alpha: float = 0.5,
-                    panel_inches: float = PANEL_INCHES, dpi: int = PANEL_DPI, reuse: Figure | None = None) -> Figure:
+                    panel_inches: float = PANEL_INCHES, dpi: int = PANEL_DPI, columns: int | None = None,
+                    reuse: Figure | None = None) -> Figure:
     """The input picture, then one overlay per map, in as many rows as ``width_px`` needs.
 
     Text has fixed point sizes and every panel is ``panel_inches`` wide whatever the number of panels
@@ -210,7 +216,9 @@ def heat_map_panels(picture: Image.Image, maps: Sequence[np.ndarray], titles: Se
     arrays at the picture's size (raw values); ``scale`` is "panel" or "shared" (see ``map_scale``);
     ``colorbar`` adds one bar for the figure that says which. Panels with ``flagged`` True get a red
     frame and a red title (the explorers flag a negative score S this way). ``title`` may hold several
-    lines. Returns a Figure on its own Agg canvas, not registered with pyplot (nothing to close).
+    lines. ``columns``: panels per row when they fit in ``width_px`` (a grid, for example models x prompts);
+    otherwise as many as fit. Returns a Figure on its own Agg canvas, not registered with pyplot (nothing
+    to close).
 
     ``reuse``: a figure this function made before; when its layout (panel count, rows, title lines, size)
     is the one needed, its images, titles, frames and colour bar are updated in place and it is returned
@@ -232,7 +240,11 @@ def heat_map_panels(picture: Image.Image, maps: Sequence[np.ndarray], titles: Se
     if n == 0:
         raise ValueError("nothing to draw: give at least one map or the input")
     bar_in = 1.0 if colorbar else 0.0
+    if columns is not None and columns < 1:
+        raise ValueError(f"columns must be at least 1, got {columns}")
     cols = panel_columns(n, width_px, panel_inches=panel_inches, dpi=dpi, reserved_px=int(bar_in * dpi))
+    if columns is not None:
+        cols = min(cols, columns, n)
     rows = -(-n // cols)
     chars = max(8, int(panel_inches * 72 / (TITLE_POINTS * 0.56)))
     panel_titles = ([input_title] if extra else []) + [_wrapped(t, chars) if "\n" not in t else

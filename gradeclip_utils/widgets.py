@@ -45,6 +45,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .plotting import signed
 from .studies.common import as_input, default_resolution, named_images, prompt_mask, upsampled
 
 #: methods shown side by side by default (those registered are used)
@@ -149,11 +150,6 @@ def method_takes(method: str, option: str) -> bool:
     if option in parameters:
         return True
     return any(p.kind is inspect.Parameter.VAR_KEYWORD and p.name != "_" for p in parameters.values())
-
-
-def signed(value: float, digits: int = 3) -> str:
-    """A score with its sign always written, and a true minus sign: "+0.312", "−0.462"."""
-    return f"{value:+.{digits}f}".replace("-", "\u2212")
 
 
 def settings_text(state: Mapping[str, Any], precision: str | None) -> str:
@@ -967,24 +963,12 @@ class ModelComparisonView(_Base):
         return self._finish(state, fig, png, error)
 
     def draw(self, comparison: Any, state: Mapping[str, Any]):
-        """Models x prompts panels on the first model's picture."""
-        from .plotting import heat_map_panels
-
-        picture = comparison.explanations[0].images[0]
-        maps = comparison.upsampled(0)  # (M, K, H, W)
-        panels, titles, flagged = [], [], []
-        for m, name in enumerate(comparison.names):
-            for k, prompt in enumerate(state["prompts"]):
-                score = float(comparison.scores[m, 0, k])
-                panels.append(maps[m, k].numpy())
-                titles.append(f"{name}\n{prompt}\nS = {signed(score)}")
-                flagged.append(score < 0)
-        scale = "shared" if state["shared_scale"] else "panel"
+        """Models x prompts panels on the first model's picture (``ModelComparison.plot``)."""
         families = ", ".join(f"{n}: {m.describe().get('family')}" for n, m in self.models.items())
         title = (f"{self._describe(state)}\n{state['image']} \u00b7 {families} \u00b7 "
-                 + ("one colour scale for all panels" if scale == "shared" else "each panel on its own scale"))
-        self._drawn = heat_map_panels(picture, panels, titles, title=title, scale=scale, colorbar=self.colorbar,
-                                      flagged=flagged, width_px=self.width, reuse=self._drawn)
+                 + ("one colour scale for all panels" if state["shared_scale"] else "each panel on its own scale"))
+        self._drawn = comparison.plot(0, shared_scale=bool(state["shared_scale"]), title=title, width_px=self.width,
+                                      colorbar=self.colorbar, reuse=self._drawn)
         return self._drawn
 
 

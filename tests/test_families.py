@@ -17,6 +17,7 @@ import torch
 
 import gradeclip_utils as ge
 from gradeclip_utils.adapters import UnsupportedMethodError
+from gradeclip_utils.plotting import NEGATIVE_COLOUR
 from gradeclip_utils.methods import IMAGE_METHODS, TEXT_METHODS
 
 import families as fam
@@ -459,7 +460,25 @@ def test_compare_models_side_by_side(families, resnets, tmp_path):
                 checked += 1
     assert checked >= 2
     figure = comparison.plot(1, shared_scale=True)
-    assert len(figure.axes) == 6
+    maps = comparison.upsampled(1).numpy()  # (M, K, H, W)
+    panels = figure.axes[:-1]  # models x prompts, then the colour bar
+    assert len(panels) == maps.shape[0] * maps.shape[1]
+    rows = sorted({round(ax.get_position().y0, 6) for ax in panels}, reverse=True)
+    assert len(rows) == maps.shape[0]  # a row per model (2 prompts fit the default width)
+    low, high = min(0.0, float(maps.min())), float(maps.max())  # the explorers' shared scale (map_scale)
+    for index, ax in enumerate(panels):
+        m, k = divmod(index, maps.shape[1])
+        assert np.allclose(ax.images[1].get_array(), maps[m, k])  # raw values on the one scale
+        assert ax.images[1].norm.vmin == pytest.approx(low) and ax.images[1].norm.vmax == pytest.approx(high)
+        score = float(comparison.scores[m, 1, k])
+        assert comparison.names[m] in ax.get_title() and f"{abs(score):.3f}" in ax.get_title()
+        assert (ax.title.get_color() == NEGATIVE_COLOUR) == (score < 0)
+    assert figure.axes[-1].get_ylim() == pytest.approx((low, high))  # the colour bar says so
+    for index, ax in enumerate(comparison.plot(1).axes[:-1]):  # per-panel scale: each map min-max scaled
+        raw = maps[divmod(index, maps.shape[1])]  # on its own (a constant map shows zeros)
+        span = raw.max() - raw.min()
+        want = (raw - raw.min()) / span if span > 0 else np.zeros_like(raw)
+        assert np.allclose(ax.images[1].get_array(), want, atol=1e-6)
     assert comparison.save(tmp_path / "cmp").is_file()
     with pytest.raises(TypeError, match="as text"):
         ge.compare_models([families["hf"], families["openai"]], NATIVE_PIXELS, torch.randn(2, fam.EMBED))

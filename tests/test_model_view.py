@@ -30,7 +30,7 @@ def test_the_view_draws_compare_models(pair):
     assert np.allclose(view.last["scores"], want.scores[:, 0].numpy(), atol=1e-6)
     assert np.allclose(view.last["agreement"]["a dog"], want.agreement()[0, 1], atol=1e-4)
     assert view.last["agreement"]["a dog"][0][1] == pytest.approx(1.0, abs=1e-4)  # the same weights
-    assert len(view.figure.axes) >= 5  # the input, 2 models x 2 prompts, the colour bar
+    assert len(view.figure.axes) == 2 * 2 + 1  # 2 models x 2 prompts, the colour bar
     assert "Hugging Face CLIP" in view.figure.get_suptitle() and "open_clip ViT" in view.figure.get_suptitle()
     assert "vs" in view.table.value and "+1.000" in view.table.value
 
