@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from .base import CLIPAdapter, UnsupportedModelError
-from .openclip import attention_problem
+from .openclip import attention_problem, clip_vit_tower
 from .resnet import image_tower, is_modified_resnet
-from .transformer import BlockView, CausalTextTower, ViTTower, fused_qkv, interpolate_positions, pool_positions
+from .transformer import BlockView, CausalTextTower, ViTTower, fused_qkv, pool_positions
 
 FAMILY = "OpenAI clip"
 PREFIX = "openai-clip:"
@@ -70,34 +70,10 @@ def block_view(block: nn.Module) -> BlockView:
 
 
 def _vit_tower(visual: nn.Module) -> ViTTower:
-    patch = visual.conv1.kernel_size
-    native_side = round((visual.positional_embedding.shape[0] - 1) ** 0.5)
-
-    def blocks() -> list[BlockView]:
-        return [block_view(b) for b in visual.transformer.resblocks]
-
-    def embed(pixels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        x = visual.conv1(pixels).flatten(2).transpose(1, 2)
-        cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
-        pos = interpolate_positions(visual.positional_embedding, (native_side, native_side), grid)
-        return visual.ln_pre(torch.cat([cls, x], dim=1) + pos.to(x.dtype))
-
-    def head(pooled: torch.Tensor) -> torch.Tensor:
-        pooled = visual.ln_post(pooled)
-        return pooled @ visual.proj if visual.proj is not None else pooled
-
-    def groups() -> list[tuple[str, list[nn.Parameter]]]:
-        out = [("head", list(visual.ln_post.parameters()) + ([visual.proj] if visual.proj is not None else []))]
-        for index in reversed(range(len(visual.transformer.resblocks))):
-            out.append((f"block {index}", list(visual.transformer.resblocks[index].parameters())))
-        out.append(("embedding", [visual.class_embedding, visual.positional_embedding, *visual.conv1.parameters(),
-                                  *visual.ln_pre.parameters()]))
-        return out
-
-    return ViTTower(embed=embed, blocks=blocks, head=head, patch_size=tuple(patch),
-                    image_size=(native_side * patch[0], native_side * patch[1]),
-                    embed_dim=int(visual.proj.shape[1]) if visual.proj is not None else int(visual.conv1.out_channels),
-                    weight=lambda: visual.conv1.weight, parameter_groups=groups)
+    patch = tuple(visual.conv1.kernel_size)
+    side = round((visual.positional_embedding.shape[0] - 1) ** 0.5)
+    return clip_vit_tower(visual, block_view, grid=(side, side), image_size=(side * patch[0], side * patch[1]),
+                          embed_dim=visual.proj.shape[1] if visual.proj is not None else visual.conv1.out_channels)
 
 
 def _text_tower(model: nn.Module) -> CausalTextTower:

@@ -12,7 +12,7 @@ q, k and the attention output mean, so a model that uses them is refused with th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -144,16 +144,20 @@ def text_problem(model: nn.Module) -> str | None:
     return None
 
 
-def _vit_tower(visual: nn.Module) -> ViTTower:
+def clip_vit_tower(visual: nn.Module, view: Callable[[nn.Module], BlockView], *, grid: tuple[int, int],
+                   image_size: tuple[int, int], embed_dim: int, dropout: Callable = identity) -> ViTTower:
+    """The engine's view of a VisionTransformer in OpenAI's layout, which open_clip's keeps (``conv1``,
+    ``class_embedding``, ``positional_embedding`` for a ``grid``, ``ln_pre``, ``transformer.resblocks``,
+    ``ln_post``, ``proj``); ``view`` makes a block's view (each family's own layout), ``dropout`` is
+    open_clip's patch dropout (the identity in eval mode). OpenAI's adapter uses it too."""
     def blocks() -> list[BlockView]:
-        return [block_view(b) for b in visual.transformer.resblocks]
+        return [view(b) for b in visual.transformer.resblocks]
 
-    def embed(pixels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def embed(pixels: torch.Tensor, target: tuple[int, int]) -> torch.Tensor:
         x = visual.conv1(pixels).flatten(2).transpose(1, 2)
         cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
-        pos = interpolate_positions(visual.positional_embedding, tuple(visual.grid_size), grid)
-        x = visual.patch_dropout(torch.cat([cls, x], dim=1) + pos.to(x.dtype))
-        return visual.ln_pre(x)
+        pos = interpolate_positions(visual.positional_embedding, grid, target)
+        return visual.ln_pre(dropout(torch.cat([cls, x], dim=1) + pos.to(x.dtype)))
 
     def head(pooled: torch.Tensor) -> torch.Tensor:
         pooled = visual.ln_post(pooled)
@@ -168,9 +172,14 @@ def _vit_tower(visual: nn.Module) -> ViTTower:
                                   *visual.ln_pre.parameters()]))
         return out
 
-    return ViTTower(embed=embed, blocks=blocks, head=head, patch_size=tuple(visual.patch_size),
-                    image_size=tuple(visual.image_size), embed_dim=int(visual.output_dim),
-                    weight=lambda: visual.conv1.weight, parameter_groups=groups)
+    return ViTTower(embed=embed, blocks=blocks, head=head, patch_size=tuple(visual.conv1.kernel_size),
+                    image_size=tuple(image_size), embed_dim=int(embed_dim), weight=lambda: visual.conv1.weight,
+                    parameter_groups=groups)
+
+
+def _vit_tower(visual: nn.Module) -> ViTTower:
+    return clip_vit_tower(visual, block_view, grid=tuple(visual.grid_size), image_size=tuple(visual.image_size),
+                          embed_dim=int(visual.output_dim), dropout=visual.patch_dropout)
 
 
 def _text_tower(model: nn.Module) -> CausalTextTower:
