@@ -71,7 +71,7 @@ from .explain import zero_shot_classifier
 from .inputs import IMAGE_SUFFIXES, class_names
 from .methods import get_image_method, list_methods
 from .metrics import (AUC_DEFINITION, authors_heatmap, authors_perturbation_curves, cascading_randomisation,
-                      localisation_scores, perturbation_curves, shrink_to_640)
+                      localisation_scores, perturbation_curves_over_ties, shrink_to_640)
 
 DATASETS = ("synthetic", "imagenet", "folder")
 RANDOM = "random"
@@ -471,14 +471,15 @@ def project_faithfulness(model, pixels: torch.Tensor, maps: torch.Tensor, batch:
                          classifier: torch.Tensor, rows: list[dict[str, Any]], *, seed: int, tie_seeds: int,
                          logit_scale: float, steps: int) -> None:
     """The project's deletion and insertion (preprocessed pixels, one random picture per image, ties by
-    seeded permutations) for a batch, once per tie seed; the first tie seed gives the main columns."""
+    seeded permutations) for a batch, once per tie seed (pictures two tie orders make alike encoded once);
+    the first tie seed gives the main columns."""
     mean, std = model.normalization
     keys = [item.key for item in batch]
-    for t in range(tie_seeds):
-        curves = perturbation_curves(model.adapter, pixels.to(model.device), maps, classifier,
-                                     [item.label for item in batch], mean=mean, std=std,
-                                     seed=[item_seed(seed, key) for key in keys], logit_scale=logit_scale,
-                                     ties="random", tie_seed=[tie_seeds_of(seed, key, tie_seeds)[t] for key in keys])
+    per_tie = perturbation_curves_over_ties(
+        model.adapter, pixels.to(model.device), maps, classifier, [item.label for item in batch], mean=mean, std=std,
+        seed=[item_seed(seed, key) for key in keys], logit_scale=logit_scale, ties="random",
+        tie_seeds=[[tie_seeds_of(seed, key, tie_seeds)[t] for key in keys] for t in range(tie_seeds)])
+    for t, curves in enumerate(per_tie):
         for b, row in enumerate(rows):
             if t == 0:
                 _curve_row(row, curves, steps, b=b)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from gradeclip_utils.metrics import (AUC_DEFINITION, area_under_curve, authors_heatmap, authors_perturbation_curves,
-                                     perturbation_curves, pixel_order, pixel_ranks, shrink_to_640)
+                                     perturbation_curves, perturbation_curves_over_ties, pixel_order, pixel_ranks,
+                                     shrink_to_640)
 
 SIZE = 20
 REGION = (slice(4, 8), slice(5, 15))  # 40 of 400 pixels: the "object"
@@ -331,3 +332,51 @@ def test_authors_map_is_normalised_on_its_grid_then_resized_and_large_pictures_s
     assert shrink_to_640(Image.new("RGB", (1000, 800))).size == (800, 640)  # scale 800 / 640 = 1.25
     assert shrink_to_640(Image.new("RGB", (700, 641))).size == (698, 640)  # int(700 / (641 / 640))
     assert shrink_to_640(Image.new("RGB", (900, 640))).size == (900, 640)  # short side 640: kept
+
+
+class CountingEncoder:
+    """The tiny model's image encoder, counting the pictures it is given."""
+
+    def __init__(self, adapter):
+        self.adapter, self.pictures = adapter, 0
+
+    def encode_image(self, pixels):
+        self.pictures += pixels.shape[0]
+        return self.adapter.encode_image(pixels)
+
+
+def test_curves_over_several_tie_seeds_equal_separate_calls_and_encode_alike_pictures_once(tiny):
+    generator = torch.Generator().manual_seed(4)
+    pixels = torch.randn(3, 3, 48, 48, generator=generator)
+    maps = torch.rand(3, 6, 6, generator=generator)
+    maps[maps < 0.55] = 0.0  # ReLU-like maps: about half the pixels tie at zero
+    classes = torch.nn.functional.normalize(torch.randn(5, tiny.adapter.embed_dim, generator=generator), dim=-1)
+    kwargs = dict(mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25), seed=[1, 2, 3], batch_size=16)
+    tie_seeds = [[10, 11, 12], 5, [20, 21, 22]]
+    counting = CountingEncoder(tiny.adapter)
+    together = perturbation_curves_over_ties(counting, pixels, maps, classes, [0, 3, 4], tie_seeds=tie_seeds, **kwargs)
+    separate = [perturbation_curves(tiny.adapter, pixels, maps, classes, [0, 3, 4], tie_seed=t, **kwargs)
+                for t in tie_seeds]
+    assert len(together) == 3
+    for got, want in zip(together, separate):
+        for kind in ("deletion", "insertion"):
+            for measure in ("accuracy", "score", "probability"):
+                assert np.allclose(getattr(got, kind)[measure], getattr(want, kind)[measure], atol=1e-5)
+        assert np.allclose(got.auc("insertion"), want.auc("insertion"), atol=1e-6)
+    # the pictures the extra tie orders make differently, counted literally from the ranks
+    counts = [round(n * 0.005 * 48 * 48) for n in range(0, 101, 10)]
+    differ = 0
+    for t in tie_seeds[1:]:
+        for b in range(3):
+            first = pixel_ranks(maps[b:b + 1], (48, 48), seed=tie_seeds[0][b])[0]
+            other = pixel_ranks(maps[b:b + 1], (48, 48), seed=t if isinstance(t, int) else t[b])[0]
+            differ += sum(not torch.equal(first < c, other < c) for c in counts)
+    assert 0 < differ < 2 * 3 * 11  # some boundaries fall inside the zeros' tie, not all (0% never does)
+    assert counting.pictures == 2 * (3 * 11 + differ)  # deletion and insertion
+    # maps without ties (at the image's size, all values distinct): extra tie seeds encode nothing
+    distinct = torch.randperm(3 * 48 * 48, generator=generator).float().reshape(3, 48, 48)
+    counting.pictures = 0
+    perturbation_curves_over_ties(counting, pixels, distinct, classes, [0, 3, 4], tie_seeds=tie_seeds, **kwargs)
+    assert counting.pictures == 2 * 3 * 11
+    with pytest.raises(ValueError, match="at least one tie seed"):
+        perturbation_curves_over_ties(counting, pixels, maps, classes, [0, 3, 4], tie_seeds=[], **kwargs)

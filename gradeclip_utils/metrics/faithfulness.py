@@ -28,7 +28,7 @@ from torch import Tensor
 from .localisation import resize_maps
 
 __all__ = ["AUC_DEFINITION", "CURVE_MEASURES", "TIES", "PerturbationCurves", "area_under_curve",
-           "authors_heatmap", "authors_perturbation_curves", "perturbation_curves", "pixel_order", "pixel_ranks",
+           "authors_heatmap", "authors_perturbation_curves", "perturbation_curves", "perturbation_curves_over_ties", "pixel_order", "pixel_ranks",
            "shrink_to_640"]
 
 AUC_DEFINITION = ("AUC = trapezoidal area under the curve over the changed-pixel fraction (0 to 50%, scored "
@@ -124,8 +124,28 @@ def perturbation_curves(adapter, pixels: Tensor, maps: Tensor | np.ndarray, clas
     random picture whatever batch it is in, e.g. for every method it is explained by). ``ties`` and
     ``tie_seed`` (one, or one per image) order tied pixels (see ``pixel_order``).
     """
+    return perturbation_curves_over_ties(adapter, pixels, maps, classifier, labels, mean=mean, std=std, step=step,
+                                         max_fraction=max_fraction, score_every=score_every, seed=seed,
+                                         logit_scale=logit_scale, batch_size=batch_size, ties=ties,
+                                         tie_seeds=[tie_seed])[0]
+
+
+@torch.no_grad()
+def perturbation_curves_over_ties(adapter, pixels: Tensor, maps: Tensor | np.ndarray, classifier: Tensor,
+                                  labels: Sequence[int], *, mean: Sequence[float], std: Sequence[float],
+                                  tie_seeds: Sequence[int | Sequence[int]], step: float = 0.005,
+                                  max_fraction: float = 0.5, score_every: int = 10, seed: int | Sequence[int] = 0,
+                                  logit_scale: float = 100.0, batch_size: int = 128,
+                                  ties: str = "random") -> list[PerturbationCurves]:
+    """``perturbation_curves`` once per tie seed in ``tie_seeds`` (each one seed, or one per image), the
+    same curves as separate calls give. A picture that two tie orders make alike (the pixels changed at a
+    step are the same set: wherever the step's boundary falls between two distinct map values, and
+    always at 0%) is encoded once, under the first tie seed: the extra tie seeds cost only the pictures
+    whose boundary falls inside a tie (none for maps without ties)."""
     if pixels.ndim != 4 or pixels.shape[1] != 3:
         raise ValueError(f"pixels must be (B, 3, H, W), got {tuple(pixels.shape)}")
+    if len(tie_seeds) < 1:
+        raise ValueError("need at least one tie seed")
     batch, _, height, width = pixels.shape
     labels_t = torch.as_tensor(list(labels), dtype=torch.long)
     if labels_t.shape != (batch,) or labels_t.min() < 0 or labels_t.max() >= classifier.shape[0]:
@@ -137,7 +157,7 @@ def perturbation_curves(adapter, pixels: Tensor, maps: Tensor | np.ndarray, clas
     fractions = np.array([n * step for n in scored])
     device = pixels.device
     counts = torch.tensor([round(n * step * height * width) for n in scored], device=device)
-    ranks = pixel_ranks(maps, (height, width), ties=ties, seed=tie_seed).to(device)
+    ranks = torch.stack([pixel_ranks(maps, (height, width), ties=ties, seed=t).to(device) for t in tie_seeds])
     mean_t = torch.tensor(mean, dtype=pixels.dtype, device=device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=pixels.dtype, device=device).view(1, 3, 1, 1)
     if isinstance(seed, int):
@@ -150,31 +170,47 @@ def perturbation_curves(adapter, pixels: Tensor, maps: Tensor | np.ndarray, clas
     noise = (uniform.to(device, pixels.dtype) - mean_t) / std_t
     black = ((0.0 - mean_t) / std_t).expand(batch, 3, height, width)
     classes = classifier.to(device).float()
-    n_frames = len(scored)
+    n_ties, n_frames = len(tie_seeds), len(scored)
+
+    # (tie order, image, fraction) of every picture to encode: all under the first tie order, then only
+    # those another order changes differently (``source`` says which encoded picture each one is)
+    frames = [(0, b, f) for b in range(batch) for f in range(n_frames)]
+    source = torch.empty(n_ties, batch, n_frames, dtype=torch.long)
+    source[0] = torch.arange(batch * n_frames).view(batch, n_frames)
+    for t in range(1, n_ties):
+        for b in range(batch):
+            for f in range(n_frames):
+                if torch.equal(ranks[t, b] < counts[f], ranks[0, b] < counts[f]):
+                    source[t, b, f] = source[0, b, f]
+                else:
+                    source[t, b, f] = len(frames)
+                    frames.append((t, b, f))
+    index = torch.tensor(frames, device=device).view(-1, 3)
 
     def _frames(kind: str, lo: int, hi: int) -> Tensor:
-        flat = torch.arange(lo, hi, device=device)
-        image, frac = flat // n_frames, flat % n_frames
-        changed = (ranks[image] < counts[frac, None, None])[:, None]  # pixels changed so far
+        tie, image, frac = index[lo:hi].unbind(1)
+        changed = (ranks[tie, image] < counts[frac, None, None])[:, None]  # pixels changed so far
         if kind == "deletion":
             return torch.where(changed, noise[image], pixels[image])
         return torch.where(changed, pixels[image], black[image])
 
-    results = {}
+    results: list[dict[str, dict[str, np.ndarray]]] = [{} for _ in range(n_ties)]
     for kind in ("deletion", "insertion"):
-        # frames are built per encoder batch (flat index = image * T + fraction), never all at once
-        cosines = torch.cat([
-            F.normalize(adapter.encode_image(_frames(kind, lo, min(lo + batch_size, batch * n_frames))).float(),
+        # pictures are built per encoder batch, never all at once
+        encoded = torch.cat([
+            F.normalize(adapter.encode_image(_frames(kind, lo, min(lo + batch_size, len(frames)))).float(),
                         dim=-1) @ classes.T
-            for lo in range(0, batch * n_frames, batch_size)]).reshape(batch, n_frames, -1).cpu()
+            for lo in range(0, len(frames), batch_size)]).cpu()
         target = labels_t[:, None, None].expand(-1, n_frames, 1)
-        score = cosines.gather(-1, target).squeeze(-1)
-        results[kind] = {
-            "accuracy": (cosines.argmax(dim=-1) == labels_t[:, None]).double().numpy(),
-            "score": score.double().numpy(),
-            "probability": (logit_scale * cosines).softmax(dim=-1).gather(-1, target).squeeze(-1).double().numpy(),
-        }
-    return PerturbationCurves(fractions=fractions, deletion=results["deletion"], insertion=results["insertion"])
+        for t in range(n_ties):
+            cosines = encoded[source[t]]  # (B, T, C)
+            score = cosines.gather(-1, target).squeeze(-1)
+            results[t][kind] = {
+                "accuracy": (cosines.argmax(dim=-1) == labels_t[:, None]).double().numpy(),
+                "score": score.double().numpy(),
+                "probability": (logit_scale * cosines).softmax(dim=-1).gather(-1, target).squeeze(-1).double().numpy(),
+            }
+    return [PerturbationCurves(fractions=fractions, deletion=r["deletion"], insertion=r["insertion"]) for r in results]
 
 
 # ------------------------------------------------------------------ the Grad-ECLIP authors' protocol
