@@ -183,7 +183,7 @@ def test_resnet_scores_are_the_models_own_at_model_resolution(resnets):
 
 
 RESNET_SUPPORTED = ["grad_eclip", "grad_eclip_no_spatial", "raw_attention", "rollout", "game", "game_last",
-                    "grad_cam", "maskclip", "rise"]
+                    "grad_cam", "maskclip", "clip_surgery", "rise"]
 
 
 @pytest.mark.parametrize("method", RESNET_SUPPORTED)
@@ -213,8 +213,57 @@ def test_resnet_grad_cam_is_grad_cam_on_the_final_feature_map(resnets):
     assert relative(got.maps, want) < TOL
 
 
+def authors_resnet_surgery(visual, pixels):
+    """CLIP Surgery's CS-RN image features, written as its ``clip_surgery_model.py`` computes them at the
+    model's resolution: the pool rebuilt as an ``Attention`` whose qkv weights are [v_proj; v_proj; v_proj]
+    (q = k = v), both paths softmax(q k^T * head_dim^-0.5) v per head, ``proj`` = c_proj, the class token
+    from the original path (which, with q = k = v, is the same v-v attention)."""
+    pool = visual.attnpool
+    x = reference.resnet_features(visual, pixels).detach()
+    x = x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3]).permute(2, 0, 1)  # NCHW -> (HW)NC
+    x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0) + pool.positional_embedding[:, None, :]
+    x = x.transpose(0, 1)  # B N C
+    batch, n, c = x.shape
+    heads = pool.num_heads
+    weight = torch.cat([pool.v_proj.weight] * 3, 0)
+    bias = torch.cat([pool.v_proj.bias] * 3)
+    qkv = (x @ weight.T + bias).reshape(batch, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    scale = (c // heads) ** -0.5
+    attn_ori = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1)
+    attn = ((v @ v.transpose(-2, -1)) * scale).softmax(dim=-1)
+    out = pool.c_proj((attn @ v).transpose(1, 2).reshape(batch, n, c))
+    out_ori = pool.c_proj((attn_ori @ v).transpose(1, 2).reshape(batch, n, c))
+    out[:, 0, :] = out_ori[:, 0, :]
+    return out
+
+
+@pytest.mark.parametrize("name", ["open_clip", "openai"])
+def test_resnet_clip_surgery_equals_the_authors_cs_resnet(resnets, name):
+    """Both forms (class set and the empty string's single-text form) against the authors' CS-RN features
+    and their ``clip_feature_surgery``; the scores are the model's own."""
+    from test_baselines import authors_feature_surgery
+
+    loaded = resnets[name]
+    targets = ge.encode_texts(loaded, PROMPTS[:3])
+    with torch.no_grad():
+        features = torch.nn.functional.normalize(authors_resnet_surgery(loaded.model.visual, MODEL_PIXELS), dim=-1)
+    got = ge.explain_image(loaded, MODEL_PIXELS, targets, method="clip_surgery")
+    want = torch.cat([authors_feature_surgery(features[b:b + 1], targets) for b in range(2)])[:, 1:].transpose(1, 2)
+    assert float(want.abs().max()) > 0
+    assert relative(got.maps, want.reshape(got.maps.shape)) < TOL
+    own = torch.nn.functional.normalize(loaded.adapter.native_encode_image(MODEL_PIXELS).float(), dim=-1) @ targets.T
+    assert relative(got.scores, own) < TOL
+    empty = ge.encode_texts(loaded, "")
+    single = ge.explain_image(loaded, MODEL_PIXELS, PROMPTS[1], method="clip_surgery")
+    assert single.settings.get("surgery_form", "").startswith("single-text")
+    want_single = (features[:, 1:] @ (targets[1] - empty[0])).reshape(single.maps.shape)
+    assert relative(single.maps, want_single) < TOL
+    with pytest.raises(ValueError, match="depth must be 1"):
+        ge.explain_image(loaded, MODEL_PIXELS, targets, method="clip_surgery", depth=2)
+
+
 @pytest.mark.parametrize("method,options,reason", [("itsm", {}, "no per-patch output tokens"),
-                                                   ("clip_surgery", {}, "CLIP Surgery"),
                                                    ("m2ib", {}, "leaves no tokens after it"),
                                                    ("legrad", {"layer_index": -1}, "leaves no tokens after it")])
 def test_resnet_refuses_what_needs_transformer_blocks_naming_method_and_family(resnets, method, options, reason):

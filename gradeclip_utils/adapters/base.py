@@ -154,7 +154,7 @@ class ImageTower(_Tower):
     def value_path_features(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         raise self._missing("have a value path for dense features")
 
-    def surgery_features(self, pixels: Tensor, depth: int) -> tuple[Tensor, Tensor]:
+    def surgery_features(self, pixels: Tensor, depth: int) -> tuple[Tensor, Tensor, Tensor]:
         raise self._missing("support CLIP Surgery's v-v attention path")
 
     def parameter_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
@@ -344,9 +344,11 @@ class CLIPAdapter:
         attention is replaced by its value path."""
         return self.image.value_path_features(pixels)
 
-    def surgery_features(self, pixels: Tensor, depth: int) -> tuple[Tensor, Tensor]:
-        """CLIP Surgery's dense features: (embedding (B, D), patch features (B, P, D)) from a parallel
-        v-v attention path through the last ``depth`` blocks."""
+    def surgery_features(self, pixels: Tensor, depth: int) -> tuple[Tensor, Tensor, Tensor]:
+        """CLIP Surgery's dense features: (the model's embedding (B, D), the class feature the feature
+        surgery weighs the prompts with (B, D), patch features (B, P, D)) from a parallel v-v attention
+        path through the last ``depth`` blocks. On ViTs the class feature is the embedding (the original
+        path's class token); on ResNets, whose pool the authors replace as a whole, the v-v pool's."""
         return self.image.surgery_features(pixels, depth)
 
     def image_parameter_groups(self) -> list[tuple[str, list[nn.Parameter]]]:

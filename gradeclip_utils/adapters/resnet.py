@@ -15,8 +15,9 @@ feature grid is not the model's own (native resolution: sides are multiples of t
 What the baselines get here (the project's analogues, documented in README): raw attention, rollout
 and GAME on the pool's attention (its only attention); Grad-CAM on the final feature map (the pool's
 input, gradients through the mean token included: Grad-CAM as first defined for CNNs); MaskCLIP as
-its authors run ResNets (``c_proj(v_proj(x_i))`` per position of the bare feature map). ITSM (no per-token output),
-CLIP Surgery and M2IB (no transformer blocks) are refused with the reason.
+its authors run ResNets (``c_proj(v_proj(x_i))`` per position of the bare feature map); CLIP Surgery as its
+authors run ResNets (the pool's attention with the values as queries and keys, ``surgery_features``). ITSM
+(no per-token output), M2IB and LeGrad (no tokens after the pool) are refused with the reason.
 """
 
 from __future__ import annotations
@@ -170,6 +171,23 @@ class AttentionPoolTower(ImageTower):
         spatial, grid = self.features(pixels)
         embedding = self.embedding_from(self.pool_input(spatial, grid), 0)
         return embedding, self.pool.c_proj(self.pool.v_proj(spatial))
+
+    @torch.no_grad()
+    def surgery_features(self, pixels: Tensor, depth: int) -> tuple[Tensor, Tensor, Tensor]:
+        """CLIP Surgery's ResNet form (its ``CS-RN`` models, ``clip_surgery_model.py``): the attention pool
+        is rebuilt with the value projection as query, key and value (``qkv = [v_proj; v_proj; v_proj]``),
+        so every token, the mean token included, becomes ``c_proj(softmax(v v^T / sqrt(d_head)) v)`` per
+        head over the pool's tokens (positional embedding added; interpolated bicubically off the native
+        grid, where the original interpolates bilinearly). Returns the model's own embedding (for the
+        scores), the v-v pool's mean-token feature (what the feature surgery weighs the prompts with, as
+        the original's class token) and its spatial features. ``depth``: the pool is the one block (1)."""
+        if isinstance(depth, bool) or depth != 1:
+            raise ValueError(f"a ResNet CLIP has one attention block (the pool): depth must be 1, got {depth!r}")
+        spatial, grid = self.features(pixels)
+        tokens = self.pool_input(spatial, grid)
+        v = self.pool.v_proj(tokens)
+        surgery = self.pool.c_proj(attention(v, v, v, int(self.pool.num_heads), None)[0])
+        return self.embedding_from(tokens, 0), surgery[:, 0], surgery[:, 1:]
 
     def parameter_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
         visual = self.visual

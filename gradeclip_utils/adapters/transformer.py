@@ -308,7 +308,7 @@ class ViTTower(ImageTower):
         return embedding, self._head(u)
 
     @torch.no_grad()
-    def surgery_features(self, pixels: Tensor, depth: int) -> tuple[Tensor, Tensor]:
+    def surgery_features(self, pixels: Tensor, depth: int) -> tuple[Tensor, Tensor, Tensor]:
         blocks = self._blocks()
         total = len(blocks)
         if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= total:
@@ -321,7 +321,8 @@ class ViTTower(ImageTower):
             out, _ = attention(v, v, v, block.heads, None)
             path = path + block.project(out)
             x = block.native(x, None)
-        return self._head(x[:, 0]), self._head(path[:, 1:])
+        embedding = self._head(x[:, 0])  # the original path's class token: the model's embedding
+        return embedding, embedding, self._head(path[:, 1:])
 
     def parameter_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
         return self._groups()

@@ -17,7 +17,10 @@ by its mean), the redundant response r_i = mean_c(w(t_c) f_i * t_c) is subtracte
 map_k,i = sum(w(t_k) f_i * t_k - r_i). The set of class prompts is
 ``surgery_targets`` when given (e.g. all class prompts of a data set, so that a prompt's map does not
 depend on the other prompts in the call) and otherwise the K targets themselves, as the authors do.
-Single-text form: map_k,i = f_i . (t_k - r) with r the (unit) redundant text feature. Through
+Single-text form: map_k,i = f_i . (t_k - r) with r the (unit) redundant text feature. ResNet CLIPs get
+the original's ResNet form (its ``CS-RN`` models): the attention pool with the value projection as
+query, key and value gives every token, and its mean token is the class feature the weights w use
+(``surgery_features`` of the ResNet adapter; ``depth`` is 1, the pool). Through
 ``explain_image``, a single prompt with neither ``surgery_targets`` nor ``redundant`` gets the demo's
 single-text form (``prepare`` fills in the empty string's embedding; the settings say
 ``surgery_form``); called directly with a single target and neither, the class-set surgery would
@@ -109,11 +112,11 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, depth: 
                              "embedding, as the authors' demo does), or pass surgery_targets=(R, D) embeddings "
                              "of R >= 2 class prompts, or explain several prompts at once.")
     depth = default_depth(adapter.num_image_blocks) if depth is None else depth
-    embedding, features = adapter.surgery_features(pixels, depth)
+    embedding, class_feature, features = adapter.surgery_features(pixels, depth)
     ph, pw = adapter.patch_size
     grid = (pixels.shape[-2] // ph, pixels.shape[-1] // pw)
     if redundant is not None:
         maps = single_text_surgery(features, targets, redundant)
     else:
-        maps = feature_surgery(features, embedding, targets, surgery_set)
+        maps = feature_surgery(features, class_feature, targets, surgery_set)
     return MapOutput(maps=to_grid(maps, grid), scores=cosine_scores(embedding, targets))
