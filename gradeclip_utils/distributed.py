@@ -524,6 +524,11 @@ class GlobalProgress:
         if self._bar is not None:
             self._bar.update(n)
 
+    def note(self, text: str) -> None:
+        """What this rank is doing now, after the counts on rank 0's bar (for example the method)."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+
     def close(self) -> None:
         """Stop counting (after the ranks' synchronisation, so that the bar ends at the global count)."""
         if self._thread is not None:

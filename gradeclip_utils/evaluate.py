@@ -2,7 +2,7 @@
 
     python -m gradeclip_utils.evaluate                          # the synthetic world (offline default)
     python -m gradeclip_utils.evaluate --dataset imagenet --data /path/to/val --model ViT-B-16 --pretrained openai
-    python -m gradeclip_utils.evaluate --dataset folder --data images/ --prompts prompts.csv
+    python -m gradeclip_utils.evaluate --dataset folder --data images/prompts.csv   # image,prompt[,mask] rows
     python -m gradeclip_utils.evaluate --dataset imagenet --data /path/to/val --model ViT-B-16 --pretrained openai \
         --protocol authors --target pred     # the Grad-ECLIP authors' deletion / insertion, number for number
 
@@ -14,7 +14,12 @@ Protocols (deletion and insertion; see PROTOCOL_TEXT and method.md section 6):
              640 short-side shrink, perturbation of the native picture before preprocessing, int(HW/200)
              pixels per step, new random values per step, numpy argsort order of the min-max-normalised-
              then-resized map, accuracy against the ground truth with either target, their variants of
-             Grad-ECLIP (official mode, out_proj q and k), raw attention, MaskCLIP, Grad-CAM and rollout.
+             Grad-ECLIP (official mode, out_proj q and k), raw attention, MaskCLIP, Grad-CAM and rollout,
+             and what each method explains (the classifier's row; the bare class name for GAME, rollout
+             and M2IB; the class name and their 59 names, prompt-ensembled, for CLIP Surgery).
+
+Methods: by default every method the model's family can run (a ResNet CLIP has no M2IB, ITSM or LeGrad;
+the summary names what was left out and why); --methods names them (one the family cannot run is an error).
 
 Data sets:
   synthetic  held-out scenes of the synthetic world (2-4 objects), one uniquely nameable object each,
@@ -66,10 +71,11 @@ import torch.nn.functional as F
 from tqdm import tqdm  # text progress: it stays readable in a saved or reloaded notebook (a widget bar does not)
 
 from . import distributed
+from .adapters import UnsupportedMethodError
 from .distributed import Journal
 from .explain import zero_shot_classifier
 from .inputs import IMAGE_SUFFIXES, class_names
-from .methods import get_image_method, list_methods
+from .methods import get_image_method, list_methods, probe_options
 from .metrics import (AUC_DEFINITION, authors_heatmap, authors_perturbation_curves, cascading_randomisation,
                       localisation_scores, perturbation_curves_over_ties, shrink_to_640)
 
@@ -88,16 +94,19 @@ class EvalItem:
     """One explained (image, target) pair; ``load`` gives the normalised pixels (3, H, W) and the
     target mask (H, W) at the same geometry, or None; ``picture`` the native RGB picture (PIL), for the
     authors' protocol. ``label`` is the class scored (the ground truth); ``target`` the class explained
-    (None: the label; ImageNet's ``--target pred``: the model's prediction)."""
+    (None: the label; ImageNet's ``--target pred``: the model's prediction, a function computed when first
+    asked for, so that under torchrun each rank predicts its own items only)."""
 
     key: str
     label: int
     load: Callable[[], tuple[torch.Tensor, np.ndarray | None]]
     picture: Callable[[], Any] | None = None
-    target: int | None = None
+    target: int | Callable[[], int] | None = None
 
     @property
     def explained(self) -> int:
+        if callable(self.target):
+            self.target = int(self.target())
         return self.label if self.target is None else self.target
 
 
@@ -167,7 +176,7 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 
 def imagenet_set(model, root: Path, n: int, *, templates: str = "openai", target: str = "gt",
-                 batch_size: int = 64, cache: Path | None = None) -> EvalSet:
+                 cache: Path | None = None) -> EvalSet:
     """An ImageNet-style folder of class subfolders, ``n`` images taken round-robin over the classes."""
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
@@ -191,18 +200,17 @@ def imagenet_set(model, root: Path, n: int, *, templates: str = "openai", target
         if cache is not None:
             with distributed.atomic_output(cache) as tmp:
                 torch.save(classifier.cpu(), tmp)
-    explained: list[int | None] = [None] * len(chosen)
-    if target == "pred":  # explain the prediction; the curves still score the ground truth
-        explained = []
-        for start in range(0, len(chosen), batch_size):
-            pixels = torch.stack([_load_picture(model, p) for p, _ in chosen[start:start + batch_size]])
-            with torch.no_grad():
-                embedding = F.normalize(model.adapter.encode_image(pixels.to(model.device)).float(), dim=-1)
-            explained += (embedding @ classifier.T.to(embedding.device)).argmax(dim=-1).tolist()
+    def prediction(path: Path) -> int:  # explain the prediction; the curves still score the ground truth
+        with torch.no_grad():
+            pixels = _load_picture(model, path)[None].to(model.device)
+            embedding = F.normalize(model.adapter.encode_image(pixels).float(), dim=-1)
+        return int((embedding @ classifier.T.to(embedding.device)).argmax(dim=-1)[0])
+
     items = [EvalItem(key=str(path.relative_to(root)), label=label,
                       load=lambda path=path: (_load_picture(model, path), None),
-                      picture=lambda path=path: _native_picture(path), target=explained_class)
-             for (path, label), explained_class in zip(chosen, explained)]
+                      picture=lambda path=path: _native_picture(path),
+                      target=(lambda path=path: prediction(path)) if target == "pred" else None)
+             for path, label in chosen]
     return EvalSet("imagenet", items, names, F.normalize(classifier, dim=-1), False,
                    [f"{len(names)} classes x {len(chosen_templates)} templates ({templates}); target: "
                     + ("ground-truth class" if target == "gt" else "predicted class (curves scored against the "
@@ -280,7 +288,20 @@ AUTHORS_OPTIONS: dict[str, dict[str, Any]] = {
     "grad_cam": {"variant": "authors"},
     "rollout": {"start_layer": -1},
 }
+AUTHORS_CLASS_NAME = frozenset({"game", "game_last", "rollout", "m2ib"})
+"""Methods the authors' scripts explain against the bare class name (``tokenize(IMAGENET_CLASSNAMES[c])``, no
+template), not the zero-shot classifier's row; CLIP Surgery gets its own set (``AUTHORS_SURGERY_NAMES``)."""
+AUTHORS_SURGERY_NAMES: tuple[str, ...] = (
+    # the class set of the authors' CLIP Surgery maps (imagenet_eval_*.py), after the target's class name
+    'airplane', 'bag', 'bed', 'bedclothes', 'bench', 'bicycle', 'bird', 'boat', 'book', 'bottle', 'building', 'bus',
+    'cabinet', 'car', 'cat', 'ceiling', 'chair', 'cloth', 'computer', 'cow', 'cup', 'curtain', 'dog', 'door', 'fence',
+    'floor', 'flower', 'food', 'grass', 'ground', 'horse', 'keyboard', 'light', 'motorbike', 'mountain', 'mouse',
+    'person', 'plate', 'platform', 'potted plant', 'road', 'rock', 'sheep', 'shelves', 'sidewalk', 'sign', 'sky',
+    'snow', 'sofa', 'table', 'track', 'train', 'tree', 'truck', 'tv monitor', 'wall', 'water', 'window', 'wood')
 AUTHORS_MODEL_RESOLUTION = frozenset({"game", "game_last", "rollout", "clip_surgery", "m2ib"})
+AUTHORS_UPSAMPLED = frozenset({"clip_surgery", "m2ib"})
+"""Methods whose own code hands the authors' script a map already upsampled to the model's input size
+(CLIP Surgery's ``get_similarity_map``, M2IB's ``vision_heatmap``), which it then resizes to the picture."""
 """Methods the authors' scripts explain on the model's 224 centre crop (their map is then stretched over the
 whole picture); the others are explained at the picture's native resolution (their clip_encode_dense)."""
 
@@ -308,18 +329,38 @@ def _method_options(name: str, config: dict[str, Any], classifier: torch.Tensor)
 def run_method(model, name: str, pixels: torch.Tensor, targets: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
     """Raw maps (B, K, h, w) of one method, on the model's device, as ``explain_image`` runs methods
     (``options`` may set ``mode`` and ``qk``; default faithful and raw)."""
-    from .explain import explaining
+    from .explain import _run_method, explaining
 
     adapter = model.adapter
     fn = method_function(name)
     options = {"mode": "faithful", "qk": "raw", **options}
     with explaining(model.model):
-        out = fn(adapter, pixels.to(model.device), targets.to(model.device),
-                 layers=adapter.resolve_layers((-1,), "image"), **options)
+        out = _run_method(model, name, fn, adapter, pixels.to(model.device), targets.to(model.device),
+                          layers=adapter.resolve_layers((-1,), "image"), **options)
     maps = out.maps.detach().float().cpu()
     if not torch.isfinite(maps).all():
         raise FloatingPointError(f"{name} produced non-finite maps")
     return maps
+
+
+def unsupported_methods(model, options: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The methods of ``options`` (name -> the evaluation's options) that the model's family cannot run,
+    each with the reason (naming method and family): each is tried as the evaluation runs it, on one
+    random picture at the model's image size against one random target, with the method's cheap
+    ``probe`` options (a refusal comes before any work)."""
+    height, width = model.adapter.image_size
+    pixels = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+    target = torch.nn.functional.normalize(torch.randn(1, model.adapter.embed_dim,
+                                                       generator=torch.Generator().manual_seed(1)), dim=-1)
+    refused = {}
+    for name, method_opts in options.items():
+        if name == RANDOM:
+            continue
+        try:
+            run_method(model, name, pixels, target, probe_options(name, method_opts))
+        except UnsupportedMethodError as error:
+            refused[name] = str(error)
+    return refused
 
 
 def _sync(device: torch.device) -> None:
@@ -402,9 +443,11 @@ def _append_rows(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> 
 
 
 def _batches(items: list[EvalItem], batch_size: int) -> list[list[EvalItem]]:
-    """Items sorted by target (stable) and cut into batches: few distinct targets per batch. These are
-    also the work units of a run on several processes (batch i on rank i % N)."""
-    ordered = sorted(items, key=lambda item: item.explained)
+    """Items sorted by class (stable) and cut into batches: few distinct targets per batch (the class
+    scored, which is the class explained but with ``--target pred``, where it mostly is: sorting by it
+    needs no prediction, so each rank predicts its own items only). These are also the work units of a
+    run on several processes (batch i on rank i % N)."""
+    ordered = sorted(items, key=lambda item: item.label)
     return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
 
 
@@ -499,7 +542,8 @@ def authors_maps(model, name: str, item: EvalItem, picture, classifier: torch.Te
     pixels = prepare_images(model, picture, resolution, max_patches=sys.maxsize)[0].pixels[None]
     extra = {"keys": [item.key]} if name == RANDOM else {}
     grid_map = batch_maps(model, name, pixels, [item.explained], classifier, {**options, **extra})[0]
-    return authors_heatmap(grid_map, (picture.size[1], picture.size[0]))
+    via = tuple(model.adapter.image_size) if name in AUTHORS_UPSAMPLED else None
+    return authors_heatmap(grid_map, (picture.size[1], picture.size[0]), via=via)
 
 
 def authors_picture(item: EvalItem):
@@ -509,18 +553,49 @@ def authors_picture(item: EvalItem):
     return shrink_to_640(item.picture())
 
 
+class AuthorsTargets:
+    """What the authors' scripts explain each image against: the zero-shot classifier's row (Grad-ECLIP,
+    raw attention, MaskCLIP, Grad-CAM), the bare class name (``AUTHORS_CLASS_NAME``), or for CLIP Surgery
+    the class name and ``AUTHORS_SURGERY_NAMES``, each embedded with CLIP Surgery's prompt ensemble
+    (``encode_text_with_prompt_ensemble``), the target first."""
+
+    def __init__(self, model, class_names: Sequence[str], methods: Sequence[str]) -> None:
+        from .explain import encode_texts
+        from .methods.clip_surgery import SURGERY_TEMPLATES
+
+        self.names = encode_texts(model, list(class_names)) if AUTHORS_CLASS_NAME & set(methods) else None
+        self.surgery = self.surgery_set = None
+        if "clip_surgery" in methods:
+            self.surgery = zero_shot_classifier(model, list(class_names), SURGERY_TEMPLATES, progress=False)
+            self.surgery_set = zero_shot_classifier(model, list(AUTHORS_SURGERY_NAMES), SURGERY_TEMPLATES,
+                                                    progress=False)
+
+    def of(self, name: str, item: EvalItem, classifier: torch.Tensor,
+           options: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """(the (C, D) table whose row ``item.explained`` is explained, the options) of one method and item."""
+        if name in AUTHORS_CLASS_NAME:
+            return self.names, options
+        if name == "clip_surgery":
+            own = self.surgery[item.explained][None]
+            return self.surgery, {**options, "surgery_targets": torch.cat([own, self.surgery_set])}
+        return classifier, options
+
+
 def authors_faithfulness(model, name: str, item: EvalItem, picture, classifier: torch.Tensor, row: dict[str, Any],
-                         options: dict[str, Any], *, seed: int, logit_scale: float, steps: int) -> None:
+                         options: dict[str, Any], *, seed: int, logit_scale: float, steps: int,
+                         targets: AuthorsTargets | None = None) -> None:
     """The Grad-ECLIP authors' deletion and insertion for one item (see ``authors_perturbation_curves``),
-    on its ``authors_picture``."""
-    heatmap = authors_maps(model, name, item, picture, classifier, options)
+    on its ``authors_picture``: the map explains what their scripts explain (``targets``, default the
+    classifier's row); the curves score the classifier's classes."""
+    table, map_options = (classifier, options) if targets is None else targets.of(name, item, classifier, options)
+    heatmap = authors_maps(model, name, item, picture, table, map_options)
     curves = authors_perturbation_curves(model.adapter.encode_image, lambda p: model.preprocess(p).float(), picture,
                                          heatmap, classifier.to(model.device), item.label,
                                          seed=item_seed(seed, item.key), ties="numpy", logit_scale=logit_scale)
     _curve_row(row, curves, steps)
 
 
-def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS,
+def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] | None = None,
              batch_size: int = 16, tolerance: float = 4.0, rise_masks: int = 2000, rise_centre: bool = True,
              m2ib_steps: int = 10,
              m2ib_samples: int = 10, seed: int = 0, sanity_images: int = 8, sanity_methods: Sequence[str] | None = None,
@@ -538,6 +613,10 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
     done are kept); ``overwrite`` starts afresh. ``workers``: DataLoader worker processes that load the
     images. ``context``: this process's place in a run on several processes (``distributed.init``); every
     rank calls ``evaluate`` with the same arguments, and each returns the summary of the merged run.
+
+    ``methods``: None for every method the model's family can run (``DEFAULT_METHODS``; those its adapter
+    refuses, e.g. M2IB on a ResNet, are left out and named in the config and the summary); a method
+    named here that the family cannot run is an error before any work. ``sanity_methods`` likewise.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -547,7 +626,9 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
     context = context or distributed.Context(device=model.device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    unknown = [m for m in methods if m != RANDOM and m not in list_methods()["image"]]
+    requested = methods is not None
+    methods = list(DEFAULT_METHODS if methods is None else methods)
+    unknown = [m for m in methods + list(sanity_methods or []) if m != RANDOM and m not in list_methods()["image"]]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; available: {list_methods()['image'] + [RANDOM]}")
     config = {"dataset": data.name, "model": model.describe(), "weights": weights_digest(model.model),
@@ -557,8 +638,26 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
               "classes": len(data.class_names), "sanity_images": sanity_images, "timing_images": timing_images,
               "timing_repeats": timing_repeats, "protocol": protocol, "tie_seeds": tie_seeds,
               **({"timing_budget": timing_budget} if timing_budget != 1.0 else {})}
-    context.check_same("model weights", config["weights"])
+    options = {name: method_options(name, config, data.classifier)
+               for name in dict.fromkeys(methods + list(sanity_methods or []))}
     config_path = out / "config.json"
+    previous = json.loads(config_path.read_text()) if config_path.exists() and not overwrite else None
+    if previous is not None and distributed.same_settings({k: v for k, v in previous.items() if k != "not_run"},
+                                                          config):
+        refused = dict(previous.get("not_run", {}))  # a resumed run: what its start found
+    else:
+        refused = unsupported_methods(model, options)
+    named = [m for m in methods if requested and m in refused] + [m for m in sanity_methods or [] if m in refused]
+    if named:
+        raise UnsupportedMethodError("; ".join(refused[m] for m in dict.fromkeys(named))
+                                     + ". Leave them out of the methods (by default every method the family can "
+                                     "run is evaluated).")
+    methods = [m for m in methods if m not in refused]
+    if refused:
+        config["not_run"] = refused
+        if context.is_main and progress:
+            print("not run on this model: " + "; ".join(refused.values()), file=sys.stderr)
+    context.check_same("model weights", config["weights"])
     parts = out / distributed.PARTS
     outputs = [out / name for name in ("per_image.csv", "timing.csv", "sanity.csv", "summary.md", "run.json")]
     batches = _batches(data.items, batch_size)
@@ -578,7 +677,6 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
         distributed.atomic_write_text(config_path, json.dumps({**config, "distributed": record}, indent=2) + "\n")
 
     context.on_main(prepare)
-    options = {name: method_options(name, config, data.classifier) for name in methods}
     logit_scale = model.adapter.logit_scale
     steps = 11
 
@@ -607,14 +705,26 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
             for _, batch in context.shard(batches)]
     mine = [(batch, names) for batch, names in mine if names]
     journal = Journal(parts, "per_image", context.rank)
-    todo = sum((item.key, name) not in done for batch, names in mine for name in names for item in batch)
+    # the bar counts images (an image when its last method is done), with the global rate in images per second
+    todo = sum(any((item.key, name) not in done for name in names) for batch, names in mine for item in batch)
     started, cpu_started, computed = time.perf_counter(), time.process_time(), 0
-    bar = context.progress(todo, desc="images x methods", unit="result", disable=not progress)
+    bar = context.progress(todo, desc="images", unit="image", disable=not progress)
+    remaining = {item.key: sum((item.key, name) not in done for name in names) for batch, names in mine for item in batch}
+
+    def finished(items: Sequence[EvalItem]) -> None:
+        complete = 0
+        for item in items:
+            remaining[item.key] -= 1
+            complete += remaining[item.key] == 0
+        if complete:
+            bar.update(complete)
     # the authors' protocol preprocesses each native picture itself: nothing to load ahead
     loader = _load_batch if protocol == "project" else _nothing_to_load
+    authors_targets = AuthorsTargets(model, data.class_names, methods) if protocol == "authors" and mine else None
     loads = distributed.load_units([batch for batch, _ in mine], loader, workers=workers, device=model.device)
     pictures: dict[str, Any] = {}
     for name, batch, pixels, masks in _pending(mine, loads, done):
+        bar.note(name)
         rows = [{"key": item.key, "label": item.label, "target": item.explained,
                  "prompt": data.class_names[item.explained], "method": name} for item in batch]
         if protocol == "authors":
@@ -623,10 +733,10 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
                     pictures = {item.key: authors_picture(item) for item in batch}
                 for item, row in zip(batch, rows):
                     authors_faithfulness(model, name, item, pictures[item.key], data.classifier, row, options[name],
-                                         seed=seed, logit_scale=logit_scale, steps=steps)
+                                         seed=seed, logit_scale=logit_scale, steps=steps, targets=authors_targets)
             journal.append(_rounded(rows))
             computed += len(rows)
-            bar.update(len(rows))
+            finished(batch)
             continue
         extra = {"keys": [item.key for item in batch]} if name == RANDOM else {}
         maps = batch_maps(model, name, pixels, [item.explained for item in batch], data.classifier,
@@ -640,7 +750,7 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] = 
                                  logit_scale=logit_scale, steps=steps)
         journal.append(_rounded(rows))
         computed += len(rows)
-        bar.update(len(rows))
+        finished(batch)
     phase = context.gather({"computed": computed, "seconds": time.perf_counter() - started,
                             "cpu_seconds": time.process_time() - cpu_started})
     bar.close()
@@ -872,6 +982,9 @@ def summarise(out: Path, data: EvalSet, config: dict[str, Any], *, command: str 
                  "block; game, game_last, rollout, clip_surgery and m2ib explained on the model's centre crop and "
                  "stretched over the picture (as the authors' scripts do), the others at native resolution."
                  if protocol == "authors" else "")]
+    if config.get("not_run"):
+        lines += ["", "Not run on this model (its family cannot run them): "
+                  + "; ".join(str(reason) for reason in config["not_run"].values()) + "."]
     claims = []
     if has_masks and "grad_eclip" in methods:
         base = frame[frame["method"] == "grad_eclip"].set_index("key")
@@ -1018,8 +1131,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--pretrained", default=None, help="open_clip weight tag or checkpoint file")
     parser.add_argument("--device", default=None, help="default: CUDA when available")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help=f"comma-separated (default: all): {', '.join(DEFAULT_METHODS)}")
+    parser.add_argument("--methods", default=None,
+                        help=f"comma-separated (default: all that the model's family can run): {', '.join(DEFAULT_METHODS)}")
     parser.add_argument("-n", "--n", type=int, default=200, help="number of images (default 200)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--tolerance", type=float, default=4.0, help="pointing-game tolerance in pixels of the "
@@ -1083,7 +1196,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[s
                                 cache=out / f"classifier-{args.templates}-{weights_digest(model.model)}.pt")
     else:
         data = folder_set(model, Path(args.data), args.n)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     sanity_methods = None if args.sanity_methods is None else [m.strip() for m in args.sanity_methods.split(",")]
     command = "python -m gradeclip_utils.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
     workers = args.workers if args.workers is not None else (4 if model.device.type == "cuda" else 0)

@@ -17,7 +17,7 @@ from tqdm import tqdm  # text progress: it stays readable in a saved or reloaded
 from .adapters import MODES, UnsupportedMethodError
 from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS, group_by_shape, prepare_images
 from .loading import LoadedModel, as_loaded
-from .methods import QK_CHOICES, get_image_method, get_text_method, prepare_options
+from .methods import QK_CHOICES, get_image_method, get_text_method, prepare_options, probe_options
 from .results import ImageExplanation, TextExplanation
 from .text import as_text_list, group_words, token_pieces
 
@@ -95,6 +95,23 @@ def _run_method(model: LoadedModel, method: str, fn: Callable[..., Any], *args: 
                 f"kernel ({error}). Convert the model with model.float() (or .bfloat16()), or run it on a CUDA "
                 "device.") from error
         raise
+
+
+def method_support(model: LoadedModel, method: str, **options: Any) -> str | None:
+    """None when ``model``'s family can run the image method ``method`` with ``options``; otherwise why
+    not (the ``UnsupportedMethodError`` message, naming method and family). Tried on one random picture
+    at the model's image size against one random target, with the method's cheap ``probe`` options (a
+    refusal comes before any work). Other errors (bad options) are raised as they are."""
+    model = as_loaded(model)
+    get_image_method(method)  # an unknown name is an error, not "unsupported"
+    height, width = model.adapter.image_size
+    pixels = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+    target = F.normalize(torch.randn(1, model.adapter.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1)
+    try:
+        explain_image(model, pixels, target, method=method, progress=False, **probe_options(method, options))
+    except UnsupportedMethodError as error:
+        return str(error)
+    return None
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:

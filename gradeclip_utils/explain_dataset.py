@@ -455,7 +455,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--templates", choices=("openai", "simple"), default="openai",
                         help="--classes: prompt templates of the class embeddings (default openai: 80)")
-    parser.add_argument("--model", default="synthetic", help="open_clip name, model folder, or 'synthetic'")
+    parser.add_argument("--model", default="synthetic", help="a model as load_model names it: open_clip name, model "
+                        "folder, hf:REPO_OR_FOLDER, openai-clip:NAME (with --pretrained), or 'synthetic'")
     parser.add_argument("--pretrained", default=None, help="open_clip weight tag or checkpoint file")
     parser.add_argument("--device", default=None, help="default: CUDA when available (under torchrun cuda:LOCAL_RANK)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))

@@ -247,6 +247,9 @@ def test_target_pred_explains_the_prediction_and_scores_the_ground_truth(tiny, t
         for i in range(3):
             Image.fromarray(rng.integers(0, 255, (50, 60, 3), dtype=np.uint8)).save(tmp_path / "val" / name / f"{i}.png")
     data = ev.imagenet_set(tiny, tmp_path / "val", 6, templates="simple", target="pred")
+    # predicted when first asked for (under torchrun, by the rank that explains the item), not up front
+    assert all(callable(item.target) for item in data.items)
+    assert [len(b) for b in ev._batches(data.items, 4)] == [4, 2] and all(callable(i.target) for i in data.items)
     with torch.no_grad():
         pixels = torch.stack([item.load()[0] for item in data.items])
         embedding = torch.nn.functional.normalize(tiny.model.encode_image(pixels), dim=-1)
@@ -361,6 +364,52 @@ def test_published_method_table_is_reproduced(tmp_path):
                     off.append(f"{method} {title}: {values.mean():.4f} against the published {published:.4f} "
                                f"(3 SE = {band:.4f})")
     assert not off, "\n".join(off)
+
+
+def test_authors_protocol_explains_what_their_scripts_explain(tiny, tmp_path, monkeypatch):
+    """GAME, rollout and M2IB against the bare class name (``tokenize(IMAGENET_CLASSNAMES[c])``), CLIP
+    Surgery against the class name and its 59 names, each with CLIP Surgery's prompt ensemble, the target
+    first; Grad-ECLIP against the classifier's row. Embeddings recomputed here one text at a time."""
+    import torch.nn.functional as F
+
+    from gradeclip_utils.methods.clip_surgery import SURGERY_TEMPLATES
+
+    import dataclasses
+
+    from gradeclip_utils.explain import zero_shot_classifier
+
+    data = ev.synthetic_set(tiny, 2)
+    # a classifier of templates (as ImageNet's), so that its rows are not the bare names' embeddings
+    data = dataclasses.replace(data, classifier=zero_shot_classifier(tiny, data.class_names,
+                                                                     ["a photo of {}.", "art of {}"], progress=False))
+    calls = []
+    original = ev.run_method
+    monkeypatch.setattr(ev, "run_method", lambda m, name, pixels, targets, options: calls.append(
+        (name, targets.clone(), dict(options))) or original(m, name, pixels, targets, options))
+    ev.evaluate(tiny, data, tmp_path, methods=["grad_eclip", "game_last", "m2ib", "clip_surgery"], sanity_images=0,
+                protocol="authors", **{**FAST, "timing_images": 0})
+    calls = calls[-8:]  # after the support probes: 2 items x 4 methods
+
+    def embed(text):
+        return F.normalize(tiny.adapter.encode_text(tiny.tokenize([text])).float(), dim=-1)[0]
+
+    def ensemble(name):
+        rows = torch.stack([embed(t.format(name)) for t in SURGERY_TEMPLATES])
+        return F.normalize(rows.mean(dim=0), dim=-1)
+
+    for b, item in enumerate(data.items):
+        name = data.class_names[item.explained]
+        assert float((data.classifier[item.explained] - embed(name)).abs().max()) > 1e-3  # tells them apart
+        got = {method: (targets, options) for method, targets, options in calls[b::2]}  # item b's calls
+        assert torch.allclose(got["grad_eclip"][0][0], data.classifier[item.explained], atol=1e-6)
+        for method in ("game_last", "m2ib"):
+            assert torch.allclose(got[method][0][0], embed(name), atol=1e-5)
+        targets, options = got["clip_surgery"]
+        assert torch.allclose(targets[0], ensemble(name), atol=1e-5)
+        surgery_set = options["surgery_targets"]
+        assert surgery_set.shape[0] == 1 + len(ev.AUTHORS_SURGERY_NAMES) == 60
+        assert torch.allclose(surgery_set[0], ensemble(name), atol=1e-5)
+        assert torch.allclose(surgery_set[23], ensemble("dog"), atol=1e-5)  # 'dog' is the 23rd of their names
 
 
 def test_authors_maps_explain_the_shrunk_picture_at_its_full_native_size(tiny, monkeypatch):

@@ -334,6 +334,22 @@ def test_authors_map_is_normalised_on_its_grid_then_resized_and_large_pictures_s
     assert shrink_to_640(Image.new("RGB", (900, 640))).size == (900, 640)  # short side 640: kept
 
 
+@pytest.mark.parametrize("size", [(50, 70), (300, 410)])
+def test_authors_map_of_m2ib_and_surgery_comes_upsampled_to_the_input_then_is_resized(size):
+    """M2IB's vision_heatmap and CLIP Surgery's get_similarity_map hand over the map already upsampled to
+    the input (F.interpolate, bilinear); the authors' script min-max normalises it and resizes it with
+    torchvision's Resize((h, w)) (antialiased, so a picture smaller than the input differs)."""
+    from torchvision.transforms import Resize
+
+    grid = torch.rand(7, 7, generator=torch.Generator().manual_seed(3)) * 5 - 1
+    at_input = torch.nn.functional.interpolate(grid[None, None], size=(224, 224), mode="bilinear")[0, 0]
+    at_input = (at_input - at_input.min()) / (at_input.max() - at_input.min())
+    expected = Resize(size)(at_input[None])[0].numpy()
+    heat = authors_heatmap(grid, size, via=(224, 224))
+    assert heat.shape == size and np.allclose(heat, expected, atol=1e-5)
+    assert not np.allclose(authors_heatmap(grid, size), expected, atol=1e-3)  # one step is another map
+
+
 class CountingEncoder:
     """The tiny model's image encoder, counting the pictures it is given."""
 

@@ -120,7 +120,7 @@ def test_every_other_image_method_equals_across_families(families, method, extra
     assert float(want.maps.abs().max()) > 0
     for name in OTHERS:
         got = ge.explain_image(families[name], NATIVE_PIXELS, PROMPTS[:3], method=method, **options)
-        assert relative(got.maps, want.maps) < 5 * TOL, (name, relative(got.maps, want.maps))
+        assert relative(got.maps, want.maps) < TOL, (name, relative(got.maps, want.maps))
         assert relative(got.scores, want.scores) < TOL, name
 
 
@@ -135,7 +135,7 @@ def test_word_importance_equals_across_families(families, method, mode):
     for name in OTHERS:
         got = ge.explain_text(families[name], MODEL_PIXELS, CAPTIONS, method=method, **options)
         assert got.words == want.words
-        assert relative(got.word_importance, want.word_importance) < 5 * TOL, name
+        assert relative(got.word_importance, want.word_importance) < TOL, name
         assert relative(got.scores, want.scores) < TOL, name
 
 
@@ -265,10 +265,42 @@ def test_resnet_clip_surgery_equals_the_authors_cs_resnet(resnets, name):
 
 @pytest.mark.parametrize("method,options,reason", [("itsm", {}, "no per-patch output tokens"),
                                                    ("m2ib", {}, "leaves no tokens after it"),
-                                                   ("legrad", {"layer_index": -1}, "leaves no tokens after it")])
+                                                   ("legrad", {"layer_index": -1}, "leaves no tokens after it"),
+                                                   ("legrad", {}, "leaves no tokens after it")])
 def test_resnet_refuses_what_needs_transformer_blocks_naming_method_and_family(resnets, method, options, reason):
     with pytest.raises(UnsupportedMethodError, match=rf"{method} is not available for open_clip ResNet models: .*{reason}"):
         ge.explain_image(resnets["open_clip"], MODEL_PIXELS, PROMPTS[:2], method=method, **options)
+
+
+def test_the_evaluation_runs_what_a_resnet_can_and_names_the_rest(resnets, tmp_path):
+    """By default the evaluation runs every method the family can run and names the others (config,
+    summary); a method asked for by name that the family cannot run is an error before any work; the
+    notebooks' method list leaves them out too."""
+    import json
+
+    import gradeclip_utils.evaluate as ev
+    from gradeclip_utils.studies.methods import available_methods
+
+    loaded = resnets["open_clip"]
+    refused = {"itsm", "m2ib", "legrad"}
+    data = ev.synthetic_set(loaded, 2)
+    fast = dict(rise_masks=8, m2ib_steps=1, m2ib_samples=1, sanity_images=0, timing_images=0, tie_seeds=1,
+                faithfulness=False, progress=False)
+    summary = ev.evaluate(loaded, data, tmp_path / "rn", **fast)
+    config = json.loads((tmp_path / "rn" / "config.json").read_text())
+    assert set(config["not_run"]) == refused
+    for method, reason in config["not_run"].items():
+        assert reason.startswith(f"{method} is not available for open_clip ResNet models: ")
+    ran = {row.split(",")[4] for row in (tmp_path / "rn" / "per_image.csv").read_text().splitlines()[1:]}
+    assert ran == set(ev.DEFAULT_METHODS) - refused
+    assert "Not run on this model" in (tmp_path / "rn" / "summary.md").read_text()
+    assert set(summary["methods"]) == ran
+    with pytest.raises(UnsupportedMethodError, match="m2ib is not available for open_clip ResNet models"):
+        ev.evaluate(loaded, data, tmp_path / "named", methods=["grad_eclip", "m2ib"], **fast)
+    assert not (tmp_path / "named" / "per_image.csv").exists()
+    listed = available_methods(model=loaded, options={"rise": {"masks": 8}})
+    assert refused.isdisjoint(listed) and {"grad_eclip", "clip_surgery", "maskclip", "rise"} <= set(listed)
+    assert available_methods(model=resnets["openai"]) == listed
 
 
 def test_resnet_native_resolution_interpolates_the_pool_positions(resnets):

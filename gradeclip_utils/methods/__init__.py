@@ -6,7 +6,9 @@ is ``fn(adapter, tokens, targets, **options) -> TokenOutput`` with ``targets`` (
 image embeddings. A new method is one new file that calls ``register_image_method`` /
 ``register_text_method``. A method whose defaults depend on the model (say, an embedding of a text)
 registers ``prepare(model, targets, options) -> options`` beside it; ``explain_image`` calls it once
-per call, before the batches.
+per call, before the batches. A costly method registers ``probe`` options that make a trial run cheap
+(``explain.method_support`` and the evaluation try every method once to learn whether a model's family
+can run it; a refusal never depends on these options).
 """
 
 from __future__ import annotations
@@ -21,13 +23,22 @@ TextMethod = Callable[..., TokenOutput]
 IMAGE_METHODS: dict[str, ImageMethod] = {}
 TEXT_METHODS: dict[str, TextMethod] = {}
 PREPARE: dict[str, Callable[..., dict]] = {}
+PROBE: dict[str, dict] = {}
 
 
-def register_image_method(name: str, fn: ImageMethod, prepare: Callable[..., dict] | None = None) -> ImageMethod:
+def register_image_method(name: str, fn: ImageMethod, prepare: Callable[..., dict] | None = None,
+                          probe: dict | None = None) -> ImageMethod:
     IMAGE_METHODS[name] = fn
     if prepare is not None:
         PREPARE[name] = prepare
+    if probe is not None:
+        PROBE[name] = dict(probe)
     return fn
+
+
+def probe_options(name: str, options: dict) -> dict:
+    """``options`` for a cheap trial run of image method ``name`` (its registered ``probe`` options on top)."""
+    return {**options, **PROBE.get(name, {})}
 
 
 def prepare_options(name: str, model, targets, options: dict) -> dict:
@@ -80,8 +91,8 @@ def _register_baselines() -> None:
     register_text_method("game", game.token_relevance)
     register_image_method("maskclip", maskclip.image_maps)
     register_image_method("clip_surgery", clip_surgery.image_maps, prepare=clip_surgery.prepare)
-    register_image_method("rise", rise.image_maps)
-    register_image_method("m2ib", m2ib.image_maps)
+    register_image_method("rise", rise.image_maps, probe={"masks": 2})
+    register_image_method("m2ib", m2ib.image_maps, probe={"steps": 1, "samples": 1})
     register_text_method("m2ib", m2ib.token_relevance)
     register_image_method("itsm", itsm.image_maps)
     register_image_method("legrad", legrad.image_maps)
@@ -91,7 +102,7 @@ _register_baselines()
 
 __all__ = [
     "IMAGE_METHODS", "QK_CHOICES", "TEXT_METHODS", "MapOutput", "TokenOutput", "cosine_scores", "get_image_method",
-    "get_text_method", "image_maps", "list_methods", "minmax", "prepare_options", "register_image_method",
+    "get_text_method", "image_maps", "list_methods", "minmax", "prepare_options", "probe_options", "register_image_method",
     "register_text_method",
     "token_relevance",
 ]

@@ -33,7 +33,12 @@ from .grad_eclip import MapOutput
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, layer_index: int = -2, chunk: int = 16,
                **_: Any) -> MapOutput:
     """LeGrad maps (B, K, h, w) from block ``layer_index`` to the last, and the model's scores (B, K)."""
-    first = adapter.resolve_layers([layer_index], "image")[0]
+    try:
+        first = adapter.resolve_layers([layer_index], "image")[0]
+    except ValueError:
+        # a tower without tokens after its blocks (a ResNet's pool) refuses LeGrad by name before the index
+        adapter.trace_image(pixels[:1], [], keep_block_outputs=True)
+        raise
     blocks = list(range(first, adapter.num_image_blocks))
     trace = adapter.trace_image(pixels, blocks, keep_probs=True, keep_block_outputs=True)
     total = None

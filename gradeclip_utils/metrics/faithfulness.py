@@ -224,14 +224,22 @@ def shrink_to_640(picture):
     return picture.resize((int(width / scale), int(height / scale)))
 
 
-def authors_heatmap(grid_map: Tensor, size: tuple[int, int]) -> np.ndarray:
+def authors_heatmap(grid_map: Tensor, size: tuple[int, int], via: tuple[int, int] | None = None) -> np.ndarray:
     """The authors' ``generate_hm``: min-max normalise the map where it was computed (patch grid), then
-    resize it (bilinear) to the picture's (H, W). A constant map gives zeros (where the authors' code
-    would divide by zero)."""
+    resize it (bilinear) to the picture's (H, W). ``via``: the map first comes upsampled (bilinear) to
+    that size by the method's own code, as M2IB's ``vision_heatmap`` (224) and CLIP Surgery's
+    ``get_similarity_map`` (the input's size) give it, and is then min-max normalised and resized as
+    torchvision's ``Resize((H, W))`` resizes a tensor (bilinear, antialiased). A constant map gives zeros
+    (where the authors' code would divide by zero)."""
     from ..inputs import upsample
     from ..results import normalise_maps
 
-    return upsample(normalise_maps(grid_map.detach().float()), tuple(size)).numpy()
+    grid_map = grid_map.detach().float()
+    if via is None:
+        return upsample(normalise_maps(grid_map), tuple(size)).numpy()
+    first = normalise_maps(upsample(grid_map, tuple(via)))
+    return F.interpolate(first[None, None], size=tuple(size), mode="bilinear", align_corners=False,
+                         antialias=True)[0, 0].numpy()
 
 
 @torch.no_grad()

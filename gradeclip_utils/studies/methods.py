@@ -22,13 +22,23 @@ from .common import as_input, default_resolution, image_name, prompt_mask, upsam
 SLOW_METHODS: tuple[str, ...] = ("rise", "m2ib")
 
 
-def available_methods(include_slow: bool = True) -> list[str]:
-    """Grad-ECLIP first, then the registered baselines (without RISE and M2IB unless ``include_slow``)."""
+def available_methods(include_slow: bool = True, model: Any = None,
+                      options: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+    """Grad-ECLIP first, then the registered baselines (without RISE and M2IB unless ``include_slow``);
+    with a ``model``, only those its family can run (``explain.method_support``, with ``options`` per
+    method), the others named in a printed line."""
+    from ..explain import method_support
     from ..methods import list_methods
 
     names = list_methods()["image"]
-    ordered = ["grad_eclip"] + [n for n in names if n != "grad_eclip"]
-    return [n for n in ordered if include_slow or n not in SLOW_METHODS]
+    ordered = [n for n in ["grad_eclip"] + [n for n in names if n != "grad_eclip"] if include_slow or n not in SLOW_METHODS]
+    if model is None:
+        return ordered
+    reasons = {n: method_support(model, n, **dict((options or {}).get(n, {}))) for n in ordered}
+    refused = [reason for reason in reasons.values() if reason]
+    if refused:
+        print("not run on this model: " + "; ".join(refused))
+    return [n for n in ordered if reasons[n] is None]
 
 
 def method_gallery(model: Any, images: Sequence[Any], prompts: Sequence[str], methods: Sequence[str], *,
