@@ -132,6 +132,31 @@ def test_a_failing_notebook_is_named_with_its_cell(tmp_path, capfd):
     assert "without encryption" not in capfd.readouterr().err  # the kernels talk over IPC, not TCP
 
 
+#: a cell that keeps the kernel in its handler of papermill's last request (kernel_info) for a while after the
+#: reply has gone, so that the runner shuts the kernel down while the handler still runs: an interrupt sent
+#: then (jupyter_client's shutdown sends one first) is logged by ipykernel as "ERROR | KeyboardInterrupt
+#: caught in kernel."
+SLOW_LAST_REQUEST = """import time
+kernel = get_ipython().kernel
+reply = kernel.shell_handlers["kernel_info_request"]
+async def slow_kernel_info(*args):
+    await reply(*args)
+    time.sleep(1.5)
+kernel.shell_handlers["kernel_info_request"] = slow_kernel_info"""
+
+
+def test_kernels_shut_down_without_an_interrupt(tmp_path, capfd):
+    finishing = _tiny_notebook(tmp_path / "finishing.ipynb", [SLOW_LAST_REQUEST, "x = 1"])
+    failing = _tiny_notebook(tmp_path / "failing.ipynb", [SLOW_LAST_REQUEST, "raise ValueError('real')", "y = 2"])
+    out = tmp_path / "out"
+    assert run_notebook(finishing, out, {"QUICK": True}).ok
+    with pytest.raises(NotebookError, match=r"notebook failing failed in cell 3: ValueError: real \(In \[4\]"):
+        run_notebook(failing, out, {"QUICK": True})  # a real error is still reported, with its cell
+    captured = capfd.readouterr()
+    printed = captured.out + captured.err  # the kernels' own output and logging come here too
+    assert "KeyboardInterrupt" not in printed and "ERROR |" not in printed, printed[-3000:]
+
+
 def test_the_command_lists_and_refuses_unknown_names(capsys, tmp_path):
     assert main(["--out", "unused", "--list"]) == 0
     assert capsys.readouterr().out.split() == [p.stem for p in NOTEBOOKS]
@@ -151,12 +176,14 @@ def _png_outputs(notebook) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_headless_and_exports_every_figure(path, tmp_path, caplog):
+def test_notebook_runs_headless_and_exports_every_figure(path, tmp_path, caplog, capfd):
     started = time.perf_counter()
     run = run_notebook(path, tmp_path, {"QUICK": True}, timeout=TIME_LIMIT)
     seconds = time.perf_counter() - started
     assert run.ok and seconds < TIME_LIMIT
     assert not [r for r in caplog.records if r.name.startswith("papermill") and r.levelno >= 30], caplog.text
+    printed = "".join(capfd.readouterr())  # the kernel logs nothing at the level of errors, at shutdown either
+    assert "KeyboardInterrupt" not in printed and "ERROR |" not in printed, printed[-3000:]
     executed = nbformat.read(run.executed, as_version=4)
     code = [cell for cell in executed.cells if cell.cell_type == "code"]
     assert all(cell.execution_count is not None for cell in code)
