@@ -57,6 +57,33 @@ def test_committed_without_outputs_with_one_parameters_cell(path):
         assert line.count("=") <= 1, line
 
 
+def _code(source: str) -> ast.Module:
+    """A code cell's Python (IPython's magic and shell lines left out)."""
+    return ast.parse("\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_manifests_record_every_parameter(path):
+    """The notebook's one FigureExporter gets parameters=dict(NAME=NAME, ...) with every name its parameters
+    cell assigns (OUT_DIR aside: the folder the manifests are in), so that a figure's manifest says how to
+    run its notebook again. Read from the notebook's source, without running it."""
+    notebook = nbformat.read(path, as_version=4)
+    calls = [node for cell in notebook.cells if cell.cell_type == "code" for node in ast.walk(_code(cell.source))
+             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "FigureExporter"]
+    assert len(calls) == 1, f"{len(calls)} FigureExporter calls"
+    given = {keyword.arg: keyword.value for keyword in calls[0].keywords}
+    assert "parameters" in given, "FigureExporter without parameters="
+    recorded = given["parameters"]
+    assert isinstance(recorded, ast.Call) and getattr(recorded.func, "id", None) == "dict" and not recorded.args, \
+        ast.unparse(recorded)
+    values = {keyword.arg: keyword.value for keyword in recorded.keywords}
+    wanted = [name for name in parameter_names(notebook) if name != "OUT_DIR"]
+    assert sorted(values) == sorted(wanted), (f"left out: {sorted(set(wanted) - set(values))}, "
+                                              f"not parameters: {sorted(set(values) - set(wanted))}")
+    assert all(isinstance(value, ast.Name) and value.id == name for name, value in values.items()), \
+        ast.unparse(recorded)
+
+
 def test_overrides_are_checked_before_anything_runs():
     notebook = nbformat.read(NOTEBOOKS[0], as_version=4)
     check_parameters(notebook, {"QUICK": True, "OUT_DIR": "/tmp/x"})
@@ -213,6 +240,7 @@ def test_notebook_runs_headless_and_exports_every_figure(path, tmp_path, caplog,
         assert (folder / manifest["files"]["pdf"]).read_bytes().startswith(b"%PDF")
         assert manifest["notebook"] == path.stem and manifest["model"] == "synthetic"
         assert manifest["pretrained"] is None and manifest["parameters"]["QUICK"] is True
+        assert set(manifest["parameters"]) == set(parameter_names(executed)) - {"OUT_DIR"}  # as the static test
         assert manifest["parameters"]["MODEL"] == "synthetic"
         assert manifest["package"]["version"] == gradeclip_utils.__version__
         assert manifest["description"], manifest["figure"]
