@@ -102,7 +102,7 @@ def _input_sizes(model, folder: Path, keys: Sequence[str], resolution: str, max_
     orientation applied), without decoding the pixels."""
     from tqdm import tqdm  # text progress (a widget bar does not survive a reload)
 
-    from .inputs import native_size, prepare_image
+    from .inputs import header_orientation, native_size, prepare_image
 
     if resolution == "model":
         size = tuple(prepare_image(model, Image.new("RGB", (32, 32)), "model").pixels.shape[-2:])
@@ -111,10 +111,9 @@ def _input_sizes(model, folder: Path, keys: Sequence[str], resolution: str, max_
         try:
             with Image.open(folder / key) as image:
                 width, height = image.size
-                # PIL decodes a whole PNG to look for an eXIf chunk after its pixels; one before them is in
-                # info already. (A loaded image whose size differs from the plan's is an error, not a guess.)
-                late_png = image.format == "PNG" and "exif" not in image.info
-                orientation = 1 if late_png else image.getexif().get(0x0112, 1)
+                # as load_image will turn it: a PNG's eXIf chunk after its pixels is found by seeks, not by
+                # decoding. (A loaded image whose size differs from the plan's is an error, not a guess.)
+                orientation = header_orientation(image, folder / key)
         except Exception as error:  # PIL raises many types for broken files
             unreadable.append(f"{key} ({type(error).__name__}: {error})")
             continue

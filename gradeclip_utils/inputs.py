@@ -18,6 +18,8 @@ never rescaled silently.
 from __future__ import annotations
 
 import math
+import re
+import struct
 import sys
 import warnings
 from dataclasses import dataclass
@@ -39,6 +41,9 @@ DEFAULT_MAX_PATCHES = 1600  # 40 x 40 patches: 640 px a side for a patch size of
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 CHANNEL_COUNTS = (1, 3, 4)
 _EXIF_ORIENTATION = 0x0112
+#: the keywords of PNG text chunks whose values PIL's getexif reads (EXIF, or an XMP orientation)
+_PNG_EXIF_TEXT_KEYS = frozenset({b"exif", b"Raw profile type exif", b"XML:com.adobe.xmp", b"xmp"})
+_PNG_CHUNK_TYPE = re.compile(rb"\w{4}")  # PIL's test of a chunk type; its reader stops at another
 
 
 _INTERNAL_MODULES = ("gradeclip_utils", "torch", "contextlib", "functools")
@@ -93,6 +98,66 @@ def upright(image: Image.Image) -> Image.Image:
     if orientation in (None, 1):
         return image
     return ImageOps.exif_transpose(image)
+
+
+def header_orientation(image: Image.Image, path: str | Path) -> int:
+    """The EXIF orientation :func:`upright` gives the image of ``path`` once :func:`load_image` has
+    decoded it, read from ``image`` (that file, opened, not loaded) without decoding its pixels.
+
+    PIL reads a PNG's chunks after its pixel data (IDAT) only when it decodes them, and an eXIf chunk
+    may lie there. This walks the chunk headers with seeks (skipping the pixel data), reads a late eXIf
+    chunk's data and takes the orientation from it as PIL would after decoding (the last eXIf chunk
+    wins; an animated PNG's walk stops at its next frame). A late text chunk that holds EXIF or XMP
+    (rare) falls back to decoding the file. An unreadable EXIF block gives 1, as :func:`upright`
+    applies nothing for it.
+    ``image.info`` may be changed (it gets a late chunk's EXIF).
+    """
+    try:
+        if image.format != "PNG":
+            return image.getexif().get(_EXIF_ORIENTATION, 1) or 1
+        late_exif, late_text = _png_late_exif(path, animated=bool(getattr(image, "is_animated", False)))
+        if late_text:
+            with Image.open(path) as whole:
+                whole.load()
+                return whole.getexif().get(_EXIF_ORIENTATION, 1) or 1
+        if late_exif is not None:
+            image.info["exif"] = b"Exif\x00\x00" + late_exif  # what PIL's eXIf reader stores
+        # the base class's getexif: a PngImageFile's decodes the pixels first to read the late chunks
+        return Image.Image.getexif(image).get(_EXIF_ORIENTATION, 1) or 1
+    except Exception:  # unreadable EXIF (or file): upright applies nothing
+        return 1
+
+
+def _png_late_exif(path: str | Path, animated: bool) -> tuple[bytes | None, bool]:
+    """(the data of the last eXIf chunk after the first IDAT or None, whether a text chunk there holds
+    EXIF or XMP) of a PNG file: the chunks PIL reads after decoding the pixels, found by walking the
+    chunk headers with seeks (the pixel data is skipped, not read). Stops where PIL's reader stops:
+    at IEND, at a malformed chunk type or the end of the file, at an animated PNG's next frame (fcTL)."""
+    exif, text, after_pixels = None, False, False
+    with open(path, "rb", buffering=0) as file:  # unbuffered: a seek and an 8-byte read per chunk
+        position = 8  # after the PNG signature
+        while True:
+            file.seek(position)
+            head = file.read(8)
+            if len(head) < 8:
+                break
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"IEND" or not _PNG_CHUNK_TYPE.fullmatch(kind):
+                break
+            if kind == b"IDAT":
+                after_pixels = True
+            elif after_pixels:
+                if kind == b"fcTL" and animated:
+                    break
+                if kind == b"eXIf":
+                    data = file.read(length)
+                    if len(data) < length:
+                        break
+                    exif = data
+                elif kind in (b"tEXt", b"zTXt", b"iTXt"):
+                    text = text or file.read(min(length, 80)).split(b"\0", 1)[0] in _PNG_EXIF_TEXT_KEYS
+            position += 12 + length  # length, type, data, CRC
+    return exif, text
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import asyncio
 import contextlib
 import json
 import os
@@ -181,12 +182,27 @@ def _ipc_kernel_manager(folder: Path) -> type:
     from traitlets import default
 
     class IPCKernelManager(AsyncKernelManager):
+        #: set by the runner's client once the kernel has answered the run's last request: then its
+        #: shutdown sends no interrupt first (see ``_async_interrupt_kernel``)
+        finished = False
+
         @default("transport")
         def _default_transport(self) -> str:
             return "ipc"
 
         def _ip_default(self) -> str:
             return str(folder / f"kernel-{os.getpid()}-{id(self)}")
+
+        async def _async_interrupt_kernel(self) -> None:
+            # jupyter_client's shutdown_kernel interrupts the kernel (SIGINT to its process group) before
+            # asking it to shut down. A finished kernel has nothing to interrupt, and the signal can land
+            # while it is still in the handler of papermill's last request (kernel_info: papermill waits
+            # for the reply, not for the handler's end), where ipykernel turns it into a KeyboardInterrupt
+            # and logs "ERROR | KeyboardInterrupt caught in kernel." (child processes would get it too). A
+            # kernel that did not finish (a cell timed out, the run was stopped) is interrupted as before.
+            if self.shutting_down and self.finished:
+                return
+            await super()._async_interrupt_kernel()
 
     return IPCKernelManager
 
@@ -238,15 +254,32 @@ def _register_engine() -> None:
     from papermill.log import logger
     from papermill.utils import remove_args
 
+    class Client(PapermillNotebookClient):
+        def execute(self, **kwargs: Any) -> Any:
+            """papermill's execute (2.7), which also tells the kernel manager when the kernel has answered
+            its last request, so that shutting it down sends no interrupt (``_ipc_kernel_manager``)."""
+            self.reset_execution_trackers()
+            if sys.platform.startswith("win"):  # https://bugs.python.org/issue37373
+                asyncio.set_event_loop_policy(asyncio.WindowsSelectorEventLoopPolicy())
+            with self.setup_kernel(**kwargs):
+                self.log.info(f"Executing notebook with kernel: {self.kernel_name}")
+                self.papermill_execute_cells()  # stops at a failing cell, recorded for papermill to raise
+                info_msg = self.wait_for_reply(self.kc.kernel_info())
+                if hasattr(self.km, "finished"):  # the kernel has answered: nothing left to interrupt
+                    self.km.finished = True
+                self.nb.metadata["language_info"] = info_msg["content"]["language_info"]
+                self.set_widgets_metadata()
+            return self.nb
+
     class Engine(NBClientEngine):
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None,
                                      stderr_file=None, start_timeout=60, execution_timeout=None, **kwargs):
             env = kwargs.pop("kernel_env", None)
             kwargs = remove_args(["input_path", "timeout", "startup_timeout"], **kwargs)
-            client = PapermillNotebookClient(nb_man, timeout=execution_timeout, startup_timeout=start_timeout,
-                                             kernel_name=kernel_name, log=logger, log_output=log_output,
-                                             stdout_file=stdout_file, stderr_file=stderr_file, **kwargs)
+            client = Client(nb_man, timeout=execution_timeout, startup_timeout=start_timeout,
+                            kernel_name=kernel_name, log=logger, log_output=log_output,
+                            stdout_file=stdout_file, stderr_file=stderr_file, **kwargs)
             return client.execute(env=env)
 
     papermill_engines.register(ENGINE_NAME, Engine)

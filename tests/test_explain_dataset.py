@@ -7,6 +7,8 @@ import contextlib
 import json
 import os
 import shutil
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -81,6 +83,57 @@ def test_shards_read_back_as_explain_image_of_each_image(tiny, tmp_path, classes
         assert maps["tabby_cat/im1.png"].prompts == want
     heat = maps["tabby_cat/im1.png"].heatmaps()
     assert heat.shape[-2:] == (64, 48) and float(heat.min()) >= 0 and float(heat.max()) == pytest.approx(1.0)
+
+
+def late_exif_png(path, width, height, orientation, seed=0):
+    """An RGB PNG written chunk by chunk with its eXIf chunk after the pixel data (IHDR, IDAT, eXIf, IEND),
+    where PIL finds the orientation only once it has decoded the pixels."""
+    rows = np.random.default_rng(seed).integers(0, 255, (height, width * 3), dtype=np.uint8)
+    raw = b"".join(b"\0" + row.tobytes() for row in rows)  # filter type 0 on every row
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    tiff = exif.tobytes()
+    tiff = tiff[6:] if tiff.startswith(b"Exif\0\0") else tiff  # the chunk holds the bare TIFF structure
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"eXIf", tiff) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_png_with_its_exif_after_the_pixels_is_planned_as_it_is_loaded(tiny, tmp_path, monkeypatch):
+    """The plan takes the orientation of an eXIf chunk after IDAT from the file's chunk headers (no
+    decoding), so it agrees with the loader, which applies it as explain_image does."""
+    from PIL import PngImagePlugin
+
+    from gradeclip_utils.explain_dataset import _input_sizes
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name, orientation in (("six.png", 6), ("eight.png", 8), ("three.png", 3)):
+        late_exif_png(folder / name, 72, 40, orientation, seed=orientation)
+    Image.fromarray(np.zeros((40, 72, 3), dtype=np.uint8)).save(folder / "plain.png")
+    with Image.open(folder / "six.png") as image:
+        assert "exif" not in image.info and image.size == (72, 40)  # PIL sees the chunk only after decoding
+    keys = find_images(folder)
+    with monkeypatch.context() as patched:  # planning reads headers only: decoding a PNG is an error here
+        patched.setattr(PngImagePlugin.PngImageFile, "load", lambda self: pytest.fail("planning decoded a PNG"))
+        sizes = _input_sizes(tiny, folder, keys, "native", 1600, show=False)
+    assert dict(zip(keys, sizes)) == {"eight.png": (72, 40, False), "plain.png": (40, 72, False),
+                                      "six.png": (72, 40, False), "three.png": (40, 72, False)}
+    out = tmp_path / "maps"
+    explain_dataset(tiny, folder, out, prompts=PROMPTS, batch_size=2, progress=False)
+    maps = DatasetMaps(out)
+    for stored in maps:
+        reference = explain_image(tiny, folder / stored.key, PROMPTS)
+        want = reference.raw[0]
+        assert stored.maps.shape == want.shape, stored.key
+        assert torch.allclose(stored.maps, want, rtol=0, atol=1e-5 * float(want.abs().max())), stored.key
+        assert torch.allclose(stored.scores, reference.scores[0], atol=1e-6), stored.key
+        assert tuple(stored.input_size) == tuple(np.asarray(reference.images[0]).shape[:2]), stored.key
+    assert tuple(maps["six.png"].input_size) == (72, 40) == tuple(maps["eight.png"].input_size)
 
 
 @pytest.mark.parametrize("classes", [None, "own"])

@@ -57,6 +57,33 @@ def test_committed_without_outputs_with_one_parameters_cell(path):
         assert line.count("=") <= 1, line
 
 
+def _code(source: str) -> ast.Module:
+    """A code cell's Python (IPython's magic and shell lines left out)."""
+    return ast.parse("\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_manifests_record_every_parameter(path):
+    """The notebook's one FigureExporter gets parameters=dict(NAME=NAME, ...) with every name its parameters
+    cell assigns (OUT_DIR aside: the folder the manifests are in), so that a figure's manifest says how to
+    run its notebook again. Read from the notebook's source, without running it."""
+    notebook = nbformat.read(path, as_version=4)
+    calls = [node for cell in notebook.cells if cell.cell_type == "code" for node in ast.walk(_code(cell.source))
+             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "FigureExporter"]
+    assert len(calls) == 1, f"{len(calls)} FigureExporter calls"
+    given = {keyword.arg: keyword.value for keyword in calls[0].keywords}
+    assert "parameters" in given, "FigureExporter without parameters="
+    recorded = given["parameters"]
+    assert isinstance(recorded, ast.Call) and getattr(recorded.func, "id", None) == "dict" and not recorded.args, \
+        ast.unparse(recorded)
+    values = {keyword.arg: keyword.value for keyword in recorded.keywords}
+    wanted = [name for name in parameter_names(notebook) if name != "OUT_DIR"]
+    assert sorted(values) == sorted(wanted), (f"left out: {sorted(set(wanted) - set(values))}, "
+                                              f"not parameters: {sorted(set(values) - set(wanted))}")
+    assert all(isinstance(value, ast.Name) and value.id == name for name, value in values.items()), \
+        ast.unparse(recorded)
+
+
 def test_overrides_are_checked_before_anything_runs():
     notebook = nbformat.read(NOTEBOOKS[0], as_version=4)
     check_parameters(notebook, {"QUICK": True, "OUT_DIR": "/tmp/x"})
@@ -132,6 +159,31 @@ def test_a_failing_notebook_is_named_with_its_cell(tmp_path, capfd):
     assert "without encryption" not in capfd.readouterr().err  # the kernels talk over IPC, not TCP
 
 
+#: a cell that keeps the kernel in its handler of papermill's last request (kernel_info) for a while after the
+#: reply has gone, so that the runner shuts the kernel down while the handler still runs: an interrupt sent
+#: then (jupyter_client's shutdown sends one first) is logged by ipykernel as "ERROR | KeyboardInterrupt
+#: caught in kernel."
+SLOW_LAST_REQUEST = """import time
+kernel = get_ipython().kernel
+reply = kernel.shell_handlers["kernel_info_request"]
+async def slow_kernel_info(*args):
+    await reply(*args)
+    time.sleep(1.5)
+kernel.shell_handlers["kernel_info_request"] = slow_kernel_info"""
+
+
+def test_kernels_shut_down_without_an_interrupt(tmp_path, capfd):
+    finishing = _tiny_notebook(tmp_path / "finishing.ipynb", [SLOW_LAST_REQUEST, "x = 1"])
+    failing = _tiny_notebook(tmp_path / "failing.ipynb", [SLOW_LAST_REQUEST, "raise ValueError('real')", "y = 2"])
+    out = tmp_path / "out"
+    assert run_notebook(finishing, out, {"QUICK": True}).ok
+    with pytest.raises(NotebookError, match=r"notebook failing failed in cell 3: ValueError: real \(In \[4\]"):
+        run_notebook(failing, out, {"QUICK": True})  # a real error is still reported, with its cell
+    captured = capfd.readouterr()
+    printed = captured.out + captured.err  # the kernels' own output and logging come here too
+    assert "KeyboardInterrupt" not in printed and "ERROR |" not in printed, printed[-3000:]
+
+
 def test_the_command_lists_and_refuses_unknown_names(capsys, tmp_path):
     assert main(["--out", "unused", "--list"]) == 0
     assert capsys.readouterr().out.split() == [p.stem for p in NOTEBOOKS]
@@ -151,12 +203,14 @@ def _png_outputs(notebook) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_headless_and_exports_every_figure(path, tmp_path, caplog):
+def test_notebook_runs_headless_and_exports_every_figure(path, tmp_path, caplog, capfd):
     started = time.perf_counter()
     run = run_notebook(path, tmp_path, {"QUICK": True}, timeout=TIME_LIMIT)
     seconds = time.perf_counter() - started
     assert run.ok and seconds < TIME_LIMIT
     assert not [r for r in caplog.records if r.name.startswith("papermill") and r.levelno >= 30], caplog.text
+    printed = "".join(capfd.readouterr())  # the kernel logs nothing at the level of errors, at shutdown either
+    assert "KeyboardInterrupt" not in printed and "ERROR |" not in printed, printed[-3000:]
     executed = nbformat.read(run.executed, as_version=4)
     code = [cell for cell in executed.cells if cell.cell_type == "code"]
     assert all(cell.execution_count is not None for cell in code)
@@ -186,6 +240,7 @@ def test_notebook_runs_headless_and_exports_every_figure(path, tmp_path, caplog)
         assert (folder / manifest["files"]["pdf"]).read_bytes().startswith(b"%PDF")
         assert manifest["notebook"] == path.stem and manifest["model"] == "synthetic"
         assert manifest["pretrained"] is None and manifest["parameters"]["QUICK"] is True
+        assert set(manifest["parameters"]) == set(parameter_names(executed)) - {"OUT_DIR"}  # as the static test
         assert manifest["parameters"]["MODEL"] == "synthetic"
         assert manifest["package"]["version"] == gradeclip_utils.__version__
         assert manifest["description"], manifest["figure"]
