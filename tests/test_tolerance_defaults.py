@@ -101,6 +101,7 @@ def test_method_evaluation_and_its_command_default(tmp_path, monkeypatch):
         return torch.stack([torch.from_numpy(peak_at_distance(masks[i], i % 2 == 0)) for i in index])
 
     monkeypatch.setattr(ev, "batch_maps", fake_maps)
+    monkeypatch.setattr(ev, "unsupported_methods", lambda model, options: {})  # a stand-in: nothing to try on
     model = SimpleNamespace(describe=lambda: {"name": "stand-in"}, model=torch.nn.Linear(1, 1), device=torch.device("cpu"),
                             adapter=SimpleNamespace(logit_scale=100.0),
                             normalization=((0.5,) * 3, (0.5,) * 3))
