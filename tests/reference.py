@@ -159,23 +159,29 @@ class _Stop(Exception):
     pass
 
 
-def resnet_features(visual, pixels):
-    """The input of the attention pool (B, C, h, w), taken from the model's own forward by a hook on
-    the pool (the forward stops there, so any input size works)."""
+def input_of(module, run):
+    """The first input ``module`` gets when ``run()`` calls the model's own forward, taken by a
+    pre-hook that stops the forward there (nothing after the module runs)."""
     captured = {}
 
-    def grab(module, args):
+    def grab(_module, args):
         captured["x"] = args[0]
         raise _Stop
 
-    handle = visual.attnpool.register_forward_pre_hook(grab)
+    handle = module.register_forward_pre_hook(grab)
     try:
-        visual(pixels)
+        run()
     except _Stop:
         pass
     finally:
         handle.remove()
     return captured["x"]
+
+
+def resnet_features(visual, pixels):
+    """The input of the attention pool (B, C, h, w), taken from the model's own forward by a hook on
+    the pool (the forward stops there, so any input size works)."""
+    return input_of(visual.attnpool, lambda: visual(pixels))
 
 
 def resnet_maps(model, pixels, text_embeddings, official=False, qk="raw"):

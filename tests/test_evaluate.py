@@ -202,12 +202,18 @@ def test_folder_of_images_with_prompts_and_masks(tiny, tmp_path):
         ev.folder_set(tiny, tmp_path / "prompts.csv").items[1].load()
 
 
-def test_class_folders_build_a_template_classifier(tiny, tmp_path):
-    rng = np.random.default_rng(1)
+def class_folders(root, per_class: int, size: tuple[int, int], suffix: str, seed: int):
+    """An ImageNet-style folder of two classes (ImageNet's wnid-like names), random pictures in each."""
+    rng = np.random.default_rng(seed)
     for name in ("golden_retriever", "tabby_cat"):
-        (tmp_path / "val" / name).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(rng.integers(0, 255, (50, 50, 3), dtype=np.uint8)).save(tmp_path / "val" / name / f"{i}.jpg")
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(root / name / f"{i}{suffix}")
+    return root
+
+
+def test_class_folders_build_a_template_classifier(tiny, tmp_path):
+    class_folders(tmp_path / "val", 2, (50, 50), ".jpg", seed=1)
     data = ev.imagenet_set(tiny, tmp_path / "val", 3, templates="simple", cache=tmp_path / "classifier.pt")
     assert data.class_names == ["golden retriever", "tabby cat"] and not data.has_masks
     assert [item.label for item in data.items] == [0, 1, 0]  # round-robin over the classes
@@ -241,11 +247,7 @@ def test_grad_eclip_points_better_than_raw_attention_and_random_on_the_synthetic
 
 
 def test_target_pred_explains_the_prediction_and_scores_the_ground_truth(tiny, tmp_path):
-    rng = np.random.default_rng(3)
-    for name in ("golden_retriever", "tabby_cat"):
-        (tmp_path / "val" / name).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (50, 60, 3), dtype=np.uint8)).save(tmp_path / "val" / name / f"{i}.png")
+    class_folders(tmp_path / "val", 3, (50, 60), ".png", seed=3)
     data = ev.imagenet_set(tiny, tmp_path / "val", 6, templates="simple", target="pred")
     # predicted when first asked for (under torchrun, by the rank that explains the item), not up front
     assert all(callable(item.target) for item in data.items)

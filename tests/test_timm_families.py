@@ -28,6 +28,7 @@ from gradeclip_utils.adapters import UnsupportedMethodError, UnsupportedModelErr
 from gradeclip_utils.methods import IMAGE_METHODS
 
 from families import relative
+from reference import input_of
 from realistic import realistic_init
 
 timm = pytest.importorskip("timm")
@@ -266,31 +267,13 @@ def literal_maps(model, images, targets, layers, official=False, qk="raw"):
     return maps.reshape(images.shape[0], len(targets), *grid), scores
 
 
-class _Stop(Exception):
-    pass
-
-
 def trunk_output(model, images):
     """The tokens leaving the last trunk block (the input of the final norm), from the model's own trunk
     (resized by timm for another size), taken by a hook that stops the forward there."""
     trunk = model.visual.trunk
     if tuple(images.shape[-2:]) != tuple(trunk.patch_embed.img_size):
         trunk = resized(model, tuple(images.shape[-2:])).visual.trunk
-    captured = {}
-
-    def grab(module, args):
-        captured["x"] = args[0]
-        raise _Stop
-
-    handle = trunk.norm.register_forward_pre_hook(grab)
-    try:
-        trunk(images)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    grid = trunk.patch_embed.grid_size
-    return captured["x"], tuple(grid)
+    return input_of(trunk.norm, lambda: trunk(images)), tuple(trunk.patch_embed.grid_size)
 
 
 def literal_probe(model, images, targets, official=False, qk="raw"):
