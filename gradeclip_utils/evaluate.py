@@ -75,7 +75,7 @@ from .adapters import UnsupportedMethodError
 from .distributed import Journal
 from .explain import zero_shot_classifier
 from .inputs import IMAGE_SUFFIXES, class_names
-from .methods import get_image_method, list_methods, probe_options
+from .methods import get_image_method, list_methods
 from .metrics import (AUC_DEFINITION, authors_heatmap, authors_perturbation_curves, cascading_randomisation,
                       localisation_scores, perturbation_curves_over_ties, shrink_to_640)
 
@@ -345,22 +345,12 @@ def run_method(model, name: str, pixels: torch.Tensor, targets: torch.Tensor, op
 
 def unsupported_methods(model, options: dict[str, dict[str, Any]]) -> dict[str, str]:
     """The methods of ``options`` (name -> the evaluation's options) that the model's family cannot run,
-    each with the reason (naming method and family): each is tried as the evaluation runs it, on one
-    random picture at the model's image size against one random target, with the method's cheap
-    ``probe`` options (a refusal comes before any work)."""
-    height, width = model.adapter.image_size
-    pixels = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
-    target = torch.nn.functional.normalize(torch.randn(1, model.adapter.embed_dim,
-                                                       generator=torch.Generator().manual_seed(1)), dim=-1)
-    refused = {}
-    for name, method_opts in options.items():
-        if name == RANDOM:
-            continue
-        try:
-            run_method(model, name, pixels, target, probe_options(name, method_opts))
-        except UnsupportedMethodError as error:
-            refused[name] = str(error)
-    return refused
+    each with the reason naming method and family (``explain.method_support``, with these options)."""
+    from .explain import method_support
+
+    reasons = {name: method_support(model, name, **method_opts) for name, method_opts in options.items()
+               if name != RANDOM}
+    return {name: reason for name, reason in reasons.items() if reason is not None}
 
 
 def _sync(device: torch.device) -> None:
@@ -663,8 +653,7 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] | 
     batches = _batches(data.items, batch_size)
 
     def prepare() -> None:  # on rank 0, before any rank reads what is done
-        if config_path.exists() and not overwrite:
-            previous = json.loads(config_path.read_text())
+        if previous is not None:  # read above, before anything was written
             if not distributed.same_settings(previous, config):
                 raise ValueError(f"{out} holds a run with other settings ({config_path}); use another --out or "
                                  "--overwrite to start afresh")
