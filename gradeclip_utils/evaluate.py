@@ -6,7 +6,7 @@
     python -m gradeclip_utils.evaluate --dataset imagenet --data /path/to/val --model ViT-B-16 --pretrained openai \
         --protocol authors --target pred     # the Grad-ECLIP authors' deletion / insertion, number for number
 
-Protocols (deletion and insertion; see PROTOCOL_TEXT and method.md section 6):
+Protocols (deletion and insertion; see PROTOCOL_TEXT and docs/method.md section 7):
   project    (default) maps and perturbations on the model's preprocessed pixels; tied pixels ordered by a
              seeded random permutation per image, shared by every method, repeated over --tie-seeds seeds
              and the range of each method's mean AUC reported; localisation on the same maps.
@@ -826,7 +826,7 @@ def _fmt(mean: float, low: float, high: float, percent: bool = False) -> str:
 
 
 PROTOCOL_TEXT = {
-    "project": ("this project's (method.md section 6): maps on the model's preprocessed pixels, pixels ranked by "
+    "project": ("this project's (docs/method.md sections 7.3-7.5): maps on the model's preprocessed pixels, pixels ranked by "
                 "the bilinearly upsampled map, round(n x 0.5% x H x W) pixels changed at step n, deletion's random "
                 "values one seeded random picture per image, tied pixels ordered by a seeded random permutation "
                 "shared by every method on an image (repeated over several tie seeds, below)."),
@@ -896,8 +896,8 @@ def summarise(out: Path, data: EvalSet, config: dict[str, Any], *, command: str 
         sanity = sanity[sanity["key"].astype(str).isin(keys)]
     methods = [m for m in methods if not frame.empty and m in set(frame["method"])]
     lines = [f"# Method comparison: {data.name}", "",
-             "Every explanation method of the workbench (Grad-ECLIP and the baselines of method.md section 5, plus a "
-             "random map as the floor) on the same images and targets, scored by the metrics of method.md section 6: "
+             "Every explanation method of the workbench (Grad-ECLIP and the baselines of docs/method.md section 6, plus a "
+             "random map as the floor) on the same images and targets, scored by the metrics of docs/method.md section 7: "
              "localisation against ground-truth masks (pointing game: the map's maximum inside the target's mask; "
              "energy pointing game: the share of the map's positive mass inside it; IoU of the map thresholded at "
              "its mean), faithfulness (deletion and insertion curves and their AUC), the cascading model-"

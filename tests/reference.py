@@ -1,4 +1,4 @@
-"""A slow, literal implementation of method.md sections 1-3, written apart from the package.
+"""A slow, literal implementation of docs/method.md sections 1-4, written apart from the package.
 
 Every head is computed in its own loop iteration, every prompt gets its own backward pass, and the
 maps are assembled token by token. The package's batched code is checked against this.
@@ -185,7 +185,7 @@ def resnet_features(visual, pixels):
 
 
 def resnet_maps(model, pixels, text_embeddings, official=False, qk="raw"):
-    """Literal Grad-ECLIP on a ResNet CLIP's attention pool (method.md section 4), one image and one
+    """Literal Grad-ECLIP on a ResNet CLIP's attention pool (docs/method.md section 5.1), one image and one
     prompt at a time, every head in its own loop iteration. Returns maps (B, K, h, w), scores (B, K)."""
     visual = model.visual
     pool = visual.attnpool

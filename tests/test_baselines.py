@@ -1,4 +1,4 @@
-"""Each baseline of method.md section 5 against an independent, literal computation.
+"""Each baseline of docs/method.md section 6 against an independent, literal computation.
 
 The literal forward below re-implements the open_clip ViT towers head by head (no adapter code) and
 keeps what the baselines need: the attention probabilities of every head with their graph, the

@@ -1,4 +1,4 @@
-"""Grad-ECLIP's batched implementation against the literal equations of method.md (sections 1-3)."""
+"""Grad-ECLIP's batched implementation against the literal equations of docs/method.md sections 1-4."""
 
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def test_text_importance_on_vit_b16(vit_b16):
 
 
 def test_no_spatial_weight_is_relu_of_attention_gradient(tiny):
-    """method.md section 2: sum_c w_c v_i[c] = dS/da_cls,i summed over heads, so Grad-ECLIP without
+    """docs/method.md section 2.3: sum_c w_c v_i[c] = dS/da_cls,i summed over heads, so Grad-ECLIP without
     the spatial weight equals ReLU of the gradient with respect to the class-token attention weights."""
     model = tiny.model
     pixels = noise(2, 48, 48)
@@ -259,7 +259,7 @@ def test_constant_keys_give_zero_spatial_weight_not_nan():
 
 
 def test_spatial_weight_is_normalised_over_the_patches_only():
-    """method.md: r_i = cos(q_cls, k_i) for patch tokens i, the class token's own key excluded, then
+    """docs/method.md section 2.2: r_i = cos(q_cls, k_i) for patch tokens i, the class token's own key excluded, then
     min-max over the patches. Hand values with the class token's key the most similar one (cos 1): over
     the patches' cosines 0, 1/sqrt(2) and -1 the weights are 1 / (1 + 1/sqrt(2)), 1 and 0; normalising
     over the class token too would give 0.5, 0.854, 0. Text (first key 0) keeps every position."""

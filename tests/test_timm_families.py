@@ -5,7 +5,7 @@ The models are small timm trunks built through open_clip's own ``TimmModel`` (``
 ``CLIPVisionCfg(timm_model_name=...)``); the size overrides (depth, width, image size) go through
 ``timm.create_model``. Weights are realistic (tests/realistic.py, plus the class token, positional
 embedding, EVA's q/v biases and the probe's latent, which it leaves to the family). Every map is checked
-against a literal implementation of method.md's equations written below: per image and per prompt,
+against a literal implementation of the equations of docs/method.md sections 2 and 5, written below: per image and per prompt,
 every head in its own loop iteration, rotary embeddings pair by pair, one backward pass per prompt.
 Native-resolution ground truth is timm's own: a copy of the trunk resized with ``set_input_size``.
 """

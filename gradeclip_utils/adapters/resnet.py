@@ -3,7 +3,7 @@
 The trunk (three stem convolutions, an average pool, four stages of bottlenecks) ends in an attention
 pool: one query, the mean of the final feature map, attends over the mean token and the spatial
 tokens (positional embedding added); its output after ``c_proj`` is the image embedding. The pool is
-this tower's one attention "block" (block 0), and Grad-ECLIP transfers to it as method.md section 4
+this tower's one attention "block" (block 0), and Grad-ECLIP transfers to it as docs/method.md section 5.1
 defines it: the gradient with respect to the pooled attention output before ``c_proj``, the spatial
 weight from cos(q_mean, k_i) over the spatial tokens (the mean token's own key excluded), the values
 of the spatial tokens. The authors' code has no ResNet version: this is the project's transfer.

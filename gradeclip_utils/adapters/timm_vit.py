@@ -16,8 +16,8 @@ Three kinds of trunk are read:
 - SigLIP: a ``VisionTransformer`` without class token pooled by an attention-pool probe (timm
   ``AttentionPoolLatent``, ``global_pool='map'``): one learnt latent query attends over the patch
   tokens (after the trunk's final norm); its output after ``proj`` and the probe's MLP residual is the
-  embedding. Grad-ECLIP transfers to the probe as it does to a ResNet's attention pool (method.md
-  section 4): the latent query is the pooled token, the channel weights are the gradient with respect
+  embedding. Grad-ECLIP transfers to the probe as it does to a ResNet's attention pool (docs/method.md
+  section 5.2): the latent query is the pooled token, the channel weights are the gradient with respect
   to the probe's attention output before ``proj``, the spatial weight is cos(q_latent, k_i) over the
   patch tokens, the values are the patch tokens'. The probe is the tower's one explained block
   (block 0), presented with the latent at position 0 and a dummy (zero) query/key/value row there,

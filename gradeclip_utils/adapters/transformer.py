@@ -198,7 +198,7 @@ def explicit_block(block: BlockView, index: int, x: Tensor, mask: Tensor | None,
 
     With ``token_only`` only the pooled token's row leaves the block (the last block: nothing else
     reaches the embedding). An explained block splits the pooled token's attention-output row into
-    its own tensor so that gradients with respect to it are the partial derivatives method.md uses.
+    its own tensor so that gradients with respect to it are the partial derivatives of docs/method.md section 2.1.
     Official mode recomputes an explained block with one head of width C (the authors' code).
     """
     batch, length, width = x.shape

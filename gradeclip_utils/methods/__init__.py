@@ -77,7 +77,7 @@ register_text_method("grad_eclip", token_relevance)
 
 
 def _register_baselines() -> None:
-    """The baselines of method.md section 5, each in its own module."""
+    """The baselines of docs/method.md section 6, each in its own module."""
     from . import (clip_surgery, game, grad_cam, grad_eclip_no_spatial, itsm, legrad, m2ib, maskclip,
                    raw_attention, rise, rollout)
 

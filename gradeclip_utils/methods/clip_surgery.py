@@ -1,4 +1,4 @@
-"""CLIP Surgery (Li et al. 2023; method.md 5.6).
+"""CLIP Surgery (Li et al. 2023; docs/method.md section 6.6).
 
 Original code: github.com/xmed-lab/CLIP_Surgery, ``clip/clip_surgery_model.py`` (the dual-path
 architecture surgery) and ``clip/clip.py`` (``clip_feature_surgery``), run as in its ``demo.py``: the

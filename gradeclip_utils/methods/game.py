@@ -1,4 +1,4 @@
-"""GAME, the bi-modal relevance of Chefer, Gur and Wolf (ICCV 2021; method.md 5.4).
+"""GAME, the bi-modal relevance of Chefer, Gur and Wolf (ICCV 2021; docs/method.md section 6.4).
 
 Original code: github.com/hila-chefer/Transformer-MM-Explainability, ``CLIP_explainability.ipynb``
 (``interpret``); the defaults here (``target="logit"``) reproduce it, with its ``start_layer`` as

@@ -1,4 +1,4 @@
-"""Grad-CAM (Selvaraju et al. 2017) on the tokens entering a block (method.md 5.3).
+"""Grad-CAM (Selvaraju et al. 2017) on the tokens entering a block (docs/method.md section 6.3).
 
 For the explained block (default the last), x are the tokens entering it: alpha_c = mean over the
 patch tokens of dS/dx_i[c], map_i = ReLU(sum_c alpha_c x_i[c]) over the patch tokens. The last

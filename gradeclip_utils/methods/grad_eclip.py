@@ -1,4 +1,4 @@
-"""Grad-ECLIP (method.md sections 2-3) as functions over what an adapter captures.
+"""Grad-ECLIP (docs/method.md sections 2-4) as functions over what an adapter captures.
 
 Image: for the explained block, ``w = dS/d o_cls`` (channel weights), ``l = minmax(cos(q_cls, k_i))``
 over patch tokens (spatial weights), ``H_i = ReLU(sum_c w_c l_i v_i[c])``; several blocks: ReLU per

@@ -1,4 +1,4 @@
-"""Grad-ECLIP without the spatial weight (l_i = 1): the paper's own ablation (method.md 5.10).
+"""Grad-ECLIP without the spatial weight (l_i = 1): the paper's own ablation (docs/method.md section 6.10).
 
 The map is ReLU(sum_c w_c v_i[c]) = ReLU(dS/da_cls,i) summed over heads: the channel weights alone.
 

@@ -1,4 +1,4 @@
-"""The image-text similarity map (ITSM, Li et al. 2022; method.md 5.9).
+"""The image-text similarity map (ITSM, Li et al. 2022; docs/method.md section 6.9).
 
 Cosine of the target text embedding with every final patch token after the image tower's final norm
 and projection (the head the class token goes through).

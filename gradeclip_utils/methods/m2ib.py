@@ -1,4 +1,4 @@
-"""M2IB, the multi-modal information bottleneck (Wang et al., NeurIPS 2023; method.md 5.8).
+"""M2IB, the multi-modal information bottleneck (Wang et al., NeurIPS 2023; docs/method.md section 6.8).
 
 Original code: github.com/YingWANGG/M2IB, ``scripts/iba.py`` (``InformationBottleneck``,
 ``IBAInterpreter``) and ``scripts/methods.py`` (``vision_heatmap_iba`` / ``text_heatmap_iba``); the

@@ -1,4 +1,4 @@
-"""MaskCLIP (Zhou, Loy and Dai, ECCV 2022; method.md 5.5).
+"""MaskCLIP (Zhou, Loy and Dai, ECCV 2022; docs/method.md section 6.5).
 
 Original code: github.com/chongzhou96/MaskCLIP, ``mmseg/models/backbones/vit.py`` (the last layer's
 ``return_qkv`` path) and ``mmseg/models/decode_heads/maskclip_head.py`` (``proj`` of ``v``); the default

@@ -1,4 +1,4 @@
-"""Raw self-attention (method.md 5.1): the pooled token's attention row.
+"""Raw self-attention (docs/method.md section 6.1): the pooled token's attention row.
 
 Image: the class token's row over the patch tokens of the explained block(s) (default: the last one;
 several blocks are averaged). Text: the EOS token's row over all positions. The map does not depend
@@ -6,7 +6,7 @@ on the prompt: every target gets the same map.
 
 Variants (``variant``):
 - ``"model"`` (default): the model's own multi-head attention, mean over heads (the usual baseline,
-  which has no single original code; it is the first step of attention rollout, method.md 5.2).
+  which has no single original code; it is the first step of attention rollout, docs/method.md section 6.2).
 - ``"authors"``: the Grad-ECLIP authors' self-attention baseline (github.com/Cyang-Zhao/Grad-Eclip,
   ``generate_emap.py``: ``clip_encode_dense`` then ``attn[0, :1, 1:]``, the ``"selfattn"`` map of
   ``imagenet_eval_deletion.py``): the explained block recomputed with ONE head of width C (scale

@@ -1,4 +1,4 @@
-"""RISE, randomised input sampling (Petsiuk et al. 2018; method.md 5.7).
+"""RISE, randomised input sampling (Petsiuk et al. 2018; docs/method.md section 6.7).
 
 N random binary masks on a coarse ``cells`` x ``cells`` grid (each cell kept with probability p),
 upsampled bilinearly to (cells + 1) x the cell size and cropped at a random shift, so that their edges

@@ -1,4 +1,4 @@
-"""Attention rollout (Abnar and Zuidema 2020; method.md 5.2).
+"""Attention rollout (Abnar and Zuidema 2020; docs/method.md section 6.2).
 
 Per block from ``start_layer`` to the last: A = mean over heads of the attention, plus the identity,
 rows normalised to sum to 1; the rollout is the product A_last ... A_start, and the map is the class

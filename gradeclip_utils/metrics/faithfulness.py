@@ -1,4 +1,4 @@
-"""Deletion and insertion curves and their AUC (method.md section 6), batched on the model's device.
+"""Deletion and insertion curves and their AUC (docs/method.md sections 7.3-7.6), batched on the model's device.
 
 Pixels are ordered by the heat map (bilinearly upsampled to the image, most important first). Tied
 pixels (many maps are exactly zero over most of the image after a ReLU) are ordered by a seeded random

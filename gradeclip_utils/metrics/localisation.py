@@ -1,4 +1,4 @@
-"""Localisation metrics of heat maps against ground-truth masks (method.md, section 6).
+"""Localisation metrics of heat maps against ground-truth masks (docs/method.md section 7.2).
 
 All functions take ``maps`` of shape ``(..., h, w)`` and boolean ``masks`` of shape ``(..., H, W)``
 (numpy arrays or torch tensors; the leading dimensions broadcast against each other) and return a

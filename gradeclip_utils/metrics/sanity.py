@@ -1,4 +1,4 @@
-"""The cascading model-randomisation sanity check (Adebayo et al. 2018; method.md section 6).
+"""The cascading model-randomisation sanity check (Adebayo et al. 2018; docs/method.md section 7.7).
 
 The image tower's parameters are randomised group by group from the top down (the head, then the
 last block, ..., the first block, then the input embedding), cumulatively; after each step the maps

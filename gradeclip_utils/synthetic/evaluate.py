@@ -245,7 +245,7 @@ def localisation_eval(model, n: int = 300, offset: int = OFFSETS["localisation"]
 def evaluate(model=None, n_zero_shot: int = 700, n_choice: int = 200, n_localisation: int = 300,
              tolerance: float = 4.0, layers: Sequence[int] = (-1,)) -> dict[str, Any]:
     """Run the three evaluations (``model``: a LoadedModel or a name for ``load_model``; ``layers``: the
-    blocks Grad-ECLIP explains, summed after a ReLU per block as method.md defines)."""
+    blocks Grad-ECLIP explains, summed after a ReLU per block as docs/method.md section 2.4 defines)."""
     from .. import load_model
 
     if model is None or isinstance(model, str):
