@@ -18,6 +18,7 @@ from torch import nn
 
 from .adapters import CLIPAdapter, get_adapter
 from .adapters.hf_clip import HFCLIPPair
+from .errors import GradEclipError
 
 SYNTHETIC = "synthetic"
 HF_PREFIX = "hf:"
@@ -32,11 +33,11 @@ DATA_DIR = Path(os.environ.get("GRADECLIP_DATA", Path(__file__).resolve().parent
 SYNTHETIC_DIR = DATA_DIR / "synthetic_clip"
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(GradEclipError, RuntimeError):
     """Pretrained weights could not be found locally or downloaded."""
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(GradEclipError, ValueError):
     """A checkpoint file holds more than tensors (a pickle that would run code) and is refused."""
 
 

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from .errors import GradEclipError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PARAMETERS_TAG = "parameters"
@@ -44,7 +46,7 @@ ENGINE_NAME = "gradeclip"
 LAB_SETTINGS = {"@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": True}}
 
 
-class NotebookError(RuntimeError):
+class NotebookError(GradEclipError, RuntimeError):
     """A notebook failed: which one, which cell, and the error the cell raised."""
 
     def __init__(self, notebook: str, message: str, cell_index: int | None = None, executed: Path | None = None):
