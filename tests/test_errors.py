@@ -35,6 +35,7 @@ def test_every_package_error_derives_from_the_base():
     ("gradeclip_utils.adapters.UnsupportedMethodError", NotImplementedError),
     ("gradeclip_utils.loading.UnsafeCheckpointError", ValueError),
     ("gradeclip_utils.loading.WeightsUnavailableError", RuntimeError),
+    ("gradeclip_utils.loading.UnknownModelError", RuntimeError),
     ("gradeclip_utils.distributed.RankFailedError", RuntimeError),
     ("gradeclip_utils.notebooks.NotebookError", RuntimeError),
 ])
