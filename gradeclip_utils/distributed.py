@@ -53,6 +53,8 @@ from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 import torch
 from tqdm import tqdm  # text progress: it stays readable in a saved or reloaded notebook (a widget bar does not)
 
+from .errors import GradEclipError
+
 __all__ = ["Context", "Journal", "RankFailedError", "atomic_output", "atomic_write_text", "init", "load_units",
            "merge_table", "same_settings", "shard_indices", "PARTS", "DEFAULT_TIMEOUT_MINUTES"]
 
@@ -62,7 +64,7 @@ DEFAULT_TIMEOUT_MINUTES = 360.0
 for the slowest at the end; the default process-group timeout, 10-30 minutes, is too short for that)."""
 
 
-class RankFailedError(RuntimeError):
+class RankFailedError(GradEclipError, RuntimeError):
     """Another rank of the run failed (its recorded error is in the message)."""
 
 

@@ -1111,49 +1111,17 @@ def write_doc(summary: dict[str, Any], out: str | Path, doc: str | Path) -> Path
 
 # ---------------------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m gradeclip_utils.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=DATASETS, default="synthetic")
-    parser.add_argument("--data", default=None, help="imagenet: the folder of class subfolders; folder: the CSV")
-    parser.add_argument("--model", default="synthetic", help="a model as load_model names it: open_clip name, model folder, hf:REPO_OR_FOLDER, "
-                             "openai-clip:STATE_DICT, or 'synthetic'")
-    parser.add_argument("--pretrained", default=None, help="open_clip weight tag or checkpoint file")
-    parser.add_argument("--device", default=None, help="default: CUDA when available")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    parser.add_argument("--methods", default=None,
-                        help=f"comma-separated (default: all that the model's family can run): {', '.join(DEFAULT_METHODS)}")
-    parser.add_argument("-n", "--n", type=int, default=200, help="number of images (default 200)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--tolerance", type=float, default=4.0, help="pointing-game tolerance in pixels of the "
-                        "model's input (default 4: the usual 15 px at 224 scaled to the synthetic 64)")
-    parser.add_argument("--rise-masks", type=int, default=2000)
-    parser.add_argument("--rise-plain", action="store_true", help="RISE's plain sum (default: mean score "
-                        "subtracted, which removes the masks' coverage noise)")
-    parser.add_argument("--m2ib-steps", type=int, default=10)
-    parser.add_argument("--m2ib-samples", type=int, default=10)
-    parser.add_argument("--sanity-images", type=int, default=8, help="images for the sanity check (0: skip it)")
-    parser.add_argument("--sanity-methods", default=None, help="comma-separated (default: all but random)")
-    parser.add_argument("--timing-images", type=int, default=4, help="images for the speed measurement (0: skip)")
-    parser.add_argument("--timing-repeats", type=int, default=5)
-    parser.add_argument("--no-faithfulness", action="store_true", help="skip deletion and insertion")
-    parser.add_argument("--templates", choices=("openai", "simple"), default="openai")
-    parser.add_argument("--target", choices=("gt", "pred"), default="gt", help="imagenet: explain the ground-truth "
-                        "or the predicted class (the curves always score the ground truth)")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="project", help="deletion and insertion as this "
-                        "project runs them (default) or exactly as the Grad-ECLIP authors' scripts do ('authors')")
-    parser.add_argument("--tie-seeds", type=int, default=3, help="project protocol: tie seeds to repeat deletion and "
-                        "insertion with, to report how much the order of tied pixels moves each AUC (default 3)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader worker processes that load the "
-                        "images (default: 4 on CUDA, 0 on the CPU, where they would compete with the model for cores)")
-    parser.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_MINUTES,
-                        help="under torchrun: minutes a rank waits for the others (default %(default)g)")
-    parser.add_argument("--out", default=None, help="output folder (default: outputs/eval-DATASET)")
-    parser.add_argument("--overwrite", action="store_true", help="discard a previous run in --out")
-    parser.add_argument("--doc", default=None, help="also write the summary with its plots as this markdown file "
-                        "(the plots go into a folder named after it), e.g. docs/results.md")
-    args = parser.parse_args(argv)
+    """``python -m gradeclip_utils.evaluate``: ``gradeclip evaluate``, the same options; returns the summary."""
+    from .cli import command_parser
+
+    parser = command_parser("evaluate")
+    return run_command(parser, parser.parse_args(argv), argv)
+
+
+def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """``gradeclip evaluate`` on its parsed arguments (on every rank under torchrun); the options are declared in
+    ``cli.py``. ``argv``: the command's own arguments, for the command line the summary records."""
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out or f"outputs/eval-{args.dataset}")
@@ -1169,7 +1137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return summary
 
 
-def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None, out: Path,
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str] | None, out: Path,
          context: distributed.Context) -> dict[str, Any]:
     from .loading import load_model
 
@@ -1187,7 +1155,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[s
         data = folder_set(model, Path(args.data), args.n)
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     sanity_methods = None if args.sanity_methods is None else [m.strip() for m in args.sanity_methods.split(",")]
-    command = "python -m gradeclip_utils.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = f"{parser.prog} " + " ".join(argv if argv is not None else sys.argv[1:])
     workers = args.workers if args.workers is not None else (4 if model.device.type == "cuda" else 0)
     summary = evaluate(model, data, out, methods=methods, batch_size=args.batch_size, tolerance=args.tolerance,
                        rise_masks=args.rise_masks, rise_centre=not args.rise_plain, m2ib_steps=args.m2ib_steps,
@@ -1204,4 +1172,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[s
 if __name__ == "__main__":
     from torch.distributed.elastic.multiprocessing.errors import record
 
-    record(main)()  # under torchrun, a failing rank's traceback goes into torchrun's failure report
+    from .cli import run_guarded
+
+    # under torchrun, a failing rank's traceback (of an error that is not a user's) goes into torchrun's report
+    sys.exit(record(run_guarded)(main, "python -m gradeclip_utils.evaluate"))

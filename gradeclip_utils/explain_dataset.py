@@ -62,7 +62,7 @@ FORMAT = "gradeclip-maps/1"
 SHARDS = "shards"
 _OWN, _ALL = "own", "all"
 
-__all__ = ["DatasetMaps", "StoredMaps", "explain_dataset", "find_images", "class_names", "main", "add_arguments"]
+__all__ = ["DatasetMaps", "StoredMaps", "explain_dataset", "find_images", "class_names", "main", "run_command"]
 
 
 # ------------------------------------------------------------------------------------ the images
@@ -445,44 +445,11 @@ class DatasetMaps:
 
 
 # -------------------------------------------------------------------------------- command line
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", help="a folder of images (searched recursively) or an ImageNet-style tree")
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--prompts", help="a text file with one prompt per line: every image against every prompt")
-    which.add_argument("--classes", nargs="?", const=_OWN, choices=(_OWN, _ALL),
-                       help="class folders: each image against its own class (default) or 'all' classes")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--templates", choices=("openai", "simple"), default="openai",
-                        help="--classes: prompt templates of the class embeddings (default openai: 80)")
-    parser.add_argument("--model", default="synthetic", help="a model as load_model names it: open_clip name, model "
-                        "folder, hf:REPO_OR_FOLDER, openai-clip:NAME (with --pretrained), or 'synthetic'")
-    parser.add_argument("--pretrained", default=None, help="open_clip weight tag or checkpoint file")
-    parser.add_argument("--device", default=None, help="default: CUDA when available (under torchrun cuda:LOCAL_RANK)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    parser.add_argument("--method", default="grad_eclip", help="explanation method (default grad_eclip)")
-    parser.add_argument("--layers", default="-1", help="image blocks, comma-separated (default -1)")
-    parser.add_argument("--mode", default="faithful", choices=("faithful", "official"))
-    parser.add_argument("--qk", default="raw", choices=("raw", "out_proj"))
-    parser.add_argument("--resolution", default="native", choices=("native", "model"))
-    parser.add_argument("--max-patches", type=int, default=None, help="native resolution: at most this many patches")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--shard-size", type=int, default=256, help="images per shard file (default 256)")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader worker processes that decode the "
-                        "images (default: 4 on CUDA, 0 on the CPU)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    parser.add_argument("--overwrite", action="store_true", help="discard a previous run in --out")
-    parser.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_MINUTES,
-                        help="under torchrun: minutes a rank waits for the others (default %(default)g)")
-
-
-def run(args: argparse.Namespace) -> Path:
-    """Run the command from parsed arguments (on every rank under torchrun)."""
+def run_command(args: argparse.Namespace) -> Path:
+    """``gradeclip explain-dataset`` on its parsed arguments (on every rank under torchrun); the options are
+    declared in ``cli.py``."""
     from .loading import load_model
 
-    try:
-        layers = [int(part) for part in args.layers.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"--layers must be comma-separated block indices, got {args.layers!r}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     context = distributed.init(args.device, timeout_minutes=args.dist_timeout)
@@ -494,7 +461,7 @@ def run(args: argparse.Namespace) -> Path:
             model = load_model(args.model, args.pretrained, device=context.device, precision=args.precision)
             workers = args.workers if args.workers is not None else (4 if model.device.type == "cuda" else 0)
             index = explain_dataset(model, args.folder, args.out, prompts=prompts, classes=args.classes,
-                                    templates=args.templates, method=args.method, layers=layers, mode=args.mode,
+                                    templates=args.templates, method=args.method, layers=args.layers, mode=args.mode,
                                     qk=args.qk, resolution=args.resolution, max_patches=args.max_patches,
                                     batch_size=args.batch_size, shard_size=args.shard_size, workers=workers,
                                     overwrite=args.overwrite, context=context)
@@ -509,14 +476,17 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gradeclip_utils.explain_dataset", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    run(parser.parse_args(argv))
+    """``python -m gradeclip_utils.explain_dataset``: ``gradeclip explain-dataset``, the same options."""
+    from .cli import command_parser
+
+    parser = command_parser("explain-dataset")
+    run_command(parser.parse_args(argv))
     return 0
 
 
 if __name__ == "__main__":
     from torch.distributed.elastic.multiprocessing.errors import record
 
-    sys.exit(record(main)())
+    from .cli import run_guarded
+
+    sys.exit(record(run_guarded)(main, "python -m gradeclip_utils.explain_dataset"))

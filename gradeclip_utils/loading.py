@@ -4,6 +4,7 @@ embedded synthetic model, Hugging Face transformers checkpoints (``hf:``) and Op
 
 from __future__ import annotations
 
+import difflib
 import os
 import pickle
 import warnings
@@ -18,6 +19,7 @@ from torch import nn
 
 from .adapters import CLIPAdapter, get_adapter
 from .adapters.hf_clip import HFCLIPPair
+from .errors import GradEclipError
 
 SYNTHETIC = "synthetic"
 HF_PREFIX = "hf:"
@@ -32,12 +34,17 @@ DATA_DIR = Path(os.environ.get("GRADECLIP_DATA", Path(__file__).resolve().parent
 SYNTHETIC_DIR = DATA_DIR / "synthetic_clip"
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(GradEclipError, RuntimeError):
     """Pretrained weights could not be found locally or downloaded."""
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(GradEclipError, ValueError):
     """A checkpoint file holds more than tensors (a pickle that would run code) and is refused."""
+
+
+class UnknownModelError(GradEclipError, RuntimeError):
+    """A model name that is no open_clip model, model folder or prefixed name (a RuntimeError, as open_clip's
+    own error for an unknown name was)."""
 
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".tar"}
@@ -256,6 +263,9 @@ def _load_open_clip(name: str, pretrained: str | None, device: torch.device, pre
     import open_clip
 
     resolved = _resolve_name(name)
+    schema = resolved.startswith(("local-dir:", "hf-hub:"))
+    if not schema and open_clip.get_model_config(resolved.replace("/", "-")) is None:  # open_clip's own lookup
+        raise UnknownModelError(_unknown_model_message(name, open_clip.list_models()))
     if resolved.startswith("local-dir:") and pretrained is not None:
         raise ValueError(f"{name!r} is a model folder that carries its own weights; leave pretrained=None")
     if resolved.startswith("local-dir:") and Path(resolved[len("local-dir:"):]).is_dir():
@@ -276,6 +286,18 @@ def _load_open_clip(name: str, pretrained: str | None, device: torch.device, pre
             raise
         tokenizer = _missing_tokenizer(name, error)
     return _wrap(model, preprocess, tokenizer, name=name, pretrained=pretrained, device=device, precision=precision)
+
+
+def _unknown_model_message(name: str, known: Sequence[str]) -> str:
+    if Path(name).is_dir():
+        problem = f"the folder {name!r} has no open_clip_config.json"
+    else:
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        problem = (f"{name!r} is no open_clip model name and no model folder"
+                   + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
+    return (f"unknown model: {problem}. Name an open_clip model (e.g. 'ViT-B-16' or 'RN50'; "
+            "open_clip.list_models() lists them), a folder with open_clip_config.json and weights, "
+            "'hf:REPO_OR_FOLDER', 'openai-clip:NAME_OR_FILE', or 'synthetic' (the embedded model, which works offline)")
 
 
 def _missing_tokenizer(name: str, error: BaseException) -> Callable:

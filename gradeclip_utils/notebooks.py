@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from .errors import GradEclipError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PARAMETERS_TAG = "parameters"
@@ -44,7 +46,7 @@ ENGINE_NAME = "gradeclip"
 LAB_SETTINGS = {"@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": True}}
 
 
-class NotebookError(RuntimeError):
+class NotebookError(GradEclipError, RuntimeError):
     """A notebook failed: which one, which cell, and the error the cell raised."""
 
     def __init__(self, notebook: str, message: str, cell_index: int | None = None, executed: Path | None = None):
@@ -427,36 +429,16 @@ def format_runs(runs: Sequence[NotebookRun]) -> str:
     return "\n".join(lines)
 
 
-def _parse_param(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--param takes NAME=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key.strip(), ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key.strip(), value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gradeclip_utils.notebooks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", help="output folder: OUT/notebooks (executed copies), OUT/figures (required to run)")
-    parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="notebooks whose name starts so")
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="small study sizes (QUICK=True), as in the tests")
-    size.add_argument("--full", action="store_true", help="the full study sizes (FULL=True); the default is a "
-                      "smaller run that still shows what each study shows")
-    parser.add_argument("--model", default=None, help="MODEL for every notebook (default: the notebooks' own)")
-    parser.add_argument("--pretrained", default=None, help="PRETRAINED for every notebook")
-    parser.add_argument("--device", default=None, help="DEVICE for every notebook (cpu, cuda)")
-    parser.add_argument("--param", action="append", type=_parse_param, default=[], metavar="NAME=VALUE",
-                        help="any other parameter, e.g. --param N_SCENES=50 (repeatable)")
-    parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell (default 1800)")
-    parser.add_argument("--fail-fast", action="store_true", help="stop at the first failing notebook")
-    parser.add_argument("--list", action="store_true", help="list the notebooks and exit")
-    parser.add_argument("--install-lab-settings", action="store_true",
-                        help="make JupyterLab in this environment save widget state with notebooks, and exit")
-    args = parser.parse_args(argv)
+    """``python -m gradeclip_utils.notebooks``: ``gradeclip notebooks``, the same options; the exit status."""
+    from .cli import command_parser
+
+    parser = command_parser("notebooks")
+    return run_command(parser, parser.parse_args(argv))
+
+
+def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``gradeclip notebooks`` on its parsed arguments (the options are declared in ``cli.py``); the exit status."""
     if args.install_lab_settings:
         print("wrote", install_lab_settings())
         return 0
@@ -487,4 +469,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import run_guarded
+
+    sys.exit(run_guarded(main, "python -m gradeclip_utils.notebooks"))

@@ -118,6 +118,21 @@ def test_corrupt_and_missing_checkpoints_name_the_file(tiny_name, tmp_path):
         ge.load_model(tiny_name, pretrained=str(tmp_path / "nowhere.pt"), device="cpu")
 
 
+def test_an_unknown_model_name_is_named_with_the_names_that_work(tmp_path):
+    """A typo, or a folder without a config: one short error (not open_clip's list of every model) with the
+    close names and the forms a name can take; before anything is built or downloaded."""
+    from gradeclip_utils.loading import UnknownModelError
+
+    with pytest.raises(UnknownModelError, match=r"'ViT-B-61' is no open_clip model name .*did you mean 'ViT-B-16'"):
+        ge.load_model("ViT-B-61", device="cpu")
+    with pytest.raises(RuntimeError, match=r"'hf:REPO_OR_FOLDER'.*'synthetic'") as error:  # open_clip's error type
+        ge.load_model("no-such-model", device="cpu")
+    assert isinstance(error.value, ge.GradEclipError) and "\n" not in str(error.value) and len(str(error.value)) < 400
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UnknownModelError, match="has no open_clip_config.json"):
+        ge.load_model(str(tmp_path / "empty"), device="cpu")
+
+
 @pytest.mark.parametrize("fmt", ["safetensors", "zip", "legacy"])
 def test_plain_tensor_checkpoints_load(tiny_name, tmp_path, fmt):
     weights = tiny_state_dict()

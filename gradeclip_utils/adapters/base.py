@@ -21,15 +21,17 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import GradEclipError
+
 Mode = Literal["faithful", "official"]
 MODES: tuple[str, ...] = ("faithful", "official")
 
 
-class UnsupportedModelError(TypeError):
+class UnsupportedModelError(GradEclipError, TypeError):
     """Raised early when no adapter knows the model family (or a feature of the model)."""
 
 
-class UnsupportedMethodError(NotImplementedError):
+class UnsupportedMethodError(GradEclipError, NotImplementedError):
     """Raised when a method needs something that a model family does not have (the error names both)."""
 
 

@@ -45,7 +45,7 @@ from .dataset import HELDOUT_SEED_START, make_example
 from .scenes import Scene, generate_scene
 
 __all__ = ["zero_shot_eval", "choice_eval", "item_maps", "localisation_eval", "miss_breakdown", "evaluate",
-           "select_snapshot", "format_table", "main", "OFFSETS", "MISS_KINDS"]
+           "select_snapshot", "format_table", "main", "run_command", "OFFSETS", "MISS_KINDS"]
 
 #: disjoint blocks of the held-out range used by each part of the evaluation (and by the CI test)
 OFFSETS = {"zero_shot": 0, "choice": 100_000, "localisation": 200_000, "ci_zero_shot": 300_000,
@@ -317,23 +317,15 @@ def format_table(res: dict[str, Any]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m gradeclip_utils.synthetic.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="synthetic", help="a name or folder for load_model (default: synthetic)")
-    p.add_argument("--n-zero-shot", type=int, default=700)
-    p.add_argument("--n-choice", type=int, default=200, help="scenes per caption-choice kind")
-    p.add_argument("--n-localisation", type=int, default=300)
-    p.add_argument("--tolerance", type=float, default=4.0, help="pointing-game tolerance in pixels")
-    p.add_argument("--layers", type=int, nargs="+", default=[-1],
-                   help="blocks Grad-ECLIP explains for the localisation rows (default: the last, -1)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", default=None, help="also write the results here")
-    p.add_argument("--select", default=None, metavar="DIR",
-                   help="instead: pick the best snapshot in DIR (a run's snapshots/) on the validation range")
-    p.add_argument("--min-zero-shot", type=float, default=0.95, help="with --select: zero-shot floor")
-    p.add_argument("--export", default=None, metavar="DIR",
-                   help="with --select: copy the selected model's config and weights to DIR (e.g. data/synthetic_clip)")
-    a = p.parse_args(argv)
+    """``python -m gradeclip_utils.synthetic.evaluate``: ``gradeclip synthetic evaluate``, the same options."""
+    from ..cli import command_parser
+
+    parser = command_parser("synthetic evaluate")
+    run_command(parser, parser.parse_args(argv))
+
+
+def run_command(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """``gradeclip synthetic evaluate`` on its parsed arguments (the options are declared in ``cli.py``)."""
     if a.export and not a.select:
         p.error("--export goes with --select")
     torch.set_num_threads(a.threads)
@@ -360,4 +352,6 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ..cli import run_guarded
+
+    sys.exit(run_guarded(main, "python -m gradeclip_utils.synthetic.evaluate"))

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from .config import OPEN_CLIP_CONFIG, build_model, image_mean_std, save_model
 from .dataset import HELDOUT_SEED_START, TRAIN_MIX, SyntheticBatches, images_to_tensor
 
-__all__ = ["contrastive_loss", "encode_text_trimmed", "train", "main", "zero_shot_accuracy"]
+__all__ = ["contrastive_loss", "encode_text_trimmed", "train", "main", "run_command", "zero_shot_accuracy"]
 
 
 def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, truth: torch.Tensor,
@@ -278,52 +278,18 @@ def train(out: str | Path, steps: int = 3000, batch_size: int = 128, lr: float =
     return summary
 
 
-def _key_values(parser: argparse.ArgumentParser, items: list[str], option: str, parse) -> dict:
-    """``["a=1", "b=2"]`` -> ``{"a": parse("1"), "b": parse("2")}``, or a parser error naming ``option``."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        try:
-            if not sep or not key:
-                raise ValueError("expected KEY=VALUE")
-            out[key.strip()] = parse(value)
-        except ValueError as e:
-            parser.error(f"{option} {item!r}: {e}")
-    return out
-
-
 def main(argv: Optional[list[str]] = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m gradeclip_utils.synthetic.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="run folder (checkpoint, log, exported model)")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--workers", type=int, default=1, help="data-generation processes (0: in the loop)")
-    p.add_argument("--checkpoint-minutes", type=float, default=3.0)
-    p.add_argument("--eval-every", type=int, default=100, help="steps between zero-shot monitors (0: off)")
-    p.add_argument("--negatives", type=int, default=2, help="hard negative captions per scene in the loss")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--export", default=None, help="also export the final model here (e.g. data/synthetic_clip)")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
-    p.add_argument("--stop-at", type=int, default=None,
-                   help="stop (with a checkpoint) after this step; --resume continues, possibly with a new --steps")
-    p.add_argument("--vision", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one entry of the image tower's open_clip vision_cfg (VALUE is JSON), e.g. "
-                        "layers=3 or ls_init_value=0.1; repeatable")
-    p.add_argument("--mix", action="append", default=[], metavar="KIND=P",
-                   help=f"override the share of one training example kind ({', '.join(TRAIN_MIX)}); "
-                        "repeatable; shares are renormalised")
-    p.add_argument("--snapshot-every", type=int, default=250,
-                   help="also export the model every N steps to OUT/snapshots/step_N (0: off)")
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
+    """``python -m gradeclip_utils.synthetic.train``: ``gradeclip synthetic train``, the same options."""
+    from ..cli import command_parser
+
+    parser = command_parser("synthetic train")
+    run_command(parser, parser.parse_args(argv))
+
+
+def run_command(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """``gradeclip synthetic train`` on its parsed arguments (the options are declared in ``cli.py``)."""
     config = None
-    overrides = _key_values(p, a.vision, "--vision", json.loads)
+    overrides = dict(a.vision)
     if overrides:
         config = copy.deepcopy(OPEN_CLIP_CONFIG)
         config["model_cfg"]["vision_cfg"].update(overrides)
@@ -333,10 +299,10 @@ def main(argv: Optional[list[str]] = None) -> None:
             p.error(f"--vision: open_clip cannot build this image tower: {e}")
     mix = None
     if a.mix:
-        shares = _key_values(p, a.mix, "--mix", float)
+        shares = dict(a.mix)
         unknown = sorted(set(shares) - set(TRAIN_MIX))
         if unknown or any(not math.isfinite(v) or v < 0 for v in shares.values()):
-            p.error(f"--mix: kinds are {', '.join(TRAIN_MIX)} with shares >= 0 (got {a.mix})")
+            p.error(f"--mix: kinds are {', '.join(TRAIN_MIX)} with shares >= 0 (got {shares})")
         mix = {**TRAIN_MIX, **shares}
         if sum(mix.values()) <= 0:
             p.error("--mix: the shares sum to zero")
@@ -349,4 +315,6 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ..cli import run_guarded
+
+    sys.exit(run_guarded(main, "python -m gradeclip_utils.synthetic.train"))

@@ -1,0 +1,231 @@
+"""The ``gradeclip`` command: its subcommands and their help, the ``python -m`` aliases (the same parsers),
+``--layers`` with negative indices, and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gradeclip_utils import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = ROOT / "data" / "samples" / "three_shapes.png"
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def signature(parser: argparse.ArgumentParser) -> list[tuple]:
+    """What a parser accepts: every option's names, destination, default, choices, count, type and help."""
+    return [(tuple(a.option_strings), a.dest, repr(a.default), a.choices and tuple(a.choices), a.nargs,
+             getattr(a.type, "__qualname__", a.type), a.required, a.help) for a in parser._actions]
+
+
+# ------------------------------------------------------------------------------------------- help
+@pytest.mark.parametrize("command", list(cli.COMMANDS))
+def test_every_command_has_a_help(command, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([*command.split(), "--help"])
+    assert stopped.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: gradeclip {command} ")
+    if command in cli.ALIASES:  # the description is the module's own documentation
+        first = importlib.import_module(cli.ALIASES[command]).__doc__.strip().splitlines()[0]
+        assert first in text
+
+
+def test_the_command_lists_its_subcommands(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    for command in ["explain", "explain-dataset", "evaluate", "notebooks", "methods", "synthetic"]:
+        assert f"\n    {command} " in text or f"\n    {command}\n" in text, command
+    for module in cli.ALIASES.values():
+        assert f"python -m {module}" in text
+    with pytest.raises(SystemExit):
+        cli.main(["synthetic", "--help"])
+    assert "train" in capsys.readouterr().out
+
+
+def test_every_option_says_what_it_does_and_its_default():
+    parser = cli.build_parser()
+    assert set(parser.commands) == set(cli.COMMANDS)
+    for command, sub in parser.commands.items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            name = f"gradeclip {command} {action.option_strings or action.dest}"
+            assert action.help and len(action.help) >= 15, name
+            if action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS):
+                assert "default" in action.help, f"{name}: say its default ({action.default!r})"
+
+
+def test_the_shared_options_take_the_package_constants():
+    from gradeclip_utils.adapters import MODES
+    from gradeclip_utils.inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS
+    from gradeclip_utils.loading import PRECISION_DTYPES
+    from gradeclip_utils.methods import QK_CHOICES, list_methods
+
+    parser = cli.build_parser()
+    for command in ("explain", "explain-dataset"):
+        actions = {a.dest: a for a in parser.commands[command]._actions}
+        assert tuple(actions["mode"].choices) == MODES and tuple(actions["qk"].choices) == QK_CHOICES
+        assert tuple(actions["resolution"].choices) == RESOLUTIONS
+        assert tuple(actions["precision"].choices) == tuple(PRECISION_DTYPES)
+        assert list(actions["method"].choices) == list_methods()["image"]
+        assert actions["max_patches"].default == DEFAULT_MAX_PATCHES
+    actions = {a.dest: a for a in parser.commands["evaluate"]._actions}
+    assert tuple(actions["precision"].choices) == tuple(PRECISION_DTYPES)
+
+
+# ---------------------------------------------------------------------------------------- aliases
+ALIAS_ARGV = {
+    "explain-dataset": ["pictures", "--classes", "all", "--layers", "-2,-1", "--max-patches", "64", "--model", "RN50",
+                        "--out", "maps"],
+    "evaluate": ["-n", "3", "--methods", "grad_eclip,rise", "--device", "cpu", "--out", "somewhere"],
+    "notebooks": ["--out", "o", "--only", "01", "06", "--quick", "--param", "N_SCENES=5", "--param", "NAME=text"],
+    "synthetic train": ["--out", "run", "--steps", "2", "--vision", "layers=2", "--mix", "single=0.5"],
+    "synthetic evaluate": ["--layers", "-2", "-1", "--n-choice", "4", "--json", "r.json"],
+}
+
+
+@pytest.mark.parametrize("command", list(cli.ALIASES))
+def test_the_python_m_aliases_are_the_same_commands(command, monkeypatch):
+    """``python -m MODULE ARGS`` parses with the subcommand's own options and runs the same function with
+    the same arguments as ``gradeclip COMMAND ARGS``."""
+    assert set(ALIAS_ARGV) == set(cli.ALIASES)
+    assert signature(cli.command_parser(command)) == signature(cli.build_parser().commands[command])
+    module = importlib.import_module(cli.ALIASES[command])
+    calls = []
+    monkeypatch.setattr(module, "run_command", lambda *a: calls.append(a) or 0)
+    argv = ALIAS_ARGV[command]
+    module.main(list(argv))
+    assert cli.main([*command.split(), *argv]) == 0
+    (alias_call, command_call) = calls
+    alias_args = next(a for a in alias_call if isinstance(a, argparse.Namespace))
+    command_args = next(a for a in command_call if isinstance(a, argparse.Namespace))
+    assert vars(alias_args) == {k: v for k, v in vars(command_args).items()
+                                if k not in ("command", "synthetic_command")}
+    if command == "evaluate":  # the command's own arguments, for the line the summary records
+        assert alias_call[2] == command_call[2] == argv
+        assert alias_call[0].prog == "python -m gradeclip_utils.evaluate" and command_call[0].prog == "gradeclip evaluate"
+
+
+# ----------------------------------------------------------------------------------------- layers
+def parse(*argv):
+    return cli.build_parser().parse_args(list(argv))
+
+
+def test_layers_take_negative_indices_in_every_form():
+    assert parse("explain", "x.png", "a dog", "--layers", "-1,-2").layers == [-1, -2]
+    assert parse("explain", "--layers", "-3,-2,-1", "x.png", "a dog").layers == [-3, -2, -1]
+    assert parse("explain", "x.png", "a dog", "--layers=-1,-2").layers == [-1, -2]
+    assert parse("explain", "x.png", "a dog", "--layers", "-1").layers == [-1]
+    assert parse("explain", "x.png", "a dog", "--layers", "2, -1").layers == [2, -1]
+    assert parse("explain", "x.png", "a dog").layers == [-1]
+    args = parse("explain", "x.png", "a dog", "--layers", "-2,-1", "--no-words")
+    assert args.prompts == ["a dog"] and args.no_words
+    assert parse("explain-dataset", "f", "--prompts", "p.txt", "--out", "o", "--layers", "-2,-1").layers == [-2, -1]
+    assert parse("synthetic", "evaluate", "--layers", "-2", "-1").layers == [-2, -1]
+    assert parse("synthetic", "evaluate", "--layers", "-2,-1").layers == [-2, -1]
+    assert parse("synthetic", "evaluate").layers == [-1]
+
+
+@pytest.mark.parametrize("value", ["x", "1,x", "", ","])
+def test_bad_layers_are_refused_with_the_form_to_use(value, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        parse("explain", "x.png", "a dog", "--layers", value)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"gradeclip explain: error: argument --layers: expected comma-separated block indices such as -1 or -1,-2, "
+        f"got {value!r} (see gradeclip explain --help)"]
+
+
+def test_a_number_list_is_an_argument_not_an_option(capsys):
+    assert parse("explain", "x.png", "a dog", "-1,-2").prompts == ["a dog", "-1,-2"]
+    with pytest.raises(SystemExit):
+        parse("methods", "-1,-2")  # a value where none is expected
+    assert "unrecognized arguments: -1,-2" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------- errors
+@pytest.fixture(scope="module")
+def resnet_folder(tmp_path_factory):
+    """A tiny open_clip ResNet CLIP saved as a model folder: a family without M2IB."""
+    from gradeclip_utils.synthetic.config import OPEN_CLIP_CONFIG, build_model, save_model
+
+    config = copy.deepcopy(OPEN_CLIP_CONFIG)
+    config["model_cfg"]["vision_cfg"] = {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "head_width": 64}
+    config["model_cfg"]["text_cfg"].update(layers=1, width=32, heads=2)
+    folder = tmp_path_factory.mktemp("models") / "resnet"
+    save_model(build_model(config).eval(), folder, config)
+    return folder
+
+
+def assert_one_line(err: str, *parts: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("gradeclip explain: error: ") and all(p in lines[0] for p in parts), lines[0]
+
+
+def test_a_method_the_family_cannot_run_is_one_line(resnet_folder, tmp_path, capsys):
+    code, out, err = run(["explain", str(IMAGE), "a red circle", "--model", str(resnet_folder), "--device", "cpu",
+                          "--method", "m2ib", "--out", str(tmp_path / "fig.png")], capsys)
+    assert code == 2 and not (tmp_path / "fig.png").exists()
+    assert_one_line(err, "m2ib", "ResNet")
+
+
+def test_a_bad_model_name_is_one_line(tmp_path, capsys):
+    code, out, err = run(["explain", str(IMAGE), "a dog", "--model", "ViT-B-61", "--out", str(tmp_path / "f.png")],
+                         capsys)
+    assert code == 2
+    assert_one_line(err, "unknown model", "'ViT-B-16'", "synthetic")
+
+
+def test_a_missing_image_or_a_folder_is_one_line(tmp_path, capsys):
+    code, out, err = run(["explain", str(tmp_path / "missing.png"), "a dog"], capsys)
+    assert code == 2
+    assert_one_line(err, "image file not found", "missing.png")
+    code, out, err = run(["explain", str(tmp_path), "a dog"], capsys)
+    assert code == 2
+    assert_one_line(err, "is a folder", "explain-dataset")
+
+
+def test_the_command_passes_max_patches(tmp_path, capsys):
+    """--max-patches reaches explain_image: a 64 x 64 picture in 8-pixel patches (64 of them) is downscaled
+    to at most 16 patches, with the package's warning."""
+    with pytest.warns(UserWarning, match=r"more than 16 patches .* downscaled to 32x32"):
+        code, out, err = run(["explain", str(IMAGE), "a red circle", "--max-patches", "16", "--no-words",
+                              "--out", str(tmp_path / "fig.png")], capsys)
+    assert code == 0 and (tmp_path / "fig.png").is_file()
+
+
+def test_alias_errors_are_one_line_too(capsys):
+    """What ``python -m gradeclip_utils.notebooks`` runs: a user error is one line, exit status 2."""
+    from gradeclip_utils import notebooks
+
+    code = cli.run_guarded(lambda: notebooks.main(["--list", "--only", "99"]), "python -m gradeclip_utils.notebooks")
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"python -m gradeclip_utils.notebooks: error: no notebook matches '99'; have "
+        f"{[p.stem for p in notebooks.select_notebooks(None)]}"]
+
+
+def test_the_installed_command_in_a_process_of_its_own(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "gradeclip_utils.cli", "explain", str(tmp_path / "gone.png"),
+                             "a dog", "--layers", "-1,-2"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [f"gradeclip explain: error: image file not found: {tmp_path / 'gone.png'}"]
