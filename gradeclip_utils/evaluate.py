@@ -72,12 +72,14 @@ from tqdm import tqdm  # text progress: it stays readable in a saved or reloaded
 
 from . import distributed
 from .adapters import UnsupportedMethodError
+from .config import ExplainConfig
 from .distributed import Journal
 from .explain import zero_shot_classifier
 from .inputs import IMAGE_SUFFIXES, class_names
-from .methods import get_image_method, list_methods
+from .methods import MethodSpec, list_methods
 from .metrics import (AUC_DEFINITION, authors_heatmap, authors_perturbation_curves, cascading_randomisation,
                       localisation_scores, perturbation_curves_over_ties, shrink_to_640)
+from .session import run_image_method
 
 DATASETS = ("synthetic", "imagenet", "folder")
 RANDOM = "random"
@@ -274,8 +276,8 @@ def random_maps(adapter, pixels: torch.Tensor, targets: torch.Tensor, *, seed: i
     return MapOutput(maps=torch.stack(maps).to(pixels.device), scores=scores)
 
 
-def method_function(name: str) -> Callable:
-    return random_maps if name == RANDOM else get_image_method(name)
+RANDOM_SPEC = MethodSpec(name=RANDOM, image=random_maps)
+"""The evaluation's own reference, a map that explains nothing (not a method of the package: not registered)."""
 
 
 PROTOCOLS = ("project", "authors")
@@ -327,20 +329,13 @@ def _method_options(name: str, config: dict[str, Any], classifier: torch.Tensor)
 
 
 def run_method(model, name: str, pixels: torch.Tensor, targets: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
-    """Raw maps (B, K, h, w) of one method, on the model's device, as ``explain_image`` runs methods
-    (``options`` may set ``mode`` and ``qk``; default faithful and raw)."""
-    from .explain import _run_method, explaining
-
-    adapter = model.adapter
-    fn = method_function(name)
-    options = {"mode": "faithful", "qk": "raw", **options}
-    with explaining(model.model):
-        out = _run_method(model, name, fn, adapter, pixels.to(model.device), targets.to(model.device),
-                          layers=adapter.resolve_layers((-1,), "image"), **options)
-    maps = out.maps.detach().float().cpu()
-    if not torch.isfinite(maps).all():
-        raise FloatingPointError(f"{name} produced non-finite maps")
-    return maps
+    """Raw maps (B, K, h, w) of one method on the CPU, as ``explain_image`` runs methods (the last block;
+    ``options`` may set ``mode`` and ``qk``, default faithful and raw)."""
+    options = dict(options)
+    config = ExplainConfig(method=name, mode=options.pop("mode", "faithful"), qk=options.pop("qk", "raw"),
+                           options=options)
+    spec = RANDOM_SPEC if name == RANDOM else None  # registered methods are looked up by the runner
+    return run_image_method(model, config, pixels, targets, spec=spec).maps
 
 
 def unsupported_methods(model, options: dict[str, dict[str, Any]]) -> dict[str, str]:
