@@ -374,10 +374,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from gradeclip_utils import load_model
-    from gradeclip_utils.explain import encode_texts, explain_image, explaining
+    from gradeclip_utils.config import ExplainConfig
+    from gradeclip_utils.explain import encode_texts, explain_image
     from gradeclip_utils.metrics.faithfulness import perturbation_curves
-    from gradeclip_utils.methods import IMAGE_METHODS, get_image_method
+    from gradeclip_utils.methods import IMAGE_METHODS, get_spec
     from gradeclip_utils.methods.grad_eclip import image_maps, token_relevance
+    from gradeclip_utils.session import explaining, run_image_method
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -457,20 +459,22 @@ def main(argv: list[str] | None = None) -> int:
         names = sorted(IMAGE_METHODS) if args.baselines == "all" else args.baselines.split(",")
         kb = args.baseline_prompts
         base_targets = unit_targets(kb, dim, seed=7, device=device)
+        # what the methods take from a run's settings (the evaluation's names), and a class set for those with one
+        settings = {"rise_masks": rise_masks}
+        classes = unit_targets(80, dim, seed=8, device=device)
         for name in names:
             if name == "grad_eclip":
                 continue
-            fn = get_image_method(name)
-            options: dict[str, Any] = {"layers": [last], "mode": "faithful", "qk": "raw"}
-            note = ""
-            if name == "rise":
-                options["masks"] = rise_masks
-                note = f"{rise_masks} masks"
-            if name == "clip_surgery":
-                options["surgery_targets"] = unit_targets(80, dim, seed=8, device=device)
-                note = "surgery set of 80 class embeddings"
+            spec = get_spec(name)
+            options = spec.options_from(settings, classes=classes)
+            notes = [f"{options[o]} {o}" for o in spec.run_options if o in options]
+            if spec.class_set is not None:
+                notes.append(f"{spec.class_set}: a class set of {classes.shape[0]} embeddings")
+            note = ", ".join(notes)
+            config = ExplainConfig(method=name, layers=[last], options=options)
+            # the runner: under explaining, the maps moved to the CPU and checked, as every caller runs methods
             image_cases.append(Case(f"baseline: {name}", "baseline",
-                                    explained(lambda fn=fn, options=options: fn(adapter, pixels, base_targets, **options)),
+                                    lambda config=config: run_image_method(model, config, pixels, base_targets),
                                     k=kb, note=note))
     log(f"image cases ({len(image_cases)}):")
     run_cases(image_cases, meter, args.repeats, args.slow, log)

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=32, help="held-out synthetic scenes")
     parser.add_argument("--tie-seeds", type=int, default=3)
-    parser.add_argument("--methods", nargs="+", default=[m for m in ev.DEFAULT_METHODS if m not in ("rise", "m2ib")])
+    parser.add_argument("--methods", nargs="+", default=[m for m in ev.default_methods() if not ev.method_spec(m).slow])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model = ge.load_model("synthetic", device="cpu")

@@ -8,6 +8,7 @@ several models side by side.
 
 from .adapters import UnsupportedMethodError, UnsupportedModelError, get_adapter
 from .compare import ModelComparison, compare_models
+from .config import ExplainConfig
 from .errors import GradEclipError
 from .explain import encode_texts, explain_image, explain_text
 from .loading import LoadedModel, UnsafeCheckpointError, WeightsUnavailableError, load_model, wrap_model
@@ -17,7 +18,7 @@ from .results import ImageExplanation, TextExplanation, WordImportance
 __version__ = "0.1.0"
 
 __all__ = [
-    "GradEclipError", "ImageExplanation", "LoadedModel", "ModelComparison", "TextExplanation",
+    "ExplainConfig", "GradEclipError", "ImageExplanation", "LoadedModel", "ModelComparison", "TextExplanation",
     "UnsafeCheckpointError", "UnsupportedMethodError", "UnsupportedModelError", "WeightsUnavailableError",
     "WordImportance", "compare_models", "encode_texts", "explain_image", "explain_text", "get_adapter",
     "list_methods", "load_model", "wrap_model", "__version__",

@@ -72,17 +72,18 @@ from tqdm import tqdm  # text progress: it stays readable in a saved or reloaded
 
 from . import distributed
 from .adapters import UnsupportedMethodError
+from .config import ExplainConfig
 from .distributed import Journal
 from .explain import zero_shot_classifier
 from .inputs import IMAGE_SUFFIXES, class_names
-from .methods import get_image_method, list_methods
+from .methods import MethodSpec, get_spec, method_specs
+from .methods.clip_surgery import AUTHORS_CLASS_SET as AUTHORS_SURGERY_NAMES  # noqa: F401 (its name here before)
 from .metrics import (AUC_DEFINITION, authors_heatmap, authors_perturbation_curves, cascading_randomisation,
                       localisation_scores, perturbation_curves_over_ties, shrink_to_640)
+from .session import run_image_method
 
 DATASETS = ("synthetic", "imagenet", "folder")
 RANDOM = "random"
-DEFAULT_METHODS = ("grad_eclip", "grad_eclip_no_spatial", "raw_attention", "rollout", "grad_cam", "game",
-                   "game_last", "maskclip", "clip_surgery", "rise", "m2ib", "itsm", "legrad", RANDOM)
 MEASURES = ("score", "accuracy", "probability")
 TIE_MEASURES = ("score", "accuracy")  # the AUCs recomputed for every further tie seed
 LOCALISATION = ("pointing", "pointing_strict", "energy", "iou", "area_share")
@@ -274,73 +275,49 @@ def random_maps(adapter, pixels: torch.Tensor, targets: torch.Tensor, *, seed: i
     return MapOutput(maps=torch.stack(maps).to(pixels.device), scores=scores)
 
 
-def method_function(name: str) -> Callable:
-    return random_maps if name == RANDOM else get_image_method(name)
+RANDOM_SPEC = MethodSpec(name=RANDOM, image=random_maps, run_options={"seed": "seed"}, shown=False, reference=True,
+                         keyed=True)
+"""The evaluation's own reference, a map that explains nothing (not a method of the package: not registered)."""
+_REFERENCES = {RANDOM_SPEC.name: RANDOM_SPEC}
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The spec of a method the evaluation runs: a registered method or the evaluation's random reference."""
+    return _REFERENCES[name] if name in _REFERENCES else get_spec(name)
+
+
+def default_methods() -> list[str]:
+    """Every registered image method, in the order they were registered, then the random reference."""
+    return [spec.name for spec in method_specs() if spec.image is not None] + list(_REFERENCES)
+
+
+DEFAULT_METHODS: tuple[str, ...] = tuple(default_methods())
+"""The methods registered when the package was imported, then the random reference (``default_methods()``
+gives the current list: what ``evaluate`` runs by default)."""
 
 
 PROTOCOLS = ("project", "authors")
-AUTHORS_OPTIONS: dict[str, dict[str, Any]] = {
-    # the Grad-ECLIP authors' evaluation scripts (github.com/Cyang-Zhao/Grad-Eclip, imagenet_eval_*.py)
-    "grad_eclip": {"mode": "official", "qk": "out_proj"},
-    "grad_eclip_no_spatial": {"mode": "official", "qk": "out_proj"},
-    "raw_attention": {"variant": "authors"},
-    "maskclip": {"variant": "authors"},
-    "grad_cam": {"variant": "authors"},
-    "rollout": {"start_layer": -1},
-}
-AUTHORS_CLASS_NAME = frozenset({"game", "game_last", "rollout", "m2ib"})
-"""Methods the authors' scripts explain against the bare class name (``tokenize(IMAGENET_CLASSNAMES[c])``, no
-template), not the zero-shot classifier's row; CLIP Surgery gets its own set (``AUTHORS_SURGERY_NAMES``)."""
-AUTHORS_SURGERY_NAMES: tuple[str, ...] = (
-    # the class set of the authors' CLIP Surgery maps (imagenet_eval_*.py), after the target's class name
-    'airplane', 'bag', 'bed', 'bedclothes', 'bench', 'bicycle', 'bird', 'boat', 'book', 'bottle', 'building', 'bus',
-    'cabinet', 'car', 'cat', 'ceiling', 'chair', 'cloth', 'computer', 'cow', 'cup', 'curtain', 'dog', 'door', 'fence',
-    'floor', 'flower', 'food', 'grass', 'ground', 'horse', 'keyboard', 'light', 'motorbike', 'mountain', 'mouse',
-    'person', 'plate', 'platform', 'potted plant', 'road', 'rock', 'sheep', 'shelves', 'sidewalk', 'sign', 'sky',
-    'snow', 'sofa', 'table', 'track', 'train', 'tree', 'truck', 'tv monitor', 'wall', 'water', 'window', 'wood')
-AUTHORS_MODEL_RESOLUTION = frozenset({"game", "game_last", "rollout", "clip_surgery", "m2ib"})
-AUTHORS_UPSAMPLED = frozenset({"clip_surgery", "m2ib"})
-"""Methods whose own code hands the authors' script a map already upsampled to the model's input size
-(CLIP Surgery's ``get_similarity_map``, M2IB's ``vision_heatmap``), which it then resizes to the picture."""
-"""Methods the authors' scripts explain on the model's 224 centre crop (their map is then stretched over the
-whole picture); the others are explained at the picture's native resolution (their clip_encode_dense)."""
 
 
 def method_options(name: str, config: dict[str, Any], classifier: torch.Tensor) -> dict[str, Any]:
-    """The evaluation's settings for each method (documented in the summary)."""
-    options = _method_options(name, config, classifier)
+    """The evaluation's settings for each method (documented in the summary): the options it takes from
+    the run's settings (``MethodSpec.run_options``), the classifier as its class set, and under the
+    authors' protocol the options of their scripts (``MethodSpec.authors``)."""
+    spec = method_spec(name)
+    options = spec.options_from(config, classes=classifier)
     if config.get("protocol") == "authors":
-        options = {**options, **AUTHORS_OPTIONS.get(name, {})}
+        options = {**options, **spec.authors.options}
     return options
 
 
-def _method_options(name: str, config: dict[str, Any], classifier: torch.Tensor) -> dict[str, Any]:
-    if name == "rise":
-        return {"masks": config["rise_masks"], "seed": config["seed"], "centre": config["rise_centre"]}
-    if name == "m2ib":
-        return {"steps": config["m2ib_steps"], "samples": config["m2ib_samples"], "seed": config["seed"]}
-    if name == "clip_surgery":
-        return {"surgery_targets": classifier}
-    if name == RANDOM:
-        return {"seed": config["seed"]}
-    return {}
-
-
 def run_method(model, name: str, pixels: torch.Tensor, targets: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
-    """Raw maps (B, K, h, w) of one method, on the model's device, as ``explain_image`` runs methods
-    (``options`` may set ``mode`` and ``qk``; default faithful and raw)."""
-    from .explain import _run_method, explaining
-
-    adapter = model.adapter
-    fn = method_function(name)
-    options = {"mode": "faithful", "qk": "raw", **options}
-    with explaining(model.model):
-        out = _run_method(model, name, fn, adapter, pixels.to(model.device), targets.to(model.device),
-                          layers=adapter.resolve_layers((-1,), "image"), **options)
-    maps = out.maps.detach().float().cpu()
-    if not torch.isfinite(maps).all():
-        raise FloatingPointError(f"{name} produced non-finite maps")
-    return maps
+    """Raw maps (B, K, h, w) of one method on the CPU, as ``explain_image`` runs methods (the last block;
+    ``options`` may set ``mode`` and ``qk``, default faithful and raw)."""
+    options = dict(options)
+    config = ExplainConfig(method=name, mode=options.pop("mode", "faithful"), qk=options.pop("qk", "raw"),
+                           options=options)
+    spec = _REFERENCES.get(name)  # registered methods are looked up by the runner
+    return run_image_method(model, config, pixels, targets, spec=spec).maps
 
 
 def unsupported_methods(model, options: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -349,7 +326,7 @@ def unsupported_methods(model, options: dict[str, dict[str, Any]]) -> dict[str, 
     from .explain import method_support
 
     reasons = {name: method_support(model, name, **method_opts) for name, method_opts in options.items()
-               if name != RANDOM}
+               if not method_spec(name).reference}
     return {name: reason for name, reason in reasons.items() if reason is not None}
 
 
@@ -465,17 +442,14 @@ def _pending(mine, loads, done):
                        None if masks is None else masks[keep])
 
 
-PAIRED = frozenset({"m2ib"})  # methods whose cost grows with images x targets, with a paired=True mode
-
-
 def batch_maps(model, name: str, pixels: torch.Tensor, labels: Sequence[int], classifier: torch.Tensor,
                options: dict[str, Any]) -> torch.Tensor:
     """Each image's map (B, h, w) for its own target ``labels[b]`` (a row of ``classifier``).
 
-    One call explains the batch against its distinct targets and keeps each image's own; methods in
-    ``PAIRED`` explain image b against target b only (their ``paired=True`` mode).
+    One call explains the batch against its distinct targets and keeps each image's own; methods with a
+    paired mode (``MethodSpec.paired``) explain image b against target b only (``paired=True``).
     """
-    if name in PAIRED:
+    if method_spec(name).paired:
         return run_method(model, name, pixels, classifier[list(labels)], {**options, "paired": True})[:, 0]
     distinct = sorted(set(labels))
     column = [distinct.index(label) for label in labels]
@@ -523,16 +497,16 @@ def project_faithfulness(model, pixels: torch.Tensor, maps: torch.Tensor, batch:
 def authors_maps(model, name: str, item: EvalItem, picture, classifier: torch.Tensor,
                  options: dict[str, Any]) -> np.ndarray:
     """One item's heat map as the authors' ``generate_hm`` makes it: the method at native resolution (or,
-    for ``AUTHORS_MODEL_RESOLUTION``, on the model's centre crop), min-max normalised, resized to the
-    picture."""
+    where their scripts do, on the model's centre crop: ``AuthorsProtocol.resolution``), min-max normalised,
+    resized to the picture (through the model's input size where the method's own code upsamples)."""
     from .inputs import prepare_images
 
-    resolution = "model" if name in AUTHORS_MODEL_RESOLUTION else "native"
+    spec = method_spec(name)
     # the authors explain the (640-shrunk) picture at its full native size: no patch cap
-    pixels = prepare_images(model, picture, resolution, max_patches=sys.maxsize)[0].pixels[None]
-    extra = {"keys": [item.key]} if name == RANDOM else {}
+    pixels = prepare_images(model, picture, spec.authors.resolution, max_patches=sys.maxsize)[0].pixels[None]
+    extra = {"keys": [item.key]} if spec.keyed else {}
     grid_map = batch_maps(model, name, pixels, [item.explained], classifier, {**options, **extra})[0]
-    via = tuple(model.adapter.image_size) if name in AUTHORS_UPSAMPLED else None
+    via = tuple(model.adapter.image_size) if spec.authors.upsampled else None
     return authors_heatmap(grid_map, (picture.size[1], picture.size[0]), via=via)
 
 
@@ -544,31 +518,39 @@ def authors_picture(item: EvalItem):
 
 
 class AuthorsTargets:
-    """What the authors' scripts explain each image against: the zero-shot classifier's row (Grad-ECLIP,
-    raw attention, MaskCLIP, Grad-CAM), the bare class name (``AUTHORS_CLASS_NAME``), or for CLIP Surgery
-    the class name and ``AUTHORS_SURGERY_NAMES``, each embedded with CLIP Surgery's prompt ensemble
-    (``encode_text_with_prompt_ensemble``), the target first."""
+    """What the authors' scripts explain each image against (``AuthorsProtocol``): the zero-shot
+    classifier's row, or the class name, bare or embedded with a method's prompt ensemble (CLIP Surgery's
+    ``encode_text_with_prompt_ensemble``); a method with a class set gets it after the target, embedded
+    the same way."""
 
     def __init__(self, model, class_names: Sequence[str], methods: Sequence[str]) -> None:
         from .explain import encode_texts
-        from .methods.clip_surgery import SURGERY_TEMPLATES
 
-        self.names = encode_texts(model, list(class_names)) if AUTHORS_CLASS_NAME & set(methods) else None
-        self.surgery = self.surgery_set = None
-        if "clip_surgery" in methods:
-            self.surgery = zero_shot_classifier(model, list(class_names), SURGERY_TEMPLATES, progress=False)
-            self.surgery_set = zero_shot_classifier(model, list(AUTHORS_SURGERY_NAMES), SURGERY_TEMPLATES,
-                                                    progress=False)
+        def embed(names: Sequence[str], templates: tuple[str, ...]) -> torch.Tensor:
+            if templates:
+                return zero_shot_classifier(model, list(names), templates, progress=False)
+            return encode_texts(model, list(names))
+
+        # the class names by the templates they are embedded with; the class sets by (names, templates)
+        self.tables: dict[tuple[str, ...], torch.Tensor] = {}
+        self.sets: dict[tuple[tuple[str, ...], tuple[str, ...]], torch.Tensor] = {}
+        for name in methods:
+            authors = method_spec(name).authors
+            if authors.target == "class_name" and authors.templates not in self.tables:
+                self.tables[authors.templates] = embed(class_names, authors.templates)
+            if authors.class_set and (authors.class_set, authors.templates) not in self.sets:
+                self.sets[authors.class_set, authors.templates] = embed(authors.class_set, authors.templates)
 
     def of(self, name: str, item: EvalItem, classifier: torch.Tensor,
            options: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         """(the (C, D) table whose row ``item.explained`` is explained, the options) of one method and item."""
-        if name in AUTHORS_CLASS_NAME:
-            return self.names, options
-        if name == "clip_surgery":
-            own = self.surgery[item.explained][None]
-            return self.surgery, {**options, "surgery_targets": torch.cat([own, self.surgery_set])}
-        return classifier, options
+        spec = method_spec(name)
+        authors = spec.authors
+        table = self.tables[authors.templates] if authors.target == "class_name" else classifier
+        if authors.class_set:
+            own = table[item.explained][None]
+            options = {**options, spec.class_set: torch.cat([own, self.sets[authors.class_set, authors.templates]])}
+        return table, options
 
 
 def authors_faithfulness(model, name: str, item: EvalItem, picture, classifier: torch.Tensor, row: dict[str, Any],
@@ -604,7 +586,7 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] | 
     images. ``context``: this process's place in a run on several processes (``distributed.init``); every
     rank calls ``evaluate`` with the same arguments, and each returns the summary of the merged run.
 
-    ``methods``: None for every method the model's family can run (``DEFAULT_METHODS``; those its adapter
+    ``methods``: None for every method the model's family can run (``default_methods()``; those its adapter
     refuses, e.g. M2IB on a ResNet, are left out and named in the config and the summary); a method
     named here that the family cannot run is an error before any work. ``sanity_methods`` likewise.
     """
@@ -617,10 +599,12 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] | 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     requested = methods is not None
-    methods = list(DEFAULT_METHODS if methods is None else methods)
-    unknown = [m for m in methods + list(sanity_methods or []) if m != RANDOM and m not in list_methods()["image"]]
+    runnable = default_methods()
+    methods = list(runnable if methods is None else methods)
+    unknown = [m for m in methods + list(sanity_methods or []) if m not in runnable]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; available: {list_methods()['image'] + [RANDOM]}")
+        known = sorted(set(runnable) - set(_REFERENCES)) + list(_REFERENCES)
+        raise ValueError(f"unknown methods {unknown}; available: {known}")
     config = {"dataset": data.name, "model": model.describe(), "weights": weights_digest(model.model),
               "tolerance": tolerance, "batch_size": batch_size, "rise_masks": rise_masks,
               "rise_centre": rise_centre, "m2ib_steps": m2ib_steps, "m2ib_samples": m2ib_samples, "seed": seed,
@@ -727,7 +711,7 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] | 
             computed += len(rows)
             finished(batch)
             continue
-        extra = {"keys": [item.key for item in batch]} if name == RANDOM else {}
+        extra = {"keys": [item.key for item in batch]} if method_spec(name).keyed else {}
         maps = batch_maps(model, name, pixels, [item.explained for item in batch], data.classifier,
                           {**options[name], **extra})
         if localise:
@@ -753,7 +737,8 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] | 
 
     # the cascading randomisation sanity check: method i of the list on rank i % N
     sanity_path = out / "sanity.csv"
-    sanity_all = [m for m in (sanity_methods if sanity_methods is not None else methods) if m != RANDOM]
+    sanity_all = [m for m in (sanity_methods if sanity_methods is not None else methods)
+                  if not method_spec(m).reference]
     checked = {row["method"] for row in distributed.read_csv(sanity_path) + Journal.read(parts, "sanity")}
     sanity_mine = [name for _, name in context.shard(sanity_all) if name not in checked]
     sanity_journal = Journal(parts, "sanity", context.rank)
@@ -882,8 +867,9 @@ def _tie_table(frame, methods: Sequence[str], tie_seeds: int) -> list[str]:
 
 
 def summarise(out: Path, data: EvalSet, config: dict[str, Any], *, command: str = "",
-              methods: Sequence[str] = DEFAULT_METHODS) -> dict[str, Any]:
-    """Read the CSVs of a run and build the markdown summary and the numbers the plots need."""
+              methods: Sequence[str] | None = None) -> dict[str, Any]:
+    """Read the CSVs of a run and build the markdown summary and the numbers the plots need (``methods``
+    in this order; by default ``default_methods()``)."""
     import pandas as pd
 
     frame = pd.read_csv(out / "per_image.csv") if (out / "per_image.csv").exists() else pd.DataFrame()
@@ -894,7 +880,8 @@ def summarise(out: Path, data: EvalSet, config: dict[str, Any], *, command: str 
         frame = frame[frame["key"].astype(str).isin(keys)]
     if not sanity.empty:
         sanity = sanity[sanity["key"].astype(str).isin(keys)]
-    methods = [m for m in methods if not frame.empty and m in set(frame["method"])]
+    methods = [m for m in (default_methods() if methods is None else methods)
+               if not frame.empty and m in set(frame["method"])]
     lines = [f"# Method comparison: {data.name}", "",
              "Every explanation method of the workbench (Grad-ECLIP and the baselines of docs/method.md section 6, plus a "
              "random map as the floor) on the same images and targets, scored by the metrics of docs/method.md section 7: "

@@ -1,100 +1,26 @@
-"""The public entry points: explain images against prompts, and the words of texts against images."""
+"""The public entry points: explain images against prompts, and the words of texts against images.
+
+Their keywords build an ``ExplainConfig`` (``config.py``, validated once), which the result carries; each
+batch runs through the one safe runner (``session.run_image_method`` / ``run_text_method``).
+"""
 
 from __future__ import annotations
 
-import contextlib
-import threading
-import traceback
-import weakref
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm  # text progress: it stays readable in a saved or reloaded notebook (a widget bar does not)
 
-from .adapters import MODES, UnsupportedMethodError
-from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS, group_by_shape, prepare_images
+from .adapters import UnsupportedMethodError
+from .config import ExplainConfig
+from .inputs import DEFAULT_MAX_PATCHES, group_by_shape, prepare_images
 from .loading import LoadedModel, as_loaded
-from .methods import QK_CHOICES, get_image_method, get_text_method, prepare_options, probe_options
+from .methods import get_image_method, get_spec, get_text_method, prepare_options, probe_options, refusal
 from .results import ImageExplanation, TextExplanation
+from .session import check_supported, explaining, release_frames, run_image_method, run_text_method
 from .text import as_text_list, group_words, token_pieces
-
-
-KEEP_TRACEBACK_LOCALS = False
-"""Set True to keep the locals of the package's frames in tracebacks (for a debugger); by default they
-are released when an explanation raises, so that a kept exception (a notebook's last traceback) does
-not keep the autograd graph and its activations alive."""
-
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def model_lock(model: nn.Module) -> threading.RLock:
-    """The lock that serialises explanations of one model (re-entrant: nested calls are fine)."""
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = _LOCKS[model] = threading.RLock()
-        return lock
-
-
-@contextlib.contextmanager
-def explaining(model: nn.Module) -> Iterator[None]:
-    """The state an explanation needs, restored exactly after, also when the explanation raises.
-
-    For the duration: the model's lock is held (other explanations of the same model wait), every
-    module is in eval mode (dropout and patch dropout off) and gradients are on. After: each module's
-    training flag is as it was, and each parameter's ``.grad`` is the same tensor with the same
-    values (a method that calls ``backward()`` accumulates into fresh tensors, dropped after).
-    ``requires_grad`` is never touched: the adapter differentiates with respect to captured
-    activations, so frozen models are explained as they are. Nothing is registered on the model.
-    """
-    with model_lock(model):
-        flags = [(module, module.training) for module in model.modules()]
-        grads = [(p, p.grad) for p in model.parameters()]
-        try:
-            model.eval()
-            for p, grad in grads:
-                if grad is not None:
-                    p.grad = None
-            with torch.enable_grad():
-                yield
-        finally:
-            for module, flag in flags:
-                module.training = flag
-            for p, grad in grads:
-                if p.grad is not grad:
-                    p.grad = grad
-
-
-def release_frames(error: BaseException) -> None:
-    """Drop the locals of the finished frames of ``error``'s traceback (and of the errors it chains):
-    they hold the graph and activations of the failed explanation."""
-    if KEEP_TRACEBACK_LOCALS:
-        return
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        traceback.clear_frames(error.__traceback__)
-        error = error.__cause__ or error.__context__
-
-
-def _run_method(model: LoadedModel, method: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call a method; a method the model's family cannot run, and a half-precision model on the CPU
-    that hits a missing kernel, get a clear error naming what is missing."""
-    try:
-        return fn(*args, **kwargs)
-    except UnsupportedMethodError as error:
-        raise UnsupportedMethodError(f"{method} is not available for {model.family} models: {error}") from None
-    except RuntimeError as error:
-        if model.adapter.dtype == torch.float16 and model.device.type == "cpu" and "Half" in str(error):
-            raise RuntimeError(
-                f"{method} failed on a half-precision (fp16) model on the CPU, where this torch build lacks a "
-                f"kernel ({error}). Convert the model with model.float() (or .bfloat16()), or run it on a CUDA "
-                "device.") from error
-        raise
 
 
 def method_support(model: LoadedModel, method: str, **options: Any) -> str | None:
@@ -104,6 +30,9 @@ def method_support(model: LoadedModel, method: str, **options: Any) -> str | Non
     refusal comes before any work). Other errors (bad options) are raised as they are."""
     model = as_loaded(model)
     get_image_method(method)  # an unknown name is an error, not "unsupported"
+    reason = refusal(get_spec(method), model.adapter)  # what the declarations already say: no trial needed
+    if reason is not None:
+        return reason
     height, width = model.adapter.image_size
     pixels = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
     target = F.normalize(torch.randn(1, model.adapter.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1)
@@ -112,11 +41,6 @@ def method_support(model: LoadedModel, method: str, **options: Any) -> str | Non
     except UnsupportedMethodError as error:
         return str(error)
     return None
-
-
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
 @torch.no_grad()
@@ -217,43 +141,37 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
     that runs the model outside this package while an explanation is in progress sees it in eval mode.
     """
     model = as_loaded(model)
-    _check_choice("mode", mode, MODES)
-    _check_choice("qk", qk, QK_CHOICES)
-    _check_choice("resolution", resolution, RESOLUTIONS)
+    config = ExplainConfig(method=method, layers=layers, mode=mode, qk=qk, resolution=resolution,
+                           max_patches=max_patches, options=options)
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    fn = get_image_method(method)
+    get_image_method(method)  # an unknown name is an error before any work
+    check_supported(model, get_spec(method))  # so is a method the model's family cannot run
     adapter = model.adapter
-    absolute_layers = adapter.resolve_layers(layers, "image")
+    config = config.resolved(adapter, "image")
     targets, names = prompt_targets(model, prompts, labels)
-    options = prepare_options(method, model, targets, options)
-    prepared = prepare_images(model, images, resolution, max_patches=max_patches)
+    config = config.with_options(prepare_options(method, model, targets, config.options))
+    prepared = prepare_images(model, images, config.resolution, max_patches=config.max_patches)
     raw: list[torch.Tensor | None] = [None] * len(prepared)
     scores = torch.zeros(len(prepared), len(names))
     batches = [indices[i:i + batch_size] for indices in group_by_shape(prepared).values()
                for i in range(0, len(indices), batch_size)]
     show = progress if progress is not None else len(batches) > 1
     try:
-        with explaining(model.model):
+        with explaining(model.model):  # the lock held over all the batches
             for batch in tqdm(batches, desc=f"explain ({method})", disable=not show, leave=False):
                 pixels = torch.stack([prepared[i].pixels for i in batch]).to(model.device)
-                out = _run_method(model, method, fn, adapter, pixels, targets, layers=absolute_layers, mode=mode,
-                                  qk=qk, **options)
-                maps, batch_scores = out.maps.detach().float().cpu(), out.scores.detach().float().cpu()
-                del out, pixels
-                if not (torch.isfinite(maps).all() and torch.isfinite(batch_scores).all()):
-                    raise FloatingPointError(f"{method} produced non-finite maps or scores for "
-                                             f"{[prepared[i].source for i in batch]} (are the model's weights finite?)")
+                out = run_image_method(model, config, pixels, targets, inputs=[prepared[i].source for i in batch])
+                del pixels
                 for row, index in enumerate(batch):
-                    raw[index] = maps[row].clone()
-                    scores[index] = batch_scores[row]
+                    raw[index] = out.maps[row].clone()
+                    scores[index] = out.scores[row]
+                del out
     except BaseException as error:
         release_frames(error)
         raise
-    settings = {"method": method, "layers": absolute_layers, "mode": mode, "qk": qk, "resolution": resolution,
-                **model.describe(), **{k: v for k, v in options.items() if isinstance(v, (int, float, str, bool))}}
     return ImageExplanation(raw=raw, scores=scores, prompts=names, images=[p.display for p in prepared],
-                            settings=settings)
+                            settings=config.to_settings(model.describe()), config=config)
 
 
 def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *, method: str = "grad_eclip",
@@ -272,16 +190,16 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
     as the authors' text notebook embeds the image. State and threads: as for ``explain_image``.
     """
     model = as_loaded(model)
-    _check_choice("mode", mode, MODES)
-    _check_choice("qk", qk, QK_CHOICES)
     if resolution is None:
         resolution = "model" if mode == "official" else "native"
-    _check_choice("resolution", resolution, RESOLUTIONS)
-    fn = get_text_method(method)
+    config = ExplainConfig(method=method, layers=layers, mode=mode, qk=qk, resolution=resolution,
+                           max_patches=max_patches, options=options)
+    get_text_method(method)
+    check_supported(model, get_spec(method), "text")
     adapter = model.adapter
-    absolute_layers = adapter.resolve_layers(layers, "text")
+    config = config.resolved(adapter, "text")
     texts = as_text_list(texts, "texts")
-    prepared = prepare_images(model, images, resolution, max_patches=max_patches)
+    prepared = prepare_images(model, images, config.resolution, max_patches=config.max_patches)
     tokens = model.tokenize(texts)
     try:
         with explaining(model.model):
@@ -290,13 +208,9 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
                 for indices in group_by_shape(prepared).values():  # one forward per patch grid
                     pixels = torch.stack([prepared[i].pixels for i in indices]).to(model.device)
                     image_targets[indices] = F.normalize(adapter.encode_image(pixels).float(), dim=-1)
-            out = _run_method(model, method, fn, adapter, tokens, image_targets, layers=absolute_layers, mode=mode,
-                              qk=qk, **options)
-        relevance, text_scores = out.relevance.detach().float().cpu(), out.scores.detach().float().cpu()
+            out = run_text_method(model, config, tokens, image_targets)
+        relevance, text_scores = out.relevance, out.scores
         del out
-        if not (torch.isfinite(relevance).all() and torch.isfinite(text_scores).all()):
-            raise FloatingPointError(f"{method} produced non-finite relevance or scores (are the model's weights "
-                                     "finite?)")
     except BaseException as error:
         release_frames(error)
         raise
@@ -314,8 +228,8 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
         token_importance[:, k, :kept.shape[-1]] = kept
         for position, (_, members) in enumerate(words[k]):
             word_importance[:, k, position] = kept[:, members].sum(dim=-1)
-    settings = {"method": method, "layers": absolute_layers, "mode": mode, "qk": qk, "resolution": resolution,
-                **model.describe()}
+    # the text settings record no method options (as they always have)
     return TextExplanation(texts=texts, tokens=pieces, token_importance=token_importance,
                            words=[[w for w, _ in ws] for ws in words], word_importance=word_importance,
-                           scores=text_scores, images=[p.display for p in prepared], settings=settings)
+                           scores=text_scores, images=[p.display for p in prepared],
+                           settings=config.to_settings(model.describe(), options=False), config=config)

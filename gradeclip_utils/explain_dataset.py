@@ -203,11 +203,12 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
     a run on several processes (every rank calls this with the same arguments). A folder that holds a
     run with the same settings is resumed; other settings are an error unless ``overwrite``.
     """
-    from .adapters import MODES
+    from .config import ExplainConfig, check_choice
     from .evaluate import weights_digest
-    from .explain import _run_method, encode_texts, explaining
-    from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS
-    from .methods import QK_CHOICES, get_image_method, prepare_options
+    from .explain import encode_texts
+    from .inputs import DEFAULT_MAX_PATCHES
+    from .methods import get_image_method, get_spec, prepare_options
+    from .session import check_supported, run_image_method
 
     context = context or Context(device=model.device)
     folder, out = Path(folder), Path(out)
@@ -215,15 +216,14 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
         raise ValueError("give either prompts or classes ('own' or 'all')")
     if classes is not None and classes not in (_OWN, _ALL):
         raise ValueError(f"classes must be 'own' or 'all', got {classes!r}")
-    for name, value, choices in (("mode", mode, MODES), ("qk", qk, QK_CHOICES), ("resolution", resolution, RESOLUTIONS),
-                                 ("templates", templates, ("openai", "simple"))):
-        if value not in choices:
-            raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    config = ExplainConfig(method=method, layers=layers, mode=mode, qk=qk, resolution=resolution,
+                           max_patches=DEFAULT_MAX_PATCHES if max_patches is None else max_patches)
+    check_choice("templates", templates, ("openai", "simple"))
     if batch_size < 1 or shard_size < batch_size:
         raise ValueError(f"need batch_size >= 1 and shard_size >= batch_size; got {batch_size} and {shard_size}")
-    max_patches = DEFAULT_MAX_PATCHES if max_patches is None else max_patches
-    fn = get_image_method(method)
-    absolute_layers = model.adapter.resolve_layers(layers, "image")
+    get_image_method(method)
+    check_supported(model, get_spec(method))  # a method the model's family cannot run: refused before any work
+    config = config.resolved(model.adapter, "image")
     keys = find_images(folder)
     if prompts is not None:
         names = [p.strip() for p in prompts if p.strip()]
@@ -233,9 +233,10 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
     else:
         folders, labels = _labels(keys)
         names = class_names(folders)
-    settings = {"format": FORMAT, "model": model.describe(), "weights": weights_digest(model.model), "method": method,
-                "layers": absolute_layers, "mode": mode, "qk": qk, "resolution": resolution,
-                "max_patches": max_patches, "batch_size": batch_size, "shard_size": shard_size,
+    settings = {"format": FORMAT, "model": model.describe(), "weights": weights_digest(model.model),
+                "method": config.method, "layers": list(config.layers), "mode": config.mode, "qk": config.qk,
+                "resolution": config.resolution, "max_patches": config.max_patches, "batch_size": batch_size,
+                "shard_size": shard_size,
                 "targets": {"source": "prompts" if prompts is not None else "classes",
                             "per_image": _ALL if classes in (None, _ALL) else _OWN,
                             "templates": templates if classes is not None else None, "names": _digest(names)},
@@ -258,7 +259,7 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
             for name in ("index.json", "targets.safetensors", "run.json"):
                 (out / name).unlink(missing_ok=True)
             shutil.rmtree(out / SHARDS, ignore_errors=True)
-        sizes = _input_sizes(model, folder, keys, resolution, max_patches, show)
+        sizes = _input_sizes(model, folder, keys, config.resolution, config.max_patches, show)
         shards = _plan(sizes, batch_size, shard_size)
         shard_of = {index: j for j, shard in enumerate(shards) for batch in shard for index in batch}
         patch = model.adapter.patch_size
@@ -275,7 +276,7 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
         distributed.atomic_write_text(index_path, json.dumps(index) + "\n")
         capped = sum(size[2] for size in sizes)
         if capped and show:
-            print(f"{capped} of {len(keys)} images exceed {max_patches} patches at native resolution and are "
+            print(f"{capped} of {len(keys)} images exceed {config.max_patches} patches at native resolution and are "
                   "downscaled to fit (marked 'downscaled' in the index)", file=sys.stderr)
 
     context.on_main(prepare)
@@ -285,12 +286,12 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
     targets = load_file(str(targets_path))["targets"].to(model.device)
     # the method's model-dependent defaults from all the run's targets, as explain_image completes them
     # (CLIP Surgery's class set: every prompt or class, whichever of them a batch explains)
-    options = prepare_options(method, model, targets, {})
+    config = config.with_options(prepare_options(method, model, targets, {}))
     images, shards = index["images"], [shard["batches"] for shard in index["shards"]]
     per_image = settings["targets"]["per_image"]
     mine = [(j, shard) for j, shard in context.shard(shards) if not (out / _shard_file(j)).exists()]
     todo = sum(len(batch) for _, shard in mine for batch in shard)
-    loader = _Loader(model, folder, images, resolution, max_patches)
+    loader = _Loader(model, folder, images, config.resolution, config.max_patches)
     started, cpu_started, computed = time.perf_counter(), time.process_time(), 0
     with context.progress(todo, desc=f"explain-dataset ({method})", unit="image", disable=not progress) as bar:
         batches = distributed.load_units([batch for _, shard in mine for batch in shard], loader, workers=workers,
@@ -305,17 +306,12 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
                     chosen = targets[distinct]
                 else:
                     chosen = targets
-                with explaining(model.model):
-                    result = _run_method(model, method, fn, model.adapter, pixels, chosen, layers=absolute_layers,
-                                         mode=mode, qk=qk, **options)
-                maps, scores = result.maps.detach().float().cpu(), result.scores.detach().float().cpu()
+                result = run_image_method(model, config, pixels, chosen, inputs=[images[i]["key"] for i in batch])
+                maps, scores = result.maps, result.scores
                 del result
                 if per_image == _OWN:
                     rows, column = torch.arange(len(batch)), torch.tensor([distinct.index(label) for label in own])
                     maps, scores = maps[rows, column][:, None], scores[rows, column][:, None]
-                if not (torch.isfinite(maps).all() and torch.isfinite(scores).all()):
-                    raise FloatingPointError(f"{method} produced non-finite maps or scores for "
-                                             f"{[images[i]['key'] for i in batch]}")
                 for row, i in enumerate(batch):
                     tensors[f"maps.{i}"] = maps[row].clone(memory_format=torch.contiguous_format)
                     tensors[f"scores.{i}"] = scores[row].clone(memory_format=torch.contiguous_format)

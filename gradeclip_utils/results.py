@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .config import ExplainConfig
 from .inputs import upsample
 from .methods import minmax
 
@@ -37,7 +38,9 @@ class ImageExplanation:
     ``raw`` holds one (K, h, w) float32 map stack per image, unnormalised (faithfulness metrics and
     cross-prompt comparisons need these values); ``scores`` (B, K) are the image-text cosines from the
     same forward pass; ``images`` are the pictures the model saw; ``settings`` record how the maps were
-    made (method, layers, mode, qk, resolution, model).
+    made (method, layers, mode, qk, resolution, model: ``config.to_settings``, what ``save`` stores);
+    ``config`` is the ``ExplainConfig`` they were made with (absolute layers, the method's options as
+    completed for the call; None for a loaded result).
     """
 
     raw: list[torch.Tensor]
@@ -45,6 +48,7 @@ class ImageExplanation:
     prompts: list[str]
     images: list[Image.Image]
     settings: dict[str, Any] = field(default_factory=dict)
+    config: ExplainConfig | None = None
 
     def __len__(self) -> int:
         return len(self.raw)
@@ -52,7 +56,7 @@ class ImageExplanation:
     def __getitem__(self, index: int) -> "ImageExplanation":
         index = _check_index(index, len(self), "image")
         return ImageExplanation([self.raw[index]], self.scores[index].unsqueeze(0),
-                                list(self.prompts), [self.images[index]], dict(self.settings))
+                                list(self.prompts), [self.images[index]], dict(self.settings), self.config)
 
     @property
     def grid_sizes(self) -> list[tuple[int, int]]:
@@ -142,7 +146,8 @@ class TextExplanation:
     ``tokens[k]`` are the BPE pieces of text k (start and end tokens dropped; a piece ending a word
     ends with '</w>'); ``token_importance`` (B, K, T) and ``word_importance`` (B, K, W) are zero-padded
     to the longest text, each row summing to 1 over its own pieces (or all zero when nothing is
-    relevant); ``words[k]`` are whole words, their importance the sum of their pieces.
+    relevant); ``words[k]`` are whole words, their importance the sum of their pieces. ``settings`` and
+    ``config`` as for ``ImageExplanation`` (the settings record no method options).
     """
 
     texts: list[str]
@@ -153,6 +158,7 @@ class TextExplanation:
     scores: torch.Tensor
     images: list[Image.Image]
     settings: dict[str, Any] = field(default_factory=dict)
+    config: ExplainConfig | None = None
 
     def pair(self, image: int = 0, text: int = 0) -> WordImportance:
         image = _check_index(image, self.scores.shape[0], "image")

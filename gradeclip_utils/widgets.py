@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import html
-import inspect
 import io
 import time
 from collections import OrderedDict
@@ -45,12 +44,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .config import ExplainConfig
 from .plotting import signed
 from .studies.common import as_input, default_resolution, named_images, prompt_mask, upsampled
-
-#: methods shown side by side by default (those registered are used)
-DEFAULT_COMPARISON: tuple[str, ...] = ("grad_eclip", "grad_eclip_no_spatial", "raw_attention", "rollout",
-                                       "grad_cam", "game", "maskclip", "clip_surgery", "itsm")
 
 #: generic class names whose prompts form CLIP Surgery's class set on real models (COCO's categories, in part)
 GENERIC_CLASSES: tuple[str, ...] = (
@@ -76,16 +72,31 @@ _STYLE = """<style>
 </style>"""
 
 
+def comparison_methods() -> list[str]:
+    """The image methods ``MethodComparison`` shows side by side by default (``MethodSpec.shown``), in
+    the order they were registered."""
+    from .methods import method_specs
+
+    return [spec.name for spec in method_specs() if spec.shown and spec.image is not None]
+
+
 def default_method_options(model: Any) -> dict[str, dict[str, Any]]:
-    """Options that make every method usable with one prompt at a time: CLIP Surgery gets a class set
-    (the synthetic world's 35 colour x shape prompts, or "a photo of a {class}" over GENERIC_CLASSES),
-    and RISE 500 masks instead of 2000 (interactive speed)."""
+    """Options that make every method usable with one prompt at a time, from the methods' declarations:
+    a method with a class set (CLIP Surgery) gets one (the synthetic world's 35 colour x shape prompts,
+    or "a photo of a {class}" over GENERIC_CLASSES), and each its options for interactive speed (RISE
+    500 masks instead of 2000)."""
     from . import encode_texts
+    from .methods import method_specs
     from .studies.common import is_synthetic
     from .synthetic import class_prompts
 
-    classes = class_prompts()[0] if is_synthetic(model) else [f"a photo of a {c}" for c in GENERIC_CLASSES]
-    return {"clip_surgery": {"surgery_targets": encode_texts(model, classes)}, "rise": {"masks": 500}}
+    specs = [spec for spec in method_specs() if spec.image is not None]
+    classes = None
+    if any(spec.class_set is not None for spec in specs):
+        names = class_prompts()[0] if is_synthetic(model) else [f"a photo of a {c}" for c in GENERIC_CLASSES]
+        classes = encode_texts(model, names)
+    options = {spec.name: {**spec.interactive_options, **spec.options_from({}, classes=classes)} for spec in specs}
+    return {name: values for name, values in options.items() if values}
 
 
 def _merged_options(model: Any, given: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
@@ -142,14 +153,10 @@ def figure_png(fig, dpi: int | None = None) -> bytes:
 
 
 def method_takes(method: str, option: str) -> bool:
-    """Whether an image method uses ``option`` (e.g. "layers", "mode"): it names the parameter, or it
-    passes its keyword options on (a ``**options`` parameter; baselines that ignore options take ``**_``)."""
-    from .methods import get_image_method
+    """Whether an image method uses ``option`` (e.g. "layers", "mode"; ``MethodSpec.takes``)."""
+    from .methods import get_spec
 
-    parameters = inspect.signature(get_image_method(method)).parameters
-    if option in parameters:
-        return True
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD and p.name != "_" for p in parameters.values())
+    return get_spec(method).takes(option)
 
 
 def settings_text(state: Mapping[str, Any], precision: str | None) -> str:
@@ -531,20 +538,20 @@ class Explorer(_Base):
     def _explain(self, state: Mapping[str, Any], image: Any, resolution: str):
         from . import explain_image
 
-        key = ("image", state["image"], tuple(state["prompts"]), state["method"], tuple(state["layers"]),
-               state["mode"], resolution)
-        return self.cache.get(key, lambda: explain_image(
-            self.model, as_input(image), state["prompts"], method=state["method"], layers=tuple(state["layers"]),
-            mode=state["mode"], resolution=resolution, progress=False,
-            **self.method_options.get(state["method"], {})))
+        config = ExplainConfig(method=state["method"], layers=state["layers"], mode=state["mode"],
+                               resolution=resolution, options=self.method_options.get(state["method"], {}))
+        key = ("image", state["image"], tuple(state["prompts"]), config.method, config.layers, config.mode,
+               config.resolution)
+        return self.cache.get(key, lambda: explain_image(self.model, as_input(image), state["prompts"],
+                                                         progress=False, **config.keywords()))
 
     def _explain_words(self, state: Mapping[str, Any], image: Any, resolution: str, text_method: str):
         from . import explain_text
 
-        key = ("text", state["image"], tuple(state["prompts"]), text_method, state["mode"], resolution)
-        return self.cache.get(key, lambda: explain_text(
-            self.model, as_input(image), state["prompts"], method=text_method, layers=self.text_layers,
-            mode=state["mode"], resolution=resolution))
+        config = ExplainConfig(method=text_method, layers=self.text_layers, mode=state["mode"], resolution=resolution)
+        key = ("text", state["image"], tuple(state["prompts"]), config.method, config.mode, config.resolution)
+        return self.cache.get(key, lambda: explain_text(self.model, as_input(image), state["prompts"],
+                                                        **config.keywords()))
 
     def render(self) -> dict[str, Any]:
         """Explain the current image against the current prompts with the current block, mode and
@@ -630,7 +637,7 @@ class MethodComparison(_Base):
         self.colorbar = colorbar
         self.method_options = _merged_options(model, method_options)
         available = list_methods()["image"]
-        chosen = [m for m in DEFAULT_COMPARISON if m in available] if methods is None else list(methods)
+        chosen = [m for m in comparison_methods() if m in available] if methods is None else list(methods)
         unknown = [m for m in chosen if m not in available]
         if unknown:
             raise ValueError(f"unknown image methods {unknown}; registered: {available}")
@@ -675,14 +682,15 @@ class MethodComparison(_Base):
     def _explain(self, method: str, state: Mapping[str, Any], image: Any, resolution: str):
         from . import explain_image
 
+        config = ExplainConfig(method=method, layers=state["layers"], mode=state["mode"], resolution=resolution,
+                               options=self.method_options.get(method, {}))
+
         def make():
             started = time.perf_counter()
-            ex = explain_image(self.model, as_input(image), [state["prompt"]], method=method,
-                               layers=tuple(state["layers"]), mode=state["mode"], resolution=resolution,
-                               progress=False, **self.method_options.get(method, {}))
+            ex = explain_image(self.model, as_input(image), [state["prompt"]], progress=False, **config.keywords())
             return ex, time.perf_counter() - started
 
-        key = (state["image"], state["prompt"], method, tuple(state["layers"]), state["mode"], resolution)
+        key = (state["image"], state["prompt"], config.method, config.layers, config.mode, config.resolution)
         return self.cache.get(key, make)
 
     def render(self) -> dict[str, Any]:

@@ -10,13 +10,18 @@ An adapter is an image tower and a text tower (``ImageTower``, ``TextTower``) be
 ``CLIPAdapter``. The towers that are transformers share one engine (``transformer.py``); a family's
 file only says where its pieces are (which modules are the norms, projections and blocks). A new
 model family is one new file that builds its towers and is listed in the registry.
+
+A tower declares what it can capture for the methods (``captures``, names from ``CAPTURES``) and, in its
+own words, why it lacks the others (``lacking``); a method declares what it requires (its ``MethodSpec``
+in ``methods/``), and a method whose requirement a tower lacks is refused with that reason before it
+runs. No adapter names the methods it refuses.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +38,22 @@ class UnsupportedModelError(GradEclipError, TypeError):
 
 class UnsupportedMethodError(GradEclipError, NotImplementedError):
     """Raised when a method needs something that a model family does not have (the error names both)."""
+
+
+#: what a tower may capture or compute for the methods beyond a plain trace with the blocks' q, k, v and
+#: attention outputs, each with what a tower that lacks it does not do (the reason a tower gives unless it
+#: says more in its ``lacking``)
+CAPTURES: dict[str, str] = {
+    "probs": "keep its attention probabilities",
+    "block_inputs": "keep the tokens entering a block",
+    "block_outputs": "keep the tokens leaving a block",
+    "final_tokens": "keep the tokens leaving its last block",
+    "token_head": "expose a head that applies to every token",
+    "intermediate_tokens": "expose intermediate tokens and resume from them",
+    "value_path": "have a value path for dense features",
+    "vv_attention": "support CLIP Surgery's v-v attention path",
+    "parameter_groups": "list its parameters by depth",
+}
 
 
 @dataclass
@@ -85,6 +106,10 @@ class _Tower(ABC):
 
     #: a human-readable name of the tower's kind, for error messages ("ViT", "ResNet attention pool")
     kind: str = "tower"
+    #: what the tower captures for the methods (names from ``CAPTURES``); a method that requires another is refused
+    captures: frozenset[str] = frozenset()
+    #: why the tower lacks some of the others, in its own words (capture -> reason)
+    lacking: Mapping[str, str] = {}
 
     @property
     @abstractmethod
@@ -102,13 +127,18 @@ class _Tower(ABC):
     def device(self) -> torch.device:
         return self.weight().device
 
-    def _missing(self, what: str) -> NotImplementedError:
-        return UnsupportedMethodError(f"the {self.kind} tower does not {what}")
+    def missing(self, capture: str) -> str:
+        """Why the tower cannot give ``capture`` (a name from ``CAPTURES``)."""
+        return self.lacking.get(capture) or f"the {self.kind} tower does not {CAPTURES[capture]}"
+
+    def _missing(self, capture: str) -> NotImplementedError:
+        return UnsupportedMethodError(self.missing(capture))
 
 
 class ImageTower(_Tower):
     """An image encoder as the methods see it. The optional capabilities at the end serve baselines;
-    a tower that lacks one raises ``UnsupportedMethodError`` saying what it lacks."""
+    a tower declares those it has in ``captures``, and one that lacks one raises
+    ``UnsupportedMethodError`` saying what it lacks (``missing``)."""
 
     @property
     @abstractmethod
@@ -145,22 +175,22 @@ class ImageTower(_Tower):
         return height // ph, width // pw
 
     def head(self, tokens: Tensor) -> Tensor:
-        raise self._missing("expose a head that applies to every token")
+        raise self._missing("token_head")
 
     def tokens_before(self, pixels: Tensor, block: int) -> tuple[Tensor, tuple[int, int]]:
-        raise self._missing("expose intermediate tokens")
+        raise self._missing("intermediate_tokens")
 
     def embedding_from(self, tokens: Tensor, block: int) -> Tensor:
-        raise self._missing("resume mid-way from intermediate tokens")
+        raise self._missing("intermediate_tokens")
 
     def value_path_features(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
-        raise self._missing("have a value path for dense features")
+        raise self._missing("value_path")
 
     def surgery_features(self, pixels: Tensor, depth: int) -> tuple[Tensor, Tensor, Tensor]:
-        raise self._missing("support CLIP Surgery's v-v attention path")
+        raise self._missing("vv_attention")
 
     def parameter_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
-        raise self._missing("list its parameters by depth")
+        raise self._missing("parameter_groups")
 
 
 class TextTower(_Tower):
@@ -185,10 +215,10 @@ class TextTower(_Tower):
         return self.trace(tokens, []).embedding
 
     def tokens_before(self, tokens: Tensor, block: int) -> Tensor:
-        raise self._missing("expose intermediate hidden states")
+        raise self._missing("intermediate_tokens")
 
     def embedding_from(self, hidden: Tensor, tokens: Tensor, block: int) -> Tensor:
-        raise self._missing("resume mid-way from intermediate hidden states")
+        raise self._missing("intermediate_tokens")
 
 
 class CLIPAdapter:

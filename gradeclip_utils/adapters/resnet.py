@@ -17,7 +17,8 @@ and GAME on the pool's attention (its only attention); Grad-CAM on the final fea
 input, gradients through the mean token included: Grad-CAM as first defined for CNNs); MaskCLIP as
 its authors run ResNets (``c_proj(v_proj(x_i))`` per position of the bare feature map); CLIP Surgery as its
 authors run ResNets (the pool's attention with the values as queries and keys, ``surgery_features``). ITSM
-(no per-token output), M2IB and LeGrad (no tokens after the pool) are refused with the reason.
+(no per-token output), M2IB and LeGrad (no tokens after the pool) need what the pool does not have: they are
+refused with the reason the tower gives (``lacking``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import BlockCapture, ImageTower, Mode, TowerTrace, UnsupportedMethodError, check_block_index
+from .base import BlockCapture, ImageTower, Mode, TowerTrace, check_block_index
 from .transformer import attention, interpolate_positions
 
 
@@ -52,6 +53,10 @@ class AttentionPoolTower(ImageTower):
     """A ``ModifiedResNet`` image tower with its attention pool as the one explained block."""
 
     kind = "ResNet attention-pool"
+    captures = frozenset({"probs", "block_inputs", "value_path", "vv_attention", "parameter_groups"})
+    lacking = {"block_outputs": "the ResNet attention pool leaves no tokens after it (only the pooled one)",
+               "intermediate_tokens": "the ResNet attention pool leaves no tokens after it (only the pooled one)",
+               "final_tokens": "the ResNet attention pool has no per-patch output tokens"}
     STRIDE = 32
 
     def __init__(self, visual: nn.Module) -> None:
@@ -121,10 +126,9 @@ class AttentionPoolTower(ImageTower):
               keep_block_inputs: bool = False, keep_final_tokens: bool = False,
               keep_block_outputs: bool = False) -> TowerTrace:
         if keep_block_outputs:
-            raise UnsupportedMethodError("the ResNet attention pool leaves no tokens after it (only the pooled one)")
+            raise self._missing("block_outputs")
         if keep_final_tokens:
-            raise UnsupportedMethodError("the ResNet attention pool has no per-patch output tokens (use maskclip, "
-                                         "the value-path features of the pool, instead of ITSM)")
+            raise self._missing("final_tokens")
         if any(layer != 0 for layer in layers):
             raise ValueError(f"a ResNet CLIP has one attention block (the pool, block 0); got layers {list(layers)}")
         explained = bool(layers)
@@ -154,14 +158,14 @@ class AttentionPoolTower(ImageTower):
     def tokens_before(self, pixels: Tensor, block: int) -> tuple[Tensor, tuple[int, int]]:
         check_block_index(block, 1)
         if block != 0:
-            raise UnsupportedMethodError("the ResNet attention pool leaves no tokens after it (only the pooled one)")
+            raise self._missing("intermediate_tokens")
         spatial, grid = self.features(pixels)
         return self.pool_input(spatial, grid), grid
 
     def embedding_from(self, tokens: Tensor, block: int) -> Tensor:
         check_block_index(block, 1)
         if block != 0:
-            raise UnsupportedMethodError("the ResNet attention pool leaves no tokens after it (only the pooled one)")
+            raise self._missing("intermediate_tokens")
         return self.pool.c_proj(self._pool(tokens, int(self.pool.num_heads), all_rows=False)[3][:, 0])
 
     @torch.no_grad()

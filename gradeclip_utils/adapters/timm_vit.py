@@ -34,8 +34,9 @@ What the baselines get on the probe (the analogues, as for the ResNet attention 
 rollout and GAME on the probe's attention row (its only attention over the whole image); Grad-CAM on
 the tokens entering the probe (the last trunk block's output); MaskCLIP on the probe's value path
 (``proj(v_i)``, the probe's MLP residual and the head, per patch token). ITSM (no per-patch output),
-CLIP Surgery (no v-v path through a probe) and M2IB (no tokens after the probe) are refused with the
-reason. Class-token trunks support every method, as the open_clip ViT does.
+CLIP Surgery (no v-v path through a probe) and M2IB (no tokens after the probe) need what the probe does
+not have: they are refused with the reason the tower gives (``lacking``). Class-token trunks support every
+method, as the open_clip ViT does.
 
 The text towers are open_clip ``TextTransformer`` s (SigLIP's: pooled at the last position, no causal
 mask), read by the open_clip family's text tower.
@@ -52,8 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import openclip
-from .base import (BlockCapture, CLIPAdapter, ImageTower, Mode, TowerTrace, UnsupportedMethodError,
-                   UnsupportedModelError, check_block_index)
+from .base import BlockCapture, CLIPAdapter, ImageTower, Mode, TowerTrace, UnsupportedModelError, check_block_index
 from .transformer import BlockView, ViTTower, fused_qkv, identity, run_native
 
 FAMILY = "open_clip"
@@ -331,6 +331,10 @@ class ProbeTower(ImageTower):
     respect to it are the probe's."""
 
     kind = "attention-pool probe"
+    captures = frozenset({"probs", "block_inputs", "value_path", "parameter_groups"})
+    lacking = {"block_outputs": "the attention-pool probe leaves no tokens after it (only the pooled one)",
+               "intermediate_tokens": "the attention-pool probe leaves no tokens after it (only the pooled one)",
+               "final_tokens": "the attention-pool probe has no per-patch output tokens"}
 
     def __init__(self, visual: nn.Module, trunk: Trunk, embed_dim: int) -> None:
         self.visual, self.trunk, self._embed_dim = visual, trunk, int(embed_dim)
@@ -402,10 +406,9 @@ class ProbeTower(ImageTower):
               keep_block_inputs: bool = False, keep_final_tokens: bool = False,
               keep_block_outputs: bool = False) -> TowerTrace:
         if keep_block_outputs:
-            raise UnsupportedMethodError("the attention-pool probe leaves no tokens after it (only the pooled one)")
+            raise self._missing("block_outputs")
         if keep_final_tokens:
-            raise UnsupportedMethodError("the attention-pool probe has no per-patch output tokens (use maskclip, the "
-                                         "value-path features of the probe, instead of ITSM)")
+            raise self._missing("final_tokens")
         if any(layer != 0 for layer in layers):
             raise ValueError(f"a probe-pooled tower has one explained block (the probe, block 0); got layers "
                              f"{list(layers)}")
@@ -431,7 +434,7 @@ class ProbeTower(ImageTower):
     def _only_block_zero(self, block: int) -> None:
         check_block_index(block, 1)
         if block != 0:
-            raise UnsupportedMethodError("the attention-pool probe leaves no tokens after it (only the pooled one)")
+            raise self._missing("intermediate_tokens")
 
     def tokens_before(self, pixels: Tensor, block: int) -> tuple[Tensor, tuple[int, int]]:
         self._only_block_zero(block)

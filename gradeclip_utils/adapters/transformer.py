@@ -236,6 +236,8 @@ class ViTTower(ImageTower):
     on every use, so the views always describe the model's current modules."""
 
     kind = "ViT"
+    captures = frozenset({"probs", "block_inputs", "block_outputs", "final_tokens", "token_head", "intermediate_tokens",
+                          "value_path", "vv_attention", "parameter_groups"})
 
     def __init__(self, *, embed: Callable[[Tensor, tuple[int, int]], Tensor], blocks: Callable[[], list[BlockView]],
                  head: Callable[[Tensor], Tensor], patch_size: tuple[int, int], image_size: tuple[int, int],
@@ -335,6 +337,7 @@ class CausalTextTower(TextTower):
     matrix (its rows are the vocabulary)."""
 
     kind = "transformer text"
+    captures = frozenset({"probs", "block_inputs", "block_outputs", "final_tokens", "intermediate_tokens"})
 
     def __init__(self, *, embed: Callable[[Tensor], Tensor], mask: Callable[[int, torch.dtype, torch.device], Tensor | None],
                  blocks: Callable[[], list[BlockView]], head: Callable[[Tensor], Tensor],

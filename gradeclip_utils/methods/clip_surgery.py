@@ -39,6 +39,7 @@ from torch import Tensor
 from ..adapters import CLIPAdapter
 from ._common import cosine_scores, to_grid
 from .grad_eclip import MapOutput
+from .registry import AuthorsProtocol, MethodSpec
 
 
 #: CLIP Surgery's prompt ensemble (``encode_text_with_prompt_ensemble`` in its clip/clip.py): each text's
@@ -67,6 +68,14 @@ SURGERY_TEMPLATES: tuple[str, ...] = (
     'there is the {} in the scene.', 'this is a {} in the scene.', 'this is the {} in the scene.',
     'this is one {} in the scene.',
 )
+
+#: the class set of the Grad-ECLIP authors' CLIP Surgery maps (their imagenet_eval_*.py), after the target's class name
+AUTHORS_CLASS_SET: tuple[str, ...] = (
+    'airplane', 'bag', 'bed', 'bedclothes', 'bench', 'bicycle', 'bird', 'boat', 'book', 'bottle', 'building', 'bus',
+    'cabinet', 'car', 'cat', 'ceiling', 'chair', 'cloth', 'computer', 'cow', 'cup', 'curtain', 'dog', 'door', 'fence',
+    'floor', 'flower', 'food', 'grass', 'ground', 'horse', 'keyboard', 'light', 'motorbike', 'mountain', 'mouse',
+    'person', 'plate', 'platform', 'potted plant', 'road', 'rock', 'sheep', 'shelves', 'sidewalk', 'sign', 'sky',
+    'snow', 'sofa', 'table', 'track', 'train', 'tree', 'truck', 'tv monitor', 'wall', 'water', 'window', 'wood')
 
 
 def default_depth(blocks: int) -> int:
@@ -148,3 +157,16 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, depth: 
     else:
         maps = feature_surgery(features, class_feature, targets, surgery_set)
     return MapOutput(maps=to_grid(maps, grid), scores=cosine_scores(embedding, targets))
+
+
+SPEC = MethodSpec(
+    name="clip_surgery", image=image_maps,
+    requires=("vv_attention",),
+    options={"depth": None, "surgery_targets": None, "redundant": None},
+    prepare=prepare,
+    class_set="surgery_targets",
+    # the authors explain the class name and their class set, each with CLIP Surgery's prompt ensemble, on
+    # the model's centre crop; CLIP Surgery's get_similarity_map hands back the map upsampled to its input
+    authors=AuthorsProtocol(target="class_name", templates=SURGERY_TEMPLATES, class_set=AUTHORS_CLASS_SET,
+                            resolution="model", upsampled=True),
+)

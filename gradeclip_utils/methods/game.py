@@ -25,6 +25,7 @@ from torch import Tensor
 from ..adapters import CLIPAdapter
 from ._common import cosine_scores, score_gradients, to_grid
 from .grad_eclip import MapOutput, TokenOutput
+from .registry import AuthorsProtocol, MethodSpec
 
 
 def _relevance_rows(trace, blocks: list[int], scores: Tensor, chunk: int) -> Tensor:
@@ -89,3 +90,22 @@ def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, st
     rows = _relevance_rows(trace, blocks, _differentiated(adapter, scores, target), chunk)  # (K, B, L)
     return TokenOutput(relevance=rows.permute(1, 0, 2).detach().float().contiguous(),
                        scores=scores.T.detach().contiguous())
+
+
+#: the authors' GAME (and game_last): against the bare class name, on the model's centre crop
+_AUTHORS = AuthorsProtocol(target="class_name", resolution="model")
+
+SPEC = MethodSpec(
+    name="game", image=image_maps, text=token_relevance,
+    requires=("probs",), text_requires=("probs",),
+    options={"start_layer": 0, "chunk": 16, "target": "logit"},
+    authors=_AUTHORS,
+)
+
+LAST_SPEC = MethodSpec(
+    name="game_last", image=last_layer_maps,
+    requires=("probs",),
+    options={"chunk": 16, "target": "logit"},
+    shown=False,
+    authors=_AUTHORS,
+)

@@ -26,6 +26,7 @@ from torch import Tensor
 from ..adapters import CLIPAdapter
 from ._common import cosine_scores, score_gradients, to_grid
 from .grad_eclip import MapOutput
+from .registry import AuthorsProtocol, MethodSpec
 
 
 VARIANTS: tuple[str, ...] = ("model", "authors")
@@ -53,3 +54,11 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, layers:
         contribution = torch.einsum("bkc,bpc->bkp", alpha, patches).relu()
         total = contribution if total is None else total + contribution
     return MapOutput(maps=to_grid(total, trace.grid), scores=scores.detach())
+
+
+SPEC = MethodSpec(
+    name="grad_cam", image=image_maps,
+    requires=("block_inputs",),
+    options={"chunk": 64, "variant": "model"},
+    authors=AuthorsProtocol(options={"variant": "authors"}),
+)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..adapters import BlockCapture, CLIPAdapter, Mode, TowerTrace
+from .registry import AuthorsProtocol, MethodSpec
 
 QK = Literal["raw", "out_proj"]
 QK_CHOICES: tuple[str, ...] = ("raw", "out_proj")
@@ -197,3 +198,11 @@ def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, la
         return TokenOutput(relevance=relevance.detach(), scores=scores.T.contiguous())
     finally:
         del trace
+
+
+SPEC = MethodSpec(
+    name="grad_eclip", image=image_maps, text=token_relevance,
+    options={"spatial_weight": True, "chunk": 128},
+    # the authors' evaluation scripts: official mode (one head), q and k through the output projection
+    authors=AuthorsProtocol(options={"mode": "official", "qk": "out_proj"}),
+)

@@ -15,9 +15,17 @@ from torch import Tensor
 
 from ..adapters import CLIPAdapter
 from .grad_eclip import MapOutput, image_maps as grad_eclip_maps
+from .registry import AuthorsProtocol, MethodSpec
 
 
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, **options: Any) -> MapOutput:
     """Grad-ECLIP maps with ``spatial_weight=False`` (all other options as for ``grad_eclip``)."""
     options.pop("spatial_weight", None)
     return grad_eclip_maps(adapter, pixels, targets, spatial_weight=False, **options)
+
+
+SPEC = MethodSpec(
+    name="grad_eclip_no_spatial", image=image_maps,
+    options={"chunk": 128},
+    authors=AuthorsProtocol(options={"mode": "official", "qk": "out_proj"}),
+)

@@ -19,6 +19,7 @@ from ..adapters import CLIPAdapter
 from ._common import cosine_scores, to_grid
 from .grad_eclip import MapOutput
 from .maskclip import dense_similarity
+from .registry import MethodSpec
 
 
 @torch.no_grad()
@@ -28,3 +29,10 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, **_: Any) 
     features = adapter.image_head(trace.final_tokens[:, 1:])
     return MapOutput(maps=to_grid(dense_similarity(features, targets), trace.grid),
                      scores=cosine_scores(trace.embedding, targets))
+
+
+SPEC = MethodSpec(
+    name="itsm", image=image_maps,
+    requires=("final_tokens", "token_head"),
+    alternative="use maskclip, the value-path features, instead",
+)

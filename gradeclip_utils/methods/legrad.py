@@ -28,6 +28,7 @@ from torch import Tensor
 from ..adapters import CLIPAdapter
 from ._common import cosine_scores, score_gradients, to_grid
 from .grad_eclip import MapOutput
+from .registry import MethodSpec
 
 
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, layer_index: int = -2, chunk: int = 16,
@@ -50,3 +51,11 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, layer_i
         relevance = grad.float().clamp(min=0).mean(dim=(2, 3))[..., 1:]  # heads and query rows; patch keys
         total = relevance if total is None else total + relevance
     return MapOutput(maps=to_grid(total, trace.grid), scores=cosine_scores(trace.embedding, targets).detach())
+
+
+SPEC = MethodSpec(
+    name="legrad", image=image_maps,
+    requires=("block_outputs", "probs", "token_head"),
+    options={"layer_index": -2, "chunk": 16},
+    shown=False,
+)

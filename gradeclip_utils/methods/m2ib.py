@@ -33,6 +33,7 @@ from torch import Tensor
 from ..adapters import CLIPAdapter
 from ._common import cosine_scores, to_grid
 from .grad_eclip import MapOutput, TokenOutput
+from .registry import AuthorsProtocol, MethodSpec
 
 
 def default_layer(blocks: int) -> int:
@@ -137,3 +138,18 @@ def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, ib
                                  samples=samples, seed=seed)
     relevance = kl.sum(dim=-1).reshape(batch, count, -1)
     return TokenOutput(relevance=relevance.float(), scores=scores.contiguous())
+
+
+SPEC = MethodSpec(
+    name="m2ib", image=image_maps, text=token_relevance,
+    requires=("intermediate_tokens",), text_requires=("intermediate_tokens",),
+    options={"ib_layer": None, "beta": 0.1, "var": 1.0, "steps": 10, "lr": 1.0, "samples": 10, "seed": 0,
+             "paired": False},
+    probe={"steps": 1, "samples": 1},
+    slow=True, paired=True,
+    run_options={"steps": "m2ib_steps", "samples": "m2ib_samples", "seed": "seed"},
+    shown=False,
+    # the authors' M2IB: against the bare class name, on the model's centre crop; M2IB's own
+    # vision_heatmap hands back the map upsampled to the model's input size
+    authors=AuthorsProtocol(target="class_name", resolution="model", upsampled=True),
+)

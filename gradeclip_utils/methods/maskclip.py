@@ -24,6 +24,7 @@ from torch import Tensor
 from ..adapters import CLIPAdapter
 from ._common import cosine_scores, to_grid
 from .grad_eclip import MapOutput
+from .registry import AuthorsProtocol, MethodSpec
 
 VARIANTS: tuple[str, ...] = ("model", "authors")
 
@@ -55,3 +56,11 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, variant
     if variant == "authors":
         maps = maps * key_similarity(adapter, pixels)[:, None, :]
     return MapOutput(maps=to_grid(maps, grid), scores=cosine_scores(embedding, targets))
+
+
+SPEC = MethodSpec(
+    name="maskclip", image=image_maps,
+    requires=("value_path",),
+    options={"variant": "model"},
+    authors=AuthorsProtocol(options={"variant": "authors"}),
+)

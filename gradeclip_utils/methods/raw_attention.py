@@ -24,6 +24,7 @@ from torch import Tensor
 from ..adapters import CLIPAdapter
 from ._common import cosine_scores, per_target, to_grid
 from .grad_eclip import MapOutput, TokenOutput
+from .registry import AuthorsProtocol, MethodSpec
 
 VARIANTS: tuple[str, ...] = ("model", "authors")
 
@@ -65,3 +66,11 @@ def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, la
     scores = cosine_scores(trace.embedding, targets).T.contiguous()
     return TokenOutput(relevance=relevance.unsqueeze(0).expand(targets.shape[0], -1, -1).contiguous(),
                        scores=scores)
+
+
+SPEC = MethodSpec(
+    name="raw_attention", image=image_maps, text=token_relevance,
+    requires=("probs",), text_requires=("probs",),
+    options={"variant": "model"},
+    authors=AuthorsProtocol(options={"variant": "authors"}),
+)

@@ -26,6 +26,7 @@ from torch import Tensor
 from ..adapters import CLIPAdapter
 from ._common import cosine_scores
 from .grad_eclip import MapOutput
+from .registry import MethodSpec
 
 
 def generate_masks(count: int, size: tuple[int, int], cells: int = 8, p: float = 0.5, seed: int = 0) -> Tensor:
@@ -71,3 +72,14 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, masks: 
         saliency -= (score_sum / masks)[..., None, None] * all_masks.sum(dim=0)
     saliency /= masks * p
     return MapOutput(maps=saliency.float(), scores=cosine_scores(adapter.encode_image(pixels), targets))
+
+
+SPEC = MethodSpec(
+    name="rise", image=image_maps,
+    options={"masks": 2000, "cells": 8, "p": 0.5, "seed": 0, "mask_batch": 256, "centre": False},
+    probe={"masks": 2},
+    slow=True,
+    run_options={"masks": "rise_masks", "seed": "seed", "centre": "rise_centre"},
+    shown=False,
+    interactive_options={"masks": 500},  # interactive speed
+)

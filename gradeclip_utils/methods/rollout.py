@@ -22,6 +22,7 @@ from torch import Tensor
 from ..adapters import CLIPAdapter
 from ._common import cosine_scores, per_target, to_grid
 from .grad_eclip import MapOutput
+from .registry import AuthorsProtocol, MethodSpec
 
 
 @torch.no_grad()
@@ -39,3 +40,12 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, start_l
         rollout = attention if rollout is None else attention @ rollout
     maps = to_grid(rollout[:, 0, 1:], trace.grid)
     return MapOutput(maps=per_target(maps, targets.shape[0]), scores=cosine_scores(trace.embedding, targets))
+
+
+SPEC = MethodSpec(
+    name="rollout", image=image_maps,
+    requires=("probs",),
+    options={"start_layer": 0},
+    # the authors' rollout: the last block only, against the bare class name, on the model's centre crop
+    authors=AuthorsProtocol(options={"start_layer": -1}, target="class_name", resolution="model"),
+)

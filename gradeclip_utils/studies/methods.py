@@ -16,22 +16,25 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..methods import method_specs
 from .common import as_input, default_resolution, image_name, prompt_mask, upsampled
 
-#: methods too slow for a quick run on the CPU (many forward passes or an optimisation per map)
-SLOW_METHODS: tuple[str, ...] = ("rise", "m2ib")
+#: methods too slow for a quick run on the CPU (many forward passes or an optimisation per map): those
+#: whose ``MethodSpec`` says ``slow`` (RISE and M2IB), as registered when the package was imported
+SLOW_METHODS: tuple[str, ...] = tuple(spec.name for spec in method_specs() if spec.slow)
 
 
 def available_methods(include_slow: bool = True, model: Any = None,
                       options: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
-    """Grad-ECLIP first, then the registered baselines (without RISE and M2IB unless ``include_slow``);
-    with a ``model``, only those its family can run (``explain.method_support``, with ``options`` per
-    method), the others named in a printed line."""
+    """Grad-ECLIP first, then the registered baselines (without the slow ones, RISE and M2IB, unless
+    ``include_slow``); with a ``model``, only those its family can run (``explain.method_support``, with
+    ``options`` per method), the others named in a printed line."""
     from ..explain import method_support
-    from ..methods import list_methods
+    from ..methods import get_spec, list_methods
 
     names = list_methods()["image"]
-    ordered = [n for n in ["grad_eclip"] + [n for n in names if n != "grad_eclip"] if include_slow or n not in SLOW_METHODS]
+    ordered = [n for n in ["grad_eclip"] + [n for n in names if n != "grad_eclip"]
+               if include_slow or not get_spec(n).slow]
     if model is None:
         return ordered
     reasons = {n: method_support(model, n, **dict((options or {}).get(n, {}))) for n in ordered}

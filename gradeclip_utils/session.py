@@ -1,0 +1,177 @@
+"""Running a method on a model safely: the one place that enters and leaves a model for an explanation.
+
+``explaining(model)`` holds the model's lock and the state an explanation needs, restored exactly after;
+``run_image_method`` / ``run_text_method`` run one method on one batch under it, refuse a method the
+model's family cannot run (from the method's and the adapter's declarations), and return the result
+detached, float32, on the CPU and checked to be finite. ``explain_image``, ``explain_text``, the
+evaluation, the dataset job and the benchmarks all run methods through these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import traceback
+import weakref
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .adapters import UnsupportedMethodError
+from .config import ExplainConfig
+from .methods import (MapOutput, MethodSpec, TokenOutput, get_image_method, get_spec, get_text_method,
+                      refusal)
+
+KEEP_TRACEBACK_LOCALS = False
+"""Set True to keep the locals of the package's frames in tracebacks (for a debugger); by default they
+are released when an explanation raises, so that a kept exception (a notebook's last traceback) does
+not keep the autograd graph and its activations alive."""
+
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock that serialises explanations of one model (re-entrant: nested calls are fine)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
+@contextlib.contextmanager
+def explaining(model: nn.Module) -> Iterator[None]:
+    """The state an explanation needs, restored exactly after, also when the explanation raises.
+
+    For the duration: the model's lock is held (other explanations of the same model wait), every
+    module is in eval mode (dropout and patch dropout off) and gradients are on. After: each module's
+    training flag is as it was, and each parameter's ``.grad`` is the same tensor with the same
+    values (a method that calls ``backward()`` accumulates into fresh tensors, dropped after).
+    ``requires_grad`` is never touched: the adapter differentiates with respect to captured
+    activations, so frozen models are explained as they are. Nothing is registered on the model.
+    """
+    with model_lock(model):
+        flags = [(module, module.training) for module in model.modules()]
+        grads = [(p, p.grad) for p in model.parameters()]
+        try:
+            model.eval()
+            for p, grad in grads:
+                if grad is not None:
+                    p.grad = None
+            with torch.enable_grad():
+                yield
+        finally:
+            for module, flag in flags:
+                module.training = flag
+            for p, grad in grads:
+                if p.grad is not grad:
+                    p.grad = grad
+
+
+def release_frames(error: BaseException) -> None:
+    """Drop the locals of the finished frames of ``error``'s traceback (and of the errors it chains):
+    they hold the graph and activations of the failed explanation."""
+    if KEEP_TRACEBACK_LOCALS:
+        return
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
+
+
+def check_supported(model: Any, spec: MethodSpec, tower: str = "image") -> None:
+    """``UnsupportedMethodError`` naming method, family and reason when the model's tower lacks what the
+    method requires (``methods.refusal``: from the two declarations, before any work)."""
+    reason = refusal(spec, model.adapter, tower)
+    if reason is not None:
+        raise UnsupportedMethodError(reason)
+
+
+def _call(model: Any, method: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a method; a refusal the method meets while it runs, and a half-precision model on the CPU
+    that hits a missing kernel, get a clear error naming what is missing."""
+    try:
+        return fn(*args, **kwargs)
+    except UnsupportedMethodError as error:
+        raise UnsupportedMethodError(f"{method} is not available for {model.family} models: {error}") from None
+    except RuntimeError as error:
+        if model.adapter.dtype == torch.float16 and model.device.type == "cpu" and "Half" in str(error):
+            raise RuntimeError(
+                f"{method} failed on a half-precision (fp16) model on the CPU, where this torch build lacks a "
+                f"kernel ({error}). Convert the model with model.float() (or .bfloat16()), or run it on a CUDA "
+                "device.") from error
+        raise
+
+
+def _finite(*tensors: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def _weights_hint(inputs: Sequence[str] | None) -> str:
+    where = f" for {list(inputs)}" if inputs is not None else ""
+    return f"{where} (are the model's weights finite?)"
+
+
+def run_image_method(model: Any, config: ExplainConfig, pixels: torch.Tensor, targets: torch.Tensor, *,
+                     spec: MethodSpec | None = None, inputs: Sequence[str] | None = None) -> MapOutput:
+    """Run the image method ``config.method`` on one batch: raw maps (B, K, h, w) and scores (B, K),
+    detached, float32, on the CPU.
+
+    ``model`` is a LoadedModel; ``pixels`` (B, 3, H, W) on one grid and ``targets`` (K, D) unit text
+    embeddings go to its device; the method gets ``config``'s layers (resolved for the model), mode, qk
+    and options. It runs under ``explaining`` (taken here; a caller may hold it around several batches).
+    A method the model's family cannot run is an ``UnsupportedMethodError`` naming method, family and
+    reason; a half-precision model on the CPU without a kernel a RuntimeError saying what to do; maps or
+    scores that are not finite a FloatingPointError (``inputs`` name the images in its message). When it
+    raises, the failed call's frames are released (``release_frames``). ``spec``: the declaration of a
+    method that is not registered (the evaluation's random reference); a registered one is looked up.
+    """
+    fn = spec.image if spec is not None else get_image_method(config.method)
+    spec = spec if spec is not None else get_spec(config.method)
+    check_supported(model, spec, "image")
+    adapter = model.adapter
+    try:
+        with explaining(model.model):
+            out = _call(model, config.method, fn, adapter, pixels.to(model.device), targets.to(model.device),
+                        layers=adapter.resolve_layers(config.layers, "image"), mode=config.mode, qk=config.qk,
+                        **config.options)
+            maps, scores = out.maps.detach().float().cpu(), out.scores.detach().float().cpu()
+            del out
+    except BaseException as error:
+        release_frames(error)
+        raise
+    if not _finite(maps, scores):
+        raise FloatingPointError(f"{config.method} produced non-finite maps or scores{_weights_hint(inputs)}")
+    return MapOutput(maps=maps, scores=scores)
+
+
+def run_text_method(model: Any, config: ExplainConfig, tokens: torch.Tensor, targets: torch.Tensor, *,
+                    spec: MethodSpec | None = None) -> TokenOutput:
+    """Run the text method ``config.method`` on K texts' ``tokens`` against B unit image embeddings
+    ``targets``: relevance (B, K, L) and scores (B, K), detached, float32, on the CPU. As
+    ``run_image_method`` (the layers are the text tower's)."""
+    fn = spec.text if spec is not None else get_text_method(config.method)
+    spec = spec if spec is not None else get_spec(config.method)
+    check_supported(model, spec, "text")
+    adapter = model.adapter
+    try:
+        with explaining(model.model):
+            out = _call(model, config.method, fn, adapter, tokens, targets.to(model.device),
+                        layers=adapter.resolve_layers(config.layers, "text"), mode=config.mode, qk=config.qk,
+                        **config.options)
+            relevance, scores = out.relevance.detach().float().cpu(), out.scores.detach().float().cpu()
+            del out
+    except BaseException as error:
+        release_frames(error)
+        raise
+    if not _finite(relevance, scores):
+        raise FloatingPointError(f"{config.method} produced non-finite relevance or scores (are the model's weights "
+                                 "finite?)")
+    return TokenOutput(relevance=relevance, scores=scores)
+
+
+__all__ = ["KEEP_TRACEBACK_LOCALS", "check_supported", "explaining", "model_lock", "release_frames",
+           "run_image_method", "run_text_method"]
