@@ -3,6 +3,7 @@
     python scripts/cpu_spread.py run --out outputs/cpu-spread        # the published run once per configuration
     python scripts/cpu_spread.py analyse outputs/cpu-spread          # spread of every per-image value
     python scripts/cpu_spread.py analyse outputs/cpu-spread --json docs/results/cpu_spread.json
+    python scripts/cpu_spread.py analyse outputs/cpu-spread --markdown  # the table of docs/reproducibility.md
 
 ``run`` repeats the evaluation behind ``docs/results/`` (its ``config.json``: the scenes, batch size, RISE masks,
 M2IB steps and samples, seed and tie seeds; no sanity check and no timing, which are not per-image values) once
@@ -171,6 +172,19 @@ def report(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(summary: dict) -> str:
+    """One row per configuration: its environment, pointing flips, pairs moved and the largest move per kind."""
+    groups = sorted(summary["worst"]["largest"])
+    lines = ["| configuration | environment | pointing flips | pairs moved (of %d) | " % summary["pairs"]
+             + " | ".join(f"largest move: {g}" for g in groups) + " |",
+             "|---|---|---:|---:|" + "---:|" * len(groups)]
+    for name, result in summary["configurations"].items():
+        environment = ", ".join(f"`{k}={v}`" for k, v in result["environment"].items())
+        lines.append(f"| {name} | {environment} | {result['flips']} | {len(result['moved_pairs'])} | "
+                     + " | ".join(f"{result['kinds'][g]['largest']:.2g}" for g in groups) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -184,12 +198,13 @@ def main(argv: list[str] | None = None) -> None:
     analyser.add_argument("--rounding", type=float, default=1e-5,
                           help="a move above this is more than float noise (default 1e-5)")
     analyser.add_argument("--json", type=Path, default=None, help="write the summary here")
+    analyser.add_argument("--markdown", action="store_true", help="print a Markdown table instead of the report")
     args = parser.parse_args(argv)
     if args.command == "run":
         run(args.out, args.configs, args.n)
         return
     summary = analyse(args.folder, args.reference, args.rounding)
-    print(report(summary))
+    print(markdown_table(summary) if args.markdown else report(summary))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1) + "\n")
 
