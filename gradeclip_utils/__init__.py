@@ -7,9 +7,10 @@ several models side by side.
 """
 
 from .adapters import UnsupportedMethodError, UnsupportedModelError, get_adapter
+from .checkpoints import UnsafeCheckpointError
 from .compare import ModelComparison, compare_models
 from .explain import encode_texts, explain_image, explain_text
-from .loading import LoadedModel, UnsafeCheckpointError, WeightsUnavailableError, load_model, wrap_model
+from .loading import LoadedModel, WeightsUnavailableError, load_model, wrap_model
 from .methods import list_methods
 from .results import ImageExplanation, TextExplanation, WordImportance
 
