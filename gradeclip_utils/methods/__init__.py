@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .grad_eclip import QK_CHOICES, MapOutput, TokenOutput, cosine_scores, image_maps, minmax, token_relevance
+from .grad_eclip import QK_CHOICES, image_maps, minmax, token_relevance
+from .outputs import MapOutput, TokenOutput, cosine_scores
 
 ImageMethod = Callable[..., MapOutput]
 TextMethod = Callable[..., TokenOutput]

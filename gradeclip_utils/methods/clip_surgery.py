@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..adapters import CLIPAdapter
-from ._common import cosine_scores, to_grid
-from .grad_eclip import MapOutput
+from ._common import to_grid
+from .outputs import MapOutput, cosine_scores
 
 
 #: CLIP Surgery's prompt ensemble (``encode_text_with_prompt_ensemble`` in its clip/clip.py): each text's

@@ -14,7 +14,8 @@ from typing import Any
 from torch import Tensor
 
 from ..adapters import CLIPAdapter
-from .grad_eclip import MapOutput, image_maps as grad_eclip_maps
+from .grad_eclip import image_maps as grad_eclip_maps
+from .outputs import MapOutput
 
 
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, **options: Any) -> MapOutput:

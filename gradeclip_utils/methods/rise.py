@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..adapters import CLIPAdapter
-from ._common import cosine_scores
-from .grad_eclip import MapOutput
+from .outputs import MapOutput, cosine_scores
 
 
 def generate_masks(count: int, size: tuple[int, int], cells: int = 8, p: float = 0.5, seed: int = 0) -> Tensor:
