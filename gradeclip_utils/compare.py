@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .inputs import upsample
+from .maps import resize_maps
 from .results import ImageExplanation
 
 
@@ -49,7 +49,7 @@ class ModelComparison:
     def upsampled(self, image: int = 0) -> torch.Tensor:
         """Raw maps of one image, every model upsampled to the common size: (M, K, H, W)."""
         size = self.common_size(image)
-        return torch.stack([upsample(ex.raw[image], size) for ex in self.explanations])
+        return torch.stack([resize_maps(ex.raw[image], size) for ex in self.explanations])
 
     def agreement(self) -> np.ndarray:
         """(B, K, M, M) Spearman rank correlations between the models' maps of each image and prompt

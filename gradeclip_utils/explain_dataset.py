@@ -57,6 +57,7 @@ from PIL import Image
 from . import distributed
 from .distributed import Context
 from .inputs import IMAGE_SUFFIXES, class_names
+from .maps import normalise_maps, resize_maps
 
 FORMAT = "gradeclip-maps/1"
 SHARDS = "shards"
@@ -360,10 +361,7 @@ class StoredMaps:
     def heatmaps(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Maps upsampled bilinearly to ``size`` (default: the model's input size of the image) and
         min-max normalised to [0, 1]: (K, H, W)."""
-        from .inputs import upsample
-        from .results import normalise_maps
-
-        return normalise_maps(upsample(self.maps, tuple(size or self.input_size)))
+        return normalise_maps(resize_maps(self.maps, tuple(size or self.input_size)))
 
 
 class DatasetMaps:

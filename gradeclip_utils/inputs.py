@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from .notices import warn_user
@@ -409,11 +408,3 @@ def group_by_shape(prepared: Sequence[PreparedImage]) -> dict[tuple[int, ...], l
     for index, item in enumerate(prepared):
         groups.setdefault(tuple(item.pixels.shape), []).append(index)
     return groups
-
-
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling of (..., h, w) maps to ``size`` (H, W)."""
-    lead = maps.shape[:-2]
-    flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
-    out = F.interpolate(flat, size=tuple(size), mode="bilinear", align_corners=False)
-    return out.reshape(*lead, *size)

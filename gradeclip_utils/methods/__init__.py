@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .grad_eclip import QK_CHOICES, image_maps, minmax, token_relevance
+from .grad_eclip import QK_CHOICES, image_maps, token_relevance
 from .outputs import MapOutput, TokenOutput, cosine_scores
 
 ImageMethod = Callable[..., MapOutput]
@@ -103,7 +103,7 @@ _register_baselines()
 
 __all__ = [
     "IMAGE_METHODS", "QK_CHOICES", "TEXT_METHODS", "MapOutput", "TokenOutput", "cosine_scores", "get_image_method",
-    "get_text_method", "image_maps", "list_methods", "minmax", "prepare_options", "probe_options", "register_image_method",
+    "get_text_method", "image_maps", "list_methods", "prepare_options", "probe_options", "register_image_method",
     "register_text_method",
     "token_relevance",
 ]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..adapters import BlockCapture, CLIPAdapter, Mode, TowerTrace
+from ..maps import minmax
 from .autograd import batched_vjp, one_hot_cotangents
 from .outputs import MapOutput, TokenOutput, cosine_scores
 
@@ -53,14 +54,6 @@ def channel_weights(trace: TowerTrace, layers: Sequence[int], targets: Tensor,
         ds_df = (targets.float()[None] - scores.detach()[..., None] * f_hat[:, None]) / norm[:, None, None]
         weights = [torch.bmm(ds_df, jac.float().transpose(0, 1)) for jac in jacobians]
     return dict(zip(layers, weights)), scores.detach()
-
-
-def minmax(values: Tensor, dim: int = -1) -> Tensor:
-    """Min-max normalise along ``dim`` to [0, 1]; a constant slice gives zeros, never NaN."""
-    low = values.amin(dim=dim, keepdim=True)
-    span = values.amax(dim=dim, keepdim=True) - low
-    return torch.where(span > 0, (values - low) / torch.where(span > 0, span, torch.ones_like(span)),
-                       torch.zeros_like(values))
 
 
 def loosened_attention(capture: BlockCapture, token_index: Tensor, qk: QK, first_key: int) -> Tensor:

@@ -130,13 +130,6 @@ def mask_shares(heatmap: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, 
     return shares
 
 
-def upsampled(raw: Any, size: tuple[int, int]) -> np.ndarray:
-    """A raw (h, w) map upsampled bilinearly to ``size`` (H, W), not normalised."""
-    from ..metrics import resize_maps
-
-    return resize_maps(raw, size).numpy()
-
-
 def object_prompts(scene: Any) -> list[str]:
     """"a red circle" for every object of a synthetic scene that its colour and shape name alone (an
     object that shares both with another is left out: its prompt would name both)."""
