@@ -374,7 +374,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from gradeclip_utils import load_model
-    from gradeclip_utils.explain import encode_texts, explain_image, explaining
+    from gradeclip_utils.explain import explain_image
+    from gradeclip_utils.prompts import encode_texts
+    from gradeclip_utils.session import explaining
     from gradeclip_utils.metrics.faithfulness import perturbation_curves
     from gradeclip_utils.methods import IMAGE_METHODS, get_image_method
     from gradeclip_utils.methods.grad_eclip import image_maps, token_relevance

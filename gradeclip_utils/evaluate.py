@@ -73,11 +73,12 @@ from tqdm import tqdm  # text progress: it stays readable in a saved or reloaded
 from . import distributed
 from .adapters import UnsupportedMethodError
 from .distributed import Journal
-from .explain import zero_shot_classifier
 from .inputs import IMAGE_SUFFIXES, class_names
 from .methods import get_image_method, list_methods
 from .metrics import (AUC_DEFINITION, authors_heatmap, authors_perturbation_curves, cascading_randomisation,
                       localisation_scores, perturbation_curves_over_ties, shrink_to_640)
+from .prompts import encode_texts, zero_shot_classifier
+from .session import explaining
 
 DATASETS = ("synthetic", "imagenet", "folder")
 RANDOM = "random"
@@ -134,7 +135,6 @@ def _preprocessed_mask(model, mask: np.ndarray) -> np.ndarray:
 
 def synthetic_set(model, n: int, *, offset: int | None = None) -> EvalSet:
     """``n`` held-out synthetic scenes, each with one uniquely named object and its visible mask."""
-    from .explain import encode_texts
     from .synthetic.captions import class_prompts
     from .synthetic.evaluate import OFFSETS, localisation_items
 
@@ -219,7 +219,6 @@ def imagenet_set(model, root: Path, n: int, *, templates: str = "openai", target
 
 def folder_set(model, csv_path: Path, n: int | None = None) -> EvalSet:
     """Images with a CSV of ``image,prompt[,mask]`` rows."""
-    from .explain import encode_texts
     from .inputs import load_image, to_rgb
 
     csv_path = Path(csv_path)
@@ -329,7 +328,7 @@ def _method_options(name: str, config: dict[str, Any], classifier: torch.Tensor)
 def run_method(model, name: str, pixels: torch.Tensor, targets: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
     """Raw maps (B, K, h, w) of one method, on the model's device, as ``explain_image`` runs methods
     (``options`` may set ``mode`` and ``qk``; default faithful and raw)."""
-    from .explain import _run_method, explaining
+    from .explain import _run_method
 
     adapter = model.adapter
     fn = method_function(name)
@@ -550,7 +549,6 @@ class AuthorsTargets:
     (``encode_text_with_prompt_ensemble``), the target first."""
 
     def __init__(self, model, class_names: Sequence[str], methods: Sequence[str]) -> None:
-        from .explain import encode_texts
         from .methods.clip_surgery import SURGERY_TEMPLATES
 
         self.names = encode_texts(model, list(class_names)) if AUTHORS_CLASS_NAME & set(methods) else None

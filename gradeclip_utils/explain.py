@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import traceback
-import weakref
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm  # text progress: it stays readable in a saved or reloaded notebook (a widget bar does not)
 
 from .adapters import MODES, UnsupportedMethodError
 from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS, group_by_shape, prepare_images
 from .loading import LoadedModel, as_loaded
 from .methods import QK_CHOICES, get_image_method, get_text_method, prepare_options, probe_options
+from .prompts import prompt_targets
 from .results import ImageExplanation, TextExplanation
+from .session import explaining
 from .text import as_text_list, group_words, token_pieces
 
 
@@ -26,47 +23,6 @@ KEEP_TRACEBACK_LOCALS = False
 """Set True to keep the locals of the package's frames in tracebacks (for a debugger); by default they
 are released when an explanation raises, so that a kept exception (a notebook's last traceback) does
 not keep the autograd graph and its activations alive."""
-
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def model_lock(model: nn.Module) -> threading.RLock:
-    """The lock that serialises explanations of one model (re-entrant: nested calls are fine)."""
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = _LOCKS[model] = threading.RLock()
-        return lock
-
-
-@contextlib.contextmanager
-def explaining(model: nn.Module) -> Iterator[None]:
-    """The state an explanation needs, restored exactly after, also when the explanation raises.
-
-    For the duration: the model's lock is held (other explanations of the same model wait), every
-    module is in eval mode (dropout and patch dropout off) and gradients are on. After: each module's
-    training flag is as it was, and each parameter's ``.grad`` is the same tensor with the same
-    values (a method that calls ``backward()`` accumulates into fresh tensors, dropped after).
-    ``requires_grad`` is never touched: the adapter differentiates with respect to captured
-    activations, so frozen models are explained as they are. Nothing is registered on the model.
-    """
-    with model_lock(model):
-        flags = [(module, module.training) for module in model.modules()]
-        grads = [(p, p.grad) for p in model.parameters()]
-        try:
-            model.eval()
-            for p, grad in grads:
-                if grad is not None:
-                    p.grad = None
-            with torch.enable_grad():
-                yield
-        finally:
-            for module, flag in flags:
-                module.training = flag
-            for p, grad in grads:
-                if p.grad is not grad:
-                    p.grad = grad
 
 
 def release_frames(error: BaseException) -> None:
@@ -117,73 +73,6 @@ def method_support(model: LoadedModel, method: str, **options: Any) -> str | Non
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-
-
-@torch.no_grad()
-def encode_texts(model: LoadedModel, texts: str | Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """Unit-normalised text embeddings (K, D), float32, in batches."""
-    texts = as_text_list(texts, "texts")
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-    adapter = model.adapter
-    with explaining(model.model):
-        with torch.no_grad():
-            parts = [adapter.encode_text(model.tokenize(texts[i:i + batch_size]))
-                     for i in range(0, len(texts), batch_size)]
-    return F.normalize(torch.cat(parts).float(), dim=-1)
-
-
-@torch.no_grad()
-def zero_shot_classifier(model: LoadedModel, classnames: Sequence[str], templates: Sequence[Any],
-                         batch_size: int = 2048, progress: bool = True) -> torch.Tensor:
-    """A zero-shot classifier (C, D), float32, unit rows: for each class, the mean of its unit-normalised
-    template embeddings, normalised again (CLIP's and the Grad-ECLIP authors' recipe). ``templates``
-    are format strings with one ``{}`` or callables of the class name (open_clip's template lists); the
-    texts of several classes are encoded together, about ``batch_size`` at a time."""
-    if not classnames or not templates:
-        raise ValueError("a zero-shot classifier needs at least one class name and one template")
-    step = max(1, batch_size // len(templates))
-    rows = []
-    for start in tqdm(range(0, len(classnames), step), desc="zero-shot classifier", leave=False,
-                      disable=not progress or len(classnames) <= step):
-        group = classnames[start:start + step]
-        texts = [t(name) if callable(t) else t.format(name) for name in group for t in templates]
-        embedded = encode_texts(model, texts, batch_size=batch_size).reshape(len(group), len(templates), -1)
-        rows.append(F.normalize(embedded.mean(dim=1), dim=-1))
-    return torch.cat(rows)
-
-
-def prompt_targets(model: LoadedModel, prompts: Any, labels: Sequence[str] | None = None
-                   ) -> tuple[torch.Tensor, list[str]]:
-    """Prompts (a string, strings, or a (K, D) tensor or numpy array of text embeddings) as
-    unit-normalised targets."""
-    if isinstance(prompts, np.ndarray):
-        if prompts.dtype.kind != "f":
-            raise TypeError(f"prompt embeddings must be floating point, got dtype {prompts.dtype}")
-        prompts = torch.from_numpy(np.ascontiguousarray(prompts))
-    if isinstance(prompts, torch.Tensor):
-        if not prompts.is_floating_point():
-            raise TypeError(f"prompt embeddings must be floating point, got dtype {prompts.dtype}")
-        if prompts.ndim == 1:
-            prompts = prompts.unsqueeze(0)
-        dim = model.adapter.embed_dim
-        if prompts.ndim != 2 or prompts.shape[1] != dim:
-            raise ValueError(f"prompt embeddings must be (K, {dim}) for this model (its embedding width is {dim}), "
-                             f"got {tuple(prompts.shape)}")
-        if prompts.shape[0] == 0:
-            raise ValueError("prompt embeddings are empty: give at least one")
-        if not torch.isfinite(prompts).all() or (prompts.norm(dim=-1) == 0).any():
-            raise ValueError("prompt embeddings must be finite and non-zero")
-        targets = F.normalize(prompts.detach().float().to(model.device), dim=-1)
-        names = [str(l) for l in labels] if labels is not None else [f"embedding {i}" for i in range(len(targets))]
-    else:
-        names = as_text_list(prompts, "prompts")
-        targets = encode_texts(model, names).to(model.device)
-        if labels is not None:
-            names = [str(l) for l in labels]
-    if len(names) != targets.shape[0]:
-        raise ValueError(f"{len(names)} labels for {targets.shape[0]} prompts")
-    return targets, names
 
 
 def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str = "grad_eclip",

@@ -58,6 +58,8 @@ from . import distributed
 from .distributed import Context
 from .inputs import IMAGE_SUFFIXES, class_names
 from .maps import normalise_maps, resize_maps
+from .prompts import encode_texts, zero_shot_classifier
+from .session import explaining
 
 FORMAT = "gradeclip-maps/1"
 SHARDS = "shards"
@@ -153,10 +155,8 @@ def _shard_file(j: int) -> str:
 
 # ------------------------------------------------------------------------------------- targets
 def _class_targets(model, names: Sequence[str], templates: str, show: bool) -> torch.Tensor:
-    """(C, D) unit class embeddings: explain.zero_shot_classifier with open_clip's ImageNet templates."""
+    """(C, D) unit class embeddings: prompts.zero_shot_classifier with open_clip's ImageNet templates."""
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
-
-    from .explain import zero_shot_classifier
 
     chosen = {"openai": OPENAI_IMAGENET_TEMPLATES, "simple": SIMPLE_IMAGENET_TEMPLATES}[templates]
     return zero_shot_classifier(model, names, chosen, progress=show).cpu()
@@ -206,7 +206,7 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
     """
     from .adapters import MODES
     from .evaluate import weights_digest
-    from .explain import _run_method, encode_texts, explaining
+    from .explain import _run_method
     from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS
     from .methods import QK_CHOICES, get_image_method, prepare_options
 

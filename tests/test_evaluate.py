@@ -378,7 +378,7 @@ def test_authors_protocol_explains_what_their_scripts_explain(tiny, tmp_path, mo
 
     import dataclasses
 
-    from gradeclip_utils.explain import zero_shot_classifier
+    from gradeclip_utils.prompts import zero_shot_classifier
 
     data = ev.synthetic_set(tiny, 2)
     # a classifier of templates (as ImageNet's), so that its rows are not the bare names' embeddings

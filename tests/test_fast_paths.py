@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradeclip_utils.explain import explaining
+from gradeclip_utils.session import explaining
 from gradeclip_utils.methods.autograd import batched_vjp
 from gradeclip_utils.methods.grad_eclip import channel_weights, image_maps, token_relevance
 

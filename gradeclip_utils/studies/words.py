@@ -272,7 +272,7 @@ def word_deletion_check(model: Any, image: Any, explanation: Any, *, image_index
     import torch
 
     from .. import encode_texts
-    from ..explain import explaining
+    from ..session import explaining
     from ..inputs import prepare_images
 
     rng = np.random.default_rng(seed)
