@@ -27,7 +27,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from .scenes import COLOURS, SHAPES, SIZES, Scene, SceneObject
+from .world import COLOURS, SHAPES, SIZES, Scene, SceneObject
 
 __all__ = [
     "NounPhrase",
