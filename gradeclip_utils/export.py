@@ -29,10 +29,10 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from .plotting import save_figure
+from .resources import REPO_ROOT
 
 MANIFEST_VERSION = 1
 DEFAULT_FORMATS = ("png", "pdf")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 

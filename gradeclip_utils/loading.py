@@ -4,7 +4,6 @@ embedded synthetic model, Hugging Face transformers checkpoints (``hf:``) and Op
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -16,6 +15,7 @@ from torch import nn
 from .adapters import FAMILIES, CLIPAdapter, get_adapter
 from .adapters.hf_clip import HFCLIPPair
 from .checkpoints import CLIP_MEAN, CLIP_STD, check_checkpoint
+from .resources import SYNTHETIC_DIR
 from .text import checked_tokenizer, tokenize
 
 SYNTHETIC = "synthetic"
@@ -24,8 +24,6 @@ OPENAI_CLIP_PREFIX = "openai-clip:"
 #: the size of CLIP's byte-pair vocabulary (open_clip's bundled tokenizer)
 CLIP_VOCAB_SIZE = 49408
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
-DATA_DIR = Path(os.environ.get("GRADECLIP_DATA", Path(__file__).resolve().parent.parent / "data"))
-SYNTHETIC_DIR = DATA_DIR / "synthetic_clip"
 
 
 class WeightsUnavailableError(RuntimeError):

@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .resources import REPO_ROOT
+
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"  # papermill's tag for the cell it inserts

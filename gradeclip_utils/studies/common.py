@@ -9,9 +9,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PHOTOS_DIR = REPO_ROOT / "data" / "photos"
-SAMPLES_DIR = REPO_ROOT / "data" / "samples"
+from ..resources import PHOTOS_DIR, SAMPLES_DIR
+
 SYNTHETIC = "synthetic"
 
 #: captions that describe the bundled photographs (used by the notebooks on a real model)
