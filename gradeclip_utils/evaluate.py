@@ -79,6 +79,7 @@ from .metrics import (AUC_DEFINITION, authors_heatmap, authors_perturbation_curv
                       localisation_scores, perturbation_curves_over_ties, shrink_to_640)
 from .prompts import encode_texts, zero_shot_classifier
 from .session import explaining
+from .stats import bootstrap_ci, paired_difference
 
 DATASETS = ("synthetic", "imagenet", "folder")
 RANDOM = "random"
@@ -799,22 +800,6 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] | 
 
 
 # ----------------------------------------------------------------------------------- reporting
-def bootstrap_ci(values: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean and 95% percentile-bootstrap interval of the mean (NaNs dropped)."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return math.nan, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, (resamples, values.size))].mean(axis=1)
-    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of a - b over paired items with its 95% percentile-bootstrap interval."""
-    return bootstrap_ci(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64), resamples, seed)
-
-
 def _fmt(mean: float, low: float, high: float, percent: bool = False) -> str:
     if not np.isfinite(mean):
         return "n/a"

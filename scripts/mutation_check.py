@@ -170,9 +170,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              "max(1, math.floor(width / pw + 0.5))", "max(1, math.floor(width / pw))",
              CORE + ("tests/test_robustness_images.py",), "native width rounded down instead of to the nearest patch"),
     # ------------------------------------------------------------------ evaluation and the embedded model
-    Mutation("bootstrap-90-percent", "gradeclip_utils/evaluate.py",
-             "float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))",
-             "float(np.percentile(means, 5)), float(np.percentile(means, 95))",
+    Mutation("bootstrap-90-percent", "gradeclip_utils/stats.py",
+             "tail = (100 - 100 * level) / 2", "tail = (100 - 90) / 2",
              ("tests/test_evaluate.py",), "bootstrap interval at 90% instead of 95%"),
     Mutation("synthetic-layers-second-last", "gradeclip_utils/synthetic/evaluate.py",
              "batch_size: int = 64, layers=(-1,), mode: str = \"faithful\")",

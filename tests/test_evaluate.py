@@ -18,6 +18,7 @@ from scipy.ndimage import distance_transform_edt
 import reference
 
 from gradeclip_utils import evaluate as ev
+from gradeclip_utils import stats
 from gradeclip_utils.metrics import AUC_DEFINITION
 
 FAST = dict(batch_size=4, rise_masks=16, m2ib_steps=1, m2ib_samples=1, timing_images=1, timing_repeats=1,
@@ -30,10 +31,10 @@ def read(path):
 
 
 def test_bootstrap_and_paired_difference_hand_values():
-    assert ev.bootstrap_ci(np.array([0.25, 0.25, 0.25])) == (0.25, 0.25, 0.25)
-    mean, low, high = ev.bootstrap_ci(np.array([0.0, 1.0, np.nan, 1.0, 0.0]))
+    assert stats.bootstrap_ci(np.array([0.25, 0.25, 0.25])) == (0.25, 0.25, 0.25)
+    mean, low, high = stats.bootstrap_ci(np.array([0.0, 1.0, np.nan, 1.0, 0.0]))
     assert mean == 0.5 and 0.0 <= low < 0.5 < high <= 1.0
-    assert ev.paired_difference(np.array([1.0, 1.0]), np.array([0.0, 1.0]))[0] == 0.5
+    assert stats.paired_difference(np.array([1.0, 1.0]), np.array([0.0, 1.0]))[0] == 0.5
 
 
 def test_bootstrap_interval_is_the_95_percent_one():
@@ -41,11 +42,11 @@ def test_bootstrap_interval_is_the_95_percent_one():
     error (20,000 resamples: about 0.0005), the normal one 0.5 +- 1.96 * sqrt(0.25 / 400) = 0.5 +- 0.049
     (a 90% interval would be +- 0.041)."""
     values = np.tile([0.0, 1.0], 200)
-    mean, low, high = ev.bootstrap_ci(values, resamples=20_000)
+    mean, low, high = stats.bootstrap_ci(values, resamples=20_000)
     assert mean == 0.5
     half = 1.96 * math.sqrt(0.25 / 400)
     assert low == pytest.approx(0.5 - half, abs=0.002) and high == pytest.approx(0.5 + half, abs=0.002)
-    mean, low, high = ev.paired_difference(values, np.zeros(400), resamples=20_000)
+    mean, low, high = stats.paired_difference(values, np.zeros(400), resamples=20_000)
     assert low == pytest.approx(0.5 - half, abs=0.002) and high == pytest.approx(0.5 + half, abs=0.002)
 
 

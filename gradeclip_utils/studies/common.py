@@ -1,10 +1,9 @@
-"""What the studies share: the sample images, image naming, model loading for notebooks, and intervals."""
+"""What the studies share: the sample images, image naming, model loading for notebooks, and map shares in masks."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -86,32 +85,6 @@ def default_images(model: Any, n_scenes: int = 4, seed: int = 2024) -> list[Any]
 
         return [generate_scene(seed + i, n_objects=2 + i % 3) for i in range(n_scenes)]
     return [str(p) for p in sample_photos()]
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval (95% by default) of a proportion; (nan, nan) for n = 0."""
-    if n <= 0:
-        return float("nan"), float("nan")
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def bootstrap_ci(values: Sequence[float], statistic: Callable[[np.ndarray], float] = np.mean,
-                 n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic`` over ``values`` (NaNs dropped)."""
-    data = np.asarray(values, dtype=np.float64)
-    data = data[np.isfinite(data)]
-    if len(data) == 0:
-        return float("nan"), float("nan")
-    if len(data) == 1:
-        return float(data[0]), float(data[0])
-    rng = np.random.default_rng(seed)
-    stats = np.array([statistic(data[rng.integers(0, len(data), len(data))]) for _ in range(n_boot)])
-    alpha = (1 - level) / 2
-    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
 
 
 def mask_shares(heatmap: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, float]:

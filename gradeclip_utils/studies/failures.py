@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from ..maps import normalise_maps, resize_maps
-from .common import as_input, default_resolution, image_name, mask_shares, wilson_interval
+from ..stats import wilson_interval
+from .common import as_input, default_resolution, image_name, mask_shares
 
 KINDS: tuple[str, ...] = ("colour", "shape", "size", "count", "binding", "relation")
 #: start of each kind's block of held-out scene ids (disjoint from the evaluation command's blocks)

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..stats import bootstrap_ci
 from .common import as_input, default_resolution, image_name
 
 #: a selection of the prompt templates OpenAI used for zero-shot ImageNet
@@ -149,11 +150,9 @@ def summarise(frame, by: str | Sequence[str], value: str = "relative_importance"
     """Mean of ``value`` per group with a 95% percentile-bootstrap interval and the group's size."""
     import pandas as pd
 
-    from .common import bootstrap_ci
-
     rows = []
     for key, group in frame.groupby(by, sort=False):
-        low, high = bootstrap_ci(group[value].to_numpy(), n_boot=n_boot)
+        _, low, high = bootstrap_ci(group[value].to_numpy(), resamples=n_boot)
         key = key if isinstance(key, tuple) else (key,)
         names = [by] if isinstance(by, str) else list(by)
         rows.append({**dict(zip(names, key)), "n": len(group), "mean": float(group[value].mean()),
