@@ -80,6 +80,7 @@ from .metrics import (AUC_DEFINITION, authors_heatmap, authors_perturbation_curv
 from .prompts import encode_texts, zero_shot_classifier
 from .session import explaining
 from .stats import bootstrap_ci, paired_difference
+from .timing import Case, Meter, run_alternating
 
 DATASETS = ("synthetic", "imagenet", "folder")
 RANDOM = "random"
@@ -353,11 +354,6 @@ def unsupported_methods(model, options: dict[str, dict[str, Any]]) -> dict[str, 
     return {name: reason for name, reason in reasons.items() if reason is not None}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_speed(model, pixels: torch.Tensor, classifier: torch.Tensor, methods: Sequence[str],
                   options: dict[str, dict[str, Any]], prompts: Sequence[int] = (1, 8), repeats: int = 5,
                   slow_seconds: float = 5.0, budget_seconds: float = 1.0, max_runs: int = 50
@@ -370,15 +366,8 @@ def measure_speed(model, pixels: torch.Tensor, classifier: torch.Tensor, methods
     spent; two runs when the warm-up took over ``slow_seconds``. Rows also hold ``ratio_k{count}``
     (``speed_ratios`` over the measured rows).
     """
-    device = model.device
-    pixels = pixels.to(device)
-
-    def once(fn: Callable[[], Any]) -> float:
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        return time.perf_counter() - start
+    meter = Meter(model.device, collect_garbage=False)
+    pixels = pixels.to(model.device)
 
     def forward() -> Any:
         with torch.no_grad():
@@ -386,21 +375,18 @@ def measure_speed(model, pixels: torch.Tensor, classifier: torch.Tensor, methods
 
     rows = []
     batch = pixels.shape[0]
-    once(forward)
+    meter.run(forward)
     for name in tqdm(methods, desc="timing", leave=False):
         row: dict[str, Any] = {"method": name, "images": batch}
         for count in prompts:
             targets = classifier[torch.arange(count) % classifier.shape[0]]
             call = lambda: run_method(model, name, pixels, targets, options[name])  # noqa: E731
-            first = once(call)
-            runs, plain = [], [once(forward)]
-            wanted = repeats if first <= slow_seconds else 2
-            while len(runs) < wanted or (first <= slow_seconds and sum(runs) < budget_seconds
-                                         and len(runs) < max_runs):
-                runs.append(once(call))
-                plain.append(once(forward))
-            row[f"seconds_k{count}"] = min(runs)
-            row[f"forward_k{count}"] = min(plain)
+            case = Case(name, "method", call, k=count, statistic=min)
+            plain = Case("plain forward", "forward", forward, k=count, statistic=min)
+            run_alternating(case, plain, meter, repeats=repeats, slow_seconds=slow_seconds,
+                            budget_seconds=budget_seconds, max_runs=max_runs)
+            row[f"seconds_k{count}"] = case.wall
+            row[f"forward_k{count}"] = plain.wall
         rows.append(row)
     for row in rows:  # the ratios against the fastest forward of this measurement, also in timing.csv
         row.update({f"ratio_k{count}": ratio for count, ratio in speed_ratios(rows, prompts)[row["method"]].items()})
