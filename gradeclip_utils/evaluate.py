@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import math
 import sys
@@ -78,6 +77,7 @@ from .methods import get_image_method, list_methods
 from .metrics import (AUC_DEFINITION, authors_heatmap, authors_perturbation_curves, cascading_randomisation,
                       localisation_scores, perturbation_curves_over_ties, shrink_to_640)
 from .prompts import encode_texts, zero_shot_classifier
+from .records import RunFolder, provenance, weights_digest
 from .session import explaining
 from .stats import bootstrap_ci, paired_difference
 from .timing import Case, Meter, run_alternating
@@ -164,17 +164,6 @@ def _native_picture(path: Path):
 
 def _load_picture(model, path: Path):
     return model.preprocess(_native_picture(path)).float()
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """A short hash of a module's parameters and buffers (names, dtypes, shapes and values): results and
-    caches made with other weights under the same model name must not be reused."""
-    h = hashlib.blake2b(digest_size=8)
-    with torch.no_grad():
-        for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
-            h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            h.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def imagenet_set(model, root: Path, n: int, *, templates: str = "openai", target: str = "gt",
@@ -606,7 +595,7 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] | 
     unknown = [m for m in methods + list(sanity_methods or []) if m != RANDOM and m not in list_methods()["image"]]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; available: {list_methods()['image'] + [RANDOM]}")
-    config = {"dataset": data.name, "model": model.describe(), "weights": weights_digest(model.model),
+    config = {"dataset": data.name, **provenance(model, weights=True),
               "tolerance": tolerance, "batch_size": batch_size, "rise_masks": rise_masks,
               "rise_centre": rise_centre, "m2ib_steps": m2ib_steps, "m2ib_samples": m2ib_samples, "seed": seed,
               "faithfulness": faithfulness,
@@ -615,10 +604,10 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] | 
               **({"timing_budget": timing_budget} if timing_budget != 1.0 else {})}
     options = {name: method_options(name, config, data.classifier)
                for name in dict.fromkeys(methods + list(sanity_methods or []))}
-    config_path = out / "config.json"
-    previous = json.loads(config_path.read_text()) if config_path.exists() and not overwrite else None
-    if previous is not None and distributed.same_settings({k: v for k, v in previous.items() if k != "not_run"},
-                                                          config):
+    run_folder = RunFolder(out, "config.json", what="a run",
+                           outputs=("per_image.csv", "timing.csv", "sanity.csv", "summary.md", "run.json"))
+    previous = run_folder.previous(overwrite)
+    if previous is not None and run_folder.matches({k: v for k, v in previous.items() if k != "not_run"}, config):
         refused = dict(previous.get("not_run", {}))  # a resumed run: what its start found
     else:
         refused = unsupported_methods(model, options)
@@ -634,21 +623,17 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] | 
             print("not run on this model: " + "; ".join(refused.values()), file=sys.stderr)
     context.check_same("model weights", config["weights"])
     parts = out / distributed.PARTS
-    outputs = [out / name for name in ("per_image.csv", "timing.csv", "sanity.csv", "summary.md", "run.json")]
     batches = _batches(data.items, batch_size)
 
     def prepare() -> None:  # on rank 0, before any rank reads what is done
         if previous is not None:  # read above, before anything was written
-            if not distributed.same_settings(previous, config):
-                raise ValueError(f"{out} holds a run with other settings ({config_path}); use another --out or "
-                                 "--overwrite to start afresh")
+            run_folder.check(previous, config)
         elif overwrite:
-            for path in outputs:
-                path.unlink(missing_ok=True)
+            run_folder.clear()
             Journal.remove(parts, "per_image")
             Journal.remove(parts, "sanity")
         record = context.record(distributed.items_per_rank([len(b) for b in batches], context.world_size))
-        distributed.atomic_write_text(config_path, json.dumps({**config, "distributed": record}, indent=2) + "\n")
+        distributed.atomic_write_text(run_folder.record, json.dumps({**config, "distributed": record}, indent=2) + "\n")
 
     context.on_main(prepare)
     logit_scale = model.adapter.logit_scale
@@ -769,13 +754,8 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] | 
                                     required=set(sanity_all) if sanity_images > 0 else set(),
                                     required_key=lambda row: row["method"])
         Journal.remove(parts, "sanity")
-        seconds = max(p["seconds"] for p in phase)
-        total = sum(p["computed"] for p in phase)
-        run = {"world_size": context.world_size, "device": str(model.device), "results": len(order),
-               "computed": total, "already_done": len(order) - total, "seconds": round(seconds, 3),
-               "cpu_seconds": round(sum(p["cpu_seconds"] for p in phase), 3),
-               "results_per_second": round(distributed.rate(total, seconds), 3)}
-        distributed.atomic_write_text(out / "run.json", json.dumps(run, indent=2) + "\n")
+        run_folder.write_run(world_size=context.world_size, device=model.device, unit="results", count=len(order),
+                             phases=phase)
         summary = summarise(out, data, config, command=command, methods=methods)
         distributed.atomic_write_text(out / "summary.md", summary["markdown"])
         plot_results(out, summary)

@@ -19,6 +19,7 @@ import reference
 
 from gradeclip_utils import evaluate as ev
 from gradeclip_utils import stats
+from gradeclip_utils.records import weights_digest
 from gradeclip_utils.metrics import AUC_DEFINITION
 
 FAST = dict(batch_size=4, rise_masks=16, m2ib_steps=1, m2ib_samples=1, timing_images=1, timing_repeats=1,
@@ -103,17 +104,17 @@ def test_synthetic_run_writes_tables_and_resumes(tiny, tmp_path, monkeypatch):
         ev.evaluate(tiny, data, tmp_path, methods=["grad_eclip"], **{**FAST, "rise_masks": 17})
     # the same model name with other weights (e.g. a retrained model) is other settings too
     param = next(tiny.model.parameters())
-    kept, digest = param.detach().clone(), ev.weights_digest(tiny.model)
+    kept, digest = param.detach().clone(), weights_digest(tiny.model)
     with torch.no_grad():
         param.view(-1)[0] += 1.0
     try:
-        assert ev.weights_digest(tiny.model) != digest
+        assert weights_digest(tiny.model) != digest
         with pytest.raises(ValueError, match="other settings"):
             ev.evaluate(tiny, data, tmp_path, methods=["grad_eclip"], **FAST)
     finally:
         with torch.no_grad():
             param.copy_(kept)
-    assert ev.weights_digest(tiny.model) == digest
+    assert weights_digest(tiny.model) == digest
     ev.evaluate(tiny, data, tmp_path, methods=["grad_eclip"], sanity_images=0, overwrite=True, **FAST)
     assert len(read(tmp_path / "per_image.csv")) == 5
 
@@ -449,7 +450,7 @@ def test_published_per_image_results_are_reproduced_for_every_method(tmp_path):
     config = json.loads((PUBLISHED_RUN / "config.json").read_text())
     published = {(row["key"], row["method"]): row for row in read(PUBLISHED_RUN / "per_image.csv")}
     model = load_model("synthetic", device="cpu")
-    assert ev.weights_digest(model.model) == config["weights"], "the committed model is not the published run's"
+    assert weights_digest(model.model) == config["weights"], "the committed model is not the published run's"
     data = ev.synthetic_set(model, config["distributed"]["items_per_rank"][0])
     subset = dataclasses.replace(data, items=data.items[:6])
     ev.evaluate(model, subset, tmp_path, batch_size=6, tolerance=config["tolerance"], rise_masks=config["rise_masks"],
