@@ -193,11 +193,6 @@ def plot_by(frame, column: str = "pos", value: str = "relative_importance", hue:
     return fig
 
 
-def plot_by_pos(frame, value: str = "relative_importance", hue: str | None = None):
-    """Mean importance per part of speech (``plot_by`` with column "pos")."""
-    return plot_by(frame, "pos", value, hue)
-
-
 def plot_by_concreteness(frame, value: str = "relative_importance"):
     """Importance against concreteness (Brysbaert et al. 2014) with a linear fit and its 95% interval,
     and the mean per concreteness band."""
