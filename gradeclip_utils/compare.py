@@ -73,7 +73,7 @@ class ModelComparison:
         from min(0, smallest value) to the largest), so that a model whose maps are weaker looks weaker, as
         in the explorers; by default each map is min-max scaled on its own. ``reuse``: a figure this method
         drew before, updated in place when its layout fits."""
-        from .plotting import heat_map_panels, signed
+        from .plotting import heat_map_panels, signed  # matplotlib: loaded when a figure is first drawn
 
         maps = self.upsampled(image)  # (M, K, H, W)
         panels, titles, flagged = [], [], []

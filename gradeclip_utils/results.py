@@ -88,7 +88,7 @@ class ImageExplanation:
 
     def plot(self, **kwargs: Any):
         """Grid of images x prompts with heat-map overlays and scores (see plotting.plot_explanation_grid)."""
-        from .plotting import plot_explanation_grid
+        from .plotting import plot_explanation_grid  # matplotlib: loaded when a figure is first drawn
 
         return plot_explanation_grid(self, **kwargs)
 
@@ -158,12 +158,12 @@ class TextExplanation:
             score=float(self.scores[image, text]))
 
     def plot_bar(self, image: int = 0, text: int = 0, **kwargs: Any):
-        from .plotting import plot_word_bars
+        from .plotting import plot_word_bars  # matplotlib: loaded when a figure is first drawn
 
         return plot_word_bars(self.pair(image, text), **kwargs)
 
     def plot_text(self, image: int = 0, text: int = 0, **kwargs: Any):
-        from .plotting import plot_highlighted_text
+        from .plotting import plot_highlighted_text  # matplotlib: loaded when a figure is first drawn
 
         return plot_highlighted_text(self.pair(image, text), **kwargs)
 
