@@ -27,8 +27,8 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, statistic: Callable[[np.n
 
     The values are resampled with replacement ``resamples`` times, the indices drawn from
     ``numpy.random.default_rng(seed)`` one resample after the other; the interval runs from the
-    ``(100 - 100 level) / 2`` to the ``(100 + 100 level) / 2`` percentile of the resampled statistic
-    (2.5 and 97.5 for the default 95%). One value gives (value, value, value); none gives NaNs.
+    ``alpha = (1 - level) / 2`` to the ``1 - alpha`` quantile of the resampled statistic (linear
+    interpolation, numpy's default). One value gives (value, value, value); none gives NaNs.
     """
     data = np.asarray(values, dtype=np.float64)
     data = data[np.isfinite(data)]
@@ -44,8 +44,8 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, statistic: Callable[[np.n
         rows = data[rng.integers(0, data.size, (min(step, resamples - start), data.size))]
         parts.append(rows.mean(axis=1) if statistic is np.mean else np.array([statistic(row) for row in rows]))
     resampled = np.concatenate(parts)
-    tail = (100 - 100 * level) / 2
-    return Interval(estimate, float(np.percentile(resampled, tail)), float(np.percentile(resampled, 100 - tail)))
+    alpha = (1 - level) / 2
+    return Interval(estimate, float(np.quantile(resampled, alpha)), float(np.quantile(resampled, 1 - alpha)))
 
 
 def paired_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, resamples: int = 1000,
