@@ -22,13 +22,13 @@ class Interval(NamedTuple):
 
 
 def bootstrap_ci(values: Sequence[float] | np.ndarray, statistic: Callable[[np.ndarray], float] = np.mean, *,
-                 resamples: int = 1000, level: float = 0.95, seed: int = 0) -> Interval:
+                 resamples: int = 1000, tail: float = 0.025, seed: int = 0) -> Interval:
     """``statistic`` of ``values`` (non-finite values dropped) with its percentile-bootstrap interval.
 
     The values are resampled with replacement ``resamples`` times, the indices drawn from
     ``numpy.random.default_rng(seed)`` one resample after the other; the interval runs from the
-    ``alpha = (1 - level) / 2`` to the ``1 - alpha`` quantile of the resampled statistic (linear
-    interpolation, numpy's default). One value gives (value, value, value); none gives NaNs.
+    ``tail`` to the ``1 - tail`` quantile of the resampled statistic (linear interpolation, numpy's
+    default): 95% for the default 0.025. One value gives (value, value, value); none gives NaNs.
     """
     data = np.asarray(values, dtype=np.float64)
     data = data[np.isfinite(data)]
@@ -44,15 +44,14 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, statistic: Callable[[np.n
         rows = data[rng.integers(0, data.size, (min(step, resamples - start), data.size))]
         parts.append(rows.mean(axis=1) if statistic is np.mean else np.array([statistic(row) for row in rows]))
     resampled = np.concatenate(parts)
-    alpha = (1 - level) / 2
-    return Interval(estimate, float(np.quantile(resampled, alpha)), float(np.quantile(resampled, 1 - alpha)))
+    return Interval(estimate, float(np.quantile(resampled, tail)), float(np.quantile(resampled, 1 - tail)))
 
 
 def paired_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, resamples: int = 1000,
-                      level: float = 0.95, seed: int = 0) -> Interval:
+                      tail: float = 0.025, seed: int = 0) -> Interval:
     """Mean of a - b over paired items with its percentile-bootstrap interval (see ``bootstrap_ci``)."""
     difference = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    return bootstrap_ci(difference, resamples=resamples, level=level, seed=seed)
+    return bootstrap_ci(difference, resamples=resamples, tail=tail, seed=seed)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

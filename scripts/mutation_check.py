@@ -171,7 +171,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              CORE + ("tests/test_robustness_images.py",), "native width rounded down instead of to the nearest patch"),
     # ------------------------------------------------------------------ evaluation and the embedded model
     Mutation("bootstrap-90-percent", "gradeclip_utils/stats.py",
-             "    alpha = (1 - level) / 2\n    return", "    alpha = (1 - 0.90) / 2\n    return",
+             "resamples: int = 1000, tail: float = 0.025, seed", "resamples: int = 1000, tail: float = 0.05, seed",
              ("tests/test_evaluate.py",), "bootstrap interval at 90% instead of 95%"),
     Mutation("synthetic-layers-second-last", "gradeclip_utils/synthetic/evaluate.py",
              "batch_size: int = 64, layers=(-1,), mode: str = \"faithful\")",
