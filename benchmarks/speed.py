@@ -34,156 +34,19 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
-import time
 import tracemalloc
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
+from gradeclip_utils.timing import Case, Meter, run_cases
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 MiB = 2 ** 20
-
-
-# ------------------------------------------------------------------------------------------ measuring
-def _proc_status(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _release_free_memory() -> None:
-    """Give the C heap's free pages back to the OS (glibc ``malloc_trim``), so that the resident set
-    holds only live memory and a call's peak resident set measures what the call itself needs."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's resident-set high-water mark (Linux ``/proc/self/clear_refs``)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-@dataclass
-class Sample:
-    wall: float
-    cpu: float
-    peak: float | None  # bytes above the memory in use before the call
-
-
-class Meter:
-    """Times one call: synchronises CUDA, records wall and CPU time and the peak memory the call added."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.cuda = device.type == "cuda"
-        self.rss_peak_works = not self.cuda and _reset_peak_rss() and _proc_status("VmHWM") is not None
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-
-    def in_use(self) -> int | None:
-        if self.cuda:
-            return torch.cuda.memory_allocated(self.device)
-        return _proc_status("VmRSS")
-
-    def run(self, fn: Callable[[], Any], memory: bool = False) -> Sample:
-        """Time one call; with ``memory``, also measure the peak memory it adds (on the CPU this first
-        returns the heap's free pages to the OS, which makes the call itself slower: use it in warm-up)."""
-        gc.collect()
-        self.sync()
-        if memory and not self.cuda:
-            _release_free_memory()
-        before = self.in_use()
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif self.rss_peak_works:
-            _reset_peak_rss()
-        wall, cpu = time.perf_counter(), time.process_time()
-        out = fn()
-        self.sync()
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        if not memory:
-            peak = None
-        elif self.cuda:
-            peak = torch.cuda.max_memory_allocated(self.device) - before
-        elif self.rss_peak_works:
-            peak = _proc_status("VmHWM") - before
-        else:
-            peak = None
-        del out
-        return Sample(wall, cpu, peak)
-
-
-@dataclass
-class Case:
-    name: str
-    group: str
-    fn: Callable[[], Any]
-    k: int | None = None
-    note: str = ""
-    samples: list[Sample] = field(default_factory=list)
-    single: bool = False
-    peak: float | None = None  # bytes the call adds at its peak, measured in the warm-up run
-
-    @property
-    def wall(self) -> float:
-        return statistics.median(s.wall for s in self.samples)
-
-    @property
-    def cpu(self) -> float:
-        return statistics.median(s.cpu for s in self.samples)
-
-    def record(self, base: "Case") -> dict[str, Any]:
-        """The case's results, with its ratios to ``base``, for the JSON output."""
-        return {"name": self.name, "k": self.k, "wall": self.wall, "cpu": self.cpu,
-                "wall_ratio": self.wall / base.wall, "cpu_ratio": self.cpu / base.cpu,
-                "peak_bytes": self.peak, "single_run": self.single, "note": self.note}
-
-
-def run_cases(cases: list[Case], meter: Meter, repeats: int, slow_s: float, log: Callable[[str], None]) -> None:
-    """Warm every case up once (measuring its peak memory), then run them round-robin; a case slower
-    than ``slow_s`` in its warm-up keeps that one run (marked) instead of being repeated. A case that
-    the model's family cannot run (``UnsupportedMethodError``) is dropped from ``cases`` with the reason."""
-    from gradeclip_utils.adapters import UnsupportedMethodError
-
-    for case in list(cases):
-        try:
-            sample = meter.run(case.fn, memory=True)
-        except UnsupportedMethodError as error:
-            log(f"  {case.name}: not available for this family ({error})")
-            cases.remove(case)
-            continue
-        case.peak = sample.peak
-        log(f"  warm-up {case.name}{'' if case.k is None else f' K={case.k}'}: {sample.wall:.2f} s")
-        if sample.wall > slow_s:
-            case.samples.append(sample)
-            case.single = True
-    for r in range(repeats):
-        for case in cases:
-            if not case.single:
-                case.samples.append(meter.run(case.fn))
-        log(f"  repeat {r + 1}/{repeats} done")
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -375,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from gradeclip_utils import load_model
     from gradeclip_utils.config import ExplainConfig
-    from gradeclip_utils.explain import encode_texts, explain_image
+    from gradeclip_utils.explain import explain_image
+    from gradeclip_utils.prompts import encode_texts
     from gradeclip_utils.metrics.faithfulness import perturbation_curves
     from gradeclip_utils.methods import IMAGE_METHODS, get_spec
     from gradeclip_utils.methods.grad_eclip import image_maps, token_relevance

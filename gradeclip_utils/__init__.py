@@ -7,12 +7,14 @@ several models side by side.
 """
 
 from .adapters import UnsupportedMethodError, UnsupportedModelError, get_adapter
+from .checkpoints import UnsafeCheckpointError
 from .compare import ModelComparison, compare_models
 from .config import ExplainConfig
 from .errors import GradEclipError
-from .explain import encode_texts, explain_image, explain_text
-from .loading import LoadedModel, UnsafeCheckpointError, WeightsUnavailableError, load_model, wrap_model
+from .explain import explain_image, explain_text
+from .loading import LoadedModel, WeightsUnavailableError, load_model, wrap_model
 from .methods import list_methods
+from .prompts import encode_texts
 from .results import ImageExplanation, TextExplanation, WordImportance
 
 __version__ = "0.1.0"

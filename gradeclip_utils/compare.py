@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .inputs import upsample
+from .maps import resize_maps
 from .results import ImageExplanation
 
 
@@ -49,7 +49,7 @@ class ModelComparison:
     def upsampled(self, image: int = 0) -> torch.Tensor:
         """Raw maps of one image, every model upsampled to the common size: (M, K, H, W)."""
         size = self.common_size(image)
-        return torch.stack([upsample(ex.raw[image], size) for ex in self.explanations])
+        return torch.stack([resize_maps(ex.raw[image], size) for ex in self.explanations])
 
     def agreement(self) -> np.ndarray:
         """(B, K, M, M) Spearman rank correlations between the models' maps of each image and prompt
@@ -73,7 +73,7 @@ class ModelComparison:
         from min(0, smallest value) to the largest), so that a model whose maps are weaker looks weaker, as
         in the explorers; by default each map is min-max scaled on its own. ``reuse``: a figure this method
         drew before, updated in place when its layout fits."""
-        from .plotting import heat_map_panels, signed
+        from .plotting import heat_map_panels, signed  # matplotlib: loaded when a figure is first drawn
 
         maps = self.upsampled(image)  # (M, K, H, W)
         panels, titles, flagged = [], [], []

@@ -13,7 +13,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 from .adapters import MODES
 from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS
-from .methods import QK_CHOICES
+from .methods.grad_eclip import QK_CHOICES
 
 #: option values a result's settings record (others, such as tensors, are left out)
 SCALARS = (int, float, str, bool)

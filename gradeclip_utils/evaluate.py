@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import math
 import sys
@@ -74,13 +73,16 @@ from . import distributed
 from .adapters import UnsupportedMethodError
 from .config import ExplainConfig
 from .distributed import Journal
-from .explain import zero_shot_classifier
 from .inputs import IMAGE_SUFFIXES, class_names
 from .methods import MethodSpec, get_spec, method_specs
 from .methods.clip_surgery import AUTHORS_CLASS_SET as AUTHORS_SURGERY_NAMES  # noqa: F401 (its name here before)
 from .metrics import (AUC_DEFINITION, authors_heatmap, authors_perturbation_curves, cascading_randomisation,
                       localisation_scores, perturbation_curves_over_ties, shrink_to_640)
+from .prompts import encode_texts, zero_shot_classifier
+from .records import RunFolder, provenance, weights_digest
 from .session import run_image_method
+from .stats import bootstrap_ci, paired_difference
+from .timing import Case, Meter, run_alternating
 
 DATASETS = ("synthetic", "imagenet", "folder")
 RANDOM = "random"
@@ -135,7 +137,6 @@ def _preprocessed_mask(model, mask: np.ndarray) -> np.ndarray:
 
 def synthetic_set(model, n: int, *, offset: int | None = None) -> EvalSet:
     """``n`` held-out synthetic scenes, each with one uniquely named object and its visible mask."""
-    from .explain import encode_texts
     from .synthetic.captions import class_prompts
     from .synthetic.evaluate import OFFSETS, localisation_items
 
@@ -163,17 +164,6 @@ def _native_picture(path: Path):
 
 def _load_picture(model, path: Path):
     return model.preprocess(_native_picture(path)).float()
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """A short hash of a module's parameters and buffers (names, dtypes, shapes and values): results and
-    caches made with other weights under the same model name must not be reused."""
-    h = hashlib.blake2b(digest_size=8)
-    with torch.no_grad():
-        for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
-            h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            h.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def imagenet_set(model, root: Path, n: int, *, templates: str = "openai", target: str = "gt",
@@ -220,7 +210,6 @@ def imagenet_set(model, root: Path, n: int, *, templates: str = "openai", target
 
 def folder_set(model, csv_path: Path, n: int | None = None) -> EvalSet:
     """Images with a CSV of ``image,prompt[,mask]`` rows."""
-    from .explain import encode_texts
     from .inputs import load_image, to_rgb
 
     csv_path = Path(csv_path)
@@ -330,11 +319,6 @@ def unsupported_methods(model, options: dict[str, dict[str, Any]]) -> dict[str, 
     return {name: reason for name, reason in reasons.items() if reason is not None}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_speed(model, pixels: torch.Tensor, classifier: torch.Tensor, methods: Sequence[str],
                   options: dict[str, dict[str, Any]], prompts: Sequence[int] = (1, 8), repeats: int = 5,
                   slow_seconds: float = 5.0, budget_seconds: float = 1.0, max_runs: int = 50
@@ -347,15 +331,8 @@ def measure_speed(model, pixels: torch.Tensor, classifier: torch.Tensor, methods
     spent; two runs when the warm-up took over ``slow_seconds``. Rows also hold ``ratio_k{count}``
     (``speed_ratios`` over the measured rows).
     """
-    device = model.device
-    pixels = pixels.to(device)
-
-    def once(fn: Callable[[], Any]) -> float:
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        return time.perf_counter() - start
+    meter = Meter(model.device, collect_garbage=False)
+    pixels = pixels.to(model.device)
 
     def forward() -> Any:
         with torch.no_grad():
@@ -363,21 +340,18 @@ def measure_speed(model, pixels: torch.Tensor, classifier: torch.Tensor, methods
 
     rows = []
     batch = pixels.shape[0]
-    once(forward)
+    meter.run(forward)
     for name in tqdm(methods, desc="timing", leave=False):
         row: dict[str, Any] = {"method": name, "images": batch}
         for count in prompts:
             targets = classifier[torch.arange(count) % classifier.shape[0]]
             call = lambda: run_method(model, name, pixels, targets, options[name])  # noqa: E731
-            first = once(call)
-            runs, plain = [], [once(forward)]
-            wanted = repeats if first <= slow_seconds else 2
-            while len(runs) < wanted or (first <= slow_seconds and sum(runs) < budget_seconds
-                                         and len(runs) < max_runs):
-                runs.append(once(call))
-                plain.append(once(forward))
-            row[f"seconds_k{count}"] = min(runs)
-            row[f"forward_k{count}"] = min(plain)
+            case = Case(name, "method", call, k=count, statistic=min)
+            plain = Case("plain forward", "forward", forward, k=count, statistic=min)
+            run_alternating(case, plain, meter, repeats=repeats, slow_seconds=slow_seconds,
+                            budget_seconds=budget_seconds, max_runs=max_runs)
+            row[f"seconds_k{count}"] = case.wall
+            row[f"forward_k{count}"] = plain.wall
         rows.append(row)
     for row in rows:  # the ratios against the fastest forward of this measurement, also in timing.csv
         row.update({f"ratio_k{count}": ratio for count, ratio in speed_ratios(rows, prompts)[row["method"]].items()})
@@ -524,7 +498,6 @@ class AuthorsTargets:
     the same way."""
 
     def __init__(self, model, class_names: Sequence[str], methods: Sequence[str]) -> None:
-        from .explain import encode_texts
 
         def embed(names: Sequence[str], templates: tuple[str, ...]) -> torch.Tensor:
             if templates:
@@ -605,7 +578,7 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] | 
     if unknown:
         known = sorted(set(runnable) - set(_REFERENCES)) + list(_REFERENCES)
         raise ValueError(f"unknown methods {unknown}; available: {known}")
-    config = {"dataset": data.name, "model": model.describe(), "weights": weights_digest(model.model),
+    config = {"dataset": data.name, **provenance(model, weights=True),
               "tolerance": tolerance, "batch_size": batch_size, "rise_masks": rise_masks,
               "rise_centre": rise_centre, "m2ib_steps": m2ib_steps, "m2ib_samples": m2ib_samples, "seed": seed,
               "faithfulness": faithfulness,
@@ -614,10 +587,10 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] | 
               **({"timing_budget": timing_budget} if timing_budget != 1.0 else {})}
     options = {name: method_options(name, config, data.classifier)
                for name in dict.fromkeys(methods + list(sanity_methods or []))}
-    config_path = out / "config.json"
-    previous = json.loads(config_path.read_text()) if config_path.exists() and not overwrite else None
-    if previous is not None and distributed.same_settings({k: v for k, v in previous.items() if k != "not_run"},
-                                                          config):
+    run_folder = RunFolder(out, "config.json", what="a run",
+                           outputs=("per_image.csv", "timing.csv", "sanity.csv", "summary.md", "run.json"))
+    previous = run_folder.previous(overwrite)
+    if previous is not None and run_folder.matches({k: v for k, v in previous.items() if k != "not_run"}, config):
         refused = dict(previous.get("not_run", {}))  # a resumed run: what its start found
     else:
         refused = unsupported_methods(model, options)
@@ -633,21 +606,17 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] | 
             print("not run on this model: " + "; ".join(refused.values()), file=sys.stderr)
     context.check_same("model weights", config["weights"])
     parts = out / distributed.PARTS
-    outputs = [out / name for name in ("per_image.csv", "timing.csv", "sanity.csv", "summary.md", "run.json")]
     batches = _batches(data.items, batch_size)
 
     def prepare() -> None:  # on rank 0, before any rank reads what is done
         if previous is not None:  # read above, before anything was written
-            if not distributed.same_settings(previous, config):
-                raise ValueError(f"{out} holds a run with other settings ({config_path}); use another --out or "
-                                 "--overwrite to start afresh")
+            run_folder.check(previous, config)
         elif overwrite:
-            for path in outputs:
-                path.unlink(missing_ok=True)
+            run_folder.clear()
             Journal.remove(parts, "per_image")
             Journal.remove(parts, "sanity")
         record = context.record(distributed.items_per_rank([len(b) for b in batches], context.world_size))
-        distributed.atomic_write_text(config_path, json.dumps({**config, "distributed": record}, indent=2) + "\n")
+        distributed.atomic_write_text(run_folder.record, json.dumps({**config, "distributed": record}, indent=2) + "\n")
 
     context.on_main(prepare)
     logit_scale = model.adapter.logit_scale
@@ -769,13 +738,8 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] | 
                                     required=set(sanity_all) if sanity_images > 0 else set(),
                                     required_key=lambda row: row["method"])
         Journal.remove(parts, "sanity")
-        seconds = max(p["seconds"] for p in phase)
-        total = sum(p["computed"] for p in phase)
-        run = {"world_size": context.world_size, "device": str(model.device), "results": len(order),
-               "computed": total, "already_done": len(order) - total, "seconds": round(seconds, 3),
-               "cpu_seconds": round(sum(p["cpu_seconds"] for p in phase), 3),
-               "results_per_second": round(distributed.rate(total, seconds), 3)}
-        distributed.atomic_write_text(out / "run.json", json.dumps(run, indent=2) + "\n")
+        run_folder.write_run(world_size=context.world_size, device=model.device, unit="results", count=len(order),
+                             phases=phase)
         summary = summarise(out, data, config, command=command, methods=methods)
         distributed.atomic_write_text(out / "summary.md", summary["markdown"])
         plot_results(out, summary)
@@ -786,22 +750,6 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] | 
 
 
 # ----------------------------------------------------------------------------------- reporting
-def bootstrap_ci(values: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean and 95% percentile-bootstrap interval of the mean (NaNs dropped)."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return math.nan, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, (resamples, values.size))].mean(axis=1)
-    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of a - b over paired items with its 95% percentile-bootstrap interval."""
-    return bootstrap_ci(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64), resamples, seed)
-
-
 def _fmt(mean: float, low: float, high: float, percent: bool = False) -> str:
     if not np.isfinite(mean):
         return "n/a"

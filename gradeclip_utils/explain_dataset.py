@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import sys
 import time
 import warnings
@@ -56,7 +55,13 @@ from PIL import Image
 
 from . import distributed
 from .distributed import Context
-from .inputs import IMAGE_SUFFIXES, class_names
+from .config import ExplainConfig, check_choice
+from .inputs import DEFAULT_MAX_PATCHES, IMAGE_SUFFIXES, class_names
+from .maps import normalise_maps, resize_maps
+from .prompts import encode_texts, zero_shot_classifier
+from .records import RunFolder, provenance
+from .methods import get_image_method, get_spec, prepare_options
+from .session import check_supported, run_image_method
 
 FORMAT = "gradeclip-maps/1"
 SHARDS = "shards"
@@ -152,10 +157,8 @@ def _shard_file(j: int) -> str:
 
 # ------------------------------------------------------------------------------------- targets
 def _class_targets(model, names: Sequence[str], templates: str, show: bool) -> torch.Tensor:
-    """(C, D) unit class embeddings: explain.zero_shot_classifier with open_clip's ImageNet templates."""
+    """(C, D) unit class embeddings: prompts.zero_shot_classifier with open_clip's ImageNet templates."""
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
-
-    from .explain import zero_shot_classifier
 
     chosen = {"openai": OPENAI_IMAGENET_TEMPLATES, "simple": SIMPLE_IMAGENET_TEMPLATES}[templates]
     return zero_shot_classifier(model, names, chosen, progress=show).cpu()
@@ -203,13 +206,6 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
     a run on several processes (every rank calls this with the same arguments). A folder that holds a
     run with the same settings is resumed; other settings are an error unless ``overwrite``.
     """
-    from .config import ExplainConfig, check_choice
-    from .evaluate import weights_digest
-    from .explain import encode_texts
-    from .inputs import DEFAULT_MAX_PATCHES
-    from .methods import get_image_method, get_spec, prepare_options
-    from .session import check_supported, run_image_method
-
     context = context or Context(device=model.device)
     folder, out = Path(folder), Path(out)
     if (prompts is None) == (classes is None):
@@ -233,7 +229,7 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
     else:
         folders, labels = _labels(keys)
         names = class_names(folders)
-    settings = {"format": FORMAT, "model": model.describe(), "weights": weights_digest(model.model),
+    settings = {"format": FORMAT, **provenance(model, weights=True),
                 "method": config.method, "layers": list(config.layers), "mode": config.mode, "qk": config.qk,
                 "resolution": config.resolution, "max_patches": config.max_patches, "batch_size": batch_size,
                 "shard_size": shard_size,
@@ -242,23 +238,21 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
                             "templates": templates if classes is not None else None, "names": _digest(names)},
                 "files": {"count": len(keys), "digest": _digest(keys)}}
     context.check_same("model weights", settings["weights"])
-    index_path, targets_path = out / "index.json", out / "targets.safetensors"
+    run_folder = RunFolder(out, "index.json", outputs=("index.json", "targets.safetensors", "run.json"),
+                           folders=(SHARDS,), what="maps made")
+    index_path, targets_path = run_folder.record, out / "targets.safetensors"
     show = progress and context.is_main
 
     def prepare() -> None:  # rank 0: check or start the run, plan it, embed the prompts
         from safetensors.torch import save_file
 
-        if index_path.exists() and not overwrite:
-            previous = json.loads(index_path.read_text())
-            if not distributed.same_settings(previous.get("settings", {}), settings):
-                raise ValueError(f"{out} holds maps made with other settings ({index_path}); use another --out or "
-                                 "--overwrite to start afresh")
+        previous = run_folder.previous(overwrite)
+        if previous is not None:
+            run_folder.check(previous.get("settings", {}), settings)
             if targets_path.exists():
                 return
         if overwrite:
-            for name in ("index.json", "targets.safetensors", "run.json"):
-                (out / name).unlink(missing_ok=True)
-            shutil.rmtree(out / SHARDS, ignore_errors=True)
+            run_folder.clear()
         sizes = _input_sizes(model, folder, keys, config.resolution, config.max_patches, show)
         shards = _plan(sizes, batch_size, shard_size)
         shard_of = {index: j for j, shard in enumerate(shards) for batch in shard for index in batch}
@@ -329,12 +323,8 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
                                f"finished (e.g. {missing[0]}); is --out on a file system that every rank sees?")
         record = context.record(distributed.items_per_rank([sum(map(len, s)) for s in shards], context.world_size))
         distributed.atomic_write_text(index_path, json.dumps({**index, "complete": True, "distributed": record}) + "\n")
-        seconds, total = max(p["seconds"] for p in phase), sum(p["computed"] for p in phase)
-        run = {"world_size": context.world_size, "device": str(model.device), "images": len(images),
-               "computed": total, "already_done": len(images) - total, "seconds": round(seconds, 3),
-               "cpu_seconds": round(sum(p["cpu_seconds"] for p in phase), 3),
-               "images_per_second": round(distributed.rate(total, seconds), 3)}
-        distributed.atomic_write_text(out / "run.json", json.dumps(run, indent=2) + "\n")
+        run_folder.write_run(world_size=context.world_size, device=model.device, unit="images", count=len(images),
+                             phases=phase)
 
     context.on_main(finish)
     return index_path
@@ -356,10 +346,7 @@ class StoredMaps:
     def heatmaps(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Maps upsampled bilinearly to ``size`` (default: the model's input size of the image) and
         min-max normalised to [0, 1]: (K, H, W)."""
-        from .inputs import upsample
-        from .results import normalise_maps
-
-        return normalise_maps(upsample(self.maps, tuple(size or self.input_size)))
+        return normalise_maps(resize_maps(self.maps, tuple(size or self.input_size)))
 
 
 class DatasetMaps:

@@ -17,9 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import platform
 import re
-import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -29,10 +27,11 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from .plotting import save_figure
+from .records import provenance
+from .resources import REPO_ROOT
 
 MANIFEST_VERSION = 1
 DEFAULT_FORMATS = ("png", "pdf")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -138,38 +137,6 @@ def describe_image(image: Any, name: str | None = None) -> dict[str, Any]:
     return entry
 
 
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    versions = {"python": platform.python_version()}
-    for distribution in ("gradeclip_utils", "torch", "open_clip_torch", "numpy", "matplotlib"):
-        try:
-            versions[distribution] = metadata.version(distribution)
-        except metadata.PackageNotFoundError:
-            versions[distribution] = "not installed"
-    return versions
-
-
-def _git_commit() -> str | None:
-    """The repository's commit (with ``+dirty`` when files differ from it), or None outside a checkout."""
-    if not (REPO_ROOT / ".git").exists():
-        return None
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("+dirty" if dirty else "")
-
-
-def package_version() -> str:
-    from . import __version__
-
-    return __version__
-
-
 class FigureExporter:
     """Saves figures as PNG and PDF with a JSON manifest each, into one output folder.
 
@@ -188,11 +155,11 @@ class FigureExporter:
         self.formats = tuple(formats)
         self.dpi = dpi
         self.manifests: list[dict[str, Any]] = []
-        self._git = _git_commit()
+        self._software = provenance(software=True)  # the same for every figure (git is asked once)
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def _model_fields(self, settings: dict[str, Any]) -> dict[str, Any]:
-        described = self.model.describe() if self.model is not None and hasattr(self.model, "describe") else {}
+        described = provenance(self.model)["model"] if hasattr(self.model, "describe") else {}
         fields = {}
         for key in ("model", "pretrained", "precision", "device"):
             fields[key] = settings.get(key, described.get(key))
@@ -244,8 +211,8 @@ class FigureExporter:
             "prompts": _jsonable(list(prompts)) if prompts is not None else [],
             "images": described,
             "data": _jsonable(data or {}),
-            "package": {"name": "gradeclip_utils", "version": package_version(), "git_commit": self._git},
-            "versions": _versions(),
+            "package": dict(self._software["package"]),
+            "versions": dict(self._software["versions"]),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         path = self.out_dir / f"{name}.json"

@@ -20,16 +20,15 @@ from __future__ import annotations
 import math
 import re
 import struct
-import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
+
+from .notices import warn_user
 
 if TYPE_CHECKING:
     from .loading import LoadedModel
@@ -45,17 +44,6 @@ _EXIF_ORIENTATION = 0x0112
 _PNG_EXIF_TEXT_KEYS = frozenset({b"exif", b"Raw profile type exif", b"XML:com.adobe.xmp", b"xmp"})
 _PNG_CHUNK_TYPE = re.compile(rb"\w{4}")  # PIL's test of a chunk type; its reader stops at another
 
-
-_INTERNAL_MODULES = ("gradeclip_utils", "torch", "contextlib", "functools")
-
-
-def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
-    """Warn with the location of the first caller outside this package (and the decorators it goes
-    through), so that the warning points at the user's line."""
-    level, frame = 2, sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in _INTERNAL_MODULES:
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
 
 
 @dataclass
@@ -420,11 +408,3 @@ def group_by_shape(prepared: Sequence[PreparedImage]) -> dict[tuple[int, ...], l
     for index, item in enumerate(prepared):
         groups.setdefault(tuple(item.pixels.shape), []).append(index)
     return groups
-
-
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling of (..., h, w) maps to ``size`` (H, W)."""
-    lead = maps.shape[:-2]
-    flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
-    out = F.interpolate(flat, size=tuple(size), mode="bilinear", align_corners=False)
-    return out.reshape(*lead, *size)

@@ -5,10 +5,6 @@ embedded synthetic model, Hugging Face transformers checkpoints (``hf:``) and Op
 from __future__ import annotations
 
 import difflib
-import os
-import pickle
-import warnings
-import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,37 +13,28 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .adapters import CLIPAdapter, get_adapter
+from .adapters import FAMILIES, CLIPAdapter, get_adapter
 from .adapters.hf_clip import HFCLIPPair
+from .checkpoints import CLIP_MEAN, CLIP_STD, check_checkpoint
 from .errors import GradEclipError
+from .resources import SYNTHETIC_DIR
+from .text import checked_tokenizer, tokenize
 
 SYNTHETIC = "synthetic"
 HF_PREFIX = "hf:"
 OPENAI_CLIP_PREFIX = "openai-clip:"
-#: the normalisation every OpenAI-trained CLIP (and most others) was trained with
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: the size of CLIP's byte-pair vocabulary (open_clip's bundled tokenizer)
 CLIP_VOCAB_SIZE = 49408
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
-DATA_DIR = Path(os.environ.get("GRADECLIP_DATA", Path(__file__).resolve().parent.parent / "data"))
-SYNTHETIC_DIR = DATA_DIR / "synthetic_clip"
 
 
 class WeightsUnavailableError(GradEclipError, RuntimeError):
     """Pretrained weights could not be found locally or downloaded."""
 
 
-class UnsafeCheckpointError(GradEclipError, ValueError):
-    """A checkpoint file holds more than tensors (a pickle that would run code) and is refused."""
-
-
 class UnknownModelError(GradEclipError, RuntimeError):
     """A model name that is no open_clip model, model folder or prefixed name (a RuntimeError, as open_clip's
     own error for an unknown name was)."""
-
-
-PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".tar"}
 
 
 @dataclass
@@ -88,8 +75,6 @@ class LoadedModel:
 
     def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
         """Token ids (K, L); warns when a text is cut to the context length."""
-        from .text import tokenize
-
         return tokenize(self, texts)
 
     def describe(self) -> dict[str, Any]:
@@ -120,66 +105,6 @@ def _resolve_name(name: str) -> str:
 def _looks_like_file(pretrained: str) -> bool:
     return any(sep in pretrained for sep in ("/", "\\")) or Path(pretrained).suffix in {
         ".safetensors", ".bin", ".pt", ".pth", ".ckpt"}
-
-
-def check_checkpoint(path: str | Path) -> None:
-    """Refuse a checkpoint file that could run code when loaded, before any model is built.
-
-    safetensors files hold tensors only and are checked for a readable header. Every other file is
-    read as a torch checkpoint with ``weights_only=True`` (memory-mapped, so this costs little): a
-    pickle that names anything but tensors and plain containers (a malicious ``__reduce__``, a
-    TorchScript archive, a pickled module) raises ``UnsafeCheckpointError`` and nothing in it runs.
-    numpy ``.npz``/``.npy`` weights are read by open_clip with pickles disallowed.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in (".npz", ".npy"):
-        return
-    if suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                handle.keys()
-        except Exception as error:
-            raise ValueError(f"cannot read safetensors checkpoint {path}: {type(error).__name__}: {error}") from error
-        return
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*TorchScript archive")  # refused below, clearly
-            torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else ""
-        raise UnsafeCheckpointError(
-            f"refusing checkpoint {path}: it is a pickle that holds more than tensors, and loading it could run "
-            f"code ({first_line[:200]}). Only safetensors files and torch checkpoints of plain tensors "
-            "(weights_only=True) are loaded; if you trust the file, convert it to safetensors yourself.") from None
-    except RuntimeError as error:
-        if "TorchScript" in str(error):
-            raise UnsafeCheckpointError(
-                f"refusing checkpoint {path}: it is a TorchScript archive, which is not loaded as weights; save "
-                "its state_dict as safetensors instead.") from None
-        raise ValueError(f"cannot read checkpoint {path} (truncated or corrupt?): {str(error)[:300]}") from error
-    except (EOFError, OSError, ValueError) as error:
-        raise ValueError(f"cannot read checkpoint {path} (truncated or corrupt?): {type(error).__name__}: "
-                         f"{str(error)[:300]}") from error
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a safetensors file or a torch file of plain tensors (checked first: a pickle
-    holding more than tensors raises ``UnsafeCheckpointError`` before anything in it runs)."""
-    path = Path(path)
-    check_checkpoint(path)
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return state
 
 
 def _folder_checkpoints(folder: Path) -> list[Path]:
@@ -249,8 +174,6 @@ PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.
 
 def family_loader(name: str):
     """The adapter family whose name prefix ``name`` carries ("hf:", "openai-clip:"), or None."""
-    from .adapters import FAMILIES
-
     for family in FAMILIES:
         prefix = getattr(family, "PREFIX", None)
         if prefix and name.startswith(prefix):
@@ -368,8 +291,6 @@ def _wrap(model: nn.Module, preprocess: Callable | None, tokenizer: Callable | N
     """The LoadedModel of a built model: eval mode, its adapter (or the family's error), and the
     default preprocessing and tokenizer where none is given. Device and precision default to those of
     the image tower's weights (OpenAI's fp16 models keep some parameters in fp32)."""
-    from .text import checked_tokenizer
-
     model.eval()
     adapter = get_adapter(model)  # fail early on unsupported families
     if device is None:

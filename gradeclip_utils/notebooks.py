@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from .errors import GradEclipError
+from .records import package_version
+from .resources import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"  # papermill's tag for the cell it inserts
@@ -403,8 +404,6 @@ def run_all(out: str | Path, notebooks: Sequence[Path] | None = None, overrides:
 
 
 def _write_summary(out: Path, runs: Sequence[NotebookRun], seconds: float) -> None:
-    from .export import package_version
-
     summary = {"package_version": package_version(), "python": sys.executable, "seconds": round(seconds, 1),
                "cpu_count": os.cpu_count(), "load_average": _load_average(), "notebooks": [asdict(r) for r in runs]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -12,14 +12,7 @@ import torch
 from PIL import Image
 
 from .config import ExplainConfig
-from .inputs import upsample
-from .methods import minmax
-
-
-def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise each (h, w) map to [0, 1]; an all-constant map gives zeros, never NaN."""
-    flat = maps.reshape(*maps.shape[:-2], -1)
-    return minmax(flat, dim=-1).reshape(maps.shape)
+from .maps import normalise_maps, resize_maps
 
 
 def _check_index(index: int, count: int, what: str) -> int:
@@ -84,14 +77,14 @@ class ImageExplanation:
             if len(sizes) != 1:
                 raise ValueError("the images have different sizes; pass size=(H, W) or index one image (ex[i])")
             size = sizes.pop()
-        return torch.stack([normalise_maps(upsample(m, size)) for m in self.raw])
+        return torch.stack([normalise_maps(resize_maps(m, size)) for m in self.raw])
 
     def heatmap(self, image: int = 0, prompt: int = 0) -> np.ndarray:
         """One normalised heat map at its picture's size, as a numpy array."""
         image = _check_index(image, len(self), "image")
         prompt = _check_index(prompt, len(self.prompts), "prompt")
         picture = self.images[image]
-        return normalise_maps(upsample(self.raw[image][prompt], picture.size[::-1])).numpy()
+        return normalise_maps(resize_maps(self.raw[image][prompt], picture.size[::-1])).numpy()
 
     def top_prompt(self) -> list[str]:
         """The best-matching prompt of each image."""
@@ -99,7 +92,7 @@ class ImageExplanation:
 
     def plot(self, **kwargs: Any):
         """Grid of images x prompts with heat-map overlays and scores (see plotting.plot_explanation_grid)."""
-        from .plotting import plot_explanation_grid
+        from .plotting import plot_explanation_grid  # matplotlib: loaded when a figure is first drawn
 
         return plot_explanation_grid(self, **kwargs)
 
@@ -171,12 +164,12 @@ class TextExplanation:
             score=float(self.scores[image, text]))
 
     def plot_bar(self, image: int = 0, text: int = 0, **kwargs: Any):
-        from .plotting import plot_word_bars
+        from .plotting import plot_word_bars  # matplotlib: loaded when a figure is first drawn
 
         return plot_word_bars(self.pair(image, text), **kwargs)
 
     def plot_text(self, image: int = 0, text: int = 0, **kwargs: Any):
-        from .plotting import plot_highlighted_text
+        from .plotting import plot_highlighted_text  # matplotlib: loaded when a figure is first drawn
 
         return plot_highlighted_text(self.pair(image, text), **kwargs)
 

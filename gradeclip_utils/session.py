@@ -1,7 +1,7 @@
 """Running a method on a model safely: the one place that enters and leaves a model for an explanation.
 
-``explaining(model)`` holds the model's lock and the state an explanation needs, restored exactly after;
-``run_image_method`` / ``run_text_method`` run one method on one batch under it, refuse a method the
+``explaining(model)`` (``guard.py``, re-exported here) holds the model's lock and the state an explanation
+needs, restored exactly after; ``run_image_method`` / ``run_text_method`` run one method on one batch under it, refuse a method the
 model's family cannot run (from the method's and the adapter's declarations), and return the result
 detached, float32, on the CPU and checked to be finite. ``explain_image``, ``explain_text``, the
 evaluation, the dataset job and the benchmarks all run methods through these.
@@ -9,78 +9,15 @@ evaluation, the dataset job and the benchmarks all run methods through these.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-import traceback
-import weakref
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
-from torch import nn
 
 from .adapters import UnsupportedMethodError
 from .config import ExplainConfig
-from .methods import (MapOutput, MethodSpec, TokenOutput, get_image_method, get_spec, get_text_method,
-                      refusal)
-
-KEEP_TRACEBACK_LOCALS = False
-"""Set True to keep the locals of the package's frames in tracebacks (for a debugger); by default they
-are released when an explanation raises, so that a kept exception (a notebook's last traceback) does
-not keep the autograd graph and its activations alive."""
-
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def model_lock(model: nn.Module) -> threading.RLock:
-    """The lock that serialises explanations of one model (re-entrant: nested calls are fine)."""
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = _LOCKS[model] = threading.RLock()
-        return lock
-
-
-@contextlib.contextmanager
-def explaining(model: nn.Module) -> Iterator[None]:
-    """The state an explanation needs, restored exactly after, also when the explanation raises.
-
-    For the duration: the model's lock is held (other explanations of the same model wait), every
-    module is in eval mode (dropout and patch dropout off) and gradients are on. After: each module's
-    training flag is as it was, and each parameter's ``.grad`` is the same tensor with the same
-    values (a method that calls ``backward()`` accumulates into fresh tensors, dropped after).
-    ``requires_grad`` is never touched: the adapter differentiates with respect to captured
-    activations, so frozen models are explained as they are. Nothing is registered on the model.
-    """
-    with model_lock(model):
-        flags = [(module, module.training) for module in model.modules()]
-        grads = [(p, p.grad) for p in model.parameters()]
-        try:
-            model.eval()
-            for p, grad in grads:
-                if grad is not None:
-                    p.grad = None
-            with torch.enable_grad():
-                yield
-        finally:
-            for module, flag in flags:
-                module.training = flag
-            for p, grad in grads:
-                if p.grad is not grad:
-                    p.grad = grad
-
-
-def release_frames(error: BaseException) -> None:
-    """Drop the locals of the finished frames of ``error``'s traceback (and of the errors it chains):
-    they hold the graph and activations of the failed explanation."""
-    if KEEP_TRACEBACK_LOCALS:
-        return
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        traceback.clear_frames(error.__traceback__)
-        error = error.__cause__ or error.__context__
-
+from .guard import explaining, model_lock, release_frames
+from .methods.outputs import MapOutput, TokenOutput
+from .methods.registry import MethodSpec, get_image_method, get_spec, get_text_method, refusal
 
 def check_supported(model: Any, spec: MethodSpec, tower: str = "image") -> None:
     """``UnsupportedMethodError`` naming method, family and reason when the model's tower lacks what the
@@ -173,5 +110,5 @@ def run_text_method(model: Any, config: ExplainConfig, tokens: torch.Tensor, tar
     return TokenOutput(relevance=relevance, scores=scores)
 
 
-__all__ = ["KEEP_TRACEBACK_LOCALS", "check_supported", "explaining", "model_lock", "release_frames",
+__all__ = ["check_supported", "explaining", "model_lock", "release_frames",
            "run_image_method", "run_text_method"]

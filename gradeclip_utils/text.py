@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from .inputs import warn_user
+from .notices import warn_user
 
 if TYPE_CHECKING:
     from .loading import LoadedModel

@@ -43,10 +43,12 @@ from collections import OrderedDict
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from .config import ExplainConfig
+from .maps import resize_maps
 from .plotting import signed
-from .studies.common import as_input, default_resolution, named_images, prompt_mask, upsampled
+from .studies.common import as_input, default_resolution, named_images, prompt_mask
 
 #: generic class names whose prompts form CLIP Surgery's class set on real models (COCO's categories, in part)
 GENERIC_CLASSES: tuple[str, ...] = (
@@ -592,12 +594,11 @@ class Explorer(_Base):
 
     def draw(self, explanation: Any, state: Mapping[str, Any]):
         """The figure of one render: the input and one panel per prompt."""
-        from .inputs import upsample
         from .plotting import heat_map_panels
 
         picture = explanation.images[0]
         size = (picture.height, picture.width)
-        maps = [upsample(explanation.raw[0][k], size).numpy() for k in range(len(explanation.prompts))]
+        maps = [resize_maps(explanation.raw[0][k], size).numpy() for k in range(len(explanation.prompts))]
         scores = state["scores"]
         best = int(np.argmax(scores))
         titles = [f"{prompt}\nS = {signed(s)}{' (best)' if k == best and len(scores) > 1 else ''}"
@@ -722,7 +723,7 @@ class MethodComparison(_Base):
                        "energy_on_prompted_objects": None, "max_on_prompted_objects": None,
                        "uses_block": method_takes(method, "layers"), "uses_mode": method_takes(method, "mode")}
                 if mask is not None:
-                    heat = upsampled(ex.raw[0][0], mask.shape)
+                    heat = resize_maps(ex.raw[0][0], mask.shape, dtype=torch.float64).numpy()
                     row["energy_on_prompted_objects"] = float(energy_pointing_game(heat, mask))
                     row["max_on_prompted_objects"] = bool(pointing_game(heat, mask))
                 self.explanations[method] = ex
@@ -851,9 +852,6 @@ class LayerViewer(_Base):
 
     def render(self) -> dict[str, Any]:
         """Draw the chosen block's map (or the sum of the blocks from it to the last)."""
-        import torch
-
-        from .inputs import upsample
         from .plotting import heat_map_panels
 
         state = self._begin()
@@ -862,7 +860,7 @@ class LayerViewer(_Base):
             chosen = self.maps[state["layers"][0]]
             picture = chosen.images[0]
             raw = sum(torch.relu(self.maps[b].raw[0][0]) for b in state["layers"])
-            heat = upsample(raw, (picture.height, picture.width)).numpy()
+            heat = resize_maps(raw, (picture.height, picture.width)).numpy()
             score = float(chosen.scores[0, 0])
             label = (f"blocks {state['layers'][0]}\u2013{state['layers'][-1]} summed" if len(state["layers"]) > 1
                      else f"block {state['layers'][0]}")

@@ -52,6 +52,7 @@ OPEN_CLIP = "gradeclip_utils/adapters/openclip.py"
 GRAD_ECLIP = "gradeclip_utils/methods/grad_eclip.py"
 FAITHFULNESS = "gradeclip_utils/metrics/faithfulness.py"
 LOCALISATION = "gradeclip_utils/metrics/localisation.py"
+MAPS = "gradeclip_utils/maps.py"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ the three of issue 13
@@ -115,7 +116,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "relevance = F.cosine_similarity(query[:, None, :], k[:, first_key:], dim=-1)\n    return minmax(relevance)",
              "relevance = F.cosine_similarity(query[:, None, :], k, dim=-1)\n    return minmax(relevance)[:, first_key:]",
              CORE, "loosened attention min-max normalised over the class token's key too"),
-    Mutation("grad-eclip-minmax-no-shift", GRAD_ECLIP,
+    Mutation("grad-eclip-minmax-no-shift", MAPS,
              "torch.where(span > 0, (values - low) /", "torch.where(span > 0, values /",
              CORE, "min-max normalisation without subtracting the minimum"),
     Mutation("grad-eclip-jacobian-cosine", GRAD_ECLIP,
@@ -149,10 +150,11 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("iou-threshold-ge", LOCALISATION,
              "binary = mp > mp.mean(dim=(-2, -1), keepdim=True)", "binary = mp >= mp.mean(dim=(-2, -1), keepdim=True)",
              METRICS, "IoU thresholds at map >= mean instead of > mean"),
-    Mutation("resize-align-corners", LOCALISATION,
+    Mutation("resize-align-corners", MAPS,
              'mode="bilinear", align_corners=False)\n    return up.reshape',
              'mode="bilinear", align_corners=True)\n    return up.reshape',
-             METRICS, "metrics upsample maps with align_corners=True"),
+             METRICS + CORE + ("tests/test_robustness_images.py", "tests/test_plotting_cli.py"),
+             "maps resized with align_corners=True (the metrics' and the heat maps' one resizing)"),
     Mutation("auc-not-normalised", FAITHFULNESS,
              "    return area / span", "    return area",
              METRICS, "AUC not divided by the x-range"),
@@ -167,15 +169,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("native-size-floor", "gradeclip_utils/inputs.py",
              "max(1, math.floor(width / pw + 0.5))", "max(1, math.floor(width / pw))",
              CORE + ("tests/test_robustness_images.py",), "native width rounded down instead of to the nearest patch"),
-    Mutation("heatmap-align-corners", "gradeclip_utils/inputs.py",
-             'out = F.interpolate(flat, size=tuple(size), mode="bilinear", align_corners=False)',
-             'out = F.interpolate(flat, size=tuple(size), mode="bilinear", align_corners=True)',
-             CORE + ("tests/test_robustness_images.py", "tests/test_plotting_cli.py"),
-             "heat maps upsampled with align_corners=True"),
     # ------------------------------------------------------------------ evaluation and the embedded model
-    Mutation("bootstrap-90-percent", "gradeclip_utils/evaluate.py",
-             "float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))",
-             "float(np.percentile(means, 5)), float(np.percentile(means, 95))",
+    Mutation("bootstrap-90-percent", "gradeclip_utils/stats.py",
+             "resamples: int = 1000, tail: float = 0.025, seed", "resamples: int = 1000, tail: float = 0.05, seed",
              ("tests/test_evaluate.py",), "bootstrap interval at 90% instead of 95%"),
     Mutation("synthetic-layers-second-last", "gradeclip_utils/synthetic/evaluate.py",
              "batch_size: int = 64, layers=(-1,), mode: str = \"faithful\")",

@@ -19,6 +19,8 @@ from scipy.ndimage import distance_transform_edt
 import reference
 
 from gradeclip_utils import evaluate as ev
+from gradeclip_utils import stats
+from gradeclip_utils.records import weights_digest
 from gradeclip_utils.metrics import AUC_DEFINITION
 
 FAST = dict(batch_size=4, rise_masks=16, m2ib_steps=1, m2ib_samples=1, timing_images=1, timing_repeats=1,
@@ -31,10 +33,10 @@ def read(path):
 
 
 def test_bootstrap_and_paired_difference_hand_values():
-    assert ev.bootstrap_ci(np.array([0.25, 0.25, 0.25])) == (0.25, 0.25, 0.25)
-    mean, low, high = ev.bootstrap_ci(np.array([0.0, 1.0, np.nan, 1.0, 0.0]))
+    assert stats.bootstrap_ci(np.array([0.25, 0.25, 0.25])) == (0.25, 0.25, 0.25)
+    mean, low, high = stats.bootstrap_ci(np.array([0.0, 1.0, np.nan, 1.0, 0.0]))
     assert mean == 0.5 and 0.0 <= low < 0.5 < high <= 1.0
-    assert ev.paired_difference(np.array([1.0, 1.0]), np.array([0.0, 1.0]))[0] == 0.5
+    assert stats.paired_difference(np.array([1.0, 1.0]), np.array([0.0, 1.0]))[0] == 0.5
 
 
 def test_bootstrap_interval_is_the_95_percent_one():
@@ -42,11 +44,11 @@ def test_bootstrap_interval_is_the_95_percent_one():
     error (20,000 resamples: about 0.0005), the normal one 0.5 +- 1.96 * sqrt(0.25 / 400) = 0.5 +- 0.049
     (a 90% interval would be +- 0.041)."""
     values = np.tile([0.0, 1.0], 200)
-    mean, low, high = ev.bootstrap_ci(values, resamples=20_000)
+    mean, low, high = stats.bootstrap_ci(values, resamples=20_000)
     assert mean == 0.5
     half = 1.96 * math.sqrt(0.25 / 400)
     assert low == pytest.approx(0.5 - half, abs=0.002) and high == pytest.approx(0.5 + half, abs=0.002)
-    mean, low, high = ev.paired_difference(values, np.zeros(400), resamples=20_000)
+    mean, low, high = stats.paired_difference(values, np.zeros(400), resamples=20_000)
     assert low == pytest.approx(0.5 - half, abs=0.002) and high == pytest.approx(0.5 + half, abs=0.002)
 
 
@@ -103,17 +105,17 @@ def test_synthetic_run_writes_tables_and_resumes(tiny, tmp_path, monkeypatch):
         ev.evaluate(tiny, data, tmp_path, methods=["grad_eclip"], **{**FAST, "rise_masks": 17})
     # the same model name with other weights (e.g. a retrained model) is other settings too
     param = next(tiny.model.parameters())
-    kept, digest = param.detach().clone(), ev.weights_digest(tiny.model)
+    kept, digest = param.detach().clone(), weights_digest(tiny.model)
     with torch.no_grad():
         param.view(-1)[0] += 1.0
     try:
-        assert ev.weights_digest(tiny.model) != digest
+        assert weights_digest(tiny.model) != digest
         with pytest.raises(ValueError, match="other settings"):
             ev.evaluate(tiny, data, tmp_path, methods=["grad_eclip"], **FAST)
     finally:
         with torch.no_grad():
             param.copy_(kept)
-    assert ev.weights_digest(tiny.model) == digest
+    assert weights_digest(tiny.model) == digest
     ev.evaluate(tiny, data, tmp_path, methods=["grad_eclip"], sanity_images=0, overwrite=True, **FAST)
     assert len(read(tmp_path / "per_image.csv")) == 5
 
@@ -379,7 +381,7 @@ def test_authors_protocol_explains_what_their_scripts_explain(tiny, tmp_path, mo
 
     import dataclasses
 
-    from gradeclip_utils.explain import zero_shot_classifier
+    from gradeclip_utils.prompts import zero_shot_classifier
 
     data = ev.synthetic_set(tiny, 2)
     # a classifier of templates (as ImageNet's), so that its rows are not the bare names' embeddings
@@ -468,7 +470,7 @@ def test_published_per_image_results_are_reproduced_for_every_method(tmp_path):
     spread = json.loads(CPU_SPREAD.read_text())
     published = {(row["key"], row["method"]): row for row in read(PUBLISHED_RUN / "per_image.csv")}
     model = load_model("synthetic", device="cpu")
-    assert ev.weights_digest(model.model) == config["weights"], "the committed model is not the published run's"
+    assert weights_digest(model.model) == config["weights"], "the committed model is not the published run's"
     data = ev.synthetic_set(model, config["distributed"]["items_per_rank"][0])
     batch_size = config["batch_size"]
     first = sorted(data.items, key=lambda item: item.label)[:batch_size]

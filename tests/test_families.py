@@ -501,7 +501,7 @@ def test_zero_shot_classifier_is_open_clips_recipe_in_every_family(families):
     from open_clip import build_zero_shot_classifier
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-    from gradeclip_utils.explain import zero_shot_classifier
+    from gradeclip_utils.prompts import zero_shot_classifier
 
     names, templates = ["red circle", "blue square", "dog"], OPENAI_IMAGENET_TEMPLATES[:6]
     reference_loaded = families["open_clip"]

@@ -19,8 +19,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradeclip_utils.explain import explaining
-from gradeclip_utils.methods.grad_eclip import batched_vjp, channel_weights, image_maps, token_relevance
+from gradeclip_utils.session import explaining
+from gradeclip_utils.methods.autograd import batched_vjp
+from gradeclip_utils.methods.grad_eclip import channel_weights, image_maps, token_relevance
 
 TOL = 1e-5
 CAPTIONS = ["a red circle and a blue square", "three green triangles", "a star", "two dogs on a sofa"]

@@ -220,11 +220,11 @@ def test_heatmaps_are_the_bilinear_upsampling_then_min_max_of_the_raw_maps(tiny)
     1 x 2 map [0, 2] on 1 x 4 pixels is [0, 0.5, 1.5, 2], normalised [0, 0.25, 0.75, 1]; a 2 x 1 map
     [[4], [0]] on 4 x 2 pixels has rows 4, 3, 1, 0. Then a real non-square explanation against torch's
     interpolation and an explicit min-max."""
-    from gradeclip_utils.results import normalise_maps
-    from gradeclip_utils.inputs import upsample
+    from gradeclip_utils.maps import normalise_maps, resize_maps
 
-    assert normalise_maps(upsample(torch.tensor([[0.0, 2.0]]), (1, 4))).tolist() == [[0.0, 0.25, 0.75, 1.0]]
-    assert upsample(torch.tensor([[4.0], [0.0]]), (4, 2)).tolist() == [[4.0, 4.0], [3.0, 3.0], [1.0, 1.0], [0.0, 0.0]]
+    assert normalise_maps(resize_maps(torch.tensor([[0.0, 2.0]]), (1, 4))).tolist() == [[0.0, 0.25, 0.75, 1.0]]
+    assert resize_maps(torch.tensor([[4.0], [0.0]]), (4, 2)).tolist() == [[4.0, 4.0], [3.0, 3.0], [1.0, 1.0],
+                                                                   [0.0, 0.0]]
     explanation = ge.explain_image(tiny, scene(56, 40, seed=3), PROMPTS[:2], resolution="native")
     raw = explanation.maps  # (1, 2, 5, 7) for 40 x 56 pixels
     up = F.interpolate(raw, size=(40, 56), mode="bilinear", align_corners=False)
@@ -235,8 +235,7 @@ def test_heatmaps_are_the_bilinear_upsampling_then_min_max_of_the_raw_maps(tiny)
 
 
 def test_all_zero_and_constant_maps_normalise_to_zeros():
-    from gradeclip_utils.results import normalise_maps
-    from gradeclip_utils.methods import minmax
+    from gradeclip_utils.maps import minmax, normalise_maps
 
     zeros = torch.zeros(2, 3, 4, 5)
     assert torch.equal(normalise_maps(zeros), zeros)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from gradeclip_utils.metrics import (dilate_masks, energy_pointing_game, localisation_scores, mask_iou,
-                                     pointing_game, resize_maps)
+from gradeclip_utils.maps import resize_maps
+from gradeclip_utils.metrics import dilate_masks, energy_pointing_game, localisation_scores, mask_iou, pointing_game
 
 
 def _mask(h, w, ys, xs):
@@ -77,7 +77,7 @@ def test_maps_are_upsampled_to_the_mask_grid():
     grid = np.zeros((2, 2)); grid[0, 1] = 1.0              # top-right patch
     mask = _mask(8, 8, slice(0, 4), slice(4, 8))
     assert bool(pointing_game(grid, mask))
-    up = resize_maps(grid, (8, 8))
+    up = resize_maps(grid, (8, 8), dtype=torch.float64)  # the metrics' resizing
     assert up.shape == (8, 8) and float(up.max()) == pytest.approx(1.0)
     ref = torch.nn.functional.interpolate(torch.tensor(grid)[None, None], size=(8, 8), mode="bilinear",
                                           align_corners=False)[0, 0]

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import gradeclip_utils as ge
-from gradeclip_utils.loading import UnsafeCheckpointError, check_checkpoint
+from gradeclip_utils.checkpoints import UnsafeCheckpointError, check_checkpoint
 
 TINY_CONFIG = {"embed_dim": 16,
                "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},

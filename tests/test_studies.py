@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib import pyplot as plt
 
-from gradeclip_utils import explain_image, explain_text
+from gradeclip_utils import explain_image, explain_text, stats
 from gradeclip_utils.metrics import energy_pointing_game, pointing_game
 from gradeclip_utils.studies import common, concepts, failures, layers, lexicon, methods, words
 from gradeclip_utils.synthetic import caption_holds, generate_scene, parse_caption
@@ -35,18 +35,18 @@ def text_embeddings(model, texts):
 
 # --------------------------------------------------------------------------------------------- common
 def test_wilson_interval_hand_values():
-    low, high = common.wilson_interval(8, 10)
+    low, high = stats.wilson_interval(8, 10)
     assert (low, high) == pytest.approx((0.4901625, 0.9433178), abs=1e-6)
-    assert common.wilson_interval(0, 5)[0] == 0.0
-    assert common.wilson_interval(5, 5)[1] == 1.0
-    assert all(math.isnan(v) for v in common.wilson_interval(0, 0))
+    assert stats.wilson_interval(0, 5)[0] == 0.0
+    assert stats.wilson_interval(5, 5)[1] == 1.0
+    assert all(math.isnan(v) for v in stats.wilson_interval(0, 0))
 
 
 def test_bootstrap_interval_brackets_the_mean_and_ignores_nans():
     values = np.array([1.0, 2.0, 3.0, 4.0, np.nan])
-    low, high = common.bootstrap_ci(values, n_boot=500)
+    _, low, high = stats.bootstrap_ci(values, resamples=500)
     assert 1.0 <= low <= 2.5 <= high <= 4.0
-    assert common.bootstrap_ci([3.0]) == (3.0, 3.0)
+    assert stats.bootstrap_ci([3.0]) == (3.0, 3.0, 3.0)
 
 
 def test_mask_shares_by_hand():
@@ -260,8 +260,8 @@ def test_choices_against_independent_scores(tiny):
     for _, row in table.iterrows():
         group = frame[frame["kind"] == row["kind"]]
         assert row["accuracy"] == pytest.approx(group["correct"].mean())
-        assert (row["ci_low"], row["ci_high"]) == pytest.approx(common.wilson_interval(int(group["correct"].sum()),
-                                                                                       len(group)))
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(stats.wilson_interval(int(group["correct"].sum()),
+                                                                                      len(group)))
         assert row["chance"] == pytest.approx((1 / group["options"]).mean())
     for fig in (failures.plot_accuracy(table), failures.plot_map_destinations(frame),
                 failures.plot_gallery(results, "binding", 1, 1)):

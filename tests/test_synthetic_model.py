@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from gradeclip_utils.synthetic.config import CONFIG_NAME, DATA_DIR, OPEN_CLIP_CONFIG, WEIGHTS_NAME
+from gradeclip_utils.resources import SYNTHETIC_DIR
+from gradeclip_utils.synthetic.config import CONFIG_NAME, OPEN_CLIP_CONFIG, WEIGHTS_NAME
 from gradeclip_utils.synthetic.dataset import HELDOUT_SEED_START, images_to_tensor
 from gradeclip_utils.synthetic.scenes import generate_scene
 
@@ -28,19 +29,19 @@ def loaded():
 
 
 def test_files_and_size():
-    files = [DATA_DIR / CONFIG_NAME, DATA_DIR / WEIGHTS_NAME, DATA_DIR / "MODEL_CARD.md"]
+    files = [SYNTHETIC_DIR / CONFIG_NAME, SYNTHETIC_DIR / WEIGHTS_NAME, SYNTHETIC_DIR / "MODEL_CARD.md"]
     assert all(f.is_file() for f in files)
-    total = sum(f.stat().st_size for f in DATA_DIR.iterdir() if f.is_file())
+    total = sum(f.stat().st_size for f in SYNTHETIC_DIR.iterdir() if f.is_file())
     assert total <= 20 * 1024 * 1024
-    assert json.loads((DATA_DIR / CONFIG_NAME).read_text()) == OPEN_CLIP_CONFIG
+    assert json.loads((SYNTHETIC_DIR / CONFIG_NAME).read_text()) == OPEN_CLIP_CONFIG
 
 
 def test_weights_match_config_through_open_clip():
     import open_clip
     from safetensors.torch import load_file
 
-    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{DATA_DIR}")
-    state = load_file(str(DATA_DIR / WEIGHTS_NAME))
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{SYNTHETIC_DIR}")
+    state = load_file(str(SYNTHETIC_DIR / WEIGHTS_NAME))
     own = model.state_dict()
     assert set(state) == set(own)   # strict: nothing missing, nothing extra
     for k, v in state.items():
@@ -52,7 +53,7 @@ def test_weights_match_config_through_open_clip():
     assert len(v.transformer.resblocks) == cfg["vision_cfg"]["layers"]
     assert model.context_length == cfg["text_cfg"]["context_length"]
     assert model.token_embedding.num_embeddings == 49408
-    tok = open_clip.get_tokenizer(f"local-dir:{DATA_DIR}")
+    tok = open_clip.get_tokenizer(f"local-dir:{SYNTHETIC_DIR}")
     assert type(tok).__name__ == "SimpleTokenizer" and tok.context_length == 32
 
 
@@ -66,7 +67,7 @@ def test_load_model_default_is_synthetic(loaded):
                                atol=1e-5, rtol=0)
 
 
-CARD = (DATA_DIR / "MODEL_CARD.md").read_text()
+CARD = (SYNTHETIC_DIR / "MODEL_CARD.md").read_text()
 
 
 def card_table() -> dict[str, tuple[float, int]]:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoints import CLIP_MEAN, CLIP_STD
 from .base import CLIPAdapter, UnsupportedModelError
 from .transformer import BlockView, CausalTextTower, ViTTower, interpolate_positions, pool_positions
 
@@ -174,8 +175,6 @@ def _preprocess_from(folder: Path, image_size: int):
     """CLIP preprocessing as a checkpoint's ``preprocessor_config.json`` describes it (resize of the
     short side, centre crop, mean and std), or CLIP's own at the model's image size without one."""
     import open_clip
-
-    from ..loading import CLIP_MEAN, CLIP_STD
 
     path = folder / "preprocessor_config.json"
     config = json.loads(path.read_text()) if path.is_file() else {}

@@ -9,9 +9,12 @@ with fp32 LayerNorms (its ``LayerNorm`` computes in fp32 and casts back), which 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
+from ..checkpoints import read_state_dict
 from .base import CLIPAdapter, UnsupportedModelError
 from .openclip import attention_problem, clip_vit_tower
 from .resnet import image_tower, is_modified_resnet
@@ -116,10 +119,6 @@ def load(spec: str, *, pretrained: str | None, device: torch.device, dtype: torc
     (safetensors, or a torch file of plain tensors, read with ``weights_only=True``), or ``spec`` itself
     when it is such a file. OpenAI's ``clip.load`` downloads TorchScript archives, which are never
     unpickled here; the same weights are open_clip's ``pretrained="openai"`` (safetensors)."""
-    from pathlib import Path
-
-    from ..loading import read_state_dict
-
     weights = pretrained if pretrained is not None else (spec if Path(spec).is_file() else None)
     if weights is None:
         raise FileNotFoundError(

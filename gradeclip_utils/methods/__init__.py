@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from . import (clip_surgery, game, grad_cam, grad_eclip, grad_eclip_no_spatial, itsm, legrad, m2ib, maskclip,
                raw_attention, rise, rollout)
-from .grad_eclip import QK_CHOICES, MapOutput, TokenOutput, cosine_scores, image_maps, minmax, token_relevance
+from .grad_eclip import QK_CHOICES, image_maps, token_relevance
+from .outputs import MapOutput, TokenOutput, cosine_scores
 from .registry import (IMAGE_METHODS, TEXT_METHODS, AuthorsProtocol, ImageMethod, MethodSpec, TextMethod,
                        get_image_method, get_spec, get_text_method, list_methods, method_specs, prepare_options,
                        probe_options, refusal, register, register_image_method, register_text_method, unregister)
@@ -27,6 +28,6 @@ del _spec
 __all__ = [
     "IMAGE_METHODS", "QK_CHOICES", "TEXT_METHODS", "AuthorsProtocol", "ImageMethod", "MapOutput", "MethodSpec",
     "TextMethod", "TokenOutput", "cosine_scores", "get_image_method", "get_spec", "get_text_method", "image_maps",
-    "list_methods", "method_specs", "minmax", "prepare_options", "probe_options", "refusal", "register",
+    "list_methods", "method_specs", "prepare_options", "probe_options", "refusal", "register",
     "register_image_method", "register_text_method", "token_relevance", "unregister",
 ]

@@ -37,8 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..adapters import CLIPAdapter
-from ._common import cosine_scores, to_grid
-from .grad_eclip import MapOutput
+from ..prompts import encode_texts
+from ._common import to_grid
+from .outputs import MapOutput, cosine_scores
 from .registry import AuthorsProtocol, MethodSpec
 
 
@@ -102,8 +103,6 @@ def prepare(model: Any, targets: Tensor, options: dict) -> dict:
     empty string's embedding, as the authors' demo runs it; several prompts are the class set
     themselves, fixed here, so that a caller explaining a batch against some of them keeps them all."""
     if options.get("redundant") is None and options.get("surgery_targets") is None and targets.shape[0] == 1:
-        from ..explain import encode_texts
-
         options["redundant"] = encode_texts(model, "")[0].to(targets.device)
         options["surgery_form"] = "single-text (empty string)"
     elif options.get("redundant") is not None:

@@ -23,8 +23,9 @@ import torch
 from torch import Tensor
 
 from ..adapters import CLIPAdapter
-from ._common import cosine_scores, score_gradients, to_grid
-from .grad_eclip import MapOutput, TokenOutput
+from ._common import to_grid
+from .autograd import score_gradients
+from .outputs import MapOutput, TokenOutput, cosine_scores
 from .registry import AuthorsProtocol, MethodSpec
 
 

@@ -10,78 +10,20 @@ times the closed-form dS/df), never a loop of per-target backward passes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..adapters import BlockCapture, CLIPAdapter, Mode, TowerTrace
+from ..maps import minmax
+from .autograd import batched_vjp, one_hot_cotangents
+from .outputs import MapOutput, TokenOutput, cosine_scores
 from .registry import AuthorsProtocol, MethodSpec
 
 QK = Literal["raw", "out_proj"]
 QK_CHOICES: tuple[str, ...] = ("raw", "out_proj")
-
-
-@dataclass
-class MapOutput:
-    """What an image method returns: raw maps (B, K, h, w) float32 and scores (B, K)."""
-
-    maps: Tensor
-    scores: Tensor
-
-
-@dataclass
-class TokenOutput:
-    """What a text method returns: raw relevance per position (B, K, L) float32 and scores (B, K)."""
-
-    relevance: Tensor
-    scores: Tensor
-
-
-def cosine_scores(embedding: Tensor, targets: Tensor) -> Tensor:
-    """S[n, m] = cos(embedding[n], targets[m]) in float32; ``targets`` are unit-normalised."""
-    return F.normalize(embedding.float(), dim=-1) @ targets.float().T
-
-
-def batched_vjp(outputs: Tensor, inputs: Sequence[Tensor], cotangents: Callable[[int, int], Tensor], count: int,
-                chunk: int, retain_graph: bool = False) -> list[Tensor]:
-    """Vector-Jacobian products of ``outputs`` for ``count`` cotangents, ``chunk`` at a time.
-
-    ``cotangents(start, stop)`` builds cotangents ``start:stop`` as a (stop - start, *outputs.shape)
-    tensor, so that no more than one chunk of them is ever held. Returns one (count, *input.shape)
-    tensor per input (zeros for an input that ``outputs`` does not depend on). Each chunk is a single
-    backward pass vectorised with ``torch.func.vmap``, whose batching rules cover the backward of
-    layer norm and GELU (the older ``is_grads_batched`` loops over the cotangents one by one there).
-    The graph is kept between chunks and freed after the last one (unless ``retain_graph``).
-    """
-    if chunk < 1:
-        raise ValueError(f"chunk must be at least 1, got {chunk}")
-    inputs = list(inputs)
-    pieces: list[list[Tensor]] = [[] for _ in inputs]
-    for start in range(0, count, chunk):
-        stop = min(start + chunk, count)
-        retain = retain_graph or stop < count
-
-        def pull(cotangent: Tensor, retain: bool = retain) -> tuple[Tensor, ...]:
-            return torch.autograd.grad(outputs, inputs, grad_outputs=cotangent, retain_graph=retain,
-                                       materialize_grads=True)
-
-        for slot, grad in zip(pieces, torch.func.vmap(pull)(cotangents(start, stop))):
-            slot.append(grad)
-    return [torch.cat(slot, dim=0) if len(slot) > 1 else slot[0] for slot in pieces]
-
-
-def one_hot_cotangents(scores: Tensor) -> Callable[[int, int], Tensor]:
-    """Cotangents ``start:stop`` selecting score column k for every row: (stop - start, N, K)."""
-
-    def build(start: int, stop: int) -> Tensor:
-        cot = torch.zeros(stop - start, *scores.shape, dtype=scores.dtype, device=scores.device)
-        cot[torch.arange(stop - start), :, torch.arange(start, stop)] = 1.0
-        return cot
-
-    return build
 
 
 def channel_weights(trace: TowerTrace, layers: Sequence[int], targets: Tensor,
@@ -113,14 +55,6 @@ def channel_weights(trace: TowerTrace, layers: Sequence[int], targets: Tensor,
         ds_df = (targets.float()[None] - scores.detach()[..., None] * f_hat[:, None]) / norm[:, None, None]
         weights = [torch.bmm(ds_df, jac.float().transpose(0, 1)) for jac in jacobians]
     return dict(zip(layers, weights)), scores.detach()
-
-
-def minmax(values: Tensor, dim: int = -1) -> Tensor:
-    """Min-max normalise along ``dim`` to [0, 1]; a constant slice gives zeros, never NaN."""
-    low = values.amin(dim=dim, keepdim=True)
-    span = values.amax(dim=dim, keepdim=True) - low
-    return torch.where(span > 0, (values - low) / torch.where(span > 0, span, torch.ones_like(span)),
-                       torch.zeros_like(values))
 
 
 def loosened_attention(capture: BlockCapture, token_index: Tensor, qk: QK, first_key: int) -> Tensor:

@@ -14,7 +14,8 @@ from typing import Any
 from torch import Tensor
 
 from ..adapters import CLIPAdapter
-from .grad_eclip import MapOutput, image_maps as grad_eclip_maps
+from .grad_eclip import image_maps as grad_eclip_maps
+from .outputs import MapOutput
 from .registry import AuthorsProtocol, MethodSpec
 
 

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from ..adapters import CLIPAdapter
-from ._common import cosine_scores, to_grid
-from .grad_eclip import MapOutput
+from ._common import to_grid
 from .maskclip import dense_similarity
+from .outputs import MapOutput, cosine_scores
 from .registry import MethodSpec
 
 

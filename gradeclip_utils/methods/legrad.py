@@ -26,8 +26,9 @@ import torch
 from torch import Tensor
 
 from ..adapters import CLIPAdapter
-from ._common import cosine_scores, score_gradients, to_grid
-from .grad_eclip import MapOutput
+from ._common import to_grid
+from .autograd import score_gradients
+from .outputs import MapOutput, cosine_scores
 from .registry import MethodSpec
 
 

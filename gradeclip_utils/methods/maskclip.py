@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..adapters import CLIPAdapter
-from ._common import cosine_scores, to_grid
-from .grad_eclip import MapOutput
+from ._common import to_grid
+from .outputs import MapOutput, cosine_scores
 from .registry import AuthorsProtocol, MethodSpec
 
 VARIANTS: tuple[str, ...] = ("model", "authors")

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from ..adapters import CLIPAdapter
-from ._common import cosine_scores, per_target, to_grid
-from .grad_eclip import MapOutput, TokenOutput
+from ._common import per_target, to_grid
+from .outputs import MapOutput, TokenOutput, cosine_scores
 from .registry import AuthorsProtocol, MethodSpec
 
 VARIANTS: tuple[str, ...] = ("model", "authors")

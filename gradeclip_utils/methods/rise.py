@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..adapters import CLIPAdapter
-from ._common import cosine_scores
-from .grad_eclip import MapOutput
+from .outputs import MapOutput, cosine_scores
 from .registry import MethodSpec
 
 

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from ..adapters import CLIPAdapter
-from ._common import cosine_scores, per_target, to_grid
-from .grad_eclip import MapOutput
+from ._common import per_target, to_grid
+from .outputs import MapOutput, cosine_scores
 from .registry import AuthorsProtocol, MethodSpec
 
 

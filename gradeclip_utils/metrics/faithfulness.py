@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .localisation import resize_maps
+from ..maps import normalise_maps, resize_maps
 
 __all__ = ["AUC_DEFINITION", "CURVE_MEASURES", "TIES", "PerturbationCurves", "area_under_curve",
            "authors_heatmap", "authors_perturbation_curves", "perturbation_curves", "perturbation_curves_over_ties", "pixel_order", "pixel_ranks",
@@ -75,7 +75,7 @@ def pixel_ranks(maps: Tensor | np.ndarray, size: tuple[int, int], *, ties: str =
 
     Ties are ordered as ``pixel_order`` says; ``seed`` is the tie seed, one for all maps or one per map.
     """
-    up = resize_maps(maps, size)
+    up = resize_maps(maps, size, dtype=torch.float64)
     if up.ndim != 3:
         raise ValueError(f"maps must be (B, h, w), got {tuple(up.shape)}")
     flat = up.reshape(up.shape[0], -1)
@@ -231,13 +231,10 @@ def authors_heatmap(grid_map: Tensor, size: tuple[int, int], via: tuple[int, int
     ``get_similarity_map`` (the input's size) give it, and is then min-max normalised and resized as
     torchvision's ``Resize((H, W))`` resizes a tensor (bilinear, antialiased). A constant map gives zeros
     (where the authors' code would divide by zero)."""
-    from ..inputs import upsample
-    from ..results import normalise_maps
-
     grid_map = grid_map.detach().float()
     if via is None:
-        return upsample(normalise_maps(grid_map), tuple(size)).numpy()
-    first = normalise_maps(upsample(grid_map, tuple(via)))
+        return resize_maps(normalise_maps(grid_map), tuple(size)).numpy()
+    first = normalise_maps(resize_maps(grid_map, tuple(via)))
     return F.interpolate(first[None, None], size=tuple(size), mode="bilinear", align_corners=False,
                          antialias=True)[0, 0].numpy()
 

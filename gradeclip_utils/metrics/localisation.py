@@ -19,40 +19,18 @@ An empty mask has no target: the pointing game is a miss and the energy and IoU 
 
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pointing_game", "energy_pointing_game", "mask_iou", "localisation_scores", "resize_maps",
-           "dilate_masks"]
+from ..maps import ArrayLike, as_tensor, resize_maps
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
-
-
-def _as_tensor(x: ArrayLike, dtype: torch.dtype) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x.detach().to("cpu", dtype)
-    return torch.as_tensor(np.asarray(x)).to(dtype)
-
-
-def resize_maps(maps: ArrayLike, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly resize maps ``(..., h, w)`` to ``(..., *size)`` (float64, align_corners=False)."""
-    m = _as_tensor(maps, torch.float64)
-    if m.ndim < 2:
-        raise ValueError(f"maps need at least 2 dimensions, got shape {tuple(m.shape)}")
-    if tuple(m.shape[-2:]) == tuple(size):
-        return m
-    lead = m.shape[:-2]
-    flat = m.reshape(-1, 1, *m.shape[-2:])
-    up = F.interpolate(flat, size=tuple(size), mode="bilinear", align_corners=False)
-    return up.reshape(*lead, *size)
+__all__ = ["pointing_game", "energy_pointing_game", "mask_iou", "localisation_scores", "dilate_masks"]
 
 
 def dilate_masks(masks: ArrayLike, radius: float) -> torch.Tensor:
     """Grow boolean masks ``(..., H, W)`` by a disk of ``radius`` pixels (Euclidean)."""
-    m = _as_tensor(masks, torch.bool)
+    m = as_tensor(masks, torch.bool)
     if radius <= 0:
         return m
     r = int(np.floor(radius))
@@ -65,10 +43,10 @@ def dilate_masks(masks: ArrayLike, radius: float) -> torch.Tensor:
 
 
 def _prepare(maps: ArrayLike, masks: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
-    mk = _as_tensor(masks, torch.bool)
+    mk = as_tensor(masks, torch.bool)
     if mk.ndim < 2:
         raise ValueError(f"masks need at least 2 dimensions, got shape {tuple(mk.shape)}")
-    mp = resize_maps(maps, tuple(mk.shape[-2:]))
+    mp = resize_maps(maps, tuple(mk.shape[-2:]), dtype=torch.float64)
     lead = torch.broadcast_shapes(mp.shape[:-2], mk.shape[:-2])
     return mp.expand(*lead, *mp.shape[-2:]), mk.expand(*lead, *mk.shape[-2:])
 
@@ -114,7 +92,7 @@ def mask_iou(maps: ArrayLike, masks: ArrayLike) -> np.ndarray:
 def localisation_scores(maps: ArrayLike, masks: ArrayLike, tolerance: float = 0.0) -> dict[str, np.ndarray]:
     """All three metrics plus the mask's area share (the energy a uniform map would score); the pointing
     game both within ``tolerance`` pixels ("pointing") and strict ("pointing_strict")."""
-    mk = _as_tensor(masks, torch.bool)
+    mk = as_tensor(masks, torch.bool)
     share = mk.to(torch.float64).mean(dim=(-2, -1))
     pg = pointing_game(maps, masks, tolerance)
     return {

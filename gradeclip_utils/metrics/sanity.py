@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .localisation import resize_maps
+from ..maps import normalise_maps, resize_maps
 
 __all__ = ["SanityResult", "cascading_randomisation", "spearman", "ssim"]
 
@@ -86,12 +86,7 @@ def ssim(a: Tensor | np.ndarray, b: Tensor | np.ndarray, window: int = 7, data_r
 
 
 def _normalised(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    up = resize_maps(maps, size)
-    flat = up.flatten(-2)
-    low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
-    span = high - low
-    flat = torch.where(span > 0, (flat - low) / torch.where(span > 0, span, 1.0), torch.zeros_like(flat))
-    return flat.reshape(up.shape)
+    return normalise_maps(resize_maps(maps, size, dtype=torch.float64))
 
 
 @dataclasses.dataclass

@@ -1,6 +1,6 @@
 """The notebooks' studies: the logic behind each notebook, importable and tested on its own.
 
-- :mod:`.common`: sample images, image names, confidence intervals, map shares in masks
+- :mod:`.common`: sample images, image names, map shares in masks
 - :mod:`.lexicon`: a context-free part-of-speech lexicon and the Brysbaert concreteness norms, offline
 - :mod:`.concepts`: a sentence's map and score against its concepts' (overlap, NNLS combination)
 - :mod:`.failures`: colour, shape, size, count, binding and relation choices, with where the maps go

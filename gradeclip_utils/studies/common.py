@@ -1,17 +1,15 @@
-"""What the studies share: the sample images, image naming, model loading for notebooks, and intervals."""
+"""What the studies share: the sample images, image naming, model loading for notebooks, and map shares in masks."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PHOTOS_DIR = REPO_ROOT / "data" / "photos"
-SAMPLES_DIR = REPO_ROOT / "data" / "samples"
+from ..resources import PHOTOS_DIR, SAMPLES_DIR
+
 SYNTHETIC = "synthetic"
 
 #: captions that describe the bundled photographs (used by the notebooks on a real model)
@@ -89,32 +87,6 @@ def default_images(model: Any, n_scenes: int = 4, seed: int = 2024) -> list[Any]
     return [str(p) for p in sample_photos()]
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval (95% by default) of a proportion; (nan, nan) for n = 0."""
-    if n <= 0:
-        return float("nan"), float("nan")
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def bootstrap_ci(values: Sequence[float], statistic: Callable[[np.ndarray], float] = np.mean,
-                 n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic`` over ``values`` (NaNs dropped)."""
-    data = np.asarray(values, dtype=np.float64)
-    data = data[np.isfinite(data)]
-    if len(data) == 0:
-        return float("nan"), float("nan")
-    if len(data) == 1:
-        return float(data[0]), float(data[0])
-    rng = np.random.default_rng(seed)
-    stats = np.array([statistic(data[rng.integers(0, len(data), len(data))]) for _ in range(n_boot)])
-    alpha = (1 - level) / 2
-    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
-
-
 def mask_shares(heatmap: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, float]:
     """Share of a map's non-negative mass in each of a set of disjoint masks, and in the rest
     ("background"). ``heatmap`` must already be on the masks' grid."""
@@ -128,13 +100,6 @@ def mask_shares(heatmap: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, 
         covered |= mask
     shares["background"] = float(mass[~covered].sum() / total) if total > 0 else float("nan")
     return shares
-
-
-def upsampled(raw: Any, size: tuple[int, int]) -> np.ndarray:
-    """A raw (h, w) map upsampled bilinearly to ``size`` (H, W), not normalised."""
-    from ..metrics import resize_maps
-
-    return resize_maps(raw, size).numpy()
 
 
 def object_prompts(scene: Any) -> list[str]:

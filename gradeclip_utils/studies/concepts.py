@@ -30,7 +30,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .common import as_input, mask_shares, upsampled
+from ..maps import normalise_maps, resize_maps
+from .common import as_input, mask_shares
 
 #: prompt templates per concept kind for the synthetic world and for photographs
 SYNTHETIC_TEMPLATES: dict[str, str] = {"noun": "a {}", "attribute": "a {} shape", "count": "{} shapes"}
@@ -192,7 +193,6 @@ class Decomposition:
         from matplotlib import pyplot as plt
 
         from ..plotting import overlay
-        from ..results import normalise_maps
 
         picture = self.explanation.images[0]
         size = picture.size[::-1]
@@ -204,7 +204,7 @@ class Decomposition:
         axes[0].axis("off")
         overlay(picture, self.explanation.heatmap(0, 0), ax=axes[1], cmap=cmap,
                 title=f"sentence\nS = {self.score:.3f}")
-        recon = normalise_maps(torch.from_numpy(upsampled(self.reconstruction, size)).float()).numpy()
+        recon = normalise_maps(resize_maps(self.reconstruction, size, dtype=torch.float64).float()).numpy()
         overlay(picture, recon, ax=axes[2], cmap=cmap, title=f"NNLS combination\nR² = {self.map_r2:.2f}")
         for j, concept in enumerate(self.concepts):
             overlap = "n/a (empty map)" if np.isnan(self.overlap[j]) else f"{self.overlap[j]:.2f}"
@@ -319,7 +319,7 @@ def decomposition_study(model: Any, items: Sequence[Any], caption_kinds: Sequenc
                 energies.append(np.nan)
                 areas.append(np.nan)
                 continue
-            heat = upsampled(dec.explanation.raw[0][j + 1], mask.shape)
+            heat = resize_maps(dec.explanation.raw[0][j + 1], mask.shape, dtype=torch.float64).numpy()
             energies.append(mask_shares(heat, {"concept": mask})["concept"])
             areas.append(float(mask.mean()))
         table["energy_in_mask"] = energies

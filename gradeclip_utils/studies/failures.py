@@ -19,8 +19,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
-from .common import as_input, default_resolution, image_name, mask_shares, upsampled, wilson_interval
+from ..maps import normalise_maps, resize_maps
+from ..stats import wilson_interval
+from .common import as_input, default_resolution, image_name, mask_shares
 
 KINDS: tuple[str, ...] = ("colour", "shape", "size", "count", "binding", "relation")
 #: start of each kind's block of held-out scene ids (disjoint from the evaluation command's blocks)
@@ -172,7 +175,7 @@ def run_choices(model: Any, items: Sequence[ChoiceItem], *, method: str = "grad_
             for index in item.targets:
                 target |= item.image.masks[index]
             others = item.image.masks.any(axis=0) & ~target
-            true_map, negative_map = (upsampled(ex.raw[0][k], size) for k in (0, best))
+            true_map, negative_map = (resize_maps(ex.raw[0][k], size, dtype=torch.float64).numpy() for k in (0, best))
             for label, heat in (("true", true_map), ("negative", negative_map)):
                 shares = mask_shares(heat, {"targets": target, "others": others})
                 row.update({f"{label}_{k}": v for k, v in shares.items()})
@@ -265,10 +268,7 @@ def plot_gallery(results: ChoiceResults, kind: str | None = None, n_right: int =
     variant, each with its score."""
     from matplotlib import pyplot as plt
 
-    import torch
-
     from ..plotting import overlay
-    from ..results import normalise_maps
 
     frame = results.frame
     pool = frame.index[frame["kind"] == kind] if kind is not None else frame.index
@@ -289,7 +289,7 @@ def plot_gallery(results: ChoiceResults, kind: str | None = None, n_right: int =
         axes[r, 0].axis("off")
         for c, (text, score, heat) in enumerate(((row["caption"], row["score_true"], results.maps[index][0]),
                                                   (row["negative"], row["score_negative"], results.maps[index][1]))):
-            shown = normalise_maps(torch.as_tensor(upsampled(heat, picture.size[::-1])).float()).numpy()
+            shown = normalise_maps(resize_maps(heat, picture.size[::-1], dtype=torch.float64).float()).numpy()
             label = "true" if c == 0 else "false"
             overlay(picture, shown, ax=axes[r, c + 1], title=f"{label}: {text}\nS = {score:.3f}")
             axes[r, c + 1].title.set_fontsize(7)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import string
 from functools import lru_cache
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -131,10 +131,6 @@ def tag_word(word: str, overrides: Mapping[str, str] | None = None) -> str:
     if lower in SYNTHETIC_CATEGORIES:
         return SYNTHETIC_CATEGORIES[lower][0]
     return _open_class(lower)
-
-
-def tag_words(words: Iterable[str], overrides: Mapping[str, str] | None = None) -> list[str]:
-    return [tag_word(word, overrides) for word in words]
 
 
 def synthetic_role(word: str) -> str:

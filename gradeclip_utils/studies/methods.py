@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
+from ..maps import resize_maps
 from ..methods import method_specs
-from .common import as_input, default_resolution, image_name, prompt_mask, upsampled
+from .common import as_input, default_resolution, image_name, prompt_mask
 
 #: methods too slow for a quick run on the CPU (many forward passes or an optimisation per map): those
 #: whose ``MethodSpec`` says ``slow`` (RISE and M2IB), as registered when the package was imported
@@ -73,7 +75,8 @@ def method_gallery(model: Any, images: Sequence[Any], prompts: Sequence[str], me
                    "seconds": time.perf_counter() - started, "score": float(ex.scores[0, 0])}
             title = method if r == 0 else ""
             if mask is not None:
-                row["energy"] = float(energy_pointing_game(upsampled(ex.raw[0][0], mask.shape), mask))
+                heat = resize_maps(ex.raw[0][0], mask.shape, dtype=torch.float64).numpy()
+                row["energy"] = float(energy_pointing_game(heat, mask))
                 title = f"{title}\nenergy {row['energy']:.2f}" if title else f"energy {row['energy']:.2f}"
             rows.append(row)
             if c == 0:

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..stats import bootstrap_ci
 from .common import as_input, default_resolution, image_name
 
 #: a selection of the prompt templates OpenAI used for zero-shot ImageNet
@@ -145,15 +146,18 @@ def explain_prompts(model: Any, image: Any, prompts: Sequence[str], *, layers: A
     return explanation, table
 
 
+#: the 95% interval's tail as the studies compute it: 0.025 but for the last bit of (1 - 0.95) / 2, kept so that
+#: their published tables keep their exact values
+STUDY_TAIL = (1 - 0.95) / 2
+
+
 def summarise(frame, by: str | Sequence[str], value: str = "relative_importance", n_boot: int = 2000):
     """Mean of ``value`` per group with a 95% percentile-bootstrap interval and the group's size."""
     import pandas as pd
 
-    from .common import bootstrap_ci
-
     rows = []
     for key, group in frame.groupby(by, sort=False):
-        low, high = bootstrap_ci(group[value].to_numpy(), n_boot=n_boot)
+        _, low, high = bootstrap_ci(group[value].to_numpy(), resamples=n_boot, tail=STUDY_TAIL)
         key = key if isinstance(key, tuple) else (key,)
         names = [by] if isinstance(by, str) else list(by)
         rows.append({**dict(zip(names, key)), "n": len(group), "mean": float(group[value].mean()),
@@ -192,11 +196,6 @@ def plot_by(frame, column: str = "pos", value: str = "relative_importance", hue:
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return fig
-
-
-def plot_by_pos(frame, value: str = "relative_importance", hue: str | None = None):
-    """Mean importance per part of speech (``plot_by`` with column "pos")."""
-    return plot_by(frame, "pos", value, hue)
 
 
 def plot_by_concreteness(frame, value: str = "relative_importance"):

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from .scenes import COLOURS, SHAPES, SIZES, Scene, SceneObject
+from .world import COLOURS, SHAPES, SIZES, Scene, SceneObject
 
 __all__ = [
     "NounPhrase",
@@ -426,11 +426,3 @@ def class_prompts(template: str = "a {colour} {shape}") -> tuple[list[str], list
             text = "an " + text[2:]
         prompts.append(text)
     return prompts, labels
-
-
-def iter_captions(scene: Scene) -> Iterable[tuple[str, Caption, bool]]:
-    """(kind, caption, is_true) for every caption and hard negative of a scene."""
-    for k, c in scene.captions.items():
-        yield k, c, True
-    for k, c in scene.negatives.items():
-        yield k, c, False

@@ -10,11 +10,9 @@ from typing import Optional
 
 import torch
 
-__all__ = ["OPEN_CLIP_CONFIG", "DATA_DIR", "CONFIG_NAME", "WEIGHTS_NAME", "build_model", "save_model",
+__all__ = ["OPEN_CLIP_CONFIG", "CONFIG_NAME", "WEIGHTS_NAME", "build_model", "save_model",
            "image_mean_std"]
 
-#: where the committed model lives (``load_model("synthetic")`` resolves to ``local-dir:`` this folder)
-DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "synthetic_clip"
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
 

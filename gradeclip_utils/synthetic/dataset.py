@@ -237,8 +237,3 @@ class SyntheticBatches(torch.utils.data.Dataset):
             "truth": torch.from_numpy(truth),
             "kinds": [e.kind for e in exs],
         }
-
-
-def heldout_seeds(n: int, offset: int = 0) -> range:
-    """``n`` scene ids of the held-out range (``offset`` selects a disjoint block)."""
-    return range(HELDOUT_SEED_START + offset, HELDOUT_SEED_START + offset + n)

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..maps import resize_maps
 from .captions import Caption, class_prompts, hard_negatives, object_caption, unique_objects
 from .config import CONFIG_NAME, WEIGHTS_NAME
 from .dataset import HELDOUT_SEED_START, make_example
@@ -198,13 +199,11 @@ def miss_breakdown(maps: torch.Tensor, items: Sequence[tuple[Scene, Caption, np.
     prompted object's colour or its shape), on an *other object*, or on the *background* (no object's
     visible pixels). Tells a model that confuses objects apart from one whose maps are diffuse.
     """
-    from ..metrics.localisation import resize_maps
-
     counts = dict.fromkeys(MISS_KINDS, 0)
     missed = [i for i in range(len(items)) if not hits[i]]
     if missed:
         scene_size = tuple(items[0][2].shape[-2:])
-        peaks = resize_maps(maps[missed], scene_size).flatten(1).argmax(1).tolist()
+        peaks = resize_maps(maps[missed], scene_size, dtype=torch.float64).flatten(1).argmax(1).tolist()
         for i, peak in zip(missed, peaks):
             scene, caption, _ = items[i]
             y, x = divmod(peak, scene_size[1])
