@@ -555,6 +555,20 @@ def _run(command: str, parser: argparse.ArgumentParser, args: argparse.Namespace
     return run_command(parser, args)
 
 
+def alias_main(command: str, argv: Sequence[str] | None = None) -> Any:
+    """``python -m MODULE`` (MODULE: ``ALIASES[command]``): ``argv`` (default: the process's arguments) parsed by
+    the command's own parser and run; returns what the command returns (the evaluation: its summary)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = command_parser(command)
+    return _run(command, parser, parser.parse_args(argv), argv)
+
+
+def alias(command: str) -> int:
+    """What ``python -m MODULE`` runs: ``alias_main`` with the errors a user can fix as one line; the exit status.
+    The modules' ``__main__`` blocks call it, so that no module below this one imports it."""
+    return run_guarded(lambda: alias_main(command), f"python -m {ALIASES[command]}")
+
+
 def run_guarded(run: Callable[[], Any], prog: str) -> int:
     """``run()``, with the errors a user can fix (``USER_ERRORS``) printed as one line ``PROG: error: ...``
     (exit status 2); a command that returns no status (a summary, a path) has succeeded (0). Under torchrun the

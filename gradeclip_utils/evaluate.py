@@ -1045,13 +1045,6 @@ def write_doc(summary: dict[str, Any], out: str | Path, doc: str | Path) -> Path
 
 
 # ---------------------------------------------------------------------------------- command line
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """``python -m gradeclip_utils.evaluate``: ``gradeclip evaluate``, the same options; returns the summary."""
-    from .cli import command_parser
-
-    parser = command_parser("evaluate")
-    return run_command(parser, parser.parse_args(argv), argv)
-
 
 def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace,
                 argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -1104,10 +1097,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequen
     return summary
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the `gradeclip evaluate` alias (cli.py declares its options)
     from torch.distributed.elastic.multiprocessing.errors import record
 
-    from .cli import run_guarded
+    from .cli import alias
 
     # under torchrun, a failing rank's traceback (of an error that is not a user's) goes into torchrun's report
-    sys.exit(record(run_guarded)(main, "python -m gradeclip_utils.evaluate"))
+    sys.exit(record(alias)("evaluate"))

@@ -458,18 +458,10 @@ def run_command(args: argparse.Namespace) -> Path:
     return index
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gradeclip_utils.explain_dataset``: ``gradeclip explain-dataset``, the same options."""
-    from .cli import command_parser
-
-    parser = command_parser("explain-dataset")
-    run_command(parser.parse_args(argv))
-    return 0
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # the `gradeclip explain-dataset` alias (cli.py declares its options)
     from torch.distributed.elastic.multiprocessing.errors import record
 
-    from .cli import run_guarded
+    from .cli import alias
 
-    sys.exit(record(run_guarded)(main, "python -m gradeclip_utils.explain_dataset"))
+    # under torchrun, a failing rank's traceback (of an error that is not a user's) goes into torchrun's report
+    sys.exit(record(alias)("explain-dataset"))

@@ -428,13 +428,6 @@ def format_runs(runs: Sequence[NotebookRun]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gradeclip_utils.notebooks``: ``gradeclip notebooks``, the same options; the exit status."""
-    from .cli import command_parser
-
-    parser = command_parser("notebooks")
-    return run_command(parser, parser.parse_args(argv))
-
 
 def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """``gradeclip notebooks`` on its parsed arguments (the options are declared in ``cli.py``); the exit status."""
@@ -467,7 +460,7 @@ def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     return 0 if all(r.ok for r in runs) else 1
 
 
-if __name__ == "__main__":
-    from .cli import run_guarded
+if __name__ == "__main__":  # the `gradeclip notebooks` alias (cli.py declares its options)
+    from .cli import alias
 
-    sys.exit(run_guarded(main, "python -m gradeclip_utils.notebooks"))
+    sys.exit(alias("notebooks"))

@@ -109,7 +109,7 @@ def test_the_python_m_aliases_are_the_same_commands(command, monkeypatch):
     calls = []
     monkeypatch.setattr(module, "run_command", lambda *a: calls.append(a) or 0)
     argv = ALIAS_ARGV[command]
-    module.main(list(argv))
+    cli.alias_main(command, list(argv))
     assert cli.main([*command.split(), *argv]) == 0
     (alias_call, command_call) = calls
     alias_args = next(a for a in alias_call if isinstance(a, argparse.Namespace))
@@ -214,7 +214,8 @@ def test_alias_errors_are_one_line_too(capsys):
     """What ``python -m gradeclip_utils.notebooks`` runs: a user error is one line, exit status 2."""
     from gradeclip_utils import notebooks
 
-    code = cli.run_guarded(lambda: notebooks.main(["--list", "--only", "99"]), "python -m gradeclip_utils.notebooks")
+    code = cli.run_guarded(lambda: cli.alias_main("notebooks", ["--list", "--only", "99"]),
+                           "python -m gradeclip_utils.notebooks")
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"python -m gradeclip_utils.notebooks: error: no notebook matches '99'; have "

@@ -16,6 +16,7 @@ import torch
 
 from gradeclip_utils import distributed
 from gradeclip_utils import evaluate as ev
+from gradeclip_utils.cli import alias_main
 from gradeclip_utils.distributed import Context, Journal
 from launch import ROOT, torchrun
 
@@ -186,7 +187,7 @@ def reference(tmp_path_factory):
     threads, here = torch.get_num_threads(), os.getcwd()
     os.chdir(folder)
     try:
-        ev.main(ARGS)
+        alias_main("evaluate", ARGS)
     finally:
         os.chdir(here)
         torch.set_num_threads(threads)

@@ -33,7 +33,7 @@ def test_every_package_error_derives_from_the_base():
 @pytest.mark.parametrize("path, parent", [
     ("gradeclip_utils.adapters.UnsupportedModelError", TypeError),
     ("gradeclip_utils.adapters.UnsupportedMethodError", NotImplementedError),
-    ("gradeclip_utils.loading.UnsafeCheckpointError", ValueError),
+    ("gradeclip_utils.checkpoints.UnsafeCheckpointError", ValueError),
     ("gradeclip_utils.loading.WeightsUnavailableError", RuntimeError),
     ("gradeclip_utils.loading.UnknownModelError", RuntimeError),
     ("gradeclip_utils.distributed.RankFailedError", RuntimeError),

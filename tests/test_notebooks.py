@@ -18,6 +18,7 @@ import gradeclip_utils
 from gradeclip_utils.export import load_manifests
 from gradeclip_utils.resources import REPO_ROOT
 from gradeclip_utils.methods import list_methods
+from gradeclip_utils.cli import alias_main
 from gradeclip_utils.notebooks import (INJECTED_TAG, NotebookError, check_parameters, list_notebooks, main,
                                        overrides_per_notebook, parameter_names, parameters_cell_index, run_all,
                                        run_notebook)
@@ -186,15 +187,15 @@ def test_kernels_shut_down_without_an_interrupt(tmp_path, capfd):
 
 
 def test_the_command_lists_and_refuses_unknown_names(capsys, tmp_path):
-    assert main(["--out", "unused", "--list"]) == 0
+    assert alias_main("notebooks", ["--out", "unused", "--list"]) == 0
     assert capsys.readouterr().out.split() == [p.stem for p in NOTEBOOKS]
     with pytest.raises(ValueError, match="no notebook matches"):
-        main(["--out", "unused", "--only", "99"])
+        alias_main("notebooks", ["--out", "unused", "--only", "99"])
     with pytest.raises(ValueError, match="no selected notebook has them"):
-        main(["--out", str(tmp_path / "never"), "--only", "01", "--param", "N_IMAGES=3"])
+        alias_main("notebooks", ["--out", str(tmp_path / "never"), "--only", "01", "--param", "N_IMAGES=3"])
     assert not (tmp_path / "never").exists()  # refused before anything ran
     with pytest.raises(SystemExit):
-        main(["--out", "unused", "--quick", "--full"])
+        alias_main("notebooks", ["--out", "unused", "--quick", "--full"])
 
 
 def _png_outputs(notebook) -> int:

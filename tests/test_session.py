@@ -121,8 +121,10 @@ def test_every_caller_runs_methods_through_the_runner(trained, recording):
 
 
 def test_the_dataset_job_runs_through_the_runner(tiny, tmp_path, monkeypatch):
+    import gradeclip_utils.explain_dataset as job
     import gradeclip_utils.session as session
 
+    assert job.run_image_method is session.run_image_method
     calls = []
     real = session.run_image_method
 
@@ -130,7 +132,7 @@ def test_the_dataset_job_runs_through_the_runner(tiny, tmp_path, monkeypatch):
         calls.append((config.method, tuple(config.layers), kwargs.get("inputs")))
         return real(model, config, pixels, targets, **kwargs)
 
-    monkeypatch.setattr(session, "run_image_method", counting)
+    monkeypatch.setattr(job, "run_image_method", counting)
     folder = picture_folder(tmp_path / "pictures")
     explain_dataset(tiny, folder, tmp_path / "maps", prompts=PROMPTS, progress=False)
     assert calls == [("grad_eclip", (2,), ["im0.png", "im1.png"])]
@@ -138,7 +140,7 @@ def test_the_dataset_job_runs_through_the_runner(tiny, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise FloatingPointError("grad_eclip produced non-finite maps or scores for ['im0.png']")
 
-    monkeypatch.setattr(session, "run_image_method", broken)
+    monkeypatch.setattr(job, "run_image_method", broken)
     with pytest.raises(FloatingPointError, match="non-finite"):
         explain_dataset(tiny, folder, tmp_path / "other", prompts=PROMPTS, progress=False)
 
@@ -197,7 +199,7 @@ def test_the_benchmark_runs_the_baselines_through_the_runner_with_their_declared
         calls.append(config)
         return real(model, config, pixels, targets, **kwargs)
 
-    monkeypatch.setattr(session, "run_image_method", counting)
+    monkeypatch.setattr(job, "run_image_method", counting)
     assert module.main(["--model", "tiny", "--prompts", "1", "--repeats", "1", "--skip", "loop,text,perturbation",
                         "--memory-calls", "0", "--baselines", "rise,clip_surgery,rollout", "--rise-masks", "5"]) == 0
     configs = {config.method: config for config in calls}

@@ -159,10 +159,10 @@ def test_ci_set_figures_and_targets(loaded):
 
 
 def test_evaluate_command_prints_the_table_and_writes_json(tmp_path, capsys):
-    from gradeclip_utils.synthetic.evaluate import main
+    from gradeclip_utils.cli import alias_main
 
     out = tmp_path / "res.json"
-    main(["--n-zero-shot", "14", "--n-choice", "4", "--n-localisation", "6", "--layers", "-2", "-1",
+    alias_main("synthetic evaluate", ["--n-zero-shot", "14", "--n-choice", "4", "--n-localisation", "6", "--layers", "-2", "-1",
           "--threads", "1", "--json", str(out)])
     table = capsys.readouterr().out
     res = json.loads(out.read_text())

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gradeclip_utils.cli import alias_main
 from gradeclip_utils.synthetic.config import CONFIG_NAME, OPEN_CLIP_CONFIG, WEIGHTS_NAME, build_model
 from gradeclip_utils.synthetic.dataset import HELDOUT_SEED_START, SyntheticBatches, images_to_tensor
 from gradeclip_utils.synthetic.train import _tokenizer, contrastive_loss, encode_text_trimmed, train
@@ -156,14 +157,15 @@ def test_other_config_and_snapshots_and_selection(tmp_path, monkeypatch, capsys)
 
     # the command prints the rows and copies the selected model (config and weights) where it is told
     exported = tmp_path / "exported"
-    ev.main(["--select", str(out / "snapshots"), "--export", str(exported), "--threads", "1"])
+    alias_main("synthetic evaluate", ["--select", str(out / "snapshots"), "--export", str(exported), "--threads", "1"])
     assert "step_2" in capsys.readouterr().out.splitlines()[-2]
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         assert (exported / name).read_bytes() == (out / "snapshots" / "step_2" / name).read_bytes()
     with pytest.raises(SystemExit):
-        ev.main(["--export", str(exported)])
+        alias_main("synthetic evaluate", ["--export", str(exported)])
     with pytest.raises(SystemExit):
-        ev.main(["--select", str(out / "snapshots"), "--min-zero-shot", "0.99", "--export", str(tmp_path / "x")])
+        alias_main("synthetic evaluate", ["--select", str(out / "snapshots"), "--min-zero-shot", "0.99",
+                                          "--export", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
 
 
@@ -173,13 +175,13 @@ def test_command_line_tower_and_mix_overrides(tmp_path, capsys):
     import open_clip
 
     from gradeclip_utils.synthetic.dataset import TRAIN_MIX
-    from gradeclip_utils.synthetic.train import main
 
     out = tmp_path / "run"
-    main(["--out", str(out), "--steps", "2", "--batch-size", "8", "--warmup", "1", "--workers", "0",
-          "--eval-every", "0", "--no-progress", "--vision", "ls_init_value=0.1", "--vision", "layers=2",
-          "--mix", "single=1", "--mix", "partial=0", "--mix", "full=0", "--mix", "pair=0", "--mix", "count=0",
-          "--mix", "relation=0"])
+    alias_main("synthetic train", [
+        "--out", str(out), "--steps", "2", "--batch-size", "8", "--warmup", "1", "--workers", "0",
+        "--eval-every", "0", "--no-progress", "--vision", "ls_init_value=0.1", "--vision", "layers=2",
+        "--mix", "single=1", "--mix", "partial=0", "--mix", "full=0", "--mix", "pair=0", "--mix", "count=0",
+        "--mix", "relation=0"])
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
     vision = ck["config"]["model_cfg"]["vision_cfg"]
     assert vision["ls_init_value"] == 0.1 and vision["layers"] == 2
@@ -196,6 +198,6 @@ def test_command_line_tower_and_mix_overrides(tmp_path, capsys):
                 ["--mix", "no_such_kind=0.5"], ["--mix", "single=-1"], ["--mix", "single=nan"],
                 ["--mix", "single=x"]):
         with pytest.raises(SystemExit):
-            main(["--out", str(tmp_path / "bad"), "--steps", "1", "--workers", "0", *bad])
+            alias_main("synthetic train", ["--out", str(tmp_path / "bad"), "--steps", "1", "--workers", "0", *bad])
         assert not (tmp_path / "bad" / "checkpoint.pt").exists()
     assert "--vision" in capsys.readouterr().err

@@ -19,6 +19,7 @@ import torch
 from scipy.ndimage import distance_transform_edt
 
 from gradeclip_utils import evaluate as ev
+from gradeclip_utils.cli import alias_main
 from gradeclip_utils.synthetic import evaluate as synthetic_evaluate
 
 DEFAULT = round(15 * 64 / 224)
@@ -69,7 +70,7 @@ def test_synthetic_evaluate_and_its_command_default(hand_maps, monkeypatch):
     assert result["localisation"]["pointing"] == pytest.approx(0.5)
     monkeypatch.setattr(synthetic_evaluate, "evaluate", stop)
     with pytest.raises(Stop) as stopped:
-        synthetic_evaluate.main(["--threads", str(torch.get_num_threads())])
+        alias_main("synthetic evaluate", ["--threads", str(torch.get_num_threads())])
     assert stopped.value.args[4] == DEFAULT  # evaluate(model, n_zero_shot, n_choice, n_localisation, tolerance, layers)
 
 
@@ -116,7 +117,7 @@ def test_method_evaluation_and_its_command_default(tmp_path, monkeypatch):
     monkeypatch.setattr(ev, "synthetic_set", lambda *a, **k: data)
     monkeypatch.setattr(ev, "evaluate", stop)
     with pytest.raises(Stop) as stopped:
-        ev.main(["--out", str(tmp_path / "cli")])
+        alias_main("evaluate", ["--out", str(tmp_path / "cli")])
     assert stopped.value.args[-1]["tolerance"] == DEFAULT
 
 

@@ -315,13 +315,6 @@ def format_table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    """``python -m gradeclip_utils.synthetic.evaluate``: ``gradeclip synthetic evaluate``, the same options."""
-    from ..cli import command_parser
-
-    parser = command_parser("synthetic evaluate")
-    run_command(parser, parser.parse_args(argv))
-
 
 def run_command(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     """``gradeclip synthetic evaluate`` on its parsed arguments (the options are declared in ``cli.py``)."""
@@ -350,7 +343,7 @@ def run_command(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
             json.dump(res, f, indent=2)
 
 
-if __name__ == "__main__":
-    from ..cli import run_guarded
+if __name__ == "__main__":  # the `gradeclip synthetic evaluate` alias (cli.py declares its options)
+    from ..cli import alias
 
-    sys.exit(run_guarded(main, "python -m gradeclip_utils.synthetic.evaluate"))
+    sys.exit(alias("synthetic evaluate"))

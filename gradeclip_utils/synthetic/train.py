@@ -278,13 +278,6 @@ def train(out: str | Path, steps: int = 3000, batch_size: int = 128, lr: float =
     return summary
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    """``python -m gradeclip_utils.synthetic.train``: ``gradeclip synthetic train``, the same options."""
-    from ..cli import command_parser
-
-    parser = command_parser("synthetic train")
-    run_command(parser, parser.parse_args(argv))
-
 
 def run_command(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     """``gradeclip synthetic train`` on its parsed arguments (the options are declared in ``cli.py``)."""
@@ -314,7 +307,7 @@ def run_command(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2, default=float))
 
 
-if __name__ == "__main__":
-    from ..cli import run_guarded
+if __name__ == "__main__":  # the `gradeclip synthetic train` alias (cli.py declares its options)
+    from ..cli import alias
 
-    sys.exit(run_guarded(main, "python -m gradeclip_utils.synthetic.train"))
+    sys.exit(alias("synthetic train"))
