@@ -199,7 +199,7 @@ def test_the_benchmark_runs_the_baselines_through_the_runner_with_their_declared
         calls.append(config)
         return real(model, config, pixels, targets, **kwargs)
 
-    monkeypatch.setattr(job, "run_image_method", counting)
+    monkeypatch.setattr(session, "run_image_method", counting)
     assert module.main(["--model", "tiny", "--prompts", "1", "--repeats", "1", "--skip", "loop,text,perturbation",
                         "--memory-calls", "0", "--baselines", "rise,clip_surgery,rollout", "--rise-masks", "5"]) == 0
     configs = {config.method: config for config in calls}
