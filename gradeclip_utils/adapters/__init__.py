@@ -12,8 +12,8 @@ from __future__ import annotations
 from torch import nn
 
 from . import hf_clip, openai_clip, openclip, timm_vit, zoo
-from .base import (MODES, BlockCapture, CLIPAdapter, ImageTower, Mode, TextTower, TowerTrace, UnsupportedMethodError,
-                   UnsupportedModelError)
+from .base import (MODES, BlockCapture, BlockSteps, CLIPAdapter, ImageTower, Mode, TextTower, TowerTrace,
+                   UnsupportedMethodError, UnsupportedModelError)
 
 #: the families, in the order they are tried: open_clip models with a timm image tower (TimmModel) belong
 #: to timm_vit, which is tried before the generic open_clip family (that one reads open_clip's own towers)
@@ -62,6 +62,6 @@ def get_adapter(model: nn.Module) -> CLIPAdapter:
 
 
 __all__ = [
-    "FAMILIES", "MODES", "BlockCapture", "CLIPAdapter", "ImageTower", "Mode", "TextTower", "TowerTrace",
+    "FAMILIES", "MODES", "BlockCapture", "BlockSteps", "CLIPAdapter", "ImageTower", "Mode", "TextTower", "TowerTrace",
     "UnsupportedMethodError", "UnsupportedModelError", "get_adapter", "model_family",
 ]
