@@ -61,22 +61,24 @@ def _relevance_rows(steps: BlockSteps, total: int, targets: Tensor, differentiat
                 # a leaf that requires grad: the graph exists whatever the parameters' flags
                 leaf = tokens.detach().requires_grad_(True)
                 out, attention = steps.step(layer, leaf)
-                if cotangent is None:  # the last block: ``out`` is the embedding
+                if layer == blocks[-1]:  # ``out`` is the embedding
                     cosines = cosine_scores(out, targets)
                     if scores is None:
                         scores = cosines.detach()
                     out = differentiated(cosines)[:, start:stop]
                     pull = one_hot_cotangents(out)
                 else:
-                    pull = lambda first, last, cot=cotangent: cot[first:last]  # noqa: E731
+                    def pull(first: int, last: int, cot: Tensor = cotangent) -> Tensor:
+                        return cot[first:last]
                 wanted = [attention] if layer == blocks[0] else [attention, leaf]
                 grads = batched_vjp(out, wanted, pull, stop - start, stop - start)
+            attention_grad, cotangent = grads[0], (grads[1] if len(grads) > 1 else None)
+            del grads, out
             # in place: the gradient is not needed after this (the same numbers as out of place)
-            cam = grads[0].float().mul_(attention.detach().float()).clamp_(min=0).mean(dim=2)  # (k, B, N, N)
-            del grads[0], attention, out
+            cam = attention_grad.float().mul_(attention.detach().float()).clamp_(min=0).mean(dim=2)  # (k, B, N, N)
+            del attention_grad, attention
             row = row + (row.unsqueeze(-2) @ cam.transpose(0, 1)).squeeze(-2)
             del cam
-            cotangent = grads[0] if grads else None
         pieces.append(row)
     return torch.cat(pieces, dim=1), scores
 
