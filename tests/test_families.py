@@ -21,6 +21,7 @@ from gradeclip_utils.plotting import NEGATIVE_COLOUR
 from gradeclip_utils.methods import IMAGE_METHODS, TEXT_METHODS
 
 import families as fam
+import full_matrix
 import reference
 from families import relative
 
@@ -193,6 +194,29 @@ def test_resnet_methods_equal_across_resnet_families(resnets, method):
     got = ge.explain_image(resnets["openai"], RESNET_PIXELS, PROMPTS[:3], method=method, **options)
     assert float(want.maps.abs().max()) > 0
     assert relative(got.maps, want.maps) < 5 * TOL and relative(got.scores, want.scores) < TOL
+
+
+# ------------------------------------------------------------ GAME and rollout, one block at a time
+@pytest.mark.parametrize("name", ["open_clip", *OTHERS])
+def test_game_and_rollout_equal_the_full_matrix_computation(families, name):
+    """Folded one block at a time, GAME and rollout give the maps and word rows of the full N x N matrices
+    over every block's attention (non-square pictures, 3 images x 3 prompts, GAME's targets in several
+    chunks; all blocks, from block 1, the last block)."""
+    loaded = families[name]
+    adapter = loaded.adapter
+    pixels = fam.non_square_pixels(3, (48, 80), seed=11)
+    full_matrix.check_image_methods(adapter, pixels, ge.encode_texts(loaded, PROMPTS[:3]))
+    images = torch.nn.functional.normalize(adapter.encode_image(pixels).float(), dim=-1)
+    full_matrix.check_text_game(adapter, loaded.tokenize(CAPTIONS + PROMPTS[:1]), images)
+
+
+@pytest.mark.parametrize("name", ["open_clip", "openai"])
+def test_resnet_game_and_rollout_equal_the_full_matrix_computation(resnets, name):
+    """The attention pool is the one block: its step is the pool, as the trace computes it."""
+    loaded = resnets[name]
+    pixels = fam.non_square_pixels(3, (64, 96), seed=12)
+    full_matrix.check_image_methods(loaded.adapter, pixels, ge.encode_texts(loaded, PROMPTS[:3]), rollout_starts=(0,),
+                                    game_options=full_matrix.ONE_BLOCK_OPTIONS)
 
 
 def test_resnet_grad_cam_is_grad_cam_on_the_final_feature_map(resnets):

@@ -156,9 +156,9 @@ def test_captions_at_once_equal_one_caption_at_a_time(tiny):
 
 
 # ---------------------------------------------------------------------- the benchmark's slow loop
-def _benchmark_module():
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "speed.py"
-    spec = importlib.util.spec_from_file_location("benchmark_speed", path)
+def _benchmark_module(name: str = "speed"):
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault(spec.name, module)  # its dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -249,3 +249,27 @@ def test_causal_prefix_only_under_a_causal_mask():
     padded = causal.clone()
     padded[:, 5] = float("-inf")  # a key masked for every query: not the plain causal mask
     assert causal_prefix(padded, index, 6) is None
+
+
+# ------------------------------------------------------------------------------ the memory benchmark
+def test_memory_benchmark_captions_fill_the_context(tiny):
+    captions = _benchmark_module("memory").full_captions(tiny, 5)
+    assert len(set(captions)) == 5
+    ends = tiny.adapter.text_token_index(tiny.tokenize(captions))
+    assert (ends == tiny.adapter.context_length - 1).all()
+
+
+def test_memory_benchmark_measures_each_case_in_its_own_process(tmp_path, capsys):
+    """One case on the embedded model: a peak and times come back from the case's process."""
+    import json
+
+    out = tmp_path / "memory.json"
+    assert _benchmark_module("memory").main(["--cases", "rollout_1x1,forward_b1", "--threads", "1",
+                                             "--json", str(out)]) == 0
+    cases = {case["case"]: case for case in json.loads(out.read_text())["cases"]}
+    assert set(cases) == {"rollout_1x1", "forward_b1"}
+    for case in cases.values():
+        assert "error" not in case, case
+        assert case["wall_s"] > 0 and case["before_bytes"] > 0
+        assert case["peak_bytes"] is None or case["peak_bytes"] >= 0
+    assert "rollout_1x1" in capsys.readouterr().out

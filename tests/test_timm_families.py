@@ -27,6 +27,7 @@ import gradeclip_utils as ge
 from gradeclip_utils.adapters import UnsupportedMethodError, UnsupportedModelError, get_adapter
 from gradeclip_utils.methods import IMAGE_METHODS
 
+import full_matrix
 from families import relative
 from reference import input_of
 from realistic import realistic_init
@@ -410,6 +411,24 @@ def test_every_method_runs_on_class_token_trunks(models, name, method):
         assert got.maps.shape[-2:] == (images.shape[-2] // 16, images.shape[-1] // 16)
     assert torch.isfinite(got.maps).all() and float(got.maps.abs().max()) > 0
     assert relative(got.scores, want_scores) < TOL
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_game_and_rollout_equal_the_full_matrix_computation(models, name):
+    """Folded one block at a time (rotary tables, LayerScale, the probe as the one block), GAME and rollout
+    give the maps and word rows of the full N x N matrices over every block's attention, 3 images x 3
+    prompts at the native (non-square) size."""
+    loaded = models[name]
+    adapter = loaded.adapter
+    images = pixels(name, "native", count=3, seed=13)
+    targets = unit(3, seed=2, dim=adapter.embed_dim)
+    blocks = adapter.num_image_blocks
+    one_block = blocks == 1
+    full_matrix.check_image_methods(
+        adapter, images, targets, rollout_starts=(0,) if one_block else (0, blocks // 2, -1),
+        game_options=full_matrix.ONE_BLOCK_OPTIONS if one_block else full_matrix.GAME_OPTIONS)
+    tokens = loaded.tokenize(PROMPTS)
+    full_matrix.check_text_game(adapter, tokens, F.normalize(adapter.encode_image(images).float(), dim=-1))
 
 
 # ------------------------------------------------- the same weights as an open_clip ViT, every method

@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from . import hf_clip, openai_clip, openclip, timm_vit, zoo
-from .base import (CAPTURES, MODES, BlockCapture, CLIPAdapter, ImageTower, Mode, TextTower, TowerTrace,
+from .base import (CAPTURES, MODES, BlockCapture, BlockSteps, CLIPAdapter, ImageTower, Mode, TextTower, TowerTrace,
                    UnsupportedMethodError, UnsupportedModelError)
 
 #: the families, in the order they are tried: open_clip models with a timm image tower (TimmModel) belong
@@ -62,6 +62,6 @@ def get_adapter(model: nn.Module) -> CLIPAdapter:
 
 
 __all__ = [
-    "CAPTURES", "FAMILIES", "MODES", "BlockCapture", "CLIPAdapter", "ImageTower", "Mode", "TextTower", "TowerTrace",
+    "CAPTURES", "FAMILIES", "MODES", "BlockCapture", "BlockSteps", "CLIPAdapter", "ImageTower", "Mode", "TextTower", "TowerTrace",
     "UnsupportedMethodError", "UnsupportedModelError", "get_adapter", "model_family",
 ]

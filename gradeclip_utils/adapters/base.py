@@ -101,6 +101,26 @@ class TowerTrace:
     block_outputs: dict[int, Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class BlockSteps:
+    """A tower's forward one explained block at a time, for methods that fold each block's attention
+    into a running result instead of holding every block's at once (rollout, GAME).
+
+    ``tokens`` (B, N, C) are the tokens entering block ``first``, without a graph. ``step(block, x)``
+    runs block ``block`` on tokens ``x`` as ``trace`` computes an explained block in faithful mode (the
+    same numbers) and returns the tokens leaving it, or for the tower's last block its embedding (B, D),
+    and the block's attention probabilities (B, H, N, N); both with their graph to ``x`` when gradients
+    are enabled. Running the blocks from ``first`` to the last block, each on the previous one's output,
+    is the tower's forward. ``token_index`` (B,) is the pooled position, ``grid`` the patch grid of images.
+    """
+
+    tokens: Tensor
+    first: int
+    step: Callable[[int, Tensor], tuple[Tensor, Tensor]]
+    token_index: Tensor
+    grid: tuple[int, int] | None = None
+
+
 class _Tower(ABC):
     """What the image and the text towers have in common."""
 
@@ -183,6 +203,10 @@ class ImageTower(_Tower):
     def embedding_from(self, tokens: Tensor, block: int) -> Tensor:
         raise self._missing("intermediate_tokens")
 
+    def steps(self, pixels: Tensor, first: int) -> BlockSteps:
+        """The forward on (B, 3, H, W) pixels from block ``first`` on, one block at a time."""
+        raise self._missing("run its blocks one at a time")
+
     def value_path_features(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         raise self._missing("value_path")
 
@@ -219,6 +243,10 @@ class TextTower(_Tower):
 
     def embedding_from(self, hidden: Tensor, tokens: Tensor, block: int) -> Tensor:
         raise self._missing("intermediate_tokens")
+
+    def steps(self, tokens: Tensor, first: int) -> BlockSteps:
+        """The forward on (K, L) token ids from block ``first`` on, one block at a time."""
+        raise self._missing("run its blocks one at a time")
 
 
 class CLIPAdapter:
@@ -370,6 +398,15 @@ class CLIPAdapter:
     def text_embedding_from(self, hidden: Tensor, tokens: Tensor, block: int) -> Tensor:
         """Text embedding (K, D) from hidden states entering block ``block`` of the sequences ``tokens``."""
         return self.text.embedding_from(hidden, tokens, block)
+
+    def image_steps(self, pixels: Tensor, first: int) -> BlockSteps:
+        """The image tower's forward on (B, 3, H, W) pixels from (absolute) block ``first`` on, one block
+        at a time (``BlockSteps``): what a method that folds one block's attention at a time runs on."""
+        return self.image.steps(pixels, check_block_index(first, self.num_image_blocks - 1))
+
+    def text_steps(self, tokens: Tensor, first: int) -> BlockSteps:
+        """The text tower's forward on (K, L) token ids from (absolute) block ``first`` on, one block at a time."""
+        return self.text.steps(tokens, check_block_index(first, self.num_text_blocks - 1))
 
     def value_path_features(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         """MaskCLIP's dense features: (embedding (B, D), patch features (B, P, D)) where the last block's

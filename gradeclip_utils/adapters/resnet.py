@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import BlockCapture, ImageTower, Mode, TowerTrace, check_block_index
+from .base import BlockCapture, BlockSteps, ImageTower, Mode, TowerTrace, check_block_index
 from .transformer import attention, interpolate_positions
 
 
@@ -167,6 +167,20 @@ class AttentionPoolTower(ImageTower):
         if block != 0:
             raise self._missing("intermediate_tokens")
         return self.pool.c_proj(self._pool(tokens, int(self.pool.num_heads), all_rows=False)[3][:, 0])
+
+    def steps(self, pixels: Tensor, first: int) -> BlockSteps:
+        check_block_index(first, 0)
+        with torch.no_grad():
+            spatial, grid = self.features(pixels)
+            # contiguous, as the trace's leaf is: the mean token then sums in the same order (same numbers)
+            tokens = self.pool_input(spatial.contiguous(), grid)
+
+        def step(block: int, x: Tensor) -> tuple[Tensor, Tensor]:
+            check_block_index(block, 0)
+            out, probs = self._pool(x, int(self.pool.num_heads), all_rows=True)[3:]
+            return self.pool.c_proj(out[:, 0]), probs
+
+        return BlockSteps(tokens, 0, step, torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device), grid)
 
     @torch.no_grad()
     def value_path_features(self, pixels: Tensor) -> tuple[Tensor, Tensor]:

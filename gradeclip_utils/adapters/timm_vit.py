@@ -53,7 +53,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import openclip
-from .base import BlockCapture, CLIPAdapter, ImageTower, Mode, TowerTrace, UnsupportedModelError, check_block_index
+from .base import (BlockCapture, BlockSteps, CLIPAdapter, ImageTower, Mode, TowerTrace, UnsupportedModelError,
+                   check_block_index)
 from .transformer import BlockView, ViTTower, fused_qkv, identity, run_native
 
 FAMILY = "open_clip"
@@ -443,6 +444,17 @@ class ProbeTower(ImageTower):
     def embedding_from(self, tokens: Tensor, block: int) -> Tensor:
         self._only_block_zero(block)
         return self.finish(self.attend(tokens, int(self.probe.num_heads), False)[3])
+
+    def steps(self, pixels: Tensor, first: int) -> BlockSteps:
+        self._only_block_zero(first)
+        tokens, grid = self.probe_input(pixels)
+
+        def step(block: int, x: Tensor) -> tuple[Tensor, Tensor]:
+            self._only_block_zero(block)
+            out, probs = self.attend(x, int(self.probe.num_heads), True)[3:]
+            return self.finish(out), probs
+
+        return BlockSteps(tokens, 0, step, torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device), grid)
 
     @torch.no_grad()
     def value_path_features(self, pixels: Tensor) -> tuple[Tensor, Tensor]:

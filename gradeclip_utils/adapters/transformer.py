@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import BlockCapture, ImageTower, Mode, TextTower, TowerTrace, check_block_index
+from .base import BlockCapture, BlockSteps, ImageTower, Mode, TextTower, TowerTrace, check_block_index
 
 
 def identity(x: Tensor) -> Tensor:
@@ -229,6 +229,24 @@ def explicit_block(block: BlockView, index: int, x: Tensor, mask: Tensor | None,
     return block.finish(x, out), record
 
 
+def block_steps(blocks: Sequence[BlockView], x: Tensor, mask: Tensor | None, first: int, token_index: Tensor,
+                head: Callable[[Tensor], Tensor], grid: tuple[int, int] | None = None) -> BlockSteps:
+    """``BlockSteps`` over ``blocks`` from ``first`` on, ``x`` entering block 0: the blocks before ``first``
+    run natively without a graph; each step is ``explicit_block`` as ``run_blocks`` runs an explained
+    block (the last one on the pooled row only, then ``head``)."""
+    with torch.no_grad():
+        x = run_native(blocks[:first], x, mask)
+    rows = torch.arange(x.shape[0], device=x.device)
+    last = len(blocks) - 1
+
+    def step(index: int, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        out, capture = explicit_block(blocks[index], index, tokens, mask, rows, token_index, capture=True,
+                                      mode="faithful", token_only=index == last, keep_probs=True, keep_input=False)
+        return (head(out) if index == last else out), capture.probs
+
+    return BlockSteps(x, first, step, token_index, grid)
+
+
 # ---------------------------------------------------------------------------------------- towers
 class ViTTower(ImageTower):
     """A ViT image tower: ``embed`` (pixels and grid -> the first block's input, class token first),
@@ -282,6 +300,13 @@ class ViTTower(ImageTower):
             keep_block_inputs=keep_block_inputs, keep_final_tokens=keep_final_tokens,
             keep_block_outputs=keep_block_outputs)
         return TowerTrace(self._head(pooled), token_index, captures, grid, final, outputs)
+
+    def steps(self, pixels: Tensor, first: int) -> BlockSteps:
+        blocks = self._blocks()
+        with torch.no_grad():
+            x, grid = self.tokens(pixels)
+        token_index = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return block_steps(blocks, x, None, first, token_index, self._head, grid)
 
     def head(self, tokens: Tensor) -> Tensor:
         return self._head(tokens)
@@ -384,6 +409,11 @@ class CausalTextTower(TextTower):
             keep_block_inputs=keep_block_inputs, keep_final_tokens=keep_final_tokens,
             keep_block_outputs=keep_block_outputs)
         return TowerTrace(self._head(pooled), token_index, captures, None, final, outputs)
+
+    def steps(self, tokens: Tensor, first: int) -> BlockSteps:
+        with torch.no_grad():
+            x, mask = self.inputs(tokens)
+        return block_steps(self._blocks(), x, mask, first, self.token_index(tokens.to(x.device)), self._head)
 
     @torch.no_grad()
     def tokens_before(self, tokens: Tensor, block: int) -> Tensor:

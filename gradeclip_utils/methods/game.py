@@ -12,40 +12,77 @@ several blocks R is not linear in the gradient's scale and the maps differ. Imag
 over the patches; text: the EOS token's row over all positions. The original method uses all blocks
 (``start_layer=0``, the default); the Grad-ECLIP authors ran only the last block (``start_layer=-1``,
 registered as ``game_last``). The returned scores are always the cosines. The K targets are processed in
-chunks of batched backward passes.
+chunks of batched backward passes, one block at a time (memory: see ``_relevance_rows``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from ..adapters import CLIPAdapter
+from ..adapters import BlockSteps, CLIPAdapter
 from ._common import to_grid
-from .autograd import score_gradients
+from .autograd import batched_vjp, one_hot_cotangents
 from .outputs import MapOutput, TokenOutput, cosine_scores
 from .registry import AuthorsProtocol, MethodSpec
 
 
-def _relevance_rows(trace, blocks: list[int], scores: Tensor, chunk: int) -> Tensor:
-    """Rows of R at the pooled token (B, K, N) for every target, chunk by chunk."""
-    probs = [trace.blocks[layer].probs for layer in blocks]
-    count = scores.shape[1]
-    rows = torch.arange(scores.shape[0], device=scores.device)
+def _relevance_rows(steps: BlockSteps, total: int, targets: Tensor, differentiated: Callable[[Tensor], Tensor],
+                    chunk: int) -> tuple[Tensor, Tensor]:
+    """Rows of R at the pooled token (B, K, N) for the K ``targets``, and the cosines (B, K).
+
+    Only the pooled token's row of R = (I + cam_last) ... (I + cam_first) is used, so it is accumulated
+    from the last block down, r <- r (I + cam_b), in the order the backward pass reaches the blocks:
+    the same product as the full matrices R <- R + cam_b R from the first block up, without holding
+    an N x N matrix per target. The forward runs once without a graph, keeping only the tokens entering
+    each block; then, for every chunk of targets, each block from the last down is recomputed from its
+    input with its graph and the cotangent is pulled through that block alone. So memory holds one
+    block's graph and one block's attention gradients for one chunk of targets at a time, plus the
+    (B, N, C) tokens entering each block, instead of every block's graph and gradients at once; the
+    price is the recomputed blocks (one more forward per chunk, without the backward's cost).
+    """
+    blocks = list(range(steps.first, total))
+    with torch.no_grad():
+        inputs = [steps.tokens]
+        for layer in blocks[:-1]:
+            inputs.append(steps.step(layer, inputs[-1])[0])
+    batch, size = inputs[0].shape[:2]
+    count = targets.shape[0]
+    images = torch.arange(batch, device=inputs[0].device)
+    scores = None
     pieces = []
     for start in range(0, count, chunk):
         stop = min(start + chunk, count)
-        part = scores[:, start:stop]
-        grads = score_gradients(part, probs, chunk=stop - start, retain_graph=stop < count)
-        size = probs[0].shape[-1]
-        relevance = torch.eye(size, device=scores.device).expand(scores.shape[0], stop - start, size, size)
-        for attention, grad in zip(probs, grads):
-            cam = (grad.float() * attention.detach().float().unsqueeze(1)).clamp(min=0).mean(dim=2)
-            relevance = relevance + cam @ relevance
-        pieces.append(relevance[rows, :, trace.token_index])  # (B, k, N)
-    return torch.cat(pieces, dim=1)
+        row = torch.zeros(batch, stop - start, size, device=inputs[0].device)
+        row[images, :, steps.token_index] = 1.0
+        cotangent = None
+        for layer, tokens in zip(reversed(blocks), reversed(inputs)):
+            with torch.enable_grad():
+                # a leaf that requires grad: the graph exists whatever the parameters' flags
+                leaf = tokens.detach().requires_grad_(True)
+                out, attention = steps.step(layer, leaf)
+                if layer == blocks[-1]:  # ``out`` is the embedding
+                    cosines = cosine_scores(out, targets)
+                    if scores is None:
+                        scores = cosines.detach()
+                    out = differentiated(cosines)[:, start:stop]
+                    pull = one_hot_cotangents(out)
+                else:
+                    def pull(first: int, last: int, cot: Tensor = cotangent) -> Tensor:
+                        return cot[first:last]
+                wanted = [attention] if layer == blocks[0] else [attention, leaf]
+                grads = batched_vjp(out, wanted, pull, stop - start, stop - start)
+            attention_grad, cotangent = grads[0], (grads[1] if len(grads) > 1 else None)
+            del grads, out
+            # in place: the gradient is not needed after this (the same numbers as out of place)
+            cam = attention_grad.float().mul_(attention.detach().float()).clamp_(min=0).mean(dim=2)  # (k, B, N, N)
+            del attention_grad, attention
+            row = row + (row.unsqueeze(-2) @ cam.transpose(0, 1)).squeeze(-2)
+            del cam
+        pieces.append(row)
+    return torch.cat(pieces, dim=1), scores
 
 
 TARGETS: tuple[str, ...] = ("logit", "cosine")
@@ -60,20 +97,17 @@ def _differentiated(adapter: CLIPAdapter, scores: Tensor, target: str) -> Tensor
     raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
 
 
-def _blocks(adapter: CLIPAdapter, start_layer: int, tower: str) -> list[int]:
-    first = adapter.resolve_layers([start_layer], tower)[0]
-    total = adapter.num_image_blocks if tower == "image" else adapter.num_text_blocks
-    return list(range(first, total))
+def _first(adapter: CLIPAdapter, start_layer: int, tower: str) -> int:
+    return adapter.resolve_layers([start_layer], tower)[0]
 
 
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, start_layer: int = 0, chunk: int = 16,
                target: str = "logit", **_: Any) -> MapOutput:
     """GAME maps (B, K, h, w) from block ``start_layer`` (negative: from the end) to the last."""
-    blocks = _blocks(adapter, start_layer, "image")
-    trace = adapter.trace_image(pixels, blocks, keep_probs=True)
-    scores = cosine_scores(trace.embedding, targets)
-    rows = _relevance_rows(trace, blocks, _differentiated(adapter, scores, target), chunk)
-    return MapOutput(maps=to_grid(rows[..., 1:], trace.grid), scores=scores.detach())
+    steps = adapter.image_steps(pixels, _first(adapter, start_layer, "image"))
+    rows, scores = _relevance_rows(steps, adapter.num_image_blocks, targets,
+                                   lambda s: _differentiated(adapter, s, target), chunk)
+    return MapOutput(maps=to_grid(rows[..., 1:], steps.grid), scores=scores)
 
 
 def last_layer_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, **options: Any) -> MapOutput:
@@ -85,12 +119,12 @@ def last_layer_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, **opt
 def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, start_layer: int = 0,
                     chunk: int = 16, target: str = "logit", **_: Any) -> TokenOutput:
     """GAME text relevance (B, K, L): the EOS row of R for K texts against B image targets."""
-    blocks = _blocks(adapter, start_layer, "text")
-    trace = adapter.trace_text(tokens, blocks, keep_probs=True)
-    scores = cosine_scores(trace.embedding, targets)  # (K, B): texts are the traced batch
-    rows = _relevance_rows(trace, blocks, _differentiated(adapter, scores, target), chunk)  # (K, B, L)
+    steps = adapter.text_steps(tokens, _first(adapter, start_layer, "text"))
+    # (K, B, L) and (K, B): texts are the stepped batch
+    rows, scores = _relevance_rows(steps, adapter.num_text_blocks, targets,
+                                   lambda s: _differentiated(adapter, s, target), chunk)
     return TokenOutput(relevance=rows.permute(1, 0, 2).detach().float().contiguous(),
-                       scores=scores.T.detach().contiguous())
+                       scores=scores.T.contiguous())
 
 
 #: the authors' GAME (and game_last): against the bare class name, on the model's centre crop

@@ -28,18 +28,25 @@ from .registry import AuthorsProtocol, MethodSpec
 @torch.no_grad()
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, start_layer: int = 0,
                **_: Any) -> MapOutput:
-    """Rollout maps (B, K, h, w) from block ``start_layer`` (negative: from the end) to the last."""
-    blocks = adapter.resolve_layers([start_layer], "image")
-    blocks = list(range(blocks[0], adapter.num_image_blocks))
-    trace = adapter.trace_image(pixels, blocks, keep_probs=True)
-    rollout = None
-    for layer in blocks:
-        attention = trace.blocks[layer].probs.float().mean(dim=1)
+    """Rollout maps (B, K, h, w) from block ``start_layer`` (negative: from the end) to the last.
+
+    The product is accumulated during the forward, A_b @ (A_b-1 ... A_start) block by block, so that
+    one block's attention and one (B, N, N) product are held instead of every block's attention.
+    Only the class token's row is used, but the forward reaches the blocks in the order opposite to
+    that row's (e_0 A_last ... A_start), so the whole product is kept: the same operations in the same
+    order as the product of all blocks' attention at the end.
+    """
+    steps = adapter.image_steps(pixels, adapter.resolve_layers([start_layer], "image")[0])
+    tokens, rollout = steps.tokens, None
+    for layer in range(steps.first, adapter.num_image_blocks):
+        tokens, probs = steps.step(layer, tokens)  # after the last block: the embedding
+        attention = probs.float().mean(dim=1)
+        del probs
         attention = attention + torch.eye(attention.shape[-1], device=attention.device)
         attention = attention / attention.sum(dim=-1, keepdim=True)
         rollout = attention if rollout is None else attention @ rollout
-    maps = to_grid(rollout[:, 0, 1:], trace.grid)
-    return MapOutput(maps=per_target(maps, targets.shape[0]), scores=cosine_scores(trace.embedding, targets))
+    maps = to_grid(rollout[:, 0, 1:], steps.grid)
+    return MapOutput(maps=per_target(maps, targets.shape[0]), scores=cosine_scores(tokens, targets))
 
 
 SPEC = MethodSpec(
