@@ -559,7 +559,15 @@ def markdown(results: dict[str, Any], command: str = "") -> str:
              f"on `{m['model']}` (weights: {m['pretrained']}, {m['device']}, {results['threads']} thread(s)); "
              "every number below comes from one run of the command at the end "
              "(`gradeclip_utils/studies/critique.py`, notebook `08_critique`).", "", "## Findings", ""]
-    lines += [f"- {c}" for c in claims(results)] + [""]
+    lines += [f"- {c}" for c in claims(results)] + [""] + tables(results)
+    if command:
+        lines += ["## Regenerate", "", "```bash", command, "```", ""]
+    return "\n".join(lines)
+
+
+def tables(results: dict[str, Any]) -> list[str]:
+    """The markdown tables of every part that ran (lines)."""
+    lines: list[str] = []
     if "equivalence" in results:
         lines += ["## 1. The equivalence", ""]
         lines += _table(["mode", "spatial weight", "blocks", "largest |difference|", "largest map value"],
@@ -598,9 +606,27 @@ def markdown(results: dict[str, Any], command: str = "") -> str:
         names = [row["stage"] for row in next(iter(stages.values()))]
         lines += _table(["mode"] + names, [(mode, *(f"{row['spearman']:.3f}" for row in rows))
                                            for mode, rows in stages.items()]) + [""]
-    if command:
-        lines += ["## Regenerate", "", "```bash", command, "```", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def plot_heads(per_head: dict[str, Any]):
+    """The per-head terms of ``per_head_terms`` on the patch grid, their sum and its ReLU (one colour scale
+    for the heads and the sum, red positive, blue negative)."""
+    from matplotlib import pyplot as plt
+
+    terms = np.asarray(per_head["terms"])
+    total = np.asarray(per_head["sum"])
+    panels = [(f"head {h}", terms[h]) for h in range(len(terms))] + [("sum over heads", total),
+                                                                      ("ReLU(sum) = Grad-ECLIP", np.maximum(total, 0))]
+    scale = float(max(np.abs(terms).max(), np.abs(total).max(), 1e-12))
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.7 * len(panels), 2.1), layout="constrained", squeeze=False)
+    for ax, (title, values) in zip(axes[0], panels):
+        image = ax.imshow(values, cmap="RdBu_r", vmin=-scale, vmax=scale)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+    fig.suptitle(f"block {per_head['block']}: lambda_i dS/dA^h[cls, i] per head", fontsize=9)
+    return fig
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
