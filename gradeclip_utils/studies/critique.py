@@ -570,7 +570,7 @@ def tables(results: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     if "equivalence" in results:
         lines += ["## 1. The equivalence", ""]
-        lines += _table(["mode", "spatial weight", "blocks", "largest |difference|", "largest map value"],
+        lines += _table(["mode", "spatial weight", "blocks", "largest abs. difference", "largest map value"],
                         [(r["mode"], r["spatial_weight"], r["layers"], f"{r['max_abs_diff']:.2e}", f"{r['scale']:.3g}")
                          for r in results["equivalence"]["rows"]]) + [""]
     if "cost" in results:
@@ -582,9 +582,12 @@ def tables(results: dict[str, Any]) -> list[str]:
         lines += ["## 3. The model's own forward against the explained forward", "",
                   f"{r['images']} images x {r['classes']} prompts; the model's own forward: top-1 "
                   f"{_percent(r['own_accuracy'])}.", ""]
-        lines += _table(["heads", "input", "mean |score change|", "largest", "best prompt changed", "top-1"],
+        lines += _table(["heads", "input", "mean abs. score change", "largest", "best prompt changed", "top-1"],
                         [(v["heads"], v["resolution"], f"{v['mean_abs_diff']:.4f}", f"{v['max_abs_diff']:.4f}",
                           _percent(v["best_changed"]), _percent(v["accuracy"])) for v in r["cells"].values()]) + [""]
+        if max(r["resolution_effect"].values()) == 0:
+            lines += ["Native and model resolution give the same scores here: the pictures are already at the "
+                      "model's input size.", ""]
     if "faithfulness" in results:
         f = results["faithfulness"]
         lines += ["## 4. Faithfulness scored by the unmodified model", "",
@@ -639,13 +642,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="small sizes")
     parser.add_argument("--imagenet", default=None, help="a folder of class subfolders instead of synthetic scenes")
     parser.add_argument("--parts", nargs="+", choices=ALL_PARTS, default=None)
+    parser.add_argument("--images", type=int, default=None, help="faithfulness items (default 24; quick 6)")
+    parser.add_argument("--zero-shot", type=int, default=None, help="zero-shot scenes (default 140; quick 24)")
     args = parser.parse_args(argv)
     from ..loading import load_model
     from .common import tune_threads
 
     model = load_model(args.model, pretrained=args.pretrained, device=args.device)
     tune_threads(model)
-    results = run_study(model, parts=args.parts, quick=args.quick, imagenet=args.imagenet)
+    results = run_study(model, parts=args.parts, quick=args.quick, imagenet=args.imagenet, images=args.images,
+                        zero_shot=args.zero_shot)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
