@@ -5,7 +5,7 @@ hold one block's attention and gradient at a time): one forward with every block
 probabilities captured (``keep_probs``), the rollout product of all blocks at the end, and for GAME
 the gradients of every block's attention for a chunk of targets from one backward pass, then
 R <- R + cam R from the first block up, with R (B, k, N, N). Kept here, as written then, as the
-reference the blockwise code must reproduce (method.md 5.2 and 5.4 in the same operations).
+reference the blockwise code must reproduce (docs/method.md sections 6.2 and 6.4, in the same operations).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ TIME_LIMIT = 240
 def test_the_collection():
     assert [p.stem for p in NOTEBOOKS] == [
         "01_quick_start", "02_explorer", "03_concept_decomposition", "04_attribute_count_failures",
-        "05_word_importance", "06_layers", "07_methods_faithfulness"]
+        "05_word_importance", "06_layers", "07_methods_faithfulness", "08_critique"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
