@@ -44,7 +44,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import speed  # noqa: E402  (the measuring and the random-weight models)
+import speed  # noqa: E402  (the random-weight models and captions)
+from gradeclip_utils.timing import Meter, release_free_memory  # noqa: E402
 
 MiB = 2 ** 20
 
@@ -103,6 +104,7 @@ def build_case(model, name: str, args: argparse.Namespace) -> Callable[[], Any]:
     """The call that case ``name`` measures, its inputs built (before the measurement)."""
     from gradeclip_utils import explain_image, explain_text
     from gradeclip_utils.explain import explaining
+    from gradeclip_utils.methods import get_spec
 
     kind, batch, count, options = CASES[name]
     adapter = model.adapter
@@ -118,9 +120,8 @@ def build_case(model, name: str, args: argparse.Namespace) -> Callable[[], Any]:
         captions = full_captions(model, count)
         return lambda: explain_text(model, pixels, captions, layers=args.text_layers)
     targets = speed.unit_targets(count, adapter.embed_dim, seed=1, device=device)
-    options = dict(options)
-    if kind == "rise":
-        options.update(masks=args.rise_masks, mask_batch=args.rise_masks)
+    # what the method takes from a run's settings (its spec's run_options: RISE's masks), as the evaluation does
+    options = {**get_spec(kind).options_from({"rise_masks": args.rise_masks}), **options}
     return lambda: explain_image(model, pixels, targets, method=kind, batch_size=batch, progress=False, **options)
 
 
@@ -130,8 +131,8 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     model = load(args)
     call = build_case(model, args.child, args)
-    meter = speed.Meter(torch.device(args.device))
-    speed._release_free_memory()
+    meter = Meter(torch.device(args.device))
+    release_free_memory()
     before = meter.in_use()
     sample = meter.run(call, memory=True)
     return {"case": args.child, "peak_bytes": sample.peak, "wall_s": sample.wall, "cpu_s": sample.cpu,

@@ -32,7 +32,7 @@ def _proc_status(key: str) -> int | None:
     return None
 
 
-def _release_free_memory() -> None:
+def release_free_memory() -> None:
     """Give the C heap's free pages back to the OS (glibc ``malloc_trim``), so that the resident set
     holds only live memory and a call's peak resident set measures what the call itself needs."""
     try:
@@ -86,7 +86,7 @@ class Meter:
             gc.collect()
         self.sync()
         if memory and not self.cuda:
-            _release_free_memory()
+            release_free_memory()
         before = self.in_use()
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
