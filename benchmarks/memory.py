@@ -7,7 +7,7 @@ the OS (``malloc_trim``), reset the peak (the kernel's resident-set high-water m
 before the call, so it includes what a first call allocates once; "s" are the wall and CPU seconds of
 that same call (one run: read them as an order of magnitude; ``benchmarks/speed.py`` times with
 repeats). A fresh process per case keeps one case's cached memory out of the next one's peak. The
-measuring itself is ``benchmarks/speed.py``'s (``Meter``), and so are the random-weight models.
+measuring itself is ``gradeclip_utils.timing``'s (``Meter``), the random-weight models ``benchmarks/speed.py``'s.
 
 Cases (B images x K prompts; prompts are random unit text embeddings, pictures random preprocessed
 tensors at the model's resolution):
@@ -15,7 +15,9 @@ tensors at the model's resolution):
 * ``forward_b1``, ``forward_b8``: the model's own image forward without a graph, for reference;
 * ``grad_eclip_k1`` / ``_k100`` / ``_k1000``: ``explain_image`` (Grad-ECLIP, last block), B = 1;
 * ``text_16`` / ``_64`` / ``_256``: ``explain_text`` of that many captions filling the context (77
-  tokens on CLIP) against one picture, the last 8 text blocks;
+  tokens on CLIP) against one picture, the last 8 text blocks, in chunks from its default memory budget
+  (``--memory-budget`` sets one); ``text_64_one_batch`` / ``text_256_one_batch``: the same with every
+  caption in one batch (a budget no call reaches), as ``explain_text`` ran before it had chunks;
 * ``game_1x1``, ``game_8x8``, ``game_last_8x8``, ``rollout_1x1``, ``rollout_8x8``: ``explain_image``;
 * ``m2ib_1x1`` (its defaults) and ``rise_1x1`` (``--rise-masks`` masks, one batch).
 
@@ -48,6 +50,8 @@ import speed  # noqa: E402  (the random-weight models and captions)
 from gradeclip_utils.timing import Meter, release_free_memory  # noqa: E402
 
 MiB = 2 ** 20
+#: a memory budget no call reaches: every caption in one batch (explain_text as it ran before its chunks)
+ONE_BATCH = 2 ** 50
 
 #: case name -> (what it runs, B images, K prompts or captions, method options)
 CASES: dict[str, tuple[str, int, int, dict[str, Any]]] = {
@@ -59,6 +63,8 @@ CASES: dict[str, tuple[str, int, int, dict[str, Any]]] = {
     "text_16": ("text", 1, 16, {}),
     "text_64": ("text", 1, 64, {}),
     "text_256": ("text", 1, 256, {}),
+    "text_64_one_batch": ("text", 1, 64, {"memory_budget": ONE_BATCH}),
+    "text_256_one_batch": ("text", 1, 256, {"memory_budget": ONE_BATCH}),
     "game_1x1": ("game", 1, 1, {}),
     "game_8x8": ("game", 8, 8, {}),
     "game_last_8x8": ("game_last", 8, 8, {}),
@@ -118,7 +124,9 @@ def build_case(model, name: str, args: argparse.Namespace) -> Callable[[], Any]:
         return forward
     if kind == "text":
         captions = full_captions(model, count)
-        return lambda: explain_text(model, pixels, captions, layers=args.text_layers)
+        if args.memory_budget is not None:
+            options = {"memory_budget": args.memory_budget, **options}
+        return lambda: explain_text(model, pixels, captions, layers=args.text_layers, **options)
     targets = speed.unit_targets(count, adapter.embed_dim, seed=1, device=device)
     # what the method takes from a run's settings (its spec's run_options: RISE's masks), as the evaluation does
     options = {**get_spec(kind).options_from({"rise_masks": args.rise_masks}), **options}
@@ -144,6 +152,8 @@ def child_command(args: argparse.Namespace, case: str, out: str) -> list[str]:
                "--model", args.model, "--pretrained", args.pretrained, "--device", args.device,
                "--precision", args.precision, "--rise-masks", str(args.rise_masks),
                "--text-layers", str(args.text_layers)]
+    if args.memory_budget is not None:
+        command += ["--memory-budget", str(args.memory_budget)]
     if args.threads:
         command += ["--threads", str(args.threads)]
     return command
@@ -172,6 +182,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                      + ", ".join(CASES))
     parser.add_argument("--rise-masks", type=int, default=16, help="RISE masks (one batch)")
     parser.add_argument("--text-layers", type=int, default=8, help="text blocks explained (the authors: last 8)")
+    parser.add_argument("--memory-budget", type=int, default=None,
+                        help="explain_text's memory budget in bytes for the text* cases (default: its own default; "
+                             "the *_one_batch cases always take every caption at once)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before a case is given up")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)

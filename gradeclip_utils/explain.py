@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from tqdm import tqdm  # text progress: it stays readable in a saved or reloaded notebook (a widget bar does not)
 
 from .adapters import UnsupportedMethodError
+from .budget import caption_bytes, chunk_size, default_budget
 from .config import ExplainConfig
 from .inputs import DEFAULT_MAX_PATCHES, group_by_shape, prepare_images
 from .loading import LoadedModel, as_loaded
@@ -115,7 +116,7 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
 def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *, method: str = "grad_eclip",
                  layers: int | Sequence[int] = 8, mode: str = "faithful", qk: str = "raw",
                  resolution: str | None = None, max_patches: int = DEFAULT_MAX_PATCHES,
-                 **options: Any) -> TextExplanation:
+                 memory_budget: int | None = None, **options: Any) -> TextExplanation:
     """Importance of each word of each text for its match with each image.
 
     ``layers``: text blocks (an int n: the last n; the authors sum the last 8). Relevance is summed over
@@ -126,6 +127,13 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
     its importance row all zero. ``resolution`` of the image embedding: by default "native" in the
     faithful mode and "model" (the model's resize and centre crop, 224 for ViT-B) in the official mode,
     as the authors' text notebook embeds the image. State and threads: as for ``explain_image``.
+
+    Memory: the texts run in chunks whose graphs fit ``memory_budget`` bytes (by default half the memory
+    free on the model's device, at most 1 GiB; ``budget.py`` states the estimate of one caption's cost from
+    the model), each chunk one forward and one backward as above, so the peak is bounded whatever the
+    number of texts; the results equal one batch of all texts (every method's texts are independent). The
+    settings record the chunk used (``caption_chunk``). A budget below one caption is a ValueError, before
+    any work, naming the bytes one caption needs.
     """
     model = as_loaded(model)
     if resolution is None:
@@ -137,6 +145,8 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
     adapter = model.adapter
     config = config.resolved(adapter, "text")
     texts = as_text_list(texts, "texts")
+    budget = default_budget(model.device) if memory_budget is None else memory_budget
+    chunk = chunk_size(budget, caption_bytes(adapter), len(texts))
     prepared = prepare_images(model, images, config.resolution, max_patches=config.max_patches)
     tokens = model.tokenize(texts)
     try:
@@ -146,9 +156,14 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
                 for indices in group_by_shape(prepared).values():  # one forward per patch grid
                     pixels = torch.stack([prepared[i].pixels for i in indices]).to(model.device)
                     image_targets[indices] = F.normalize(adapter.encode_image(pixels).float(), dim=-1)
-            out = run_text_method(model, config, tokens, image_targets)
-        relevance, text_scores = out.relevance, out.scores
-        del out
+            relevance_parts, score_parts = [], []
+            for start in range(0, len(texts), chunk):  # the graph of one chunk of texts at a time
+                out = run_text_method(model, config, tokens[start:start + chunk], image_targets)
+                relevance_parts.append(out.relevance)
+                score_parts.append(out.scores)
+                del out
+        relevance, text_scores = torch.cat(relevance_parts, dim=1), torch.cat(score_parts, dim=1)
+        del relevance_parts, score_parts
     except BaseException as error:
         release_frames(error)
         raise
@@ -166,8 +181,9 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
         token_importance[:, k, :kept.shape[-1]] = kept
         for position, (_, members) in enumerate(words[k]):
             word_importance[:, k, position] = kept[:, members].sum(dim=-1)
-    # the text settings record no method options (as they always have)
+    # the text settings record no method options (as they always have), and the chunk of texts per batch
+    settings = {**config.to_settings(model.describe(), options=False), "caption_chunk": chunk}
     return TextExplanation(texts=texts, tokens=pieces, token_importance=token_importance,
                            words=[[w for w, _ in ws] for ws in words], word_importance=word_importance,
                            scores=text_scores, images=[p.display for p in prepared],
-                           settings=config.to_settings(model.describe(), options=False), config=config)
+                           settings=settings, config=config)

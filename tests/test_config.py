@@ -74,7 +74,9 @@ def test_to_settings_is_what_results_stored_before(tiny, tmp_path):
     text = ge.explain_text(tiny, PIXELS[:1], PROMPTS, layers=2, mode="official", chunk=4)
     want_text = {"method": "grad_eclip", "layers": [1, 2], "mode": "official", "qk": "raw", "resolution": "model",
                  **tiny.describe()}
-    assert text.settings == want_text and list(text.settings) == list(want_text)
+    # and the chunk of texts per batch (all of them here: the tiny model's captions fit any default budget)
+    assert text.settings == {**want_text, "caption_chunk": len(PROMPTS)}
+    assert list(text.settings) == [*want_text, "caption_chunk"]
     assert text.config.to_settings(tiny.describe(), options=False) == want_text
     assert text.config.options == {"chunk": 4} and text.config.layers == (1, 2)
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from gradeclip_utils.session import explaining
+from gradeclip_utils.methods import method_specs
 from gradeclip_utils.methods.autograd import batched_vjp
 from gradeclip_utils.methods.grad_eclip import channel_weights, image_maps, token_relevance
 
@@ -273,3 +274,54 @@ def test_memory_benchmark_measures_each_case_in_its_own_process(tmp_path, capsys
         assert case["wall_s"] > 0 and case["before_bytes"] > 0
         assert case["peak_bytes"] is None or case["peak_bytes"] >= 0
     assert "rollout_1x1" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- explain_text in chunks of captions
+TEXT_METHOD_OPTIONS = {"m2ib": {"steps": 2, "samples": 2}}  # M2IB's defaults are slow; its chunks are the same
+MANY_CAPTIONS = CAPTIONS + ["", "a cat", "one blue square above a red circle", "dogs and cats"]
+
+
+@pytest.mark.parametrize("method", [spec.name for spec in method_specs() if spec.text is not None])
+def test_captions_in_chunks_equal_one_batch(tiny, method):
+    """Every text method: captions cut into chunks by a small memory budget give what one batch gives."""
+    from gradeclip_utils import explain_text
+    from gradeclip_utils.budget import caption_bytes
+
+    options = TEXT_METHOD_OPTIONS.get(method, {})
+    one = caption_bytes(tiny.adapter)
+    images = pixels(2, seed=3)
+    whole = explain_text(tiny, images, MANY_CAPTIONS, method=method, layers=2, memory_budget=100 * one, **options)
+    chunked = explain_text(tiny, images, MANY_CAPTIONS, method=method, layers=2, memory_budget=3 * one + 1, **options)
+    assert whole.settings["caption_chunk"] == len(MANY_CAPTIONS) and chunked.settings["caption_chunk"] == 3
+    assert_close(chunked.token_importance, whole.token_importance)
+    assert_close(chunked.word_importance, whole.word_importance)
+    assert_close(chunked.scores, whole.scores)
+    assert chunked.words == whole.words and chunked.tokens == whole.tokens
+
+
+def test_a_budget_below_one_caption_raises_before_any_work(tiny, monkeypatch):
+    from gradeclip_utils import explain, explain_text
+    from gradeclip_utils.budget import caption_bytes
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the budget was checked")
+
+    monkeypatch.setattr(explain, "prepare_images", no_work)
+    monkeypatch.setattr(explain, "run_text_method", no_work)
+    one = caption_bytes(tiny.adapter)
+    with pytest.raises(ValueError, match=f"needs about {one:,} bytes"):
+        explain_text(tiny, pixels(1), CAPTIONS, memory_budget=one - 1)
+    with pytest.raises(ValueError, match="memory_budget must be"):
+        explain_text(tiny, pixels(1), CAPTIONS, memory_budget=-1)
+
+
+def test_caption_estimate_and_default_budget(tiny, monkeypatch):
+    from gradeclip_utils import budget
+
+    # 24 values per token and block x width 48 x 16 tokens x 3 blocks x 4 bytes (fp32)
+    assert budget.caption_bytes(tiny.adapter) == 24 * 48 * 16 * 3 * 4
+    monkeypatch.setattr(budget, "free_memory", lambda device: 10 * 2 ** 20)
+    assert budget.default_budget("cpu") == 5 * 2 ** 20  # the safety fraction of what is free
+    monkeypatch.setattr(budget, "free_memory", lambda device: 64 * 2 ** 30)
+    assert budget.default_budget("cpu") == budget.DEFAULT_CAP  # capped
+    assert budget.chunk_size(10, 3, 2) == 2 and budget.chunk_size(10, 3, 100) == 3
