@@ -19,7 +19,7 @@ from gradeclip_utils.export import load_manifests
 from gradeclip_utils.resources import REPO_ROOT
 from gradeclip_utils.methods import list_methods
 from gradeclip_utils.cli import alias_main
-from gradeclip_utils.notebooks import (INJECTED_TAG, NotebookError, check_parameters, list_notebooks, main,
+from gradeclip_utils.notebooks import (INJECTED_TAG, NotebookError, check_parameters, list_notebooks,
                                        overrides_per_notebook, parameter_names, parameters_cell_index, run_all,
                                        run_notebook)
 
