@@ -547,9 +547,10 @@ def claims(results: dict[str, Any]) -> list[str]:
         parts = []
         for baseline, r in s["per_baseline"].items():
             d = r["faithful_minus_official"]
-            better = "faithful" if d[1] > 0 else "official" if d[2] < 0 else "neither mode"
+            better = ("faithful correlates better" if d[1] > 0 else "official correlates better" if d[2] < 0
+                      else "the interval includes zero: no mode correlates better at 95%")
             parts.append(f"baseline {baseline}: faithful {r['mean']['faithful']:.3f}, official "
-                         f"{r['mean']['official']:.3f}, difference {_interval(d)} ({better} correlates better)")
+                         f"{r['mean']['official']:.3f}, difference {_interval(d)} ({better})")
         out.append(f"Sensitivity-n (mean Pearson correlation over n = {s['sizes']}, {s['subsets']} subsets each): "
                    + "; ".join(parts) + ".")
     if "sanity" in results:
