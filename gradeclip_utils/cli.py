@@ -6,14 +6,15 @@
     gradeclip notebooks --out OUT                                  the notebooks, executed headless
     gradeclip methods                                              the explanation methods
     gradeclip synthetic train|evaluate                             train or evaluate the synthetic CLIP
+    gradeclip critique --out DIR [--doc docs/critique.md]          the critique of Grad-ECLIP measured
 
 The options that several commands share are declared once: ``add_model_arguments`` (--model, --pretrained,
 --device, --precision) and ``add_explain_arguments`` (--method, --layers, --mode, --qk, --resolution,
 --max-patches), their choices taken from the package's own constants. ``--layers`` is one type everywhere:
 comma-separated block indices, negative from the end (``--layers -1,-2``).
 
-``python -m gradeclip_utils.evaluate``, ``.notebooks``, ``.explain_dataset``, ``.synthetic.train`` and
-``.synthetic.evaluate`` are aliases: their ``main`` parses with ``command_parser`` (the subcommand's own
+``python -m gradeclip_utils.evaluate``, ``.notebooks``, ``.explain_dataset``, ``.synthetic.train``,
+``.synthetic.evaluate`` and ``.studies.critique`` are aliases: their ``main`` parses with ``command_parser`` (the subcommand's own
 options) and calls the module's ``run_command``, as ``gradeclip`` does. An error the package explains
 (``GradEclipError``) and the other errors a user makes (a missing file, a bad value) are printed as one
 line, exit status 2, and so are usage errors (an unknown option, a bad value). Under torchrun:
@@ -53,12 +54,14 @@ COMMANDS = {
     "methods": "list the explanation methods",
     "synthetic train": "train the synthetic CLIP on generated scenes",
     "synthetic evaluate": "evaluate a CLIP on held-out synthetic scenes, or pick the best snapshot of a training run",
+    "critique": "measure the critique of Grad-ECLIP (Cui and Fan 2026): the attention-gradient equivalence, official "
+                "mode's score shift, faithfulness, sensitivity-n, the sanity check",
 }
 SYNTHETIC_GROUP = "synthetic"
 #: the modules whose ``python -m`` runs a subcommand (their docstrings are the subcommands' descriptions)
 ALIASES = {"explain-dataset": "gradeclip_utils.explain_dataset", "evaluate": "gradeclip_utils.evaluate",
            "notebooks": "gradeclip_utils.notebooks", "synthetic train": "gradeclip_utils.synthetic.train",
-           "synthetic evaluate": "gradeclip_utils.synthetic.evaluate"}
+           "synthetic evaluate": "gradeclip_utils.synthetic.evaluate", "critique": "gradeclip_utils.studies.critique"}
 #: what the command reports as one line: errors the package explains, and the built-in ones that a user's input
 #: raises (a missing file, a bad value); anything else is a bug and keeps its traceback
 USER_ERRORS = (GradEclipError, FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError)
@@ -425,10 +428,46 @@ def _synthetic_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                              "--export data/synthetic_clip")
 
 
+def _critique_arguments(parser: argparse.ArgumentParser) -> None:
+    from .studies.critique import ALL_PARTS, DEFAULT_RANDOM_MODEL, RANDOM_WEIGHT_PARTS, RANDOM_ZERO_SHOT
+
+    add_model_arguments(parser, precision=False,
+                        description="the CLIP of the whole study (random weights: only what they can show)")
+    data = parser.add_argument_group("data and sizes")
+    data.add_argument("--imagenet", default=None, metavar="FOLDER",
+                      help="a folder of class subfolders (ImageNet-style) for the score shift and the faithfulness "
+                           "items, instead of held-out synthetic scenes (default: synthetic scenes)")
+    data.add_argument("--parts", nargs="+", choices=ALL_PARTS, default=None, metavar="PART",
+                      help=f"the parts to run, of {', '.join(ALL_PARTS)} (default: all for trained weights and the "
+                           f"embedded model, {', '.join(RANDOM_WEIGHT_PARTS)} for random weights)")
+    data.add_argument("--quick", action="store_true", help="small sizes (what the tests run)")
+    data.add_argument("--images", type=_positive_int, default=None, metavar="N",
+                      help="items of the faithfulness, sensitivity-n and sanity parts (default: 24; --quick: 6)")
+    data.add_argument("--zero-shot", type=_positive_int, default=None, metavar="N",
+                      help="held-out single-object scenes of the score shift and zero-shot accuracy (default: 140; "
+                           "--quick: 24)")
+    data.add_argument("--seed", type=int, default=0,
+                      help="seed of the subsets, the random baseline, the order of tied pixels, the randomisation and "
+                           "the random-weight model's weights (default: 0)")
+    random = parser.add_argument_group("random weights", "a second run on a model with random weights, only the "
+                                       f"parts {', '.join(RANDOM_WEIGHT_PARTS)}")
+    random.add_argument("--random-model", default=DEFAULT_RANDOM_MODEL, metavar="NAME",
+                        help="the open_clip model name built with random weights (pretrained=None, offline) at its "
+                             "own resolution, or 'none' to skip this run (default: %(default)s)")
+    random.add_argument("--random-zero-shot", type=_positive_int, default=RANDOM_ZERO_SHOT, metavar="N",
+                        help="held-out scenes of its score shift, each against the 35 class prompts "
+                             "(default: %(default)s)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", required=True, metavar="FOLDER", help="the folder of results.json")
+    out.add_argument("--doc", default=None, metavar="FILE",
+                     help="also write the markdown page here, e.g. --doc docs/critique.md (default: only printed)")
+
+
 _ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "explain": _explain_arguments, "explain-dataset": _explain_dataset_arguments, "evaluate": _evaluate_arguments,
     "notebooks": _notebooks_arguments, "methods": lambda parser: None,
     "synthetic train": _synthetic_train_arguments, "synthetic evaluate": _synthetic_evaluate_arguments,
+    "critique": _critique_arguments,
 }
 
 
@@ -546,6 +585,10 @@ def _run(command: str, parser: argparse.ArgumentParser, args: argparse.Namespace
         from .notebooks import run_command
 
         return run_command(parser, args)
+    if command == "critique":
+        from .studies.critique import run_command
+
+        return run_command(parser, args, argv)
     if command == "synthetic train":
         from .synthetic.train import run_command
 

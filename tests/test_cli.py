@@ -96,6 +96,7 @@ ALIAS_ARGV = {
     "notebooks": ["--out", "o", "--only", "01", "06", "--quick", "--param", "N_SCENES=5", "--param", "NAME=text"],
     "synthetic train": ["--out", "run", "--steps", "2", "--vision", "layers=2", "--mix", "single=0.5"],
     "synthetic evaluate": ["--layers", "-2", "-1", "--n-choice", "4", "--json", "r.json"],
+    "critique": ["--out", "o", "--parts", "equivalence", "cost", "--random-model", "none", "--seed", "3"],
 }
 
 

@@ -116,3 +116,37 @@ def test_the_page_names_its_command(study, tmp_path):
     for heading in ("## 1. The equivalence", "## 3. The model's own forward", "## 5. Sensitivity-n",
                     "## 6. Cascading randomisation"):
         assert heading in page
+
+
+def test_where_the_critique_is_right_and_where_not(study):
+    """The page's first section: the score shift and the equivalence with their numbers, and each paired
+    interval said to exclude zero exactly when it does."""
+    sentences = critique.assessment(study)
+    text = "\n".join(sentences)
+    official = study["scores"]["cells"]["one head, model"]
+    assert f"moves the model's cosines by {official['mean_abs_diff']:.4f} on average" in text
+    assert f"up to {official['max_abs_diff']:.4f}" in text
+    assert f"largest difference {study['equivalence']['max_abs_diff']:.1e}" in text
+    assert "attention-gradient method" in text and "does not make Grad-ECLIP incorrect" in text
+    verdict = next(s for s in sentences if s.startswith(f"On {study['faithfulness']['images']} images"))
+    separated, _, rest = verdict.partition("; it does not for ")
+    for metric, triple in study["faithfulness"]["paired"]["official - faithful"].items():
+        excludes = triple[1] > 0 or triple[2] < 0
+        assert (f"{metric} {triple[0]:+.3f}" in (separated if excludes else rest)), (metric, triple)
+    for baseline, r in study["sensitivity"]["per_baseline"].items():
+        excludes = r["faithful_minus_official"][1] > 0 or r["faithful_minus_official"][2] < 0
+        assert (f"{baseline} (" in text) == excludes, baseline
+
+
+def test_the_page_reports_a_random_weight_run(study, tiny):
+    """A random-weight run (``--random-model``) gets only the equivalence, the cost and the score shift, no
+    accuracy, in a section of its own on the same page."""
+    random = critique.run_study(tiny, images=2, zero_shot=4, repeats=1)
+    assert random["weights"] == "random" and random["parts"] == list(critique.RANDOM_WEIGHT_PARTS)
+    sentences = critique.claims(random)
+    assert len(sentences) == 5 and not any("accuracy" in s for s in sentences)
+    page = critique.markdown({**study, "random_model": random}, command="gradeclip critique --out x")
+    assert "## Random weights: `" in page and "### 1. The equivalence" in page and "### 6." not in page
+    for sentence in sentences:
+        assert sentence in page
+    assert "| top-1 |" not in page.split("## Random weights")[1]

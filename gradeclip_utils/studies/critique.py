@@ -22,7 +22,13 @@ read from a run:
 5. ``sensitivity_n``: Ancona et al. (2018) for declared baselines (black, blurred, mean colour);
    ``sanity``: cascading randomisation for both modes.
 
-    python -m gradeclip_utils.studies.critique --out outputs/critique --doc docs/critique.md
+Every part runs on the model given (``--model``, by default the embedded one, and any family); a second run
+on a model with random weights (``--random-model``, by default ViT-B-16 at 224 x 224, built offline) reports
+only what random weights can show: the equivalence, the cost and the score shift of official mode.
+
+    gradeclip critique --out outputs/critique --doc docs/critique.md
+    python -m gradeclip_utils.studies.critique --out outputs/critique --doc docs/critique.md   # the same
+    gradeclip critique --model ViT-B-16 --pretrained openai --imagenet /data/imagenet/val --random-model none
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -38,7 +45,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..evaluate import batch_maps, imagenet_set, item_seed, synthetic_set, tie_seeds_of
+from ..explain import explain_image
+from ..guard import explaining
+from ..loading import load_model
+from ..methods import get_image_method
+from ..metrics import cascading_randomisation, perturbation_curves, pointing_game
+from ..prompts import encode_texts
 from ..stats import bootstrap_ci, paired_difference
+from ..synthetic.captions import class_prompts
+from ..synthetic.dataset import HELDOUT_SEED_START
+from ..synthetic.evaluate import OFFSETS
+from ..synthetic.scenes import generate_scene
+from .common import is_synthetic, tune_threads
 
 MODES: tuple[str, ...] = ("official", "faithful")
 BASELINES: tuple[str, ...] = ("black", "blurred", "mean colour")
@@ -46,13 +65,15 @@ FAITHFULNESS_BASELINES: tuple[str, ...] = ("raw_attention", "grad_cam", "random"
 ALL_PARTS: tuple[str, ...] = ("equivalence", "cost", "scores", "faithfulness", "sensitivity", "sanity")
 #: what random weights can show (a model without trained weights has no accuracy or localisation to explain)
 RANDOM_WEIGHT_PARTS: tuple[str, ...] = ("equivalence", "cost", "scores")
+#: the random-weight model of ``gradeclip critique`` (``--random-model``), built offline at its 224 x 224
+DEFAULT_RANDOM_MODEL = "ViT-B-16"
+#: the random-weight run's sizes: images of the equivalence and the cost, and zero-shot scenes of the score shift
+RANDOM_IMAGES, RANDOM_ZERO_SHOT = 2, 16
 
 
 def parts_for(model: Any) -> tuple[str, ...]:
     """Every part for trained weights (and the embedded model); only the equivalence, the cost and the
     score shift for random weights (``pretrained=None`` on a model other than the embedded one)."""
-    from .common import is_synthetic
-
     return ALL_PARTS if is_synthetic(model) or getattr(model, "pretrained", None) else RANDOM_WEIGHT_PARTS
 
 
@@ -75,8 +96,6 @@ def attention_gradients(model: Any, pixels: torch.Tensor, targets: torch.Tensor,
     (B, P); the scores (B, K) and the grid. All K targets in one batched backward (``torch.func.vmap``),
     whose output is the full (K, B, H, N, N) gradient of every probability: what this route costs.
     """
-    from ..guard import explaining
-
     adapter = model.adapter
     blocks = adapter.resolve_layers(list(layers), "image")
     targets = targets.to(model.device).float()
@@ -116,8 +135,6 @@ def attention_route_maps(model: Any, pixels: torch.Tensor, targets: torch.Tensor
 def grad_eclip_maps(model: Any, pixels: torch.Tensor, targets: torch.Tensor, *, layers: Sequence[int] = (-1,),
                     mode: str = "faithful", spatial_weight: bool = True) -> torch.Tensor:
     """The package's Grad-ECLIP maps (B, K, h, w) for preprocessed ``pixels`` (raw q and k)."""
-    from ..explain import explain_image
-
     method = "grad_eclip" if spatial_weight else "grad_eclip_no_spatial"
     return explain_image(model, pixels, targets, method=method, layers=list(layers), mode=mode, qk="raw",
                          progress=False).maps
@@ -203,9 +220,6 @@ def route_cost(model: Any, pixels: torch.Tensor, targets: torch.Tensor, *, repea
 def _grad_eclip_method(model: Any, pixels: torch.Tensor, targets: torch.Tensor, blocks: list[int]) -> torch.Tensor:
     """The registered Grad-ECLIP function called as ``explain_image`` calls it, without its input handling, so
     that both routes are timed from the same preprocessed pixels."""
-    from ..guard import explaining
-    from ..methods import get_image_method
-
     with explaining(model.model):
         return get_image_method("grad_eclip")(model.adapter, pixels.to(model.device), targets.to(model.device),
                                               layers=blocks, mode="faithful", qk="raw").maps
@@ -225,11 +239,6 @@ def _heads(model: Any, pixels: torch.Tensor, block: int) -> int:
 def synthetic_zero_shot(model: Any, n: int, offset: int = 0) -> tuple[list[Any], list[int], list[str]]:
     """``n`` single-object held-out scenes (the embedded model's zero-shot protocol), their labels among
     the 35 colour x shape prompts, and the prompts."""
-    from ..synthetic.captions import class_prompts
-    from ..synthetic.dataset import HELDOUT_SEED_START
-    from ..synthetic.evaluate import OFFSETS
-    from ..synthetic.scenes import generate_scene
-
     prompts, labels = class_prompts()
     scenes = [generate_scene(HELDOUT_SEED_START + OFFSETS["zero_shot"] + offset + i, n_objects=1,
                              with_captions=False) for i in range(n)]
@@ -242,9 +251,6 @@ def score_shift(model: Any, pictures: Sequence[Any], labels: Sequence[int], clas
     """The model's own forward (its preprocessing) against the explained forward of each 2 x 2 cell, per
     (picture, class prompt) pair: mean and largest |score difference|, share of pictures whose best prompt
     changes, and zero-shot top-1 under each. ``classifier`` (C, D): by default the class names' embeddings."""
-    from ..explain import explain_image
-    from ..prompts import encode_texts
-
     if classifier is None:
         classifier = encode_texts(model, list(class_names))
     classifier = F.normalize(classifier.float(), dim=-1)
@@ -293,9 +299,6 @@ def faithfulness(model: Any, data: Any, *, methods: Sequence[str] = MODES + FAIT
     """Deletion and insertion AUC (target cosine, the project protocol) and the pointing game for the maps
     of ``methods`` ("official", "faithful" or a registered baseline) on an ``evaluate`` EvalSet, all scored
     by the unmodified model; mean and 95% interval per method and paired differences against faithful."""
-    from .. import evaluate as evaluation
-    from ..metrics import perturbation_curves, pointing_game
-
     pixels, masks = _load(data.items)
     labels = [item.label for item in data.items]
     keys = [item.key for item in data.items]
@@ -303,10 +306,10 @@ def faithfulness(model: Any, data: Any, *, methods: Sequence[str] = MODES + FAIT
     per: dict[str, dict[str, np.ndarray]] = {}
     for name in methods:
         method, options = _method_options(name, keys)
-        maps = evaluation.batch_maps(model, method, pixels, labels, data.classifier, options)
+        maps = batch_maps(model, method, pixels, labels, data.classifier, options)
         curves = perturbation_curves(model.adapter, pixels.to(model.device), maps, data.classifier, labels, mean=mean,
-                                     std=std, seed=[evaluation.item_seed(seed, k) for k in keys],
-                                     tie_seed=[evaluation.tie_seeds_of(seed, k, 1)[0] for k in keys],
+                                     std=std, seed=[item_seed(seed, k) for k in keys],
+                                     tie_seed=[tie_seeds_of(seed, k, 1)[0] for k in keys],
                                      logit_scale=model.adapter.logit_scale)
         per[name] = {"deletion": curves.auc("deletion", "score"), "insertion": curves.auc("insertion", "score")}
         if masks is not None:
@@ -360,8 +363,6 @@ def sensitivity_n(model: Any, data: Any, *, sizes: Sequence[int] = (1, 2, 4, 8, 
     sum over the set and the drop of the target's cosine (the model's own forward) when the set's patches
     are replaced by the baseline. Per baseline: the mean correlation per mode and n, and the paired
     difference faithful - official per image (mean over n) with its 95% interval."""
-    from .. import evaluate as evaluation
-
     pixels, _ = _load(data.items)
     labels = [item.label for item in data.items]
     keys = [item.key for item in data.items]
@@ -370,7 +371,7 @@ def sensitivity_n(model: Any, data: Any, *, sizes: Sequence[int] = (1, 2, 4, 8, 
     gh, gw = pixels.shape[-2] // ph, pixels.shape[-1] // pw
     cells = gh * gw
     sizes = [n for n in sizes if n <= cells // 2]
-    maps = {mode: evaluation.batch_maps(model, "grad_eclip", pixels, labels, data.classifier, {"mode": mode})
+    maps = {mode: batch_maps(model, "grad_eclip", pixels, labels, data.classifier, {"mode": mode})
             .reshape(len(labels), -1).numpy() for mode in MODES}
     mean, std = model.normalization
     full = _target_scores(model, pixels, targets).numpy()
@@ -378,7 +379,7 @@ def sensitivity_n(model: Any, data: Any, *, sizes: Sequence[int] = (1, 2, 4, 8, 
     for b, baseline in enumerate(baselines):
         reference = baseline_pictures(pixels, baseline, ph, mean, std)
         for i in range(len(labels)):
-            rng = np.random.default_rng(evaluation.item_seed(seed, keys[i]))
+            rng = np.random.default_rng(item_seed(seed, keys[i]))
             chosen = [[rng.choice(cells, size=n, replace=False) for _ in range(subsets)] for n in sizes]
             masks = torch.zeros(len(sizes) * subsets, cells, dtype=torch.bool)
             for j, sets in enumerate(chosen):
@@ -410,8 +411,6 @@ def sensitivity_n(model: Any, data: Any, *, sizes: Sequence[int] = (1, 2, 4, 8, 
 def sanity(model: Any, data: Any, *, images: int = 2, seed: int = 0) -> dict[str, Any]:
     """Cascading randomisation (from the top block down) of both modes' maps on ``images`` items against
     their own targets: mean Spearman and SSIM with the original map per stage (``metrics.sanity``)."""
-    from ..metrics import cascading_randomisation
-
     pixels, _ = _load(data.items[:images])
     targets = data.classifier[[item.label for item in data.items[:images]]]
     out = {}
@@ -429,18 +428,18 @@ def run_study(model: Any, *, parts: Sequence[str] | None = None, quick: bool = F
     small). Images for the equivalence and the cost: the first faithfulness items' pixels (synthetic
     scenes) and a non-square crop of them; ``imagenet``: a folder of class subfolders for the score shift
     and the faithfulness items (``evaluate.imagenet_set``)."""
-    from .. import evaluate as evaluation
-
     parts = tuple(parts or parts_for(model))
     unknown = set(parts) - set(ALL_PARTS)
     if unknown:
         raise ValueError(f"unknown parts {sorted(unknown)}; choose from {ALL_PARTS}")
+    started = time.perf_counter()
     images = images or (6 if quick else 24)
     zero_shot = zero_shot or (24 if quick else 140)
     repeats = repeats or (2 if quick else 5)
-    data = (evaluation.imagenet_set(model, Path(imagenet), images) if imagenet
-            else evaluation.synthetic_set(model, images))
+    data = (imagenet_set(model, Path(imagenet), images) if imagenet
+            else synthetic_set(model, images))
     results: dict[str, Any] = {"model": model.describe(), "parts": list(parts), "quick": quick,
+                               "weights": "random" if parts_for(model) == RANDOM_WEIGHT_PARTS else "trained",
                                "dataset": "imagenet folder" if imagenet else "synthetic held-out scenes",
                                "seed": seed, "threads": torch.get_num_threads()}
     pixels, _ = _load(data.items[:2])
@@ -450,6 +449,7 @@ def run_study(model: Any, *, parts: Sequence[str] | None = None, quick: bool = F
         wide = pixels[..., : max(ph, (pixels.shape[-2] // ph - 2) * ph), :]  # a non-square input: fewer rows
         results["equivalence"] = equivalence(model, wide, targets)
         results["equivalence"]["square"] = equivalence(model, pixels, targets, layer_sets=((-1,),))["max_abs_diff"]
+        results["equivalence"]["square_pixels"] = list(pixels.shape)
         results["per_head"] = per_head_terms(model, pixels, data.classifier[[data.items[0].label]])
     if "cost" in parts:
         results["cost"] = route_cost(model, pixels, data.classifier[:8], repeats=repeats)
@@ -467,7 +467,19 @@ def run_study(model: Any, *, parts: Sequence[str] | None = None, quick: bool = F
                                                sizes=(1, 4, 16) if quick else (1, 2, 4, 8, 16, 32))
     if "sanity" in parts:
         results["sanity"] = sanity(model, data, images=1 if quick else 2, seed=seed)
+    results["seconds"] = time.perf_counter() - started
     return results
+
+
+def random_weight_study(name: str = DEFAULT_RANDOM_MODEL, *, device: str | None = None, images: int = RANDOM_IMAGES,
+                        zero_shot: int = RANDOM_ZERO_SHOT, repeats: int = 5, seed: int = 0) -> dict[str, Any]:
+    """``run_study`` on ``name`` with random weights (``load_model(name, pretrained=None)``, offline; the weights
+    drawn from ``seed``): only ``RANDOM_WEIGHT_PARTS``, on ``images`` images (equivalence, cost) and ``zero_shot``
+    scenes against the 35 class prompts (score shift) at the model's resolution."""
+    torch.manual_seed(seed)  # open_clip draws the random weights from torch's generator
+    model = load_model(name, pretrained=None, device=device)
+    tune_threads(model)
+    return run_study(model, parts=RANDOM_WEIGHT_PARTS, images=images, zero_shot=zero_shot, repeats=repeats, seed=seed)
 
 
 def _interval(triple: Sequence[float], digits: int = 3) -> str:
@@ -519,10 +531,11 @@ def claims(results: dict[str, Any]) -> list[str]:
                    f"({r['heads_effect']['native']:.4f} on native input); native input instead of the model's "
                    f"resolution moves them by {r['resolution_effect']['faithful']:.4f} with the model's heads "
                    f"({r['resolution_effect']['official']:.4f} with one head).")
-        out.append(f"Zero-shot accuracy: {_percent(r['own_accuracy'])} under the model's own forward, "
-                   f"{_percent(official['accuracy'])} under official mode's, {_percent(faithful['accuracy'])} under "
-                   f"faithful mode's (native input: {_percent(native['accuracy'])} official, "
-                   f"{_percent(native_faithful['accuracy'])} faithful).")
+        if results.get("weights") != "random":  # random weights classify at chance: nothing to report
+            out.append(f"Zero-shot accuracy: {_percent(r['own_accuracy'])} under the model's own forward, "
+                       f"{_percent(official['accuracy'])} under official mode's, {_percent(faithful['accuracy'])} "
+                       f"under faithful mode's (native input: {_percent(native['accuracy'])} official, "
+                       f"{_percent(native_faithful['accuracy'])} faithful).")
     if "faithfulness" in results:
         f = results["faithfulness"]
         p = f["paired"].get("official - faithful", {})
@@ -534,9 +547,10 @@ def claims(results: dict[str, Any]) -> list[str]:
         parts = []
         for baseline, r in s["per_baseline"].items():
             d = r["faithful_minus_official"]
-            better = "faithful" if d[1] > 0 else "official" if d[2] < 0 else "neither mode"
+            better = ("faithful correlates better" if d[1] > 0 else "official correlates better" if d[2] < 0
+                      else "the interval includes zero: no mode correlates better at 95%")
             parts.append(f"baseline {baseline}: faithful {r['mean']['faithful']:.3f}, official "
-                         f"{r['mean']['official']:.3f}, difference {_interval(d)} ({better} correlates better)")
+                         f"{r['mean']['official']:.3f}, difference {_interval(d)} ({better})")
         out.append(f"Sensitivity-n (mean Pearson correlation over n = {s['sizes']}, {s['subsets']} subsets each): "
                    + "; ".join(parts) + ".")
     if "sanity" in results:
@@ -553,47 +567,143 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
+def _excludes_zero(triple: Sequence[float]) -> bool:
+    return triple[1] > 0 or triple[2] < 0
+
+
+def assessment(results: dict[str, Any]) -> list[str]:
+    """Where the critique is right and where it is not, and which differences the 95% intervals separate from
+    zero: sentences whose every number and every verdict is read from ``results`` (the page's first section)."""
+    out = []
+    if "scores" in results:
+        r = results["scores"]
+        official, faithful = r["cells"]["one head, model"], r["cells"]["model's heads, model"]
+        accuracy = ("" if results.get("weights") == "random" else
+                    f", and zero-shot accuracy goes from {_percent(r['own_accuracy'])} to "
+                    f"{_percent(official['accuracy'])}")
+        out.append(f"The critique is right that official mode's results are not the original model's: its one-head "
+                   f"recomputation moves the model's cosines by {official['mean_abs_diff']:.4f} on average and by up "
+                   f"to {official['max_abs_diff']:.4f}, the best prompt changes for "
+                   f"{_percent(official['best_changed'])} of the images{accuracy}. Faithful mode (the package's default) explains the model's own forward "
+                   f"(largest score difference {faithful['max_abs_diff']:.1e}).")
+    if "equivalence" in results:
+        e = results["equivalence"]
+        cost = ""
+        if "cost" in results:
+            cost = (f"; here the attention route took {results['cost']['attention_over_grad_eclip']:.2f}x "
+                    "Grad-ECLIP's time")
+        out.append(f"The equivalence holds (largest difference {e['max_abs_diff']:.1e}), but it does not make "
+                   "Grad-ECLIP incorrect: it is the chain rule through o_cls = sum_i A[cls,i] v_i, so Grad-ECLIP's "
+                   "channel term is the attention-probability gradient and Grad-ECLIP is an attention-gradient method, "
+                   f"computed from the values without keeping A{cost}.")
+    if "faithfulness" in results:
+        f = results["faithfulness"]
+        paired = f["paired"].get("official - faithful", {})
+        lower_better = {"deletion"}
+        separated, not_separated = [], []
+        for metric, triple in paired.items():
+            if _excludes_zero(triple):
+                worse = (triple[0] > 0) == (metric in lower_better)
+                separated.append(f"{metric} {_interval(triple)} (official maps {'worse' if worse else 'better'})")
+            else:
+                not_separated.append(f"{metric} {_interval(triple)}")
+        text = f"On {f['images']} images, official minus faithful maps, 95% bootstrap intervals per comparison "
+        text += "(not corrected for the several comparisons): "
+        text += ("the interval excludes zero for " + "; ".join(separated) if separated
+                 else "no interval excludes zero")
+        if not_separated:
+            text += "; it does not for " + "; ".join(not_separated)
+        out.append(text + ".")
+    if "sensitivity" in results:
+        per = results["sensitivity"]["per_baseline"]
+        better = [f"{b} ({'faithful' if r['faithful_minus_official'][0] > 0 else 'official'} better)"
+                  for b, r in per.items() if _excludes_zero(r["faithful_minus_official"])]
+        others = [b for b, r in per.items() if not _excludes_zero(r["faithful_minus_official"])]
+        text = (f"Sensitivity-n on {results['sensitivity']['images']} images, faithful minus official correlation: "
+                "the interval excludes zero with the baseline(s) " + ", ".join(better) if better else
+                f"Sensitivity-n on {results['sensitivity']['images']} images, faithful minus official correlation: "
+                "no interval excludes zero")
+        if better and others:
+            text += ", not with " + ", ".join(others)
+        out.append(text + ".")
+    return out
+
+
 def markdown(results: dict[str, Any], command: str = "") -> str:
-    """The docs page: the sentences, then the tables of every part that ran."""
+    """The docs page: where the critique is right and where not, the findings and the tables of every part
+    that ran; then, when ``results["random_model"]`` holds a random-weight run, its findings and tables."""
     m = results["model"]
     lines = ["# Is Grad-ECLIP faithful? The critique measured", "",
              "Cui and Fan (arXiv 2605.12952, 2026) claim that Grad-ECLIP is equivalent to an attention-gradient "
              "route and that its results are not those of the original model. This page measures both claims "
-             f"on `{m['model']}` (weights: {m['pretrained']}, {m['device']}, {results['threads']} thread(s)); "
-             "every number below comes from one run of the command at the end "
-             "(`gradeclip_utils/studies/critique.py`, notebook `08_critique`).", "", "## Findings", ""]
+             f"on `{m['model']}` (weights: {m['pretrained']}, {m['device']}, {results['threads']} thread(s)), every "
+             "part of the study"]
+    random = results.get("random_model")
+    if random:
+        r = random["model"]
+        lines[-1] += (f", and on `{r['model']}` with random weights ({_pixels(random)} input) what random weights "
+                      "can show: the equivalence, the cost and the score shift of official mode")
+    lines[-1] += (". Every number below comes from one run of the command at the end "
+                  "(`gradeclip_utils/studies/critique.py`, notebook `08_critique`).")
+    lines += ["", "## Where the critique is right, and where it is not", ""]
+    lines += [f"- {c}" for c in assessment(results)]
+    if random:
+        lines += [f"- Random-weight `{random['model']['model']}`: {c[0].lower()}{c[1:]}" for c in assessment(random)]
+    lines += ["", "## Findings", ""]
     lines += [f"- {c}" for c in claims(results)] + [""] + tables(results)
+    if random:
+        r = random["model"]
+        lines += [f"## Random weights: `{r['model']}`", "",
+                  f"`load_model({r['model']!r}, pretrained=None)` (weights drawn with seed {random['seed']}, "
+                  f"{r['device']}, {random['threads']} thread(s)): {_pixels(random)} input, parts "
+                  f"{', '.join(random['parts'])}, {random['seconds']:.0f} s. A model without trained weights has no "
+                  "accuracy or localisation to explain, so the faithfulness, sensitivity-n and sanity parts are not "
+                  "run, and its zero-shot top-1 (chance) is not reported. The size of official mode's score shift "
+                  "here says nothing about its size on trained weights: it depends on how differently the heads "
+                  "attend, and random weights are not trained to attend anywhere.", "", "### Findings", ""]
+        lines += [f"- {c}" for c in claims(random)] + [""] + tables(random, level=3)
     if command:
         lines += ["## Regenerate", "", "```bash", command, "```", ""]
     return "\n".join(lines)
 
 
-def tables(results: dict[str, Any]) -> list[str]:
-    """The markdown tables of every part that ran (lines)."""
+def _pixels(results: dict[str, Any]) -> str:
+    """The input size of the equivalence's square images, e.g. "224 x 224"."""
+    height, width = results["equivalence"]["square_pixels"][-2:]
+    return f"{height} x {width}"
+
+
+def tables(results: dict[str, Any], level: int = 2) -> list[str]:
+    """The markdown tables of every part that ran (lines), under headings of ``level``; top-1 accuracy only for
+    trained weights."""
     lines: list[str] = []
+    h = "#" * level
+    trained = results.get("weights") != "random"
     if "equivalence" in results:
-        lines += ["## 1. The equivalence", ""]
+        lines += [f"{h} 1. The equivalence", ""]
         lines += _table(["mode", "spatial weight", "blocks", "largest abs. difference", "largest map value"],
                         [(r["mode"], r["spatial_weight"], r["layers"], f"{r['max_abs_diff']:.2e}", f"{r['scale']:.3g}")
                          for r in results["equivalence"]["rows"]]) + [""]
     if "cost" in results:
         c = results["cost"]
-        lines += ["## 2. The cost of each route", ""]
+        lines += [f"{h} 2. The cost of each route", ""]
         lines += _table(["route", "median seconds"], [(k, f"{v:.4f}") for k, v in c["seconds"].items()]) + [""]
     if "scores" in results:
         r = results["scores"]
-        lines += ["## 3. The model's own forward against the explained forward", "",
-                  f"{r['images']} images x {r['classes']} prompts; the model's own forward: top-1 "
-                  f"{_percent(r['own_accuracy'])}.", ""]
-        lines += _table(["heads", "input", "mean abs. score change", "largest", "best prompt changed", "top-1"],
-                        [(v["heads"], v["resolution"], f"{v['mean_abs_diff']:.4f}", f"{v['max_abs_diff']:.4f}",
-                          _percent(v["best_changed"]), _percent(v["accuracy"])) for v in r["cells"].values()]) + [""]
+        own = f"; the model's own forward: top-1 {_percent(r['own_accuracy'])}" if trained else ""
+        lines += [f"{h} 3. The model's own forward against the explained forward", "",
+                  f"{r['images']} images x {r['classes']} prompts{own}.", ""]
+        rows = [(v["heads"], v["resolution"], f"{v['mean_abs_diff']:.4f}", f"{v['max_abs_diff']:.4f}",
+                 _percent(v["best_changed"]), *([_percent(v["accuracy"])] if trained else []))
+                for v in r["cells"].values()]
+        lines += _table(["heads", "input", "mean abs. score change", "largest", "best prompt changed"]
+                        + (["top-1"] if trained else []), rows) + [""]
         if max(r["resolution_effect"].values()) == 0:
             lines += ["Native and model resolution give the same scores here: the pictures are already at the "
                       "model's input size.", ""]
     if "faithfulness" in results:
         f = results["faithfulness"]
-        lines += ["## 4. Faithfulness scored by the unmodified model", "",
+        lines += [f"{h} 4. Faithfulness scored by the unmodified model", "",
                   "Deletion and insertion AUC of the target's cosine (project protocol), pointing game; mean [95% "
                   "interval].", ""]
         metrics = f["metrics"]
@@ -602,12 +712,12 @@ def tables(results: dict[str, Any]) -> list[str]:
                                [(n, *(_interval(v[k]) for k in metrics)) for n, v in f["paired"].items()]) + [""]
     if "sensitivity" in results:
         s = results["sensitivity"]
-        lines += ["## 5. Sensitivity-n with declared baselines", ""]
+        lines += [f"{h} 5. Sensitivity-n with declared baselines", ""]
         rows = [(b, mode, *(f"{x:.3f}" for x in r["mean_by_n"][mode]))
                 for b, r in s["per_baseline"].items() for mode in MODES]
         lines += _table(["baseline", "mode"] + [f"n={n}" for n in s["sizes"]], rows) + [""]
     if "sanity" in results:
-        lines += ["## 6. Cascading randomisation", ""]
+        lines += [f"{h} 6. Cascading randomisation", ""]
         stages = results["sanity"]["stages"]
         names = [row["stage"] for row in next(iter(stages.values()))]
         lines += _table(["mode"] + names, [(mode, *(f"{row['spearman']:.3f}" for row in rows))
@@ -635,31 +745,24 @@ def plot_heads(per_head: dict[str, Any]):
     return fig
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m gradeclip_utils.studies.critique", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="folder for results.json")
-    parser.add_argument("--doc", help="write the markdown page here (e.g. docs/critique.md)")
-    parser.add_argument("--model", default="synthetic")
-    parser.add_argument("--pretrained", default=None)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--quick", action="store_true", help="small sizes")
-    parser.add_argument("--imagenet", default=None, help="a folder of class subfolders instead of synthetic scenes")
-    parser.add_argument("--parts", nargs="+", choices=ALL_PARTS, default=None)
-    parser.add_argument("--images", type=int, default=None, help="faithfulness items (default 24; quick 6)")
-    parser.add_argument("--zero-shot", type=int, default=None, help="zero-shot scenes (default 140; quick 24)")
-    args = parser.parse_args(argv)
-    from ..loading import load_model
-    from .common import tune_threads
-
+def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """``gradeclip critique`` on its parsed arguments (the options are declared in ``cli.py``): the study on
+    ``--model``, then the random-weight run on ``--random-model`` unless it is "none"; writes OUT/results.json and,
+    with ``--doc``, the page, whose last section is the command line (``parser.prog`` and ``argv``, the command's
+    own arguments). Returns the results."""
     model = load_model(args.model, pretrained=args.pretrained, device=args.device)
     tune_threads(model)
     results = run_study(model, parts=args.parts, quick=args.quick, imagenet=args.imagenet, images=args.images,
-                        zero_shot=args.zero_shot)
+                        zero_shot=args.zero_shot, seed=args.seed)
+    if args.random_model.lower() != "none":
+        results["random_model"] = random_weight_study(args.random_model, device=args.device,
+                                                      zero_shot=args.random_zero_shot, repeats=2 if args.quick else 5,
+                                                      seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    command = "python -m gradeclip_utils.studies.critique " + " ".join(
-        a for a in (argv if argv is not None else __import__("sys").argv[1:]))
+    command = " ".join([parser.prog, *(sys.argv[1:] if argv is None else argv)])
     text = markdown(results, command=command)
     if args.doc:
         Path(args.doc).write_text(text)
@@ -667,5 +770,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return results
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the `gradeclip critique` alias (cli.py declares its options)
+    from ..cli import alias
+
+    sys.exit(alias("critique"))
