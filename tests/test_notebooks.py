@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 
 import gradeclip_utils
-from gradeclip_utils.export import load_manifests
-from gradeclip_utils.resources import REPO_ROOT
 from gradeclip_utils.cli import alias_main
+from gradeclip_utils.export import load_manifests
 from gradeclip_utils.methods import list_methods
 from gradeclip_utils.notebooks import (INJECTED_TAG, NotebookError, check_parameters, list_notebooks,
                                        overrides_per_notebook, parameter_names, parameters_cell_index, run_all,
                                        run_notebook)
+from gradeclip_utils.resources import REPO_ROOT
 
 NOTEBOOKS = list_notebooks()
 REQUIRED_PARAMETERS = {"MODEL", "PRETRAINED", "DEVICE", "OUT_DIR", "QUICK", "FULL"}
