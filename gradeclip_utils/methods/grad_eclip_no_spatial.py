@@ -28,5 +28,8 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, **options:
 SPEC = MethodSpec(
     name="grad_eclip_no_spatial", image=image_maps,
     options={"chunk": 128},
+    # qk enters only the spatial weight, which this method leaves out
+    uses=("layers", "mode"),
+    instead={"qk": "qk only enters the spatial weight; use grad_eclip to compare q and k"},
     authors=AuthorsProtocol(options={"mode": "official", "qk": "out_proj"}),
 )
