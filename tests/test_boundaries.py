@@ -191,3 +191,27 @@ def test_a_manifest_records_the_explanations_settings_and_lets_explicit_ones_win
         assert "layers" not in exporter.save(fig, "c", explanation=rollout)["settings"]
     finally:
         plt.close(fig)
+
+
+# --------------------------------------------------------------- the explained class is not the scored one
+def test_the_authors_curves_score_the_label_while_the_map_explains_the_target(tiny):
+    """ImageNet's --target pred: the map explains the prediction (``target``), the curves score the
+    ground truth (``label``); the tests' other items have the two equal, where swapping them changes nothing."""
+    from gradeclip_utils import evaluate as ev
+
+    rng = np.random.default_rng(1)
+    picture = Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    classifier = F.normalize(torch.randn(3, 32, generator=torch.Generator().manual_seed(8)), dim=-1)
+    item = ev.EvalItem(key="k", label=0, load=lambda: (None, None), target=2)
+    row: dict = {}
+    ev.authors_faithfulness(tiny, "grad_eclip", item, picture, classifier, row, {}, seed=0, logit_scale=100.0,
+                            steps=11)
+    explained = ev.EvalItem(key="k", label=2, load=lambda: (None, None))
+    heat = ev.authors_maps(tiny, "grad_eclip", item, picture, classifier, {})
+    assert np.array_equal(heat, ev.authors_maps(tiny, "grad_eclip", explained, picture, classifier, {}))
+    assert not np.allclose(heat, ev.authors_maps(tiny, "grad_eclip", ev.EvalItem(key="k", label=0, load=item.load),
+                                                  picture, classifier, {}))
+    with torch.no_grad():
+        whole = F.normalize(tiny.adapter.encode_image(tiny.preprocess(picture).float()[None]).float(), dim=-1)[0]
+    assert row["deletion_score_00"] == pytest.approx(float(whole @ classifier[0]), abs=1e-5)
+    assert abs(float(whole @ classifier[0]) - float(whole @ classifier[2])) > 1e-3  # the two classes differ
