@@ -136,6 +136,21 @@ def test_text_methods_refuse_unused_settings_and_default_to_the_authors_eight_bl
     assert ours.settings["layers"] == [0, 1, 2]
 
 
+@pytest.mark.parametrize("name", [s.name for s in method_specs() if s.image is not None])
+def test_every_preset_gives_a_method_only_settings_it_applies(name):
+    """The authors' protocol, the explorers' interactive options and the cheap probe are configs the method
+    accepts (a preset that set a setting the method ignores would be refused at run time)."""
+    from gradeclip_utils import evaluate as ev
+
+    spec = next(s for s in method_specs() if s.name == name)
+    for preset in (spec.authors.options, spec.interactive_options, spec.probe):
+        options = dict(preset)
+        settings = {s: options.pop(s) for s in SETTINGS if s in options}
+        ExplainConfig(method=name, options=options, **settings)
+    options = ev.method_options(name, {"protocol": "authors", "rise_masks": 4, "seed": 0}, torch.eye(2, 32))
+    ExplainConfig(method=name, mode=options.pop("mode", "faithful"), qk=options.pop("qk", "raw"), options=options)
+
+
 def test_defaults_of_the_settings_are_the_config_defaults():
     config = ExplainConfig()
     assert {s: getattr(config, s) for s in SETTINGS} == SETTING_DEFAULTS

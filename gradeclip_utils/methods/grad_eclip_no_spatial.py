@@ -31,5 +31,6 @@ SPEC = MethodSpec(
     # qk enters only the spatial weight, which this method leaves out
     uses=("layers", "mode"),
     instead={"qk": "qk only enters the spatial weight; use grad_eclip to compare q and k"},
-    authors=AuthorsProtocol(options={"mode": "official", "qk": "out_proj"}),
+    # the authors' official mode (their out_proj q and k enter only the spatial weight, left out here)
+    authors=AuthorsProtocol(options={"mode": "official"}),
 )
