@@ -126,12 +126,14 @@ def build_case(model, name: str, args: argparse.Namespace) -> Callable[[], Any]:
 
 def run_child(args: argparse.Namespace) -> dict[str, Any]:
     """Measure one case in this process (a fresh one)."""
+    from gradeclip_utils.timing import _release_free_memory  # moved there from the speed benchmark
+
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load(args)
     call = build_case(model, args.child, args)
     meter = speed.Meter(torch.device(args.device))
-    speed._release_free_memory()
+    _release_free_memory()
     before = meter.in_use()
     sample = meter.run(call, memory=True)
     return {"case": args.child, "peak_bytes": sample.peak, "wall_s": sample.wall, "cpu_s": sample.cpu,
