@@ -611,10 +611,10 @@ def test_the_command_line_takes_another_family(hf_folder, tmp_path, capsys):
 def test_the_evaluation_takes_another_family(hf_folder, tmp_path):
     import json
 
-    from gradeclip_utils.evaluate import main
+    from gradeclip_utils.cli import alias_main
 
     out = tmp_path / "eval"
-    main(["--model", f"hf:{hf_folder}", "--device", "cpu", "-n", "3", "--methods", "grad_eclip,raw_attention",
+    alias_main("evaluate", ["--model", f"hf:{hf_folder}", "--device", "cpu", "-n", "3", "--methods", "grad_eclip,raw_attention",
           "--sanity-images", "0", "--timing-images", "0", "--out", str(out)])
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["family"] == "Hugging Face CLIP"
