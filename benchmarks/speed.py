@@ -237,7 +237,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from gradeclip_utils import load_model
-    from gradeclip_utils.config import ExplainConfig
+    from gradeclip_utils.config import ExplainConfig, applied_settings
     from gradeclip_utils.explain import explain_image
     from gradeclip_utils.prompts import encode_texts
     from gradeclip_utils.metrics.faithfulness import perturbation_curves
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             if spec.class_set is not None:
                 notes.append(f"{spec.class_set}: a class set of {classes.shape[0]} embeddings")
             note = ", ".join(notes)
-            config = ExplainConfig(method=name, layers=[last], options=options)
+            config = ExplainConfig(method=name, options=options, **applied_settings(name, {"layers": [last]}))
             # the runner: under explaining, the maps moved to the CPU and checked, as every caller runs methods
             image_cases.append(Case(f"baseline: {name}", "baseline",
                                     lambda config=config: run_image_method(model, config, pixels, base_targets),

@@ -14,6 +14,7 @@ from typing import Any, Literal, Mapping, Sequence
 from .adapters import MODES
 from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS
 from .methods.grad_eclip import QK_CHOICES
+from .methods.registry import SETTINGS, MethodSpec, find_spec
 
 #: option values a result's settings record (others, such as tensors, are left out)
 SCALARS = (int, float, str, bool)
@@ -34,6 +35,10 @@ class ExplainConfig:
     turns them into absolute indices for a model). ``mode`` is one of ``MODES``, ``qk`` of ``QK_CHOICES``
     and ``resolution`` of ``RESOLUTIONS``; another value is a ValueError naming the choices, raised when
     the config is made. ``options`` are the method's own (see its ``MethodSpec``).
+
+    A registered method that does not use a setting (its spec's ``uses``) refuses a value of it other
+    than the default, by name and with what to use instead (``check_uses``): a setting that would be
+    recorded without changing the map is an error, not a silent no-op.
     """
 
     method: str = "grad_eclip"
@@ -51,9 +56,28 @@ class ExplainConfig:
         if not isinstance(self.layers, int):  # a sequence (an int, and a bool, are resolve_layers' to judge)
             object.__setattr__(self, "layers", tuple(self.layers))
         object.__setattr__(self, "options", dict(self.options))
+        spec = find_spec(self.method)
+        if spec is not None:
+            self.check_uses(spec)
+
+    def check_uses(self, spec: MethodSpec) -> None:
+        """A ValueError naming the method and the setting when this config gives ``spec``'s method a
+        setting it does not use (other than the setting's default)."""
+        for setting in SETTINGS:
+            reason = spec.unused_setting(setting, getattr(self, setting))
+            if reason is not None:
+                raise ValueError(reason)
+
+    def uses(self, setting: str) -> bool:
+        """Whether the method applies ``setting`` (one of ``SETTINGS``; True for a method not registered)."""
+        spec = find_spec(self.method)
+        return spec is None or setting in spec.uses
 
     def resolved(self, adapter: Any, tower: Literal["image", "text"] = "image") -> "ExplainConfig":
-        """This config with ``layers`` as the absolute block indices of ``adapter``'s ``tower``."""
+        """This config with ``layers`` as the absolute block indices of ``adapter``'s ``tower`` (unchanged
+        for a method that does not use them)."""
+        if not self.uses("layers"):
+            return self
         return replace(self, layers=tuple(adapter.resolve_layers(self.layers, tower)))
 
     def with_options(self, options: Mapping[str, Any]) -> "ExplainConfig":
@@ -68,13 +92,24 @@ class ExplainConfig:
     def to_settings(self, model: Mapping[str, Any] | None = None, *, options: bool = True) -> dict[str, Any]:
         """What a result's ``settings`` hold: method, layers (a list), mode, qk and resolution, then the
         model's description (``model.describe()``) and, with ``options``, the method options that are
-        plain values (numbers, strings, booleans)."""
+        plain values (numbers, strings, booleans). Of layers, mode and qk only those the method uses are
+        recorded (the others did not shape the map)."""
         layers = self.layers if isinstance(self.layers, int) else list(self.layers)
         settings = {"method": self.method, "layers": layers, "mode": self.mode, "qk": self.qk,
                     "resolution": self.resolution, **(model or {})}
+        for setting in SETTINGS:
+            if not self.uses(setting):
+                del settings[setting]
         if options:
             settings.update({k: v for k, v in self.options.items() if isinstance(v, SCALARS)})
         return settings
 
 
-__all__ = ["SCALARS", "ExplainConfig", "check_choice"]
+def applied_settings(method: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Those of ``settings`` (layers, mode, qk) that ``method`` uses: what a caller that offers every
+    setting for every method (the explorers) gives ``ExplainConfig``, the others left at their defaults."""
+    spec = find_spec(method)
+    return {k: v for k, v in settings.items() if spec is None or k not in SETTINGS or k in spec.uses}
+
+
+__all__ = ["SCALARS", "ExplainConfig", "applied_settings", "check_choice"]

@@ -247,6 +247,20 @@ def same_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 # ------------------------------------------------------------------------------------ sharding
+def unit_size(count: int, size: int, world_size: int) -> int:
+    """The size of the work units when ``count`` items would be cut into units of ``size``: ``size``, unless
+    that makes fewer units than ranks, then ceil(count / world_size), so that every rank works (12 items in
+    units of 16 on 2 ranks: units of 6, not one unit on rank 0 and none on rank 1). A run on one process
+    keeps ``size``."""
+    if size < 1:
+        raise ValueError(f"a unit needs at least one item, got size {size}")
+    if world_size > 1 and math.ceil(count / size) < world_size:
+        even = math.ceil(count / world_size)
+        # ceil leaves a rank idle where it makes fewer units than ranks (12 items on 5 ranks: 4 units of 3)
+        return even if math.ceil(count / even) >= world_size else max(1, count // world_size)
+    return size
+
+
 def shard_indices(count: int, rank: int, world_size: int) -> list[int]:
     """The units of ``rank``: unit i goes to rank ``i % world_size`` (every unit exactly once)."""
     if world_size < 1 or not 0 <= rank < world_size:
@@ -338,9 +352,12 @@ class Context:
         """(index, unit) of this rank's units."""
         return [(i, units[i]) for i in shard_indices(len(units), self.rank, self.world_size)]
 
-    def record(self, items_per_rank: Sequence[int]) -> dict[str, Any]:
-        """The ``distributed`` entry of a run's settings file."""
-        return {"world_size": self.world_size, "items_per_rank": [int(n) for n in items_per_rank]}
+    def record(self, items_per_rank: Sequence[int], **cut: int) -> dict[str, Any]:
+        """The ``distributed`` entry of a run's settings file; ``cut``: the unit sizes the run used where it
+        cut its units finer than asked (``unit_size``; e.g. ``batch_size=6``), so that a run with them
+        repeats this one."""
+        return {"world_size": self.world_size, "items_per_rank": [int(n) for n in items_per_rank],
+                **{name: int(size) for name, size in cut.items()}}
 
     # collectives -------------------------------------------------------------------------
     def _collective(self, fn: Callable[[], Any]) -> Any:

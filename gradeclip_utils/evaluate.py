@@ -43,7 +43,9 @@ Several processes: ``torchrun --nproc-per-node N -m gradeclip_utils.evaluate ...
 ``accelerate launch``) runs on ``cuda:LOCAL_RANK`` per rank (NCCL), or on the CPU with gloo (``--device cpu``),
 and writes the same files as one process (see ``gradeclip_utils.distributed``). The work units are the
 batches one process runs (items sorted by target, cut every ``--batch-size``), the same whatever N; batch i
-goes to rank i % N. Results go to part files under ``OUT/parts/`` as they finish (each rank its own) and
+goes to rank i % N. A run with fewer batches than ranks cuts them finer, ceil(items / N) items each, so that
+every rank works, and records that batch size in ``config.json`` (``distributed.batch_size``): one process
+with ``--batch-size`` set to it writes the same files. Results go to part files under ``OUT/parts/`` as they finish (each rank its own) and
 rank 0 merges them, in the order one process writes, into ``per_image.csv`` and ``sanity.csv`` once every
 rank has finished. The timing runs once, on rank 0, while the other ranks wait (so that it is not disturbed);
 the sanity check is split by method (method i of the list on rank i % N). ``config.json`` records
@@ -606,7 +608,9 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] | 
             print("not run on this model: " + "; ".join(refused.values()), file=sys.stderr)
     context.check_same("model weights", config["weights"])
     parts = out / distributed.PARTS
-    batches = _batches(data.items, batch_size)
+    # fewer batches than ranks: cut finer so that every rank works (the size used is recorded)
+    unit = distributed.unit_size(len(data.items), batch_size, context.world_size)
+    batches = _batches(data.items, unit)
 
     def prepare() -> None:  # on rank 0, before any rank reads what is done
         if previous is not None:  # read above, before anything was written
@@ -615,7 +619,8 @@ def evaluate(model, data: EvalSet, out: str | Path, *, methods: Sequence[str] | 
             run_folder.clear()
             Journal.remove(parts, "per_image")
             Journal.remove(parts, "sanity")
-        record = context.record(distributed.items_per_rank([len(b) for b in batches], context.world_size))
+        record = context.record(distributed.items_per_rank([len(b) for b in batches], context.world_size),
+                                **({"batch_size": unit} if unit != batch_size else {}))
         distributed.atomic_write_text(run_folder.record, json.dumps({**config, "distributed": record}, indent=2) + "\n")
 
     context.on_main(prepare)

@@ -18,10 +18,14 @@ from .config import ExplainConfig
 from .inputs import DEFAULT_MAX_PATCHES, group_by_shape, prepare_images
 from .loading import LoadedModel, as_loaded
 from .methods import get_image_method, get_spec, get_text_method, prepare_options, probe_options, refusal
+from .methods.registry import SETTING_DEFAULTS, find_spec
 from .prompts import encode_texts, prompt_targets, zero_shot_classifier
 from .results import ImageExplanation, TextExplanation
 from .session import check_supported, explaining, release_frames, run_image_method, run_text_method
 from .text import as_text_list, group_words, token_pieces
+
+#: the text blocks explained by default (the authors sum the last 8)
+TEXT_LAYERS = 8
 
 
 def method_support(model: LoadedModel, method: str, **options: Any) -> str | None:
@@ -114,12 +118,13 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
 
 
 def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *, method: str = "grad_eclip",
-                 layers: int | Sequence[int] = 8, mode: str = "faithful", qk: str = "raw",
+                 layers: int | Sequence[int] | None = None, mode: str = "faithful", qk: str = "raw",
                  resolution: str | None = None, max_patches: int = DEFAULT_MAX_PATCHES,
                  memory_budget: int | None = None, **options: Any) -> TextExplanation:
     """Importance of each word of each text for its match with each image.
 
-    ``layers``: text blocks (an int n: the last n; the authors sum the last 8). Relevance is summed over
+    ``layers``: text blocks (an int n: the last n; by default 8, the authors sum the last 8; a method
+    that takes no layers, such as GAME, refuses them). Relevance is summed over
     the blocks before the ReLU, restricted to the tokens between the start and end tokens and
     normalised to sum to 1; words get the sum of their BPE pieces. Cost: one forward of the image
     tower (no graph), one forward of the text tower for all K texts and one batched backward of
@@ -138,6 +143,9 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
     model = as_loaded(model)
     if resolution is None:
         resolution = "model" if mode == "official" else "native"
+    if layers is None:
+        spec = find_spec(method)
+        layers = TEXT_LAYERS if spec is None or "layers" in spec.uses else SETTING_DEFAULTS["layers"]
     config = ExplainConfig(method=method, layers=layers, mode=mode, qk=qk, resolution=resolution,
                            max_patches=max_patches, options=options)
     get_text_method(method)

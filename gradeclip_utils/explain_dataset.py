@@ -254,7 +254,10 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
         if overwrite:
             run_folder.clear()
         sizes = _input_sizes(model, folder, keys, config.resolution, config.max_patches, show)
-        shards = _plan(sizes, batch_size, shard_size)
+        # fewer shards than ranks: shards (and batches, where larger) cut finer so that every rank works
+        unit = distributed.unit_size(len(keys), shard_size, context.world_size)
+        cut = {"batch_size": min(batch_size, unit), "shard_size": unit} if unit != shard_size else {}
+        shards = _plan(sizes, min(batch_size, unit), unit)
         shard_of = {index: j for j, shard in enumerate(shards) for batch in shard for index in batch}
         patch = model.adapter.patch_size
         images = [{"key": key, "label": None if labels is None else labels[i], "shard": shard_of[i],
@@ -262,7 +265,8 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
                    "downscaled": sizes[i][2]} for i, key in enumerate(keys)]
         index = {"format": FORMAT, "complete": False, "folder": str(folder.resolve()), "settings": settings,
                  "prompts": names, "images": images,
-                 "shards": [{"file": _shard_file(j), "batches": shard} for j, shard in enumerate(shards)]}
+                 "shards": [{"file": _shard_file(j), "batches": shard} for j, shard in enumerate(shards)],
+                 **({"cut": cut} if cut else {})}
         targets = (encode_texts(model, names) if prompts is not None
                    else _class_targets(model, names, templates, show)).float().cpu().contiguous()
         with distributed.atomic_output(targets_path) as tmp:
@@ -321,7 +325,8 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
         if missing:
             raise RuntimeError(f"{len(missing)} of {len(index['shards'])} shard files are missing after every rank "
                                f"finished (e.g. {missing[0]}); is --out on a file system that every rank sees?")
-        record = context.record(distributed.items_per_rank([sum(map(len, s)) for s in shards], context.world_size))
+        record = context.record(distributed.items_per_rank([sum(map(len, s)) for s in shards], context.world_size),
+                                **index.get("cut", {}))
         distributed.atomic_write_text(index_path, json.dumps({**index, "complete": True, "distributed": record}) + "\n")
         run_folder.write_run(world_size=context.world_size, device=model.device, unit="images", count=len(images),
                              phases=phase)

@@ -68,6 +68,7 @@ def run_image_method(model: Any, config: ExplainConfig, pixels: torch.Tensor, ta
     """
     fn = spec.image if spec is not None else get_image_method(config.method)
     spec = spec if spec is not None else get_spec(config.method)
+    config.check_uses(spec)  # a setting the method would not apply is refused (a registered one: when made)
     check_supported(model, spec, "image")
     adapter = model.adapter
     try:
@@ -92,6 +93,7 @@ def run_text_method(model: Any, config: ExplainConfig, tokens: torch.Tensor, tar
     ``run_image_method`` (the layers are the text tower's)."""
     fn = spec.text if spec is not None else get_text_method(config.method)
     spec = spec if spec is not None else get_spec(config.method)
+    config.check_uses(spec)
     check_supported(model, spec, "text")
     adapter = model.adapter
     try:

@@ -45,7 +45,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .config import ExplainConfig
+from .config import ExplainConfig, applied_settings
 from .maps import resize_maps
 from .plotting import signed
 from .studies.common import as_input, default_resolution, named_images, prompt_mask
@@ -540,8 +540,11 @@ class Explorer(_Base):
     def _explain(self, state: Mapping[str, Any], image: Any, resolution: str):
         from . import explain_image
 
-        config = ExplainConfig(method=state["method"], layers=state["layers"], mode=state["mode"],
-                               resolution=resolution, options=self.method_options.get(state["method"], {}))
+        # a block or mode the method does not use is left at its default: it would be refused, and the
+        # cache then keeps one explanation for every value of it
+        config = ExplainConfig(method=state["method"], resolution=resolution,
+                               options=self.method_options.get(state["method"], {}),
+                               **applied_settings(state["method"], {"layers": state["layers"], "mode": state["mode"]}))
         key = ("image", state["image"], tuple(state["prompts"]), config.method, config.layers, config.mode,
                config.resolution)
         return self.cache.get(key, lambda: explain_image(self.model, as_input(image), state["prompts"],
@@ -550,7 +553,8 @@ class Explorer(_Base):
     def _explain_words(self, state: Mapping[str, Any], image: Any, resolution: str, text_method: str):
         from . import explain_text
 
-        config = ExplainConfig(method=text_method, layers=self.text_layers, mode=state["mode"], resolution=resolution)
+        config = ExplainConfig(method=text_method, resolution=resolution,
+                               **applied_settings(text_method, {"layers": self.text_layers, "mode": state["mode"]}))
         key = ("text", state["image"], tuple(state["prompts"]), config.method, config.mode, config.resolution)
         return self.cache.get(key, lambda: explain_text(self.model, as_input(image), state["prompts"],
                                                         **config.keywords()))
@@ -683,8 +687,8 @@ class MethodComparison(_Base):
     def _explain(self, method: str, state: Mapping[str, Any], image: Any, resolution: str):
         from . import explain_image
 
-        config = ExplainConfig(method=method, layers=state["layers"], mode=state["mode"], resolution=resolution,
-                               options=self.method_options.get(method, {}))
+        config = ExplainConfig(method=method, resolution=resolution, options=self.method_options.get(method, {}),
+                               **applied_settings(method, {"layers": state["layers"], "mode": state["mode"]}))
 
         def make():
             started = time.perf_counter()

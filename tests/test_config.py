@@ -36,13 +36,13 @@ def test_a_bad_setting_names_the_value_and_the_choices_wherever_it_comes_in(tiny
 
 
 def test_the_config_is_small_typed_and_frozen():
-    config = ExplainConfig(method="rise", layers=[0, 2], options={"masks": 8})
+    config = ExplainConfig(method="grad_cam", layers=[0, 2], options={"chunk": 8})
     assert config.layers == (0, 2) and ExplainConfig(layers=3).layers == 3
-    assert config == ExplainConfig(method="rise", layers=(0, 2), options={"masks": 8})
+    assert config == ExplainConfig(method="grad_cam", layers=(0, 2), options={"chunk": 8})
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.mode = "official"
-    assert config.keywords() == {"method": "rise", "layers": (0, 2), "mode": "faithful", "qk": "raw",
-                                 "resolution": "native", "max_patches": 1600, "masks": 8}
+    assert config.keywords() == {"method": "grad_cam", "layers": (0, 2), "mode": "faithful", "qk": "raw",
+                                 "resolution": "native", "max_patches": 1600, "chunk": 8}
     assert ge.ExplainConfig is ExplainConfig and "ExplainConfig" in ge.__all__
 
 
@@ -63,9 +63,12 @@ def test_to_settings_is_what_results_stored_before(tiny, tmp_path):
                                       options={"spatial_weight": True, "chunk": 4})
     assert ex[1].config is ex.config and ex[1].settings == ex.settings
     # a method whose prepare hook completes the options: the completed ones, plain values only (no tensors)
+    # (less the settings CLIP Surgery does not apply: layers, mode and qk are recorded only where applied)
     single = ge.explain_image(tiny, PIXELS, PROMPTS[:1], method="clip_surgery")
-    assert single.settings == old_image_settings(tiny, "clip_surgery", [2], "faithful", "raw", "native",
-                                                 single.config.options)
+    applied = old_image_settings(tiny, "clip_surgery", [2], "faithful", "raw", "native", single.config.options)
+    for setting in ("layers", "mode", "qk"):
+        del applied[setting]
+    assert single.settings == applied
     assert single.settings["surgery_form"] == "single-text (empty string)" and "redundant" not in single.settings
     assert torch.is_tensor(single.config.options["redundant"])
     saved = ge.ImageExplanation.load(ex.save(tmp_path / "ex"))
@@ -82,10 +85,10 @@ def test_to_settings_is_what_results_stored_before(tiny, tmp_path):
 
 
 def test_a_config_gives_the_keywords_that_make_it(tiny):
-    config = ExplainConfig(method="raw_attention", layers=(1,), mode="official", resolution="model",
-                           options={"variant": "authors"})
+    config = ExplainConfig(method="grad_eclip", layers=(1,), mode="official", resolution="model",
+                           options={"spatial_weight": False})
     by_config = ge.explain_image(tiny, PIXELS, PROMPTS, **config.keywords())
-    by_keywords = ge.explain_image(tiny, PIXELS, PROMPTS, method="raw_attention", layers=(1,), mode="official",
-                                   resolution="model", variant="authors")
+    by_keywords = ge.explain_image(tiny, PIXELS, PROMPTS, method="grad_eclip", layers=(1,), mode="official",
+                                   resolution="model", spatial_weight=False)
     assert torch.equal(by_config.maps, by_keywords.maps) and by_config.settings == by_keywords.settings
     assert by_config.config == config

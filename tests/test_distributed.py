@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from gradeclip_utils import evaluate as ev
 from gradeclip_utils.cli import alias_main
 from gradeclip_utils.distributed import Context, Journal
 from launch import ROOT, torchrun
+from spread import assert_within_spread
 
 
 def read(path):
@@ -261,3 +263,64 @@ def test_a_failing_rank_fails_the_run_with_its_error(tmp_path):
     recorded = (tmp_path / "run" / "parts" / "error.rank1.txt").read_text()
     assert "cannot read image" in recorded and "im1.png" in recorded
     assert not (tmp_path / "run" / "per_image.csv").exists() and not (tmp_path / "run" / "summary.md").exists()
+
+
+# ------------------------------------------------------------------- fewer batches than ranks
+@pytest.mark.parametrize("count, size, world_size, want", [
+    (12, 16, 2, 6), (12, 16, 1, 16), (40, 16, 2, 16), (17, 16, 2, 16), (3, 16, 2, 2), (1, 16, 2, 1),
+    (12, 16, 5, 2), (16, 16, 2, 8), (32, 16, 2, 16)])
+def test_units_are_cut_finer_when_there_are_fewer_than_ranks(count, size, world_size, want):
+    assert distributed.unit_size(count, size, world_size) == want
+
+
+def test_every_rank_works_whenever_there_are_enough_items():
+    from hypothesis import given, strategies as st
+
+    @given(st.integers(1, 300), st.integers(1, 64), st.integers(1, 9))
+    def check(count, size, world_size):
+        unit = distributed.unit_size(count, size, world_size)
+        sizes = [min(unit, count - i) for i in range(0, count, unit)]
+        per_rank = distributed.items_per_rank(sizes, world_size)
+        assert sum(per_rank) == count and 1 <= unit <= size
+        if world_size == 1 or math.ceil(count / size) >= world_size:
+            assert unit == size  # enough units already: the batches one process runs
+        else:
+            assert sum(n > 0 for n in per_rank) == min(count, world_size)  # every rank with an item works
+
+    check()
+
+
+FEW = ["-n", "6", "--methods", "grad_eclip,rise", "--rise-masks", "16", "--sanity-images", "0",
+       "--timing-images", "0", "--threads", "1", "--device", "cpu", "--out", "run"]
+
+
+def _single(folder: Path, args: list[str]) -> Path:
+    threads, here = torch.get_num_threads(), os.getcwd()
+    folder.mkdir()
+    os.chdir(folder)
+    try:
+        alias_main("evaluate", args)
+    finally:
+        os.chdir(here)
+        torch.set_num_threads(threads)
+    return folder / "run"
+
+
+def test_a_run_with_fewer_batches_than_ranks_busies_every_rank(tmp_path):
+    """6 items at the default batch size (16) on 2 processes: batches of 3, one per rank. The merged files
+    equal one process's with those batches, and the default single-process run (one batch of 6) within the
+    tolerance stated for a change of batch size (docs/reproducibility.md)."""
+    (tmp_path / "two").mkdir()
+    result = torchrun("-m", "gradeclip_utils.evaluate", *FEW, cwd=tmp_path / "two")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "two" / "run"
+    config = json.loads((run / "config.json").read_text())
+    assert config["distributed"] == {"world_size": 2, "items_per_rank": [3, 3], "batch_size": 3}
+    assert config["batch_size"] == 16  # what was asked; the cut is the distributed record's
+    finer = _single(tmp_path / "finer", FEW + ["--batch-size", "3"])
+    assert json.loads((finer / "config.json").read_text())["distributed"] == {"world_size": 1, "items_per_rank": [6]}
+    assert (run / "per_image.csv").read_bytes() == (finer / "per_image.csv").read_bytes()
+    default = _single(tmp_path / "default", FEW)
+    assert json.loads((default / "config.json").read_text())["distributed"] == {"world_size": 1,
+                                                                                "items_per_rank": [6]}
+    assert_within_spread(read(run / "per_image.csv"), read(default / "per_image.csv"))

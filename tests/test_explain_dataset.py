@@ -232,3 +232,29 @@ def test_two_processes_write_the_files_of_one(tmp_path):
     for name in names + ["../targets.safetensors"]:
         assert (tmp_path / "one/shards" / name).read_bytes() == (tmp_path / "two/shards" / name).read_bytes(), name
     assert "8 images; 8 explained" in result.stdout and "on 2 processes" in result.stdout
+
+
+def test_two_processes_cut_a_single_shard_so_that_both_work(tmp_path):
+    """8 images at the default batch and shard sizes are one shard: on 2 processes it is cut into shards
+    (and batches) of 4, one per rank, recorded so that one process with those sizes writes the same maps."""
+    from gradeclip_utils import cli
+
+    folder = make_tree(tmp_path / "data")
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    args = ["explain-dataset", str(folder), "--prompts", str(tmp_path / "prompts.txt"), "--device", "cpu"]
+    result = torchrun("-m", "gradeclip_utils.cli", *args, "--out", str(tmp_path / "two"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = json.loads((tmp_path / "two/index.json").read_text())
+    assert two["distributed"] == {"world_size": 2, "items_per_rank": [4, 4], "batch_size": 4, "shard_size": 4}
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main(args + ["--out", str(tmp_path / "one"), "--threads", "1", "--batch-size", "4",
+                                "--shard-size", "4"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    one = json.loads((tmp_path / "one/index.json").read_text())
+    assert one["shards"] == two["shards"] and one["images"] == two["images"]
+    names = sorted(os.listdir(tmp_path / "one/shards"))
+    assert names == sorted(os.listdir(tmp_path / "two/shards")) and len(names) == len(one["shards"]) >= 2
+    for name in names:
+        assert (tmp_path / "one/shards" / name).read_bytes() == (tmp_path / "two/shards" / name).read_bytes(), name

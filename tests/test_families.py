@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import gradeclip_utils as ge
+from gradeclip_utils.config import applied_settings
 from gradeclip_utils.adapters import UnsupportedMethodError
 from gradeclip_utils.plotting import NEGATIVE_COLOUR
 from gradeclip_utils.methods import IMAGE_METHODS, TEXT_METHODS
@@ -130,7 +131,8 @@ TEXT_CASES = [(method, "faithful") for method in sorted(TEXT_METHODS)] + [("grad
 
 @pytest.mark.parametrize("method,mode", TEXT_CASES)
 def test_word_importance_equals_across_families(families, method, mode):
-    options = {"layers": 2, "mode": mode, **FAST.get(method, {})}
+    # the settings the method applies (GAME and M2IB take no layers: they refuse them)
+    options = {**applied_settings(method, {"layers": 2, "mode": mode}), **FAST.get(method, {})}
     want = ge.explain_text(families["open_clip"], MODEL_PIXELS, CAPTIONS, method=method, **options)
     assert float(want.word_importance.abs().max()) > 0
     for name in OTHERS:

@@ -162,6 +162,7 @@ SPEC = MethodSpec(
     name="clip_surgery", image=image_maps,
     requires=("vv_attention",),
     options={"depth": None, "surgery_targets": None, "redundant": None},
+    instead={"layers": "its depth option sets the number of surgery blocks"},
     prepare=prepare,
     class_set="surgery_targets",
     # the authors explain the class name and their class set, each with CLIP Surgery's prompt ensemble, on

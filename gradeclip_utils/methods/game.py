@@ -134,6 +134,7 @@ SPEC = MethodSpec(
     name="game", image=image_maps, text=token_relevance,
     requires=("probs",), text_requires=("probs",),
     options={"start_layer": 0, "chunk": 16, "target": "logit"},
+    instead={"layers": "its start_layer option sets the first block of the relevance product"},
     authors=_AUTHORS,
 )
 
@@ -141,6 +142,8 @@ LAST_SPEC = MethodSpec(
     name="game_last", image=last_layer_maps,
     requires=("probs",),
     options={"chunk": 16, "target": "logit"},
+    uses=(),  # passes its options on to GAME, which takes no settings
+    instead={"layers": "game_last is GAME from the last block; use game with start_layer for other blocks"},
     shown=False,
     authors=_AUTHORS,
 )

@@ -28,5 +28,9 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, **options:
 SPEC = MethodSpec(
     name="grad_eclip_no_spatial", image=image_maps,
     options={"chunk": 128},
-    authors=AuthorsProtocol(options={"mode": "official", "qk": "out_proj"}),
+    # qk enters only the spatial weight, which this method leaves out
+    uses=("layers", "mode"),
+    instead={"qk": "qk only enters the spatial weight; use grad_eclip to compare q and k"},
+    # the authors' official mode (their out_proj q and k enter only the spatial weight, left out here)
+    authors=AuthorsProtocol(options={"mode": "official"}),
 )

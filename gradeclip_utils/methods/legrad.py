@@ -58,5 +58,6 @@ SPEC = MethodSpec(
     name="legrad", image=image_maps,
     requires=("block_outputs", "probs", "token_head"),
     options={"layer_index": -2, "chunk": 16},
+    instead={"layers": "its layer_index option sets the block it starts from"},
     shown=False,
 )

@@ -145,6 +145,7 @@ SPEC = MethodSpec(
     requires=("intermediate_tokens",), text_requires=("intermediate_tokens",),
     options={"ib_layer": None, "beta": 0.1, "var": 1.0, "steps": 10, "lr": 1.0, "samples": 10, "seed": 0,
              "paired": False},
+    instead={"layers": "its ib_layer option sets the block of the bottleneck"},
     probe={"steps": 1, "samples": 1},
     slow=True, paired=True,
     run_options={"steps": "m2ib_steps", "samples": "m2ib_samples", "seed": "seed"},

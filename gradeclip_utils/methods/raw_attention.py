@@ -72,5 +72,6 @@ SPEC = MethodSpec(
     name="raw_attention", image=image_maps, text=token_relevance,
     requires=("probs",), text_requires=("probs",),
     options={"variant": "model"},
+    instead={"mode": "its variant option ('authors': one head) sets how the attention is read"},
     authors=AuthorsProtocol(options={"variant": "authors"}),
 )

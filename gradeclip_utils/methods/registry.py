@@ -11,7 +11,9 @@ is picked up the same way).
 An image method is ``fn(adapter, pixels, targets, **options) -> MapOutput`` with ``pixels`` a (B, 3, H, W)
 batch on one grid and ``targets`` (K, D) unit-normalised text embeddings; a text method is
 ``fn(adapter, tokens, targets, **options) -> TokenOutput`` with ``targets`` (B, D) unit-normalised image
-embeddings. Both get the settings ``layers``, ``mode`` and ``qk`` besides their own options.
+embeddings. Both get the settings ``layers``, ``mode`` and ``qk`` besides their own options; a spec's
+``uses`` says which of them the method applies, and a config that sets another one away from its default
+is refused (``ExplainConfig``), so that no setting is recorded that did not shape the map.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ TextMethod = Callable[..., "TokenOutput"]
 
 #: the settings every method is called with (``ExplainConfig``'s), as opposed to a method's own options
 SETTINGS: tuple[str, ...] = ("layers", "mode", "qk")
+#: each setting's default: the value a method that does not use the setting is run with
+SETTING_DEFAULTS: dict[str, Any] = {"layers": (-1,), "mode": "faithful", "qk": "raw"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,9 @@ class MethodSpec:
       with its own reason (``refusal``). ``alternative``: what to use instead, added to that message.
     - ``options``: the options the method takes, with their defaults (besides the settings ``layers``,
       ``mode`` and ``qk``).
+    - ``uses``: which of the settings (``SETTINGS``) the method applies; by default those its function
+      names as parameters (all of them when it passes ``**options`` on). ``instead``: setting -> what to
+      use instead, said when a setting the method does not use is given (e.g. LeGrad's ``layer_index``).
     - ``prepare(model, targets, options) -> options``: the model-dependent defaults of a call, completed
       once per call before the batches. ``probe``: options that make a trial run cheap (the support probe
       tries every method once; a refusal never depends on them).
@@ -100,6 +107,8 @@ class MethodSpec:
     authors: AuthorsProtocol = field(default_factory=AuthorsProtocol)
     reference: bool = False
     keyed: bool = False
+    uses: tuple[str, ...] | None = None
+    instead: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -113,6 +122,23 @@ class MethodSpec:
                  if o in SETTINGS]
         if clash:
             raise ValueError(f"method {self.name!r}: {clash} are settings (ExplainConfig), not options")
+        if self.uses is None:
+            fn = self.image if self.image is not None else self.text
+            object.__setattr__(self, "uses", tuple(s for s in SETTINGS if _names(fn, s)))
+        else:
+            object.__setattr__(self, "uses", tuple(self.uses))
+        unknown = [s for s in (*self.uses, *self.instead) if s not in SETTINGS]
+        if unknown:
+            raise ValueError(f"method {self.name!r}: {unknown} are not settings; settings: {SETTINGS}")
+
+    def unused_setting(self, setting: str, value: Any) -> str | None:
+        """Why ``setting=value`` is refused for this method: None when the method uses the setting or
+        ``value`` is its default; otherwise a message naming method and setting and what to use instead."""
+        if setting in self.uses or _same_setting(setting, value, SETTING_DEFAULTS[setting]):
+            return None
+        hint = self.instead.get(setting, f"leave {setting} at its default {SETTING_DEFAULTS[setting]!r}")
+        return (f"{self.name} does not use the setting {setting} (got {value!r}), so it would not change the "
+                f"map; {hint}")
 
     def takes(self, option: str, tower: Literal["image", "text"] = "image") -> bool:
         """Whether the method uses ``option`` (a setting such as "layers" or "mode", or an option): its
@@ -121,10 +147,9 @@ class MethodSpec:
         fn = self.image if tower == "image" else self.text
         if fn is None:
             return False
-        parameters = inspect.signature(fn).parameters
-        if option in parameters:
-            return True
-        return any(p.kind is inspect.Parameter.VAR_KEYWORD and p.name != "_" for p in parameters.values())
+        if option in SETTINGS:
+            return option in self.uses
+        return _names(fn, option)
 
     def options_from(self, settings: Mapping[str, Any], classes: Any = None) -> dict[str, Any]:
         """The options a run with ``settings`` gives the method: each of ``run_options`` whose setting
@@ -133,6 +158,25 @@ class MethodSpec:
         if self.class_set is not None and classes is not None:
             options[self.class_set] = classes
         return options
+
+
+def _names(fn: Callable[..., Any], option: str) -> bool:
+    """Whether ``fn`` names ``option`` as a parameter or passes keyword options on (``**options``;
+    functions that ignore options take ``**_``)."""
+    parameters = inspect.signature(fn).parameters
+    if option in parameters:
+        return True
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD and p.name != "_" for p in parameters.values())
+
+
+def _same_setting(setting: str, value: Any, default: Any) -> bool:
+    if setting == "layers":  # (-1,), [-1] and 1 (the last block) are the same blocks
+        if isinstance(value, bool):
+            return False
+        if isinstance(value, int):
+            return value == 1
+        return tuple(value) == tuple(default)
+    return value == default
 
 
 _SPECS: dict[str, MethodSpec] = {}
@@ -184,6 +228,11 @@ def register_text_method(name: str, fn: TextMethod) -> TextMethod:
 def method_specs() -> list[MethodSpec]:
     """The registered methods' specs, in the order they were registered."""
     return list(_SPECS.values())
+
+
+def find_spec(name: str) -> MethodSpec | None:
+    """The spec of a registered method, or None."""
+    return _SPECS.get(name)
 
 
 def get_spec(name: str) -> MethodSpec:
@@ -247,7 +296,7 @@ def refusal(spec: MethodSpec, adapter: CLIPAdapter, tower: Literal["image", "tex
 
 
 __all__ = [
-    "IMAGE_METHODS", "SETTINGS", "TEXT_METHODS", "AuthorsProtocol", "ImageMethod", "MethodSpec", "TextMethod",
-    "get_image_method", "get_spec", "get_text_method", "list_methods", "method_specs", "prepare_options",
+    "IMAGE_METHODS", "SETTINGS", "SETTING_DEFAULTS", "TEXT_METHODS", "AuthorsProtocol", "ImageMethod", "MethodSpec", "TextMethod",
+    "find_spec", "get_image_method", "get_spec", "get_text_method", "list_methods", "method_specs", "prepare_options",
     "probe_options", "refusal", "register", "register_image_method", "register_text_method", "unregister",
 ]

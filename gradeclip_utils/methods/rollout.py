@@ -53,6 +53,7 @@ SPEC = MethodSpec(
     name="rollout", image=image_maps,
     requires=("probs",),
     options={"start_layer": 0},
+    instead={"layers": "its start_layer option sets the first block of the rollout"},
     # the authors' rollout: the last block only, against the bare class name, on the model's centre crop
     authors=AuthorsProtocol(options={"start_layer": -1}, target="class_name", resolution="model"),
 )
