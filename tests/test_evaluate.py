@@ -445,11 +445,11 @@ def test_published_per_image_results_are_reproduced_for_every_method(tmp_path):
     curves and tie seeds included, within what the CPU it runs on can change.
 
     What that is was measured (CPU_SPREAD: the whole published run under ATen's default, AVX2 and AVX-512
-    kernels, oneDNN capped at AVX2 and SSE4.1, MKL at AVX2 and in its compatible mode, 1 and 2 threads, batch
-    sizes 5 and 32). Float noise moves a value by at most a few 1e-6 (all but about 1 in 10,000 values below
+    kernels, oneDNN capped at AVX2, MKL at AVX2 and in its compatible mode, 1 and 2 threads, batch sizes 5 and
+    32). Float noise moves a value by at most a few 1e-6 (all but about 1 in 10,000 values below
     3e-6): every value must agree to the measurement's rounding, 1e-5. Where two pixels' map values are nearly
     tied, another CPU's rounding can order them the other way, and a deletion or insertion curve then takes
-    another step: the worst configuration moved that way 1 (image, method) pair in 150, by at most 9e-4 of an
+    another step: the worst configuration moved that way 1 (image, method) pair in 140, by at most 9e-4 of an
     AUC (5.6e-3 for RISE, whose centred map is a difference of two sums over its masks, near-equal almost
     everywhere). So a pair may move more than the rounding if the number of such pairs stays within 3 times
     the worst measured share (margin for CPUs this measurement could not imitate), and no value moves more than
