@@ -68,21 +68,7 @@ def run_image_method(model: Any, config: ExplainConfig, pixels: torch.Tensor, ta
     """
     fn = spec.image if spec is not None else get_image_method(config.method)
     spec = spec if spec is not None else get_spec(config.method)
-    config.check_uses(spec)  # a setting the method would not apply is refused (a registered one: when made)
-    check_supported(model, spec, "image")
-    adapter = model.adapter
-    try:
-        with explaining(model.model):
-            out = _call(model, config.method, fn, adapter, pixels.to(model.device), targets.to(model.device),
-                        layers=adapter.resolve_layers(config.layers, "image"), mode=config.mode, qk=config.qk,
-                        **config.options)
-            maps, scores = out.maps.detach().float().cpu(), out.scores.detach().float().cpu()
-            del out
-    except BaseException as error:
-        release_frames(error)
-        raise
-    if not _finite(maps, scores):
-        raise FloatingPointError(f"{config.method} produced non-finite maps or scores{_weights_hint(inputs)}")
+    maps, scores = _run(model, config, spec, "image", fn, pixels.to(model.device), targets, "maps", inputs)
     return MapOutput(maps=maps, scores=scores)
 
 
@@ -93,23 +79,32 @@ def run_text_method(model: Any, config: ExplainConfig, tokens: torch.Tensor, tar
     ``run_image_method`` (the layers are the text tower's)."""
     fn = spec.text if spec is not None else get_text_method(config.method)
     spec = spec if spec is not None else get_spec(config.method)
-    config.check_uses(spec)
-    check_supported(model, spec, "text")
+    relevance, scores = _run(model, config, spec, "text", fn, tokens, targets, "relevance", None)
+    return TokenOutput(relevance=relevance, scores=scores)
+
+
+def _run(model: Any, config: ExplainConfig, spec: MethodSpec, tower: str, fn: Callable[..., Any],
+         inputs_on_device: torch.Tensor, targets: torch.Tensor, what: str,
+         inputs: Sequence[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frame both runners share: the declarations checked, the method called under ``explaining`` with
+    ``config``'s settings for ``tower``, its ``what`` (maps or relevance) and scores detached, float32, on the
+    CPU and checked to be finite; the failed call's frames released when it raises."""
+    config.check_uses(spec)  # a setting the method would not apply is refused (a registered one: when made)
+    check_supported(model, spec, tower)
     adapter = model.adapter
     try:
         with explaining(model.model):
-            out = _call(model, config.method, fn, adapter, tokens, targets.to(model.device),
-                        layers=adapter.resolve_layers(config.layers, "text"), mode=config.mode, qk=config.qk,
+            out = _call(model, config.method, fn, adapter, inputs_on_device, targets.to(model.device),
+                        layers=adapter.resolve_layers(config.layers, tower), mode=config.mode, qk=config.qk,
                         **config.options)
-            relevance, scores = out.relevance.detach().float().cpu(), out.scores.detach().float().cpu()
+            values, scores = getattr(out, what).detach().float().cpu(), out.scores.detach().float().cpu()
             del out
     except BaseException as error:
         release_frames(error)
         raise
-    if not _finite(relevance, scores):
-        raise FloatingPointError(f"{config.method} produced non-finite relevance or scores (are the model's weights "
-                                 "finite?)")
-    return TokenOutput(relevance=relevance, scores=scores)
+    if not _finite(values, scores):
+        raise FloatingPointError(f"{config.method} produced non-finite {what} or scores{_weights_hint(inputs)}")
+    return values, scores
 
 
 __all__ = ["check_supported", "explaining", "model_lock", "release_frames",
