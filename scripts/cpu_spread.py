@@ -74,6 +74,13 @@ def column_kind(name: str) -> str | None:
     return None
 
 
+def value_group(column: str, method: str) -> str | None:
+    """The group a per-image value's move is measured in: its column's kind, with RISE's deletion and insertion
+    values apart (its centred map is a difference of two sums over its masks: near-equal pixels everywhere)."""
+    kind = column_kind(column)
+    return f"{kind} (rise)" if method == "rise" and kind in ("auc", "curve") else kind
+
+
 def evaluation_command(config: dict, scenes: int, out: Path, batch_size: int | None = None) -> list[str]:
     """The published run's settings as a command line (sanity check and timing left out)."""
     command = [sys.executable, "-m", "gradeclip_utils.evaluate", "-n", str(scenes),
@@ -134,8 +141,7 @@ def analyse(folder: Path, reference: Path, rounding: float) -> dict:
                 if kind == "pointing":
                     flips += difference > 0
                     continue
-                # RISE's centred map is a difference of two sums over its masks: near-equal pixels everywhere
-                group = f"{kind} (rise)" if method == "rise" and kind in ("auc", "curve") else kind
+                group = value_group(column, method)
                 entry = kinds.setdefault(group, {"values": 0, "moved": 0, "largest": 0.0, "where": None})
                 entry["values"] += 1
                 if difference > rounding:

@@ -43,7 +43,7 @@ def assert_within_spread(rows: list[dict], want: list[dict]) -> None:
             if kind == "pointing":
                 flips += difference > 0
                 continue
-            group = f"{kind} (rise)" if row["method"] == "rise" and kind in ("auc", "curve") else kind
+            group = cpu_spread.value_group(column, row["method"])
             pair_moved |= difference > rounding
             if not difference <= max(2 * worst["largest"][group], rounding):
                 off.append(f"{row['key']} {row['method']} {column}: {a} against {b}")
