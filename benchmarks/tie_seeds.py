@@ -1,5 +1,5 @@
 """How many pictures the deletion and insertion curves encode over several tie seeds, per method, on the
-embedded synthetic CLIP: the evaluation's own run (``gradeclip_utils.evaluate.evaluate``), with the
+embedded synthetic CLIP: the evaluation's own run (``gradeclip_utils.evaluation.evaluate``), with the
 image encoder counting what it is given. A picture two tie orders make alike (the same pixels changed at
 a step) is encoded once, so the extra tie seeds cost only the pictures whose step boundary falls inside a
 tie; separate runs per tie seed would encode ``tie_seeds x 2 x images x 11``. A count, not a timing: the
@@ -17,7 +17,8 @@ import tempfile
 import torch
 
 import gradeclip_utils as ge
-import gradeclip_utils.evaluate as ev
+import gradeclip_utils.evaluation as ev
+from gradeclip_utils.evaluation import protocols
 
 
 class Counting:
@@ -44,8 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     model = ge.load_model("synthetic", device="cpu")
     data = ev.synthetic_set(model, args.n)
     counter = {"pictures": 0}
-    real = ev.perturbation_curves_over_ties
-    ev.perturbation_curves_over_ties = lambda adapter, *a, **k: real(Counting(adapter, counter), *a, **k)
+    real = protocols.perturbation_curves_over_ties  # the project's curves, as the evaluation calls them
+    protocols.perturbation_curves_over_ties = lambda adapter, *a, **k: real(Counting(adapter, counter), *a, **k)
     one = 2 * args.n * 11
     separate = args.tie_seeds * one
     print(f"{'method':24s} {'encoded':>8s} {'separate runs':>14s} {'share':>6s}   (one tie seed: {one})")

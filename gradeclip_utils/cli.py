@@ -277,7 +277,7 @@ def _explain_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    from .evaluate import DATASETS, DEFAULT_METHODS, PROTOCOLS
+    from .evaluation import DATASETS, DEFAULT_METHODS, PROTOCOLS
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, default="synthetic",

@@ -1,4 +1,4 @@
-"""Timing calls, one harness for the evaluation's speed table (``evaluate.measure_speed``) and the speed
+"""Timing calls, one harness for the evaluation's speed table (``evaluation.measure_speed``) and the speed
 benchmark (``benchmarks/speed.py``).
 
 A ``Meter`` times one call: CUDA synchronised around it, wall and process CPU time, and with ``memory``

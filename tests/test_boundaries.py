@@ -197,7 +197,7 @@ def test_a_manifest_records_the_explanations_settings_and_lets_explicit_ones_win
 def test_the_authors_curves_score_the_label_while_the_map_explains_the_target(tiny):
     """ImageNet's --target pred: the map explains the prediction (``target``), the curves score the
     ground truth (``label``); the tests' other items have the two equal, where swapping them changes nothing."""
-    from gradeclip_utils import evaluate as ev
+    from gradeclip_utils import evaluation as ev
 
     rng = np.random.default_rng(1)
     picture = Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))

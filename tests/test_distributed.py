@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from gradeclip_utils import distributed
-from gradeclip_utils import evaluate as ev
+from gradeclip_utils import evaluation as ev
+from gradeclip_utils.evaluation.runner import _batches
 from gradeclip_utils.cli import alias_main
 from gradeclip_utils.distributed import Context, Journal
 from launch import ROOT, torchrun
@@ -35,8 +36,8 @@ def test_shard_assignment_covers_every_item_exactly_once(world_size):
 
     rng = np.random.default_rng(world_size)
     items = [ev.EvalItem(key=f"item-{i}", label=int(rng.integers(0, 5)), load=lambda: None) for i in range(23)]
-    batches = ev._batches(items, 4)
-    assert batches == ev._batches(items, 4) and [len(b) for b in batches] == [4, 4, 4, 4, 4, 3]
+    batches = _batches(items, 4)
+    assert batches == _batches(items, 4) and [len(b) for b in batches] == [4, 4, 4, 4, 4, 3]
     owned = [[item.key for _, batch in Context(rank=r, world_size=world_size).shard(batches) for item in batch]
              for r in range(world_size)]
     flat = [key for keys in owned for key in keys]

@@ -18,10 +18,13 @@ from scipy.ndimage import distance_transform_edt
 import reference
 from spread import assert_within_spread
 
-from gradeclip_utils import evaluate as ev
+from gradeclip_utils import evaluation as ev
 from gradeclip_utils import stats
+from gradeclip_utils.evaluation import methods as eval_methods
+from gradeclip_utils.evaluation.runner import _batches
+from gradeclip_utils.methods.clip_surgery import AUTHORS_CLASS_SET
 from gradeclip_utils.records import weights_digest
-from gradeclip_utils.metrics import AUC_DEFINITION
+from gradeclip_utils.metrics import AUC_DEFINITION, shrink_to_640
 
 FAST = dict(batch_size=4, rise_masks=16, m2ib_steps=1, m2ib_samples=1, timing_images=1, timing_repeats=1,
             progress=False)
@@ -50,6 +53,47 @@ def test_bootstrap_interval_is_the_95_percent_one():
     assert low == pytest.approx(0.5 - half, abs=0.002) and high == pytest.approx(0.5 + half, abs=0.002)
     mean, low, high = stats.paired_difference(values, np.zeros(400), resamples=20_000)
     assert low == pytest.approx(0.5 - half, abs=0.002) and high == pytest.approx(0.5 + half, abs=0.002)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"protocol": "paper"}, r"protocol must be one of \('project', 'authors'\), got 'paper'"),
+    ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+    ({"tie_seeds": 0}, "tie_seeds must be at least 1, got 0"),
+    ({"sanity_images": -1}, "sanity_images must be at least 0, got -1"),
+    ({"rise_masks": 2.5}, "rise_masks must be a whole number, got 2.5"),
+    ({"m2ib_steps": True}, "m2ib_steps must be a whole number, got True"),
+    ({"tolerance": -1.0}, "tolerance must be a number of at least 0, got -1.0"),
+    ({"timing_budget": float("nan")}, "timing_budget must be a number of at least 0"),
+    ({"faithfulness": 1}, "faithfulness must be True or False, got 1"),
+    ({"methods": "grad_eclip"}, "methods must be None or a list of method names, got 'grad_eclip'"),
+    ({"sanity_methods": ["grad_eclip", "nope"]}, r"unknown methods \['nope'\]; available: .*'random'\]"),
+])
+def test_settings_are_checked_once_naming_the_field(settings, message):
+    with pytest.raises(ValueError, match=message):
+        ev.EvalConfig(**settings)
+
+
+def test_a_bad_setting_is_refused_before_any_work(tmp_path):
+    """evaluate() checks its settings before it touches the model or the folder."""
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        ev.evaluate(None, None, tmp_path / "run", batch_size=0)
+    with pytest.raises(TypeError, match=r"unknown evaluation settings \['rise_mask'\]"):
+        ev.evaluate(None, None, tmp_path / "run", rise_mask=10)
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_json_records_the_settings_as_before():
+    """The keys (in the order the first runs wrote them) and values of a run's config.json; timing_budget only
+    away from its default, one tie seed under the authors' protocol; the run's own choices are not recorded."""
+    config = ev.EvalConfig(methods=["grad_eclip"], rise_masks=300, tie_seeds=2, command="x", workers=2)
+    record = config.to_json(dataset="synthetic", provenance={"model": {"name": "m"}, "weights": "w"}, classes=35)
+    assert list(record) == ["dataset", "model", "weights", "tolerance", "batch_size", "rise_masks", "rise_centre",
+                            "m2ib_steps", "m2ib_samples", "seed", "faithfulness", "classes", "sanity_images",
+                            "timing_images", "timing_repeats", "protocol", "tie_seeds"]
+    assert record["rise_masks"] == 300 and record["tie_seeds"] == 2 and record["classes"] == 35
+    assert config.methods == ("grad_eclip",)
+    assert ev.EvalConfig(timing_budget=0.2).settings()["timing_budget"] == 0.2
+    assert ev.EvalConfig(protocol="authors", tie_seeds=3).tie_seeds == 1
 
 
 def test_speed_ratios_hand_values():
@@ -95,7 +139,7 @@ def test_synthetic_run_writes_tables_and_resumes(tiny, tmp_path, monkeypatch):
 
     calls = []
     original = ev.run_method
-    monkeypatch.setattr(ev, "run_method", lambda *a, **k: calls.append(a[1]) or original(*a, **k))
+    monkeypatch.setattr(eval_methods, "run_method", lambda *a, **k: calls.append(a[1]) or original(*a, **k))
     ev.evaluate(tiny, data, tmp_path, sanity_images=2, sanity_methods=["grad_eclip", "rise"], **FAST)
     assert calls == [], "a finished run was recomputed"
     more = ev.synthetic_set(tiny, 7)
@@ -200,6 +244,11 @@ def test_folder_of_images_with_prompts_and_masks(tiny, tmp_path):
     ev.evaluate(tiny, data, tmp_path / "out", methods=["grad_eclip", "itsm"], sanity_images=0, **FAST)
     rows = read(tmp_path / "out" / "per_image.csv")
     assert len(rows) == 6 and "energy" in rows[0] and "insertion_auc_score" in rows[0]
+    # the same run configured by one EvalConfig writes the same rows and settings
+    config = ev.EvalConfig(methods=["grad_eclip", "itsm"], sanity_images=0, **FAST)
+    ev.evaluate(tiny, data, tmp_path / "same", config)
+    assert read(tmp_path / "same" / "per_image.csv") == rows
+    assert (tmp_path / "same" / "config.json").read_text() == (tmp_path / "out" / "config.json").read_text()
     Image.fromarray(np.zeros((60, 81), dtype=np.uint8)).save(tmp_path / "m1.png")   # one column too many
     with pytest.raises(ValueError, match="m1.png and image im1.png differ in size"):
         ev.folder_set(tiny, tmp_path / "prompts.csv").items[1].load()
@@ -254,7 +303,7 @@ def test_target_pred_explains_the_prediction_and_scores_the_ground_truth(tiny, t
     data = ev.imagenet_set(tiny, tmp_path / "val", 6, templates="simple", target="pred")
     # predicted when first asked for (under torchrun, by the rank that explains the item), not up front
     assert all(callable(item.target) for item in data.items)
-    assert [len(b) for b in ev._batches(data.items, 4)] == [4, 2] and all(callable(i.target) for i in data.items)
+    assert [len(b) for b in _batches(data.items, 4)] == [4, 2] and all(callable(i.target) for i in data.items)
     with torch.no_grad():
         pixels = torch.stack([item.load()[0] for item in data.items])
         embedding = torch.nn.functional.normalize(tiny.model.encode_image(pixels), dim=-1)
@@ -276,7 +325,7 @@ def test_authors_protocol_runs_their_presets(tiny, tmp_path, monkeypatch):
     data = ev.synthetic_set(tiny, 3)
     calls = []
     original = ev.run_method
-    monkeypatch.setattr(ev, "run_method", lambda m, name, pixels, targets, options: calls.append(
+    monkeypatch.setattr(eval_methods, "run_method", lambda m, name, pixels, targets, options: calls.append(
         (name, tuple(pixels.shape[-2:]), dict(options))) or original(m, name, pixels, targets, options))
     summary = ev.evaluate(tiny, data, tmp_path, methods=["grad_eclip", "raw_attention", "game_last"],
                           sanity_images=0, protocol="authors", **{**FAST, "timing_images": 0})
@@ -389,7 +438,7 @@ def test_authors_protocol_explains_what_their_scripts_explain(tiny, tmp_path, mo
                                                                      ["a photo of {}.", "art of {}"], progress=False))
     calls = []
     original = ev.run_method
-    monkeypatch.setattr(ev, "run_method", lambda m, name, pixels, targets, options: calls.append(
+    monkeypatch.setattr(eval_methods, "run_method", lambda m, name, pixels, targets, options: calls.append(
         (name, targets.clone(), dict(options))) or original(m, name, pixels, targets, options))
     ev.evaluate(tiny, data, tmp_path, methods=["grad_eclip", "game_last", "m2ib", "clip_surgery"], sanity_images=0,
                 protocol="authors", **{**FAST, "timing_images": 0})
@@ -412,7 +461,7 @@ def test_authors_protocol_explains_what_their_scripts_explain(tiny, tmp_path, mo
         targets, options = got["clip_surgery"]
         assert torch.allclose(targets[0], ensemble(name), atol=1e-5)
         surgery_set = options["surgery_targets"]
-        assert surgery_set.shape[0] == 1 + len(ev.AUTHORS_SURGERY_NAMES) == 60
+        assert surgery_set.shape[0] == 1 + len(AUTHORS_CLASS_SET) == 60
         assert torch.allclose(surgery_set[0], ensemble(name), atol=1e-5)
         assert torch.allclose(surgery_set[23], ensemble("dog"), atol=1e-5)  # 'dog' is the 23rd of their names
 
@@ -422,10 +471,10 @@ def test_authors_maps_explain_the_shrunk_picture_at_its_full_native_size(tiny, m
     patches (the package's default cap of 1600 would downscale a 640 x 880 picture)."""
     from PIL import Image
 
-    picture = ev.shrink_to_640(Image.new("RGB", (1100, 800), (120, 30, 200)))
+    picture = shrink_to_640(Image.new("RGB", (1100, 800), (120, 30, 200)))
     assert picture.size == (880, 640)
     shapes = []
-    monkeypatch.setattr(ev, "batch_maps", lambda model, name, pixels, *a, **k: shapes.append(tuple(pixels.shape[-2:]))
+    monkeypatch.setattr(eval_methods, "batch_maps", lambda model, name, pixels, *a, **k: shapes.append(tuple(pixels.shape[-2:]))
                         or torch.zeros(1, pixels.shape[-2] // 8, pixels.shape[-1] // 8))
     item = ev.EvalItem(key="big", label=0, load=lambda: (None, None))
     heat = ev.authors_maps(tiny, "grad_eclip", item, picture, torch.eye(1, 32), {})
@@ -462,7 +511,7 @@ def test_published_per_image_results_are_reproduced_for_every_method(tmp_path):
     config = json.loads((PUBLISHED_RUN / "config.json").read_text())
     published = {(row["key"], row["method"]): row for row in read(PUBLISHED_RUN / "per_image.csv")}
     model = load_model("synthetic", device="cpu")
-    assert ev.weights_digest(model.model) == config["weights"], "the committed model is not the published run's"
+    assert weights_digest(model.model) == config["weights"], "the committed model is not the published run's"
     data = ev.synthetic_set(model, config["distributed"]["items_per_rank"][0])
     batch_size = config["batch_size"]
     first = sorted(data.items, key=lambda item: item.label)[:batch_size]

@@ -304,7 +304,7 @@ def test_the_evaluation_runs_what_a_resnet_can_and_names_the_rest(resnets, tmp_p
     notebooks' method list leaves them out too."""
     import json
 
-    import gradeclip_utils.evaluate as ev
+    import gradeclip_utils.evaluation as ev
     from gradeclip_utils.studies.methods import available_methods
 
     loaded = resnets["open_clip"]

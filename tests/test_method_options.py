@@ -140,7 +140,7 @@ def test_text_methods_refuse_unused_settings_and_default_to_the_authors_eight_bl
 def test_every_preset_gives_a_method_only_settings_it_applies(name):
     """The authors' protocol, the explorers' interactive options and the cheap probe are configs the method
     accepts (a preset that set a setting the method ignores would be refused at run time)."""
-    from gradeclip_utils import evaluate as ev
+    from gradeclip_utils import evaluation as ev
 
     spec = next(s for s in method_specs() if s.name == name)
     for preset in (spec.authors.options, spec.interactive_options, spec.probe):

@@ -14,11 +14,12 @@ import torch
 
 import families as fam
 import gradeclip_utils as ge
-from gradeclip_utils import evaluate as ev
+from gradeclip_utils import evaluation as ev
 from gradeclip_utils.adapters import CAPTURES, ImageTower, UnsupportedMethodError
 from gradeclip_utils.inputs import RESOLUTIONS
 from gradeclip_utils.methods import (MapOutput, MethodSpec, cosine_scores, get_spec, list_methods, method_specs,
                                      refusal, register, unregister)
+from gradeclip_utils.methods.clip_surgery import AUTHORS_CLASS_SET
 from gradeclip_utils.methods.registry import SETTINGS
 from gradeclip_utils.studies import methods as method_study
 from gradeclip_utils.synthetic import generate_scene
@@ -62,8 +63,9 @@ def test_every_registered_method_has_a_complete_spec(spec):
     assert spec.authors.target in ("classifier", "class_name") and spec.authors.resolution in RESOLUTIONS
     assert not spec.authors.class_set or spec.class_set is not None
     assert not spec.paired or "paired" in spec.options
-    # what the evaluation sets are its own settings (evaluate's parameters)
+    # what the evaluation sets are its own settings (EvalConfig's fields, which evaluate takes as keywords)
     assert set(spec.run_options.values()) <= set(inspect.signature(ev.evaluate).parameters)
+    assert set(spec.run_options.values()) <= set(ev.EvalConfig().settings())
 
 
 @pytest.mark.parametrize("spec", [s for s in method_specs() if s.image is not None], ids=lambda spec: spec.name)
@@ -100,14 +102,14 @@ def test_the_evaluation_takes_its_defaults_and_options_from_the_specs():
         if spec.image is not None:
             assert ev.method_options(spec.name, authors, classifier) == {
                 **spec.options_from(config, classes=classifier), **spec.authors.options}
-    # the authors' protocol as their scripts run each method (what the tables of evaluate.py said)
+    # the authors' protocol as their scripts run each method (what the tables of the evaluation said)
     by = {spec.name: spec.authors for spec in method_specs()}
     assert {n for n, a in by.items() if a.target == "class_name" and not a.templates} == {
         "game", "game_last", "rollout", "m2ib"}
     assert {n for n, a in by.items() if a.resolution == "model"} == {"game", "game_last", "rollout", "clip_surgery",
                                                                      "m2ib"}
     assert {n for n, a in by.items() if a.upsampled} == {"clip_surgery", "m2ib"}
-    assert len(ev.AUTHORS_SURGERY_NAMES) == 59 and by["clip_surgery"].class_set == ev.AUTHORS_SURGERY_NAMES
+    assert len(AUTHORS_CLASS_SET) == 59 and by["clip_surgery"].class_set == AUTHORS_CLASS_SET
     assert {spec.name for spec in method_specs() if spec.paired} == {"m2ib"}
 
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import gradeclip_utils as ge
-from gradeclip_utils import evaluate as ev
+from gradeclip_utils import evaluation as ev
 from gradeclip_utils.adapters import UnsupportedMethodError
 from gradeclip_utils.config import ExplainConfig
 from gradeclip_utils.explain_dataset import explain_dataset

@@ -18,7 +18,9 @@ import pytest
 import torch
 from scipy.ndimage import distance_transform_edt
 
-from gradeclip_utils import evaluate as ev
+from gradeclip_utils import evaluation as ev
+from gradeclip_utils.evaluation import command as eval_command
+from gradeclip_utils.evaluation import methods as eval_methods
 from gradeclip_utils.cli import alias_main
 from gradeclip_utils.synthetic import evaluate as synthetic_evaluate
 
@@ -101,8 +103,8 @@ def test_method_evaluation_and_its_command_default(tmp_path, monkeypatch):
         index = [round(float(p[0, 0, 0]) * 10) for p in pixels]
         return torch.stack([torch.from_numpy(peak_at_distance(masks[i], i % 2 == 0)) for i in index])
 
-    monkeypatch.setattr(ev, "batch_maps", fake_maps)
-    monkeypatch.setattr(ev, "unsupported_methods", lambda model, options: {})  # a stand-in: nothing to try on
+    monkeypatch.setattr(eval_methods, "batch_maps", fake_maps)
+    monkeypatch.setattr(eval_methods, "unsupported_methods", lambda model, options: {})  # a stand-in: nothing to try on
     model = SimpleNamespace(describe=lambda: {"name": "stand-in"}, model=torch.nn.Linear(1, 1), device=torch.device("cpu"),
                             adapter=SimpleNamespace(logit_scale=100.0),
                             normalization=((0.5,) * 3, (0.5,) * 3))
@@ -114,11 +116,11 @@ def test_method_evaluation_and_its_command_default(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "config.json").read_text())["tolerance"] == DEFAULT
 
     monkeypatch.setattr("gradeclip_utils.loading.load_model", lambda *a, **k: model)
-    monkeypatch.setattr(ev, "synthetic_set", lambda *a, **k: data)
-    monkeypatch.setattr(ev, "evaluate", stop)
+    monkeypatch.setattr(eval_command, "synthetic_set", lambda *a, **k: data)
+    monkeypatch.setattr(eval_command, "evaluate", stop)
     with pytest.raises(Stop) as stopped:
         alias_main("evaluate", ["--out", str(tmp_path / "cli")])
-    assert stopped.value.args[-1]["tolerance"] == DEFAULT
+    assert stopped.value.args[-1]["config"].tolerance == DEFAULT
 
 
 def test_caption_choice_study_default():

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..evaluate import batch_maps, imagenet_set, item_seed, synthetic_set, tie_seeds_of
+from ..evaluation import batch_maps, imagenet_set, item_seed, synthetic_set, tie_seeds_of
 from ..explain import explain_image
 from ..guard import explaining
 from ..loading import load_model
@@ -427,7 +427,7 @@ def run_study(model: Any, *, parts: Sequence[str] | None = None, quick: bool = F
     """Every part of the study (``parts``: by default ``parts_for(model)``) at the default sizes (``quick``:
     small). Images for the equivalence and the cost: the first faithfulness items' pixels (synthetic
     scenes) and a non-square crop of them; ``imagenet``: a folder of class subfolders for the score shift
-    and the faithfulness items (``evaluate.imagenet_set``)."""
+    and the faithfulness items (``evaluation.imagenet_set``)."""
     parts = tuple(parts or parts_for(model))
     unknown = set(parts) - set(ALL_PARTS)
     if unknown:
