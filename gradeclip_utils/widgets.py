@@ -48,7 +48,7 @@ import torch
 from .config import ExplainConfig, applied_settings
 from .maps import resize_maps
 from .plotting import signed
-from .studies.common import as_input, default_resolution, named_images, prompt_mask
+from .samples import as_input, default_resolution, named_images, prompt_mask
 
 #: generic class names whose prompts form CLIP Surgery's class set on real models (COCO's categories, in part)
 GENERIC_CLASSES: tuple[str, ...] = (
@@ -89,7 +89,7 @@ def default_method_options(model: Any) -> dict[str, dict[str, Any]]:
     500 masks instead of 2000)."""
     from . import encode_texts
     from .methods import method_specs
-    from .studies.common import is_synthetic
+    from .samples import is_synthetic
     from .synthetic import class_prompts
 
     specs = [spec for spec in method_specs() if spec.image is not None]
@@ -826,7 +826,7 @@ class LayerViewer(_Base):
     def __init__(self, model: Any, image: Any, prompt: str, *, method: str = "grad_eclip", mode: str = "faithful",
                  resolution: str | None = None, width: int = DEFAULT_WIDTH, debounce: float = DEBOUNCE_SECONDS,
                  auto_render: bool = True) -> None:
-        from .studies.layers import layer_maps
+        from .blocks import layer_maps
 
         super().__init__(model, width=width, debounce=debounce)
         w = _widgets()
