@@ -260,7 +260,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "heatmap, classifier.to(model.device), item.explained,",
              (f"{BOUNDARIES}::test_the_authors_curves_score_the_label_while_the_map_explains_the_target",),
              "--target pred: the authors' curves score the predicted class instead of the ground truth"),
-    Mutation("explorer-cache-ignores-mode", "gradeclip_utils/widgets.py",
+    Mutation("explorer-cache-ignores-mode", "gradeclip_utils/widgets/explorer.py",
              """        key = ("image", state["image"], tuple(state["prompts"]), config.method, config.layers, config.mode,
                config.resolution)""",
              """        key = ("image", state["image"], tuple(state["prompts"]), config.method, config.layers,

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from ..maps import normalise_maps, resize_maps
-from .common import as_input, mask_shares
+from ..samples import as_input
+from .common import mask_shares
 
 #: prompt templates per concept kind for the synthetic world and for photographs
 SYNTHETIC_TEMPLATES: dict[str, str] = {"noun": "a {}", "attribute": "a {} shape", "count": "{} shapes"}
@@ -296,8 +297,8 @@ def decomposition_study(model: Any, items: Sequence[Any], caption_kinds: Sequenc
     import pandas as pd
     from tqdm import tqdm  # text progress: readable in a saved or reloaded notebook
 
+    from ..samples import default_resolution, image_name
     from ..synthetic import Scene
-    from .common import default_resolution, image_name
 
     rows = []
     for index, item in enumerate(tqdm(items, desc="decompose", disable=not progress)):

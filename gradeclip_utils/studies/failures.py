@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from ..maps import normalise_maps, resize_maps
+from ..samples import as_input, default_resolution, image_name
 from ..stats import wilson_interval
-from .common import as_input, default_resolution, image_name, mask_shares
+from .common import mask_shares
 
 KINDS: tuple[str, ...] = ("colour", "shape", "size", "count", "binding", "relation")
 #: start of each kind's block of held-out scene ids (disjoint from the evaluation command's blocks)
@@ -128,7 +129,7 @@ def photo_items(probes: Sequence[tuple[str, str, str, str]] = PHOTO_PROBES, phot
     """Items for photographs from (photo stem, kind, true caption, false caption) probes."""
     from pathlib import Path
 
-    from .common import sample_photos
+    from ..samples import sample_photos
 
     by_stem = {Path(p).stem: p for p in (photos if photos is not None else sample_photos())}
     items = []

@@ -1,10 +1,10 @@
 """Layers: how Grad-ECLIP maps change from early to late blocks.
 
-``layer_maps`` explains one image and prompt at every block separately (each block's map uses the
-gradient of the score with respect to that block's class-token attention output and that block's own
-q, k, v). ``layer_localisation`` scores every block's map on held-out synthetic scenes against the exact
-instance mask of the prompted object (pointing game, energy pointing game, IoU), and also the
-combination of all blocks (ReLU per block, then sum).
+``layer_maps`` (from ``gradeclip_utils.blocks``, which the layer viewer shares) explains one image and
+prompt at every block separately (each block's map uses the gradient of the score with respect to that
+block's class-token attention output and that block's own q, k, v). ``layer_localisation`` scores every
+block's map on held-out synthetic scenes against the exact instance mask of the prompted object (pointing
+game, energy pointing game, IoU), and also the combination of all blocks (ReLU per block, then sum).
 """
 
 from __future__ import annotations
@@ -13,21 +13,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .common import as_input, default_resolution
+from ..blocks import layer_maps
+
+__all__ = ["LAYER_OFFSET", "layer_localisation", "layer_maps", "plot_layer_strip", "plot_layer_summary"]
 
 #: held-out scene block for the per-layer localisation (disjoint from the evaluation command's blocks)
 LAYER_OFFSET = 700_000
-
-
-def layer_maps(model: Any, image: Any, prompts: str | Sequence[str], layers: Sequence[int] | None = None, *,
-               method: str = "grad_eclip", mode: str = "faithful", resolution: str | None = None) -> dict:
-    """{block: ImageExplanation} for every block (default: all image blocks), one block at a time."""
-    from .. import explain_image
-
-    resolution = resolution or default_resolution(model, image)
-    blocks = list(range(model.adapter.num_image_blocks)) if layers is None else list(layers)
-    return {block: explain_image(model, as_input(image), prompts, layers=(block,), method=method, mode=mode,
-                                 resolution=resolution, progress=False) for block in blocks}
 
 
 def plot_layer_strip(maps: dict, prompt: int = 0, panel_size: float = 2.0, cmap: str = "jet"):

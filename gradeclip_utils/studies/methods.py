@@ -19,7 +19,7 @@ import torch
 
 from ..maps import resize_maps
 from ..methods import method_specs
-from .common import as_input, default_resolution, image_name, prompt_mask
+from ..samples import as_input, default_resolution, image_name, prompt_mask
 
 #: methods too slow for a quick run on the CPU (many forward passes or an optimisation per map): those
 #: whose ``MethodSpec`` says ``slow`` (RISE and M2IB), as registered when the package was imported

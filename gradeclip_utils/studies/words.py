@@ -17,8 +17,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..samples import as_input, default_resolution, image_name
 from ..stats import bootstrap_ci
-from .common import as_input, default_resolution, image_name
 
 #: a selection of the prompt templates OpenAI used for zero-shot ImageNet
 TEMPLATES: tuple[str, ...] = (
@@ -35,7 +35,7 @@ SYNTHETIC_TEMPLATES: tuple[str, ...] = (
 )
 
 
-#: paraphrases of the bundled photographs' captions (the first of each is studies.common.PHOTO_CAPTIONS')
+#: paraphrases of the bundled photographs' captions (the first of each is samples.PHOTO_CAPTIONS')
 PHOTO_PARAPHRASES: dict[str, tuple[str, ...]] = {
     "astronaut": ("an astronaut in an orange suit in front of a flag", "a woman astronaut wearing an orange suit",
                   "a portrait of an astronaut with a flag behind her", "a smiling astronaut in an orange spacesuit"),

@@ -1,0 +1,180 @@
+"""``Explorer``: heat maps, scores and word importance of one image against typed or chosen prompts, with
+the block, mode, method and colour scale as controls."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+from ..config import ExplainConfig, applied_settings
+from ..maps import resize_maps
+from ..plotting import heat_map_panels, signed
+from ..samples import as_input, default_resolution, named_images
+from . import controls
+from .base import DEBOUNCE_SECONDS, DEFAULT_WIDTH, BaseExplorer, from_browser
+from .markup import scores_html, status_html, words_html, words_title
+from .policy import (image_blocks, image_methods, merged_options, method_takes, text_blocks, unused_settings,
+                     words_method)
+
+#: the first entry of the list of suggested prompts (choosing another adds it to the prompts)
+ADD_PROMPT = "(add a prompt)"
+
+
+class Explained(NamedTuple):
+    """What one render of the explorer shows: the maps and the word importance."""
+
+    maps: Any  # ImageExplanation
+    words: Any  # TextExplanation
+
+
+class Explorer(BaseExplorer):
+    """Heat maps, scores and word importance of one image against typed or chosen prompts.
+
+    ``images``: paths, PIL images or synthetic scenes (a list, or a name -> image dict); ``prompts``:
+    the initial prompts; ``suggestions``: prompts offered in the "add" list; ``methods``: the image
+    methods in the method switch (default: all registered); ``method_options``: extra options per
+    method, over ``default_method_options`` (e.g. ``{"rise": {"masks": 2000}}``); ``text_layers``: text
+    blocks for word importance (the authors' 8, or all blocks of a smaller text tower);
+    ``shared_scale``: start with one colour scale for all prompts (a checkbox switches it);
+    ``colorbar``: draw the colour bar; ``width``: pixels the figure wraps its panels to; ``debounce``:
+    seconds a browser change waits for the next.
+
+    Prompts are typed in one line separated by ";" and drawn on Enter (or the apply button).
+    """
+
+    def __init__(self, model: Any, images: Any, prompts: Sequence[str], *, suggestions: Sequence[str] = (),
+                 method: str = "grad_eclip", methods: Sequence[str] | None = None, layer: int = -1,
+                 mode: str = "faithful", resolution: str | None = None,
+                 method_options: Mapping[str, Mapping[str, Any]] | None = None, text_layers: int = 8,
+                 shared_scale: bool = False, colorbar: bool = True, width: int = DEFAULT_WIDTH,
+                 debounce: float = DEBOUNCE_SECONDS, auto_render: bool = True) -> None:
+        super().__init__(model, width=width, debounce=debounce)
+        w = controls.ipywidgets()
+        self.images = named_images(images)
+        self.resolution = resolution
+        self.method_options = merged_options(model, method_options)
+        self.text_layers = min(text_layers, text_blocks(model))
+        self.colorbar = colorbar
+        methods = list(methods) if methods is not None else image_methods()
+        image_methods([*methods, method])  # a ValueError naming any that is not registered
+        if method not in methods:
+            raise ValueError(f"method {method!r} is not among the methods offered {methods}")
+        self.prompts, self.apply = controls.prompt_box(prompts)
+        blocks = image_blocks(model)
+        self.image = controls.image_list(self.images)
+        self.method = w.Dropdown(options=methods, value=method, description="method")
+        self.suggestions = w.Dropdown(options=[ADD_PROMPT, *suggestions], description="add")
+        self.layer = w.IntSlider(min=0, max=blocks - 1, value=layer % blocks, description="block",
+                                 continuous_update=False)
+        self.mode = controls.mode_buttons(mode)
+        self.shared = controls.shared_box(shared_scale, "prompts")
+        self.scores = w.HTML()
+        self.words = w.HTML()
+        hint = controls.hint("prompts are separated by <b>;</b> &mdash; press <b>Enter</b> in the box (or "
+                             "<b>apply</b>) to draw; the list on the right adds a suggested prompt")
+        rows = w.VBox([w.HBox([self.image, self.method, self.suggestions]), w.HBox([self.prompts, self.apply]), hint,
+                       w.HBox([self.layer, self.mode, self.shared])])
+        self.widget = controls.panel("Explorer", [self.style, rows, self.status, self.view,
+                                                  w.HBox([self.scores, self.words])])
+        self.suggestions.observe(self._add_suggestion, names="value")
+        self._connect([self.image, self.prompts, self.layer, self.mode, self.method, self.shared], auto_render)
+
+    def _add_suggestion(self, change: Any) -> None:
+        if change["new"] == ADD_PROMPT:
+            return
+        current = self.current_prompts()
+        browser = from_browser(change)
+        if change["new"] not in current:
+            self._rendering = True  # one redraw below, not one for the prompt box too
+            try:
+                self.prompts.value = controls.join_prompts([*current, change["new"]])
+            finally:
+                self._rendering = False
+            if browser:
+                self.schedule()
+            else:
+                self.render()
+        self.suggestions.value = ADD_PROMPT
+
+    def settings(self) -> dict[str, Any]:
+        """What the next render will use."""
+        method = self.method.value
+        return {"image": self.image.value, "prompts": self.current_prompts(), "layers": [self.layer.value],
+                "mode": self.mode.value, "method": method, "shared_scale": bool(self.shared.value),
+                "uses_layers": method_takes(method, "layers") if method else True,
+                "uses_mode": method_takes(method, "mode") if method else True}
+
+    def _clear_outputs(self) -> None:
+        self.scores.value = ""
+        self.words.value = ""
+
+    def _explain(self, state: Mapping[str, Any], image: Any, resolution: str):
+        from .. import explain_image
+
+        # a block or mode the method does not use is left at its default: it would be refused, and the
+        # cache then keeps one explanation for every value of it
+        config = ExplainConfig(method=state["method"], resolution=resolution,
+                               options=self.method_options.get(state["method"], {}),
+                               **applied_settings(state["method"], {"layers": state["layers"], "mode": state["mode"]}))
+        key = ("image", state["image"], tuple(state["prompts"]), config.method, config.layers, config.mode,
+               config.resolution)
+        return self.cache.get(key, lambda: explain_image(self.model, as_input(image), state["prompts"],
+                                                         progress=False, **config.keywords()))
+
+    def _explain_words(self, state: Mapping[str, Any], image: Any, resolution: str, text_method: str):
+        from .. import explain_text
+
+        config = ExplainConfig(method=text_method, resolution=resolution,
+                               **applied_settings(text_method, {"layers": self.text_layers, "mode": state["mode"]}))
+        key = ("text", state["image"], tuple(state["prompts"]), config.method, config.mode, config.resolution)
+        return self.cache.get(key, lambda: explain_text(self.model, as_input(image), state["prompts"],
+                                                        **config.keywords()))
+
+    def compute(self, state: dict[str, Any]) -> Explained:
+        """Explain the current image against the current prompts with the current block, mode and
+        method (the maps), and with the method's text version or ``WORDS_METHOD`` (the words)."""
+        if not state["prompts"]:
+            raise ValueError("type at least one prompt (separate several with ';')")
+        if not state["method"]:
+            raise ValueError("choose a method")
+        image = self.images[state["image"]]
+        resolution = self.resolution or default_resolution(self.model, image)
+        explanation = self._explain(state, image, resolution)
+        text_method = words_method(state["method"])
+        words = self._explain_words(state, image, resolution, text_method)
+        state.update(text_method=text_method, resolution=resolution,
+                     scores=[float(s) for s in explanation.scores[0]])
+        state.update({k: v for k, v in explanation.settings.items() if k not in state})
+        return Explained(explanation, words)
+
+    def draw(self, result: Explained, state: Mapping[str, Any]):
+        """The figure of one render: the input and one panel per prompt."""
+        explanation = result.maps
+        picture = explanation.images[0]
+        size = (picture.height, picture.width)
+        maps = [resize_maps(explanation.raw[0][k], size).numpy() for k in range(len(explanation.prompts))]
+        scores = state["scores"]
+        best = int(np.argmax(scores))
+        titles = [f"{prompt}\nS = {signed(s)}{' (best)' if k == best and len(scores) > 1 else ''}"
+                  for k, (prompt, s) in enumerate(zip(explanation.prompts, scores))]
+        scale = "shared" if state["shared_scale"] else "panel"
+        described = self.model.describe()
+        weights = f" ({described['pretrained']})" if described.get("pretrained") else ""
+        scale_text = "one colour scale for all prompts" if scale == "shared" else "each panel on its own scale"
+        title = (f"{self._describe(state)}\n{state['image']} \u00b7 model {described.get('model')}{weights} "
+                 f"\u00b7 {scale_text}")
+        return heat_map_panels(picture, maps, titles, title=title, scale=scale, colorbar=self.colorbar,
+                               flagged=[s < 0 for s in scores], width_px=self.width, reuse=self._drawn)
+
+    def show(self, result: Explained, state: dict[str, Any]) -> None:
+        """The scores, the word importance and the status line (which says which settings the method
+        ignores)."""
+        self.explanation, self.text_explanation = result
+        self.scores.value = scores_html(state["prompts"], state["scores"])
+        self.words.value = words_title(state["text_method"]) + words_html(result.words)
+        ignored = unused_settings(state["method"])
+        note = f" ({state['method']} does not use the {' or '.join(ignored)} setting)" if ignored else ""
+        count = len(state["prompts"])
+        self.status.value = status_html(f"{self._describe(state)} \u00b7 {count} prompt{'s' if count != 1 else ''} "
+                                        f"\u00b7 drawn in {state['seconds']:.2f} s{note}")

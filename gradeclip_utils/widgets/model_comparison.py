@@ -1,0 +1,110 @@
+"""``ModelComparisonView``: the same image and prompts under two or more models (of any family), with each
+model's scores and how far their maps agree."""
+
+from __future__ import annotations
+
+import html
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+from ..samples import as_input, default_resolution, named_images
+from . import controls
+from .base import DEBOUNCE_SECONDS, DEFAULT_WIDTH, BaseExplorer
+from .markup import agreement_html, status_html
+from .policy import image_methods
+
+
+class Compared(NamedTuple):
+    """What one render of the view shows: the comparison and the agreement of its maps."""
+
+    comparison: Any  # compare.ModelComparison
+    agreement: np.ndarray  # (K, M, M) Spearman rank correlation of each pair of models' maps per prompt
+
+
+class ModelComparisonView(BaseExplorer):
+    """The same image and prompts under two or more models, of any family, side by side.
+
+    ``models``: a mapping of names to LoadedModels (the first one's preprocessing decides the default
+    resolution). Each model embeds the prompts with its own text tower; the panels are models (rows of
+    panels) x prompts, every map upsampled to the first model's picture of the image, with each model's
+    own score. Below the figure, the Spearman rank correlation of each pair of models' maps per prompt
+    (``compare.ModelComparison.agreement``). ``shared_scale`` (a checkbox) puts every panel on one colour
+    scale, so that a model whose maps are weaker shows weaker maps. Comparisons are cached.
+    """
+
+    def __init__(self, models: Mapping[str, Any], images: Any, prompts: Sequence[str], *, method: str = "grad_eclip",
+                 mode: str = "faithful", resolution: str | None = None, shared_scale: bool = False,
+                 colorbar: bool = True, width: int = DEFAULT_WIDTH, debounce: float = DEBOUNCE_SECONDS,
+                 auto_render: bool = True) -> None:
+        if not isinstance(models, Mapping) or len(models) < 2:
+            raise ValueError("give at least two models, as a mapping of names to loaded models")
+        self.models = dict(models)
+        super().__init__(next(iter(self.models.values())), width=width, debounce=debounce)
+        w = controls.ipywidgets()
+        if not prompts:
+            raise ValueError("give at least one prompt")
+        self.images = named_images(images)
+        self.resolution = resolution
+        self.colorbar = colorbar
+        available = image_methods()
+        if method not in available:
+            raise ValueError(f"unknown image method {method!r}; registered: {available}")
+        self.image = controls.image_list(self.images)
+        self.method = w.Dropdown(options=available, value=method, description="method")
+        self.prompts, self.apply = controls.prompt_box(prompts)
+        self.mode = controls.mode_buttons(mode)
+        self.shared = controls.shared_box(shared_scale, "panels")
+        self.table = w.HTML()
+        hint = controls.hint("prompts are separated by <b>;</b> &mdash; press <b>Enter</b> in the box (or "
+                             f"<b>apply</b>) to draw; {len(self.models)} models: {html.escape(', '.join(self.models))}")
+        self.widget = controls.panel("ModelComparisonView", [
+            self.style, w.VBox([w.HBox([self.image, self.method]), w.HBox([self.prompts, self.apply]), hint,
+                                w.HBox([self.mode, self.shared])]), self.status, self.view, self.table])
+        self._connect([self.image, self.prompts, self.method, self.mode, self.shared], auto_render)
+
+    def settings(self) -> dict[str, Any]:
+        return {"image": self.image.value, "prompts": self.current_prompts(), "method": self.method.value,
+                "mode": self.mode.value, "layers": [-1], "shared_scale": bool(self.shared.value),
+                "models": list(self.models)}
+
+    def _describe(self, state: Mapping[str, Any]) -> str:
+        precisions = sorted({str(m.describe().get("precision")) for m in self.models.values()})
+        return " \u00b7 ".join([str(state.get("method")), "last block", f"{state.get('mode')} mode",
+                                f"{len(self.models)} models", "/".join(precisions)])
+
+    def _clear_outputs(self) -> None:
+        self.table.value = ""
+
+    def compute(self, state: dict[str, Any]) -> Compared:
+        """Explain the current image against the current prompts under every model (``compare_models``,
+        cached) and measure how far their maps agree."""
+        from ..compare import compare_models
+
+        if not state["prompts"]:
+            raise ValueError("type at least one prompt (separate several with ';')")
+        image = self.images[state["image"]]
+        resolution = self.resolution or default_resolution(self.model, image)
+        key = ("models", state["image"], tuple(state["prompts"]), state["method"], state["mode"], resolution)
+        comparison = self.cache.get(key, lambda: compare_models(
+            self.models, as_input(image), state["prompts"], method=state["method"], mode=state["mode"],
+            resolution=resolution, progress=False))
+        agreement = comparison.agreement()[0]  # (K, M, M)
+        scores = comparison.scores[:, 0]  # (M, K)
+        state.update(resolution=resolution, scores=scores.tolist(),
+                     agreement={p: agreement[k].round(4).tolist() for k, p in enumerate(state["prompts"])})
+        return Compared(comparison, agreement)
+
+    def draw(self, result: Compared, state: Mapping[str, Any]):
+        """Models x prompts panels on the first model's picture (``ModelComparison.plot``)."""
+        families = ", ".join(f"{n}: {m.describe().get('family')}" for n, m in self.models.items())
+        title = (f"{self._describe(state)}\n{state['image']} \u00b7 {families} \u00b7 "
+                 + ("one colour scale for all panels" if state["shared_scale"] else "each panel on its own scale"))
+        return result.comparison.plot(0, shared_scale=bool(state["shared_scale"]), title=title, width_px=self.width,
+                               colorbar=self.colorbar, reuse=self._drawn)
+
+    def show(self, result: Compared, state: dict[str, Any]) -> None:
+        """The agreement table and the status line."""
+        self.comparison = result.comparison
+        self.table.value = agreement_html(result.comparison.names, state["prompts"], result.agreement)
+        self.status.value = status_html(f"{self._describe(state)} \u00b7 drawn in {state['seconds']:.2f} s")
