@@ -578,7 +578,7 @@ def _run(command: str, parser: argparse.ArgumentParser, args: argparse.Namespace
 
         return run_command(args)
     if command == "evaluate":
-        from .evaluate import run_command
+        from .evaluate import run_command  # the module `python -m` runs (ALIASES)
 
         return run_command(parser, args, argv)
     if command == "notebooks":
