@@ -35,9 +35,9 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from . import __version__
 from .adapters import MODES
-from .distributed import DEFAULT_TIMEOUT_MINUTES
 from .errors import GradEclipError
 from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS
+from .jobs.distributed import DEFAULT_TIMEOUT_MINUTES
 from .loading import PRECISION_DTYPES, SYNTHETIC
 from .methods import QK_CHOICES, list_methods
 
