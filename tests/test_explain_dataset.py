@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from gradeclip_utils import explain_image
-from gradeclip_utils.explain_dataset import DatasetMaps, explain_dataset, find_images
+from gradeclip_utils.explain_dataset import explain_dataset, find_images
+from gradeclip_utils.maps_store import DatasetMaps
 from launch import torchrun
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
@@ -83,6 +84,12 @@ def test_shards_read_back_as_explain_image_of_each_image(tiny, tmp_path, classes
         assert maps["tabby_cat/im1.png"].prompts == want
     heat = maps["tabby_cat/im1.png"].heatmaps()
     assert heat.shape[-2:] == (64, 48) and float(heat.min()) >= 0 and float(heat.max()) == pytest.approx(1.0)
+
+
+def test_the_reader_is_where_the_readme_names_it():
+    from gradeclip_utils.explain_dataset import DatasetMaps as documented
+
+    assert documented is DatasetMaps and documented.__module__ == "gradeclip_utils.maps_store"
 
 
 def late_exif_png(path, width, height, orientation, seed=0):
