@@ -13,12 +13,13 @@ An output folder holds (the format ``FORMAT``):
   float32, and ``scores.i``, the image-text cosines (K,).
 
 Every file is written atomically (``jobs.files.atomic_output``); a shard is written once, whole.
-:class:`DatasetMaps` reads a folder back, by image key.
+:class:`DatasetMaps` reads a folder as a mapping from image key to :class:`StoredMaps`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import ItemsView, Mapping, ValuesView
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -130,8 +131,24 @@ class StoredMaps:
         return normalise_maps(resize_maps(self.maps, tuple(size or self.input_size)))
 
 
-class DatasetMaps:
-    """Read the maps an ``explain-dataset`` run wrote, by image key (or index)."""
+class _Values(ValuesView):
+    def __iter__(self) -> Iterator[StoredMaps]:
+        return self._mapping._read()
+
+
+class _Items(ItemsView):
+    def __iter__(self) -> Iterator[tuple[str, StoredMaps]]:
+        return ((stored.key, stored) for stored in self._mapping._read())
+
+
+class DatasetMaps(Mapping[str, StoredMaps]):
+    """Read the maps an ``explain-dataset`` run wrote: a mapping from image key to :class:`StoredMaps`.
+
+    ``maps[key]`` (or ``maps[i]``, the i-th image of ``images``, in key order) reads one image's maps;
+    ``len``, ``in``, ``get``, ``keys``, ``values`` and ``items`` are a mapping's. Iterating (the mapping
+    itself, its keys, values or items) goes shard by shard, in image order within a shard, so that
+    ``values()`` and ``items()`` open each shard file once.
+    """
 
     def __init__(self, folder: str | Path, *, allow_incomplete: bool = False) -> None:
         self.folder = Path(folder)
@@ -148,16 +165,31 @@ class DatasetMaps:
         self.settings: dict[str, Any] = self.index["settings"]
         self.images: list[dict[str, Any]] = self.index["images"]
         self._position = {entry["key"]: i for i, entry in enumerate(self.images)}
+        self._by_shard: dict[int, list[int]] = {}
+        for i, entry in enumerate(self.images):
+            self._by_shard.setdefault(entry["shard"], []).append(i)
 
-    @property
-    def keys(self) -> list[str]:
-        return [entry["key"] for entry in self.images]
+    # a reader is equal to itself only (a mapping's equality would read every map) and stays hashable
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __contains__(self, key: object) -> bool:
         return key in self._position
+
+    def __iter__(self) -> Iterator[str]:
+        """Every image's key, shard by shard (the order of ``values()`` and ``items()``)."""
+        for _, indices in sorted(self._by_shard.items()):
+            for i in indices:
+                yield self.images[i]["key"]
+
+    def values(self) -> ValuesView:
+        return _Values(self)
+
+    def items(self) -> ItemsView:
+        return _Items(self)
 
     def targets(self) -> torch.Tensor:
         """The prompts' unit text embeddings (P, D)."""
@@ -195,12 +227,9 @@ class DatasetMaps:
         with self._open(self.images[i]["shard"]) as handle:
             return self._stored(handle, i)
 
-    def __iter__(self) -> Iterator[StoredMaps]:
-        """Every image, shard by shard (each shard file opened once), in image order within a shard."""
-        by_shard: dict[int, list[int]] = {}
-        for i, entry in enumerate(self.images):
-            by_shard.setdefault(entry["shard"], []).append(i)
-        for shard, indices in sorted(by_shard.items()):
+    def _read(self) -> Iterator[StoredMaps]:
+        """Every image's maps in the order of ``__iter__``, each shard file opened once."""
+        for shard, indices in sorted(self._by_shard.items()):
             with self._open(shard) as handle:
                 for i in indices:
                     yield self._stored(handle, i)
