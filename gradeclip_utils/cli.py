@@ -35,9 +35,9 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from . import __version__
 from .adapters import MODES
-from .distributed import DEFAULT_TIMEOUT_MINUTES
 from .errors import GradEclipError
 from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS
+from .jobs.distributed import DEFAULT_TIMEOUT_MINUTES
 from .loading import PRECISION_DTYPES, SYNTHETIC
 from .methods import QK_CHOICES, list_methods
 
@@ -252,14 +252,14 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _explain_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    from .explain_dataset import _ALL, _OWN
+    from .maps_store import ALL, OWN
 
     parser.add_argument("folder", help="a folder of images (searched recursively) or an ImageNet-style tree of "
                                        "class folders")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--prompts", metavar="FILE",
                        help="a text file with one prompt per line: every image against every prompt")
-    which.add_argument("--classes", nargs="?", const=_OWN, choices=(_OWN, _ALL),
+    which.add_argument("--classes", nargs="?", const=OWN, choices=(OWN, ALL),
                        help="the first-level folders are classes: each image against its own class (--classes, "
                             "or --classes own) or against every class (--classes all)")
     parser.add_argument("--out", required=True, help="the output folder (index.json, targets and shards)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
-from . import distributed
+from .jobs.files import atomic_write_text
 from .resources import REPO_ROOT
 
 #: the distributions whose versions a figure manifest records
@@ -89,6 +90,20 @@ def provenance(model: Any = None, *, weights: bool = False, software: bool = Fal
     return record
 
 
+def same_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two runs' settings agree, leaving out what may change between a run and its resumption:
+    the ``distributed`` record and the device index (``cuda:1`` on rank 1 is ``cuda`` in one process)."""
+
+    def plain(settings: dict[str, Any]) -> dict[str, Any]:
+        settings = {k: v for k, v in settings.items() if k != "distributed"}
+        model = settings.get("model")
+        if isinstance(model, dict) and isinstance(model.get("device"), str):
+            settings["model"] = {**model, "device": model["device"].split(":")[0]}
+        return settings
+
+    return plain(a) == plain(b)
+
+
 class RunFolder:
     """The output folder of a run that resumes where it stopped.
 
@@ -112,8 +127,8 @@ class RunFolder:
     @staticmethod
     def matches(previous: dict[str, Any], settings: dict[str, Any]) -> bool:
         """Whether a run with ``previous`` settings is resumed by one with ``settings`` (the distribution
-        and the device index may differ: ``distributed.same_settings``)."""
-        return distributed.same_settings(previous, settings)
+        and the device index may differ: ``same_settings``)."""
+        return same_settings(previous, settings)
 
     def check(self, previous: dict[str, Any], settings: dict[str, Any]) -> None:
         """Refuse to resume a run made with other settings."""
@@ -136,5 +151,10 @@ class RunFolder:
         run = {"world_size": world_size, "device": str(device), unit: count, "computed": total,
                "already_done": count - total, "seconds": round(seconds, 3),
                "cpu_seconds": round(sum(p["cpu_seconds"] for p in phases), 3),
-               f"{unit}_per_second": round(distributed.rate(total, seconds), 3)}
-        distributed.atomic_write_text(self.path / "run.json", json.dumps(run, indent=2) + "\n")
+               f"{unit}_per_second": round(rate(total, seconds), 3)}
+        atomic_write_text(self.path / "run.json", json.dumps(run, indent=2) + "\n")
+
+
+def rate(count: float, seconds: float) -> float:
+    """``count`` per second (NaN for no time)."""
+    return count / seconds if seconds > 0 else math.nan

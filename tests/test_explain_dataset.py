@@ -9,14 +9,16 @@ import os
 import shutil
 import struct
 import zlib
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from gradeclip_utils import explain_image
-from gradeclip_utils.explain_dataset import DatasetMaps, explain_dataset, find_images
+from gradeclip_utils import explain_image, maps_store
+from gradeclip_utils.explain_dataset import explain_dataset, find_images
+from gradeclip_utils.maps_store import DatasetMaps
 from launch import torchrun
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
@@ -40,8 +42,8 @@ def make_tree(root, sizes=((64, 48), (48, 64), (50, 50), (100, 30), (64, 48), (3
 def assert_same_as_explain_image(model, folder, out, prompts, **options):
     maps = DatasetMaps(out)
     targets = maps.targets()
-    assert maps.keys == find_images(folder) and len(maps) == 8
-    for stored in maps:
+    assert [entry["key"] for entry in maps.images] == find_images(folder) == sorted(maps.keys()) and len(maps) == 8
+    for stored in maps.values():
         if prompts is not None:
             given = prompts
         elif maps.settings["targets"]["per_image"] == "own":
@@ -85,6 +87,69 @@ def test_shards_read_back_as_explain_image_of_each_image(tiny, tmp_path, classes
     assert heat.shape[-2:] == (64, 48) and float(heat.min()) >= 0 and float(heat.max()) == pytest.approx(1.0)
 
 
+def stored_folder(out, per_image="all"):
+    """A maps folder written by hand with maps_store's writers: three images, two shards (the second image of
+    the key order alone in shard 1), targets "x" and "y"; image i's maps are i + 1 everywhere."""
+    keys = ["a/one.png", "b/two.png", "c/three.png"]
+    sizes = [(32, 32, False), (16, 32, False), (32, 32, True)]
+    shards = [[[0, 2]], [[1]]]
+    images = maps_store.image_entries(keys, [1, 0, 1], sizes, (16, 16), shards)
+    settings = {"targets": {"per_image": per_image}}
+    index = maps_store.new_index(out, settings, ["x", "y"], images, shards, {})
+    maps_store.write_targets(out, torch.eye(2))
+    count = 1 if per_image == "own" else 2
+    for j, shard in enumerate(shards):
+        tensors = {}
+        for batch in shard:
+            maps = torch.stack([torch.full((count, *images[i]["grid"]), i + 1.0) for i in batch])
+            tensors.update(maps_store.shard_tensors(batch, maps, maps.mean(dim=(2, 3))))
+        maps_store.write_shard(out, j, tensors)
+    maps_store.write_index(out, {**index, "complete": True})
+    return keys
+
+
+def test_dataset_maps_is_a_mapping_read_shard_by_shard(tmp_path):
+    keys = stored_folder(tmp_path / "maps")
+    maps = DatasetMaps(tmp_path / "maps")
+    assert isinstance(maps, Mapping) and len(maps) == 3
+    assert "b/two.png" in maps and "nothing.png" not in maps and 0 not in maps
+    # shard by shard, in key order within a shard: the same order for the keys, the values and the items
+    order = ["a/one.png", "c/three.png", "b/two.png"]
+    assert list(maps) == list(maps.keys()) == order and set(maps.keys()) == set(keys)
+    assert [stored.key for stored in maps.values()] == order == [key for key, _ in maps.items()]
+    assert len(maps.keys()) == len(maps.values()) == len(maps.items()) == 3
+    for key, stored in maps.items():
+        i = keys.index(key)
+        assert stored.index == i and stored.prompts == ["x", "y"] and stored.label == [1, 0, 1][i]
+        assert torch.equal(stored.maps, maps[key].maps) and torch.equal(maps[i].maps, stored.maps)
+        assert stored.maps.shape == (2, *maps.images[i]["grid"]) and bool((stored.maps == i + 1).all())
+    assert maps.get("nothing.png") is None and maps.get("nothing.png", "default") == "default"
+    assert maps.get("c/three.png").key == "c/three.png" and maps[-1].key == "c/three.png"
+    assert torch.equal(maps.targets(), torch.eye(2))
+    opened = []
+    real_open = maps._open
+    maps._open = lambda shard: opened.append(shard) or real_open(shard)
+    assert len(list(maps.values())) == 3 and opened == [0, 1]  # each shard file once
+    # a reader equals itself only (comparing two would read every map) and stays hashable
+    assert maps == maps and maps != DatasetMaps(tmp_path / "maps") and hash(maps) == hash(maps)
+    with pytest.raises(KeyError, match="no image 'nothing.png'"):
+        maps["nothing.png"]
+    with pytest.raises(IndexError):
+        maps[3]
+    with pytest.raises(TypeError):
+        maps[1.0]
+    stored_folder(tmp_path / "own", per_image="own")
+    own = DatasetMaps(tmp_path / "own")
+    assert {key: stored.prompts for key, stored in own.items()} == {"a/one.png": ["y"], "c/three.png": ["y"],
+                                                                    "b/two.png": ["x"]}
+
+
+def test_the_reader_is_where_the_readme_names_it():
+    from gradeclip_utils.explain_dataset import DatasetMaps as documented
+
+    assert documented is DatasetMaps and documented.__module__ == "gradeclip_utils.maps_store"
+
+
 def late_exif_png(path, width, height, orientation, seed=0):
     """An RGB PNG written chunk by chunk with its eXIf chunk after the pixel data (IHDR, IDAT, eXIf, IEND),
     where PIL finds the orientation only once it has decoded the pixels."""
@@ -126,7 +191,7 @@ def test_a_png_with_its_exif_after_the_pixels_is_planned_as_it_is_loaded(tiny, t
     out = tmp_path / "maps"
     explain_dataset(tiny, folder, out, prompts=PROMPTS, batch_size=2, progress=False)
     maps = DatasetMaps(out)
-    for stored in maps:
+    for stored in maps.values():
         reference = explain_image(tiny, folder / stored.key, PROMPTS)
         want = reference.raw[0]
         assert stored.maps.shape == want.shape, stored.key
@@ -148,7 +213,7 @@ def test_clip_surgery_shards_take_every_prompt_as_the_class_set(tiny, tmp_path, 
                     batch_size=3, shard_size=4, max_patches=50, progress=False)
     maps = DatasetMaps(out)
     targets = maps.targets()
-    for stored in maps:
+    for stored in maps.values():
         with pytest.warns(UserWarning) if maps.images[stored.index]["downscaled"] else contextlib.nullcontext():
             reference = explain_image(tiny, folder / stored.key, prompts if prompts is not None else targets,
                                       method="clip_surgery", max_patches=50)

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .. import distributed
+from ..jobs import distributed
 from ..records import weights_digest
 from .config import EvalConfig
 from .datasets import folder_set, imagenet_set, synthetic_set
