@@ -68,8 +68,9 @@ def plot_explanation_grid(explanation: "ImageExplanation", *, images: Sequence[i
                           prompts: Sequence[int] | None = None, alpha: float = 0.5, cmap: str = "jet",
                           panel_size: float = 2.4, show_input: bool = True, scores: bool = True,
                           colorbar: bool = True) -> Figure:
-    """Grid of images (rows) x prompts (columns), each panel a heat-map overlay with its score, each map
-    min-max scaled on its own (the colour bar says so; ``heat_map_grid``). A pyplot figure."""
+    """Grid of images (rows) x prompts (columns), each panel a heat-map overlay with its score (a negative
+    one in red, its panel framed in red, as the explorers draw it), each map min-max scaled on its own (the
+    colour bar says so; ``heat_map_grid``). A pyplot figure."""
     rows = list(range(len(explanation))) if images is None else list(images)
     cols = list(range(len(explanation.prompts))) if prompts is None else list(prompts)
     if not rows or not cols:
@@ -85,7 +86,8 @@ def plot_explanation_grid(explanation: "ImageExplanation", *, images: Sequence[i
                 title = f"{title}\nS = {float(explanation.scores[b, k]):.3f}{marker}"
             titles.append(title)
         panel_rows.append(PanelRow(explanation.images[b], [explanation.raw[b][k] for k in cols], titles,
-                                   "input" if show_input else None))
+                                   "input" if show_input else None,
+                                   flagged=[scores and float(explanation.scores[b, k]) < 0 for k in cols]))
     settings = explanation.settings
     described = [settings.get("method", "?")]
     if settings.get("layers") is not None:
@@ -201,7 +203,7 @@ def _wrap_line(text: str, width: int, level: int) -> list[str]:
     for piece in _BREAKS[level].split(text):
         if not piece:
             continue
-        if line.strip() and len(line.rstrip()) + len(piece.rstrip()) > width:
+        if line.strip() and len(line) + len(piece.rstrip()) > width:
             lines.append(line.rstrip())
             line = piece.lstrip().removeprefix("\u00b7").lstrip()
         else:
