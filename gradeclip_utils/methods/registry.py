@@ -87,6 +87,8 @@ class MethodSpec:
     - ``authors``: how the authors' evaluation scripts run it.
     - ``reference``: explains nothing (the evaluation's random floor): no support probe, no sanity check.
       ``keyed``: takes the items' keys (``keys=``) to seed each item's map.
+    - ``colour``: the colour every figure draws the method in (a matplotlib colour); None: the palette's
+      colour for the method's place in the registry (``method_colour``).
     """
 
     name: str
@@ -109,6 +111,7 @@ class MethodSpec:
     keyed: bool = False
     uses: tuple[str, ...] | None = None
     instead: Mapping[str, str] = field(default_factory=dict)
+    colour: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -233,6 +236,28 @@ def method_specs() -> list[MethodSpec]:
 def find_spec(name: str) -> MethodSpec | None:
     """The spec of a registered method, or None."""
     return _SPECS.get(name)
+
+
+#: the figures' method colours, distinct on white (Sasha Trubetskoy's 20 distinct colours without the light
+#: ones): the first registered method (Grad-ECLIP) black, each further one the next colour (cycling after
+#: the last, black left out)
+METHOD_PALETTE: tuple[str, ...] = ("#000000", "#4363d8", "#f58231", "#3cb44b", "#e6194b", "#911eb4", "#f032e6",
+                                   "#42d4f4", "#9a6324", "#469990", "#800000", "#808000", "#000075")
+#: the colour of a reference that explains nothing (``MethodSpec.reference``) and of a name the registry
+#: does not know (the evaluation's random floor, which is not registered)
+REFERENCE_COLOUR = "#a9a9a9"
+
+
+def method_colour(method: "str | MethodSpec") -> str:
+    """The one colour of a method in every figure: its spec's ``colour``, else ``METHOD_PALETTE``'s for its
+    place in the registry; grey (``REFERENCE_COLOUR``) for a reference and for an unregistered name."""
+    spec = method if isinstance(method, MethodSpec) else find_spec(method)
+    if spec is not None and spec.colour is not None:
+        return spec.colour
+    if spec is None or spec.reference or _SPECS.get(spec.name) is not spec:
+        return REFERENCE_COLOUR
+    index = list(_SPECS).index(spec.name)
+    return METHOD_PALETTE[0] if index == 0 else METHOD_PALETTE[1 + (index - 1) % (len(METHOD_PALETTE) - 1)]
 
 
 def get_spec(name: str) -> MethodSpec:

@@ -22,27 +22,16 @@ LAYER_OFFSET = 700_000
 
 
 def plot_layer_strip(maps: dict, prompt: int = 0, panel_size: float = 2.0, cmap: str = "jet"):
-    """One row: the input, then the map of each block (each normalised on its own)."""
-    from matplotlib import pyplot as plt
-
-    from ..plotting import overlay
+    """One row: the input, then the map of each block, each min-max scaled on its own (the colour bar says
+    so)."""
+    from ..plotting import PanelRow, heat_map_grid
 
     blocks = sorted(maps)
     first = maps[blocks[0]]
-    picture = first.images[0]
-    fig, axes = plt.subplots(1, len(blocks) + 1, figsize=(panel_size * (len(blocks) + 1), panel_size + 0.5),
-                             squeeze=False)
-    axes = axes[0]
-    axes[0].imshow(picture)
-    axes[0].set_title("input", fontsize=9)
-    axes[0].axis("off")
-    for ax, block in zip(axes[1:], blocks):
-        ex = maps[block]
-        overlay(picture, ex.heatmap(0, prompt), ax=ax, cmap=cmap, title=f"block {block}")
-    fig.suptitle(f"“{first.prompts[prompt]}”: Grad-ECLIP per block (S = {float(first.scores[0, prompt]):.3f})",
-                 fontsize=10)
-    fig.tight_layout()
-    return fig
+    row = PanelRow(first.images[0], [maps[block].raw[0][prompt] for block in blocks], [f"block {b}" for b in blocks])
+    return heat_map_grid([row], title=f"\u201c{first.prompts[prompt]}\u201d: Grad-ECLIP per block "
+                                      f"(S = {float(first.scores[0, prompt]):.3f})", width_px=None,
+                         panel_inches=panel_size, cmap=cmap, pyplot=True)
 
 
 def layer_localisation(model: Any, n: int = 100, layers: Sequence[int] | None = None, *, tolerance: float = 4.0,

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..plotting import signed
+from ..plotting import format_seconds, signed
 from .policy import WORDS_METHOD
 
 #: the explorers' classes: a figure greyed out while stale, the busy cursor, the status line and its badge
@@ -115,6 +115,8 @@ def _cell_text(key: str, value: Any) -> str:
         return "n/a"
     if key == "score":
         return signed(value)
+    if key == "seconds":
+        return format_seconds(value)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):

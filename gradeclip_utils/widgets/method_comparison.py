@@ -12,7 +12,7 @@ import torch
 from ..config import ExplainConfig, applied_settings
 from ..maps import resize_maps
 from ..metrics import energy_pointing_game, pointing_game
-from ..plotting import heat_map_panels, signed
+from ..plotting import format_seconds, heat_map_panels, signed
 from ..samples import as_input, default_resolution, named_images, prompt_mask
 from . import controls
 from .base import DEBOUNCE_SECONDS, DEFAULT_WIDTH, BaseExplorer
@@ -144,8 +144,8 @@ class MethodComparison(BaseExplorer):
         self.table.value = rows_html(rows, state["no_mask_reason"], failed)
         note = (f" \u00b7 {len(failed)} method{'s' if len(failed) != 1 else ''} could not run (see the table)"
                 if failed else "")
-        self.status.value = status_html(f"{self._describe(state)} \u00b7 drawn in {state['seconds']:.2f} s (maps: "
-                                        f"{sum(r['seconds'] for r in rows):.2f} s when first computed){note}")
+        self.status.value = status_html(f"{self._describe(state)} \u00b7 drawn in {format_seconds(state['seconds'])} (maps: "
+                                        f"{format_seconds(sum(r['seconds'] for r in rows))} when first computed){note}")
 
 
 def _row(method: str, ex: Any, seconds: float, mask: np.ndarray | None) -> dict[str, Any]:
@@ -168,5 +168,6 @@ def _panel_title(row: Mapping[str, Any], one_score: bool) -> str:
               f"energy {row['energy_on_prompted_objects']:.2f}" + (" \u00b7 peak on it"
                                                                   if row["max_on_prompted_objects"] else ""))
     name = row["method"] + "".join(f" (no {o})" for o in unused_settings(row["method"]))
-    timing = f"{row['seconds']:.2f} s" if one_score else f"S = {signed(row['score'])} \u00b7 {row['seconds']:.2f} s"
+    timing = format_seconds(row['seconds'])
+    timing = timing if one_score else f"S = {signed(row['score'])} \u00b7 {timing}"
     return f"{name}\n{timing}\n{energy}"
