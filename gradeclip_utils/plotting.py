@@ -16,6 +16,7 @@ from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 from PIL import Image
 
+from .methods.scores import DEFAULT_SCORE, SYMBOLS
 from .text import display_piece
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ def plot_explanation_grid(explanation: "ImageExplanation", *, images: Sequence[i
     cols = list(range(len(explanation.prompts))) if prompts is None else list(prompts)
     if not rows or not cols:
         raise ValueError("nothing to plot: choose at least one image and one prompt")
+    score = explanation.settings.get("score", DEFAULT_SCORE)  # absent: the cosine (results made before the setting)
+    symbol = SYMBOLS.get(score, "S")
     extra = 1 if show_input else 0
     fig, axes = plt.subplots(len(rows), len(cols) + extra, squeeze=False,
                              figsize=(panel_size * (len(cols) + extra), panel_size * len(rows) + 0.4))
@@ -82,10 +85,11 @@ def plot_explanation_grid(explanation: "ImageExplanation", *, images: Sequence[i
             title = explanation.prompts[k]
             if scores:
                 marker = " *" if k == best and len(explanation.prompts) > 1 else ""
-                title = f"{title}\nS = {float(explanation.scores[b, k]):.3f}{marker}"
+                title = f"{title}\n{symbol} = {float(explanation.scores[b, k]):.3f}{marker}"
             overlay(picture, explanation.heatmap(b, k), ax=axes[r, c + extra], alpha=alpha, cmap=cmap, title=title)
     method = explanation.settings.get("method", "")
-    fig.suptitle(f"{method}  ·  model {explanation.settings.get('model', '?')}", fontsize=10)
+    explained = "" if score == DEFAULT_SCORE else f"  ·  score {score}"
+    fig.suptitle(f"{method}{explained}  ·  model {explanation.settings.get('model', '?')}", fontsize=10)
     fig.tight_layout()
     return fig
 
