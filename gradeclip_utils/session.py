@@ -61,12 +61,13 @@ def run_image_method(model: Any, config: ExplainConfig, pixels: torch.Tensor, ta
     ``model`` is a LoadedModel; ``pixels`` (B, 3, H, W) on one grid and ``targets`` (T, D) unit text
     embeddings go to its device; the method gets ``config``'s layers (resolved for the model), mode, qk,
     score (resolved for the model: ``methods.scores.explained_score``; T = K target rows, or 2K for the
-    contrast's pairs) and options. It runs under ``explaining`` (taken here; a caller may hold it around several batches).
-    A method the model's family cannot run is an ``UnsupportedMethodError`` naming method, family and
-    reason; a half-precision model on the CPU without a kernel a RuntimeError saying what to do; maps or
-    scores that are not finite a FloatingPointError (``inputs`` name the images in its message). When it
-    raises, the failed call's frames are released (``release_frames``). ``spec``: the declaration of a
-    method that is not registered (the evaluation's random reference); a registered one is looked up.
+    contrast's pairs) and options. It runs under ``explaining`` (taken here; a caller may hold it around
+    several batches). A method the model's family cannot run is an ``UnsupportedMethodError`` naming
+    method, family and reason; a half-precision model on the CPU without a kernel a RuntimeError saying
+    what to do; maps or scores that are not finite a FloatingPointError (``inputs`` name the images in its
+    message). When it raises, the failed call's frames are released (``release_frames``). ``spec``: the
+    declaration of a method that is not registered (the evaluation's random reference); a registered one
+    is looked up.
     """
     fn = spec.image if spec is not None else get_image_method(config.method)
     spec = spec if spec is not None else get_spec(config.method)

@@ -132,7 +132,8 @@ def image_maps(model, pixels, text_embeddings, layers, official=False, qk="raw",
         scores = torch.zeros(batch, count)
         for k in range(count):
             for b in range(batch):
-                s = _cos(embedding[b], text_embeddings[k]) if score is None else score(embedding[b], text_embeddings)[k]
+                s = (_cos(embedding[b], text_embeddings[k]) if score is None
+                     else score(embedding[b], text_embeddings)[k])
                 scores[b, k] = s.detach()
                 grads = torch.autograd.grad(s, [captures[l][3] for l in layers], retain_graph=True)
                 for layer, grad in zip(layers, grads):
@@ -161,7 +162,8 @@ def text_relevance(model, tokens, image_embeddings, layers, official=False, qk="
         scores = torch.zeros(batch, count)
         for b in range(batch):
             for k in range(count):
-                s = _cos(embedding[k], image_embeddings[b]) if score is None else score(embedding, image_embeddings[b])[k]
+                s = (_cos(embedding[k], image_embeddings[b]) if score is None
+                     else score(embedding, image_embeddings[b])[k])
                 scores[b, k] = s.detach()
                 grads = torch.autograd.grad(s, [captures[l][3] for l in layers], retain_graph=True)
                 m = torch.zeros(length)

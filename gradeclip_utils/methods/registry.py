@@ -336,7 +336,8 @@ def refusal(spec: MethodSpec, adapter: CLIPAdapter, tower: Literal["image", "tex
 
 
 __all__ = [
-    "IMAGE_METHODS", "SETTINGS", "SETTING_DEFAULTS", "SETTING_HINTS", "TEXT_METHODS", "AuthorsProtocol", "ImageMethod", "MethodSpec", "TextMethod",
+    "IMAGE_METHODS", "SETTINGS", "SETTING_DEFAULTS", "SETTING_HINTS", "TEXT_METHODS", "AuthorsProtocol", "ImageMethod",
+    "MethodSpec", "TextMethod",
     "find_spec", "get_image_method", "get_spec", "get_text_method", "list_methods", "method_specs", "prepare_options",
     "probe_options", "refusal", "register", "register_image_method", "register_text_method", "unregister",
 ]
