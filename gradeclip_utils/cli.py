@@ -10,7 +10,8 @@
 
 The options that several commands share are declared once: ``add_model_arguments`` (--model, --pretrained,
 --device, --precision) and ``add_explain_arguments`` (--method, --layers, --mode, --qk, --resolution,
---max-patches), their choices taken from the package's own constants. ``--layers`` is one type everywhere:
+--max-patches, and --score for the commands that pass the score on), their choices taken from the package's
+own constants. ``--layers`` is one type everywhere:
 comma-separated block indices, negative from the end (``--layers -1,-2``).
 
 ``python -m gradeclip_utils.evaluate``, ``.notebooks``, ``.explain_dataset``, ``.synthetic.train``,
@@ -40,6 +41,7 @@ from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS
 from .jobs.distributed import DEFAULT_TIMEOUT_MINUTES
 from .loading import PRECISION_DTYPES, SYNTHETIC
 from .methods import QK_CHOICES, list_methods
+from .methods.scores import DEFAULT_SCORE, SCORES
 
 __all__ = ["add_explain_arguments", "add_model_arguments", "block_indices", "build_parser", "command_parser",
            "key_value", "main", "run_guarded", "ALIASES", "COMMANDS", "USER_ERRORS"]
@@ -179,9 +181,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None 
                  "(GPU only)")
 
 
-def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--method``, ``--layers``, ``--mode``, ``--qk``, ``--resolution`` and ``--max-patches``, as
-    ``explain_image`` takes them, in an option group "explanation"."""
+def add_explain_arguments(parser: argparse.ArgumentParser, *, score: bool = False) -> None:
+    """``--method``, ``--layers``, ``--mode``, ``--qk``, ``--resolution`` and ``--max-patches``, and with
+    ``score`` ``--score``, as ``explain_image`` takes them, in an option group "explanation". (``score`` is
+    for the commands that pass the score on: an option that a command would ignore is not offered.)"""
     methods = list_methods()["image"]
     group = parser.add_argument_group("explanation", "how the heat maps are computed (see explain_image)")
     group.add_argument(
@@ -209,6 +212,15 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
         help="native resolution: an image that would have more patches is downscaled to fit, with a warning "
              f"(default: {DEFAULT_MAX_PATCHES}, 640 x 640 pixels at patch size 16); e.g. --max-patches 4096 "
              "explains a 1024 x 1024 picture at its size")
+    if score:
+        group.add_argument(
+            "--score", default=DEFAULT_SCORE, choices=SCORES,
+            help="what the maps explain: cosine, the image-text cosine (default); logit, the model's logit scale x "
+                 "the cosine; probability, each prompt's softmax among the prompts given (the zero-shot class "
+                 "probability; two prompts or more), e.g. --score probability; contrast, the cosine of a prompt "
+                 "minus that of its --versus prompt, e.g. \"a red circle\" --score contrast --versus \"a blue "
+                 "circle\". Methods without a gradient of the score (raw_attention, rollout, maskclip, "
+                 "clip_surgery, itsm) take only the cosine")
 
 
 def _add_layers(parser, help: str, *, several: bool = False) -> None:
@@ -242,7 +254,12 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="the image file (PNG, JPEG, ...)")
     parser.add_argument("prompts", nargs="+", help="one or more text prompts, quoted where they have spaces")
     add_model_arguments(parser)
-    add_explain_arguments(parser)
+    add_explain_arguments(parser, score=True)
+    parser.add_argument("--versus", nargs="+", default=None, metavar="PROMPT",
+                        help="with --score contrast: the prompt each prompt is contrasted with, one per prompt and "
+                             "in the same order: scene.png \"a red circle\" \"a dog\" --score contrast --versus "
+                             "\"a blue circle\" \"a cat\" maps what makes the picture a red circle rather than a "
+                             "blue one, and a dog rather than a cat")
     parser.add_argument("--text-layers", type=_positive_int, default=8, metavar="N",
                         help="word importance: the last N text blocks, summed (default: 8, as the authors)")
     parser.add_argument("--out", default="gradeclip_explanation.png",
@@ -477,9 +494,12 @@ importance of each prompt's words for its match with the image.
     gradeclip explain photo.jpg "a dog" "a cat" --out fig.png                 # the embedded synthetic model
     gradeclip explain photo.jpg "a dog" --model ViT-B-16 --pretrained openai --layers -1,-2
     gradeclip explain photo.jpg "a dog" --model hf:/path/to/clip-vit-base-patch16 --method rise
+    gradeclip explain photo.jpg "a dog" "a cat" "a bird" --score probability   # the zero-shot probability
+    gradeclip explain scene.png "a red circle" --score contrast --versus "a blue circle"
 
-Prints each prompt's score (the image-text cosine) and its words' importance; writes the figure of the maps
-to --out and one word-importance figure per prompt beside it.
+Prints each prompt's score (the image-text cosine, or the --score explained) and its words' importance;
+writes the figure of the maps to --out and one word-importance figure per prompt beside it (not for the
+contrast, which has no word importance).
 """
 
 
@@ -541,16 +561,20 @@ def _explain(args: argparse.Namespace) -> int:
                                 "every image of a folder)")
     if not Path(args.image).is_file():
         raise FileNotFoundError(f"image file not found: {args.image}")
+    prompts = _explained_prompts(args)  # checked before the model is loaded
     model = load_model(args.model, pretrained=args.pretrained, device=args.device, precision=args.precision)
-    explanation = explain_image(model, args.image, args.prompts, method=args.method, layers=args.layers,
-                                mode=args.mode, qk=args.qk, resolution=args.resolution, max_patches=args.max_patches)
+    explanation = explain_image(model, args.image, prompts, method=args.method, layers=args.layers,
+                                mode=args.mode, qk=args.qk, resolution=args.resolution, max_patches=args.max_patches,
+                                score=args.score)
     out = Path(args.out)
     written = save_figure(explanation.plot(), out, formats=[out.suffix.lstrip(".") or "png"])
     for prompt, score in zip(explanation.prompts, explanation.scores[0].tolist()):
         print(f"{score:+.4f}  {prompt}")
-    if not args.no_words:
+    if args.score == "contrast" and not args.no_words:
+        print("(no word importance: the contrast has none; explain each prompt's cosine for its words)")
+    elif not args.no_words:
         words = explain_text(model, args.image, args.prompts, layers=args.text_layers, mode=args.mode, qk=args.qk,
-                             resolution=args.resolution, max_patches=args.max_patches)
+                             resolution=args.resolution, max_patches=args.max_patches, score=args.score)
         for k in range(len(args.prompts)):
             pair = words.pair(0, k)
             print("   " + "  ".join(f"{w}:{v:.2f}" for w, v in zip(pair.words, pair.word_importance)))
@@ -559,6 +583,20 @@ def _explain(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _explained_prompts(args: argparse.Namespace) -> list[Any]:
+    """The prompts ``explain_image`` takes from ``explain``'s arguments: the prompts, or with ``--score contrast``
+    the pairs (prompt, its --versus prompt); a ValueError when --versus does not fit the score or the prompts."""
+    if args.score != "contrast":
+        if args.versus is not None:
+            raise ValueError("--versus gives the second prompt of a contrast: use it with --score contrast")
+        return list(args.prompts)
+    if args.versus is None or len(args.versus) != len(args.prompts):
+        raise ValueError(f"--score contrast needs one --versus prompt per prompt ({len(args.prompts)}), in the same "
+                         'order: e.g. "a red circle" --score contrast --versus "a blue circle"; got '
+                         f"{0 if args.versus is None else len(args.versus)}")
+    return list(zip(args.prompts, args.versus))
 
 
 def _methods() -> int:

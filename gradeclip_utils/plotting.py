@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+from .methods.scores import DEFAULT_SCORE, SYMBOLS
 from .text import display_piece
 
 if TYPE_CHECKING:
@@ -75,6 +76,8 @@ def plot_explanation_grid(explanation: "ImageExplanation", *, images: Sequence[i
     cols = list(range(len(explanation.prompts))) if prompts is None else list(prompts)
     if not rows or not cols:
         raise ValueError("nothing to plot: choose at least one image and one prompt")
+    score = explanation.settings.get("score", DEFAULT_SCORE)  # absent: the cosine (results made before the setting)
+    symbol = SYMBOLS.get(score, "S")
     panel_rows = []
     for b in rows:
         best = int(explanation.scores[b].argmax())
@@ -83,7 +86,7 @@ def plot_explanation_grid(explanation: "ImageExplanation", *, images: Sequence[i
             title = explanation.prompts[k]
             if scores:
                 marker = " (best)" if k == best and len(explanation.prompts) > 1 else ""
-                title = f"{title}\nS = {float(explanation.scores[b, k]):.3f}{marker}"
+                title = f"{title}\n{symbol} = {float(explanation.scores[b, k]):.3f}{marker}"
             titles.append(title)
         panel_rows.append(PanelRow(explanation.images[b], [explanation.raw[b][k] for k in cols], titles,
                                    "input" if show_input else None,
@@ -95,6 +98,8 @@ def plot_explanation_grid(explanation: "ImageExplanation", *, images: Sequence[i
         described.append(("block " if len(layers) == 1 else "blocks ") + ", ".join(str(layer) for layer in layers))
     if settings.get("mode"):
         described.append(f"{settings['mode']} mode")
+    if score != DEFAULT_SCORE:
+        described.append(f"score {score}")
     described.append(f"model {settings.get('model', '?')}")
     return heat_map_grid(panel_rows, title=" \u00b7 ".join(described), width_px=None, colorbar=colorbar, cmap=cmap,
                          alpha=alpha, panel_inches=panel_size, pyplot=True)

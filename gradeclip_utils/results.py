@@ -29,9 +29,11 @@ class ImageExplanation:
     """Heat maps of B images against K prompts.
 
     ``raw`` holds one (K, h, w) float32 map stack per image, unnormalised (faithfulness metrics and
-    cross-prompt comparisons need these values); ``scores`` (B, K) are the image-text cosines from the
-    same forward pass; ``images`` are the pictures the model saw; ``settings`` record how the maps were
-    made (method, layers, mode, qk, resolution, model: ``config.to_settings``, what ``save`` stores);
+    cross-prompt comparisons need these values); ``scores`` (B, K) are the explained scores from the
+    same forward pass (the image-text cosines by default; the logits, the probabilities among the prompts
+    or the contrasts with ``score=``); ``images`` are the pictures the model saw; ``settings`` record how
+    the maps were made (method, layers, mode, qk, resolution, score, model: ``config.to_settings``, what
+    ``save`` stores; a result saved before the score was a setting has none: it explains the cosine);
     ``config`` is the ``ExplainConfig`` they were made with (absolute layers, the method's options as
     completed for the call; None for a loaded result).
     """
@@ -139,8 +141,9 @@ class TextExplanation:
     ``tokens[k]`` are the BPE pieces of text k (start and end tokens dropped; a piece ending a word
     ends with '</w>'); ``token_importance`` (B, K, T) and ``word_importance`` (B, K, W) are zero-padded
     to the longest text, each row summing to 1 over its own pieces (or all zero when nothing is
-    relevant); ``words[k]`` are whole words, their importance the sum of their pieces. ``settings`` and
-    ``config`` as for ``ImageExplanation`` (the settings record no method options).
+    relevant); ``words[k]`` are whole words, their importance the sum of their pieces. ``scores`` (B, K)
+    are the explained scores (the cosines by default). ``settings`` and ``config`` as for
+    ``ImageExplanation`` (the settings record no method options).
     """
 
     texts: list[str]

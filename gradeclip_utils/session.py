@@ -18,6 +18,7 @@ from .config import ExplainConfig
 from .guard import explaining, model_lock, release_frames
 from .methods.outputs import MapOutput, TokenOutput
 from .methods.registry import MethodSpec, get_image_method, get_spec, get_text_method, refusal
+from .methods.scores import explained_score
 
 def check_supported(model: Any, spec: MethodSpec, tower: str = "image") -> None:
     """``UnsupportedMethodError`` naming method, family and reason when the model's tower lacks what the
@@ -57,14 +58,16 @@ def run_image_method(model: Any, config: ExplainConfig, pixels: torch.Tensor, ta
     """Run the image method ``config.method`` on one batch: raw maps (B, K, h, w) and scores (B, K),
     detached, float32, on the CPU.
 
-    ``model`` is a LoadedModel; ``pixels`` (B, 3, H, W) on one grid and ``targets`` (K, D) unit text
-    embeddings go to its device; the method gets ``config``'s layers (resolved for the model), mode, qk
-    and options. It runs under ``explaining`` (taken here; a caller may hold it around several batches).
-    A method the model's family cannot run is an ``UnsupportedMethodError`` naming method, family and
-    reason; a half-precision model on the CPU without a kernel a RuntimeError saying what to do; maps or
-    scores that are not finite a FloatingPointError (``inputs`` name the images in its message). When it
-    raises, the failed call's frames are released (``release_frames``). ``spec``: the declaration of a
-    method that is not registered (the evaluation's random reference); a registered one is looked up.
+    ``model`` is a LoadedModel; ``pixels`` (B, 3, H, W) on one grid and ``targets`` (T, D) unit text
+    embeddings go to its device; the method gets ``config``'s layers (resolved for the model), mode, qk,
+    score (resolved for the model: ``methods.scores.explained_score``; T = K target rows, or 2K for the
+    contrast's pairs) and options. It runs under ``explaining`` (taken here; a caller may hold it around
+    several batches). A method the model's family cannot run is an ``UnsupportedMethodError`` naming
+    method, family and reason; a half-precision model on the CPU without a kernel a RuntimeError saying
+    what to do; maps or scores that are not finite a FloatingPointError (``inputs`` name the images in its
+    message). When it raises, the failed call's frames are released (``release_frames``). ``spec``: the
+    declaration of a method that is not registered (the evaluation's random reference); a registered one
+    is looked up.
     """
     fn = spec.image if spec is not None else get_image_method(config.method)
     spec = spec if spec is not None else get_spec(config.method)
@@ -73,30 +76,34 @@ def run_image_method(model: Any, config: ExplainConfig, pixels: torch.Tensor, ta
 
 
 def run_text_method(model: Any, config: ExplainConfig, tokens: torch.Tensor, targets: torch.Tensor, *,
-                    spec: MethodSpec | None = None) -> TokenOutput:
+                    spec: MethodSpec | None = None, rest: torch.Tensor | None = None) -> TokenOutput:
     """Run the text method ``config.method`` on K texts' ``tokens`` against B unit image embeddings
     ``targets``: relevance (B, K, L) and scores (B, K), detached, float32, on the CPU. As
-    ``run_image_method`` (the layers are the text tower's)."""
+    ``run_image_method`` (the layers are the text tower's). ``rest`` (K, B): for the probability, the
+    log-sum-exp of the logits of the captions not among these K for each image (``explain_text``'s other
+    chunks; ``methods.scores.ExplainedScore``), so that the softmax runs over all the captions given."""
     fn = spec.text if spec is not None else get_text_method(config.method)
     spec = spec if spec is not None else get_spec(config.method)
-    relevance, scores = _run(model, config, spec, "text", fn, tokens, targets, "relevance", None)
+    relevance, scores = _run(model, config, spec, "text", fn, tokens, targets, "relevance", None, rest)
     return TokenOutput(relevance=relevance, scores=scores)
 
 
 def _run(model: Any, config: ExplainConfig, spec: MethodSpec, tower: str, fn: Callable[..., Any],
          inputs_on_device: torch.Tensor, targets: torch.Tensor, what: str,
-         inputs: Sequence[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
+         inputs: Sequence[str] | None, rest: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The frame both runners share: the declarations checked, the method called under ``explaining`` with
-    ``config``'s settings for ``tower``, its ``what`` (maps or relevance) and scores detached, float32, on the
-    CPU and checked to be finite; the failed call's frames released when it raises."""
-    config.check_uses(spec)  # a setting the method would not apply is refused (a registered one: when made)
+    ``config``'s settings for ``tower`` (the score resolved for the model), its ``what`` (maps or relevance)
+    and scores detached, float32, on the CPU and checked to be finite; the failed call's frames released
+    when it raises."""
+    config.check_uses(spec, tower)  # a setting the method would not apply is refused (a registered one: when made)
     check_supported(model, spec, tower)
     adapter = model.adapter
+    score = explained_score(config.score, adapter, None if rest is None else rest.to(model.device))
     try:
         with explaining(model.model):
             out = _call(model, config.method, fn, adapter, inputs_on_device, targets.to(model.device),
                         layers=adapter.resolve_layers(config.layers, tower), mode=config.mode, qk=config.qk,
-                        **config.options)
+                        score=score, **config.options)
             values, scores = getattr(out, what).detach().float().cpu(), out.scores.detach().float().cpu()
             del out
     except BaseException as error:

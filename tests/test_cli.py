@@ -211,6 +211,35 @@ def test_the_command_passes_max_patches(tmp_path, capsys):
     assert code == 0 and (tmp_path / "fig.png").is_file()
 
 
+def test_the_command_passes_the_score(tmp_path, capsys):
+    """--score reaches explain_image and explain_text (the probabilities of the prompts sum to 1); the contrast
+    takes one --versus prompt per prompt and has no word importance."""
+    code, out, err = run(["explain", str(IMAGE), "a red circle", "a blue square", "--score", "probability",
+                          "--out", str(tmp_path / "p.png")], capsys)
+    assert code == 0 and (tmp_path / "p.png").is_file() and (tmp_path / "p_words1.png").is_file()
+    scores = [float(line.split()[0]) for line in out.splitlines()[:2]]
+    assert abs(sum(scores) - 1) < 1e-3
+    code, out, err = run(["explain", str(IMAGE), "a red circle", "a star", "--score", "contrast", "--versus",
+                          "a blue circle", "a cross", "--out", str(tmp_path / "c.png")], capsys)
+    assert code == 0 and (tmp_path / "c.png").is_file() and not (tmp_path / "c_words0.png").exists()
+    assert "a red circle rather than a blue circle" in out and "a star rather than a cross" in out
+    assert "no word importance" in out
+    assert parse("explain", "x.png", "a dog").score == "cosine"
+    assert "--score" not in {o for a in cli.build_parser().commands["explain-dataset"]._actions for o in a.option_strings}
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--score", "contrast"], "--score contrast needs one --versus prompt per prompt (1)"),
+    (["--score", "contrast", "--versus", "a", "b"], "--score contrast needs one --versus prompt per prompt (1)"),
+    (["--versus", "a blue circle"], "--versus gives the second prompt of a contrast: use it with --score contrast"),
+    (["--score", "probability"], "score='probability'"),
+])
+def test_a_score_that_does_not_fit_the_prompts_is_one_line(tmp_path, capsys, argv, message):
+    code, out, err = run(["explain", str(IMAGE), "a red circle", *argv, "--out", str(tmp_path / "f.png")], capsys)
+    assert code == 2 and not (tmp_path / "f.png").exists()
+    assert_one_line(err, message)
+
+
 def test_alias_errors_are_one_line_too(capsys):
     """What ``python -m gradeclip_utils.notebooks`` runs: a user error is one line, exit status 2."""
     from gradeclip_utils import notebooks

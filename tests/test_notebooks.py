@@ -371,6 +371,25 @@ def test_notebook_runs_headless_and_exports_every_figure(path, tmp_path, caplog,
                 assert image["kind"] == "synthetic_scene" and image["recipe"], image
     if path.stem in CLAIMS:  # what the notebook's text says, against the numbers it computed
         CLAIMS[path.stem]({m["figure"]: m for m in manifests}, Path(run.figures_dir))
+    if path.stem == "04_attribute_count_failures":
+        check_explained_score_claims(next(m for m in manifests if m["figure"] == "explained_scores"))
+
+
+def check_explained_score_claims(manifest) -> None:
+    """What notebook 04 says of the probability and the contrast, against the numbers it exported: each
+    contrast puts several (over 5) times more mass on the circle its first prompt names than on the other,
+    on average, and each probability map is its contrast's map times s p(red) p(blue)."""
+    summary, scenes = manifest["data"]["summary"], manifest["data"]["scenes"]
+    assert summary["scenes"] == len(scenes) > 0
+    assert summary["red rather than blue: red"] > 5 * summary["red rather than blue: blue"]
+    assert summary["blue rather than red: blue"] > 5 * summary["blue rather than red: red"]
+    assert summary["largest_deviation"] < 1e-4
+    for scene in scenes:
+        assert abs(scene["p(red)"] + scene["p(blue)"] - 1) < 1e-5
+        for region in ("red", "blue", "background"):  # the same map at another scale: the same shares
+            assert abs(scene[f"p(red): {region}"] - scene[f"red rather than blue: {region}"]) < 1e-4
+            assert abs(scene[f"p(blue): {region}"] - scene[f"blue rather than red: {region}"]) < 1e-4
+    assert manifest["settings"]["scores"] == ["probability", "contrast"]
 
 
 def test_the_package_draws_text_progress_only():

@@ -19,6 +19,12 @@ the noise of every pair is the same draw from ``seed`` (what explaining that pai
 them.
 Defaults as the authors ran ViT-B/16: block index 9 of 12 (generally: L/6 blocks after it), beta 0.1,
 10 steps, learning rate 1, 10 samples.
+
+The fit term is the explained score (``score``, ``scores.py``) of the pair: the cosine by default, or the
+logit, the probability among the prompts (text side: among the captions given for the image, the other
+captions' logits constants), or a contrast of two prompts (image side). The bottleneck trades the fit
+against beta x the capacity, so a score on another scale (the logit: s x cos) shifts that balance: its
+maps are not the cosine's times s.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from ..adapters import CLIPAdapter
 from ._common import to_grid
 from .outputs import MapOutput, TokenOutput, cosine_scores
 from .registry import AuthorsProtocol, MethodSpec
+from .scores import DEFAULT_SCORE, ExplainedScore, explained_score
 
 
 def default_layer(blocks: int) -> int:
@@ -57,12 +64,14 @@ def capacity(hidden: Tensor, lam: Tensor) -> Tensor:
 
 
 def optimise_bottleneck(hidden: Tensor, targets: Tensor, finish: Callable[[Tensor], Tensor], *, beta: float,
-                        var: float, steps: int, lr: float, samples: int, seed: int) -> Tensor:
+                        var: float, steps: int, lr: float, samples: int, seed: int,
+                        fit: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Optimise one bottleneck per row of ``hidden`` (P, N, C) against ``targets`` (P, D) (unit).
 
-    ``finish`` maps (S P, N, C) tokens to embeddings (S P, D). Returns the capacity (P, N, C) of the
-    last step. Every row gets the same noise, (S, N, C) per step from ``seed``: a row's result is the
-    one it gets alone.
+    ``finish`` maps (S P, N, C) tokens to embeddings (S P, D), sample-major (row s P + p). ``fit`` maps those
+    embeddings to the (S P,) explained scores of the rows' pairs; by default each row's cosine with its
+    target. Returns the capacity (P, N, C) of the last step. Every row gets the same noise, (S, N, C) per
+    step from ``seed``: a row's result is the one it gets alone.
     """
     if steps < 1 or samples < 1:
         raise ValueError("M2IB needs steps >= 1 and samples >= 1")
@@ -79,8 +88,11 @@ def optimise_bottleneck(hidden: Tensor, targets: Tensor, finish: Callable[[Tenso
         noise = torch.randn((samples, 1, *standard.shape[1:]), generator=generator, device=hidden.device)
         z = (standard * lam + (1 - lam) * noise) * scale  # M2IB's _sample_t: mu + sqrt((1 - lam)^2) eps
         embedding = finish(z.flatten(0, 1).to(hidden.dtype))
-        fit = F.cosine_similarity(embedding.float(), targets.float().repeat(samples, 1), dim=-1, eps=1e-6)
-        loss = beta * kl.flatten(1).mean(dim=1) - fit.reshape(samples, pairs).mean(dim=0)
+        if fit is None:
+            values = F.cosine_similarity(embedding.float(), targets.float().repeat(samples, 1), dim=-1, eps=1e-6)
+        else:
+            values = fit(embedding)
+        loss = beta * kl.flatten(1).mean(dim=1) - values.reshape(samples, pairs).mean(dim=0)
         # gradients for alpha only (the model's parameters may require grad too)
         (alpha.grad,) = torch.autograd.grad(loss.sum(), [alpha])
         optimiser.step()
@@ -90,44 +102,69 @@ def optimise_bottleneck(hidden: Tensor, targets: Tensor, finish: Callable[[Tenso
 
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, ib_layer: int | None = None,
                beta: float = 0.1, var: float = 1.0, steps: int = 10, lr: float = 1.0, samples: int = 10,
-               seed: int = 0, paired: bool = False, **_: Any) -> MapOutput:
-    """M2IB maps (B, K, h, w): one bottleneck per (image, target) pair, all optimised together.
+               seed: int = 0, paired: bool = False, score: str | ExplainedScore = DEFAULT_SCORE,
+               **_: Any) -> MapOutput:
+    """M2IB maps (B, K, h, w) of the explained ``score``: one bottleneck per (image, explained score) pair,
+    all optimised together.
 
-    ``paired=True`` explains image b against target b only (``targets`` (B, D); maps (B, 1, h, w),
-    scores (B, 1)): B bottlenecks instead of B x K when every image has its own target.
+    ``paired=True`` explains image b against target b only (``targets`` (B, D), or the B pairs of the
+    contrast; maps (B, 1, h, w), scores (B, 1)): B bottlenecks instead of B x K when every image has its
+    own target (the probability is then image b's target's among the B targets).
     """
+    score = explained_score(score, adapter)
     layer = _resolve(ib_layer, adapter.num_image_blocks)
     hidden, grid = adapter.image_tokens_before(pixels, layer + 1)
-    batch, count = hidden.shape[0], targets.shape[0]
+    batch, count = hidden.shape[0], score.count(targets.shape[0])
     if paired and count != batch:
         raise ValueError(f"paired=True needs one target per image: {count} targets for {batch} images")
     with torch.no_grad():
-        scores = cosine_scores(adapter.image_embedding_from(hidden, layer + 1), targets)
+        scores = score.of_images(cosine_scores(adapter.image_embedding_from(hidden, layer + 1), targets))
+    # each bottleneck's explained score: its image's column ``columns[p]`` of ``score.of_images``
+    columns = torch.arange(count, device=hidden.device)
     if paired:
         scores, count = scores.diagonal().unsqueeze(1).contiguous(), 1
         paired_hidden, paired_targets = hidden, targets
     else:
         paired_hidden, paired_targets = hidden.repeat_interleave(count, dim=0), targets.repeat(batch, 1)
+        columns = columns.repeat(batch)
+    fit = None
+    if score.name != DEFAULT_SCORE:
+        def fit(embedding: Tensor) -> Tensor:
+            values = score.of_images(cosine_scores(embedding, targets))  # (S P, K): every target row of the call
+            return values.gather(1, columns.repeat(samples)[:, None]).squeeze(1)
     with torch.enable_grad():
         kl = optimise_bottleneck(paired_hidden, paired_targets, lambda z: adapter.image_embedding_from(z, layer + 1),
-                                 beta=beta, var=var, steps=steps, lr=lr, samples=samples, seed=seed)
+                                 beta=beta, var=var, steps=steps, lr=lr, samples=samples, seed=seed, fit=fit)
     maps = kl.sum(dim=-1)[:, 1:].reshape(batch, count, -1)
     return MapOutput(maps=to_grid(maps, grid), scores=scores)
 
 
 def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, ib_layer: int | None = None,
                     beta: float = 0.1, var: float = 1.0, steps: int = 10, lr: float = 1.0, samples: int = 10,
-                    seed: int = 0, **_: Any) -> TokenOutput:
-    """M2IB text relevance (B, K, L) for K texts against B unit image embeddings."""
+                    seed: int = 0, score: str | ExplainedScore = DEFAULT_SCORE, **_: Any) -> TokenOutput:
+    """M2IB text relevance (B, K, L) for K texts against B unit image embeddings, of the explained ``score``
+    (the probability: among the K texts for each image, ``ExplainedScore.of_texts``)."""
+    score = explained_score(score, adapter)
     layer = _resolve(ib_layer, adapter.num_text_blocks)
     tokens = tokens.to(targets.device)
     hidden = adapter.text_tokens_before(tokens, layer + 1)
     count, batch = tokens.shape[0], targets.shape[0]
     with torch.no_grad():
-        scores = cosine_scores(adapter.text_embedding_from(hidden, tokens, layer + 1), targets).T
+        cosines = cosine_scores(adapter.text_embedding_from(hidden, tokens, layer + 1), targets)  # (K, B)
+        scores = score.of_texts(cosines).T
     paired = hidden.repeat(batch, 1, 1)  # image-major: row b * K + k
     paired_tokens = tokens.repeat(batch, 1)
     paired_targets = targets.repeat_interleave(count, dim=0)
+    fit = None
+    if score.name != DEFAULT_SCORE:
+        # each pair's score of its own cosine, the other captions' logits (``rest``) constants, pair by pair
+        rest = score.text_rest(cosines).T.reshape(-1) if score.name == "probability" else None
+        pair_score = ExplainedScore(score.name, score.scale, None if rest is None else rest.repeat(samples))
+
+        def fit(embedding: Tensor) -> Tensor:
+            cosine = F.cosine_similarity(embedding.float(), paired_targets.float().repeat(samples, 1), dim=-1,
+                                         eps=1e-6)
+            return pair_score.of_texts(cosine)
 
     def finish(z: Tensor) -> Tensor:
         return adapter.text_embedding_from(z, paired_tokens.repeat(z.shape[0] // paired_tokens.shape[0], 1),
@@ -135,7 +172,7 @@ def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, ib
 
     with torch.enable_grad():
         kl = optimise_bottleneck(paired, paired_targets, finish, beta=beta, var=var, steps=steps, lr=lr,
-                                 samples=samples, seed=seed)
+                                 samples=samples, seed=seed, fit=fit)
     relevance = kl.sum(dim=-1).reshape(batch, count, -1)
     return TokenOutput(relevance=relevance.float(), scores=scores.contiguous())
 

@@ -3,7 +3,9 @@
 N random binary masks on a coarse ``cells`` x ``cells`` grid (each cell kept with probability p),
 upsampled bilinearly to (cells + 1) x the cell size and cropped at a random shift, so that their edges
 fall anywhere; the saliency is sum_n S(image * mask_n) mask_n / (N p), with S the image-text cosine
-of the masked image (masked pixels become 0 in normalised space, the data set's mean colour, as the
+of the masked image, or another explained score of it (``score``, ``scores.py``: the logit, the
+probability among the prompts, as RISE's authors explain class probabilities, or a contrast of two
+prompts) (masked pixels become 0 in normalised space, the data set's mean colour, as the
 authors' code does). The masks are drawn from ``seed`` (the same masks for every image) and the
 masked images run through the model in batches of ``mask_batch``; all K targets share the passes.
 Maps have the image's pixel resolution.
@@ -26,6 +28,7 @@ from torch import Tensor
 from ..adapters import CLIPAdapter
 from .outputs import MapOutput, cosine_scores
 from .registry import MethodSpec
+from .scores import DEFAULT_SCORE, ExplainedScore, explained_score
 
 
 def generate_masks(count: int, size: tuple[int, int], cells: int = 8, p: float = 0.5, seed: int = 0) -> Tensor:
@@ -46,8 +49,9 @@ def generate_masks(count: int, size: tuple[int, int], cells: int = 8, p: float =
 
 @torch.no_grad()
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, masks: int = 2000, cells: int = 8,
-               p: float = 0.5, seed: int = 0, mask_batch: int = 256, centre: bool = False, **_: Any) -> MapOutput:
-    """RISE saliency (B, K, H, W) from ``masks`` masked copies of each image.
+               p: float = 0.5, seed: int = 0, mask_batch: int = 256, centre: bool = False,
+               score: str | ExplainedScore = DEFAULT_SCORE, **_: Any) -> MapOutput:
+    """RISE saliency (B, K, H, W) of the explained ``score`` from ``masks`` masked copies of each image.
 
     ``centre=True`` subtracts the mean score over the masks before weighting them:
     sum_n (S_n - mean S) mask_n / (N p). In expectation that only removes a constant (the mean score),
@@ -55,22 +59,25 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, masks: 
     scores vary little between masks (cosines do, far less than the class probabilities RISE was made
     for) and N is small.
     """
+    score = explained_score(score, adapter)
     device = pixels.device
-    batch = pixels.shape[0]
+    batch, count = pixels.shape[0], score.count(targets.shape[0])
     all_masks = generate_masks(masks, tuple(pixels.shape[-2:]), cells, p, seed).to(device)
-    saliency = torch.zeros(batch, targets.shape[0], *pixels.shape[-2:], device=device)
-    score_sum = torch.zeros(batch, targets.shape[0], device=device)
+    saliency = torch.zeros(batch, count, *pixels.shape[-2:], device=device)
+    score_sum = torch.zeros(batch, count, device=device)
     per_pass = max(1, mask_batch // batch)
     for start in range(0, masks, per_pass):
         chunk = all_masks[start:start + per_pass]  # (n, H, W)
         masked = (pixels.unsqueeze(1) * chunk[None, :, None]).flatten(0, 1)  # (B n, 3, H, W)
-        scores = cosine_scores(adapter.encode_image(masked), targets).reshape(batch, chunk.shape[0], -1)
+        cosines = cosine_scores(adapter.encode_image(masked), targets)
+        scores = score.of_images(cosines).reshape(batch, chunk.shape[0], -1)
         saliency += torch.einsum("bnk,nhw->bkhw", scores, chunk.float())
         score_sum += scores.sum(dim=1)
     if centre:
         saliency -= (score_sum / masks)[..., None, None] * all_masks.sum(dim=0)
     saliency /= masks * p
-    return MapOutput(maps=saliency.float(), scores=cosine_scores(adapter.encode_image(pixels), targets))
+    return MapOutput(maps=saliency.float(),
+                     scores=score.of_images(cosine_scores(adapter.encode_image(pixels), targets)))
 
 
 SPEC = MethodSpec(

@@ -11,6 +11,10 @@ objects the caption is about ("targets"), on the other objects, and on the backg
 
 On photographs the items are hand-written pairs (``PHOTO_PROBES``): one true caption and one false
 edit each, with no masks.
+
+The explained score (``explained_scores``): on scenes holding a red circle and a blue circle (both
+captions true), the probability of each among the two prompts and the contrasts "a red circle rather
+than a blue circle" and the reverse, with the share of each map's mass on each circle.
 """
 
 from __future__ import annotations
@@ -47,6 +51,11 @@ def tie_margin(logit_scale: float, probability: float = TIE_PROBABILITY) -> floa
 def verdict(margin: float, tie: float) -> str:
     """"right" (the true caption wins by ``tie`` or more), "wrong" (loses by ``tie`` or more) or "tie"."""
     return "tie" if abs(margin) < tie else ("right" if margin > 0 else "wrong")
+
+#: start of the explained-score example's held-out scene ids (after the kinds' blocks)
+SCORE_BLOCK = SEED_BLOCK + 90_000
+#: the explained-score example's prompts, one per circle of its scenes (the scenes' objects in this order)
+CIRCLES: tuple[str, str] = ("a red circle", "a blue circle")
 
 #: hand-written probes for the bundled photographs: (photo stem, kind, true caption, false edit)
 PHOTO_PROBES: tuple[tuple[str, str, str, str], ...] = (
@@ -361,3 +370,104 @@ def plot_gallery(results: ChoiceResults, kind: str | None = None, n_right: int =
                  panel_size: float = 2.2, n_tie: int = 2):
     """The figure of ``gallery`` (its ``manifest`` says which scenes it shows)."""
     return gallery(results, kind, n_right, n_wrong, n_tie, panel_size).figure
+
+
+# ---------------------------------------------------------------------------------- the explained score
+@dataclass
+class ScoreExample:
+    """Scenes holding a red and a blue circle explained with the probability among ``CIRCLES`` and the
+    contrasts both ways. ``frame``: one row per scene (the probabilities, the contrast, each map's share
+    of mass on each circle and on the background, and how far each probability map is from its contrast
+    map times s p_red p_blue); ``probability`` / ``contrast``: the explanations, scene by scene."""
+
+    frame: Any
+    scenes: list[Any]
+    probability: list[Any]
+    contrast: list[Any]
+    scale: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, float]:
+        """Means over the scenes of every numeric column, and the largest deviation of a probability map
+        from s p_red p_blue times its contrast map."""
+        means = {k: float(v) for k, v in self.frame.drop(columns=["scene"]).mean().items()}
+        return {**means, "largest_deviation": float(self.frame["deviation"].max()), "scenes": len(self.frame)}
+
+    def shares(self):
+        """The mean share of each map's mass on the red circle, the blue circle and the background."""
+        import pandas as pd
+
+        return pd.DataFrame([{"map": f"{source}: {name}", **{region: float(self.frame[f"{name}: {region}"].mean())
+                                                             for region in ("red", "blue", "background")}}
+                             for source, _, name in _SCORE_MAPS]).set_index("map")
+
+
+#: the maps of the example: (explanation, index of the map in it, its name in the frame)
+_SCORE_MAPS = (("probability", 0, "p(red)"), ("probability", 1, "p(blue)"), ("contrast", 0, "red rather than blue"),
+               ("contrast", 1, "blue rather than red"))
+
+
+def explained_scores(model: Any, n: int, *, method: str = "grad_eclip", layers: Any = (-1,),
+                     mode: str = "faithful") -> ScoreExample:
+    """``n`` held-out scenes of a red and a blue circle, each explained with ``score="probability"`` among
+    ``CIRCLES`` and ``score="contrast"`` both ways. With two prompts the probability's gradient is
+    s p_red p_blue (grad S_red - grad S_blue): for a method linear in the gradient (Grad-ECLIP), each
+    probability map is its contrast map times that positive number (``deviation`` measures it)."""
+    import pandas as pd
+
+    from .. import explain_image
+    from ..synthetic import generate_scene
+    from ..synthetic.dataset import HELDOUT_SEED_START
+
+    scale = float(model.adapter.logit_scale)
+    rows, scenes, probabilities, contrasts = [], [], [], []
+    for index in range(n):
+        scene = generate_scene(HELDOUT_SEED_START + SCORE_BLOCK + index,
+                               objects=[{"shape": "circle", "colour": "red"}, {"shape": "circle", "colour": "blue"}])
+        common = dict(method=method, layers=layers, mode=mode, resolution=default_resolution(model, scene),
+                      progress=False)
+        probability = explain_image(model, as_input(scene), list(CIRCLES), score="probability", **common)
+        contrast = explain_image(model, as_input(scene), [CIRCLES, CIRCLES[::-1]], score="contrast", **common)
+        p_red, p_blue = probability.scores[0].tolist()
+        row = {"scene": scene.seed, "p(red)": p_red, "p(blue)": p_blue,
+               "S(red) - S(blue)": float(contrast.scores[0, 0])}
+        explained = {"probability": probability, "contrast": contrast}
+        size = scene.masks.shape[1:]
+        for source, k, name in _SCORE_MAPS:
+            heat = resize_maps(explained[source].raw[0][k], size, dtype=torch.float64).numpy()
+            shares = mask_shares(heat, {"red": scene.masks[0], "blue": scene.masks[1]})
+            row.update({f"{name}: {region}": share for region, share in shares.items()})
+        factor = scale * p_red * p_blue
+        row["deviation"] = max(float((probability.raw[0][k] - factor * contrast.raw[0][k]).abs().max())
+                               / max(float((factor * contrast.raw[0][k]).abs().max()), 1e-30) for k in range(2))
+        rows.append(row)
+        scenes.append(scene)
+        probabilities.append(probability)
+        contrasts.append(contrast)
+    settings = {"method": method, "layers": list(layers) if not isinstance(layers, int) else layers, "mode": mode,
+                "scores": ["probability", "contrast"], "prompts": list(CIRCLES), "logit_scale": scale}
+    return ScoreExample(pd.DataFrame(rows), scenes, probabilities, contrasts, scale, settings)
+
+
+def plot_explained_scores(example: ScoreExample, index: int = 0, panel_size: float = 2.2):
+    """One scene of the example: the picture, the probability maps of both prompts and the contrasts both
+    ways, each normalised to its own maximum, with its score."""
+    from matplotlib import pyplot as plt
+
+    from ..plotting import overlay
+
+    picture = example.probability[index].images[0]
+    explained = {"probability": example.probability[index], "contrast": example.contrast[index]}
+    fig, axes = plt.subplots(1, 5, figsize=(panel_size * 5 + 0.5, panel_size + 0.7))
+    axes[0].imshow(picture)
+    axes[0].set_title(f"scene {example.scenes[index].seed}", fontsize=8)
+    axes[0].axis("off")
+    for ax, (source, k, name) in zip(axes[1:], _SCORE_MAPS):
+        ex = explained[source]
+        score = float(ex.scores[0, k])
+        value = f"p = {score:.3f}" if source == "probability" else f"ΔS = {score:+.3f}"
+        overlay(picture, ex.heatmaps()[0, k].numpy(), ax=ax, title=f"{source}: {name}\n{value}")
+        ax.title.set_fontsize(7)
+    fig.suptitle(f"the explained score: probability among {list(CIRCLES)} and the contrasts", fontsize=10)
+    fig.tight_layout()
+    return fig
