@@ -1,6 +1,7 @@
-"""What the package writes down about its results: their provenance (the model, its weights, the software)
-and the output folder of a resumable run (``RunFolder``: its settings file, what ``overwrite`` removes,
-and ``run.json``).
+"""What the package writes down about its results: their provenance (the model, its weights, the software),
+the output folder of a resumable run (``RunFolder``: its settings file, what ``overwrite`` removes,
+and ``run.json``), and whether an output location can be written at all (``writable_output``, checked by the
+command line before any work).
 
 Each file keeps its own format and takes from ``provenance()`` the keys it records: the evaluation's
 ``config.json`` and the dataset explanation's ``index.json`` the model and its weights digest, the figure
@@ -11,15 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from . import distributed
+from .errors import GradEclipError
 from .resources import REPO_ROOT
 
 #: the distributions whose versions a figure manifest records
@@ -138,3 +142,42 @@ class RunFolder:
                "cpu_seconds": round(sum(p["cpu_seconds"] for p in phases), 3),
                f"{unit}_per_second": round(distributed.rate(total, seconds), 3)}
         distributed.atomic_write_text(self.path / "run.json", json.dumps(run, indent=2) + "\n")
+
+
+class OutputNotWritableError(GradEclipError, PermissionError):
+    """An output file or folder that cannot be written (a PermissionError, as the write would have raised)."""
+
+
+def writable_output(path: str | Path, *, folder: bool) -> Path:
+    """Check that ``path`` can be written, before any work: an output folder (``folder``) is created where it is
+    missing, and so is the folder of an output file. Raises ``OutputNotWritableError`` ("cannot write to PATH
+    (permission denied)") where a part of the path is a file, where the folder cannot be created, or where a
+    file cannot be made in it; the last is tried for real, as root passes ``os.access`` on read-only file
+    systems and immutable folders."""
+    path = Path(path).expanduser()
+    target = path if folder else path.parent
+    if not folder and path.is_dir():
+        raise OutputNotWritableError(f"cannot write to {path}: it is a folder (name a file in it)")
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise OutputNotWritableError(f"cannot write to {path}: {existing} is a file, not a folder")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputNotWritableError(f"cannot write to {path} ({_reason(error)})") from error
+    if not os.access(target, os.W_OK | os.X_OK) or (not folder and path.exists() and not os.access(path, os.W_OK)):
+        raise OutputNotWritableError(f"cannot write to {path} (permission denied)")
+    try:
+        with tempfile.TemporaryFile(dir=target, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise OutputNotWritableError(f"cannot write to {path} ({_reason(error)})") from error
+    return path
+
+
+def _reason(error: OSError) -> str:
+    """An OSError's cause in lower case ("permission denied", "read-only file system")."""
+    text = error.strerror or type(error).__name__
+    return text[:1].lower() + text[1:]
