@@ -324,7 +324,7 @@ def _weights_error(name: str, pretrained: str | None, reason: str, family=None) 
     return WeightsUnavailableError(
         f"Could not obtain pretrained weights {pretrained!r} for {name!r} ({reason}). "
         "The weights are downloaded on first use and cached; without network access, download the checkpoint on "
-        "another machine and pass its local file instead, e.g. "
+        "another machine and pass its local path instead, e.g. "
         f"load_model({name!r}, pretrained='/path/to/open_clip_model.safetensors'), or a folder with "
         "open_clip_config.json and the weights, load_model('/path/to/folder'). Offline, the embedded "
         "load_model('synthetic') always works.")
