@@ -70,8 +70,9 @@ ALIASES = {"explain-dataset": "gradeclip_utils.explain_dataset", "evaluate": "gr
 USER_ERRORS = (GradEclipError, FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError)
 #: the options of each command that name where it writes: a "folder" (created where missing) or a "file" (its
 #: folder is created); each is checked writable before the command loads a model or computes anything
-OUTPUTS = {"explain": {"out": "file"}, "explain-dataset": {"out": "folder"}, "evaluate": {"out": "folder", "doc": "file"},
-           "notebooks": {"out": "folder"}, "critique": {"out": "folder", "doc": "file"},
+OUTPUTS = {"explain": {"out": "file"}, "explain-dataset": {"out": "folder"},
+           "evaluate": {"out": "folder", "doc": "file"}, "notebooks": {"out": "folder"},
+           "critique": {"out": "folder", "doc": "file"},
            "synthetic train": {"out": "folder", "export": "folder"},
            "synthetic evaluate": {"json": "file", "export": "folder"}}
 #: the zero-shot prompt templates of a class (open_clip's zero_shot_metadata): OpenAI's 80 or the simple ones

@@ -339,7 +339,8 @@ def prepare_image(model: "LoadedModel", image: Image.Image, resolution: Resoluti
         width, height, capped = native_size(image.width, image.height, model.adapter.patch_size, max_patches)
         if capped:
             warn_user(f"{source} ({image.width}x{image.height}) would give more than {max_patches} patches at "
-                      f"native resolution; it is downscaled to {width}x{height} (max_patches, on the command line --max-patches, changes this)")
+                      f"native resolution; it is downscaled to {width}x{height} (max_patches, on the command line "
+                      "--max-patches, changes this)")
         if (width, height) != image.size:
             image = image.resize((width, height), Image.BICUBIC)
         pixels = normalise(_pil_to_tensor(image), mean, std)

@@ -127,7 +127,8 @@ def test_one_line_warnings_restore_python_s_format():
 # ------------------------------------------------------------------------------------- the vocabulary
 def test_the_vocabulary_is_the_caption_generator_s():
     vocabulary = embedded.vocabulary()
-    assert {*COLOURS, *SHAPES, *SIZES, *NUMBER_WORDS.values(), "a", "an", "and", "shape", "shapes", "crosses"} <= vocabulary
+    assert {*COLOURS, *SHAPES, *SIZES, *NUMBER_WORDS.values(), "a", "an", "and", "shape", "shapes",
+            "crosses"} <= vocabulary
     assert {word for relation in RELATIONS for word in relation.split()} <= vocabulary
     for i in range(300):  # every word of every caption, true or false, of scenes and training examples
         scene = generate_scene(HELDOUT_SEED_START + i)

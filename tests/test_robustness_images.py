@@ -186,7 +186,8 @@ def test_large_files_give_only_the_package_s_warning_and_absurd_ones_a_clear_err
     assert [str(w.message) for w in record if "patches" in str(w.message)]
     assert not [w for w in record if issubclass(w.category, Image.DecompressionBombWarning)], record
     assert Image.MAX_IMAGE_PIXELS == 1000  # PIL's limit is the user's again
-    with pytest.raises(ValueError, match=r"absurd\.png: it has more than 0.2 million pixels \(250,000 pixels\), more than this package opens"):
+    with pytest.raises(ValueError, match=r"absurd\.png: it has more than 0.2 million pixels \(250,000 pixels\), "
+                                         "more than this package opens"):
         load_image(absurd)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # a user who trusts every file
     assert load_image(absurd).size == (500, 500)

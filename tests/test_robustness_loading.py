@@ -165,7 +165,8 @@ def test_safetensors_folder_loads_its_weights(tiny_name, tmp_path):
 def test_a_missing_hugging_face_folder_is_named(spec):
     """A path-like ``hf:`` name that is no folder: "model folder not found", not transformers' "Repo id must be
     in the form ..."."""
-    with pytest.raises(FileNotFoundError, match=rf"model folder not found: {re.escape(spec)} \(hf: takes a local folder"):
+    with pytest.raises(FileNotFoundError,
+                       match=rf"model folder not found: {re.escape(spec)} \(hf: takes a local folder"):
         ge.load_model(f"hf:{spec}", device="cpu")
 
 

@@ -99,8 +99,8 @@ def is_scene(picture: Image.Image | np.ndarray, config: SceneConfig = SceneConfi
        level within ``background_level`` widened by the tint and the texture contrast;
     4. at least one object's worth of palette pixels.
 
-    On 3000 held-out scenes and 1000 training scenes the explained share is at least 0.9992; on the bundled
-    photographs (resized to 64 x 64, or cut to 64 x 64) at most 0.95.
+    On 3000 held-out scenes and 1000 training scenes the explained share was at least 0.9992; the bundled
+    photographs, whole, resized or cut to 64 x 64, explain at most 95% and fail the grey test (3.) too.
     """
     array = np.asarray(picture.convert("RGB") if isinstance(picture, Image.Image) else picture)
     if array.ndim != 3 or array.shape[-1] != 3:
@@ -153,10 +153,10 @@ class SyntheticWorld:
         unknown = unknown_words(texts)
         if unknown:
             named = ", ".join(repr(word) for word in unknown[:_NAMED]) + (", ..." if len(unknown) > _NAMED else "")
+            verb = "is" if len(unknown) == 1 else "are"
             _warn_once("words", f"the embedded synthetic CLIP knows only the words of its scene captions (colours, "
-                                f"shapes, sizes, counts, four relations); {named} {'is' if len(unknown) == 1 else 'are'} "
-                                "not among them, so its scores and word importance mean little for these prompts. "
-                                + REAL_CLIP)
+                                f"shapes, sizes, counts, four relations); {named} {verb} not among them, so its scores "
+                                "and word importance mean little for these prompts. " + REAL_CLIP)
 
     def __repr__(self) -> str:
         return "SyntheticWorld()"
