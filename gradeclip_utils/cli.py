@@ -68,8 +68,8 @@ ALIASES = {"explain-dataset": "gradeclip_utils.explain_dataset", "evaluate": "gr
 #: what the command reports as one line: errors the package explains, and the built-in ones that a user's input
 #: raises (a missing file, a bad value); anything else is a bug and keeps its traceback
 USER_ERRORS = (GradEclipError, FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError)
-#: the options of each command that name where it writes: a "folder" (created where missing) or a "file" (its
-#: folder is created); each is checked writable before the command loads a model or computes anything
+#: the options of each command that name where it writes: a "folder" or a "file"; each is checked writable (its
+#: nearest existing folder) before the command loads a model or computes anything
 OUTPUTS = {"explain": {"out": "file"}, "explain-dataset": {"out": "folder"},
            "evaluate": {"out": "folder", "doc": "file"}, "notebooks": {"out": "folder"},
            "critique": {"out": "folder", "doc": "file"},
@@ -587,7 +587,7 @@ def _methods() -> int:
 
 def _check_outputs(command: str, args: argparse.Namespace) -> None:
     """Refuse, before a model is loaded or anything computed, an output location of ``command`` that cannot be
-    written (``OUTPUTS``); a missing output folder is created."""
+    written (``OUTPUTS``, ``records.writable_output``)."""
     for option, kind in OUTPUTS.get(command, {}).items():
         value = getattr(args, option, None)
         if value is not None:

@@ -149,28 +149,24 @@ class OutputNotWritableError(GradEclipError, PermissionError):
 
 
 def writable_output(path: str | Path, *, folder: bool) -> Path:
-    """Check that ``path`` can be written, before any work: an output folder (``folder``) is created where it is
-    missing, and so is the folder of an output file. Raises ``OutputNotWritableError`` ("cannot write to PATH
-    (permission denied)") where a part of the path is a file, where the folder cannot be created, or where a
-    file cannot be made in it; the last is tried for real, as root passes ``os.access`` on read-only file
-    systems and immutable folders."""
+    """Check that ``path``, an output folder (``folder``) or file, can be written, before any work and without
+    writing anything: the nearest folder of it that exists (the output folder, the file's folder, or the one
+    the missing folders would be made in) must let a file be made in it. Raises ``OutputNotWritableError``
+    ("cannot write to PATH (permission denied)") where a part of the path is a file, or where no file can be
+    made; that is tried for real with a temporary file, as root passes ``os.access`` on read-only file systems
+    and immutable folders. Missing folders are left for the command to make."""
     path = Path(path).expanduser()
-    target = path if folder else path.parent
     if not folder and path.is_dir():
         raise OutputNotWritableError(f"cannot write to {path}: it is a folder (name a file in it)")
-    existing = target
+    existing = path if folder else path.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if existing.exists() and not existing.is_dir():
+    if not existing.is_dir():
         raise OutputNotWritableError(f"cannot write to {path}: {existing} is a file, not a folder")
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputNotWritableError(f"cannot write to {path} ({_reason(error)})") from error
-    if not os.access(target, os.W_OK | os.X_OK) or (not folder and path.exists() and not os.access(path, os.W_OK)):
+    if not os.access(existing, os.W_OK | os.X_OK) or (not folder and path.exists() and not os.access(path, os.W_OK)):
         raise OutputNotWritableError(f"cannot write to {path} (permission denied)")
     try:
-        with tempfile.TemporaryFile(dir=target, prefix=".write-check-"):
+        with tempfile.TemporaryFile(dir=existing, prefix=".write-check-"):
             pass
     except OSError as error:
         raise OutputNotWritableError(f"cannot write to {path} ({_reason(error)})") from error

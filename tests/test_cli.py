@@ -269,18 +269,17 @@ def test_an_unwritable_output_says_permission_denied(tmp_path, capsys, monkeypat
             f"gradeclip {argv[0]}: error: cannot write to {target} (permission denied)"]
 
 
-def test_writable_output_creates_what_is_missing(tmp_path):
+def test_writable_output_checks_without_writing(tmp_path):
     from gradeclip_utils.records import OutputNotWritableError, writable_output
 
-    assert writable_output(tmp_path / "a" / "b", folder=True).is_dir()
+    assert writable_output(tmp_path / "a" / "b", folder=True) == tmp_path / "a" / "b"
     assert writable_output(tmp_path / "c" / "fig.png", folder=False) == tmp_path / "c" / "fig.png"
-    assert (tmp_path / "c").is_dir() and not (tmp_path / "c" / "fig.png").exists()
-    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # the probe file is gone
+    assert list(tmp_path.iterdir()) == []  # nothing made, the probe file gone
     with pytest.raises(OutputNotWritableError, match="it is a folder"):
-        writable_output(tmp_path / "a", folder=False)
-    with pytest.raises(PermissionError):  # what the write itself would have raised
-        (tmp_path / "f").write_text("")
-        writable_output(tmp_path / "f" / "g", folder=True)
+        writable_output(tmp_path, folder=False)
+    (tmp_path / "f").write_text("")
+    with pytest.raises(PermissionError, match=r"cannot write to .*f/g/h: .*f is a file, not a folder"):
+        writable_output(tmp_path / "f" / "g" / "h", folder=True)  # a PermissionError, as the write would raise
 
 
 def test_the_main_help_has_examples_and_names_the_default_model(capsys):
