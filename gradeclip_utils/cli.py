@@ -17,7 +17,8 @@ comma-separated block indices, negative from the end (``--layers -1,-2``).
 ``.synthetic.evaluate`` and ``.studies.critique`` are aliases: their ``main`` parses with ``command_parser`` (the subcommand's own
 options) and calls the module's ``run_command``, as ``gradeclip`` does. An error the package explains
 (``GradEclipError``) and the other errors a user makes (a missing file, a bad value) are printed as one
-line, exit status 2, and so are usage errors (an unknown option, a bad value). Under torchrun:
+line, exit status 2, and so are usage errors (an unknown option, a bad value) and output locations that cannot be
+written (``OUTPUTS``, checked before any work); warnings are one line too, ``PROG: warning: ...``. Under torchrun:
 ``torchrun -m gradeclip_utils.cli explain-dataset ...``.
 """
 
