@@ -18,7 +18,8 @@ comma-separated block indices, negative from the end (``--layers -1,-2``).
 ``.synthetic.evaluate`` and ``.studies.critique`` are aliases: their ``main`` parses with ``command_parser`` (the subcommand's own
 options) and calls the module's ``run_command``, as ``gradeclip`` does. An error the package explains
 (``GradEclipError``) and the other errors a user makes (a missing file, a bad value) are printed as one
-line, exit status 2, and so are usage errors (an unknown option, a bad value). Under torchrun:
+line, exit status 2, and so are usage errors (an unknown option, a bad value) and output locations that cannot be
+written (``OUTPUTS``, checked before any work); warnings are one line too, ``PROG: warning: ...``. Under torchrun:
 ``torchrun -m gradeclip_utils.cli explain-dataset ...``.
 """
 
@@ -31,8 +32,10 @@ import json
 import os
 import re
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 from . import __version__
 from .adapters import MODES
@@ -42,9 +45,10 @@ from .jobs.distributed import DEFAULT_TIMEOUT_MINUTES
 from .loading import PRECISION_DTYPES, SYNTHETIC
 from .methods import QK_CHOICES, list_methods
 from .methods.scores import DEFAULT_SCORE, SCORES
+from .records import writable_output
 
 __all__ = ["add_explain_arguments", "add_model_arguments", "block_indices", "build_parser", "command_parser",
-           "key_value", "main", "run_guarded", "ALIASES", "COMMANDS", "USER_ERRORS"]
+           "key_value", "main", "run_guarded", "ALIASES", "COMMANDS", "OUTPUTS", "USER_ERRORS"]
 
 #: the subcommands, with their one-line summaries (``synthetic train`` is ``gradeclip synthetic train``)
 COMMANDS = {
@@ -67,6 +71,13 @@ ALIASES = {"explain-dataset": "gradeclip_utils.explain_dataset", "evaluate": "gr
 #: what the command reports as one line: errors the package explains, and the built-in ones that a user's input
 #: raises (a missing file, a bad value); anything else is a bug and keeps its traceback
 USER_ERRORS = (GradEclipError, FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError)
+#: the options of each command that name where it writes: a "folder" or a "file"; each is checked writable (its
+#: nearest existing folder) before the command loads a model or computes anything
+OUTPUTS = {"explain": {"out": "file"}, "explain-dataset": {"out": "folder"},
+           "evaluate": {"out": "folder", "doc": "file"}, "notebooks": {"out": "folder"},
+           "critique": {"out": "folder", "doc": "file"},
+           "synthetic train": {"out": "folder", "export": "folder"},
+           "synthetic evaluate": {"json": "file", "export": "folder"}}
 #: the zero-shot prompt templates of a class (open_clip's zero_shot_metadata): OpenAI's 80 or the simple ones
 TEMPLATES = ("openai", "simple")
 #: a value that starts like an option but is a list of numbers, such as ``-1,-2`` (see _Parser)
@@ -488,6 +499,15 @@ _ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
 }
 
 
+MAIN_DESCRIPTION = """Grad-ECLIP explanations for CLIP models: one command, with a subcommand per task.
+
+    gradeclip explain data/samples/three_shapes.png "a red circle" "a blue square" --out figures/shapes.png
+    gradeclip explain photo.jpg "a dog" "a cat" --model ViT-B-16 --pretrained openai --out figures/dog.png
+
+The model is the embedded synthetic CLIP unless --model names another: it knows only coloured shapes on grey
+(data/samples), works offline and warns on photographs; --model ViT-B-16 --pretrained openai is the paper's CLIP.
+"""
+
 EXPLAIN_DESCRIPTION = """Heat maps of one image against one or more prompts (one panel per prompt), and the
 importance of each prompt's words for its match with the image.
 
@@ -522,8 +542,7 @@ def command_parser(command: str) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``gradeclip``, with a subparser per command (``parser.commands`` maps each name to it)."""
-    parser = _Parser(prog="gradeclip", formatter_class=_Formatter,
-                     description="Grad-ECLIP explanations for CLIP models: one command, with a subcommand per task.",
+    parser = _Parser(prog="gradeclip", formatter_class=_Formatter, description=MAIN_DESCRIPTION,
                      epilog="`gradeclip COMMAND --help` describes each command. The modules' entry points run the "
                             "same\ncommands with the same options:\n  " + "\n  ".join(
                                 f"python -m {module:36} = gradeclip {command}" for command, module in ALIASES.items()))
@@ -605,8 +624,19 @@ def _methods() -> int:
     return 0
 
 
+def _check_outputs(command: str, args: argparse.Namespace) -> None:
+    """Refuse, before a model is loaded or anything computed, an output location of ``command`` that cannot be
+    written (``OUTPUTS``, ``records.writable_output``)."""
+    for option, kind in OUTPUTS.get(command, {}).items():
+        value = getattr(args, option, None)
+        if value is not None:
+            writable_output(value, folder=kind == "folder")
+
+
 def _run(command: str, parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> Any:
-    """Run ``command`` on its parsed ``args`` (``parser``: its parser, for its errors; ``argv``: its own arguments)."""
+    """Run ``command`` on its parsed ``args`` (``parser``: its parser, for its errors; ``argv``: its own arguments),
+    once its output locations are known to be writable."""
+    _check_outputs(command, args)
     if command == "explain":
         return _explain(args)
     if command == "methods":
@@ -650,12 +680,34 @@ def alias(command: str) -> int:
     return run_guarded(lambda: alias_main(command), f"python -m {ALIASES[command]}")
 
 
+@contextmanager
+def _one_line_warnings(prog: str) -> Iterator[None]:
+    """Warnings printed as ``PROG: warning: MESSAGE``, each message once: the line Python would show with them is
+    the command's own entry point (``sys.exit(main())``), which tells a user of the command nothing, and the same
+    message from two calls (the maps', then the words' downscaling of one image) says nothing new."""
+    original, seen = warnings.formatwarning, set()
+
+    def one_line(message, category, filename, lineno, line=None) -> str:
+        text = f"{prog}: warning: {message}\n"
+        if text in seen:
+            return ""
+        seen.add(text)
+        return text
+
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original
+
+
 def run_guarded(run: Callable[[], Any], prog: str) -> int:
     """``run()``, with the errors a user can fix (``USER_ERRORS``) printed as one line ``PROG: error: ...``
     (exit status 2); a command that returns no status (a summary, a path) has succeeded (0). Under torchrun the
     error is raised on: torchrun's ``record`` writes it to the failure report, which names the failing rank."""
     try:
-        result = run()
+        with _one_line_warnings(prog):
+            result = run()
     except USER_ERRORS as error:
         if os.environ.get("TORCHELASTIC_ERROR_FILE"):
             raise

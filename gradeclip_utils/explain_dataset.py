@@ -103,14 +103,16 @@ def _input_sizes(model, folder: Path, keys: Sequence[str], resolution: str, max_
     orientation applied), without decoding the pixels."""
     from tqdm import tqdm  # text progress (a widget bar does not survive a reload)
 
-    from .inputs import header_orientation, native_size, prepare_image
+    from .inputs import header_orientation, native_size, pixel_limit, prepare_image
 
     if resolution == "model":
         size = tuple(prepare_image(model, Image.new("RGB", (32, 32)), "model").pixels.shape[-2:])
     unreadable, sizes = [], []
     for key in tqdm(keys, desc="reading image sizes", unit="image", disable=not show):
         try:
-            with Image.open(folder / key) as image:
+            with pixel_limit():  # the package's downscale warning, not PIL's decompression-bomb one
+                image = Image.open(folder / key)
+            with image:
                 width, height = image.size
                 # as load_image will turn it: a PNG's eXIf chunk after its pixels is found by seeks, not by
                 # decoding. (A loaded image whose size differs from the plan's is an error, not a guess.)
