@@ -206,10 +206,11 @@ def map_scale(maps: Sequence[np.ndarray], scale: str) -> tuple[list[np.ndarray],
 
 def heat_map_panels(picture: Image.Image, maps: Sequence[np.ndarray], titles: Sequence[str], *, title: str,
                     scale: str = "panel", colorbar: bool = True, flagged: Sequence[bool] | None = None,
-                    width_px: int = 960, input_title: str | None = "input", cmap: str = "jet", alpha: float = 0.5,
+                    width_px: int = 980, input_title: str | None = "input", cmap: str = "jet", alpha: float = 0.5,
                     panel_inches: float = PANEL_INCHES, dpi: int = PANEL_DPI, columns: int | None = None,
                     reuse: Figure | None = None) -> Figure:
-    """The input picture, then one overlay per map, in as many rows as ``width_px`` needs.
+    """The input picture, then one overlay per map, in as many rows as ``width_px`` needs (the figure is at
+    most ``width_px`` wide, colour bar and margins included, unless one panel alone is wider).
 
     Text has fixed point sizes and every panel is ``panel_inches`` wide whatever the number of panels
     (the figure grows instead), and the layout is computed, so titles never overlap. ``maps`` are 2-D
@@ -240,9 +241,12 @@ def heat_map_panels(picture: Image.Image, maps: Sequence[np.ndarray], titles: Se
     if n == 0:
         raise ValueError("nothing to draw: give at least one map or the input")
     bar_in = 1.0 if colorbar else 0.0
+    gap_in, margin_in = 0.15, 0.08
     if columns is not None and columns < 1:
         raise ValueError(f"columns must be at least 1, got {columns}")
-    cols = panel_columns(n, width_px, panel_inches=panel_inches, dpi=dpi, reserved_px=int(bar_in * dpi))
+    # the colour bar and the margins left and right: the figure is at most width_px wide
+    cols = panel_columns(n, width_px, panel_inches=panel_inches, dpi=dpi,
+                         reserved_px=int(round((bar_in + 2 * margin_in) * dpi)))
     if columns is not None:
         cols = min(cols, columns, n)
     rows = -(-n // cols)
@@ -256,7 +260,6 @@ def heat_map_panels(picture: Image.Image, maps: Sequence[np.ndarray], titles: Se
     pad_pt = 5
     line_in = TITLE_POINTS * 1.3 / 72
     head_in = (suptitle.count("\n") + 1) * SUPTITLE_POINTS * 1.35 / 72 + 0.12
-    gap_in, margin_in = 0.15, 0.08
     title_in = title_lines * line_in + pad_pt / 72
     cell_w, cell_h = panel_inches + gap_in, panel_inches + title_in + gap_in
     width = cols * cell_w + bar_in + 2 * margin_in
