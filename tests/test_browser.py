@@ -430,69 +430,79 @@ def test_explorer_notebook_in_the_browser(browser_page, tmp_path):
         steps.shot("comparison")
         assert_clean(page)
 
-        # a narrow window with the file browser open, then a laptop screen: the figures scale down to the
-        # output area with their colour bar, the rows of controls wrap, the slider keeps its track
-        models = output_of(page, "side_by_side.widget")
-        for width, height in ((900, 900), (1280, 720)):
-            page.set_viewport_size({"width": width, "height": height})
-            show_file_browser(page)
-            for widget, what, slider in ((explorer, "explorer", True), (comparison, "methods", False),
-                                         (models, "models", False)):
-                widget.locator("img.widget-image").first.scroll_into_view_if_needed()
-                report = assert_fits(widget, f"{what} at {width}x{height}", slider)
-                steps.shot(f"{width}x{height}-{what}")
+        check_window_sizes(page, steps, {"explorer": explorer, "methods": comparison,
+                                         "models": output_of(page, "side_by_side.widget")})
+        check_export_button(lab, steps, explorer)
+        check_reopened(page, lab, steps, name)
+
+
+def check_window_sizes(page, steps: Steps, widgets: dict) -> None:
+    """A narrow window with the file browser open, then a laptop screen: the figures scale down to the
+    output area with their colour bar, the rows of controls wrap, the explorer's slider keeps its track."""
+    for width, height in ((900, 900), (1280, 720)):
+        page.set_viewport_size({"width": width, "height": height})
+        show_file_browser(page)
+        for what, widget in widgets.items():
+            widget.locator("img.widget-image").first.scroll_into_view_if_needed()
+            report = assert_fits(widget, f"{what} at {width}x{height}", slider=what == "explorer")
+            steps.shot(f"{width}x{height}-{what}")
             if width == 900:
                 assert report["area"] < 500 and report["figureWidth"] < report["naturalWidth"]  # scaled down
 
-        # the export button writes the current figure and its manifest into the folder in its box
-        explorer.locator(".widget-button", has_text="export").scroll_into_view_if_needed()
-        explorer.locator(".widget-button", has_text="export").click()
-        deadline = time.monotonic() + REDRAW_TIMEOUT
-        while "saved" not in explorer.inner_text():
-            assert time.monotonic() < deadline, "the export button wrote nothing"
-            time.sleep(0.2)
-        written = sorted((lab.root / "outputs" / "explorers").glob("explorer_*"))
-        assert {path.suffix for path in written} == {".png", ".pdf", ".json"}, written
-        manifest = json.loads(next(p for p in written if p.suffix == ".json").read_text())
-        assert manifest["prompts"] == ["a red circle", "a blue square"] and manifest["settings"]["method"] == "rise"
-        steps.shot("exported")
 
-        # saved, the kernel shut down and the notebook reopened: each explorer is a static snapshot of its
-        # last figure with one note, without controls that look live and do nothing
-        page.locator(f"{PANEL} [data-command='docmanager:save']").first.click()
-        deadline = time.monotonic() + 60
-        while WIDGET_STATE not in nbformat.read(lab.root / name, as_version=4).metadata.get("widgets", {}):
-            assert time.monotonic() < deadline, "the saved notebook has no widget state"
-            time.sleep(0.5)
-        for session in lab.api("sessions"):
-            lab.api(f"sessions/{session['id']}", method="DELETE")
-        page.reload()
-        wait_kernel(page, lab, name)
-        for widget, what in ((output_of(page, "explorer.widget"), "explorer"),
-                             (output_of(page, "comparison.widget"), "methods")):
-            widget.scroll_into_view_if_needed()
-            widget.locator("img.widget-image").first.wait_for(state="visible")
-            report = snapshot_report(widget)
-            assert report["note"] and "run the cell to use the controls" in report["note"], (what, report)
-            assert report["figure"] and report["marks"] == 0 and report["controls"] == 0, (what, report)
-            assert report["inputs"] == 0, (what, report)
-            steps.shot(f"reopened-{what}")
-        assert_clean(page)
+def check_export_button(lab: Lab, steps: Steps, explorer) -> None:
+    """The export button writes the current figure and its manifest into the folder in its box."""
+    explorer.locator(".widget-button", has_text="export").scroll_into_view_if_needed()
+    explorer.locator(".widget-button", has_text="export").click()
+    deadline = time.monotonic() + REDRAW_TIMEOUT
+    while "saved" not in explorer.inner_text():
+        assert time.monotonic() < deadline, "the export button wrote nothing"
+        time.sleep(0.2)
+    written = sorted((lab.root / "outputs" / "explorers").glob("explorer_*"))
+    assert {path.suffix for path in written} == {".png", ".pdf", ".json"}, written
+    manifest = json.loads(next(p for p in written if p.suffix == ".json").read_text())
+    assert manifest["prompts"] == ["a red circle", "a blue square"] and manifest["settings"]["method"] == "rise"
+    steps.shot("exported")
 
-        # a colleague's copy (not signed by this server: untrusted, so JupyterLab renders no widget): the
-        # display's static HTML, the figure of when the cell ran with the same note
-        shared = nbformat.read(lab.root / name, as_version=4)
-        shared.cells[0].source += "\n\nA colleague's copy."
-        nbformat.write(shared, lab.root / "shared.ipynb")
-        open_notebook(page, lab, "shared.ipynb")
-        explorer = output_of(page, "explorer.widget")
-        explorer.scroll_into_view_if_needed()
-        snapshot = explorer.locator(".gradeclip-snapshot").first
-        snapshot.wait_for(state="visible")
-        assert "run the cell to use the controls" in snapshot.inner_text()
-        assert snapshot.locator("img").first.evaluate("img => img.complete && img.naturalWidth > 100")
-        assert not explorer.locator(".jupyter-widgets").count()
-        steps.shot("untrusted-copy")
+
+def check_reopened(page, lab: Lab, steps: Steps, name: str) -> None:
+    """Saved, the kernel shut down and the notebook reopened: each explorer is a static snapshot of its last
+    figure with one note, without controls that look live and do nothing. A colleague's copy (not signed by
+    this server: untrusted, so JupyterLab renders no widget) shows the display's static HTML instead: the
+    figure of when the cell ran, with the same note."""
+    page.locator(f"{PANEL} [data-command='docmanager:save']").first.click()
+    deadline = time.monotonic() + 60
+    while WIDGET_STATE not in nbformat.read(lab.root / name, as_version=4).metadata.get("widgets", {}):
+        assert time.monotonic() < deadline, "the saved notebook has no widget state"
+        time.sleep(0.5)
+    for session in lab.api("sessions"):
+        lab.api(f"sessions/{session['id']}", method="DELETE")
+    page.reload()
+    wait_kernel(page, lab, name)
+    for code, what in (("explorer.widget", "explorer"), ("comparison.widget", "methods")):
+        widget = output_of(page, code)
+        widget.scroll_into_view_if_needed()
+        widget.locator("img.widget-image").first.wait_for(state="visible")
+        report = snapshot_report(widget)
+        assert report["note"] and "run the cell to use the controls" in report["note"], (what, report)
+        assert report["figure"] and report["marks"] == 0 and report["controls"] == 0, (what, report)
+        assert report["inputs"] == 0, (what, report)
+        widget.locator(".gradeclip-snapshot-note").first.scroll_into_view_if_needed()
+        steps.shot(f"reopened-{what}")
+    assert_clean(page)
+
+    shared = nbformat.read(lab.root / name, as_version=4)
+    shared.cells[0].source += "\n\nA colleague's copy."
+    nbformat.write(shared, lab.root / "shared.ipynb")
+    open_notebook(page, lab, "shared.ipynb")
+    explorer = output_of(page, "explorer.widget")
+    explorer.scroll_into_view_if_needed()
+    snapshot = explorer.locator(".gradeclip-snapshot").first
+    snapshot.wait_for(state="visible")
+    assert "run the cell to use the controls" in snapshot.inner_text()
+    assert snapshot.locator("img").first.evaluate("img => img.complete && img.naturalWidth > 100")
+    assert not explorer.locator(".jupyter-widgets").count()
+    steps.shot("untrusted-copy")
 
 
 def test_the_shipped_notebooks_open_unmodified(browser_page, tmp_path):
