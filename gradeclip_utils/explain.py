@@ -24,7 +24,7 @@ from .methods.scores import DEFAULT_SCORE, check_count, explained_score, others_
 from .prompts import encode_texts, prompt_targets, zero_shot_classifier
 from .results import ImageExplanation, TextExplanation
 from .session import check_supported, explaining, release_frames, run_image_method, run_text_method
-from .text import as_text_list, group_words, token_pieces
+from .text import as_text_list, cut_words, group_words, token_pieces
 
 #: the text blocks explained by default (the authors sum the last 8)
 TEXT_LAYERS = 8
@@ -249,4 +249,5 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
     return TextExplanation(texts=texts, tokens=pieces, token_importance=token_importance,
                            words=[[w for w, _ in ws] for ws in words], word_importance=word_importance,
                            scores=text_scores, images=[p.display for p in prepared],
-                           settings=settings, config=config)
+                           settings=settings, config=config,
+                           truncated=[cut_words(model, text, kept) for text, kept in zip(texts, pieces)])

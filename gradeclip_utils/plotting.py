@@ -329,7 +329,7 @@ def _shown_maps(rows: Sequence[PanelRow], scale: str) -> tuple[list[list[np.ndar
 
 
 def heat_map_grid(rows: Sequence[PanelRow], *, title: str, scale: str = "panel", colorbar: bool = True,
-                  bar_label: str | None = None, width_px: int | None = 960, columns: int | None = None,
+                  bar_label: str | None = None, width_px: int | None = 980, columns: int | None = None,
                   cmap: str = "jet", alpha: float = 0.5, panel_inches: float = PANEL_INCHES, dpi: int = PANEL_DPI,
                   title_points: float = TITLE_POINTS, suptitle_points: float = SUPTITLE_POINTS,
                   pyplot: bool = False) -> Figure:
@@ -357,8 +357,10 @@ def heat_map_grid(rows: Sequence[PanelRow], *, title: str, scale: str = "panel",
         raise ValueError("nothing to draw: give at least one map or the input")
     shown, vmin, vmax = _shown_maps(rows, scale)
     bar_in = 1.0 if colorbar else 0.0
+    gap_in, margin_in = 0.15, 0.08
+    # the colour bar and the margins left and right: the figure is at most width_px wide
     cols = widest if width_px is None else panel_columns(widest, width_px, panel_inches=panel_inches, dpi=dpi,
-                                                         reserved_px=int(bar_in * dpi))
+                                                         reserved_px=int(round((bar_in + 2 * margin_in) * dpi)))
     if columns is not None:
         cols = min(cols if width_px is not None else columns, columns, widest)
     chars = max(8, int(panel_inches * 72 / (title_points * 0.56)))
@@ -370,7 +372,6 @@ def heat_map_grid(rows: Sequence[PanelRow], *, title: str, scale: str = "panel",
     pad_pt = 5
     line_in = title_points * 1.3 / 72
     head_in = (suptitle.count("\n") + 1) * suptitle_points * 1.35 / 72 + 0.12
-    gap_in, margin_in = 0.15, 0.08
     title_in = title_lines * line_in + pad_pt / 72
     cell_w, cell_h = panel_inches + gap_in, panel_inches + title_in + gap_in
     width = round((cols * cell_w + bar_in + 2 * margin_in) * dpi) / dpi  # whole pixels
@@ -417,7 +418,7 @@ def heat_map_grid(rows: Sequence[PanelRow], *, title: str, scale: str = "panel",
 
 def heat_map_panels(picture: Image.Image, maps: Sequence[np.ndarray], titles: Sequence[str], *, title: str,
                     scale: str = "panel", colorbar: bool = True, flagged: Sequence[bool] | None = None,
-                    width_px: int = 960, input_title: str | None = "input", cmap: str = "jet", alpha: float = 0.5,
+                    width_px: int = 980, input_title: str | None = "input", cmap: str = "jet", alpha: float = 0.5,
                     panel_inches: float = PANEL_INCHES, dpi: int = PANEL_DPI, columns: int | None = None,
                     reuse: Figure | None = None) -> Figure:
     """The input picture, then one overlay per map, in as many rows as ``width_px`` needs (``heat_map_grid``

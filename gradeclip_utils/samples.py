@@ -1,6 +1,6 @@
 """The sample images and what the package does with any image before explaining it: the bundled
 photographs and synthetic scene, their captions, readable names, the input ``explain_image`` takes, the
-default resolution, and a synthetic scene's prompts and prompted objects' masks.
+default resolution, the prompts that describe an image, and a synthetic scene's prompted objects' masks.
 
 Both the explorers (``widgets``) and the notebooks' studies (``studies``) build on these.
 """
@@ -98,6 +98,22 @@ def object_prompts(scene: Any) -> list[str]:
     from .synthetic.captions import object_caption, unique_objects
 
     return [object_caption(scene.objects, index).text for index in sorted(unique_objects(scene.objects))]
+
+
+def image_prompts(image: Any) -> list[str]:
+    """Prompts that describe ``image``: a synthetic scene's object prompts, then its captions (pair,
+    relation, the full list); a bundled photograph's caption; [] for other images."""
+    from .synthetic import Scene
+
+    if isinstance(image, Scene):
+        prompts = object_prompts(image)
+        for kind in ("pair", "relation", "full"):
+            if kind in image.captions and image.captions[kind].text not in prompts:
+                prompts.append(image.captions[kind].text)
+        return prompts
+    if isinstance(image, (str, Path)) and Path(image).stem in PHOTO_CAPTIONS:
+        return [PHOTO_CAPTIONS[Path(image).stem]]
+    return []
 
 
 def prompt_mask(scene: Any, prompt: str) -> np.ndarray | None:

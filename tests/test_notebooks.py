@@ -102,6 +102,22 @@ def test_overrides_are_checked_before_anything_runs():
         overrides_per_notebook(NOTEBOOKS, {"N_IMAGE": 5})
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_metadata_is_what_jupyterlab_writes_on_open(path):
+    """JupyterLab sets a notebook's kernelspec and language_info to its kernel's when it opens it, and marks
+    the notebook modified where they differ: they are stored as ipykernel's python3 kernel gives them (the
+    browser test opens them, with the patch version too), with nbformat 4.5's cell ids."""
+    from ipykernel.ipkernel import IPythonKernel
+
+    notebook = nbformat.read(path, as_version=4)
+    assert (notebook.nbformat, notebook.nbformat_minor) == (4, 5) and all("id" in cell for cell in notebook.cells)
+    assert notebook.metadata["kernelspec"] == {"display_name": "Python 3 (ipykernel)", "language": "python",
+                                               "name": "python3"}
+    stored, kernel = dict(notebook.metadata["language_info"]), dict(IPythonKernel.language_info)
+    assert stored.pop("version").split(".")[:2] == kernel.pop("version").split(".")[:2]
+    assert stored == kernel
+
+
 class _Bar:
     """What the runner's tqdm bar is told."""
 

@@ -3,22 +3,24 @@ the block, mode, method and colour scale as controls."""
 
 from __future__ import annotations
 
+import html
 from typing import Any, Mapping, NamedTuple, Sequence
-
-import numpy as np
 
 from ..config import ExplainConfig, applied_settings
 from ..maps import resize_maps
 from ..plotting import heat_map_panels, signed
-from ..samples import as_input, default_resolution, named_images
+from ..samples import as_input, default_resolution, image_prompts, named_images, object_prompts
+from ..text import cut_note, has_words
 from . import controls
 from .base import DEBOUNCE_SECONDS, DEFAULT_WIDTH, BaseExplorer, from_browser
-from .markup import scores_html, status_html, words_html, words_title
-from .policy import (image_blocks, image_methods, merged_options, method_takes, text_blocks, unused_settings,
+from .markup import RED, best_prompt, scores_html, status_html, words_html, words_title
+from .policy import (image_blocks, image_methods, merged_options, settings_used, text_blocks, unused_settings,
                      words_method)
 
 #: the first entry of the list of suggested prompts (choosing another adds it to the prompts)
 ADD_PROMPT = "(add a prompt)"
+#: the entry of that list that replaces the prompts by one per object of the chosen (synthetic) image
+OBJECT_PROMPTS = "(this image's objects)"
 
 
 class Explained(NamedTuple):
@@ -64,46 +66,70 @@ class Explorer(BaseExplorer):
         blocks = image_blocks(model)
         self.image = controls.image_list(self.images)
         self.method = w.Dropdown(options=methods, value=method, description="method")
-        self.suggestions = w.Dropdown(options=[ADD_PROMPT, *suggestions], description="add")
-        self.layer = w.IntSlider(min=0, max=blocks - 1, value=layer % blocks, description="block",
-                                 continuous_update=False)
+        self.given_suggestions = list(suggestions)
+        self.suggestions = w.Dropdown(options=self._suggestion_options(), description="add")
+        self.layer = controls.block_slider(0, blocks - 1, layer % blocks)
         self.mode = controls.mode_buttons(mode)
         self.shared = controls.shared_box(shared_scale, "prompts")
         self.scores = w.HTML()
         self.words = w.HTML()
         hint = controls.hint("prompts are separated by <b>;</b> &mdash; press <b>Enter</b> in the box (or "
-                             "<b>apply</b>) to draw; the list on the right adds a suggested prompt")
-        rows = w.VBox([w.HBox([self.image, self.method, self.suggestions]), w.HBox([self.prompts, self.apply]), hint,
-                       w.HBox([self.layer, self.mode, self.shared])])
-        self.widget = controls.panel("Explorer", [self.style, rows, self.status, self.view,
-                                                  w.HBox([self.scores, self.words])])
+                             "<b>apply</b>) to draw; the <b>add</b> list adds a suggested prompt or one that "
+                             "describes the image (or all of its objects)")
+        self._layout("Explorer", [controls.row([self.image, self.method, self.suggestions]),
+                                  controls.row([self.prompts, self.apply]), hint,
+                                  controls.row([self.layer, self.mode, self.shared])],
+                     [controls.row([self.scores, self.words], align="flex-start")])
         self.suggestions.observe(self._add_suggestion, names="value")
+        self.image.observe(lambda _change: self._setting_controls(self._offer_image_prompts), names="value")
+        self.method.observe(lambda _change: self._enable_settings(), names="value")
+        self._enable_settings()
         self._connect([self.image, self.prompts, self.layer, self.mode, self.method, self.shared], auto_render)
 
+    def _suggestion_options(self) -> list[Any]:
+        """The "add" list: the chosen image's own prompts first (marked so), then the suggestions given."""
+        image = self.images[self.image.value]
+        own = image_prompts(image)
+        options: list[Any] = [ADD_PROMPT] + ([OBJECT_PROMPTS] if object_prompts_of(image) else [])
+        options += [(f"{prompt} \u00b7 this image", prompt) for prompt in own]
+        return options + [p for p in dict.fromkeys(self.given_suggestions) if p not in own]
+
+    def _offer_image_prompts(self) -> None:
+        self.suggestions.options = self._suggestion_options()
+        self.suggestions.value = ADD_PROMPT
+
+    def _enable_settings(self) -> None:
+        """Disable the block slider and the mode buttons while the chosen method does not use them."""
+        method = self.method.value
+        used = settings_used(method) if method else {"layers": True, "mode": True}
+        for control, setting, label in ((self.layer, "layers", "block"), (self.mode, "mode", "mode")):
+            control.disabled = not used[setting]
+            control.tooltip = None if used[setting] else f"{method} does not use the {label} setting"
+
     def _add_suggestion(self, change: Any) -> None:
-        if change["new"] == ADD_PROMPT:
+        if change["new"] == ADD_PROMPT or self._rendering:
             return
         current = self.current_prompts()
         browser = from_browser(change)
-        if change["new"] not in current:
-            self._rendering = True  # one redraw below, not one for the prompt box too
-            try:
-                self.prompts.value = controls.join_prompts([*current, change["new"]])
-            finally:
-                self._rendering = False
-            if browser:
+        if change["new"] == OBJECT_PROMPTS:
+            wanted = object_prompts_of(self.images[self.image.value])
+        else:
+            wanted = current + ([change["new"]] if change["new"] not in current else [])
+        if wanted != current:
+            self._setting_controls(lambda: setattr(self.prompts, "value", controls.join_prompts(wanted)))
+            if browser:  # one redraw below, not one for the prompt box too
                 self.schedule()
             else:
                 self.render()
-        self.suggestions.value = ADD_PROMPT
+        self._setting_controls(lambda: setattr(self.suggestions, "value", ADD_PROMPT))
 
     def settings(self) -> dict[str, Any]:
         """What the next render will use."""
         method = self.method.value
+        used = settings_used(method) if method else {"layers": True, "mode": True}
         return {"image": self.image.value, "prompts": self.current_prompts(), "layers": [self.layer.value],
                 "mode": self.mode.value, "method": method, "shared_scale": bool(self.shared.value),
-                "uses_layers": method_takes(method, "layers") if method else True,
-                "uses_mode": method_takes(method, "mode") if method else True}
+                "uses_layers": used["layers"], "uses_mode": used["mode"]}
 
     def _clear_outputs(self) -> None:
         self.scores.value = ""
@@ -144,7 +170,9 @@ class Explorer(BaseExplorer):
         text_method = words_method(state["method"])
         words = self._explain_words(state, image, resolution, text_method)
         state.update(text_method=text_method, resolution=resolution,
-                     scores=[float(s) for s in explanation.scores[0]])
+                     scores=[float(s) for s in explanation.scores[0]],
+                     no_words=[p for p in state["prompts"] if not has_words(p)],
+                     truncated={p: cut for p, cut in zip(state["prompts"], words.truncated) if cut})
         state.update({k: v for k, v in explanation.settings.items() if k not in state})
         return Explained(explanation, words)
 
@@ -155,8 +183,9 @@ class Explorer(BaseExplorer):
         size = (picture.height, picture.width)
         maps = [resize_maps(explanation.raw[0][k], size).numpy() for k in range(len(explanation.prompts))]
         scores = state["scores"]
-        best = int(np.argmax(scores))
+        best = best_prompt(explanation.prompts, scores)
         titles = [f"{prompt}\nS = {signed(s)}{' (best)' if k == best and len(scores) > 1 else ''}"
+                  + ("" if has_words(prompt) else " (no words)")
                   for k, (prompt, s) in enumerate(zip(explanation.prompts, scores))]
         scale = "shared" if state["shared_scale"] else "panel"
         described = self.model.describe()
@@ -164,8 +193,9 @@ class Explorer(BaseExplorer):
         scale_text = "one colour scale for all prompts" if scale == "shared" else "each panel on its own scale"
         title = (f"{self._describe(state)}\n{state['image']} \u00b7 model {described.get('model')}{weights} "
                  f"\u00b7 {scale_text}")
+        flagged = [s < 0 or not has_words(p) for p, s in zip(explanation.prompts, scores)]
         return heat_map_panels(picture, maps, titles, title=title, scale=scale, colorbar=self.colorbar,
-                               flagged=[s < 0 for s in scores], width_px=self.width, reuse=self._drawn)
+                               flagged=flagged, width_px=self.width, reuse=self._drawn)
 
     def show(self, result: Explained, state: dict[str, Any]) -> None:
         """The scores, the word importance and the status line (which says which settings the method
@@ -176,5 +206,22 @@ class Explorer(BaseExplorer):
         ignored = unused_settings(state["method"])
         note = f" ({state['method']} does not use the {' or '.join(ignored)} setting)" if ignored else ""
         count = len(state["prompts"])
+        lines = [f"\u201c{shortened(p)}\u201d: {cut_note(cut)}" for p, cut in state["truncated"].items()]
+        if state["no_words"]:
+            lines.append(f"{len(state['no_words'])} prompt{'s have' if len(state['no_words']) != 1 else ' has'} no "
+                         "words (punctuation or spaces alone): scored, but never the best")
+        notes = "".join(f"<br><small style='color:{RED}'>{html.escape(line)}</small>" for line in lines)
         self.status.value = status_html(f"{self._describe(state)} \u00b7 {count} prompt{'s' if count != 1 else ''} "
-                                        f"\u00b7 drawn in {state['seconds']:.2f} s{note}")
+                                        f"\u00b7 drawn in {state['seconds']:.2f} s{note}") + notes
+
+
+def object_prompts_of(image: Any) -> list[str]:
+    """One prompt per object of a synthetic scene (``samples.object_prompts``); [] for other images."""
+    from ..synthetic import Scene
+
+    return object_prompts(image) if isinstance(image, Scene) else []
+
+
+def shortened(text: str, length: int = 40) -> str:
+    """``text`` cut to ``length`` characters, with an ellipsis when it was longer."""
+    return text if len(text) <= length else text[:length - 1] + "\u2026"

@@ -30,6 +30,8 @@ class LayerViewer(BaseExplorer):
 
     timed = False  # switching between maps computed beforehand: nothing to time
 
+    kind = "layers"
+
     def __init__(self, model: Any, image: Any, prompt: str, *, method: str = "grad_eclip", mode: str = "faithful",
                  resolution: str | None = None, width: int = DEFAULT_WIDTH, debounce: float = DEBOUNCE_SECONDS,
                  auto_render: bool = True) -> None:
@@ -44,12 +46,10 @@ class LayerViewer(BaseExplorer):
         self.resolution = resolution or default_resolution(model, image)
         self.maps = layer_maps(model, image, [prompt], method=method, mode=mode, resolution=self.resolution)
         blocks = sorted(self.maps)
-        self.layer = w.IntSlider(min=blocks[0], max=blocks[-1], value=blocks[-1], description="block",
-                                 continuous_update=False)
+        self.layer = controls.block_slider(blocks[0], blocks[-1], blocks[-1])
         self.cumulative = w.Checkbox(value=False, description="sum from this block to the last", indent=False,
                                      layout=w.Layout(width="auto"))
-        self.widget = controls.panel("LayerViewer", [self.style, w.HBox([self.layer, self.cumulative]), self.status,
-                                                     self.view])
+        self._layout("LayerViewer", [controls.row([self.layer, self.cumulative])])
         self._connect([self.layer, self.cumulative], auto_render)
 
     def settings(self) -> dict[str, Any]:

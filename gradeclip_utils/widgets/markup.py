@@ -10,20 +10,38 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..plotting import format_seconds, signed
+from ..text import cut_note, has_words
 from .policy import WORDS_METHOD
 
-#: the explorers' classes: a figure greyed out while stale, the busy cursor, the status line and its badge
+#: what a saved explorer without a kernel says instead of showing its controls
+SNAPSHOT_NOTE = "run the cell to use the controls"
+
+#: the explorers' classes: the figure scaled down to the output's width (never cut), a figure greyed out
+#: while outdated, the busy cursor and badge, the status line; and, where the widget is shown from a saved
+#: notebook without a kernel (ipywidgets marks every view "disconnected"), its controls and the broken-link
+#: marks hidden and the snapshot note shown
 STYLE = """<style>
+.gradeclip-panel img.widget-image { max-width: 100%; height: auto; }
 .gradeclip-stale { opacity: 0.3; filter: grayscale(80%); transition: opacity 0.1s; }
 .gradeclip-busy, .gradeclip-busy * { cursor: progress; }
-.gradeclip-status { min-height: 1.5em; }
-.gradeclip-busy-badge { background: #f5b041; color: black; border-radius: 3px; padding: 1px 6px; }
+.gradeclip-status { min-height: 1.5em; max-width: 100%; }
+.gradeclip-panel .widget-html-content { line-height: 1.4; }
+.gradeclip-busy-badge { background: #f5b041; color: black; border-radius: 3px; padding: 1px 6px; white-space: nowrap; }
+.gradeclip-spinner { display: inline-block; width: 0.7em; height: 0.7em; margin-right: 4px; border: 2px solid black;
+  border-right-color: transparent; border-radius: 50%; animation: gradeclip-spin 0.8s linear infinite; }
+@keyframes gradeclip-spin { to { transform: rotate(360deg); } }
+.gradeclip-snapshot-note { display: none; }
+.gradeclip-panel.jupyter-widgets-disconnected .gradeclip-snapshot-note { display: block; background: #fdebd0;
+  border-left: 4px solid #f5b041; padding: 2px 8px; }
+.gradeclip-panel.jupyter-widgets-disconnected .gradeclip-controls { display: none; }
+.gradeclip-panel.jupyter-widgets-disconnected::before,
+.gradeclip-panel .jupyter-widgets-disconnected::before { content: none; display: none; }
 </style>"""
 
 #: the colour of a negative score and of an error
 RED = "#b03a2e"
-_CELL = "padding:2px 10px;text-align:right;white-space:nowrap"
-_FIRST = "padding:2px 10px;text-align:left"
+_CELL = "padding:2px 6px;text-align:right"  # headings wrap in a narrow output; the numbers have no spaces
+_FIRST = "padding:2px 6px;text-align:left"
 
 
 def settings_text(state: Mapping[str, Any], precision: str | None) -> str:
@@ -49,9 +67,23 @@ def status_html(text: str) -> str:
 
 
 def busy_html(text: str) -> str:
-    """The status line while a render of ``text``'s settings is under way."""
-    return (f"<div><span class='gradeclip-busy-badge'>\u23f3 rendering</span> <small>{html.escape(text)} "
-            "\u2026 (the figure below is from the previous settings)</small></div>")
+    """The status line from a change until its figure is in: what is being drawn, and that the figure shown
+    is outdated."""
+    return (f"<div><span class='gradeclip-busy-badge'><span class='gradeclip-spinner'></span>rendering\u2026</span> "
+            f"<small>{html.escape(text)} \u2026 the figure below is <b>outdated</b> (previous settings)</small></div>")
+
+
+def snapshot_html(png: bytes | None, status: str, name: str) -> str:
+    """What explorer ``name`` shows where no widget can be: its figure as a static picture (``png``, from
+    when it was displayed), the status line of that figure (``status``, HTML) and the note that the controls
+    need the cell run."""
+    import base64
+
+    picture = ("<img style='max-width:100%;height:auto' alt='the figure' src='data:image/png;base64,"
+               f"{base64.b64encode(png).decode('ascii')}'/>") if png else ""
+    return (f"<div class='gradeclip-snapshot'><div style='background:#fdebd0;border-left:4px solid #f5b041;"
+            f"padding:2px 8px'><b>{html.escape(name)}: static snapshot</b> \u2014 {SNAPSHOT_NOTE}</div>"
+            f"<div>{status}</div>{picture}</div>")
 
 
 def error_html(message: str, what: str = "") -> str:
@@ -67,7 +99,8 @@ def words_title(text_method: str) -> str:
 
 
 def words_html(text_explanation: Any, image: int = 0) -> str:
-    """Each prompt's words shaded by their importance (darker red = more important), as HTML."""
+    """Each prompt's words shaded by their importance (darker red = more important), as HTML; the words
+    of a prompt cut at the context length follow in grey, struck through."""
     import matplotlib
 
     colours = matplotlib.colormaps["Reds"]
@@ -83,24 +116,39 @@ def words_html(text_explanation: Any, image: int = 0) -> str:
             style = (f"background:rgb({int(r * 255)},{int(g * 255)},{int(b * 255)});color:{colour};"
                      "padding:1px 3px;border-radius:3px")
             spans.append(f"<span title='{float(value):.3f}' style='{style}'>{html.escape(word)}</span>")
+        if pair.truncated:
+            spans.append(f"<span title='{html.escape(cut_note(pair.truncated))}' style='color:#888;"
+                         f"text-decoration:line-through'>{html.escape(' '.join(pair.truncated))}</span>")
         score_colour = RED if pair.score < 0 else "black"
         lines.append(f"<div style='margin:2px 0'><code style='color:{score_colour}'>{signed(pair.score)}</code> "
                      f"{' '.join(spans)}</div>")
     return "".join(lines)
 
 
+def best_prompt(prompts: Sequence[str], scores: Sequence[float]) -> int | None:
+    """The index of the best-scoring prompt that has words (``text.has_words``); None when none has."""
+    candidates = [k for k, prompt in enumerate(prompts) if has_words(prompt)]
+    return max(candidates, key=lambda k: scores[k]) if candidates and len(scores) else None
+
+
 def scores_html(prompts: Sequence[str], scores: Sequence[float]) -> str:
-    """The prompts with their scores S, signed (negative in red), the best in bold."""
-    best = int(np.argmax(scores)) if len(scores) else -1
+    """The prompts with their scores S, signed (negative in red), the best in bold; a prompt with no words
+    (punctuation alone) is marked so and never the best."""
+    best = best_prompt(prompts, scores)
     rows = []
     for i, (prompt, score) in enumerate(zip(prompts, scores)):
         colour = RED if score < 0 else "black"
         value = f"<b>{signed(score, 4)}</b>" if i == best else signed(score, 4)
-        rows.append(f"<tr><td style='{_FIRST}'>{html.escape(prompt)}</td>"
+        mark = "" if has_words(prompt) else f" <small style='color:{RED}'>(no words)</small>"
+        rows.append(f"<tr><td style='{_FIRST}'>{html.escape(prompt)}{mark}</td>"
                     f"<td style='{_CELL};color:{colour}'>{value}</td></tr>")
     head = f"<tr><th style='{_FIRST}'>prompt</th><th style='{_CELL}'>S (cosine)</th></tr>"
-    note = ("<tr><td colspan='2' style='padding:2px 10px'><small>S &lt; 0 (red): the image and the prompt do "
-            "not match; its map still has a maximum</small></td></tr>") if any(s < 0 for s in scores) else ""
+    notes = []
+    if any(s < 0 for s in scores):
+        notes.append("S &lt; 0 (red): the image and the prompt do not match; its map still has a maximum")
+    if not all(has_words(p) for p in prompts):
+        notes.append("(no words): punctuation or spaces alone, scored but naming nothing; never the best")
+    note = "".join(f"<tr><td colspan='2' style='padding:2px 6px'><small>{n}</small></td></tr>" for n in notes)
     return f"<table style='border-collapse:collapse'>{head}{''.join(rows)}{note}</table>"
 
 
@@ -144,7 +192,7 @@ def rows_html(rows: Sequence[dict[str, Any]], no_mask_reason: str | None = None,
     for method, reason in (failed or {}).items():
         body.append(f"<tr><td style='{_FIRST}'>{html.escape(method)}</td><td colspan='{len(ROW_COLUMNS) - 1}' "
                     f"style='{_FIRST};color:{RED}'>could not run: {html.escape(reason)}</td></tr>")
-    note = (f"<tr><td colspan='{len(ROW_COLUMNS)}' style='padding:2px 10px'><small>energy n/a: "
+    note = (f"<tr><td colspan='{len(ROW_COLUMNS)}' style='padding:2px 6px'><small>energy n/a: "
             f"{html.escape(no_mask_reason)}</small></td></tr>") if no_mask_reason else ""
     return f"<table style='border-collapse:collapse'><tr>{head}</tr>{''.join(body)}{note}</table>"
 

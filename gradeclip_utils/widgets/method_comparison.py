@@ -13,7 +13,8 @@ from ..config import ExplainConfig, applied_settings
 from ..maps import resize_maps
 from ..metrics import energy_pointing_game, pointing_game
 from ..plotting import format_seconds, heat_map_panels, signed
-from ..samples import as_input, default_resolution, named_images, prompt_mask
+from ..samples import as_input, default_resolution, image_prompts, named_images, prompt_mask
+from ..text import has_words
 from . import controls
 from .base import DEBOUNCE_SECONDS, DEFAULT_WIDTH, BaseExplorer
 from .markup import rows_html, status_html
@@ -27,8 +28,11 @@ class MethodComparison(BaseExplorer):
     On a synthetic scene with a prompt of its grammar, the table also gives each map's share of mass
     on the prompted objects (energy pointing game) and whether its maximum falls on them; otherwise
     those columns say why there is no value. Each method's map is cached, so adding a method to the
-    selection computes only that one.
+    selection computes only that one. The prompt box's list offers the prompts that describe the chosen
+    image (``samples.image_prompts``), then the prompts given.
     """
+
+    kind = "methods"
 
     def __init__(self, model: Any, images: Any, prompts: Sequence[str], methods: Sequence[str] | None = None, *,
                  layer: int = -1, mode: str = "faithful", resolution: str | None = None,
@@ -48,18 +52,26 @@ class MethodComparison(BaseExplorer):
         self.layer_index = layer % image_blocks(model)
         self.mode = mode
         self.image = controls.image_list(self.images)
-        self.prompt = w.Combobox(options=list(prompts), value=prompts[0], description="prompt", ensure_option=False,
-                                 continuous_update=False, placeholder="type a prompt and press Enter",
-                                 layout=w.Layout(width="420px"))
+        self.given_prompts = list(prompts)
+        self.prompt = w.Combobox(options=self._prompt_options(), value=prompts[0], description="prompt",
+                                 ensure_option=False, continuous_update=False,
+                                 placeholder="type a prompt and press Enter", layout=controls.flexible(420, 240))
         self.apply = controls.apply_button("prompt")
         self.methods = w.SelectMultiple(options=available, value=tuple(chosen), description="methods", rows=8)
-        self.table = w.HTML()
-        hint = controls.hint("press <b>Enter</b> in the prompt box (or <b>apply</b>); ctrl-click or shift-click "
-                             "to choose several methods")
-        self.widget = controls.panel("MethodComparison", [
-            self.style, w.HBox([w.VBox([self.image, w.HBox([self.prompt, self.apply]), hint]), self.methods]),
-            self.status, self.view, self.table])
+        self.table = w.HTML(layout=w.Layout(max_width="100%", overflow="auto"))
+        hint = controls.hint("press <b>Enter</b> in the prompt box (or <b>apply</b>); its list offers the prompts "
+                             "that describe the image; ctrl-click or shift-click to choose several methods")
+        self._layout("MethodComparison", [controls.row([
+            w.VBox([self.image, controls.row([self.prompt, self.apply]), hint],
+                   layout=w.Layout(flex="1 1 420px", max_width="100%")), self.methods])], [self.table])
+        self.image.observe(lambda _change: self._setting_controls(
+            lambda: setattr(self.prompt, "options", self._prompt_options())), names="value")
         self._connect([self.image, self.prompt, self.methods], auto_render)
+
+    def _prompt_options(self) -> list[str]:
+        """The prompt box's list: the prompts that describe the chosen image, then those given."""
+        own = image_prompts(self.images[self.image.value])
+        return list(dict.fromkeys([*own, *self.given_prompts]))
 
     def settings(self) -> dict[str, Any]:
         return {"image": self.image.value, "prompt": self.prompt.value.strip(), "methods": list(self.methods.value),
@@ -134,6 +146,8 @@ class MethodComparison(BaseExplorer):
                  f"each panel on its own scale; {ignored}: the method ignores that setting")
         if state.get("failed"):
             title += f"\nnot drawn (could not run on this model): {', '.join(state['failed'])}"
+        if not has_words(state["prompt"]):
+            title += "\nthe prompt has no words (punctuation or spaces alone): its maps name nothing"
         return heat_map_panels(picture, maps, titles, title=title, scale="panel", colorbar=self.colorbar,
                                flagged=[False] * len(rows) if one_score else [s < 0 for s in scores],
                                width_px=self.width, reuse=self._drawn)
@@ -144,6 +158,8 @@ class MethodComparison(BaseExplorer):
         self.table.value = rows_html(rows, state["no_mask_reason"], failed)
         note = (f" \u00b7 {len(failed)} method{'s' if len(failed) != 1 else ''} could not run (see the table)"
                 if failed else "")
+        if not has_words(state["prompt"]):
+            note += " \u00b7 the prompt has no words (punctuation or spaces alone)"
         self.status.value = status_html(f"{self._describe(state)} \u00b7 drawn in {format_seconds(state['seconds'])} (maps: "
                                         f"{format_seconds(sum(r['seconds'] for r in rows))} when first computed){note}")
 

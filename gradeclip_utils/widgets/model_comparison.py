@@ -8,11 +8,13 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from ..config import applied_settings
 from ..samples import as_input, default_resolution, named_images
+from ..text import has_words
 from . import controls
 from .base import DEBOUNCE_SECONDS, DEFAULT_WIDTH, BaseExplorer
 from .markup import agreement_html, status_html
-from .policy import image_methods
+from .policy import image_methods, settings_used
 
 
 class Compared(NamedTuple):
@@ -32,6 +34,8 @@ class ModelComparisonView(BaseExplorer):
     (``compare.ModelComparison.agreement``). ``shared_scale`` (a checkbox) puts every panel on one colour
     scale, so that a model whose maps are weaker shows weaker maps. Comparisons are cached.
     """
+
+    kind = "models"
 
     def __init__(self, models: Mapping[str, Any], images: Any, prompts: Sequence[str], *, method: str = "grad_eclip",
                  mode: str = "faithful", resolution: str | None = None, shared_scale: bool = False,
@@ -55,23 +59,36 @@ class ModelComparisonView(BaseExplorer):
         self.prompts, self.apply = controls.prompt_box(prompts)
         self.mode = controls.mode_buttons(mode)
         self.shared = controls.shared_box(shared_scale, "panels")
-        self.table = w.HTML()
+        self.table = w.HTML(layout=w.Layout(max_width="100%", overflow="auto"))
         hint = controls.hint("prompts are separated by <b>;</b> &mdash; press <b>Enter</b> in the box (or "
                              f"<b>apply</b>) to draw; {len(self.models)} models: {html.escape(', '.join(self.models))}")
-        self.widget = controls.panel("ModelComparisonView", [
-            self.style, w.VBox([w.HBox([self.image, self.method]), w.HBox([self.prompts, self.apply]), hint,
-                                w.HBox([self.mode, self.shared])]), self.status, self.view, self.table])
+        self._layout("ModelComparisonView", [controls.row([self.image, self.method]),
+                                             controls.row([self.prompts, self.apply]), hint,
+                                             controls.row([self.mode, self.shared])], [self.table])
+        self.method.observe(lambda _change: self._enable_settings(), names="value")
+        self._enable_settings()
         self._connect([self.image, self.prompts, self.method, self.mode, self.shared], auto_render)
 
+    def _enable_settings(self) -> None:
+        """Disable the mode buttons while the chosen method does not use the mode."""
+        used = settings_used(self.method.value)["mode"]
+        self.mode.disabled = not used
+        self.mode.tooltip = None if used else f"{self.method.value} does not use the mode setting"
+
     def settings(self) -> dict[str, Any]:
+        used = settings_used(self.method.value)
         return {"image": self.image.value, "prompts": self.current_prompts(), "method": self.method.value,
                 "mode": self.mode.value, "layers": [-1], "shared_scale": bool(self.shared.value),
-                "models": list(self.models)}
+                "models": list(self.models), "uses_layers": used["layers"], "uses_mode": used["mode"]}
 
     def _describe(self, state: Mapping[str, Any]) -> str:
+        """"grad_eclip · last block · faithful mode · 2 models · fp32", a setting the method does not use
+        said to be unused (as the explorer says it)."""
         precisions = sorted({str(m.describe().get("precision")) for m in self.models.values()})
-        return " \u00b7 ".join([str(state.get("method")), "last block", f"{state.get('mode')} mode",
-                                f"{len(self.models)} models", "/".join(precisions)])
+        block = "last block" if state.get("uses_layers", True) else "block: not used"
+        mode = f"{state.get('mode')} mode" if state.get("uses_mode", True) else "mode: not used"
+        return " \u00b7 ".join([str(state.get("method")), block, mode, f"{len(self.models)} models",
+                                "/".join(precisions)])
 
     def _clear_outputs(self) -> None:
         self.table.value = ""
@@ -85,10 +102,13 @@ class ModelComparisonView(BaseExplorer):
             raise ValueError("type at least one prompt (separate several with ';')")
         image = self.images[state["image"]]
         resolution = self.resolution or default_resolution(self.model, image)
-        key = ("models", state["image"], tuple(state["prompts"]), state["method"], state["mode"], resolution)
+        # a mode the method does not use is left at its default: it would be refused, and the cache then
+        # keeps one comparison for every value of it
+        applied = applied_settings(state["method"], {"mode": state["mode"]})
+        key = ("models", state["image"], tuple(state["prompts"]), state["method"], applied.get("mode"), resolution)
         comparison = self.cache.get(key, lambda: compare_models(
-            self.models, as_input(image), state["prompts"], method=state["method"], mode=state["mode"],
-            resolution=resolution, progress=False))
+            self.models, as_input(image), state["prompts"], method=state["method"], resolution=resolution,
+            progress=False, **applied))
         agreement = comparison.agreement()[0]  # (K, M, M)
         scores = comparison.scores[:, 0]  # (M, K)
         state.update(resolution=resolution, scores=scores.tolist(),
@@ -107,4 +127,7 @@ class ModelComparisonView(BaseExplorer):
         """The agreement table and the status line."""
         self.comparison = result.comparison
         self.table.value = agreement_html(result.comparison.names, state["prompts"], result.agreement)
-        self.status.value = status_html(f"{self._describe(state)} \u00b7 drawn in {state['seconds']:.2f} s")
+        empty = [p for p in state["prompts"] if not has_words(p)]
+        note = (f" \u00b7 {len(empty)} prompt{'s have' if len(empty) != 1 else ' has'} no words (punctuation or "
+                "spaces alone)") if empty else ""
+        self.status.value = status_html(f"{self._describe(state)} \u00b7 drawn in {state['seconds']:.2f} s{note}")

@@ -67,6 +67,12 @@ def unused_settings(method: str) -> list[str]:
     return [label for setting, label in OFFERED_SETTINGS.items() if not method_takes(method, setting)]
 
 
+def settings_used(method: str) -> dict[str, bool]:
+    """For each offered setting ("layers", "mode"), whether ``method`` applies it: the explorers disable the
+    controls of the others and say they are not used."""
+    return {setting: method_takes(method, setting) for setting in OFFERED_SETTINGS}
+
+
 def words_method(method: str) -> str:
     """The text method that explains the words beside ``method``'s maps: its own text version when it
     has one, else ``WORDS_METHOD``."""
