@@ -391,9 +391,22 @@ def test_explorer_notebook_in_the_browser(browser_page, tmp_path):
         assert shown_at_pixel_size(explorer)
         steps.shot("prompt")
 
+        # the explained score: the zero-shot probability among the prompts, then back to the cosine
+        score = control(explorer, "widget-dropdown", "score").locator("select")
+        score.select_option(label="probability")
+        wait_drawn(explorer, "score probability")
+        assert image_digest(explorer) != after_prompt, "the heat maps did not change with the score"
+        assert "p (probability)" in explorer.locator("table").first.inner_text()
+        steps.shot("probability")
+        score.select_option(label="cosine")
+        wait_drawn(explorer, f"{prompts_before + 1} prompts")
+        assert "score" not in explorer.locator(".gradeclip-status").first.inner_text()
+        assert image_digest(explorer) == after_prompt, "the cosine's maps did not come back"
+
         # the method
         control(explorer, "widget-dropdown", "method").locator("select").select_option(label="rollout")
         wait_drawn(explorer, "rollout \u00b7 block: not used \u00b7 mode: not used")
+        assert score.is_disabled(), "the score switch stays live for a method that ignores the score"
         assert image_digest(explorer) != after_prompt, "the heat maps did not change with the method"
         steps.shot("rollout")
 

@@ -583,3 +583,39 @@ def test_a_saved_explorer_shows_a_static_snapshot_without_a_kernel(explorer):
     assert all("gradeclip-controls" in child._dom_classes for child in (explorer.widget.children[2],
                                                                         explorer.widget.children[-1]))
     assert explorer.view.layout.max_width == "100%" and explorer.view.layout.height == "auto"
+
+
+def test_the_score_switch_explains_the_chosen_score(tiny, scenes, explorer):
+    """The explorer's score switch: each score's maps and scores equal explain_image's with that score (the
+    probability's scores sum to 1), the contrast takes prompts written "a | b", a method that ignores the
+    score disables the switch and runs the cosine, the words follow the text method's own scores."""
+    prompts = ["a red circle", "a blue square"]
+    explorer.score.value = "probability"
+    want = direct(tiny, scenes[0], prompts, score="probability")
+    assert explorer.explanation.settings["score"] == "probability"
+    assert torch.allclose(explorer.explanation.maps, want.maps, atol=1e-6)
+    assert torch.allclose(explorer.explanation.scores, want.scores, atol=1e-6)
+    assert abs(float(explorer.explanation.scores.sum()) - 1) < 1e-5
+    assert "score probability" in explorer.status.value and "p (probability)" in explorer.scores.value
+    assert all("\np = " in ax.get_title() for ax in map_panels(explorer.figure)[1:] if ax.get_title())
+    explorer.prompts.value = "a red circle | a blue square"
+    explorer.score.value = "contrast"
+    want = direct(tiny, scenes[0], [("a red circle", "a blue square")], score="contrast")
+    assert explorer.explanation.prompts == ["a red circle rather than a blue square"]
+    assert torch.allclose(explorer.explanation.maps, want.maps, atol=1e-6)
+    assert explorer.text_explanation.texts == prompts  # the words of both captions, by their cosines
+    explorer.prompts.value = "a red circle"
+    assert "could not render" in explorer.status.value and "a red circle | a blue circle" in explorer.status.value
+    explorer.prompts.value = "a red circle; a blue square"
+    explorer.score.value = "logit"
+    explorer.method.value = "rollout"
+    assert explorer.score.disabled and not explorer.last["uses_score"]
+    assert explorer.explanation.settings.get("score", "cosine") == "cosine"
+    assert "score: not used" in explorer.status.value
+    explorer.method.value = "grad_eclip"
+    assert not explorer.score.disabled
+    logit = direct(tiny, scenes[0], prompts, score="logit")
+    cosine = direct(tiny, scenes[0], prompts)
+    assert torch.allclose(explorer.explanation.maps, logit.maps, atol=1e-6)
+    scale = float(tiny.adapter.logit_scale)
+    assert torch.allclose(logit.maps, scale * cosine.maps, rtol=1e-4, atol=1e-6)

@@ -8,14 +8,15 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 from ..config import ExplainConfig, applied_settings
 from ..maps import resize_maps
+from ..methods.scores import DEFAULT_SCORE, SYMBOLS
 from ..plotting import heat_map_panels, signed
 from ..samples import as_input, default_resolution, image_prompts, named_images, object_prompts
 from ..text import cut_note, has_words
 from . import controls
 from .base import DEBOUNCE_SECONDS, DEFAULT_WIDTH, BaseExplorer, from_browser
 from .markup import RED, best_prompt, scores_html, status_html, words_html, words_title
-from .policy import (image_blocks, image_methods, merged_options, settings_used, text_blocks, unused_settings,
-                     words_method)
+from .policy import (contrast_pairs, image_blocks, image_methods, merged_options, settings_used, text_blocks,
+                     text_score, unused_settings, words_method)
 
 #: the first entry of the list of suggested prompts (choosing another adds it to the prompts)
 ADD_PROMPT = "(add a prompt)"
@@ -38,6 +39,8 @@ class Explorer(BaseExplorer):
     methods in the method switch (default: all registered); ``method_options``: extra options per
     method, over ``default_method_options`` (e.g. ``{"rise": {"masks": 2000}}``); ``text_layers``: text
     blocks for word importance (the authors' 8, or all blocks of a smaller text tower);
+    ``score``: the explained score (``methods.scores.SCORES``; a switch changes it; the contrast takes
+    prompts written "a | b" and explains the words of both captions by their cosines);
     ``shared_scale``: start with one colour scale for all prompts (a checkbox switches it);
     ``colorbar``: draw the colour bar; ``width``: pixels the figure wraps its panels to; ``debounce``:
     seconds a browser change waits for the next.
@@ -47,7 +50,7 @@ class Explorer(BaseExplorer):
 
     def __init__(self, model: Any, images: Any, prompts: Sequence[str], *, suggestions: Sequence[str] = (),
                  method: str = "grad_eclip", methods: Sequence[str] | None = None, layer: int = -1,
-                 mode: str = "faithful", resolution: str | None = None,
+                 mode: str = "faithful", score: str = DEFAULT_SCORE, resolution: str | None = None,
                  method_options: Mapping[str, Mapping[str, Any]] | None = None, text_layers: int = 8,
                  shared_scale: bool = False, colorbar: bool = True, width: int = DEFAULT_WIDTH,
                  debounce: float = DEBOUNCE_SECONDS, auto_render: bool = True) -> None:
@@ -70,6 +73,7 @@ class Explorer(BaseExplorer):
         self.suggestions = w.Dropdown(options=self._suggestion_options(), description="add")
         self.layer = controls.block_slider(0, blocks - 1, layer % blocks)
         self.mode = controls.mode_buttons(mode)
+        self.score = controls.score_dropdown(score)
         self.shared = controls.shared_box(shared_scale, "prompts")
         self.scores = w.HTML()
         self.words = w.HTML()
@@ -78,13 +82,14 @@ class Explorer(BaseExplorer):
                              "describes the image (or all of its objects)")
         self._layout("Explorer", [controls.row([self.image, self.method, self.suggestions]),
                                   controls.row([self.prompts, self.apply]), hint,
-                                  controls.row([self.layer, self.mode, self.shared])],
+                                  controls.row([self.layer, self.mode, self.score, self.shared])],
                      [controls.row([self.scores, self.words], align="flex-start")])
         self.suggestions.observe(self._add_suggestion, names="value")
         self.image.observe(lambda _change: self._setting_controls(self._offer_image_prompts), names="value")
         self.method.observe(lambda _change: self._enable_settings(), names="value")
         self._enable_settings()
-        self._connect([self.image, self.prompts, self.layer, self.mode, self.method, self.shared], auto_render)
+        self._connect([self.image, self.prompts, self.layer, self.mode, self.method, self.score, self.shared],
+                      auto_render)
 
     def _suggestion_options(self) -> list[Any]:
         """The "add" list: the chosen image's own prompts first (marked so), then the suggestions given."""
@@ -99,10 +104,12 @@ class Explorer(BaseExplorer):
         self.suggestions.value = ADD_PROMPT
 
     def _enable_settings(self) -> None:
-        """Disable the block slider and the mode buttons while the chosen method does not use them."""
+        """Disable the block slider, the mode buttons and the score switch while the chosen method does not
+        use them."""
         method = self.method.value
-        used = settings_used(method) if method else {"layers": True, "mode": True}
-        for control, setting, label in ((self.layer, "layers", "block"), (self.mode, "mode", "mode")):
+        used = settings_used(method) if method else {"layers": True, "mode": True, "score": True}
+        for control, setting, label in ((self.layer, "layers", "block"), (self.mode, "mode", "mode"),
+                                        (self.score, "score", "score")):
             control.disabled = not used[setting]
             control.tooltip = None if used[setting] else f"{method} does not use the {label} setting"
 
@@ -126,10 +133,11 @@ class Explorer(BaseExplorer):
     def settings(self) -> dict[str, Any]:
         """What the next render will use."""
         method = self.method.value
-        used = settings_used(method) if method else {"layers": True, "mode": True}
+        used = settings_used(method) if method else {"layers": True, "mode": True, "score": True}
         return {"image": self.image.value, "prompts": self.current_prompts(), "layers": [self.layer.value],
-                "mode": self.mode.value, "method": method, "shared_scale": bool(self.shared.value),
-                "uses_layers": used["layers"], "uses_mode": used["mode"]}
+                "mode": self.mode.value, "score": self.score.value, "method": method,
+                "shared_scale": bool(self.shared.value), "uses_layers": used["layers"], "uses_mode": used["mode"],
+                "uses_score": used["score"]}
 
     def _clear_outputs(self) -> None:
         self.scores.value = ""
@@ -142,20 +150,26 @@ class Explorer(BaseExplorer):
         # cache then keeps one explanation for every value of it
         config = ExplainConfig(method=state["method"], resolution=resolution,
                                options=self.method_options.get(state["method"], {}),
-                               **applied_settings(state["method"], {"layers": state["layers"], "mode": state["mode"]}))
-        key = ("image", state["image"], tuple(state["prompts"]), config.method, config.layers, config.mode,
-               config.resolution)
-        return self.cache.get(key, lambda: explain_image(self.model, as_input(image), state["prompts"],
+                               **applied_settings(state["method"], {"layers": state["layers"], "mode": state["mode"],
+                                                                    "score": state["score"]}))
+        prompts = contrast_pairs(state["prompts"]) if config.score == "contrast" else state["prompts"]
+        key = ("image", state["image"], tuple(prompts), config.method, config.layers, config.mode,
+               config.resolution, config.score)
+        return self.cache.get(key, lambda: explain_image(self.model, as_input(image), prompts,
                                                          progress=False, **config.keywords()))
 
     def _explain_words(self, state: Mapping[str, Any], image: Any, resolution: str, text_method: str):
         from .. import explain_text
 
+        score = text_score(text_method, state["score"])
         config = ExplainConfig(method=text_method, resolution=resolution,
-                               **applied_settings(text_method, {"layers": self.text_layers, "mode": state["mode"]}))
-        key = ("text", state["image"], tuple(state["prompts"]), config.method, config.mode, config.resolution)
-        return self.cache.get(key, lambda: explain_text(self.model, as_input(image), state["prompts"],
-                                                        **config.keywords()))
+                               **applied_settings(text_method, {"layers": self.text_layers, "mode": state["mode"],
+                                                                "score": score}))
+        texts = state["prompts"]
+        if state["score"] == "contrast" and state["uses_score"]:  # both captions of each pair, by their cosines
+            texts = [text for pair in contrast_pairs(texts) for text in pair]
+        key = ("text", state["image"], tuple(texts), config.method, config.mode, config.resolution, config.score)
+        return self.cache.get(key, lambda: explain_text(self.model, as_input(image), texts, **config.keywords()))
 
     def compute(self, state: dict[str, Any]) -> Explained:
         """Explain the current image against the current prompts with the current block, mode and
@@ -169,10 +183,11 @@ class Explorer(BaseExplorer):
         explanation = self._explain(state, image, resolution)
         text_method = words_method(state["method"])
         words = self._explain_words(state, image, resolution, text_method)
-        state.update(text_method=text_method, resolution=resolution,
+        state.update(text_method=text_method, resolution=resolution, labels=list(explanation.prompts),
+                     symbol=SYMBOLS.get(explanation.config.score if explanation.config else DEFAULT_SCORE, "S"),
                      scores=[float(s) for s in explanation.scores[0]],
                      no_words=[p for p in state["prompts"] if not has_words(p)],
-                     truncated={p: cut for p, cut in zip(state["prompts"], words.truncated) if cut})
+                     truncated={p: cut for p, cut in zip(words.texts, words.truncated) if cut})
         state.update({k: v for k, v in explanation.settings.items() if k not in state})
         return Explained(explanation, words)
 
@@ -184,7 +199,7 @@ class Explorer(BaseExplorer):
         maps = [resize_maps(explanation.raw[0][k], size).numpy() for k in range(len(explanation.prompts))]
         scores = state["scores"]
         best = best_prompt(explanation.prompts, scores)
-        titles = [f"{prompt}\nS = {signed(s)}{' (best)' if k == best and len(scores) > 1 else ''}"
+        titles = [f"{prompt}\n{state['symbol']} = {signed(s)}{' (best)' if k == best and len(scores) > 1 else ''}"
                   + ("" if has_words(prompt) else " (no words)")
                   for k, (prompt, s) in enumerate(zip(explanation.prompts, scores))]
         scale = "shared" if state["shared_scale"] else "panel"
@@ -201,9 +216,9 @@ class Explorer(BaseExplorer):
         """The scores, the word importance and the status line (which says which settings the method
         ignores)."""
         self.explanation, self.text_explanation = result
-        self.scores.value = scores_html(state["prompts"], state["scores"])
+        self.scores.value = scores_html(state["labels"], state["scores"], state["symbol"])
         self.words.value = words_title(state["text_method"]) + words_html(result.words)
-        ignored = unused_settings(state["method"])
+        ignored = unused_settings(state["method"], state["score"])
         note = f" ({state['method']} does not use the {' or '.join(ignored)} setting)" if ignored else ""
         count = len(state["prompts"])
         lines = [f"\u201c{shortened(p)}\u201d: {cut_note(cut)}" for p, cut in state["truncated"].items()]

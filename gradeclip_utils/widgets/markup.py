@@ -56,6 +56,9 @@ def settings_text(state: Mapping[str, Any], precision: str | None) -> str:
         block = f"block {layers[0]}" if layers else "block ?"
     mode = f"{state.get('mode')} mode" if state.get("uses_mode", True) else "mode: not used"
     parts = [str(state.get("method")), block, mode]
+    score = state.get("score", "cosine")
+    if score != "cosine":
+        parts.append(f"score {score}" if state.get("uses_score", True) else "score: not used")
     if precision:
         parts.append(str(precision))
     return " \u00b7 ".join(parts)
@@ -131,8 +134,9 @@ def best_prompt(prompts: Sequence[str], scores: Sequence[float]) -> int | None:
     return max(candidates, key=lambda k: scores[k]) if candidates and len(scores) else None
 
 
-def scores_html(prompts: Sequence[str], scores: Sequence[float]) -> str:
-    """The prompts with their scores S, signed (negative in red), the best in bold; a prompt with no words
+def scores_html(prompts: Sequence[str], scores: Sequence[float], symbol: str = "S") -> str:
+    """The prompts with their explained scores (``symbol``: "S" the cosine, "p" the probability, ...;
+    ``methods.scores.SYMBOLS``), signed (negative in red), the best in bold; a prompt with no words
     (punctuation alone) is marked so and never the best."""
     best = best_prompt(prompts, scores)
     rows = []
@@ -142,10 +146,12 @@ def scores_html(prompts: Sequence[str], scores: Sequence[float]) -> str:
         mark = "" if has_words(prompt) else f" <small style='color:{RED}'>(no words)</small>"
         rows.append(f"<tr><td style='{_FIRST}'>{html.escape(prompt)}{mark}</td>"
                     f"<td style='{_CELL};color:{colour}'>{value}</td></tr>")
-    head = f"<tr><th style='{_FIRST}'>prompt</th><th style='{_CELL}'>S (cosine)</th></tr>"
+    named = {"S": "S (cosine)", "p": "p (probability)", "logit": "logit", "\u0394S": "\u0394S (contrast)"}
+    head = f"<tr><th style='{_FIRST}'>prompt</th><th style='{_CELL}'>{html.escape(named.get(symbol, symbol))}</th></tr>"
     notes = []
     if any(s < 0 for s in scores):
-        notes.append("S &lt; 0 (red): the image and the prompt do not match; its map still has a maximum")
+        notes.append("S &lt; 0 (red): the image and the prompt do not match; its map still has a maximum"
+                     if symbol == "S" else f"{html.escape(symbol)} &lt; 0 (red); its map still has a maximum")
     if not all(has_words(p) for p in prompts):
         notes.append("(no words): punctuation or spaces alone, scored but naming nothing; never the best")
     note = "".join(f"<tr><td colspan='2' style='padding:2px 6px'><small>{n}</small></td></tr>" for n in notes)

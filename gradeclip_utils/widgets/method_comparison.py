@@ -18,8 +18,8 @@ from ..text import has_words
 from . import controls
 from .base import DEBOUNCE_SECONDS, DEFAULT_WIDTH, BaseExplorer
 from .markup import rows_html, status_html
-from .policy import (OFFERED_SETTINGS, comparison_methods, image_blocks, image_methods, merged_options, method_takes,
-                     unused_settings)
+from .policy import (OFFERED_SETTINGS, comparison_methods, contrast_pairs, image_blocks, image_methods, merged_options,
+                     method_takes, unused_settings)
 
 
 class MethodComparison(BaseExplorer):
@@ -35,7 +35,7 @@ class MethodComparison(BaseExplorer):
     kind = "methods"
 
     def __init__(self, model: Any, images: Any, prompts: Sequence[str], methods: Sequence[str] | None = None, *,
-                 layer: int = -1, mode: str = "faithful", resolution: str | None = None,
+                 layer: int = -1, mode: str = "faithful", score: str = "cosine", resolution: str | None = None,
                  method_options: Mapping[str, Mapping[str, Any]] | None = None, width: int = DEFAULT_WIDTH,
                  colorbar: bool = True, debounce: float = DEBOUNCE_SECONDS, auto_render: bool = True) -> None:
         super().__init__(model, width=width, debounce=debounce)
@@ -51,6 +51,7 @@ class MethodComparison(BaseExplorer):
         image_methods(chosen)  # a ValueError naming any that is not registered
         self.layer_index = layer % image_blocks(model)
         self.mode = mode
+        self.score = score  # each method that takes a score explains it; the others say they do not
         self.image = controls.image_list(self.images)
         self.given_prompts = list(prompts)
         self.prompt = w.Combobox(options=self._prompt_options(), value=prompts[0], description="prompt",
@@ -75,12 +76,14 @@ class MethodComparison(BaseExplorer):
 
     def settings(self) -> dict[str, Any]:
         return {"image": self.image.value, "prompt": self.prompt.value.strip(), "methods": list(self.methods.value),
-                "layers": [self.layer_index], "mode": self.mode}
+                "layers": [self.layer_index], "mode": self.mode, "score": self.score}
 
     def _describe(self, state: Mapping[str, Any]) -> str:
         count = len(state.get("methods") or [])
         parts = [f"\u201c{state.get('prompt')}\u201d", f"{count} method{'s' if count != 1 else ''}",
                  f"block {state['layers'][0]}", f"{state['mode']} mode"]
+        if state.get("score", "cosine") != "cosine":
+            parts.append(f"score {state['score']}")
         if self.precision:
             parts.append(str(self.precision))
         return " \u00b7 ".join(parts)
@@ -92,11 +95,13 @@ class MethodComparison(BaseExplorer):
         from .. import explain_image
 
         config = ExplainConfig(method=method, resolution=resolution, options=self.method_options.get(method, {}),
-                               **applied_settings(method, {"layers": state["layers"], "mode": state["mode"]}))
+                               **applied_settings(method, {"layers": state["layers"], "mode": state["mode"],
+                                                           "score": state["score"]}))
+        prompts = contrast_pairs([state["prompt"]]) if config.score == "contrast" else [state["prompt"]]
 
         def make():
             started = time.perf_counter()
-            ex = explain_image(self.model, as_input(image), [state["prompt"]], progress=False, **config.keywords())
+            ex = explain_image(self.model, as_input(image), prompts, progress=False, **config.keywords())
             return ex, time.perf_counter() - started
 
         key = (state["image"], state["prompt"], config.method, config.layers, config.mode, config.resolution)
@@ -135,14 +140,15 @@ class MethodComparison(BaseExplorer):
         maps = [self.explanations[r["method"]].heatmap(0, 0) for r in rows]
         scores = [r["score"] for r in rows]
         one_score = max(scores) - min(scores) < 1e-6  # the model's own S: the same for every method
-        titles = [_panel_title(r, one_score) for r in rows]
+        titles = [_panel_title(r, one_score, state["score"]) for r in rows]
         described = self.model.describe()
         score = ""
         if one_score:
             score = f" \u00b7 S = {signed(scores[0])}" + (" (S < 0: no match)" if scores[0] < 0 else "")
-        ignored = ", ".join(f"(no {label})" for label in OFFERED_SETTINGS.values())
+        ignored = ", ".join(f"(no {label})" for setting, label in OFFERED_SETTINGS.items()
+                            if setting != "score" or state["score"] != "cosine")
         title = (f"\u201c{state['prompt']}\u201d on {state['image']}{score}\nblock {state['layers'][0]} \u00b7 "
-                 f"{state['mode']} mode \u00b7 {self.precision} \u00b7 model {described.get('model')}\n"
+                 f"{state['mode']} mode{'' if state['score'] == 'cosine' else ' · score ' + state['score']} \u00b7 {self.precision} \u00b7 model {described.get('model')}\n"
                  f"each panel on its own scale; {ignored}: the method ignores that setting")
         if state.get("failed"):
             title += f"\nnot drawn (could not run on this model): {', '.join(state['failed'])}"
@@ -177,13 +183,13 @@ def _row(method: str, ex: Any, seconds: float, mask: np.ndarray | None) -> dict[
     return row
 
 
-def _panel_title(row: Mapping[str, Any], one_score: bool) -> str:
+def _panel_title(row: Mapping[str, Any], one_score: bool, score: str = "cosine") -> str:
     """A method's panel title: its name with the settings it ignores, its time (and score when the
     methods' scores differ), its share on the prompted objects."""
     energy = ("energy n/a" if row["energy_on_prompted_objects"] is None else
               f"energy {row['energy_on_prompted_objects']:.2f}" + (" \u00b7 peak on it"
                                                                   if row["max_on_prompted_objects"] else ""))
-    name = row["method"] + "".join(f" (no {o})" for o in unused_settings(row["method"]))
+    name = row["method"] + "".join(f" (no {o})" for o in unused_settings(row["method"], score))
     timing = format_seconds(row['seconds'])
     timing = timing if one_score else f"S = {signed(row['score'])} \u00b7 {timing}"
     return f"{name}\n{timing}\n{energy}"

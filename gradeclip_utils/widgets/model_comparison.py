@@ -14,7 +14,7 @@ from ..text import has_words
 from . import controls
 from .base import DEBOUNCE_SECONDS, DEFAULT_WIDTH, BaseExplorer
 from .markup import agreement_html, status_html
-from .policy import image_methods, settings_used
+from .policy import contrast_pairs, image_methods, settings_used
 
 
 class Compared(NamedTuple):
@@ -38,7 +38,8 @@ class ModelComparisonView(BaseExplorer):
     kind = "models"
 
     def __init__(self, models: Mapping[str, Any], images: Any, prompts: Sequence[str], *, method: str = "grad_eclip",
-                 mode: str = "faithful", resolution: str | None = None, shared_scale: bool = False,
+                 mode: str = "faithful", score: str = "cosine", resolution: str | None = None,
+                 shared_scale: bool = False,
                  colorbar: bool = True, width: int = DEFAULT_WIDTH, debounce: float = DEBOUNCE_SECONDS,
                  auto_render: bool = True) -> None:
         if not isinstance(models, Mapping) or len(models) < 2:
@@ -58,6 +59,7 @@ class ModelComparisonView(BaseExplorer):
         self.method = w.Dropdown(options=available, value=method, description="method")
         self.prompts, self.apply = controls.prompt_box(prompts)
         self.mode = controls.mode_buttons(mode)
+        self.score = score  # the explained score of every model (a method that takes none says so)
         self.shared = controls.shared_box(shared_scale, "panels")
         self.table = w.HTML(layout=w.Layout(max_width="100%", overflow="auto"))
         hint = controls.hint("prompts are separated by <b>;</b> &mdash; press <b>Enter</b> in the box (or "
@@ -78,7 +80,7 @@ class ModelComparisonView(BaseExplorer):
     def settings(self) -> dict[str, Any]:
         used = settings_used(self.method.value)
         return {"image": self.image.value, "prompts": self.current_prompts(), "method": self.method.value,
-                "mode": self.mode.value, "layers": [-1], "shared_scale": bool(self.shared.value),
+                "mode": self.mode.value, "score": self.score, "layers": [-1], "shared_scale": bool(self.shared.value),
                 "models": list(self.models), "uses_layers": used["layers"], "uses_mode": used["mode"]}
 
     def _describe(self, state: Mapping[str, Any]) -> str:
@@ -87,7 +89,9 @@ class ModelComparisonView(BaseExplorer):
         precisions = sorted({str(m.describe().get("precision")) for m in self.models.values()})
         block = "last block" if state.get("uses_layers", True) else "block: not used"
         mode = f"{state.get('mode')} mode" if state.get("uses_mode", True) else "mode: not used"
-        return " \u00b7 ".join([str(state.get("method")), block, mode, f"{len(self.models)} models",
+        score = [] if state.get("score", "cosine") == "cosine" else [
+            f"score {state['score']}" if settings_used(str(state.get("method")))["score"] else "score: not used"]
+        return " \u00b7 ".join([str(state.get("method")), block, mode, *score, f"{len(self.models)} models",
                                 "/".join(precisions)])
 
     def _clear_outputs(self) -> None:
@@ -104,10 +108,12 @@ class ModelComparisonView(BaseExplorer):
         resolution = self.resolution or default_resolution(self.model, image)
         # a mode the method does not use is left at its default: it would be refused, and the cache then
         # keeps one comparison for every value of it
-        applied = applied_settings(state["method"], {"mode": state["mode"]})
-        key = ("models", state["image"], tuple(state["prompts"]), state["method"], applied.get("mode"), resolution)
+        applied = applied_settings(state["method"], {"mode": state["mode"], "score": state["score"]})
+        prompts = contrast_pairs(state["prompts"]) if applied.get("score") == "contrast" else state["prompts"]
+        key = ("models", state["image"], tuple(prompts), state["method"], applied.get("mode"), applied.get("score"),
+               resolution)
         comparison = self.cache.get(key, lambda: compare_models(
-            self.models, as_input(image), state["prompts"], method=state["method"], resolution=resolution,
+            self.models, as_input(image), prompts, method=state["method"], resolution=resolution,
             progress=False, **applied))
         agreement = comparison.agreement()[0]  # (K, M, M)
         scores = comparison.scores[:, 0]  # (M, K)

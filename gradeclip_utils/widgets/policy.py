@@ -18,7 +18,7 @@ GENERIC_CLASSES: tuple[str, ...] = (
     "phone", "book", "clock", "vase", "flag", "rocket", "tree", "building", "sky")
 
 #: the settings the explorers offer for every method, with the word that names each on screen
-OFFERED_SETTINGS: dict[str, str] = {"layers": "block", "mode": "mode"}
+OFFERED_SETTINGS: dict[str, str] = {"layers": "block", "mode": "mode", "score": "score"}
 
 #: the text method that explains the words when the chosen image method has no text version: the
 #: package's default method (Grad-ECLIP), as ``explain_text`` uses it
@@ -62,15 +62,38 @@ def method_takes(method: str, option: str) -> bool:
     return get_spec(method).takes(option)
 
 
-def unused_settings(method: str) -> list[str]:
-    """The on-screen names of the offered settings that ``method`` does not apply (e.g. ["block"])."""
-    return [label for setting, label in OFFERED_SETTINGS.items() if not method_takes(method, setting)]
+def unused_settings(method: str, score: str = "cosine") -> list[str]:
+    """The on-screen names of the offered settings that ``method`` does not apply (e.g. ["block"]); the
+    score only when one other than the default is chosen (every method gives the cosine)."""
+    return [label for setting, label in OFFERED_SETTINGS.items()
+            if not method_takes(method, setting) and (setting != "score" or score != "cosine")]
 
 
 def settings_used(method: str) -> dict[str, bool]:
     """For each offered setting ("layers", "mode"), whether ``method`` applies it: the explorers disable the
     controls of the others and say they are not used."""
     return {setting: method_takes(method, setting) for setting in OFFERED_SETTINGS}
+
+
+def text_score(text_method: str, score: str) -> str:
+    """The score the words are explained with: ``score`` where the text method explains it, else the
+    default (the contrast has no text side: ``methods.scores.TEXT_CONTRAST``)."""
+    from ..methods.scores import DEFAULT_SCORE
+
+    return score if score in (get_spec(text_method).text_scores or ()) else DEFAULT_SCORE
+
+
+def contrast_pairs(prompts: Sequence[str]) -> list[tuple[str, str]]:
+    """The explorer's contrast prompts, each written "a | b", as pairs (a, b); a ValueError naming the form
+    for one that is not."""
+    pairs = []
+    for prompt in prompts:
+        parts = [part.strip() for part in prompt.split("|")]
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"the contrast explains one prompt rather than another: write each as "
+                             f"'a red circle | a blue circle' (got {prompt!r})")
+        pairs.append((parts[0], parts[1]))
+    return pairs
 
 
 def words_method(method: str) -> str:
