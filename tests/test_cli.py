@@ -225,7 +225,11 @@ def test_the_command_passes_the_score(tmp_path, capsys):
     assert "a red circle rather than a blue circle" in out and "a star rather than a cross" in out
     assert "no word importance" in out
     assert parse("explain", "x.png", "a dog").score == "cosine"
-    assert "--score" not in {o for a in cli.build_parser().commands["explain-dataset"]._actions for o in a.option_strings}
+    # the dataset job passes the score on too
+    actions = {command: {a.dest: a for a in cli.build_parser().commands[command]._actions}
+               for command in ("explain-dataset",)}
+    assert tuple(actions["explain-dataset"]["score"].choices) == ("cosine", "logit", "probability", "contrast")
+    assert "--versus" not in {o for a in actions["explain-dataset"].values() for o in a.option_strings}
 
 
 @pytest.mark.parametrize("argv,message", [
