@@ -299,7 +299,7 @@ def _explain_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    from .evaluation import DATASETS, DEFAULT_METHODS, PROTOCOLS
+    from .evaluation import DATASETS, DEFAULT_METHODS, EVAL_SCORES, PROTOCOLS
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, default="synthetic",
@@ -321,6 +321,10 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
                      help="images explained together (default: 16); a batch is also the unit of work of the "
                           "processes under torchrun, so the results do not depend on their number")
+    run.add_argument("--score", choices=EVAL_SCORES, default=DEFAULT_SCORE,
+                     help="what the maps explain (and the curves score too): cosine (default), logit or probability, "
+                          "each image's class's among every class; methods that cannot explain it are left out and "
+                          "named (no contrast: it needs a second class per image)")
     run.add_argument("--protocol", choices=PROTOCOLS, default="project",
                      help="deletion and insertion as this project runs them (default: project) or exactly as the "
                           "Grad-ECLIP authors' scripts do (authors)")
