@@ -192,10 +192,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None 
                  "(GPU only)")
 
 
-def add_explain_arguments(parser: argparse.ArgumentParser, *, score: bool = False) -> None:
+def add_explain_arguments(parser: argparse.ArgumentParser, *, score: bool = False,
+                          pairs: str = "its --versus prompt, e.g. \"a red circle\" --score contrast --versus "
+                                       "\"a blue circle\"") -> None:
     """``--method``, ``--layers``, ``--mode``, ``--qk``, ``--resolution`` and ``--max-patches``, and with
     ``score`` ``--score``, as ``explain_image`` takes them, in an option group "explanation". (``score`` is
-    for the commands that pass the score on: an option that a command would ignore is not offered.)"""
+    for the commands that pass the score on: an option that a command would ignore is not offered.)
+    ``pairs``: how the command takes the second prompt of a contrast, in ``--score``'s help."""
     methods = list_methods()["image"]
     group = parser.add_argument_group("explanation", "how the heat maps are computed (see explain_image)")
     group.add_argument(
@@ -229,9 +232,8 @@ def add_explain_arguments(parser: argparse.ArgumentParser, *, score: bool = Fals
             help="what the maps explain: cosine, the image-text cosine (default); logit, the model's logit scale x "
                  "the cosine; probability, each prompt's softmax among the prompts given (the zero-shot class "
                  "probability; two prompts or more), e.g. --score probability; contrast, the cosine of a prompt "
-                 "minus that of its --versus prompt, e.g. \"a red circle\" --score contrast --versus \"a blue "
-                 "circle\". Methods without a gradient of the score (raw_attention, rollout, maskclip, "
-                 "clip_surgery, itsm) take only the cosine")
+                 f"minus that of {pairs}. Methods without a gradient of the score (raw_attention, rollout, "
+                 "maskclip, clip_surgery, itsm) take only the cosine")
 
 
 def _add_layers(parser, help: str, *, several: bool = False) -> None:
@@ -286,14 +288,17 @@ def _explain_dataset_arguments(parser: argparse.ArgumentParser) -> None:
                                        "class folders")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--prompts", metavar="FILE",
-                       help="a text file with one prompt per line: every image against every prompt")
+                       help="a text file with one prompt per line: every image against every prompt (--score "
+                            "contrast: one pair per line, the two prompts separated by '|', e.g. a red circle | a "
+                            "blue circle)")
     which.add_argument("--classes", nargs="?", const=OWN, choices=(OWN, ALL),
                        help="the first-level folders are classes: each image against its own class (--classes, "
                             "or --classes own) or against every class (--classes all)")
     parser.add_argument("--out", required=True, help="the output folder (index.json, targets and shards)")
     _add_templates(parser, "with --classes")
     add_model_arguments(parser)
-    add_explain_arguments(parser)
+    add_explain_arguments(parser, score=True, pairs="the other of its pair, a line \"a red circle | a blue circle\" "
+                                                    "of the --prompts file (not with --classes)")
     parser.add_argument("--batch-size", type=_positive_int, default=8, metavar="N",
                         help="images per forward and backward pass, taken from images of one patch grid "
                              "(default: 8); lower it when memory runs out")
@@ -305,7 +310,7 @@ def _explain_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    from .evaluation import DATASETS, DEFAULT_METHODS, PROTOCOLS
+    from .evaluation import DATASETS, DEFAULT_METHODS, EVAL_SCORES, PROTOCOLS
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, default="synthetic",
@@ -327,6 +332,10 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
                      help="images explained together (default: 16); a batch is also the unit of work of the "
                           "processes under torchrun, so the results do not depend on their number")
+    run.add_argument("--score", choices=EVAL_SCORES, default=DEFAULT_SCORE,
+                     help="what the maps explain (and the curves score too): cosine (default), logit or probability, "
+                          "each image's class's among every class; methods that cannot explain it are left out and "
+                          "named (no contrast: it needs a second class per image)")
     run.add_argument("--protocol", choices=PROTOCOLS, default="project",
                      help="deletion and insertion as this project runs them (default: project) or exactly as the "
                           "Grad-ECLIP authors' scripts do (authors)")

@@ -3,6 +3,8 @@
     gradeclip explain-dataset FOLDER --prompts prompts.txt --out maps/   # every image x every prompt
     gradeclip explain-dataset VAL --classes --out maps/                   # ImageNet-style tree: each image x its class
     gradeclip explain-dataset VAL --classes all --out maps/               # each image x every class
+    gradeclip explain-dataset VAL --classes --score probability --out maps/   # its class's zero-shot probability
+    gradeclip explain-dataset FOLDER --prompts pairs.txt --score contrast --out maps/   # lines "a | b"
     torchrun --nproc-per-node 8 -m gradeclip_utils.explain_dataset VAL --classes --out maps/
 
 ``FOLDER`` is searched recursively for images; an image's key is its path relative to ``FOLDER``.
@@ -11,11 +13,19 @@ folders are the classes (ImageNet's 1000 wnid folders get the standard class nam
 own name with ``_`` as a space); a class's text embedding is the mean of its normalised template
 embeddings (``--templates``: OpenAI's 80 or the simple ones), renormalised, as in the evaluation.
 
+``--score``: what the maps explain, as ``explain_image``'s ``score`` (docs/method.md section 1.1): the
+cosine (default), the logit, the probability (each prompt's softmax among all the prompts, or each class's
+among all the classes: with ``--classes`` (own) an image's map is its class's probability among every
+class, as ``explain_image`` against all the classes gives it, at the cost of its own class's map only) or
+the contrast, whose pairs come from the ``--prompts`` file, one pair a line, the two prompts separated by
+``|`` ("a red circle | a blue circle": what makes each image match a red circle rather than a blue one);
+classes give no pairs, so the contrast is refused with ``--classes``.
+
 Images are explained at native resolution by default (aspect kept, sides rounded to the patch size, at
 most ``--max-patches`` patches), exactly as ``explain_image`` explains one image: the same pixels, the
-same method call (``--method``, default Grad-ECLIP, ``--layers``, ``--mode``, ``--qk``). Images are
-grouped by patch grid and cut into batches of ``--batch-size``; the batches are packed in order into
-shards of at most ``--shard-size`` images. Shards are the work units: shard j is computed on rank
+same method call (``--method``, default Grad-ECLIP, ``--layers``, ``--mode``, ``--qk``, ``--score``).
+Images are grouped by patch grid and cut into batches of ``--batch-size``; the batches are packed in order
+into shards of at most ``--shard-size`` images. Shards are the work units: shard j is computed on rank
 j % N, so the files are the same whatever the number of processes.
 
 The output folder:
@@ -23,10 +33,11 @@ The output folder:
 * ``index.json``: the settings, the prompts, every image (key, label, shard, patch grid, input size,
   whether it was downscaled to ``--max-patches``), the shards and the ``distributed`` record;
   ``"complete": true`` once every shard is written (rank 0 writes it after all ranks finished).
-* ``targets.safetensors``: ``targets``, the prompts' unit text embeddings (P, D).
+* ``targets.safetensors``: ``targets``, the prompts' unit text embeddings (P, D); for the contrast its
+  pairs' (P, 2, D), a and b, which ``explain_image(..., score="contrast")`` takes as they are.
 * ``shards/shard-NNNNN.safetensors``: for image i, ``maps.i``, the raw (unnormalised) maps (K, h, w)
-  float32, and ``scores.i``, the image-text cosines (K,); K is every prompt, or 1 with ``--classes``
-  (the image's own class).
+  float32, and ``scores.i``, the explained scores (K,) (the image-text cosines by default); K is every
+  prompt (pair), or 1 with ``--classes`` (the image's own class).
 * ``run.json``: images per second of the run.
 
 A shard is written atomically when all its images are done; a run stopped midway (a rank killed, or
@@ -55,10 +66,12 @@ from PIL import Image
 
 from . import maps_store
 from .config import ExplainConfig, check_choice
+from .explain import check_score
 from .inputs import DEFAULT_MAX_PATCHES, IMAGE_SUFFIXES, class_names
 from .jobs.distributed import Context, init, items_per_rank, load_units, unit_size
 from .maps_store import ALL, OWN, DatasetMaps, StoredMaps  # the reader, importable beside the job (README)
 from .methods import get_image_method, get_spec, prepare_options
+from .methods.scores import DEFAULT_SCORE, check_count
 from .prompts import encode_texts, zero_shot_classifier
 from .records import RunFolder, provenance
 from .session import check_supported, run_image_method
@@ -151,6 +164,36 @@ def _plan(sizes: Sequence[tuple[int, int, bool]], batch_size: int, shard_size: i
 
 
 # ------------------------------------------------------------------------------------- targets
+#: what separates the two prompts of a contrast's pair on a line of a prompts file
+PAIR_SEPARATOR = "|"
+
+
+def _prompt_texts(prompts: Sequence[Any], score: str) -> tuple[list[str], list[str]]:
+    """The texts to embed (the target rows) and the names of the explained scores, from ``prompts``: its
+    non-blank lines; for the contrast its pairs, each a line "a | b" or a pair (a, b), as the rows a_1, b_1,
+    a_2, b_2, ... named "a rather than b" (as ``explain_image`` names them). A ValueError when none is left,
+    a line is no pair, or the score cannot take their number (the probability among one prompt)."""
+    if score != "contrast":
+        names = [p.strip() for p in prompts if p.strip()]
+        if not names:
+            raise ValueError("no prompts (all blank)")
+        check_count(score, len(names))
+        return names, names
+    pairs = []
+    for prompt in prompts:
+        if isinstance(prompt, str) and not prompt.strip():
+            continue
+        parts = prompt.split(PAIR_SEPARATOR) if isinstance(prompt, str) else list(prompt)
+        parts = [str(part).strip() for part in parts]
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"score='contrast' takes its prompts in pairs, a pair a line: two prompts separated by "
+                             f"'{PAIR_SEPARATOR}', e.g. 'a red circle | a blue circle'; got {prompt!r}")
+        pairs.append(parts)
+    if not pairs:
+        raise ValueError("no prompts (all blank)")
+    return [text for pair in pairs for text in pair], [f"{a} rather than {b}" for a, b in pairs]
+
+
 def _class_targets(model, names: Sequence[str], templates: str, show: bool) -> torch.Tensor:
     """(C, D) unit class embeddings: prompts.zero_shot_classifier with open_clip's ImageNet templates."""
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
@@ -190,7 +233,8 @@ class _Loader:
 @dataclass
 class _Job:
     """One dataset run as every rank holds it before rank 0 plans it: what is explained (the images'
-    keys, the targets' names, each image's class with classes), how, and the settings it records."""
+    keys, the explained scores' names and the target rows' texts, each image's class with classes), how,
+    and the settings it records."""
 
     model: Any
     folder: Path
@@ -198,6 +242,7 @@ class _Job:
     config: ExplainConfig
     keys: list[str]
     names: list[str]
+    texts: list[str]  # the target rows' texts (for the contrast a_1, b_1, ...; the class names with classes)
     labels: list[int] | None
     templates: str | None  # the class templates; None: the names are prompts
     batch_size: int
@@ -222,7 +267,9 @@ class _Job:
         sizes = _input_sizes(self.model, self.folder, self.keys, self.config.resolution, self.config.max_patches, show)
         index = self._index(sizes, world_size)
         if self.templates is None:
-            targets = encode_texts(self.model, self.names)
+            targets = encode_texts(self.model, self.texts)
+            if self.config.score == "contrast":  # stored as pairs, as explain_image takes them
+                targets = targets.reshape(-1, 2, targets.shape[-1])
         else:
             targets = _class_targets(self.model, self.names, self.templates, show)
         maps_store.write_targets(self.out, targets)
@@ -246,6 +293,7 @@ class _Job:
         """Explain this rank's shards that are not written yet, writing each when its images are done;
         every rank's phase (images ``computed``, wall and CPU ``seconds``), as ``RunFolder.write_run`` takes it."""
         targets = maps_store.read_targets(self.out).to(self.model.device)
+        targets = targets.reshape(-1, targets.shape[-1])  # the contrast's pairs as rows a_1, b_1, a_2, ...
         # the method's model-dependent defaults from all the run's targets, as explain_image completes them
         # (CLIP Surgery's class set: every prompt or class, whichever of them a batch explains)
         config = self.config.with_options(prepare_options(self.config.method, self.model, targets, {}))
@@ -270,14 +318,14 @@ class _Job:
 
     def _explain_batch(self, config: ExplainConfig, pixels: torch.Tensor, targets: torch.Tensor, batch: list[int],
                        images: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """One batch's entries of its shard: every target's maps and scores, or each image's own class's."""
+        """One batch's entries of its shard: every target's maps and scores, or each image's own class's (the
+        batch's classes mapped, the probability's softmax over every class: ``run_image_method``'s columns)."""
+        columns = None
         if self.per_image == OWN:
             own = [images[i]["label"] for i in batch]
-            distinct = sorted(set(own))
-            chosen = targets[distinct]
-        else:
-            chosen = targets
-        result = run_image_method(self.model, config, pixels, chosen, inputs=[images[i]["key"] for i in batch])
+            distinct = columns = sorted(set(own))
+        result = run_image_method(self.model, config, pixels, targets, inputs=[images[i]["key"] for i in batch],
+                                  columns=columns)
         maps, scores = result.maps, result.scores
         del result
         if self.per_image == OWN:
@@ -298,15 +346,19 @@ class _Job:
                                   count=len(index["images"]), phases=phases)
 
 
-def _checked_config(model, prompts: Sequence[str] | None, classes: str | None, templates: str, batch_size: int,
+def _checked_config(model, prompts: Sequence[Any] | None, classes: str | None, templates: str, batch_size: int,
                     shard_size: int, **settings: Any) -> ExplainConfig:
     """The run's explanation settings, resolved for ``model``, once every argument is checked (a method the
-    model's family cannot run refused before any work)."""
+    model's family cannot run, or a score it or the model cannot give, refused before any work)."""
     if (prompts is None) == (classes is None):
         raise ValueError("give either prompts or classes ('own' or 'all')")
     if classes is not None and classes not in (OWN, ALL):
         raise ValueError(f"classes must be 'own' or 'all', got {classes!r}")
     config = ExplainConfig(**settings)
+    if config.score == "contrast" and classes is not None:
+        raise ValueError("score='contrast' explains pairs of prompts (a rather than b), which classes do not give: "
+                         "write the pairs into a prompts file, a pair a line, 'a red circle | a blue circle'")
+    check_score(model, config.score)
     check_choice("templates", templates, ("openai", "simple"))
     if batch_size < 1 or shard_size < batch_size:
         raise ValueError(f"need batch_size >= 1 and shard_size >= batch_size; got {batch_size} and {shard_size}")
@@ -315,50 +367,54 @@ def _checked_config(model, prompts: Sequence[str] | None, classes: str | None, t
     return config.resolved(model.adapter, "image")
 
 
-def _job(model, folder: Path, out: Path, config: ExplainConfig, prompts: Sequence[str] | None, classes: str | None,
+def _job(model, folder: Path, out: Path, config: ExplainConfig, prompts: Sequence[Any] | None, classes: str | None,
          templates: str, batch_size: int, shard_size: int) -> _Job:
-    """The images under ``folder``, the targets' names and the settings the run records."""
+    """The images under ``folder``, the targets' names and texts and the settings the run records (the score
+    only away from the cosine: runs recorded before it was a setting resume)."""
     keys = find_images(folder)
     if prompts is not None:
-        names = [p.strip() for p in prompts if p.strip()]
-        if not names:
-            raise ValueError("no prompts (all blank)")
+        texts, names = _prompt_texts(prompts, config.score)
         labels = None
     else:
         folders, labels = _labels(keys)
-        names = class_names(folders)
+        texts = names = class_names(folders)
+        check_count(config.score, len(names), "class")
+    score = {"score": config.score} if config.score != DEFAULT_SCORE else {}
     settings = {"format": maps_store.FORMAT, **provenance(model, weights=True),
                 "method": config.method, "layers": list(config.layers), "mode": config.mode, "qk": config.qk,
-                "resolution": config.resolution, "max_patches": config.max_patches, "batch_size": batch_size,
-                "shard_size": shard_size,
+                **score, "resolution": config.resolution, "max_patches": config.max_patches,
+                "batch_size": batch_size, "shard_size": shard_size,
                 "targets": {"source": "prompts" if prompts is not None else "classes",
                             "per_image": ALL if classes in (None, ALL) else OWN,
-                            "templates": templates if classes is not None else None, "names": _digest(names)},
+                            "templates": templates if classes is not None else None, "names": _digest(texts)},
                 "files": {"count": len(keys), "digest": _digest(keys)}}
     run_folder = RunFolder(out, maps_store.INDEX, outputs=(maps_store.INDEX, maps_store.TARGETS, "run.json"),
                            folders=(maps_store.SHARDS,), what="maps made")
-    return _Job(model, folder, out, config, keys, names, labels, templates if classes is not None else None,
+    return _Job(model, folder, out, config, keys, names, texts, labels, templates if classes is not None else None,
                 batch_size, shard_size, settings, run_folder)
 
 
-def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequence[str] | None = None,
+def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequence[Any] | None = None,
                     classes: str | None = None, templates: str = "openai", method: str = "grad_eclip",
                     layers: int | Sequence[int] = (-1,), mode: str = "faithful", qk: str = "raw",
-                    resolution: str = "native", max_patches: int | None = None, batch_size: int = 8,
-                    shard_size: int = 256, workers: int = 0, overwrite: bool = False, progress: bool = True,
-                    context: Context | None = None) -> Path:
+                    score: str = DEFAULT_SCORE, resolution: str = "native", max_patches: int | None = None,
+                    batch_size: int = 8, shard_size: int = 256, workers: int = 0, overwrite: bool = False,
+                    progress: bool = True, context: Context | None = None) -> Path:
     """Explain every image under ``folder`` and write the maps into ``out`` (see the module docstring);
     returns the path of ``index.json``.
 
     Exactly one of ``prompts`` (strings: every image against every prompt) and ``classes`` ("own": each
-    image against its class folder; "all": against every class). ``context``: this process's place in
-    a run on several processes (every rank calls this with the same arguments). A folder that holds a
-    run with the same settings is resumed; other settings are an error unless ``overwrite``.
+    image against its class folder; "all": against every class). ``score``: what the maps explain, as
+    ``explain_image``'s (the probability among all the prompts or all the classes, also for "own"; the
+    contrast takes ``prompts`` as pairs, each a line "a | b" or a pair (a, b), and no classes). ``context``:
+    this process's place in a run on several processes (every rank calls this with the same arguments). A
+    folder that holds a run with the same settings is resumed; other settings are an error unless
+    ``overwrite``.
     """
     context = context or Context(device=model.device)
     folder, out = Path(folder), Path(out)
     config = _checked_config(model, prompts, classes, templates, batch_size, shard_size, method=method,
-                             layers=layers, mode=mode, qk=qk, resolution=resolution,
+                             layers=layers, mode=mode, qk=qk, score=score, resolution=resolution,
                              max_patches=DEFAULT_MAX_PATCHES if max_patches is None else max_patches)
     job = _job(model, folder, out, config, prompts, classes, templates, batch_size, shard_size)
     context.check_same("model weights", job.settings["weights"])
@@ -387,9 +443,10 @@ def run_command(args: argparse.Namespace) -> Path:
             workers = args.workers if args.workers is not None else (4 if model.device.type == "cuda" else 0)
             index = explain_dataset(model, args.folder, args.out, prompts=prompts, classes=args.classes,
                                     templates=args.templates, method=args.method, layers=args.layers, mode=args.mode,
-                                    qk=args.qk, resolution=args.resolution, max_patches=args.max_patches,
-                                    batch_size=args.batch_size, shard_size=args.shard_size, workers=workers,
-                                    overwrite=args.overwrite, context=context)
+                                    qk=args.qk, score=args.score, resolution=args.resolution,
+                                    max_patches=args.max_patches, batch_size=args.batch_size,
+                                    shard_size=args.shard_size, workers=workers, overwrite=args.overwrite,
+                                    context=context)
     finally:
         context.close()
     if context.is_main:

@@ -7,10 +7,12 @@ An output folder holds (the format ``FORMAT``):
   order (``key``, ``label``, ``shard``, ``grid``, ``input_size``, ``downscaled``); ``shards``, each with its
   ``file`` and its ``batches`` of image indices; ``cut`` where the run cut its units finer than asked,
   and ``distributed`` once complete. ``settings["targets"]["per_image"]`` says which targets an image's
-  maps are for: ``ALL`` (every target) or ``OWN`` (its own class, ``label``).
-* ``targets.safetensors`` (``TARGETS``): ``targets``, the unit text embeddings (P, D).
+  maps are for: ``ALL`` (every target) or ``OWN`` (its own class, ``label``); ``settings["score"]`` what
+  they explain (``methods/scores.py``), present only away from the cosine (``DatasetMaps.score``).
+* ``targets.safetensors`` (``TARGETS``): ``targets``, the unit text embeddings (P, D); for the contrast
+  (P, 2, D), each pair's a and b.
 * ``shards/shard-NNNNN.safetensors`` (``shard_file``): for image i, ``maps.i``, the raw maps (K, h, w)
-  float32, and ``scores.i``, the image-text cosines (K,).
+  float32, and ``scores.i``, the explained scores (K,) (the image-text cosines by default).
 
 Every file is written atomically (``jobs.files.atomic_output``); a shard is written once, whole.
 :class:`DatasetMaps` reads a folder as a mapping from image key to :class:`StoredMaps`.
@@ -115,7 +117,7 @@ def missing_shards(out: Path, index: dict[str, Any]) -> list[str]:
 # ------------------------------------------------------------------------------------ reading
 @dataclass
 class StoredMaps:
-    """The stored maps of one image: raw maps (K, h, w), scores (K,), the K prompts' names."""
+    """The stored maps of one image: raw maps (K, h, w), explained scores (K,), the K prompts' names."""
 
     key: str
     index: int
@@ -163,6 +165,8 @@ class DatasetMaps(Mapping[str, StoredMaps]):
                              "allow_incomplete=True to read the shards written so far)")
         self.prompts: list[str] = self.index["prompts"]
         self.settings: dict[str, Any] = self.index["settings"]
+        #: what the maps explain: the run's score, the cosine in runs that record none
+        self.score: str = self.settings.get("score", "cosine")
         self.images: list[dict[str, Any]] = self.index["images"]
         self._position = {entry["key"]: i for i, entry in enumerate(self.images)}
         self._by_shard: dict[int, list[int]] = {}
@@ -192,7 +196,8 @@ class DatasetMaps(Mapping[str, StoredMaps]):
         return _Items(self)
 
     def targets(self) -> torch.Tensor:
-        """The prompts' unit text embeddings (P, D)."""
+        """The prompts' unit text embeddings (P, D); for the contrast the pairs' (P, 2, D). ``explain_image(...,
+        score=maps.score)`` takes them as they are."""
         return read_targets(self.folder)
 
     def _entry(self, key: str | int) -> int:

@@ -54,7 +54,8 @@ def _weights_hint(inputs: Sequence[str] | None) -> str:
 
 
 def run_image_method(model: Any, config: ExplainConfig, pixels: torch.Tensor, targets: torch.Tensor, *,
-                     spec: MethodSpec | None = None, inputs: Sequence[str] | None = None) -> MapOutput:
+                     spec: MethodSpec | None = None, inputs: Sequence[str] | None = None,
+                     columns: Sequence[int] | None = None) -> MapOutput:
     """Run the image method ``config.method`` on one batch: raw maps (B, K, h, w) and scores (B, K),
     detached, float32, on the CPU.
 
@@ -68,10 +69,20 @@ def run_image_method(model: Any, config: ExplainConfig, pixels: torch.Tensor, ta
     message). When it raises, the failed call's frames are released (``release_frames``). ``spec``: the
     declaration of a method that is not registered (the evaluation's random reference); a registered one
     is looked up.
+
+    ``columns``: map only these of the K explained scores (in this order, repeats allowed): maps (B, len,
+    h, w) and scores (B, len), those columns of the call against every target, at the cost of these only.
+    The probability's softmax still runs over every target row (``ExplainedScore.columns``: a few classes'
+    probabilities among a whole classifier); every other score of a column depends on its own rows only,
+    which are then all the method is given.
     """
     fn = spec.image if spec is not None else get_image_method(config.method)
     spec = spec if spec is not None else get_spec(config.method)
-    maps, scores = _run(model, config, spec, "image", fn, pixels.to(model.device), targets, "maps", inputs)
+    if columns is not None and not (config.score == "probability" and "score" in spec.uses):
+        rows = 2 if config.score == "contrast" else 1  # the target rows of one explained score
+        targets, columns = targets[[c * rows + r for c in columns for r in range(rows)]], None
+    maps, scores = _run(model, config, spec, "image", fn, pixels.to(model.device), targets, "maps", inputs,
+                        columns=columns)
     return MapOutput(maps=maps, scores=scores)
 
 
@@ -90,7 +101,8 @@ def run_text_method(model: Any, config: ExplainConfig, tokens: torch.Tensor, tar
 
 def _run(model: Any, config: ExplainConfig, spec: MethodSpec, tower: str, fn: Callable[..., Any],
          inputs_on_device: torch.Tensor, targets: torch.Tensor, what: str,
-         inputs: Sequence[str] | None, rest: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+         inputs: Sequence[str] | None, rest: torch.Tensor | None = None,
+         columns: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The frame both runners share: the declarations checked, the method called under ``explaining`` with
     ``config``'s settings for ``tower`` (the score resolved for the model), its ``what`` (maps or relevance)
     and scores detached, float32, on the CPU and checked to be finite; the failed call's frames released
@@ -98,7 +110,7 @@ def _run(model: Any, config: ExplainConfig, spec: MethodSpec, tower: str, fn: Ca
     config.check_uses(spec, tower)  # a setting the method would not apply is refused (a registered one: when made)
     check_supported(model, spec, tower)
     adapter = model.adapter
-    score = explained_score(config.score, adapter, None if rest is None else rest.to(model.device))
+    score = explained_score(config.score, adapter, None if rest is None else rest.to(model.device), columns)
     try:
         with explaining(model.model):
             out = _call(model, config.method, fn, adapter, inputs_on_device, targets.to(model.device),

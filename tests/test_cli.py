@@ -225,7 +225,12 @@ def test_the_command_passes_the_score(tmp_path, capsys):
     assert "a red circle rather than a blue circle" in out and "a star rather than a cross" in out
     assert "no word importance" in out
     assert parse("explain", "x.png", "a dog").score == "cosine"
-    assert "--score" not in {o for a in cli.build_parser().commands["explain-dataset"]._actions for o in a.option_strings}
+    # the dataset job and the evaluation pass the score on too (the evaluation without the contrast)
+    actions = {command: {a.dest: a for a in cli.build_parser().commands[command]._actions}
+               for command in ("explain-dataset", "evaluate")}
+    assert tuple(actions["explain-dataset"]["score"].choices) == ("cosine", "logit", "probability", "contrast")
+    assert tuple(actions["evaluate"]["score"].choices) == ("cosine", "logit", "probability")
+    assert "--versus" not in {o for a in actions["explain-dataset"].values() for o in a.option_strings}
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -40,23 +40,30 @@ def make_tree(root, sizes=((64, 48), (48, 64), (50, 50), (100, 30), (64, 48), (3
 
 
 def assert_same_as_explain_image(model, folder, out, prompts, **options):
+    """Every image's stored maps and scores are explain_image's of the image against the run's prompts (or
+    its classes); with classes="own" its own class's, which for the probability is its class's column of
+    explain_image against every class (the softmax over all of them)."""
     maps = DatasetMaps(out)
     targets = maps.targets()
+    own = maps.settings["targets"]["per_image"] == "own"
+    among_all = options.get("score") == "probability"
     assert [entry["key"] for entry in maps.images] == find_images(folder) == sorted(maps.keys()) and len(maps) == 8
     for stored in maps.values():
         if prompts is not None:
             given = prompts
-        elif maps.settings["targets"]["per_image"] == "own":
+        elif own and not among_all:
             given = targets[stored.label:stored.label + 1]
         else:
             given = targets
         downscaled = maps.images[stored.index]["downscaled"]
         with pytest.warns(UserWarning, match="downscaled") if downscaled else contextlib.nullcontext():
             reference = explain_image(model, folder / stored.key, given, **options)
-        want = reference.raw[0]
+        want, want_scores = reference.raw[0], reference.scores[0]
+        if own and among_all:
+            want, want_scores = want[stored.label:stored.label + 1], want_scores[stored.label:stored.label + 1]
         assert stored.maps.shape == want.shape and stored.maps.dtype == torch.float32
         assert torch.allclose(stored.maps, want, rtol=0, atol=1e-5 * float(want.abs().max())), stored.key
-        assert torch.allclose(stored.scores, reference.scores[0], atol=1e-6), stored.key
+        assert torch.allclose(stored.scores, want_scores, atol=1e-6), stored.key
         assert tuple(stored.input_size) == tuple(np.asarray(reference.images[0]).shape[:2])
         assert torch.equal(maps[stored.key].maps, stored.maps) and torch.equal(maps[stored.index].maps, stored.maps)
     return maps
@@ -85,6 +92,83 @@ def test_shards_read_back_as_explain_image_of_each_image(tiny, tmp_path, classes
         assert maps["tabby_cat/im1.png"].prompts == want
     heat = maps["tabby_cat/im1.png"].heatmaps()
     assert heat.shape[-2:] == (64, 48) and float(heat.min()) >= 0 and float(heat.max()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("classes", [None, "own"])
+def test_a_probability_run_explains_each_class_among_all_of_them(tiny, tmp_path, classes):
+    """score="probability" reaches the maps: each image's equal explain_image(..., score="probability") against
+    all the prompts, or with classes="own" its class's column against all the classes (not the softmax among
+    the classes of its batch: at the model's resolution the batches mix the two classes). The index records the
+    score (a default run records none: its settings are the same but for it), and resuming with another score,
+    or the default, is refused."""
+    folder = make_tree(tmp_path / "data")
+    prompts = PROMPTS if classes is None else None
+    options = dict(prompts=prompts, classes=classes, templates="simple", batch_size=3, shard_size=4,
+                   resolution="model", progress=False)
+    explain_dataset(tiny, folder, tmp_path / "maps", score="probability", **options)
+    maps = assert_same_as_explain_image(tiny, folder, tmp_path / "maps", prompts, resolution="model",
+                                        score="probability")
+    assert classes is None or any(len({maps.images[i]["label"] for i in batch}) == 2
+                                  for shard in maps.index["shards"] for batch in shard["batches"])
+    assert maps.score == maps.settings["score"] == "probability"
+    if classes is None:  # every image's probabilities over the prompts sum to 1
+        assert all(float(stored.scores.sum()) == pytest.approx(1.0, abs=1e-5) for stored in maps.values())
+    explain_dataset(tiny, folder, tmp_path / "default", **options)
+    default = DatasetMaps(tmp_path / "default")
+    assert "score" not in default.settings and default.score == "cosine"
+    assert {k: v for k, v in maps.settings.items() if k != "score"} == default.settings
+    for score in ("logit", "cosine"):
+        with pytest.raises(ValueError, match="other settings"):
+            explain_dataset(tiny, folder, tmp_path / "maps", score=score, **options)
+
+
+def test_a_contrast_run_takes_its_pairs_from_the_prompts_file(tiny, tmp_path, monkeypatch):
+    """gradeclip explain-dataset --score contrast reads a pair per line of the --prompts file, "a | b" (blank
+    lines skipped, spaces around the prompts dropped): each image's maps are explain_image's of the pairs, named
+    "a rather than b", and the stored targets are the pairs' (P, 2, D), which explain_image takes as they are."""
+    from gradeclip_utils import cli, loading
+
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: tiny)
+    folder = make_tree(tmp_path / "data")
+    (tmp_path / "pairs.txt").write_text("a red circle | a blue circle\n\n  a dog|a cat \n")
+    out = tmp_path / "maps"
+    assert cli.main(["explain-dataset", str(folder), "--prompts", str(tmp_path / "pairs.txt"), "--score", "contrast",
+                     "--out", str(out), "--max-patches", "50", "--batch-size", "3"]) == 0
+    pairs = [("a red circle", "a blue circle"), ("a dog", "a cat")]
+    maps = assert_same_as_explain_image(tiny, folder, out, pairs, max_patches=50, score="contrast")
+    assert maps.score == "contrast" and maps.prompts == ["a red circle rather than a blue circle",
+                                                         "a dog rather than a cat"]
+    assert maps.targets().shape == (2, 2, tiny.adapter.embed_dim)
+    stored = maps["tabby_cat/im1.png"]
+    again = explain_image(tiny, folder / stored.key, maps.targets(), score=maps.score, max_patches=50)
+    assert torch.allclose(again.raw[0], stored.maps, rtol=0, atol=1e-5 * float(stored.maps.abs().max()))
+
+
+def test_a_score_is_checked_before_any_work(tiny, tmp_path, capsys):
+    """A bad score, one the prompts cannot carry, the contrast without pairs or with classes, and a score the
+    method does not explain are refused by name before the output folder is made; the command lists the
+    choices."""
+    from gradeclip_utils import cli
+
+    folder = make_tree(tmp_path / "data")
+    out = tmp_path / "maps"
+    refusals = [
+        (dict(prompts=PROMPTS, score="banana"),
+         r"score must be one of \('cosine', 'logit', 'probability', 'contrast'\), got 'banana'"),
+        (dict(prompts=PROMPTS[:1], score="probability"), "score='probability' is each prompt's softmax"),
+        (dict(classes="own", score="contrast"), "score='contrast' explains pairs of prompts .* classes do not give"),
+        (dict(prompts=["a red circle", "a blue circle"], score="contrast"),
+         r"pairs, a pair a line: two prompts separated by '\|'.*got 'a red circle'"),
+        (dict(prompts=["a | b | c"], score="contrast"), "pairs, a pair a line"),
+        (dict(prompts=PROMPTS, score="logit", method="raw_attention"), "raw_attention does not use the setting score"),
+    ]
+    for arguments, message in refusals:
+        with pytest.raises(ValueError, match=message):
+            explain_dataset(tiny, folder, out, progress=False, **arguments)
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        cli.main(["explain-dataset", str(folder), "--prompts", "p.txt", "--out", str(out), "--score", "banana"])
+    assert "invalid choice: 'banana' (choose from" in capsys.readouterr().err and not out.exists()
 
 
 def stored_folder(out, per_image="all"):

@@ -308,6 +308,22 @@ def test_others_logsumexp_is_the_sum_over_the_others():
 
 
 # ---------------------------------------------------------------------------------- declarations and settings
+@pytest.mark.parametrize("name", SCORES)
+def test_columns_keep_some_scores_computed_among_every_row(name):
+    """ExplainedScore.columns: of_images and pull give those columns of what they give for all K (the
+    probability's softmax over every row), in the order given, repeats allowed; a column the rows do not give
+    is refused."""
+    generator = torch.Generator().manual_seed(3)
+    cosines, per_row = torch.randn(2, 6, generator=generator), torch.randn(2, 6, 5, generator=generator)
+    columns = (2, 0, 2)
+    whole, some = ExplainedScore(name, 7.0), ExplainedScore(name, 7.0, columns=columns)
+    assert torch.equal(some.of_images(cosines), whole.of_images(cosines)[:, list(columns)])
+    assert torch.allclose(some.pull(per_row, cosines), whole.pull(per_row, cosines)[:, list(columns)], atol=1e-6)
+    assert some.count(6) == 3 and whole.count(6) == 6 // whole.rows
+    with pytest.raises(ValueError, match="columns must be one or more of the 1 explained scores"):
+        ExplainedScore(name, columns=(1,)).count(whole.rows)
+
+
 def test_which_methods_explain_which_score():
     explaining = {spec.name for spec in method_specs() if "score" in spec.uses}
     assert explaining == EXPLAINING

@@ -24,6 +24,7 @@ from tqdm import tqdm  # text progress: it stays readable in a saved or reloaded
 
 from ..jobs import distributed, files
 from ..adapters import UnsupportedMethodError
+from ..explain import check_score
 from ..jobs.files import Journal
 from ..metrics import cascading_randomisation, localisation_scores
 from ..records import RunFolder, provenance
@@ -129,7 +130,8 @@ def _refused(model, folder: RunFolder, previous: dict[str, Any] | None, settings
 def plan(model, data: EvalSet, out: Path, config: EvalConfig, context: distributed.Context) -> Run:
     """What the run does, settled before any work: the settings it records, the methods (those the family
     cannot run left out and named, or refused when asked for by name), their options and the batches; ranks
-    that hold other weights are refused."""
+    that hold other weights are refused; a score the model cannot give is refused before any work."""
+    check_score(model, config.score)
     out.mkdir(parents=True, exist_ok=True)
     requested = list(default_methods() if config.methods is None else config.methods)
     sanity_methods = list(config.sanity_methods or [])
@@ -249,7 +251,8 @@ class _Scorer:
                 row.update({metric: float(scores[metric][b]) for metric in LOCALISATION})
         if config.faithfulness:
             project_faithfulness(run.model, pixels, maps, batch, run.data.classifier, rows, seed=config.seed,
-                                 tie_seeds=config.tie_seeds, logit_scale=self.logit_scale, steps=STEPS)
+                                 tie_seeds=config.tie_seeds, logit_scale=self.logit_scale, steps=STEPS,
+                                 score=config.score)
 
 
 def score_items(run: Run) -> list[dict[str, float]]:
@@ -282,7 +285,8 @@ def score_items(run: Run) -> list[dict[str, float]]:
     if context.is_main:  # every rank has finished its share: merge, in the order one process writes
         order = run.order()
         columns = per_image_columns(localise=run.data.has_masks and run.config.protocol == "project",
-                                    faithfulness=run.config.faithfulness, tie_seeds=run.config.tie_seeds)
+                                    faithfulness=run.config.faithfulness, tie_seeds=run.config.tie_seeds,
+                                    score=run.config.score)
         files.merge_table(per_image, columns, Journal.read(run.parts, "per_image"),
                                 identity=lambda row: (row["key"], row["method"]),
                                 order=lambda row: order.get((row["key"], row["method"])), required=set(order))
@@ -290,10 +294,11 @@ def score_items(run: Run) -> list[dict[str, float]]:
     return phase
 
 
-def _sanity_rows(run: Run, name: str, chosen: list[EvalItem], pixels: torch.Tensor, targets: torch.Tensor,
+def _sanity_rows(run: Run, name: str, chosen: list[EvalItem], pixels: torch.Tensor, labels: list[int],
                  column: list[int]) -> list[dict[str, Any]]:
-    """One method's cascading randomisation on the chosen images: a row per stage and image."""
-    options = run.options[name]
+    """One method's cascading randomisation on the chosen images, each map for a class of ``labels``
+    (``column``: each image's): a row per stage and image."""
+    targets, options = method_calls.explained_targets(run.data.classifier, labels, run.options[name])
     fn = lambda m, p, t: method_calls.run_method(m, name, p, t, options)  # noqa: E731
     result = cascading_randomisation(run.model, pixels, targets, fn, seed=run.config.seed)
     rows = []
@@ -320,7 +325,7 @@ def check_sanity(run: Run) -> list[str]:
         labels = sorted({item.explained for item in chosen})
         column = [labels.index(item.explained) for item in chosen]
         for name in tqdm(mine, desc="sanity check", disable=not (config.progress and context.is_main)):
-            journal.append(_rounded(_sanity_rows(run, name, chosen, pixels, run.data.classifier[labels], column)))
+            journal.append(_rounded(_sanity_rows(run, name, chosen, pixels, labels, column)))
     context.gather(None)
     return checked_all
 

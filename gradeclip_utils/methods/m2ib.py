@@ -128,7 +128,7 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, ib_laye
         paired_hidden, paired_targets = hidden.repeat_interleave(count, dim=0), targets.repeat(batch, 1)
         columns = columns.repeat(batch)
     fit = None
-    if score.name != DEFAULT_SCORE:
+    if score.name != DEFAULT_SCORE or score.columns is not None:  # the targets' rows are not the pairs' own
         def fit(embedding: Tensor) -> Tensor:
             values = score.of_images(cosine_scores(embedding, targets))  # (S P, K): every target row of the call
             return values.gather(1, columns.repeat(samples)[:, None]).squeeze(1)

@@ -31,6 +31,12 @@ to sum 1 they equal the cosine's (for Grad-ECLIP, whose relevance is linear in t
 ReLU); the scores are the probabilities. ``rest`` comes from all captions even when ``explain_text``
 runs them in chunks. The contrast has no text side (``TEXT_CONTRAST``).
 
+Columns (``columns``, image side): the explained scores kept of the K the target rows give, in the order
+given (repeats allowed): ``of_images`` and ``pull`` return those columns only, computed among every row, so
+that a method maps a few of the K at the cost of those few. It is what the probability of a few classes
+among a whole classifier needs (the dataset job's own classes, the evaluation's class of each image): the
+softmax runs over every class, and the methods pull only the chosen columns' cotangents.
+
 The probability is computed in float64 (a (B, K) matrix: no cost), so that p (1 - p) of a prompt whose
 probability is close to 1 does not round to zero before s x cos differs by about 36.
 """
@@ -38,7 +44,7 @@ probability is close to 1 does not round to zero before s x cos differs by about
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -91,14 +97,19 @@ class ExplainedScore:
     """One explained score, resolved for a model: its ``name`` (one of ``SCORES``), the model's logit
     ``scale`` (used by the logit and the probability) and, on the text side, ``rest`` (K, B): the
     log-sum-exp of the logits of the other captions given for each image (float64), when the method sees
-    only some of them (``explain_text``'s chunks); without it the captions of the call are all of them."""
+    only some of them (``explain_text``'s chunks); without it the captions of the call are all of them.
+    On the image side, ``columns``: the explained scores kept, of the K the target rows give (see the
+    module docstring); None keeps all K."""
 
     name: str = DEFAULT_SCORE
     scale: float = 1.0
     rest: Tensor | None = None
+    columns: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         check_score(self.name)
+        if self.columns is not None:
+            object.__setattr__(self, "columns", tuple(int(c) for c in self.columns))
 
     @property
     def rows(self) -> int:
@@ -106,38 +117,57 @@ class ExplainedScore:
         return 2 if self.name == "contrast" else 1
 
     def count(self, rows: int) -> int:
-        """The number of explained scores from ``rows`` target rows (a ValueError for an odd contrast)."""
+        """The number of explained scores from ``rows`` target rows, or of the ``columns`` kept of them (a
+        ValueError for an odd contrast, or a column that the rows do not give)."""
         if rows % self.rows:
             raise ValueError(f"score='contrast' takes its targets in pairs (a, b): got {rows} rows")
-        return rows // self.rows
+        count = rows // self.rows
+        if self.columns is None:
+            return count
+        if not self.columns or not all(0 <= c < count for c in self.columns):
+            raise ValueError(f"columns must be one or more of the {count} explained scores' indices, got "
+                             f"{list(self.columns)}")
+        return len(self.columns)
+
+    def kept(self, values: Tensor, dim: int = -1) -> Tensor:
+        """``values`` of every explained score along ``dim``, restricted to ``columns`` (as they are without)."""
+        if self.columns is None:
+            return values
+        self.count(values.shape[dim] * self.rows)
+        return values.index_select(dim, torch.tensor(self.columns, device=values.device))
 
     # ------------------------------------------------------------------------------------ image side
     def of_images(self, cosines: Tensor) -> Tensor:
         """(B, T) cosines of images against target rows -> (B, K) explained scores (float32; the cosines
-        themselves for the cosine)."""
+        themselves for the cosine), or their ``columns``."""
+        return self.kept(self._all_of_images(cosines))
+
+    def _all_of_images(self, cosines: Tensor) -> Tensor:
         if self.name == "cosine":
             return cosines
         if self.name == "logit":
             return self.scale * cosines
         if self.name == "probability":
             return torch.softmax(self.scale * cosines.double(), dim=-1).to(cosines.dtype)
-        self.count(cosines.shape[-1])
+        if cosines.shape[-1] % 2:
+            raise ValueError(f"score='contrast' takes its targets in pairs (a, b): got {cosines.shape[-1]} rows")
         return cosines[..., 0::2] - cosines[..., 1::2]
 
     def pull(self, per_row: Tensor, cosines: Tensor) -> Tensor:
         """Gradients of the explained scores from the gradients of the cosines: ``per_row`` (N, T, ...)
         holds d cos[n, t] / d x[n], ``cosines`` (N, T) their values; returns (N, K, ...) d S[n, k] / d x[n],
-        the combinations the cotangents of ``of_images`` make (the K > D path of Grad-ECLIP)."""
+        the combinations the cotangents of ``of_images`` make (the K > D path of Grad-ECLIP), or their
+        ``columns``."""
         if self.name == "cosine":
-            return per_row
+            return self.kept(per_row, dim=1)
         if self.name == "logit":
-            return self.scale * per_row
+            return self.scale * self.kept(per_row, dim=1)
         if self.name == "contrast":
-            return per_row[:, 0::2] - per_row[:, 1::2]
-        p = torch.softmax(self.scale * cosines.detach().double(), dim=-1).to(per_row.dtype)  # (N, K)
+            return self.kept(per_row[:, 0::2] - per_row[:, 1::2], dim=1)
+        p = torch.softmax(self.scale * cosines.detach().double(), dim=-1).to(per_row.dtype)  # (N, T)
         extra = (1,) * (per_row.ndim - 2)
         mean = (p.reshape(*p.shape, *extra) * per_row).sum(dim=1, keepdim=True)  # sum_t p_t grad_t
-        return self.scale * p.reshape(*p.shape, *extra) * (per_row - mean)
+        return self.scale * self.kept(p.reshape(*p.shape, *extra), dim=1) * (self.kept(per_row, dim=1) - mean)
 
     # ------------------------------------------------------------------------------------- text side
     def of_texts(self, cosines: Tensor) -> Tensor:
@@ -190,20 +220,20 @@ def scale_refusal(score: str, adapter: Any) -> str | None:
 
 
 def explained_score(score: str | ExplainedScore = DEFAULT_SCORE, adapter: Any = None,
-                    rest: Tensor | None = None) -> ExplainedScore:
+                    rest: Tensor | None = None, columns: Sequence[int] | None = None) -> ExplainedScore:
     """``score`` resolved for ``adapter``'s model: an ``ExplainedScore`` as it is, or a name with the model's
-    logit scale (``rest``: see ``ExplainedScore``). A score that needs a logit scale the model does not carry
-    is an ``UnsupportedMethodError`` naming the score and the family."""
+    logit scale (``rest``, ``columns``: see ``ExplainedScore``). A score that needs a logit scale the model
+    does not carry is an ``UnsupportedMethodError`` naming the score and the family."""
     if isinstance(score, ExplainedScore):
         return score
     check_score(score)
-    if score == DEFAULT_SCORE and rest is None:
+    if score == DEFAULT_SCORE and rest is None and columns is None:
         return COSINE
     reason = scale_refusal(score, adapter)
     if reason is not None:
         raise UnsupportedMethodError(reason)
     scale = float(getattr(adapter, "logit_scale", 1.0)) if adapter is not None else 1.0
-    return ExplainedScore(score, scale, rest)
+    return ExplainedScore(score, scale, rest, None if columns is None else tuple(columns))
 
 
 __all__ = ["COSINE", "DEFAULT_SCORE", "SCALED", "SCORES", "SYMBOLS", "TEXT_CONTRAST", "ExplainedScore",
