@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from .config import OPEN_CLIP_CONFIG, build_model, image_mean_std, save_model
 from .dataset import HELDOUT_SEED_START, TRAIN_MIX, SyntheticBatches, images_to_tensor
 
-__all__ = ["contrastive_loss", "encode_text_trimmed", "train", "main", "run_command", "zero_shot_accuracy"]
+__all__ = ["contrastive_loss", "encode_text_trimmed", "train", "run_command", "zero_shot_accuracy"]
 
 
 def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, truth: torch.Tensor,
