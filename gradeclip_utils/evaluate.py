@@ -1,5 +1,5 @@
 """``python -m gradeclip_utils.evaluate``: the evaluation command (``gradeclip evaluate``; its options are
-declared in ``cli.py``). The evaluation itself is the ``gradeclip_utils.evaluation`` package; its public
+declared in ``cli/commands.py``). The evaluation itself is the ``gradeclip_utils.evaluation`` package; its public
 names are also here, where they were before it."""
 
 import sys
@@ -8,7 +8,7 @@ from .evaluation import *  # noqa: F401,F403 (the names this module had)
 from .evaluation import __all__  # noqa: F401
 from .methods.clip_surgery import AUTHORS_CLASS_SET as AUTHORS_SURGERY_NAMES  # noqa: F401 (its name here before)
 
-if __name__ == "__main__":  # the `gradeclip evaluate` alias (cli.py declares its options)
+if __name__ == "__main__":  # the `gradeclip evaluate` alias (cli/commands.py declares its options)
     from torch.distributed.elastic.multiprocessing.errors import record
 
     from .cli import alias

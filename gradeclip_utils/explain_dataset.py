@@ -428,7 +428,7 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
 # -------------------------------------------------------------------------------- command line
 def run_command(args: argparse.Namespace) -> Path:
     """``gradeclip explain-dataset`` on its parsed arguments (on every rank under torchrun); the options are
-    declared in ``cli.py``."""
+    declared in ``cli/commands.py``."""
     from .loading import load_model
 
     if args.threads:
@@ -457,7 +457,7 @@ def run_command(args: argparse.Namespace) -> Path:
     return index
 
 
-if __name__ == "__main__":  # the `gradeclip explain-dataset` alias (cli.py declares its options)
+if __name__ == "__main__":  # the `gradeclip explain-dataset` alias (cli/commands.py declares its options)
     from torch.distributed.elastic.multiprocessing.errors import record
 
     from .cli import alias

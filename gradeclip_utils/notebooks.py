@@ -430,7 +430,7 @@ def format_runs(runs: Sequence[NotebookRun]) -> str:
 
 
 def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """``gradeclip notebooks`` on its parsed arguments (the options are declared in ``cli.py``); the exit status."""
+    """``gradeclip notebooks`` on its parsed arguments (the options are declared in ``cli/commands.py``); the exit status."""
     if args.install_lab_settings:
         print("wrote", install_lab_settings())
         return 0
@@ -460,7 +460,7 @@ def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     return 0 if all(r.ok for r in runs) else 1
 
 
-if __name__ == "__main__":  # the `gradeclip notebooks` alias (cli.py declares its options)
+if __name__ == "__main__":  # the `gradeclip notebooks` alias (cli/commands.py declares its options)
     from .cli import alias
 
     sys.exit(alias("notebooks"))

@@ -1,5 +1,5 @@
 """``gradeclip evaluate`` (and ``python -m gradeclip_utils.evaluate``) on its parsed options (declared in
-``cli.py``): the model and the data set loaded, the options made into an ``EvalConfig``, the run."""
+``cli/commands.py``): the model and the data set loaded, the options made into an ``EvalConfig``, the run."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from .runner import evaluate
 def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace,
                 argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``gradeclip evaluate`` on its parsed arguments (on every rank under torchrun); the options are declared in
-    ``cli.py``. ``argv``: the command's own arguments, for the command line the summary records."""
+    ``cli/commands.py``. ``argv``: the command's own arguments, for the command line the summary records."""
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out or f"outputs/eval-{args.dataset}")

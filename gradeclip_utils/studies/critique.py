@@ -139,7 +139,7 @@ def random_weight_study(name: str = DEFAULT_RANDOM_MODEL, *, device: str | None 
 
 def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace,
                 argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """``gradeclip critique`` on its parsed arguments (the options are declared in ``cli.py``): the study on
+    """``gradeclip critique`` on its parsed arguments (the options are declared in ``cli/commands.py``): the study on
     ``--model``, then the random-weight run on ``--random-model`` unless it is "none"; writes OUT/results.json and,
     with ``--doc``, the page, whose last section is the command line (``parser.prog`` and ``argv``, the command's
     own arguments). Returns the results."""
@@ -162,7 +162,7 @@ def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace,
     return results
 
 
-if __name__ == "__main__":  # the `gradeclip critique` alias (cli.py declares its options)
+if __name__ == "__main__":  # the `gradeclip critique` alias (cli/commands.py declares its options)
     from ..cli import alias
 
     sys.exit(alias("critique"))

@@ -317,7 +317,7 @@ def format_table(res: dict[str, Any]) -> str:
 
 
 def run_command(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
-    """``gradeclip synthetic evaluate`` on its parsed arguments (the options are declared in ``cli.py``)."""
+    """``gradeclip synthetic evaluate`` on its parsed arguments (the options are declared in ``cli/commands.py``)."""
     if a.export and not a.select:
         p.error("--export goes with --select")
     torch.set_num_threads(a.threads)
@@ -343,7 +343,7 @@ def run_command(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
             json.dump(res, f, indent=2)
 
 
-if __name__ == "__main__":  # the `gradeclip synthetic evaluate` alias (cli.py declares its options)
+if __name__ == "__main__":  # the `gradeclip synthetic evaluate` alias (cli/commands.py declares its options)
     from ..cli import alias
 
     sys.exit(alias("synthetic evaluate"))

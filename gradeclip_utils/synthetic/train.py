@@ -317,7 +317,7 @@ def train(out: str | Path, steps: int = 3000, batch_size: int = 128, lr: float =
 
 
 def run_command(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
-    """``gradeclip synthetic train`` on its parsed arguments (the options are declared in ``cli.py``)."""
+    """``gradeclip synthetic train`` on its parsed arguments (the options are declared in ``cli/commands.py``)."""
     config = None
     overrides = dict(a.vision)
     if overrides:
@@ -344,7 +344,7 @@ def run_command(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2, default=float))
 
 
-if __name__ == "__main__":  # the `gradeclip synthetic train` alias (cli.py declares its options)
+if __name__ == "__main__":  # the `gradeclip synthetic train` alias (cli/commands.py declares its options)
     from ..cli import alias
 
     sys.exit(alias("synthetic train"))
