@@ -19,7 +19,7 @@ published CSV (``docs/results/per_image.csv``, which keeps 7 digits) and reports
   more than rounding (``--rounding``, default 2e-7: the CSV's last digit and the float32 noise of a map) —
   those are orderings of near-tied pixels that changed, which move a deletion or insertion curve by a step.
 
-``--json`` writes the summary that ``tests/test_evaluate.py`` reads to set its tolerances and its bound on
+``--json`` writes the summary that ``tests/evaluation/test_evaluate.py`` reads to set its tolerances and its bound on
 reorderings; the page ``docs/results.md`` states the measured spread.
 """
 

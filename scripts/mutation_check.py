@@ -31,10 +31,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CORE = ("tests/test_grad_eclip.py",)
-BASELINES = ("tests/test_baselines.py",)
-METRICS = ("tests/test_localisation_metrics.py", "tests/test_faithfulness.py")
-EVALUATION = ("tests/test_tolerance_defaults.py", "tests/test_evaluate.py", "tests/test_synthetic_model.py")
+CORE = ("tests/methods/test_grad_eclip.py",)
+BASELINES = ("tests/methods/test_baselines.py",)
+METRICS = ("tests/metrics/test_localisation_metrics.py", "tests/metrics/test_faithfulness.py")
+EVALUATION = ("tests/methods/test_tolerance_defaults.py", "tests/evaluation/test_evaluate.py",
+              "tests/synthetic/test_synthetic_model.py")
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,9 @@ FAITHFULNESS = "gradeclip_utils/metrics/faithfulness.py"
 LOCALISATION = "gradeclip_utils/metrics/localisation.py"
 MAPS = "gradeclip_utils/maps.py"
 REGISTRY = "gradeclip_utils/methods/registry.py"
-OPTIONS = "tests/test_method_options.py"
-DISTRIBUTED = "tests/test_distributed.py"
-BOUNDARIES = "tests/test_boundaries.py"
+OPTIONS = "tests/methods/test_method_options.py"
+DISTRIBUTED = "tests/jobs/test_distributed.py"
+BOUNDARIES = "tests/core/test_boundaries.py"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ the three of issue 13
@@ -70,7 +71,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              CORE, "qk='out_proj' spatial weight drops the output projection's bias"),
     Mutation("faithfulness-square-count", FAITHFULNESS,
              "round(n * step * height * width)", "round(n * step * height * height)",
-             METRICS + ("tests/test_evaluate.py",), "pixels per step counted as H x H instead of H x W"),
+             METRICS + ("tests/evaluation/test_evaluate.py",), "pixels per step counted as H x H instead of H x W"),
     Mutation("evaluate-tolerance-8", "gradeclip_utils/evaluation/config.py",
              "    tolerance: float = 4.0\n", "    tolerance: float = 8.0\n",
              METRICS + EVALUATION, "method evaluation's default pointing tolerance 8 px instead of 4"),
@@ -157,7 +158,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("resize-align-corners", MAPS,
              'mode="bilinear", align_corners=False)\n    return up.reshape',
              'mode="bilinear", align_corners=True)\n    return up.reshape',
-             METRICS + CORE + ("tests/test_robustness_images.py", "tests/test_plotting_cli.py"),
+             METRICS + CORE + ("tests/robustness/test_robustness_images.py", "tests/interface/test_plotting_cli.py"),
              "maps resized with align_corners=True (the metrics' and the heat maps' one resizing)"),
     Mutation("auc-not-normalised", FAITHFULNESS,
              "    return area / span", "    return area",
@@ -172,19 +173,19 @@ MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ inputs
     Mutation("native-size-floor", "gradeclip_utils/inputs.py",
              "max(1, math.floor(width / pw + 0.5))", "max(1, math.floor(width / pw))",
-             CORE + ("tests/test_robustness_images.py",), "native width rounded down instead of to the nearest patch"),
+             CORE + ("tests/robustness/test_robustness_images.py",), "native width rounded down instead of to the nearest patch"),
     # ------------------------------------------------------------------ evaluation and the embedded model
     Mutation("bootstrap-90-percent", "gradeclip_utils/stats.py",
              "resamples: int = 1000, tail: float = 0.025, seed", "resamples: int = 1000, tail: float = 0.05, seed",
-             ("tests/test_evaluate.py",), "bootstrap interval at 90% instead of 95%"),
+             ("tests/evaluation/test_evaluate.py",), "bootstrap interval at 90% instead of 95%"),
     Mutation("synthetic-layers-second-last", "gradeclip_utils/synthetic/evaluate.py",
              "batch_size: int = 64, layers=(-1,), mode: str = \"faithful\")",
              "batch_size: int = 64, layers=(-2,), mode: str = \"faithful\")",
-             ("tests/test_synthetic_model.py",), "published localisation figures from the second-last block"),
+             ("tests/synthetic/test_synthetic_model.py",), "published localisation figures from the second-last block"),
     Mutation("synthetic-zero-shot-offset", "gradeclip_utils/synthetic/evaluate.py",
              'def zero_shot_eval(model, n: int = 700, offset: int = OFFSETS["zero_shot"])',
              'def zero_shot_eval(model, n: int = 700, offset: int = OFFSETS["choice"])',
-             ("tests/test_synthetic_model.py",), "zero-shot figures on other held-out scenes than published"),
+             ("tests/synthetic/test_synthetic_model.py",), "zero-shot figures on other held-out scenes than published"),
     # ------------------------------------------- the method specs, the runner, the scale-out, inputs, exports
     Mutation("spec-every-setting-used", REGISTRY,
              "if setting in self.uses or _same_setting(setting, value, SETTING_DEFAULTS[setting]):",
@@ -223,7 +224,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("dataset-shards-uncut", "gradeclip_utils/explain_dataset.py",
              "        shards = _plan(sizes, min(self.batch_size, unit), unit)\n",
              "        shards = _plan(sizes, self.batch_size, self.shard_size)\n",
-             ("tests/test_explain_dataset.py::test_two_processes_cut_a_single_shard_so_that_both_work",),
+             ("tests/jobs/test_explain_dataset.py::test_two_processes_cut_a_single_shard_so_that_both_work",),
              "the dataset job plans one shard for 8 images on 2 ranks: rank 1 idle"),
     Mutation("native-size-patch-sides-swapped", "gradeclip_utils/inputs.py",
              "math.floor(width / pw + 0.5)), max(1, math.floor(height / ph + 0.5))",
@@ -265,7 +266,7 @@ MUTATIONS: tuple[Mutation, ...] = (
                config.resolution)""",
              """        key = ("image", state["image"], tuple(state["prompts"]), config.method, config.layers,
                config.resolution)""",
-             ("tests/test_widgets.py::test_prompt_image_mode_and_method_changes",),
+             ("tests/widgets/test_widgets.py::test_prompt_image_mode_and_method_changes",),
              "the explorer's cache serves the faithful mode's map after a switch to the official mode"),
 )
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from gradeclip_utils import wrap_model
-from realistic import realistic_init
+from support.realistic import realistic_init
 
 
 def make_tiny_clip(*, image_size=(48, 48), patch_size=8, width=64, heads=4, layers=3, text_width=48,

@@ -11,7 +11,7 @@ import gradeclip_utils as ge
 from gradeclip_utils.metrics import randomised_copy
 from gradeclip_utils.widgets import ModelComparisonView
 
-import families as fam
+from support import families as fam
 
 PICTURE = (torch.rand(3, 70, 100, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8)
 

@@ -2,8 +2,8 @@
 vision/text pair), OpenAI's clip package, and open_clip's 4.x attention contract give the same maps,
 scores and word importance; ResNet CLIPs equal a literal attention-pool implementation.
 
-The weights are realistic (non-zero biases, norms away from the identity: tests/realistic.py) and the
-converters (tests/families.py) are written apart from the package.
+The weights are realistic (non-zero biases, norms away from the identity: tests/support/realistic.py) and the
+converters (tests/support/families.py) are written apart from the package.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from gradeclip_utils.adapters import UnsupportedMethodError
 from gradeclip_utils.plotting import NEGATIVE_COLOUR
 from gradeclip_utils.methods import IMAGE_METHODS, TEXT_METHODS
 
-import families as fam
-import full_matrix
-import reference
-from families import relative
+from support import families as fam
+from support import full_matrix
+from support import reference
+from support.families import relative
 
 TOL = 1e-5
 PROMPTS = ["a red circle", "a photo of a dog", "two blue squares", ""]

@@ -1,7 +1,7 @@
 """``ExplainConfig``: the settings of an explanation validated once (errors name the bad value and the
 choices, wherever the settings come in), carried by results, and ``to_settings()`` exactly the dict results
 stored before it existed (so saved files and manifests do not change), with the explained score added where
-the method explains one (it is a setting since: tests/test_scores.py)."""
+the method explains one (it is a setting since: tests/methods/test_scores.py)."""
 
 from __future__ import annotations
 

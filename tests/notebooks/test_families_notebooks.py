@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-import families as fam
+from support import families as fam
 from gradeclip_utils.notebooks import list_notebooks, run_notebook
 
 QUICK_START = next(p for p in list_notebooks() if p.stem == "01_quick_start")

@@ -187,7 +187,7 @@ def test_the_benchmark_runs_the_baselines_through_the_runner_with_their_declared
 
     import gradeclip_utils.session as session
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "speed.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "speed.py"
     spec = importlib.util.spec_from_file_location("benchmark_speed", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault(spec.name, module)  # its dataclasses look their module up there

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import gradeclip_utils as ge
-import reference
+from support import reference
 from gradeclip_utils.inputs import prepare_images
 
 TOL = 1e-5

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy.ndimage import distance_transform_edt
 
-import reference
-from spread import assert_within_spread
+from support import reference
+from support.spread import assert_within_spread
 
 import gradeclip_utils as ge
 from gradeclip_utils import evaluation as ev
@@ -174,7 +174,7 @@ def test_synthetic_run_writes_tables_and_resumes(tiny, tmp_path, monkeypatch):
 
 
 def check_localisation_rows(model, data, rows):
-    """Each row's localisation figures against the literal Grad-ECLIP map (tests/reference.py) of its
+    """Each row's localisation figures against the literal Grad-ECLIP map (tests/support/reference.py) of its
     image and target, upsampled bilinearly, and the metrics written out: a maximum within 4 px
     (scipy's distance transform) or inside the mask, the positive mass inside, the IoU of map > mean."""
     items = {item.key: item for item in data.items}
@@ -467,7 +467,7 @@ def test_authors_protocol_runs_their_presets(tiny, tmp_path, monkeypatch):
         ev.evaluate(tiny, data, tmp_path / "x", methods=["grad_eclip"], protocol="paper", **FAST)
 
 
-RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results.md"
 #: the published columns this test recomputes: table title -> per_image.csv column, whether it is a share of
 #: hits (binomial standard error) or a mean of per-image values (their sample standard error)
 PUBLISHED_COLUMNS = {"pointing game % (tol. 4 px)": ("pointing", True), "pointing game % (strict)": ("pointing_strict", True),
@@ -596,7 +596,7 @@ def test_authors_maps_explain_the_shrunk_picture_at_its_full_native_size(tiny, m
     assert shapes == [(640, 880)] and heat.shape == (640, 880)
 
 
-PUBLISHED_RUN = Path(__file__).resolve().parents[1] / "docs" / "results"
+PUBLISHED_RUN = Path(__file__).resolve().parents[2] / "docs" / "results"
 
 
 def test_published_per_image_results_are_reproduced_for_every_method(tmp_path):

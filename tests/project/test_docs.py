@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 METHOD = ROOT / "docs" / "method.md"
 SELF = Path(__file__).resolve()  # left out of the scan: its examples of broken references are on purpose
 #: what is read: the top-level files and folders of the project (folders recursively)
@@ -114,7 +114,7 @@ def test_the_scan_reads_the_project():
     names = {path.relative_to(ROOT).as_posix() for path in FILES}
     for expected in ("README.md", "docs/method.md", "gradeclip_utils/explain.py",
                      "notebooks/01_quick_start.ipynb", "scripts/main.sh", "benchmarks/speed.py",
-                     "tests/test_grad_eclip.py", "docs/results/config.json"):
+                     "tests/methods/test_grad_eclip.py", "docs/results/config.json"):
         assert expected in names
 
 

@@ -3,7 +3,7 @@
 Fast: one vectorised backward for many cotangents, the embedding-Jacobian path for K > D, chunks of
 cotangents, many images and many prompts in one call. Slow: one ``autograd.grad`` per cotangent, the
 per-target VJP path, one chunk, one image or one prompt at a time, and the authors' per-prompt loop
-that the benchmark times. tests/test_grad_eclip.py checks both against the literal equations; these
+that the benchmark times. tests/methods/test_grad_eclip.py checks both against the literal equations; these
 tests compare the paths with each other, in the settings that one does not cover.
 """
 
@@ -158,7 +158,7 @@ def test_captions_at_once_equal_one_caption_at_a_time(tiny):
 
 # ---------------------------------------------------------------------- the benchmark's slow loop
 def _benchmark_module(name: str = "speed"):
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault(spec.name, module)  # its dataclasses look their module up there

@@ -356,8 +356,8 @@ def test_ties_and_the_gallery_that_names_what_it_shows(tiny):
 
 def test_photo_probes_against_literal_scores_and_maps(tiny):
     """Photographs (at the model's resolution, to stay fast): each row's scores from the literal forward of
-    tests/reference.py and the kept maps equal to the literal Grad-ECLIP maps; no mask columns."""
-    import reference
+    tests/support/reference.py and the kept maps equal to the literal Grad-ECLIP maps; no mask columns."""
+    from support import reference
     from gradeclip_utils.inputs import prepare_images
 
     probes = failures.PHOTO_PROBES[:2]

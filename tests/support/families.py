@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 
-from realistic import realistic_init
+from support.realistic import realistic_init
 
 CONTEXT = 16
 EMBED = 48

@@ -15,7 +15,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = "gradeclip_utils"
-ROOT = Path(__file__).resolve().parent.parent / PACKAGE
+ROOT = Path(__file__).resolve().parents[2] / PACKAGE
 
 
 def package_modules(root: Path = ROOT, package: str = PACKAGE) -> dict[str, Path]:

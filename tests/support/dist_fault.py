@@ -2,7 +2,7 @@
 ``GRADECLIP_TEST_KILL_RANK`` kills itself with SIGKILL (no clean-up, no error recorded) right after it
 appended its first result record to its part file.
 
-    torchrun --standalone --nproc-per-node 2 tests/dist_fault.py gradeclip_utils.evaluate ARGS...
+    torchrun --standalone --nproc-per-node 2 tests/support/dist_fault.py gradeclip_utils.evaluate ARGS...
 """
 
 import os

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-import families as fam
+from support import families as fam
 import gradeclip_utils as ge
 from gradeclip_utils import evaluation as ev
 from gradeclip_utils.adapters import CAPTURES, ImageTower, UnsupportedMethodError

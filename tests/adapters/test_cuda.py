@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import gradeclip_utils as ge
-from realistic import realistic_init
+from support.realistic import realistic_init
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 

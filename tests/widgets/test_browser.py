@@ -106,7 +106,7 @@ class Lab:
                    JUPYTERLAB_WORKSPACES_DIR=str(folders["workspaces"]), IPYTHONDIR=str(folders["ipython"]), PYTHONWARNINGS="ignore::DeprecationWarning")
         env.pop("MPLBACKEND", None)  # the kernels draw inline
         env.pop("JUPYTER_PATH", None)  # the kernel is ipykernel's own "python3": this interpreter
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
         command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
                    "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
                    f"--ServerApp.root_dir={self.root}", f"--LabApp.app_settings_dir={folders['app-settings']}",

@@ -3,8 +3,8 @@ two prompts): every method that takes a gradient of the score (or scores masked 
 them, as autograd of the score written out by hand from the model's embeddings says; the methods that take
 no gradient refuse a score other than the cosine by name; the settings record the score.
 
-The literal scores are written here from the embeddings (``tests/reference.py`` computes the maps from them
-one image, one score and one backward pass at a time) on realistic random weights (``tests/realistic.py``)
+The literal scores are written here from the embeddings (``tests/support/reference.py`` computes the maps from them
+one image, one score and one backward pass at a time) on realistic random weights (``tests/support/realistic.py``)
 and non-square inputs; the logit scale is read from the model itself (exp of its ``logit_scale``).
 """
 
@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from matplotlib import pyplot as plt
 
-import families as fam
-import full_matrix
+from support import families as fam
+from support import full_matrix
 import gradeclip_utils as ge
-import reference
-from families import relative
+from support import reference
+from support.families import relative
 from gradeclip_utils.adapters import UnsupportedMethodError
 from gradeclip_utils.budget import caption_bytes
 from gradeclip_utils.methods import IMAGE_METHODS, TEXT_METHODS, get_spec, method_specs

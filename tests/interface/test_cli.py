@@ -15,7 +15,7 @@ import pytest
 
 from gradeclip_utils import cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IMAGE = ROOT / "data" / "samples" / "three_shapes.png"
 
 

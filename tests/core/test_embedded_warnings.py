@@ -23,7 +23,7 @@ from gradeclip_utils.synthetic import COLOURS, SHAPES, SIZES, class_prompts, emb
 from gradeclip_utils.synthetic.captions import NUMBER_WORDS, RELATIONS
 from gradeclip_utils.synthetic.dataset import HELDOUT_SEED_START, make_example
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = sorted((ROOT / "data" / "photos").glob("*.jpg"))
 SAMPLES = sorted((ROOT / "data" / "samples").glob("*.png"))
 REAL_CLIP = ("load_model('ViT-B-16', pretrained='openai')", "--model ViT-B-16 --pretrained openai")

@@ -22,8 +22,8 @@ from gradeclip_utils.records import same_settings
 from gradeclip_utils.jobs import distributed, files
 from gradeclip_utils.jobs.distributed import Context
 from gradeclip_utils.jobs.files import Journal
-from launch import ROOT, torchrun
-from spread import assert_within_spread
+from support.launch import ROOT, torchrun
+from support.spread import assert_within_spread
 
 
 def read(path):
@@ -241,7 +241,7 @@ def test_two_gloo_processes_write_the_single_process_files(reference, tmp_path):
 
 
 def test_a_rank_killed_midway_resumes_to_the_same_files(reference, tmp_path):
-    killed = torchrun(str(ROOT / "tests" / "dist_fault.py"), "gradeclip_utils.evaluate", *ARGS, "--workers", "1",
+    killed = torchrun(str(ROOT / "tests" / "support" / "dist_fault.py"), "gradeclip_utils.evaluate", *ARGS, "--workers", "1",
                       cwd=tmp_path, extra_env={"GRADECLIP_TEST_KILL_RANK": "1"})
     assert killed.returncode != 0 and "SIGKILL" in killed.stderr, killed.stderr[-3000:]
     run = tmp_path / "run"

@@ -3,7 +3,7 @@ attention-pool probe explained, the rest of open_clip's zoo refused with family 
 
 The models are small timm trunks built through open_clip's own ``TimmModel`` (``CustomTextCLIP`` with
 ``CLIPVisionCfg(timm_model_name=...)``); the size overrides (depth, width, image size) go through
-``timm.create_model``. Weights are realistic (tests/realistic.py, plus the class token, positional
+``timm.create_model``. Weights are realistic (tests/support/realistic.py, plus the class token, positional
 embedding, EVA's q/v biases and the probe's latent, which it leaves to the family). Every map is checked
 against a literal implementation of the equations of docs/method.md sections 2 and 5, written below: per image and per prompt,
 every head in its own loop iteration, rotary embeddings pair by pair, one backward pass per prompt.
@@ -27,10 +27,10 @@ import gradeclip_utils as ge
 from gradeclip_utils.adapters import UnsupportedMethodError, UnsupportedModelError, get_adapter
 from gradeclip_utils.methods import IMAGE_METHODS
 
-import full_matrix
-from families import relative
-from reference import input_of
-from realistic import realistic_init
+from support import full_matrix
+from support.families import relative
+from support.reference import input_of
+from support.realistic import realistic_init
 
 timm = pytest.importorskip("timm")
 open_clip = pytest.importorskip("open_clip")
@@ -434,9 +434,9 @@ def test_game_and_rollout_equal_the_full_matrix_computation(models, name):
 # ------------------------------------------------- the same weights as an open_clip ViT, every method
 @pytest.fixture(scope="module")
 def open_clip_pair():
-    """tests/families.py's reference open_clip ViT, and the same weights in a timm ``vit_base_patch16_clip``
+    """tests/support/families.py's reference open_clip ViT, and the same weights in a timm ``vit_base_patch16_clip``
     trunk (depth, width and heads of the reference, QuickGELU) converted by timm's own OpenAI-CLIP converter."""
-    import families as fam
+    from support import families as fam
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
     from timm.models.vision_transformer import _convert_openai_clip
 

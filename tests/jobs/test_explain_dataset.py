@@ -19,7 +19,7 @@ from PIL import Image
 from gradeclip_utils import explain_image, maps_store
 from gradeclip_utils.explain_dataset import explain_dataset, find_images
 from gradeclip_utils.maps_store import DatasetMaps
-from launch import torchrun
+from support.launch import torchrun
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
 

@@ -1,4 +1,4 @@
-"""tests/realistic.py covers every parameter of every CLIP family the reference comparisons use or will use
+"""tests/support/realistic.py covers every parameter of every CLIP family the reference comparisons use or will use
 (open_clip ViT and ResNet, OpenAI's clip, Hugging Face), seeded, with attention that stays peaked."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from realistic import realistic_init
+from support.realistic import realistic_init
 
 TEXT = dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=2)
 
@@ -104,7 +104,7 @@ def test_layerscale_keeps_its_scale_but_not_its_uniformity():
 def test_class_token_attention_stays_peaked(tiny):
     """The tiny model of conftest.py: in every image block the class token's attention has an entropy well
     below the uniform log N, so maps stay informative."""
-    import reference
+    from support import reference
 
     pixels = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
