@@ -10,8 +10,8 @@
 
 The options that several commands share are declared once: ``add_model_arguments`` (--model, --pretrained,
 --device, --precision) and ``add_explain_arguments`` (--method, --layers, --mode, --qk, --resolution,
---max-patches), their choices taken from the package's own constants. ``--layers`` is one type everywhere:
-comma-separated block indices, negative from the end (``--layers -1,-2``).
+--max-patches, --memory-budget), their choices taken from the package's own constants. ``--layers`` is one type
+everywhere: comma-separated block indices, negative from the end (``--layers -1,-2``).
 
 ``python -m gradeclip_utils.evaluate``, ``.notebooks``, ``.explain_dataset``, ``.synthetic.train``,
 ``.synthetic.evaluate`` and ``.studies.critique`` are aliases: their ``main`` parses with ``command_parser`` (the subcommand's own
@@ -35,6 +35,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from . import __version__
 from .adapters import MODES
+from .budget import parse_bytes
 from .distributed import DEFAULT_TIMEOUT_MINUTES
 from .errors import GradEclipError
 from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS
@@ -116,6 +117,19 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
     return value
+
+
+def _bytes(text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_memory_budget(parser) -> None:
+    parser.add_argument("--memory-budget", type=_bytes, default=None, metavar="SIZE",
+                        help="bytes the work of one call may hold, e.g. 2G or 512M: batches are cut into chunks that "
+                             "fit it (default: half the memory free on the device, at most 1 GiB)")
 
 
 def key_value(parse: Callable[[str], Any]) -> Callable[[str], tuple[str, Any]]:
@@ -209,6 +223,7 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
         help="native resolution: an image that would have more patches is downscaled to fit, with a warning "
              f"(default: {DEFAULT_MAX_PATCHES}, 640 x 640 pixels at patch size 16); e.g. --max-patches 4096 "
              "explains a 1024 x 1024 picture at its size")
+    _add_memory_budget(group)
 
 
 def _add_layers(parser, help: str, *, several: bool = False) -> None:
@@ -329,6 +344,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--seed", type=int, default=0,
                      help="seed of the random baseline, RISE's masks, M2IB's noise, the order of tied pixels and the "
                           "sanity check's randomisation (default: 0)")
+    _add_memory_budget(run)
     out = parser.add_argument_group("run")
     out.add_argument("--out", default=None, metavar="FOLDER",
                      help="output folder (default: outputs/eval-DATASET)")
@@ -543,14 +559,15 @@ def _explain(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"image file not found: {args.image}")
     model = load_model(args.model, pretrained=args.pretrained, device=args.device, precision=args.precision)
     explanation = explain_image(model, args.image, args.prompts, method=args.method, layers=args.layers,
-                                mode=args.mode, qk=args.qk, resolution=args.resolution, max_patches=args.max_patches)
+                                mode=args.mode, qk=args.qk, resolution=args.resolution, max_patches=args.max_patches,
+                                memory_budget=args.memory_budget)
     out = Path(args.out)
     written = save_figure(explanation.plot(), out, formats=[out.suffix.lstrip(".") or "png"])
     for prompt, score in zip(explanation.prompts, explanation.scores[0].tolist()):
         print(f"{score:+.4f}  {prompt}")
     if not args.no_words:
         words = explain_text(model, args.image, args.prompts, layers=args.text_layers, mode=args.mode, qk=args.qk,
-                             resolution=args.resolution, max_patches=args.max_patches)
+                             resolution=args.resolution, max_patches=args.max_patches, memory_budget=args.memory_budget)
         for k in range(len(args.prompts)):
             pair = words.pair(0, k)
             print("   " + "  ".join(f"{w}:{v:.2f}" for w, v in zip(pair.words, pair.word_importance)))

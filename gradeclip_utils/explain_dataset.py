@@ -197,7 +197,7 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
                     layers: int | Sequence[int] = (-1,), mode: str = "faithful", qk: str = "raw",
                     resolution: str = "native", max_patches: int | None = None, batch_size: int = 8,
                     shard_size: int = 256, workers: int = 0, overwrite: bool = False, progress: bool = True,
-                    context: Context | None = None) -> Path:
+                    context: Context | None = None, memory_budget: int | None = None) -> Path:
     """Explain every image under ``folder`` and write the maps into ``out`` (see the module docstring);
     returns the path of ``index.json``.
 
@@ -213,7 +213,8 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
     if classes is not None and classes not in (_OWN, _ALL):
         raise ValueError(f"classes must be 'own' or 'all', got {classes!r}")
     config = ExplainConfig(method=method, layers=layers, mode=mode, qk=qk, resolution=resolution,
-                           max_patches=DEFAULT_MAX_PATCHES if max_patches is None else max_patches)
+                           max_patches=DEFAULT_MAX_PATCHES if max_patches is None else max_patches,
+                           memory_budget=memory_budget)
     check_choice("templates", templates, ("openai", "simple"))
     if batch_size < 1 or shard_size < batch_size:
         raise ValueError(f"need batch_size >= 1 and shard_size >= batch_size; got {batch_size} and {shard_size}")
@@ -452,7 +453,7 @@ def run_command(args: argparse.Namespace) -> Path:
                                     templates=args.templates, method=args.method, layers=args.layers, mode=args.mode,
                                     qk=args.qk, resolution=args.resolution, max_patches=args.max_patches,
                                     batch_size=args.batch_size, shard_size=args.shard_size, workers=workers,
-                                    overwrite=args.overwrite, context=context)
+                                    overwrite=args.overwrite, context=context, memory_budget=args.memory_budget)
     finally:
         context.close()
     if context.is_main:

@@ -49,6 +49,18 @@ def zero_shot_classifier(model: LoadedModel, classnames: Sequence[str], template
     return torch.cat(rows)
 
 
+def prompt_count(prompts: Any) -> int:
+    """How many prompts ``prompt_targets`` makes of ``prompts``, without encoding them (nor checking them)."""
+    if isinstance(prompts, (np.ndarray, torch.Tensor)):
+        return 1 if prompts.ndim < 2 else int(prompts.shape[0])
+    if isinstance(prompts, str):
+        return 1
+    try:
+        return max(1, len(prompts))
+    except TypeError:
+        return 1
+
+
 def prompt_targets(model: LoadedModel, prompts: Any, labels: Sequence[str] | None = None
                    ) -> tuple[torch.Tensor, list[str]]:
     """Prompts (a string, strings, or a (K, D) tensor or numpy array of text embeddings) as

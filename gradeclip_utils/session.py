@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .adapters import UnsupportedMethodError
+from .budget import grid_of, image_plan, resolve_budget
 from .config import ExplainConfig
 from .guard import explaining, model_lock, release_frames
 from .methods.outputs import MapOutput, TokenOutput
@@ -53,9 +54,18 @@ def _weights_hint(inputs: Sequence[str] | None) -> str:
 
 
 def run_image_method(model: Any, config: ExplainConfig, pixels: torch.Tensor, targets: torch.Tensor, *,
-                     spec: MethodSpec | None = None, inputs: Sequence[str] | None = None) -> MapOutput:
+                     spec: MethodSpec | None = None, inputs: Sequence[str] | None = None,
+                     image_chunk: int | None = None) -> MapOutput:
     """Run the image method ``config.method`` on one batch: raw maps (B, K, h, w) and scores (B, K),
     detached, float32, on the CPU.
+
+    Memory: the batch runs in chunks whose estimated peak fits ``config.memory_budget`` bytes (None: the
+    default budget of the model's device; ``budget.image_plan`` from the method's declared cost): at most
+    ``image_chunk`` images (the caller's cap, default the batch) per call of the method, and the method's
+    own inner chunk (its option, e.g. GAME's ``chunk``, lowered to what fits, never raised). Images are
+    independent, so the chunks give the whole batch's maps (a paired method's targets and a keyed method's
+    keys are cut with its images). A budget below one image with one unit is a ValueError before the method
+    runs.
 
     ``model`` is a LoadedModel; ``pixels`` (B, 3, H, W) on one grid and ``targets`` (K, D) unit text
     embeddings go to its device; the method gets ``config``'s layers (resolved for the model), mode, qk
@@ -68,8 +78,33 @@ def run_image_method(model: Any, config: ExplainConfig, pixels: torch.Tensor, ta
     """
     fn = spec.image if spec is not None else get_image_method(config.method)
     spec = spec if spec is not None else get_spec(config.method)
-    maps, scores = _run(model, config, spec, "image", fn, pixels.to(model.device), targets, "maps", inputs)
-    return MapOutput(maps=maps, scores=scores)
+    pixels = pixels.to(model.device)
+    paired = spec.paired and bool(config.options.get("paired"))
+    config, size = _chunks(model, config, spec, pixels, 1 if paired else targets.shape[0], image_chunk)
+    if size >= pixels.shape[0]:
+        maps, scores = _run(model, config, spec, "image", fn, pixels, targets, "maps", inputs)
+        return MapOutput(maps=maps, scores=scores)
+    parts = []
+    for lo in range(0, pixels.shape[0], size):
+        hi = lo + size
+        options = dict(config.options)
+        if spec.keyed and "keys" in options:  # a keyed method's keys name its images
+            options["keys"] = list(options["keys"])[lo:hi]
+        names = None if inputs is None else list(inputs)[lo:hi]
+        parts.append(_run(model, config.with_options(options), spec, "image", fn, pixels[lo:hi],
+                          targets[lo:hi] if paired else targets, "maps", names))
+    return MapOutput(maps=torch.cat([m for m, _ in parts]), scores=torch.cat([s for _, s in parts]))
+
+
+def _chunks(model: Any, config: ExplainConfig, spec: MethodSpec, pixels: torch.Tensor, count: int,
+            image_chunk: int | None) -> tuple[ExplainConfig, int]:
+    """``config`` with the method's inner chunk planned, and the images per call, from its memory budget."""
+    adapter = model.adapter
+    batch = pixels.shape[0]
+    budget = resolve_budget(config.memory_budget, model.device)
+    plan = image_plan(adapter, spec, grid_of(adapter, pixels.shape), count, config.options,
+                      adapter.resolve_layers(config.layers, "image"), budget, min(batch, image_chunk or batch))
+    return (config.with_options({**config.options, **plan.options}) if plan.options else config), plan.images
 
 
 def run_text_method(model: Any, config: ExplainConfig, tokens: torch.Tensor, targets: torch.Tensor, *,

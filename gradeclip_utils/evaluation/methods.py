@@ -78,12 +78,14 @@ def method_options(name: str, config: Mapping[str, Any], classifier: torch.Tenso
 
 def run_method(model, name: str, pixels: torch.Tensor, targets: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
     """Raw maps (B, K, h, w) of one method on the CPU, as ``explain_image`` runs methods (the last block;
-    ``options`` may set ``mode`` and ``qk``, default faithful and raw)."""
+    ``options`` may set ``mode`` and ``qk``, default faithful and raw, and for the runner the run's
+    ``memory_budget`` and the images per call, ``image_chunk``: see ``chunks.py``)."""
     options = dict(options)
+    image_chunk = options.pop("image_chunk", None)
     config = ExplainConfig(method=name, mode=options.pop("mode", "faithful"), qk=options.pop("qk", "raw"),
-                           options=options)
+                           memory_budget=options.pop("memory_budget", None), options=options)
     spec = _REFERENCES.get(name)  # registered methods are looked up by the runner
-    return run_image_method(model, config, pixels, targets, spec=spec).maps
+    return run_image_method(model, config, pixels, targets, spec=spec, image_chunk=image_chunk).maps
 
 
 def unsupported_methods(model, options: dict[str, dict[str, Any]]) -> dict[str, str]:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..adapters import CLIPAdapter
+from ..budget import Cost, block_bytes, image_forward_bytes, map_bytes, tokens, tokens_bytes
 from ._common import to_grid
 from .outputs import MapOutput, TokenOutput, cosine_scores
 from .registry import AuthorsProtocol, MethodSpec
@@ -57,15 +58,18 @@ def capacity(hidden: Tensor, lam: Tensor) -> Tensor:
 
 
 def optimise_bottleneck(hidden: Tensor, targets: Tensor, finish: Callable[[Tensor], Tensor], *, beta: float,
-                        var: float, steps: int, lr: float, samples: int, seed: int) -> Tensor:
+                        var: float, steps: int, lr: float, samples: int, seed: int,
+                        sample_chunk: int | None = None) -> Tensor:
     """Optimise one bottleneck per row of ``hidden`` (P, N, C) against ``targets`` (P, D) (unit).
 
     ``finish`` maps (S P, N, C) tokens to embeddings (S P, D). Returns the capacity (P, N, C) of the
     last step. Every row gets the same noise, (S, N, C) per step from ``seed``: a row's result is the
-    one it gets alone.
+    one it gets alone. ``sample_chunk``: noise samples per forward of ``finish`` (None: all ``samples``);
+    the noise is drawn whole per step either way, so the chunks see the same draws.
     """
     if steps < 1 or samples < 1:
         raise ValueError("M2IB needs steps >= 1 and samples >= 1")
+    chunk = samples if sample_chunk is None else max(1, min(int(sample_chunk), samples))
     scale = math.sqrt(var)
     standard = (hidden.detach().float() / scale)
     alpha = torch.full_like(standard, 5.0, requires_grad=True)
@@ -78,19 +82,41 @@ def optimise_bottleneck(hidden: Tensor, targets: Tensor, finish: Callable[[Tenso
         kl = capacity(standard, lam)
         noise = torch.randn((samples, 1, *standard.shape[1:]), generator=generator, device=hidden.device)
         z = (standard * lam + (1 - lam) * noise) * scale  # M2IB's _sample_t: mu + sqrt((1 - lam)^2) eps
-        embedding = finish(z.flatten(0, 1).to(hidden.dtype))
-        fit = F.cosine_similarity(embedding.float(), targets.float().repeat(samples, 1), dim=-1, eps=1e-6)
-        loss = beta * kl.flatten(1).mean(dim=1) - fit.reshape(samples, pairs).mean(dim=0)
-        # gradients for alpha only (the model's parameters may require grad too)
-        (alpha.grad,) = torch.autograd.grad(loss.sum(), [alpha])
+        if chunk < samples:
+            (alpha.grad,) = _chunked_gradient(z, kl, alpha, targets, finish, hidden.dtype, beta, samples, chunk)
+        else:
+            embedding = finish(z.flatten(0, 1).to(hidden.dtype))
+            fit = F.cosine_similarity(embedding.float(), targets.float().repeat(samples, 1), dim=-1, eps=1e-6)
+            loss = beta * kl.flatten(1).mean(dim=1) - fit.reshape(samples, pairs).mean(dim=0)
+            # gradients for alpha only (the model's parameters may require grad too)
+            (alpha.grad,) = torch.autograd.grad(loss.sum(), [alpha])
         optimiser.step()
         last = kl.detach()
     return last
 
 
+def _chunked_gradient(z: Tensor, kl: Tensor, alpha: Tensor, targets: Tensor, finish: Callable[[Tensor], Tensor],
+                      dtype: torch.dtype, beta: float, samples: int, chunk: int) -> tuple[Tensor]:
+    """The gradient of the loss for ``alpha`` with ``finish`` run on ``chunk`` samples at a time: each chunk's
+    rows pulled back to their noisy tokens (each fit's gradient -1/S, as the mean over samples gives it),
+    then those gradients through the noisy tokens and the capacity together, as one pass does."""
+    rows = z.detach().flatten(0, 1).to(dtype)
+    grads = torch.empty_like(rows)
+    per = rows.shape[0] // samples  # rows of one sample: every pair
+    weight = -1.0 / samples
+    for start in range(0, samples, chunk):
+        lo, hi = start * per, min(start + chunk, samples) * per
+        leaf = rows[lo:hi].detach().requires_grad_(True)
+        fit = F.cosine_similarity(finish(leaf).float(), targets.float().repeat(hi // per - start, 1), dim=-1, eps=1e-6)
+        (grads[lo:hi],) = torch.autograd.grad(fit, [leaf], grad_outputs=torch.full_like(fit, weight))
+        del leaf, fit
+    kl_term = beta * kl.flatten(1).mean(dim=1)
+    return torch.autograd.grad([kl_term.sum(), z], [alpha], grad_outputs=[None, grads.view_as(z).to(z.dtype)])
+
+
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, ib_layer: int | None = None,
                beta: float = 0.1, var: float = 1.0, steps: int = 10, lr: float = 1.0, samples: int = 10,
-               seed: int = 0, paired: bool = False, **_: Any) -> MapOutput:
+               seed: int = 0, paired: bool = False, sample_chunk: int | None = None, **_: Any) -> MapOutput:
     """M2IB maps (B, K, h, w): one bottleneck per (image, target) pair, all optimised together.
 
     ``paired=True`` explains image b against target b only (``targets`` (B, D); maps (B, 1, h, w),
@@ -110,14 +136,15 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, ib_laye
         paired_hidden, paired_targets = hidden.repeat_interleave(count, dim=0), targets.repeat(batch, 1)
     with torch.enable_grad():
         kl = optimise_bottleneck(paired_hidden, paired_targets, lambda z: adapter.image_embedding_from(z, layer + 1),
-                                 beta=beta, var=var, steps=steps, lr=lr, samples=samples, seed=seed)
+                                 beta=beta, var=var, steps=steps, lr=lr, samples=samples, seed=seed,
+                                 sample_chunk=sample_chunk)
     maps = kl.sum(dim=-1)[:, 1:].reshape(batch, count, -1)
     return MapOutput(maps=to_grid(maps, grid), scores=scores)
 
 
 def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, ib_layer: int | None = None,
                     beta: float = 0.1, var: float = 1.0, steps: int = 10, lr: float = 1.0, samples: int = 10,
-                    seed: int = 0, **_: Any) -> TokenOutput:
+                    seed: int = 0, sample_chunk: int | None = None, **_: Any) -> TokenOutput:
     """M2IB text relevance (B, K, L) for K texts against B unit image embeddings."""
     layer = _resolve(ib_layer, adapter.num_text_blocks)
     tokens = tokens.to(targets.device)
@@ -135,16 +162,34 @@ def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, ib
 
     with torch.enable_grad():
         kl = optimise_bottleneck(paired, paired_targets, finish, beta=beta, var=var, steps=steps, lr=lr,
-                                 samples=samples, seed=seed)
+                                 samples=samples, seed=seed, sample_chunk=sample_chunk)
     relevance = kl.sum(dim=-1).reshape(batch, count, -1)
     return TokenOutput(relevance=relevance.float(), scores=scores.contiguous())
+
+
+def memory(adapter: CLIPAdapter, grid: tuple[int, int], count: int, options: dict[str, Any]) -> Cost:
+    """Fixed: a step's noise (S x N x C, float32). One image: its forward without a graph and, for each of its
+    pairs (one per target, one when ``paired``), the bottleneck's state in float32 (the tokens, alpha, its
+    gradient, Adam's two moments, lambda, the capacity and two temporaries: 8 N x C values) and its samples'
+    noisy tokens, their graph and their gradients (3 S N x C). Each noise sample of a forward, per image: its
+    pairs' rows through the blocks after the bottleneck with their graph, and their gradients (``budget.py``)."""
+    layer = _resolve(options["ib_layer"], adapter.num_image_blocks)
+    pairs = 1 if options["paired"] else count
+    samples = options["samples"]
+    after = adapter.num_image_blocks - layer - 1
+    floats = 4 * tokens(grid) * adapter.image.block_shape()[0]  # N x C float32 values
+    image = image_forward_bytes(adapter, grid) + pairs * (8 + 3 * samples) * floats + map_bytes(grid, count)
+    unit = pairs * (after * block_bytes(adapter, grid, graph=True) + 2 * tokens_bytes(adapter, grid))
+    return Cost(image=image, unit=unit, option="sample_chunk", limit=min(options["sample_chunk"] or samples, samples),
+                unit_name="noise sample per forward", fixed=samples * floats,
+                fixed_what=f"the noise of {samples} samples")
 
 
 SPEC = MethodSpec(
     name="m2ib", image=image_maps, text=token_relevance,
     requires=("intermediate_tokens",), text_requires=("intermediate_tokens",),
     options={"ib_layer": None, "beta": 0.1, "var": 1.0, "steps": 10, "lr": 1.0, "samples": 10, "seed": 0,
-             "paired": False},
+             "paired": False, "sample_chunk": None},
     instead={"layers": "its ib_layer option sets the block of the bottleneck"},
     probe={"steps": 1, "samples": 1},
     slow=True, paired=True,
@@ -153,4 +198,5 @@ SPEC = MethodSpec(
     # the authors' M2IB: against the bare class name, on the model's centre crop; M2IB's own
     # vision_heatmap hands back the map upsampled to the model's input size
     authors=AuthorsProtocol(target="class_name", resolution="model", upsampled=True),
+    memory=memory,
 )

@@ -87,6 +87,10 @@ class MethodSpec:
     - ``authors``: how the authors' evaluation scripts run it.
     - ``reference``: explains nothing (the evaluation's random floor): no support probe, no sanity check.
       ``keyed``: takes the items' keys (``keys=``) to seed each item's map.
+    - ``memory(adapter, grid, count, options) -> budget.Cost``: the bytes one call holds per image of a patch
+      ``grid`` against ``count`` targets, and per unit of the method's own inner chunk (the option that sets
+      it), from the estimators of ``budget.py``; ``options`` are the call's over the spec's, with the resolved
+      ``layers``. None: ``budget.default_cost``.
     """
 
     name: str
@@ -109,6 +113,7 @@ class MethodSpec:
     keyed: bool = False
     uses: tuple[str, ...] | None = None
     instead: Mapping[str, str] = field(default_factory=dict)
+    memory: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
