@@ -28,8 +28,10 @@ input (a grid of h x w patches and the class token: N = h w + 1), b bytes per va
 - ``image_forward_bytes(adapter, grid, graph_blocks)`` = b (trunk + one block without a graph +
   ``graph_blocks`` blocks with their graph); trunk = ``TRUNK_COPIES`` x c x (H/s)(W/s) for a convolutional
   trunk whose largest map has c channels at stride s (a ResNet's first stage), 0 for a ViT;
-- ``backward_bytes``: one cotangent pulled back through one block, b x (one block without a graph) plus
-  its attention gradient in float32 (4 H N^2 bytes);
+- ``explicit_bytes``: a block computed explicitly (to capture its attention), beyond the model's own:
+  b (4 C + ``ATTENTION_MAPS`` H N) N (q, k, v by heads and their output; the attention maps again);
+- ``backward_bytes``: one cotangent pulled back through one block, b x ``BACKWARD_COPIES`` x (one block
+  without a graph) plus its attention gradient in float32 (4 H N^2 bytes);
 - ``tokens_bytes`` = b N C (one input's tokens); ``attention_bytes`` = 4 H N^2 (one block's attention
   probabilities in float32); ``map_bytes`` = 4 K h w (K maps); ``picture_bytes`` = b 3 H W (one picture);
 - ``caption_bytes`` = ``ACTIVATIONS_PER_TOKEN`` x text width x context length x text blocks x b.
@@ -64,6 +66,9 @@ ACTIVATIONS_PER_TOKEN = 24
 FORWARD_PER_TOKEN = 12
 #: the attention's (H, N, N) maps alive together when it is computed explicitly
 ATTENTION_MAPS = 3
+#: a block's forward values that one cotangent's backward pass through it holds: its gradients and their
+#: temporaries
+BACKWARD_COPIES = 2
 #: copies of a convolutional trunk's largest feature map alive at once (a residual block's input, its branch
 #: and the sum, with the allocator's slack)
 TRUNK_COPIES = 4
@@ -166,10 +171,21 @@ def image_forward_bytes(adapter: Any, grid: Sequence[int], graph_blocks: int = 0
     return total
 
 
+def explicit_bytes(adapter: Any, grid: Sequence[int]) -> int:
+    """Bytes an image block computed explicitly (to capture its attention) holds beyond the model's own
+    block, for one image: q, k and v split into heads and the heads' output (4 N x C values), and the
+    logits, scaled logits and probabilities (``ATTENTION_MAPS`` H N^2) alive beside the block's own."""
+    tower = adapter.image
+    width, heads = tower.block_shape()
+    count = tokens(grid)
+    return (4 * width + ATTENTION_MAPS * heads * count) * count * _itemsize(tower)
+
+
 def backward_bytes(adapter: Any, grid: Sequence[int]) -> int:
-    """Bytes of one cotangent pulled back through one image block: as many values as the block's forward
-    without a graph, and its attention gradient in float32."""
-    return block_bytes(adapter, grid, graph=False) + attention_bytes(adapter, grid)
+    """Bytes of one cotangent pulled back through one image block: ``BACKWARD_COPIES`` times the values of
+    the block's forward without a graph (the gradients and the temporaries they are made from), and its
+    attention gradient in float32."""
+    return BACKWARD_COPIES * block_bytes(adapter, grid, graph=False) + attention_bytes(adapter, grid)
 
 
 def tokens_bytes(adapter: Any, grid: Sequence[int]) -> int:
@@ -243,7 +259,8 @@ def plan(cost: Cost, budget: int, images: int, what: str = "call") -> Plan:
     inner = max(1, int(cost.limit)) if cost.option is not None else 0
     least = cost.total(1, min(inner, 1))
     if budget < least:
-        unit = "one image" + (f" with one {cost.unit_name}" if cost.option is not None else "")
+        unit = f"one {cost.unit_name}" if cost.option is not None else "one image"
+        unit = f"one image with {unit}" if cost.option is not None and cost.image else unit
         fixed = f"; {cost.fixed:,} bytes of it for {cost.fixed_what}" if cost.fixed else ""
         raise ValueError(f"{what}: a memory budget of {budget:,} bytes cannot hold {unit}, which needs about "
                          f"{least:,} bytes ({least / MiB:.1f} MiB{fixed}); raise memory_budget")
@@ -295,8 +312,9 @@ def grid_of(adapter: Any, size: Sequence[int]) -> tuple[int, int]:
     return int(size[-2]) // ph, int(size[-1]) // pw
 
 
-__all__ = ["ACTIVATIONS_PER_TOKEN", "ATTENTION_MAPS", "DEFAULT_CAP", "FORWARD_PER_TOKEN", "SAFETY_FRACTION",
-           "TRUNK_COPIES", "Cost", "Plan", "attention_bytes", "backward_bytes", "block_bytes", "block_values",
-           "caption_bytes", "check_budget", "chunk_size", "curves_cost", "default_budget", "default_cost", "free_memory",
-           "grid_of", "image_forward_bytes", "image_plan", "map_bytes", "method_cost", "parse_bytes", "picture_bytes",
-           "plan", "resolve_budget", "tokens", "tokens_bytes"]
+__all__ = ["ACTIVATIONS_PER_TOKEN", "ATTENTION_MAPS", "BACKWARD_COPIES", "Cost", "DEFAULT_CAP", "FORWARD_PER_TOKEN",
+           "Plan", "SAFETY_FRACTION", "TRUNK_COPIES", "attention_bytes", "backward_bytes", "block_bytes",
+           "block_values", "caption_bytes", "check_budget", "chunk_size", "curves_cost", "default_budget",
+           "default_cost", "explicit_bytes", "free_memory", "grid_of", "image_forward_bytes", "image_plan",
+           "map_bytes", "method_cost", "parse_bytes", "picture_bytes", "plan", "resolve_budget", "tokens",
+           "tokens_bytes"]

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..adapters import BlockSteps, CLIPAdapter
-from ..budget import Cost, backward_bytes, image_forward_bytes, map_bytes, tokens, tokens_bytes
+from ..budget import Cost, backward_bytes, explicit_bytes, image_forward_bytes, map_bytes, tokens, tokens_bytes
 from ._common import to_grid
 from .autograd import batched_vjp, one_hot_cotangents
 from .outputs import MapOutput, TokenOutput, cosine_scores
@@ -129,13 +129,13 @@ def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, st
 
 
 def memory(adapter: CLIPAdapter, grid: tuple[int, int], count: int, options: dict[str, Any]) -> Cost:
-    """One image: the tokens entering each block from ``start_layer`` on, its forward and one block
-    recomputed with its graph, and its K maps. Each target of a backward pass (``chunk`` of them, at most
-    K), per image: its cotangent pulled back through one block, its cotangent for the block's input and
-    its N x N relevance term (float32) (``budget.py``)."""
+    """One image: the tokens entering each block from ``start_layer`` on, its forward (those blocks computed
+    explicitly) and one block recomputed with its graph, and its K maps. Each target of a backward pass
+    (``chunk`` of them, at most K), per image: its cotangent pulled back through one block, its cotangent
+    for the block's input and its N x N relevance term (float32) (``budget.py``)."""
     blocks = adapter.num_image_blocks - _first(adapter, options.get("start_layer", 0), "image")
     image = (blocks * tokens_bytes(adapter, grid) + image_forward_bytes(adapter, grid, graph_blocks=1)
-             + map_bytes(grid, count))
+             + explicit_bytes(adapter, grid) + map_bytes(grid, count))
     unit = backward_bytes(adapter, grid) + tokens_bytes(adapter, grid) + 4 * tokens(grid) ** 2
     return Cost(image=image, unit=unit, option="chunk", limit=min(options["chunk"], count),
                 unit_name="target per backward pass")

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..adapters import CLIPAdapter
-from ..budget import Cost, image_forward_bytes, map_bytes, tokens
+from ..budget import Cost, explicit_bytes, image_forward_bytes, map_bytes, tokens
 from ._common import per_target, to_grid
 from .outputs import MapOutput, cosine_scores
 from .registry import AuthorsProtocol, MethodSpec
@@ -51,10 +51,11 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, start_l
 
 
 def memory(adapter: CLIPAdapter, grid: tuple[int, int], count: int, options: dict[str, Any]) -> Cost:
-    """One image: its forward without a graph (the blocks' attention computed explicitly), the running
-    product and the block's mean attention as it is made (four N x N float32 terms) and its K maps
+    """One image: its forward without a graph, its blocks computed explicitly (their attention kept), the
+    running product and the block's mean attention as it is made (four N x N float32 terms) and its K maps
     (``budget.py``)."""
-    return Cost(image=image_forward_bytes(adapter, grid) + 16 * tokens(grid) ** 2 + map_bytes(grid, count))
+    return Cost(image=image_forward_bytes(adapter, grid) + explicit_bytes(adapter, grid) + 16 * tokens(grid) ** 2
+                + map_bytes(grid, count))
 
 
 SPEC = MethodSpec(
