@@ -25,13 +25,15 @@ input (a grid of h x w patches and the class token: N = h w + 1), b bytes per va
   ``(FORWARD_PER_TOKEN C + ATTENTION_MAPS H N) N`` values;
 - one block with its graph (what it keeps for a backward pass): ``(ACTIVATIONS_PER_TOKEN C + ATTENTION_MAPS
   H N) N`` values;
-- ``image_forward_bytes(adapter, grid, graph_blocks)`` = b (trunk + one block without a graph +
-  ``graph_blocks`` blocks with their graph); trunk = ``TRUNK_COPIES`` x c x (H/s)(W/s) for a convolutional
-  trunk whose largest map has c channels at stride s (a ResNet's first stage), 0 for a ViT;
+- ``block_bytes``: b x one of those + ``ALLOCATOR_SLACK`` (0.5 MiB, the allocator's share per block and
+  input, which sets the peak of small models);
+- ``image_forward_bytes(adapter, grid, graph_blocks)`` = b x trunk + one block without a graph +
+  ``graph_blocks`` blocks with their graph (``block_bytes``); trunk = ``TRUNK_COPIES`` x c x (H/s)(W/s) for a
+  convolutional trunk whose largest map has c channels at stride s (a ResNet's first stage), 0 for a ViT;
 - ``explicit_bytes``: a block computed explicitly (to capture its attention), beyond the model's own:
   b (4 C + ``ATTENTION_MAPS`` H N) N (q, k, v by heads and their output; the attention maps again);
-- ``backward_bytes``: one cotangent pulled back through one block, b x ``BACKWARD_COPIES`` x (one block
-  without a graph) plus its attention gradient in float32 (4 H N^2 bytes);
+- ``backward_bytes``: one cotangent pulled back through one block, ``BACKWARD_COPIES`` x ``block_bytes``
+  without a graph plus its attention gradient in float32 (4 H N^2 bytes);
 - ``tokens_bytes`` = b N C (one input's tokens); ``attention_bytes`` = 4 H N^2 (one block's attention
   probabilities in float32); ``map_bytes`` = 4 K h w (K maps); ``picture_bytes`` = b 3 H W (one picture);
 - ``caption_bytes`` = ``ACTIVATIONS_PER_TOKEN`` x text width x context length x text blocks x b.
@@ -69,6 +71,9 @@ ATTENTION_MAPS = 3
 #: a block's forward values that one cotangent's backward pass through it holds: its gradients and their
 #: temporaries
 BACKWARD_COPIES = 2
+#: bytes charged per block and input beyond its values: the allocator's share (its small tensors, each
+#: allocation rounded to pages), which sets the peak of small models
+ALLOCATOR_SLACK = 2 ** 19
 #: copies of a convolutional trunk's largest feature map alive at once (a residual block's input, its branch
 #: and the sum, with the allocator's slack)
 TRUNK_COPIES = 4
@@ -152,10 +157,11 @@ def block_values(width: int, heads: int, count: int, *, graph: bool) -> int:
 
 
 def block_bytes(adapter: Any, grid: Sequence[int], *, graph: bool) -> int:
-    """Bytes of one image block for one image (``block_values`` of the image tower's shape)."""
+    """Bytes of one image block for one image: ``block_values`` of the image tower's shape, and
+    ``ALLOCATOR_SLACK``."""
     tower = adapter.image
     width, heads = tower.block_shape()
-    return block_values(width, heads, tokens(grid), graph=graph) * _itemsize(tower)
+    return block_values(width, heads, tokens(grid), graph=graph) * _itemsize(tower) + ALLOCATOR_SLACK
 
 
 def image_forward_bytes(adapter: Any, grid: Sequence[int], graph_blocks: int = 0) -> int:
@@ -226,7 +232,10 @@ class Cost:
     ``image``: for each image of the call; ``unit``: for each unit of the method's own inner chunk, per
     image (``unit_name`` names it: GAME's "target" of a backward pass, M2IB's "noise sample", RISE's
     "mask"), whose size the option ``option`` sets, at most ``limit`` (the option's own value); ``fixed``:
-    whatever the chunks (``fixed_what`` says what, e.g. RISE's masks)."""
+    whatever the chunks (``fixed_what`` says what, e.g. RISE's masks). ``pass_units``: the units a pass of
+    the method holds for all the call's images together (RISE's ``mask_batch``: its passes take
+    ``mask_batch // B`` masks of each of B images), so that the inner chunk is at most ``pass_units`` over
+    the images."""
 
     image: int
     unit: int = 0
@@ -235,6 +244,7 @@ class Cost:
     unit_name: str = ""
     fixed: int = 0
     fixed_what: str = ""
+    pass_units: int = 0
 
     def total(self, images: int, inner: int) -> int:
         """Bytes of ``images`` images with ``inner`` units each."""
@@ -253,8 +263,10 @@ class Plan:
 
 def plan(cost: Cost, budget: int, images: int, what: str = "call") -> Plan:
     """The chunks of ``cost`` within ``budget`` bytes: the inner chunk as large as fits one image (at most
-    ``cost.limit``), then as many images as fit with it (at most ``images``, at least 1). A budget below
-    one image with one unit is a ValueError naming ``what``, the unit and the bytes it needs."""
+    ``cost.limit``), then as many images as fit with it (at most ``images``, at least 1); where the method's
+    passes hold ``cost.pass_units`` units over the call's images (RISE), the images first (as many as fit
+    with one unit each), then the inner chunk, so that the passes stay those of a call of that many images.
+    A budget below one image with one unit is a ValueError naming ``what``, the unit and the bytes it needs."""
     check_budget(budget)
     inner = max(1, int(cost.limit)) if cost.option is not None else 0
     least = cost.total(1, min(inner, 1))
@@ -264,6 +276,12 @@ def plan(cost: Cost, budget: int, images: int, what: str = "call") -> Plan:
         fixed = f"; {cost.fixed:,} bytes of it for {cost.fixed_what}" if cost.fixed else ""
         raise ValueError(f"{what}: a memory budget of {budget:,} bytes cannot hold {unit}, which needs about "
                          f"{least:,} bytes ({least / MiB:.1f} MiB{fixed}); raise memory_budget")
+    if cost.option is not None and cost.unit > 0 and cost.pass_units:
+        for count in range(max(1, images), 0, -1):  # one image always fits (checked above)
+            fit = (budget - cost.fixed - count * cost.image) // (count * cost.unit)
+            if fit >= 1:
+                inner = min(inner, max(1, cost.pass_units // count), fit)
+                return Plan(count, {cost.option: inner}, cost.total(count, inner))
     if cost.option is not None and cost.unit > 0:
         inner = min(inner, (budget - cost.fixed - cost.image) // cost.unit)
     each = cost.image + inner * cost.unit

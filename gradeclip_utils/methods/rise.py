@@ -95,13 +95,15 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, masks: 
 def memory(adapter: CLIPAdapter, grid: tuple[int, int], count: int, options: dict[str, Any]) -> Cost:
     """Fixed: the masks at the picture's size (float32). One image: its picture, its K saliency maps and a
     pass's sum (float32, the picture's size). Each mask of a forward, per image: the masked picture (and
-    its product) and its forward without a graph (``budget.py``)."""
+    its product) and its forward without a graph; a pass holds ``mask_batch`` masked pictures over the
+    call's images (``budget.py``)."""
     pixels = picture_bytes(adapter, grid)
     size = tuple(side * patch for side, patch in zip(grid, adapter.patch_size))
     limit = min(options["mask_chunk"] or options["mask_batch"], options["mask_batch"], options["masks"])
     return Cost(image=pixels + 2 * map_bytes(size, count), unit=image_forward_bytes(adapter, grid) + 2 * pixels,
                 option="mask_chunk", limit=limit, unit_name="mask per forward",
-                fixed=map_bytes(size, options["masks"]), fixed_what=f"RISE's {options['masks']} masks")
+                fixed=map_bytes(size, options["masks"]), fixed_what=f"RISE's {options['masks']} masks",
+                pass_units=options["mask_batch"])
 
 
 SPEC = MethodSpec(
