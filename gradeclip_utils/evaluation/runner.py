@@ -149,6 +149,7 @@ def plan(model, data: EvalSet, out: Path, config: EvalConfig, context: distribut
                for name in dict.fromkeys(requested + sanity_methods)}
     folder = RunFolder(out, "config.json", what="a run", outputs=OUTPUTS)
     previous = folder.previous(config.overwrite)
+    context.check_same("model weights", settings["weights"])
     # the chunks, before any work (the support probes run the model): a budget too small is an error here
     budget = run_budget(model, config.memory_budget, context)
     every = {name: method_options(name, settings, data.classifier) for name in default_methods()}
@@ -171,7 +172,6 @@ def plan(model, data: EvalSet, out: Path, config: EvalConfig, context: distribut
     if not (previous is not None and "chunks" not in previous
             and chunks == plan_chunks(model, config, every, runnable, budget=UNBOUNDED, **sizes)):
         settings["chunks"] = chunks
-    context.check_same("model weights", settings["weights"])
     # fewer batches than ranks: cut finer so that every rank works (the size used is recorded)
     unit = distributed.unit_size(len(data.items), config.batch_size, context.world_size)
     return Run(model, data, out, config, context, settings, [m for m in requested if m not in refused], options,
