@@ -9,8 +9,9 @@ hold, for every method the model's family can run by its declarations (whichever
 run resumed with other methods keeps its record), and recorded in ``config.json`` as ``"chunks"``:
 ``{"curves": 128, "grad_eclip": {"images": 16}, "game": {"images": 4, "chunk": 16}, ...}``. Every call gets
 them, so a run with the same record repeats the same chunks; ``EvalConfig.chunks`` takes such a record as
-the most each chunk may be (a resumed run takes its own record), and the budget can only lower them. Under the authors' protocol the maps are made at each
-picture's own size: a picture larger than the model's input may get smaller inner chunks than recorded.
+the most each chunk may be (a resumed run takes its own record), and the budget can only lower them. Under
+the authors' protocol the maps are made at each picture's own size: the runner plans each call again with
+the run's budget, and a picture larger than the model's input may get smaller inner chunks than recorded.
 
 The budget is the least of the ranks' (each its device's default unless ``memory_budget`` is given), so
 that every rank cuts alike. A budget below one image with one unit of some method (or one perturbed
