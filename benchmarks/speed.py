@@ -5,12 +5,14 @@ ratios to the plain forward (``model.encode_image`` under ``no_grad``) of the sa
 
 * Grad-ECLIP image maps for B images x K prompts (K = 1, 10, 100, 1000 by default), with the prompts
   given as precomputed text embeddings (encoding the prompts is reported on its own line);
+* Grad-ECLIP image maps of the other explained scores at the same K (``--scores``: the probability among
+  the K prompts and the contrast of K pairs by default), with their time over the cosine's;
 * a literal per-prompt loop as the authors' code runs it (one image at a time, one forward with the
   graph, one backward per prompt with ``retain_graph``), written here and checked against the
   package's maps; for K above ``--loop-max-k`` its time is extrapolated linearly (it is linear in K by
   construction: T(K) = T(1) + (K - 1) x the measured per-prompt cost) and marked so;
 * every registered baseline; text explanations of K captions (ratio to ``encode_text`` of the same
-  captions); deletion/insertion curves (images per second);
+  captions; the probability among them beside the cosine); deletion/insertion curves (images per second);
 * peak memory of each case, memory over many consecutive calls (small model), and, with ``--sweep``,
   throughput against the image batch size.
 
@@ -37,6 +39,7 @@ import platform
 import sys
 import tracemalloc
 import warnings
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -230,21 +233,72 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sweep", default="", help="comma-separated batch sizes for the throughput sweep")
     parser.add_argument("--sweep-prompts", type=int, default=100, help="K in the throughput sweep")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: loop,baselines,text,perturbation")
+    parser.add_argument("--scores", default="probability,contrast",
+                        help="explained scores timed beside the cosine's Grad-ECLIP rows (comma-separated: logit, "
+                             "probability, contrast; '' for none); the contrast explains K pairs (2K target rows)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from gradeclip_utils import load_model
-    from gradeclip_utils.config import ExplainConfig, applied_settings
-    from gradeclip_utils.explain import explain_image
-    from gradeclip_utils.prompts import encode_texts
-    from gradeclip_utils.metrics.faithfulness import perturbation_curves
-    from gradeclip_utils.methods import IMAGE_METHODS, get_spec
-    from gradeclip_utils.methods.grad_eclip import image_maps, token_relevance
-    from gradeclip_utils.session import explaining, run_image_method
+@dataclass
+class Bench:
+    """What every section of the benchmark measures on: the parsed arguments, the device, the model (random
+    weights), the B images, the K-prompt targets and the defaults that depend on the device."""
 
+    args: argparse.Namespace
+    device: torch.device
+    model: Any
+    pixels: torch.Tensor
+    targets: dict[int, torch.Tensor]
+    size: tuple[int, int]
+    meter: Meter
+    generator: torch.Generator
+    batch: int
+    loop_max_k: int
+    rise_masks: int
+    caption_count: int
+    encode_count: int
+    prompt_counts: list[int]
+    skip: set[str]
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def adapter(self) -> Any:
+        return self.model.adapter
+
+    @property
+    def kmax(self) -> int:
+        return max(self.prompt_counts)
+
+    @property
+    def clocks(self) -> list[tuple[str, Callable[[Case], float]]]:
+        """The clocks reported: wall time, and on the CPU the process's CPU time."""
+        return [("wall", lambda c: c.wall)] + ([] if self.cuda else [("cpu", lambda c: c.cpu)])
+
+    def explained(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """``fn`` run under ``explaining`` (the model's lock and state), as every caller runs methods."""
+        from gradeclip_utils.session import explaining
+
+        def call():
+            with explaining(self.model.model):
+                return fn()
+        return call
+
+    def plain_forward(self) -> Any:
+        with torch.no_grad():
+            return self.adapter.native_encode_image(self.pixels)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def setup(args: argparse.Namespace) -> Bench:
+    """The model, the inputs and the device-dependent defaults; prints the header."""
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -252,98 +306,137 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     batch = args.batch or (32 if cuda else 2)
-    loop_max_k = args.loop_max_k or (1000 if cuda else 100)
-    rise_masks = args.rise_masks or (2000 if cuda else 32)
-    caption_count = args.captions or (1000 if cuda else 20)
-    encode_count = args.encode_prompts or (1000 if cuda else 100)
-    prompt_counts = [int(k) for k in args.prompts.split(",") if k]
-    skip = set(filter(None, args.skip.split(",")))
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
     if args.model == "tiny":  # a small random model for a quick run of the script itself
         model = tiny_model(device, args.precision)
     else:
         model = random_model(args.model, device, args.precision)
     adapter = model.adapter
     size = (args.size, args.size) if args.size else adapter.image_size
-    dim = adapter.embed_dim
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randn(batch, 3, *size, generator=generator).to(device)
-    targets = {k: unit_targets(k, dim, seed=k, device=device) for k in prompt_counts}
-    last = adapter.num_image_blocks - 1
-    meter = Meter(device)
-
+    prompt_counts = [int(k) for k in args.prompts.split(",") if k]
+    targets = {k: unit_targets(k, adapter.embed_dim, seed=k, device=device) for k in prompt_counts}
+    bench = Bench(args=args, device=device, model=model, pixels=pixels, targets=targets, size=size,
+                  meter=Meter(device), generator=generator, batch=batch,
+                  loop_max_k=args.loop_max_k or (1000 if cuda else 100),
+                  rise_masks=args.rise_masks or (2000 if cuda else 32),
+                  caption_count=args.captions or (1000 if cuda else 20),
+                  encode_count=args.encode_prompts or (1000 if cuda else 100), prompt_counts=prompt_counts,
+                  skip=set(filter(None, args.skip.split(","))))
+    bench.results["settings"] = {**vars(args), "batch": batch, "device": str(device)}
+    bench.results["cases"] = []
     print(f"model {args.model} ({model.family}, random weights), {args.precision}, device {device}"
           f"{' (' + torch.cuda.get_device_name(device) + ')' if cuda else ''}, {batch} images of {size[0]}x{size[1]}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}")
     print(f"repeats: warm-up + median of {args.repeats}; ratios are to the plain forward of the same {batch} images")
+    return bench
 
-    def explained(fn: Callable[[], Any]) -> Callable[[], Any]:
-        def call():
-            with explaining(model.model):
-                return fn()
-        return call
 
-    def plain_forward():
-        with torch.no_grad():
-            return adapter.native_encode_image(pixels)
+def check_loop(bench: Bench) -> None:
+    """The per-prompt loop and the batched maps compute the same maps (else the timings would compare
+    different computations)."""
+    from gradeclip_utils.methods.grad_eclip import image_maps
+    from gradeclip_utils.session import explaining
 
-    # ---------------------------------------------------------------- correctness of what is timed
-    check_k = min(10, max(prompt_counts))
-    with explaining(model.model):
-        fast = image_maps(adapter, pixels[:2], targets[max(prompt_counts)][:check_k]).maps
-        slow = authors_loop(model, pixels[:2], targets[max(prompt_counts)][:check_k])
+    check_k = min(10, bench.kmax)
+    targets = bench.targets[bench.kmax][:check_k]
+    with explaining(bench.model.model):
+        fast = image_maps(bench.adapter, bench.pixels[:2], targets).maps
+        slow = authors_loop(bench.model, bench.pixels[:2], targets)
     scale = float(slow.abs().max())
     relative = float((fast.float() - slow.float()).abs().max()) / max(scale, 1e-12)
     print(f"check: per-prompt loop maps vs batched maps ({fast.shape[0]} images x {check_k} prompts): "
           f"max |diff| / max |map| = {relative:.1e}")
-    if scale == 0 or relative > (1e-4 if args.precision == "fp32" else 5e-2):
+    if scale == 0 or relative > (1e-4 if bench.args.precision == "fp32" else 5e-2):
         raise SystemExit("the per-prompt loop and the batched maps disagree (or are all zero): timings would "
                          "compare different computations")
 
-    # ------------------------------------------------------------------------------ image cases
-    base = Case("plain forward: model.encode_image", "image", plain_forward)
-    image_cases = [base]
-    for k in prompt_counts:
-        image_cases.append(Case("Grad-ECLIP maps (batched)", "image",
-                                explained(lambda k=k: image_maps(adapter, pixels, targets[k])), k=k))
-    kmax = max(prompt_counts)
-    image_cases.append(Case("explain_image (public API, embeddings)", "image",
-                            lambda: explain_image(model, pixels, targets[kmax], batch_size=batch, progress=False),
-                            k=kmax))
-    loop_cases: dict[int, Case] = {}
-    if "loop" not in skip:
-        for k in sorted({1, *[k for k in prompt_counts if k <= loop_max_k]}):
-            loop_cases[k] = Case("per-prompt loop (authors' code)", "image",
-                                 explained(lambda k=k: authors_loop(model, pixels, targets[max(prompt_counts)][:k])), k=k)
-        image_cases.extend(loop_cases.values())
-    if "baselines" not in skip and args.baselines != "none":
-        names = sorted(IMAGE_METHODS) if args.baselines == "all" else args.baselines.split(",")
-        kb = args.baseline_prompts
-        base_targets = unit_targets(kb, dim, seed=7, device=device)
-        # what the methods take from a run's settings (the evaluation's names), and a class set for those with one
-        settings = {"rise_masks": rise_masks}
-        classes = unit_targets(80, dim, seed=8, device=device)
-        for name in names:
-            if name == "grad_eclip":
-                continue
-            spec = get_spec(name)
-            options = spec.options_from(settings, classes=classes)
-            notes = [f"{options[o]} {o}" for o in spec.run_options if o in options]
-            if spec.class_set is not None:
-                notes.append(f"{spec.class_set}: a class set of {classes.shape[0]} embeddings")
-            note = ", ".join(notes)
-            config = ExplainConfig(method=name, options=options, **applied_settings(name, {"layers": [last]}))
-            # the runner: under explaining, the maps moved to the CPU and checked, as every caller runs methods
-            image_cases.append(Case(f"baseline: {name}", "baseline",
-                                    lambda config=config: run_image_method(model, config, pixels, base_targets),
-                                    k=kb, note=note))
-    log(f"image cases ({len(image_cases)}):")
-    run_cases(image_cases, meter, args.repeats, args.slow, log)
 
-    # extrapolate the loop linearly to K above loop_max_k
+#: the name of the cosine's batched Grad-ECLIP rows (the explained scores' rows add ", <score>")
+GRAD_ECLIP_MAPS = "Grad-ECLIP maps (batched)"
+
+
+def score_rows(bench: Bench, pairs: dict[int, torch.Tensor]) -> list[Case]:
+    """Grad-ECLIP maps of the other explained scores beside the cosine's, at each K: the probability among
+    the K prompts, and the contrast of K pairs (2K target rows) with ``pairs[k]``."""
+    from gradeclip_utils.methods.grad_eclip import image_maps
+
+    cases = []
+    for name in filter(None, bench.args.scores.split(",")):
+        for k in bench.prompt_counts:
+            if name == "probability" and k < 2:
+                continue  # the probability among one prompt is 1: refused
+            targets = pairs[k] if name == "contrast" else bench.targets[k]
+            cases.append(Case(f"{GRAD_ECLIP_MAPS}, {name}", "image", bench.explained(
+                lambda targets=targets, name=name: image_maps(bench.adapter, bench.pixels, targets, score=name)), k=k,
+                note="K pairs (2K target rows)" if name == "contrast" else ""))
+    return cases
+
+
+def baseline_cases(bench: Bench) -> list[Case]:
+    """Every registered baseline (``--baselines``) through the runner, with the options a run gives it."""
+    from gradeclip_utils.config import ExplainConfig, applied_settings
+    from gradeclip_utils.methods import IMAGE_METHODS, get_spec
+    from gradeclip_utils.session import run_image_method
+
+    args = bench.args
+    names = sorted(IMAGE_METHODS) if args.baselines == "all" else args.baselines.split(",")
+    kb, dim = args.baseline_prompts, bench.adapter.embed_dim
+    base_targets = unit_targets(kb, dim, seed=7, device=bench.device)
+    # what the methods take from a run's settings (the evaluation's names), and a class set for those with one
+    settings = {"rise_masks": bench.rise_masks}
+    classes = unit_targets(80, dim, seed=8, device=bench.device)
+    last = bench.adapter.num_image_blocks - 1
+    cases = []
+    for name in names:
+        if name == "grad_eclip":
+            continue
+        spec = get_spec(name)
+        options = spec.options_from(settings, classes=classes)
+        notes = [f"{options[o]} {o}" for o in spec.run_options if o in options]
+        if spec.class_set is not None:
+            notes.append(f"{spec.class_set}: a class set of {classes.shape[0]} embeddings")
+        config = ExplainConfig(method=name, options=options, **applied_settings(name, {"layers": [last]}))
+        # the runner: under explaining, the maps moved to the CPU and checked, as every caller runs methods
+        cases.append(Case(f"baseline: {name}", "baseline",
+                          lambda config=config: run_image_method(bench.model, config, bench.pixels, base_targets),
+                          k=kb, note=", ".join(notes)))
+    return cases
+
+
+def image_section(bench: Bench) -> tuple[list[Case], Case, dict[int, Case]]:
+    """Times the image cases: the plain forward (the base of the ratios), Grad-ECLIP maps at each K (the
+    cosine, then the other explained scores), the public API, the per-prompt loop and the baselines."""
+    from gradeclip_utils.explain import explain_image
+    from gradeclip_utils.methods.grad_eclip import image_maps
+
+    base = Case("plain forward: model.encode_image", "image", bench.plain_forward)
+    image_cases = [base]
+    for k in bench.prompt_counts:
+        image_cases.append(Case(GRAD_ECLIP_MAPS, "image", bench.explained(
+            lambda k=k: image_maps(bench.adapter, bench.pixels, bench.targets[k])), k=k))
+    pairs = {k: unit_targets(2 * k, bench.adapter.embed_dim, seed=10_000 + k, device=bench.device)
+             for k in bench.prompt_counts}
+    image_cases.extend(score_rows(bench, pairs))
+    image_cases.append(Case("explain_image (public API, embeddings)", "image",
+                            lambda: explain_image(bench.model, bench.pixels, bench.targets[bench.kmax],
+                                                  batch_size=bench.batch, progress=False), k=bench.kmax))
+    loop_cases: dict[int, Case] = {}
+    if "loop" not in bench.skip:
+        for k in sorted({1, *[k for k in bench.prompt_counts if k <= bench.loop_max_k]}):
+            loop_cases[k] = Case("per-prompt loop (authors' code)", "image", bench.explained(
+                lambda k=k: authors_loop(bench.model, bench.pixels, bench.targets[bench.kmax][:k])), k=k)
+        image_cases.extend(loop_cases.values())
+    if "baselines" not in bench.skip and bench.args.baselines != "none":
+        image_cases.extend(baseline_cases(bench))
+    log(f"image cases ({len(image_cases)}):")
+    run_cases(image_cases, bench.meter, bench.args.repeats, bench.args.slow, log)
+    return image_cases, base, loop_cases
+
+
+def extrapolate_loop(bench: Bench, loop_cases: dict[int, Case]) -> dict[int, tuple[float, float]]:
+    """The per-prompt loop's (wall, cpu) at each K above ``--loop-max-k``, linear in K from K = 1 and the
+    largest K run: T(K) = T(1) + (K - 1) x the per-prompt cost."""
     extrapolated: dict[int, tuple[float, float]] = {}
     if loop_cases:
         k_hi = max(loop_cases)
@@ -351,22 +444,25 @@ def main(argv: list[str] | None = None) -> int:
         if k_hi > 1:
             per_wall = (high.wall - low.wall) / (k_hi - 1)
             per_cpu = (high.cpu - low.cpu) / (k_hi - 1)
-            for k in prompt_counts:
+            for k in bench.prompt_counts:
                 if k not in loop_cases:
                     extrapolated[k] = (low.wall + (k - 1) * per_wall, low.cpu + (k - 1) * per_cpu)
+    return extrapolated
 
-    print_table(image_cases, base, not cuda, f"Image side: {batch} images, prompts as text embeddings")
+
+def print_image_results(bench: Bench, image_cases: list[Case], base: Case, loop_cases: dict[int, Case],
+                        extrapolated: dict[int, tuple[float, float]]) -> None:
+    """The image table, the extrapolated loop lines, the targets and the scores' ratios to the cosine."""
+    print_table(image_cases, base, not bench.cuda, f"Image side: {bench.batch} images, prompts as text embeddings")
     for k, (wall, cpu) in sorted(extrapolated.items()):
-        line = f"{'per-prompt loop (authors code), extrapolated':44s} {k:>5} {wall:9.3f} {fmt_ratio(wall / base.wall):>10s}"
-        if not cuda:
+        line = (f"{'per-prompt loop (authors code), extrapolated':44s} {k:>5} {wall:9.3f} "
+                f"{fmt_ratio(wall / base.wall):>10s}")
+        if not bench.cuda:
             line += f" {cpu:9.3f} {fmt_ratio(cpu / base.cpu):>10s}"
         print(line + f" {'':>9s}  T(1) + (K-1) x per-prompt cost from K=1 and K={max(loop_cases)}")
-
-    # ----------------------------------------------------------------------------------- targets
-    results: dict[str, Any] = {"settings": {**vars(args), "batch": batch, "device": str(device)}, "cases": []}
-    grad = {c.k: c for c in image_cases if c.name.startswith("Grad-ECLIP maps")}
-    print("\nTargets (ratios measured above)" + ("" if cuda else "; wall / CPU time"))
-    clocks = [("wall", lambda c: c.wall)] + ([] if cuda else [("cpu", lambda c: c.cpu)])
+    grad = {c.k: c for c in image_cases if c.name == GRAD_ECLIP_MAPS}
+    clocks = bench.clocks
+    print("\nTargets (ratios measured above)" + ("" if bench.cuda else "; wall / CPU time"))
     for k, bound in ((100, 1.5), (1000, 2.0)):
         if k in grad:
             values = " / ".join(f"{get(grad[k]) / get(base):.2f}x" for _, get in clocks)
@@ -375,136 +471,182 @@ def main(argv: list[str] | None = None) -> int:
     for k, bound in ((100, 5.0), (1000, 20.0)):
         if k in grad and (k in loop_cases or k in extrapolated):
             speedups = []
-            for index, (label, get) in enumerate(clocks):
+            for index, (_, get) in enumerate(clocks):
                 loop_time = get(loop_cases[k]) if k in loop_cases else extrapolated[k][index]
                 speedups.append(loop_time / get(grad[k]))
             kind = "measured" if k in loop_cases else "extrapolated"
             values = " / ".join(f"{s:.1f}x" for s in speedups)
             print(f"  K={k:<5d} faster than the per-prompt loop ({kind}) by >= {bound:.0f}x: {values}  "
                   f"{'PASS' if all(s >= bound for s in speedups) else 'FAIL'}")
-    results["cases"] += [case.record(base) for case in image_cases]
-    results["loop_extrapolated"] = {k: {"wall": w, "cpu": c} for k, (w, c) in extrapolated.items()}
+    scored = [c for c in image_cases if c.name.startswith(f"{GRAD_ECLIP_MAPS}, ") and c.k in grad]
+    if scored:
+        print("\nExplained scores: Grad-ECLIP maps of each score over the cosine's at the same K"
+              + ("" if bench.cuda else " (wall / CPU time)"))
+        for case in scored:
+            values = " / ".join(f"{get(case) / get(grad[case.k]):.2f}x" for _, get in clocks)
+            print(f"  K={case.k:<5d} {case.name.split(', ', 1)[1]:12s} {values}")
+    bench.results["cases"] += [case.record(base) for case in image_cases]
+    bench.results["score_ratios"] = [{"score": c.name.split(", ", 1)[1], "k": c.k, "wall": c.wall / grad[c.k].wall,
+                                      "cpu": c.cpu / grad[c.k].cpu} for c in scored]
+    bench.results["loop_extrapolated"] = {k: {"wall": w, "cpu": c} for k, (w, c) in extrapolated.items()}
 
-    # ------------------------------------------------------------------------------- text side
-    if "text" not in skip:
-        texts = captions(caption_count)
-        tokens = model.tokenize(texts)
+
+def text_section(bench: Bench, base: Case) -> None:
+    """Text explanations of K captions (ratios to encode_text of the same captions; the probability among
+    the captions beside the cosine), and the cost of encoding prompts."""
+    from gradeclip_utils.methods.grad_eclip import token_relevance
+    from gradeclip_utils.prompts import encode_texts
+
+    args, adapter, count = bench.args, bench.adapter, bench.caption_count
+    texts = captions(count)
+    tokens = bench.model.tokenize(texts)
+    with torch.no_grad():
+        image_targets = F.normalize(adapter.encode_image(bench.pixels).float(), dim=-1)
+
+    def plain_text():
         with torch.no_grad():
-            image_targets = F.normalize(adapter.encode_image(pixels).float(), dim=-1)
+            return adapter.native_encode_text(tokens)
 
-        def plain_text():
-            with torch.no_grad():
-                return adapter.native_encode_text(tokens)
+    def words(layers: int, images: torch.Tensor, score: str = "cosine") -> Callable[[], Any]:
+        return bench.explained(lambda: token_relevance(adapter, tokens, images, layers=layers, score=score))
 
-        text_base = Case("plain forward: model.encode_text", "text", plain_text, k=caption_count)
-        text_cases = [text_base,
-                      Case(f"Grad-ECLIP words, last {args.text_layers} blocks, {batch} images", "text",
-                           explained(lambda: token_relevance(adapter, tokens, image_targets, layers=args.text_layers)),
-                           k=caption_count),
-                      Case(f"Grad-ECLIP words, last block, {batch} images", "text",
-                           explained(lambda: token_relevance(adapter, tokens, image_targets, layers=1)),
-                           k=caption_count),
-                      Case(f"Grad-ECLIP words, last {args.text_layers} blocks, 1 image", "text",
-                           explained(lambda: token_relevance(adapter, tokens, image_targets[:1], layers=args.text_layers)),
-                           k=caption_count)]
-        encode = Case("encode prompts: encode_texts (tokenise + encode)", "text",
-                      lambda: encode_texts(model, captions(encode_count)), k=encode_count)
-        log("text cases:")
-        run_cases(text_cases + [encode], meter, args.repeats, args.slow, log)
-        print_table(text_cases, text_base, not cuda,
-                    f"Text side: {caption_count} captions (ratios to encode_text of the same captions)")
-        print(f"{'encode prompts: encode_texts':44s} {encode_count:>5} {encode.wall:9.3f} "
-              f"{fmt_ratio(encode.wall / base.wall):>10s}"
-              + ("" if cuda else f" {encode.cpu:9.3f} {fmt_ratio(encode.cpu / base.cpu):>10s}")
-              + f" {fmt_mib(encode.peak):>9s}  ratio to the plain IMAGE forward of {batch} images; "
-                "not part of the map cost when prompts are given as embeddings")
-        results["cases"] += [case.record(text_base) for case in text_cases + [encode]]
+    text_base = Case("plain forward: model.encode_text", "text", plain_text, k=count)
+    text_cases = [text_base,
+                  Case(f"Grad-ECLIP words, last {args.text_layers} blocks, {bench.batch} images", "text",
+                       words(args.text_layers, image_targets), k=count),
+                  Case(f"Grad-ECLIP words, last block, {bench.batch} images", "text", words(1, image_targets), k=count),
+                  Case(f"Grad-ECLIP words, last {args.text_layers} blocks, 1 image", "text",
+                       words(args.text_layers, image_targets[:1]), k=count)]
+    if "probability" in args.scores.split(",") and count > 1:
+        text_cases.append(Case(f"Grad-ECLIP words, probability, {bench.batch} img", "text",
+                               words(args.text_layers, image_targets, "probability"), k=count,
+                               note=f"last {args.text_layers} blocks"))
+    encode = Case("encode prompts: encode_texts (tokenise + encode)", "text",
+                  lambda: encode_texts(bench.model, captions(bench.encode_count)), k=bench.encode_count)
+    log("text cases:")
+    run_cases(text_cases + [encode], bench.meter, args.repeats, args.slow, log)
+    print_table(text_cases, text_base, not bench.cuda,
+                f"Text side: {count} captions (ratios to encode_text of the same captions)")
+    print(f"{'encode prompts: encode_texts':44s} {bench.encode_count:>5} {encode.wall:9.3f} "
+          f"{fmt_ratio(encode.wall / base.wall):>10s}"
+          + ("" if bench.cuda else f" {encode.cpu:9.3f} {fmt_ratio(encode.cpu / base.cpu):>10s}")
+          + f" {fmt_mib(encode.peak):>9s}  ratio to the plain IMAGE forward of {bench.batch} images; "
+            "not part of the map cost when prompts are given as embeddings")
+    bench.results["cases"] += [case.record(text_base) for case in text_cases + [encode]]
 
-    # --------------------------------------------------------------------- deletion / insertion
-    if "perturbation" not in skip:
-        classifier = targets[kmax]
-        with explaining(model.model):
-            out = image_maps(adapter, pixels, classifier)
-        labels = out.scores.argmax(dim=-1).tolist()
-        maps = out.maps[torch.arange(batch), torch.tensor(labels)].float().cpu()
-        mean, std = model.normalization
 
-        def curves():
-            return perturbation_curves(adapter, pixels, maps, classifier, labels, mean=mean, std=std,
-                                       batch_size=args.perturbation_batch)
+def perturbation_section(bench: Bench) -> None:
+    """Deletion and insertion curves of the Grad-ECLIP maps: images and frames per second."""
+    from gradeclip_utils.metrics.faithfulness import perturbation_curves
+    from gradeclip_utils.methods.grad_eclip import image_maps
+    from gradeclip_utils.session import explaining
 
-        perturb = Case("deletion + insertion curves", "perturbation", curves, k=classifier.shape[0])
-        plain = Case("plain forward", "perturbation", plain_forward)
-        log("perturbation case:")
-        run_cases([plain, perturb], meter, args.repeats, args.slow, log)
-        points = len(curves().fractions)
-        frames = 2 * points
-        print(f"\nDeletion/insertion: {batch} images x {frames} scored frames (deletion and insertion, "
-              f"{points} points each), classifier of {classifier.shape[0]} classes, "
-              f"{args.perturbation_batch} frames per forward")
-        print(f"  {perturb.wall:.3f} s wall = {perturb.wall / plain.wall:.1f}x the plain forward of the {batch} images; "
-              f"{batch / perturb.wall:.2f} images/s, {batch * frames / perturb.wall:.1f} frames/s; the plain "
-              f"forward runs {batch / plain.wall:.1f} images/s, so the curves cost "
-              f"{perturb.wall / (frames * plain.wall):.2f}x their {frames} forwards per image; "
-              f"peak {fmt_mib(perturb.peak).strip()} MiB")
-        results["perturbation"] = {"wall": perturb.wall, "images_per_s": batch / perturb.wall,
-                                   "frames_per_image": frames, "peak_bytes": perturb.peak}
+    batch, classifier = bench.batch, bench.targets[bench.kmax]
+    with explaining(bench.model.model):
+        out = image_maps(bench.adapter, bench.pixels, classifier)
+    labels = out.scores.argmax(dim=-1).tolist()
+    maps = out.maps[torch.arange(batch), torch.tensor(labels)].float().cpu()
+    mean, std = bench.model.normalization
 
-    # ------------------------------------------------------------------------ throughput sweep
-    sizes = [int(b) for b in args.sweep.split(",") if b]
-    if sizes:
-        print(f"\nThroughput against the image batch (K = {args.sweep_prompts} prompts as embeddings)")
-        print(f"{'B':>5s} {'plain img/s':>12s} {'maps img/s':>12s} {'maps/plain':>10s} {'peak MiB':>9s}")
-        sweep_targets = unit_targets(args.sweep_prompts, dim, seed=11, device=device)
-        results["sweep"] = []
-        for b in sizes:
-            images = torch.randn(b, 3, *size, generator=generator).to(device)
-            try:
-                plain = Case("plain", "sweep", lambda: adapter.native_encode_image(images))
-                maps_case = Case("maps", "sweep", explained(lambda: image_maps(adapter, images, sweep_targets)))
-                run_cases([plain, maps_case], meter, args.repeats, args.slow, log)
-            except torch.cuda.OutOfMemoryError:
-                print(f"{b:5d}  out of memory: the sweep stops here")
-                break
-            print(f"{b:5d} {b / plain.wall:12.1f} {b / maps_case.wall:12.1f} {maps_case.wall / plain.wall:9.2f}x "
-                  f"{fmt_mib(maps_case.peak):>9s}")
-            results["sweep"].append({"batch": b, "plain_images_per_s": b / plain.wall,
-                                     "maps_images_per_s": b / maps_case.wall, "peak_bytes": maps_case.peak})
-            del images
+    def curves():
+        return perturbation_curves(bench.adapter, bench.pixels, maps, classifier, labels, mean=mean, std=std,
+                                   batch_size=bench.args.perturbation_batch)
 
-    # ------------------------------------------------------------------------ memory over calls
+    perturb = Case("deletion + insertion curves", "perturbation", curves, k=classifier.shape[0])
+    plain = Case("plain forward", "perturbation", bench.plain_forward)
+    log("perturbation case:")
+    run_cases([plain, perturb], bench.meter, bench.args.repeats, bench.args.slow, log)
+    points = len(curves().fractions)
+    frames = 2 * points
+    print(f"\nDeletion/insertion: {batch} images x {frames} scored frames (deletion and insertion, "
+          f"{points} points each), classifier of {classifier.shape[0]} classes, "
+          f"{bench.args.perturbation_batch} frames per forward")
+    print(f"  {perturb.wall:.3f} s wall = {perturb.wall / plain.wall:.1f}x the plain forward of the {batch} images; "
+          f"{batch / perturb.wall:.2f} images/s, {batch * frames / perturb.wall:.1f} frames/s; the plain "
+          f"forward runs {batch / plain.wall:.1f} images/s, so the curves cost "
+          f"{perturb.wall / (frames * plain.wall):.2f}x their {frames} forwards per image; "
+          f"peak {fmt_mib(perturb.peak).strip()} MiB")
+    bench.results["perturbation"] = {"wall": perturb.wall, "images_per_s": batch / perturb.wall,
+                                     "frames_per_image": frames, "peak_bytes": perturb.peak}
+
+
+def sweep_section(bench: Bench) -> None:
+    """Throughput against the image batch size (``--sweep``), K = ``--sweep-prompts`` prompts."""
+    from gradeclip_utils.methods.grad_eclip import image_maps
+
+    sizes = [int(b) for b in bench.args.sweep.split(",") if b]
+    if not sizes:
+        return
+    print(f"\nThroughput against the image batch (K = {bench.args.sweep_prompts} prompts as embeddings)")
+    print(f"{'B':>5s} {'plain img/s':>12s} {'maps img/s':>12s} {'maps/plain':>10s} {'peak MiB':>9s}")
+    sweep_targets = unit_targets(bench.args.sweep_prompts, bench.adapter.embed_dim, seed=11, device=bench.device)
+    bench.results["sweep"] = []
+    for b in sizes:
+        images = torch.randn(b, 3, *bench.size, generator=bench.generator).to(bench.device)
+        try:
+            plain = Case("plain", "sweep", lambda: bench.adapter.native_encode_image(images))
+            maps_case = Case("maps", "sweep",
+                             bench.explained(lambda: image_maps(bench.adapter, images, sweep_targets)))
+            run_cases([plain, maps_case], bench.meter, bench.args.repeats, bench.args.slow, log)
+        except torch.cuda.OutOfMemoryError:
+            print(f"{b:5d}  out of memory: the sweep stops here")
+            break
+        print(f"{b:5d} {b / plain.wall:12.1f} {b / maps_case.wall:12.1f} {maps_case.wall / plain.wall:9.2f}x "
+              f"{fmt_mib(maps_case.peak):>9s}")
+        bench.results["sweep"].append({"batch": b, "plain_images_per_s": b / plain.wall,
+                                       "maps_images_per_s": b / maps_case.wall, "peak_bytes": maps_case.peak})
+        del images
+
+
+def memory_section(bench: Bench) -> None:
+    """Memory over ``--memory-calls`` consecutive explain_image calls on a small model of the family."""
+    from gradeclip_utils.explain import explain_image
+
+    args, meter = bench.args, bench.meter
+    small = tiny_model(bench.device, args.precision, like=args.model)
+    small_pixels = torch.randn(2, 3, *small.adapter.image_size, generator=bench.generator).to(bench.device)
+    small_targets = unit_targets(100, small.adapter.embed_dim, seed=3, device=bench.device)
+    checkpoints = sorted({c for c in (10, 100, 500) if c < args.memory_calls} | {args.memory_calls})
+    readings, python_heap = {}, {}
+    tracemalloc.start()
+    for call in range(1, args.memory_calls + 1):
+        explain_image(small, small_pixels, small_targets, progress=False)
+        if call in checkpoints:
+            gc.collect()
+            meter.sync()
+            readings[call] = meter.in_use()
+            python_heap[call] = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    with warnings.catch_warnings():  # isinstance on some module objects warns about deprecated names
+        warnings.simplefilter("ignore")
+        live = sum(1 for obj in gc.get_objects() if isinstance(obj, torch.Tensor))
+    first, final = checkpoints[0], checkpoints[-1]
+    kind = "CUDA memory allocated" if bench.cuda else "process RSS"
+    print(f"\nMemory over {args.memory_calls} consecutive explain_image calls (small {small.family} model, 2 images "
+          "x 100 prompts): "
+          + ", ".join(f"after {c}: {readings[c] / MiB:.1f} MiB" for c in checkpoints) + f" ({kind}); growth from "
+          f"call {first} to {final}: {(readings[final] - readings[first]) / MiB:+.2f} MiB; Python heap growth "
+          f"{(python_heap[final] - python_heap[first]) / 1024:+.1f} KiB; live tensors after: {live}")
+    bench.results["memory"] = {"calls": args.memory_calls, "readings_bytes": readings,
+                               "python_heap_bytes": python_heap, "live_tensors": live}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = setup(args)
+    check_loop(bench)
+    image_cases, base, loop_cases = image_section(bench)
+    print_image_results(bench, image_cases, base, loop_cases, extrapolate_loop(bench, loop_cases))
+    if "text" not in bench.skip:
+        text_section(bench, base)
+    if "perturbation" not in bench.skip:
+        perturbation_section(bench)
+    sweep_section(bench)
     if args.memory_calls > 0:
-        small = tiny_model(device, args.precision, like=args.model)
-        small_pixels = torch.randn(2, 3, *small.adapter.image_size, generator=generator).to(device)
-        small_targets = unit_targets(100, small.adapter.embed_dim, seed=3, device=device)
-        checkpoints = sorted({c for c in (10, 100, 500) if c < args.memory_calls} | {args.memory_calls})
-        readings = {}
-        tracemalloc.start()
-        python_heap = {}
-        for call in range(1, args.memory_calls + 1):
-            explain_image(small, small_pixels, small_targets, progress=False)
-            if call in checkpoints:
-                gc.collect()
-                meter.sync()
-                readings[call] = meter.in_use()
-                python_heap[call] = tracemalloc.get_traced_memory()[0]
-        tracemalloc.stop()
-        with warnings.catch_warnings():  # isinstance on some module objects warns about deprecated names
-            warnings.simplefilter("ignore")
-            live = sum(1 for obj in gc.get_objects() if isinstance(obj, torch.Tensor))
-        first, final = checkpoints[0], checkpoints[-1]
-        kind = "CUDA memory allocated" if cuda else "process RSS"
-        print(f"\nMemory over {args.memory_calls} consecutive explain_image calls (small {small.family} model, 2 images "
-              "x 100 prompts): "
-              + ", ".join(f"after {c}: {readings[c] / MiB:.1f} MiB" for c in checkpoints) + f" ({kind}); growth from "
-              f"call {first} to {final}: {(readings[final] - readings[first]) / MiB:+.2f} MiB; Python heap growth "
-              f"{(python_heap[final] - python_heap[first]) / 1024:+.1f} KiB; live tensors after: {live}")
-        results["memory"] = {"calls": args.memory_calls, "readings_bytes": readings, "python_heap_bytes": python_heap,
-                             "live_tensors": live}
-
+        memory_section(bench)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2, default=str)
+            json.dump(bench.results, handle, indent=2, default=str)
     return 0
 
 

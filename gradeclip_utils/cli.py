@@ -10,14 +10,16 @@
 
 The options that several commands share are declared once: ``add_model_arguments`` (--model, --pretrained,
 --device, --precision) and ``add_explain_arguments`` (--method, --layers, --mode, --qk, --resolution,
---max-patches, --memory-budget), their choices taken from the package's own constants. ``--layers`` is one type
-everywhere: comma-separated block indices, negative from the end (``--layers -1,-2``).
+--max-patches, --memory-budget, and --score for the commands that pass the score on), their choices taken from the
+package's own constants. ``--layers`` is one type everywhere:
+comma-separated block indices, negative from the end (``--layers -1,-2``).
 
 ``python -m gradeclip_utils.evaluate``, ``.notebooks``, ``.explain_dataset``, ``.synthetic.train``,
 ``.synthetic.evaluate`` and ``.studies.critique`` are aliases: their ``main`` parses with ``command_parser`` (the subcommand's own
 options) and calls the module's ``run_command``, as ``gradeclip`` does. An error the package explains
 (``GradEclipError``) and the other errors a user makes (a missing file, a bad value) are printed as one
-line, exit status 2, and so are usage errors (an unknown option, a bad value). Under torchrun:
+line, exit status 2, and so are usage errors (an unknown option, a bad value) and output locations that cannot be
+written (``OUTPUTS``, checked before any work); warnings are one line too, ``PROG: warning: ...``. Under torchrun:
 ``torchrun -m gradeclip_utils.cli explain-dataset ...``.
 """
 
@@ -30,20 +32,24 @@ import json
 import os
 import re
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 from . import __version__
 from .adapters import MODES
 from .budget import parse_bytes
-from .distributed import DEFAULT_TIMEOUT_MINUTES
 from .errors import GradEclipError
 from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS
+from .jobs.distributed import DEFAULT_TIMEOUT_MINUTES
 from .loading import PRECISION_DTYPES, SYNTHETIC
 from .methods import QK_CHOICES, list_methods
+from .methods.scores import DEFAULT_SCORE, SCORES
+from .records import writable_output
 
 __all__ = ["add_explain_arguments", "add_model_arguments", "block_indices", "build_parser", "command_parser",
-           "key_value", "main", "run_guarded", "ALIASES", "COMMANDS", "USER_ERRORS"]
+           "key_value", "main", "run_guarded", "ALIASES", "COMMANDS", "OUTPUTS", "USER_ERRORS"]
 
 #: the subcommands, with their one-line summaries (``synthetic train`` is ``gradeclip synthetic train``)
 COMMANDS = {
@@ -66,6 +72,13 @@ ALIASES = {"explain-dataset": "gradeclip_utils.explain_dataset", "evaluate": "gr
 #: what the command reports as one line: errors the package explains, and the built-in ones that a user's input
 #: raises (a missing file, a bad value); anything else is a bug and keeps its traceback
 USER_ERRORS = (GradEclipError, FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError)
+#: the options of each command that name where it writes: a "folder" or a "file"; each is checked writable (its
+#: nearest existing folder) before the command loads a model or computes anything
+OUTPUTS = {"explain": {"out": "file"}, "explain-dataset": {"out": "folder"},
+           "evaluate": {"out": "folder", "doc": "file"}, "notebooks": {"out": "folder"},
+           "critique": {"out": "folder", "doc": "file"},
+           "synthetic train": {"out": "folder", "export": "folder"},
+           "synthetic evaluate": {"json": "file", "export": "folder"}}
 #: the zero-shot prompt templates of a class (open_clip's zero_shot_metadata): OpenAI's 80 or the simple ones
 TEMPLATES = ("openai", "simple")
 #: a value that starts like an option but is a list of numbers, such as ``-1,-2`` (see _Parser)
@@ -193,9 +206,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None 
                  "(GPU only)")
 
 
-def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--method``, ``--layers``, ``--mode``, ``--qk``, ``--resolution`` and ``--max-patches``, as
-    ``explain_image`` takes them, in an option group "explanation"."""
+def add_explain_arguments(parser: argparse.ArgumentParser, *, score: bool = False,
+                          pairs: str = "its --versus prompt, e.g. \"a red circle\" --score contrast --versus "
+                                       "\"a blue circle\"") -> None:
+    """``--method``, ``--layers``, ``--mode``, ``--qk``, ``--resolution`` and ``--max-patches``, and with
+    ``score`` ``--score``, as ``explain_image`` takes them, in an option group "explanation". (``score`` is
+    for the commands that pass the score on: an option that a command would ignore is not offered.)
+    ``pairs``: how the command takes the second prompt of a contrast, in ``--score``'s help."""
     methods = list_methods()["image"]
     group = parser.add_argument_group("explanation", "how the heat maps are computed (see explain_image)")
     group.add_argument(
@@ -224,6 +241,14 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
              f"(default: {DEFAULT_MAX_PATCHES}, 640 x 640 pixels at patch size 16); e.g. --max-patches 4096 "
              "explains a 1024 x 1024 picture at its size")
     _add_memory_budget(group)
+    if score:
+        group.add_argument(
+            "--score", default=DEFAULT_SCORE, choices=SCORES,
+            help="what the maps explain: cosine, the image-text cosine (default); logit, the model's logit scale x "
+                 "the cosine; probability, each prompt's softmax among the prompts given (the zero-shot class "
+                 "probability; two prompts or more), e.g. --score probability; contrast, the cosine of a prompt "
+                 f"minus that of {pairs}. Methods without a gradient of the score (raw_attention, rollout, "
+                 "maskclip, clip_surgery, itsm) take only the cosine")
 
 
 def _add_layers(parser, help: str, *, several: bool = False) -> None:
@@ -257,7 +282,12 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="the image file (PNG, JPEG, ...)")
     parser.add_argument("prompts", nargs="+", help="one or more text prompts, quoted where they have spaces")
     add_model_arguments(parser)
-    add_explain_arguments(parser)
+    add_explain_arguments(parser, score=True)
+    parser.add_argument("--versus", nargs="+", default=None, metavar="PROMPT",
+                        help="with --score contrast: the prompt each prompt is contrasted with, one per prompt and "
+                             "in the same order: scene.png \"a red circle\" \"a dog\" --score contrast --versus "
+                             "\"a blue circle\" \"a cat\" maps what makes the picture a red circle rather than a "
+                             "blue one, and a dog rather than a cat")
     parser.add_argument("--text-layers", type=_positive_int, default=8, metavar="N",
                         help="word importance: the last N text blocks, summed (default: 8, as the authors)")
     parser.add_argument("--out", default="gradeclip_explanation.png",
@@ -267,20 +297,23 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _explain_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    from .explain_dataset import _ALL, _OWN
+    from .maps_store import ALL, OWN
 
     parser.add_argument("folder", help="a folder of images (searched recursively) or an ImageNet-style tree of "
                                        "class folders")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--prompts", metavar="FILE",
-                       help="a text file with one prompt per line: every image against every prompt")
-    which.add_argument("--classes", nargs="?", const=_OWN, choices=(_OWN, _ALL),
+                       help="a text file with one prompt per line: every image against every prompt (--score "
+                            "contrast: one pair per line, the two prompts separated by '|', e.g. a red circle | a "
+                            "blue circle)")
+    which.add_argument("--classes", nargs="?", const=OWN, choices=(OWN, ALL),
                        help="the first-level folders are classes: each image against its own class (--classes, "
                             "or --classes own) or against every class (--classes all)")
     parser.add_argument("--out", required=True, help="the output folder (index.json, targets and shards)")
     _add_templates(parser, "with --classes")
     add_model_arguments(parser)
-    add_explain_arguments(parser)
+    add_explain_arguments(parser, score=True, pairs="the other of its pair, a line \"a red circle | a blue circle\" "
+                                                    "of the --prompts file (not with --classes)")
     parser.add_argument("--batch-size", type=_positive_int, default=8, metavar="N",
                         help="images per forward and backward pass, taken from images of one patch grid "
                              "(default: 8); lower it when memory runs out")
@@ -292,7 +325,7 @@ def _explain_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    from .evaluation import DATASETS, DEFAULT_METHODS, PROTOCOLS
+    from .evaluation import DATASETS, DEFAULT_METHODS, EVAL_SCORES, PROTOCOLS
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, default="synthetic",
@@ -314,6 +347,10 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
                      help="images explained together (default: 16); a batch is also the unit of work of the "
                           "processes under torchrun, so the results do not depend on their number")
+    run.add_argument("--score", choices=EVAL_SCORES, default=DEFAULT_SCORE,
+                     help="what the maps explain (and the curves score too): cosine (default), logit or probability, "
+                          "each image's class's among every class; methods that cannot explain it are left out and "
+                          "named (no contrast: it needs a second class per image)")
     run.add_argument("--protocol", choices=PROTOCOLS, default="project",
                      help="deletion and insertion as this project runs them (default: project) or exactly as the "
                           "Grad-ECLIP authors' scripts do (authors)")
@@ -487,15 +524,27 @@ _ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
 }
 
 
+MAIN_DESCRIPTION = """Grad-ECLIP explanations for CLIP models: one command, with a subcommand per task.
+
+    gradeclip explain data/samples/three_shapes.png "a red circle" "a blue square" --out figures/shapes.png
+    gradeclip explain photo.jpg "a dog" "a cat" --model ViT-B-16 --pretrained openai --out figures/dog.png
+
+The model is the embedded synthetic CLIP unless --model names another: it knows only coloured shapes on grey
+(data/samples), works offline and warns on photographs; --model ViT-B-16 --pretrained openai is the paper's CLIP.
+"""
+
 EXPLAIN_DESCRIPTION = """Heat maps of one image against one or more prompts (one panel per prompt), and the
 importance of each prompt's words for its match with the image.
 
     gradeclip explain photo.jpg "a dog" "a cat" --out fig.png                 # the embedded synthetic model
     gradeclip explain photo.jpg "a dog" --model ViT-B-16 --pretrained openai --layers -1,-2
     gradeclip explain photo.jpg "a dog" --model hf:/path/to/clip-vit-base-patch16 --method rise
+    gradeclip explain photo.jpg "a dog" "a cat" "a bird" --score probability   # the zero-shot probability
+    gradeclip explain scene.png "a red circle" --score contrast --versus "a blue circle"
 
-Prints each prompt's score (the image-text cosine) and its words' importance; writes the figure of the maps
-to --out and one word-importance figure per prompt beside it.
+Prints each prompt's score (the image-text cosine, or the --score explained) and its words' importance;
+writes the figure of the maps to --out and one word-importance figure per prompt beside it (not for the
+contrast, which has no word importance).
 """
 
 
@@ -518,8 +567,7 @@ def command_parser(command: str) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``gradeclip``, with a subparser per command (``parser.commands`` maps each name to it)."""
-    parser = _Parser(prog="gradeclip", formatter_class=_Formatter,
-                     description="Grad-ECLIP explanations for CLIP models: one command, with a subcommand per task.",
+    parser = _Parser(prog="gradeclip", formatter_class=_Formatter, description=MAIN_DESCRIPTION,
                      epilog="`gradeclip COMMAND --help` describes each command. The modules' entry points run the "
                             "same\ncommands with the same options:\n  " + "\n  ".join(
                                 f"python -m {module:36} = gradeclip {command}" for command, module in ALIASES.items()))
@@ -557,17 +605,21 @@ def _explain(args: argparse.Namespace) -> int:
                                 "every image of a folder)")
     if not Path(args.image).is_file():
         raise FileNotFoundError(f"image file not found: {args.image}")
+    prompts = _explained_prompts(args)  # checked before the model is loaded
     model = load_model(args.model, pretrained=args.pretrained, device=args.device, precision=args.precision)
-    explanation = explain_image(model, args.image, args.prompts, method=args.method, layers=args.layers,
+    explanation = explain_image(model, args.image, prompts, method=args.method, layers=args.layers,
                                 mode=args.mode, qk=args.qk, resolution=args.resolution, max_patches=args.max_patches,
-                                memory_budget=args.memory_budget)
+                                score=args.score, memory_budget=args.memory_budget)
     out = Path(args.out)
     written = save_figure(explanation.plot(), out, formats=[out.suffix.lstrip(".") or "png"])
     for prompt, score in zip(explanation.prompts, explanation.scores[0].tolist()):
         print(f"{score:+.4f}  {prompt}")
-    if not args.no_words:
+    if args.score == "contrast" and not args.no_words:
+        print("(no word importance: the contrast has none; explain each prompt's cosine for its words)")
+    elif not args.no_words:
         words = explain_text(model, args.image, args.prompts, layers=args.text_layers, mode=args.mode, qk=args.qk,
-                             resolution=args.resolution, max_patches=args.max_patches, memory_budget=args.memory_budget)
+                             resolution=args.resolution, max_patches=args.max_patches, score=args.score,
+                             memory_budget=args.memory_budget)
         for k in range(len(args.prompts)):
             pair = words.pair(0, k)
             print("   " + "  ".join(f"{w}:{v:.2f}" for w, v in zip(pair.words, pair.word_importance)))
@@ -578,14 +630,39 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explained_prompts(args: argparse.Namespace) -> list[Any]:
+    """The prompts ``explain_image`` takes from ``explain``'s arguments: the prompts, or with ``--score contrast``
+    the pairs (prompt, its --versus prompt); a ValueError when --versus does not fit the score or the prompts."""
+    if args.score != "contrast":
+        if args.versus is not None:
+            raise ValueError("--versus gives the second prompt of a contrast: use it with --score contrast")
+        return list(args.prompts)
+    if args.versus is None or len(args.versus) != len(args.prompts):
+        raise ValueError(f"--score contrast needs one --versus prompt per prompt ({len(args.prompts)}), in the same "
+                         'order: e.g. "a red circle" --score contrast --versus "a blue circle"; got '
+                         f"{0 if args.versus is None else len(args.versus)}")
+    return list(zip(args.prompts, args.versus))
+
+
 def _methods() -> int:
     for kind, names in list_methods().items():
         print(f"{kind}: {', '.join(names)}")
     return 0
 
 
+def _check_outputs(command: str, args: argparse.Namespace) -> None:
+    """Refuse, before a model is loaded or anything computed, an output location of ``command`` that cannot be
+    written (``OUTPUTS``, ``records.writable_output``)."""
+    for option, kind in OUTPUTS.get(command, {}).items():
+        value = getattr(args, option, None)
+        if value is not None:
+            writable_output(value, folder=kind == "folder")
+
+
 def _run(command: str, parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> Any:
-    """Run ``command`` on its parsed ``args`` (``parser``: its parser, for its errors; ``argv``: its own arguments)."""
+    """Run ``command`` on its parsed ``args`` (``parser``: its parser, for its errors; ``argv``: its own arguments),
+    once its output locations are known to be writable."""
+    _check_outputs(command, args)
     if command == "explain":
         return _explain(args)
     if command == "methods":
@@ -595,7 +672,7 @@ def _run(command: str, parser: argparse.ArgumentParser, args: argparse.Namespace
 
         return run_command(args)
     if command == "evaluate":
-        from .evaluate import run_command
+        from .evaluate import run_command  # the module `python -m` runs (ALIASES)
 
         return run_command(parser, args, argv)
     if command == "notebooks":
@@ -629,12 +706,34 @@ def alias(command: str) -> int:
     return run_guarded(lambda: alias_main(command), f"python -m {ALIASES[command]}")
 
 
+@contextmanager
+def _one_line_warnings(prog: str) -> Iterator[None]:
+    """Warnings printed as ``PROG: warning: MESSAGE``, each message once: the line Python would show with them is
+    the command's own entry point (``sys.exit(main())``), which tells a user of the command nothing, and the same
+    message from two calls (the maps', then the words' downscaling of one image) says nothing new."""
+    original, seen = warnings.formatwarning, set()
+
+    def one_line(message, category, filename, lineno, line=None) -> str:
+        text = f"{prog}: warning: {message}\n"
+        if text in seen:
+            return ""
+        seen.add(text)
+        return text
+
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original
+
+
 def run_guarded(run: Callable[[], Any], prog: str) -> int:
     """``run()``, with the errors a user can fix (``USER_ERRORS``) printed as one line ``PROG: error: ...``
     (exit status 2); a command that returns no status (a summary, a path) has succeeded (0). Under torchrun the
     error is raised on: torchrun's ``record`` writes it to the failure report, which names the failing rank."""
     try:
-        result = run()
+        with _one_line_warnings(prog):
+            result = run()
     except USER_ERRORS as error:
         if os.environ.get("TORCHELASTIC_ERROR_FILE"):
             raise

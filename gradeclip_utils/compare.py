@@ -65,7 +65,7 @@ class ModelComparison:
                     out[b, :, i, j] = out[b, :, j, i] = spearman(maps[i], maps[j])
         return out
 
-    def plot(self, image: int = 0, *, shared_scale: bool = False, title: str | None = None, width_px: int = 960,
+    def plot(self, image: int = 0, *, shared_scale: bool = False, title: str | None = None, width_px: int = 980,
              colorbar: bool = True, alpha: float = 0.5, reuse: Any = None):
         """One overlay per model and prompt, a row per model when the prompts fit in ``width_px``
         (``plotting.heat_map_panels``: fixed text sizes, a colour bar, a red frame where the score S is

@@ -18,12 +18,14 @@ from .budget import caption_bytes, chunk_size, default_budget, grid_of, image_pl
 from .config import ExplainConfig
 from .inputs import DEFAULT_MAX_PATCHES, group_by_shape, prepare_images
 from .loading import LoadedModel, as_loaded
-from .methods import get_image_method, get_spec, get_text_method, prepare_options, probe_options, refusal
+from .methods import (cosine_scores, get_image_method, get_spec, get_text_method, prepare_options, probe_options,
+                      refusal)
 from .methods.registry import SETTING_DEFAULTS, find_spec
+from .methods.scores import DEFAULT_SCORE, check_count, explained_score, others_logsumexp, scale_refusal
 from .prompts import encode_texts, prompt_count, prompt_targets, zero_shot_classifier
 from .results import ImageExplanation, TextExplanation
 from .session import check_supported, explaining, release_frames, run_image_method, run_text_method
-from .text import as_text_list, group_words, token_pieces
+from .text import as_text_list, cut_words, group_words, token_pieces
 
 #: the text blocks explained by default (the authors sum the last 8)
 TEXT_LAYERS = 8
@@ -51,11 +53,19 @@ def method_support(model: LoadedModel, method: str, **options: Any) -> str | Non
 
 
 
+def check_score(model: LoadedModel, score: str) -> None:
+    """An ``UnsupportedMethodError`` naming the score and the family when ``model`` cannot give ``score``
+    (the logit and the probability need the model's logit scale), before any work."""
+    reason = scale_refusal(score, model.adapter)
+    if reason is not None:
+        raise UnsupportedMethodError(reason)
+
+
 def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str = "grad_eclip",
                   layers: int | Sequence[int] = (-1,), mode: str = "faithful", qk: str = "raw",
                   resolution: str = "native", labels: Sequence[str] | None = None, batch_size: int = 8,
                   max_patches: int = DEFAULT_MAX_PATCHES, progress: bool | None = None,
-                  memory_budget: int | None = None, **options: Any) -> ImageExplanation:
+                  score: str = DEFAULT_SCORE, memory_budget: int | None = None, **options: Any) -> ImageExplanation:
     """Heat maps of images against prompts.
 
     ``images``: a path, a PIL image, a numpy array or integer tensor holding a picture (HWC or CHW,
@@ -73,10 +83,22 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
     spatial weight. ``resolution``: "native" (aspect kept, sides rounded to the patch size, positional
     embeddings interpolated; at most ``max_patches`` patches) or "model" (the model's preprocessing).
 
+    ``score``: what the maps explain (``methods/scores.py``, docs/method.md "The explained score"):
+    "cosine" (default), "logit" (the model's logit scale x the cosine: the cosine's maps times the scale
+    for Grad-ECLIP, Grad-CAM and LeGrad), "probability" (each prompt's softmax among the prompts given at
+    the model's logit scale, the zero-shot class probability; a single prompt is a ValueError, its map
+    being identically zero) or "contrast" (S(a) - S(b), the cosine of prompt a minus that of prompt b:
+    give ``prompts`` as pairs, ``[("a red circle", "a blue circle"), ...]`` or a (K, 2, D) tensor; K pairs
+    give K maps labelled "a rather than b"). ``scores`` hold the explained score (rows of probabilities sum
+    to 1). Methods that take no gradient of a score (raw attention, rollout, MaskCLIP, CLIP Surgery, ITSM)
+    refuse a score other than the cosine by name; a model without a logit scale (a Hugging Face
+    vision/text pair) refuses the logit and the probability.
+
     Cost (Grad-ECLIP): per batch of images on one grid, one forward of the image tower and one batched
     backward of min(K, D) cotangents through the blocks after the earliest explained block (after
-    the last block only the class-token row), whatever the number of prompts K: no per-prompt passes.
-    Returns an ImageExplanation with raw maps (B, K, h, w), scores (B, K) and the settings used.
+    the last block only the class-token row), whatever the number of prompts K: no per-prompt passes,
+    whichever the score (the probability's and the contrast's cotangents are combinations of the
+    per-prompt ones). Returns an ImageExplanation with raw maps (B, K, h, w), scores (B, K) and the settings used.
 
     Memory: the images run in chunks of at most ``batch_size`` whose estimated peak fits ``memory_budget``
     bytes (by default half the memory free on the model's device, at most 1 GiB), planned once for the
@@ -95,21 +117,22 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
     """
     model = as_loaded(model)
     config = ExplainConfig(method=method, layers=layers, mode=mode, qk=qk, resolution=resolution,
-                           max_patches=max_patches, options=options, memory_budget=memory_budget)
+                           max_patches=max_patches, options=options, score=score, memory_budget=memory_budget)
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     get_image_method(method)  # an unknown name is an error before any work
     spec = get_spec(method)
     check_supported(model, spec)  # so is a method the model's family cannot run
+    check_score(model, config.score)  # and a score the model cannot give
     adapter = model.adapter
     config = config.resolved(adapter, "image")
     prepared = prepare_images(model, images, config.resolution, max_patches=config.max_patches)
     # the chunks, planned before the model's first forward (the prompts' encoding) for the largest grid
     budget = resolve_budget(config.memory_budget, model.device)
     grid = max((grid_of(adapter, p.pixels.shape) for p in prepared), key=lambda g: g[0] * g[1])
-    plan = image_plan(adapter, spec, grid, prompt_count(prompts), config.options,
+    plan = image_plan(adapter, spec, grid, prompt_count(prompts, config.score), config.options,
                       adapter.resolve_layers(config.layers, "image"), budget, min(batch_size, len(prepared)))
-    targets, names = prompt_targets(model, prompts, labels)
+    targets, names = prompt_targets(model, prompts, labels, score=config.score)
     config = config.with_options({**prepare_options(method, model, targets, config.options), **plan.options})
     running = replace(config, memory_budget=budget)  # every batch planned with the same budget
     raw: list[torch.Tensor | None] = [None] * len(prepared)
@@ -136,10 +159,29 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
                             config=config)
 
 
+@torch.no_grad()
+def _other_texts(model: LoadedModel, config: ExplainConfig, tokens: torch.Tensor, image_targets: torch.Tensor,
+                 chunk: int) -> torch.Tensor | None:
+    """For the probability over texts run in several chunks: ``rest`` (K, B), each text's log-sum-exp of the
+    other texts' logits for each image (``methods.scores.ExplainedScore``), from the cosines the method
+    explains (the official mode's recomputed blocks where the method uses the mode) of all K texts, a chunk
+    at a time without a graph. None otherwise (a single chunk sees all the texts itself)."""
+    if config.score != "probability" or chunk >= len(tokens):
+        return None
+    adapter = model.adapter
+    official = config.uses("mode") and config.mode == "official"
+    blocks = adapter.resolve_layers(config.layers, "text") if official else []
+    cosines = torch.cat([cosine_scores(adapter.trace_text(tokens[start:start + chunk].to(model.device), blocks,
+                                                          mode=config.mode if official else "faithful").embedding,
+                                       image_targets)
+                         for start in range(0, len(tokens), chunk)])
+    return others_logsumexp(explained_score(config.score, adapter).scale * cosines.double(), dim=0)
+
+
 def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *, method: str = "grad_eclip",
                  layers: int | Sequence[int] | None = None, mode: str = "faithful", qk: str = "raw",
                  resolution: str | None = None, max_patches: int = DEFAULT_MAX_PATCHES,
-                 memory_budget: int | None = None, **options: Any) -> TextExplanation:
+                 memory_budget: int | None = None, score: str = DEFAULT_SCORE, **options: Any) -> TextExplanation:
     """Importance of each word of each text for its match with each image.
 
     ``layers``: text blocks (an int n: the last n; by default 8, the authors sum the last 8; a method
@@ -152,12 +194,20 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
     faithful mode and "model" (the model's resize and centre crop, 224 for ViT-B) in the official mode,
     as the authors' text notebook embeds the image. State and threads: as for ``explain_image``.
 
+    ``score``: what the word importance explains for each (image, text) pair: "cosine" (default), "logit"
+    or "probability", each text's softmax among the texts given for the image at the model's logit scale
+    (a single text is a ValueError). For text k the probability's gradient with respect to its own tokens
+    is s p_k (1 - p_k) times the cosine's (the other texts' tokens are other inputs): a positive multiple,
+    so Grad-ECLIP's word importances (normalised to sum 1) are the cosine's, for the logit too; ``scores``
+    hold the explained score. "contrast" has no text side and is refused (``methods.scores.TEXT_CONTRAST``).
+
     Memory: the texts run in chunks whose graphs fit ``memory_budget`` bytes (by default half the memory
     free on the model's device, at most 1 GiB; ``budget.py`` states the estimate of one caption's cost from
     the model), each chunk one forward and one backward as above, so the peak is bounded whatever the
-    number of texts; the results equal one batch of all texts (every method's texts are independent). The
-    settings record the chunk used (``caption_chunk``). A budget below one caption is a ValueError, before
-    any work, naming the bytes one caption needs.
+    number of texts; the results equal one batch of all texts (every method's texts are independent; the
+    probability's softmax runs over all the texts: a forward without a graph over the texts gives each
+    chunk the other texts' logits first). The settings record the chunk used (``caption_chunk``). A budget
+    below one caption is a ValueError, before any work, naming the bytes one caption needs.
     """
     model = as_loaded(model)
     if resolution is None:
@@ -166,12 +216,15 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
         spec = find_spec(method)
         layers = TEXT_LAYERS if spec is None or "layers" in spec.uses else SETTING_DEFAULTS["layers"]
     config = ExplainConfig(method=method, layers=layers, mode=mode, qk=qk, resolution=resolution,
-                           max_patches=max_patches, options=options)
+                           max_patches=max_patches, options=options, score=score)
     get_text_method(method)
+    config.check_uses(get_spec(method), "text")  # a score the text function does not explain (the contrast)
     check_supported(model, get_spec(method), "text")
+    check_score(model, config.score)
     adapter = model.adapter
     config = config.resolved(adapter, "text")
     texts = as_text_list(texts, "texts")
+    check_count(config.score, len(texts), "text")
     budget = default_budget(model.device) if memory_budget is None else memory_budget
     chunk = chunk_size(budget, caption_bytes(adapter), len(texts))
     prepared = prepare_images(model, images, config.resolution, max_patches=config.max_patches)
@@ -183,9 +236,11 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
                 for indices in group_by_shape(prepared).values():  # one forward per patch grid
                     pixels = torch.stack([prepared[i].pixels for i in indices]).to(model.device)
                     image_targets[indices] = F.normalize(adapter.encode_image(pixels).float(), dim=-1)
+            rest = _other_texts(model, config, tokens, image_targets, chunk)
             relevance_parts, score_parts = [], []
             for start in range(0, len(texts), chunk):  # the graph of one chunk of texts at a time
-                out = run_text_method(model, config, tokens[start:start + chunk], image_targets)
+                out = run_text_method(model, config, tokens[start:start + chunk], image_targets,
+                                      rest=None if rest is None else rest[start:start + chunk])
                 relevance_parts.append(out.relevance)
                 score_parts.append(out.scores)
                 del out
@@ -213,4 +268,5 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
     return TextExplanation(texts=texts, tokens=pieces, token_importance=token_importance,
                            words=[[w for w, _ in ws] for ws in words], word_importance=word_importance,
                            scores=text_scores, images=[p.display for p in prepared],
-                           settings=settings, config=config)
+                           settings=settings, config=config,
+                           truncated=[cut_words(model, text, kept) for text, kept in zip(texts, pieces)])

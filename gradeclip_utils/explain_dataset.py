@@ -3,6 +3,8 @@
     gradeclip explain-dataset FOLDER --prompts prompts.txt --out maps/   # every image x every prompt
     gradeclip explain-dataset VAL --classes --out maps/                   # ImageNet-style tree: each image x its class
     gradeclip explain-dataset VAL --classes all --out maps/               # each image x every class
+    gradeclip explain-dataset VAL --classes --score probability --out maps/   # its class's zero-shot probability
+    gradeclip explain-dataset FOLDER --prompts pairs.txt --score contrast --out maps/   # lines "a | b"
     torchrun --nproc-per-node 8 -m gradeclip_utils.explain_dataset VAL --classes --out maps/
 
 ``FOLDER`` is searched recursively for images; an image's key is its path relative to ``FOLDER``.
@@ -11,11 +13,19 @@ folders are the classes (ImageNet's 1000 wnid folders get the standard class nam
 own name with ``_`` as a space); a class's text embedding is the mean of its normalised template
 embeddings (``--templates``: OpenAI's 80 or the simple ones), renormalised, as in the evaluation.
 
+``--score``: what the maps explain, as ``explain_image``'s ``score`` (docs/method.md section 1.1): the
+cosine (default), the logit, the probability (each prompt's softmax among all the prompts, or each class's
+among all the classes: with ``--classes`` (own) an image's map is its class's probability among every
+class, as ``explain_image`` against all the classes gives it, at the cost of its own class's map only) or
+the contrast, whose pairs come from the ``--prompts`` file, one pair a line, the two prompts separated by
+``|`` ("a red circle | a blue circle": what makes each image match a red circle rather than a blue one);
+classes give no pairs, so the contrast is refused with ``--classes``.
+
 Images are explained at native resolution by default (aspect kept, sides rounded to the patch size, at
 most ``--max-patches`` patches), exactly as ``explain_image`` explains one image: the same pixels, the
-same method call (``--method``, default Grad-ECLIP, ``--layers``, ``--mode``, ``--qk``). Images are
-grouped by patch grid and cut into batches of ``--batch-size``; the batches are packed in order into
-shards of at most ``--shard-size`` images. Shards are the work units: shard j is computed on rank
+same method call (``--method``, default Grad-ECLIP, ``--layers``, ``--mode``, ``--qk``, ``--score``).
+Images are grouped by patch grid and cut into batches of ``--batch-size``; the batches are packed in order
+into shards of at most ``--shard-size`` images. Shards are the work units: shard j is computed on rank
 j % N, so the files are the same whatever the number of processes.
 
 The output folder:
@@ -23,15 +33,16 @@ The output folder:
 * ``index.json``: the settings, the prompts, every image (key, label, shard, patch grid, input size,
   whether it was downscaled to ``--max-patches``), the shards and the ``distributed`` record;
   ``"complete": true`` once every shard is written (rank 0 writes it after all ranks finished).
-* ``targets.safetensors``: ``targets``, the prompts' unit text embeddings (P, D).
+* ``targets.safetensors``: ``targets``, the prompts' unit text embeddings (P, D); for the contrast its
+  pairs' (P, 2, D), a and b, which ``explain_image(..., score="contrast")`` takes as they are.
 * ``shards/shard-NNNNN.safetensors``: for image i, ``maps.i``, the raw (unnormalised) maps (K, h, w)
-  float32, and ``scores.i``, the image-text cosines (K,); K is every prompt, or 1 with ``--classes``
-  (the image's own class).
+  float32, and ``scores.i``, the explained scores (K,) (the image-text cosines by default); K is every
+  prompt (pair), or 1 with ``--classes`` (the image's own class).
 * ``run.json``: images per second of the run.
 
 A shard is written atomically when all its images are done; a run stopped midway (a rank killed, or
-all) resumes from the shards already written when started again with the same settings. Read the maps
-with :class:`DatasetMaps`::
+all) resumes from the shards already written when started again with the same settings. The files'
+format is ``maps_store``'s, which writes and reads them; read the maps with :class:`DatasetMaps`::
 
     maps = DatasetMaps("maps/")
     stored = maps["n01440764/ILSVRC2012_val_00000293.JPEG"]
@@ -48,26 +59,24 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from PIL import Image
 
-from . import distributed
-from .distributed import Context
+from . import maps_store
 from .config import ExplainConfig, check_choice
+from .explain import check_score
 from .inputs import DEFAULT_MAX_PATCHES, IMAGE_SUFFIXES, class_names
-from .maps import normalise_maps, resize_maps
+from .jobs.distributed import Context, init, items_per_rank, load_units, unit_size
+from .maps_store import ALL, OWN, DatasetMaps, StoredMaps  # the reader, importable beside the job (README)
+from .methods import get_image_method, get_spec, prepare_options
+from .methods.scores import DEFAULT_SCORE, check_count
 from .prompts import encode_texts, zero_shot_classifier
 from .records import RunFolder, provenance
-from .methods import get_image_method, get_spec, prepare_options
 from .session import check_supported, run_image_method
 
-FORMAT = "gradeclip-maps/1"
-SHARDS = "shards"
-_OWN, _ALL = "own", "all"
-
-__all__ = ["DatasetMaps", "StoredMaps", "explain_dataset", "find_images", "class_names", "main", "run_command"]
+__all__ = ["DatasetMaps", "StoredMaps", "explain_dataset", "find_images", "class_names", "run_command"]
 
 
 # ------------------------------------------------------------------------------------ the images
@@ -107,14 +116,16 @@ def _input_sizes(model, folder: Path, keys: Sequence[str], resolution: str, max_
     orientation applied), without decoding the pixels."""
     from tqdm import tqdm  # text progress (a widget bar does not survive a reload)
 
-    from .inputs import header_orientation, native_size, prepare_image
+    from .inputs import header_orientation, native_size, pixel_limit, prepare_image
 
     if resolution == "model":
         size = tuple(prepare_image(model, Image.new("RGB", (32, 32)), "model").pixels.shape[-2:])
     unreadable, sizes = [], []
     for key in tqdm(keys, desc="reading image sizes", unit="image", disable=not show):
         try:
-            with Image.open(folder / key) as image:
+            with pixel_limit():  # the package's downscale warning, not PIL's decompression-bomb one
+                image = Image.open(folder / key)
+            with image:
                 width, height = image.size
                 # as load_image will turn it: a PNG's eXIf chunk after its pixels is found by seeks, not by
                 # decoding. (A loaded image whose size differs from the plan's is an error, not a guess.)
@@ -151,11 +162,38 @@ def _plan(sizes: Sequence[tuple[int, int, bool]], batch_size: int, shard_size: i
     return shards
 
 
-def _shard_file(j: int) -> str:
-    return f"{SHARDS}/shard-{j:05d}.safetensors"
-
 
 # ------------------------------------------------------------------------------------- targets
+#: what separates the two prompts of a contrast's pair on a line of a prompts file
+PAIR_SEPARATOR = "|"
+
+
+def _prompt_texts(prompts: Sequence[Any], score: str) -> tuple[list[str], list[str]]:
+    """The texts to embed (the target rows) and the names of the explained scores, from ``prompts``: its
+    non-blank lines; for the contrast its pairs, each a line "a | b" or a pair (a, b), as the rows a_1, b_1,
+    a_2, b_2, ... named "a rather than b" (as ``explain_image`` names them). A ValueError when none is left,
+    a line is no pair, or the score cannot take their number (the probability among one prompt)."""
+    if score != "contrast":
+        names = [p.strip() for p in prompts if p.strip()]
+        if not names:
+            raise ValueError("no prompts (all blank)")
+        check_count(score, len(names))
+        return names, names
+    pairs = []
+    for prompt in prompts:
+        if isinstance(prompt, str) and not prompt.strip():
+            continue
+        parts = prompt.split(PAIR_SEPARATOR) if isinstance(prompt, str) else list(prompt)
+        parts = [str(part).strip() for part in parts]
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"score='contrast' takes its prompts in pairs, a pair a line: two prompts separated by "
+                             f"'{PAIR_SEPARATOR}', e.g. 'a red circle | a blue circle'; got {prompt!r}")
+        pairs.append(parts)
+    if not pairs:
+        raise ValueError("no prompts (all blank)")
+    return [text for pair in pairs for text in pair], [f"{a} rather than {b}" for a, b in pairs]
+
+
 def _class_targets(model, names: Sequence[str], templates: str, show: bool) -> torch.Tensor:
     """(C, D) unit class embeddings: prompts.zero_shot_classifier with open_clip's ImageNet templates."""
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
@@ -192,245 +230,201 @@ class _Loader:
         return torch.stack(pixels)
 
 
-def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequence[str] | None = None,
+@dataclass
+class _Job:
+    """One dataset run as every rank holds it before rank 0 plans it: what is explained (the images'
+    keys, the explained scores' names and the target rows' texts, each image's class with classes), how,
+    and the settings it records."""
+
+    model: Any
+    folder: Path
+    out: Path
+    config: ExplainConfig
+    keys: list[str]
+    names: list[str]
+    texts: list[str]  # the target rows' texts (for the contrast a_1, b_1, ...; the class names with classes)
+    labels: list[int] | None
+    templates: str | None  # the class templates; None: the names are prompts
+    batch_size: int
+    shard_size: int
+    settings: dict[str, Any]
+    run_folder: RunFolder
+
+    @property
+    def per_image(self) -> str:
+        return self.settings["targets"]["per_image"]
+
+    def prepare(self, world_size: int, overwrite: bool, show: bool) -> None:
+        """Rank 0: resume the run in ``out`` (the same settings) or start one: plan it, embed the targets,
+        write the index."""
+        previous = self.run_folder.previous(overwrite)
+        if previous is not None:
+            self.run_folder.check(previous.get("settings", {}), self.settings)
+            if (self.out / maps_store.TARGETS).exists():
+                return
+        if overwrite:
+            self.run_folder.clear()
+        sizes = _input_sizes(self.model, self.folder, self.keys, self.config.resolution, self.config.max_patches, show)
+        index = self._index(sizes, world_size)
+        if self.templates is None:
+            targets = encode_texts(self.model, self.texts)
+            if self.config.score == "contrast":  # stored as pairs, as explain_image takes them
+                targets = targets.reshape(-1, 2, targets.shape[-1])
+        else:
+            targets = _class_targets(self.model, self.names, self.templates, show)
+        maps_store.write_targets(self.out, targets)
+        maps_store.write_index(self.out, index)
+        capped = sum(size[2] for size in sizes)
+        if capped and show:
+            print(f"{capped} of {len(self.keys)} images exceed {self.config.max_patches} patches at native resolution "
+                  "and are downscaled to fit (marked 'downscaled' in the index)", file=sys.stderr)
+
+    def _index(self, sizes: Sequence[tuple[int, int, bool]], world_size: int) -> dict[str, Any]:
+        """The run's plan: its images cut into batches and shards (finer where ``world_size`` asks for it)."""
+        # fewer shards than ranks: shards (and batches, where larger) cut finer so that every rank works
+        unit = unit_size(len(self.keys), self.shard_size, world_size)
+        cut = {"batch_size": min(self.batch_size, unit), "shard_size": unit} if unit != self.shard_size else {}
+        shards = _plan(sizes, min(self.batch_size, unit), unit)
+        images = maps_store.image_entries(self.keys, self.labels, sizes, self.model.adapter.patch_size, shards)
+        return maps_store.new_index(self.folder, self.settings, self.names, images, shards, cut)
+
+    def explain(self, index: dict[str, Any], context: Context, *, workers: int,
+                progress: bool) -> list[dict[str, float]]:
+        """Explain this rank's shards that are not written yet, writing each when its images are done;
+        every rank's phase (images ``computed``, wall and CPU ``seconds``), as ``RunFolder.write_run`` takes it."""
+        targets = maps_store.read_targets(self.out).to(self.model.device)
+        targets = targets.reshape(-1, targets.shape[-1])  # the contrast's pairs as rows a_1, b_1, a_2, ...
+        # the method's model-dependent defaults from all the run's targets, as explain_image completes them
+        # (CLIP Surgery's class set: every prompt or class, whichever of them a batch explains)
+        config = self.config.with_options(prepare_options(self.config.method, self.model, targets, {}))
+        images, shards = index["images"], [shard["batches"] for shard in index["shards"]]
+        mine = [(j, shard) for j, shard in context.shard(shards) if not maps_store.shard_written(self.out, j)]
+        todo = sum(len(batch) for _, shard in mine for batch in shard)
+        loader = _Loader(self.model, self.folder, images, config.resolution, config.max_patches)
+        started, cpu_started, computed = time.perf_counter(), time.process_time(), 0
+        with context.progress(todo, desc=f"explain-dataset ({config.method})", unit="image",
+                              disable=not progress) as bar:
+            batches = load_units([batch for _, shard in mine for batch in shard], loader, workers=workers,
+                                 device=self.model.device)
+            for j, shard in mine:
+                tensors: dict[str, torch.Tensor] = {}
+                for batch in shard:
+                    tensors.update(self._explain_batch(config, next(batches), targets, batch, images))
+                    computed += len(batch)
+                    bar.update(len(batch))
+                maps_store.write_shard(self.out, j, tensors)
+            return context.gather({"computed": computed, "seconds": time.perf_counter() - started,
+                                   "cpu_seconds": time.process_time() - cpu_started})
+
+    def _explain_batch(self, config: ExplainConfig, pixels: torch.Tensor, targets: torch.Tensor, batch: list[int],
+                       images: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """One batch's entries of its shard: every target's maps and scores, or each image's own class's (the
+        batch's classes mapped, the probability's softmax over every class: ``run_image_method``'s columns)."""
+        columns = None
+        if self.per_image == OWN:
+            own = [images[i]["label"] for i in batch]
+            distinct = columns = sorted(set(own))
+        result = run_image_method(self.model, config, pixels, targets, inputs=[images[i]["key"] for i in batch],
+                                  columns=columns)
+        maps, scores = result.maps, result.scores
+        del result
+        if self.per_image == OWN:
+            rows, column = torch.arange(len(batch)), torch.tensor([distinct.index(label) for label in own])
+            maps, scores = maps[rows, column][:, None], scores[rows, column][:, None]
+        return maps_store.shard_tensors(batch, maps, scores)
+
+    def finish(self, index: dict[str, Any], context: Context, phases: list[dict[str, float]]) -> None:
+        """Rank 0, after every rank has finished: the index says the run is complete; ``run.json``."""
+        missing = maps_store.missing_shards(self.out, index)
+        if missing:
+            raise RuntimeError(f"{len(missing)} of {len(index['shards'])} shard files are missing after every rank "
+                               f"finished (e.g. {missing[0]}); is --out on a file system that every rank sees?")
+        sizes = [sum(map(len, shard["batches"])) for shard in index["shards"]]
+        record = context.record(items_per_rank(sizes, context.world_size), **index.get("cut", {}))
+        maps_store.write_index(self.out, {**index, "complete": True, "distributed": record})
+        self.run_folder.write_run(world_size=context.world_size, device=self.model.device, unit="images",
+                                  count=len(index["images"]), phases=phases)
+
+
+def _checked_config(model, prompts: Sequence[Any] | None, classes: str | None, templates: str, batch_size: int,
+                    shard_size: int, **settings: Any) -> ExplainConfig:
+    """The run's explanation settings, resolved for ``model``, once every argument is checked (a method the
+    model's family cannot run, or a score it or the model cannot give, refused before any work)."""
+    if (prompts is None) == (classes is None):
+        raise ValueError("give either prompts or classes ('own' or 'all')")
+    if classes is not None and classes not in (OWN, ALL):
+        raise ValueError(f"classes must be 'own' or 'all', got {classes!r}")
+    config = ExplainConfig(**settings)
+    if config.score == "contrast" and classes is not None:
+        raise ValueError("score='contrast' explains pairs of prompts (a rather than b), which classes do not give: "
+                         "write the pairs into a prompts file, a pair a line, 'a red circle | a blue circle'")
+    check_score(model, config.score)
+    check_choice("templates", templates, ("openai", "simple"))
+    if batch_size < 1 or shard_size < batch_size:
+        raise ValueError(f"need batch_size >= 1 and shard_size >= batch_size; got {batch_size} and {shard_size}")
+    get_image_method(config.method)
+    check_supported(model, get_spec(config.method))
+    return config.resolved(model.adapter, "image")
+
+
+def _job(model, folder: Path, out: Path, config: ExplainConfig, prompts: Sequence[Any] | None, classes: str | None,
+         templates: str, batch_size: int, shard_size: int) -> _Job:
+    """The images under ``folder``, the targets' names and texts and the settings the run records (the score
+    only away from the cosine: runs recorded before it was a setting resume)."""
+    keys = find_images(folder)
+    if prompts is not None:
+        texts, names = _prompt_texts(prompts, config.score)
+        labels = None
+    else:
+        folders, labels = _labels(keys)
+        texts = names = class_names(folders)
+        check_count(config.score, len(names), "class")
+    score = {"score": config.score} if config.score != DEFAULT_SCORE else {}
+    settings = {"format": maps_store.FORMAT, **provenance(model, weights=True),
+                "method": config.method, "layers": list(config.layers), "mode": config.mode, "qk": config.qk,
+                **score, "resolution": config.resolution, "max_patches": config.max_patches,
+                "batch_size": batch_size, "shard_size": shard_size,
+                "targets": {"source": "prompts" if prompts is not None else "classes",
+                            "per_image": ALL if classes in (None, ALL) else OWN,
+                            "templates": templates if classes is not None else None, "names": _digest(texts)},
+                "files": {"count": len(keys), "digest": _digest(keys)}}
+    run_folder = RunFolder(out, maps_store.INDEX, outputs=(maps_store.INDEX, maps_store.TARGETS, "run.json"),
+                           folders=(maps_store.SHARDS,), what="maps made")
+    return _Job(model, folder, out, config, keys, names, texts, labels, templates if classes is not None else None,
+                batch_size, shard_size, settings, run_folder)
+
+
+def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequence[Any] | None = None,
                     classes: str | None = None, templates: str = "openai", method: str = "grad_eclip",
                     layers: int | Sequence[int] = (-1,), mode: str = "faithful", qk: str = "raw",
-                    resolution: str = "native", max_patches: int | None = None, batch_size: int = 8,
-                    shard_size: int = 256, workers: int = 0, overwrite: bool = False, progress: bool = True,
-                    context: Context | None = None, memory_budget: int | None = None) -> Path:
+                    score: str = DEFAULT_SCORE, resolution: str = "native", max_patches: int | None = None,
+                    batch_size: int = 8, shard_size: int = 256, workers: int = 0, overwrite: bool = False,
+                    progress: bool = True, context: Context | None = None, memory_budget: int | None = None) -> Path:
     """Explain every image under ``folder`` and write the maps into ``out`` (see the module docstring);
     returns the path of ``index.json``.
 
     Exactly one of ``prompts`` (strings: every image against every prompt) and ``classes`` ("own": each
-    image against its class folder; "all": against every class). ``context``: this process's place in
-    a run on several processes (every rank calls this with the same arguments). A folder that holds a
-    run with the same settings is resumed; other settings are an error unless ``overwrite``.
+    image against its class folder; "all": against every class). ``score``: what the maps explain, as
+    ``explain_image``'s (the probability among all the prompts or all the classes, also for "own"; the
+    contrast takes ``prompts`` as pairs, each a line "a | b" or a pair (a, b), and no classes). ``context``:
+    this process's place in a run on several processes (every rank calls this with the same arguments). A
+    folder that holds a run with the same settings is resumed; other settings are an error unless
+    ``overwrite``. ``memory_budget``: bytes one batch's work may hold, as ``explain_image``'s (a batch is cut
+    into chunks that fit it; the maps are those of the whole batch, and the budget is not recorded).
     """
     context = context or Context(device=model.device)
     folder, out = Path(folder), Path(out)
-    if (prompts is None) == (classes is None):
-        raise ValueError("give either prompts or classes ('own' or 'all')")
-    if classes is not None and classes not in (_OWN, _ALL):
-        raise ValueError(f"classes must be 'own' or 'all', got {classes!r}")
-    config = ExplainConfig(method=method, layers=layers, mode=mode, qk=qk, resolution=resolution,
-                           max_patches=DEFAULT_MAX_PATCHES if max_patches is None else max_patches,
-                           memory_budget=memory_budget)
-    check_choice("templates", templates, ("openai", "simple"))
-    if batch_size < 1 or shard_size < batch_size:
-        raise ValueError(f"need batch_size >= 1 and shard_size >= batch_size; got {batch_size} and {shard_size}")
-    get_image_method(method)
-    check_supported(model, get_spec(method))  # a method the model's family cannot run: refused before any work
-    config = config.resolved(model.adapter, "image")
-    keys = find_images(folder)
-    if prompts is not None:
-        names = [p.strip() for p in prompts if p.strip()]
-        if not names:
-            raise ValueError("no prompts (all blank)")
-        labels = None
-    else:
-        folders, labels = _labels(keys)
-        names = class_names(folders)
-    settings = {"format": FORMAT, **provenance(model, weights=True),
-                "method": config.method, "layers": list(config.layers), "mode": config.mode, "qk": config.qk,
-                "resolution": config.resolution, "max_patches": config.max_patches, "batch_size": batch_size,
-                "shard_size": shard_size,
-                "targets": {"source": "prompts" if prompts is not None else "classes",
-                            "per_image": _ALL if classes in (None, _ALL) else _OWN,
-                            "templates": templates if classes is not None else None, "names": _digest(names)},
-                "files": {"count": len(keys), "digest": _digest(keys)}}
-    context.check_same("model weights", settings["weights"])
-    run_folder = RunFolder(out, "index.json", outputs=("index.json", "targets.safetensors", "run.json"),
-                           folders=(SHARDS,), what="maps made")
-    index_path, targets_path = run_folder.record, out / "targets.safetensors"
-    show = progress and context.is_main
-
-    def prepare() -> None:  # rank 0: check or start the run, plan it, embed the prompts
-        from safetensors.torch import save_file
-
-        previous = run_folder.previous(overwrite)
-        if previous is not None:
-            run_folder.check(previous.get("settings", {}), settings)
-            if targets_path.exists():
-                return
-        if overwrite:
-            run_folder.clear()
-        sizes = _input_sizes(model, folder, keys, config.resolution, config.max_patches, show)
-        # fewer shards than ranks: shards (and batches, where larger) cut finer so that every rank works
-        unit = distributed.unit_size(len(keys), shard_size, context.world_size)
-        cut = {"batch_size": min(batch_size, unit), "shard_size": unit} if unit != shard_size else {}
-        shards = _plan(sizes, min(batch_size, unit), unit)
-        shard_of = {index: j for j, shard in enumerate(shards) for batch in shard for index in batch}
-        patch = model.adapter.patch_size
-        images = [{"key": key, "label": None if labels is None else labels[i], "shard": shard_of[i],
-                   "grid": [sizes[i][0] // patch[0], sizes[i][1] // patch[1]], "input_size": [sizes[i][0], sizes[i][1]],
-                   "downscaled": sizes[i][2]} for i, key in enumerate(keys)]
-        index = {"format": FORMAT, "complete": False, "folder": str(folder.resolve()), "settings": settings,
-                 "prompts": names, "images": images,
-                 "shards": [{"file": _shard_file(j), "batches": shard} for j, shard in enumerate(shards)],
-                 **({"cut": cut} if cut else {})}
-        targets = (encode_texts(model, names) if prompts is not None
-                   else _class_targets(model, names, templates, show)).float().cpu().contiguous()
-        with distributed.atomic_output(targets_path) as tmp:
-            save_file({"targets": targets}, str(tmp), metadata={"format": FORMAT})
-        distributed.atomic_write_text(index_path, json.dumps(index) + "\n")
-        capped = sum(size[2] for size in sizes)
-        if capped and show:
-            print(f"{capped} of {len(keys)} images exceed {config.max_patches} patches at native resolution and are "
-                  "downscaled to fit (marked 'downscaled' in the index)", file=sys.stderr)
-
-    context.on_main(prepare)
-    index = json.loads(index_path.read_text())
-    from safetensors.torch import load_file, save_file
-
-    targets = load_file(str(targets_path))["targets"].to(model.device)
-    # the method's model-dependent defaults from all the run's targets, as explain_image completes them
-    # (CLIP Surgery's class set: every prompt or class, whichever of them a batch explains)
-    config = config.with_options(prepare_options(method, model, targets, {}))
-    images, shards = index["images"], [shard["batches"] for shard in index["shards"]]
-    per_image = settings["targets"]["per_image"]
-    mine = [(j, shard) for j, shard in context.shard(shards) if not (out / _shard_file(j)).exists()]
-    todo = sum(len(batch) for _, shard in mine for batch in shard)
-    loader = _Loader(model, folder, images, config.resolution, config.max_patches)
-    started, cpu_started, computed = time.perf_counter(), time.process_time(), 0
-    with context.progress(todo, desc=f"explain-dataset ({method})", unit="image", disable=not progress) as bar:
-        batches = distributed.load_units([batch for _, shard in mine for batch in shard], loader, workers=workers,
-                                         device=model.device)
-        for j, shard in mine:
-            tensors: dict[str, torch.Tensor] = {}
-            for batch in shard:
-                pixels = next(batches)
-                if per_image == _OWN:
-                    own = [images[i]["label"] for i in batch]
-                    distinct = sorted(set(own))
-                    chosen = targets[distinct]
-                else:
-                    chosen = targets
-                result = run_image_method(model, config, pixels, chosen, inputs=[images[i]["key"] for i in batch])
-                maps, scores = result.maps, result.scores
-                del result
-                if per_image == _OWN:
-                    rows, column = torch.arange(len(batch)), torch.tensor([distinct.index(label) for label in own])
-                    maps, scores = maps[rows, column][:, None], scores[rows, column][:, None]
-                for row, i in enumerate(batch):
-                    tensors[f"maps.{i}"] = maps[row].clone(memory_format=torch.contiguous_format)
-                    tensors[f"scores.{i}"] = scores[row].clone(memory_format=torch.contiguous_format)
-                computed += len(batch)
-                bar.update(len(batch))
-            with distributed.atomic_output(out / _shard_file(j)) as tmp:
-                save_file(tensors, str(tmp), metadata={"format": FORMAT})  # one key: the same bytes every run
-        phase = context.gather({"computed": computed, "seconds": time.perf_counter() - started,
-                                "cpu_seconds": time.process_time() - cpu_started})
-
-    def finish() -> None:  # rank 0, after every rank has finished: the index says the run is complete
-        missing = [shard["file"] for shard in index["shards"] if not (out / shard["file"]).exists()]
-        if missing:
-            raise RuntimeError(f"{len(missing)} of {len(index['shards'])} shard files are missing after every rank "
-                               f"finished (e.g. {missing[0]}); is --out on a file system that every rank sees?")
-        record = context.record(distributed.items_per_rank([sum(map(len, s)) for s in shards], context.world_size),
-                                **index.get("cut", {}))
-        distributed.atomic_write_text(index_path, json.dumps({**index, "complete": True, "distributed": record}) + "\n")
-        run_folder.write_run(world_size=context.world_size, device=model.device, unit="images", count=len(images),
-                             phases=phase)
-
-    context.on_main(finish)
-    return index_path
-
-
-# ------------------------------------------------------------------------------------ reading
-@dataclass
-class StoredMaps:
-    """The stored maps of one image: raw maps (K, h, w), scores (K,), the K prompts' names."""
-
-    key: str
-    index: int
-    maps: torch.Tensor
-    scores: torch.Tensor
-    prompts: list[str]
-    label: int | None
-    input_size: tuple[int, int]
-
-    def heatmaps(self, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Maps upsampled bilinearly to ``size`` (default: the model's input size of the image) and
-        min-max normalised to [0, 1]: (K, H, W)."""
-        return normalise_maps(resize_maps(self.maps, tuple(size or self.input_size)))
-
-
-class DatasetMaps:
-    """Read the maps an ``explain-dataset`` run wrote, by image key (or index)."""
-
-    def __init__(self, folder: str | Path, *, allow_incomplete: bool = False) -> None:
-        self.folder = Path(folder)
-        path = self.folder / "index.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: not an explain-dataset output folder")
-        self.index = json.loads(path.read_text())
-        if self.index.get("format") != FORMAT:
-            raise ValueError(f"{path}: unknown format {self.index.get('format')!r} (expected {FORMAT})")
-        if not self.index["complete"] and not allow_incomplete:
-            raise ValueError(f"{self.folder} holds an incomplete run (resume it with the same command, or pass "
-                             "allow_incomplete=True to read the shards written so far)")
-        self.prompts: list[str] = self.index["prompts"]
-        self.settings: dict[str, Any] = self.index["settings"]
-        self.images: list[dict[str, Any]] = self.index["images"]
-        self._position = {entry["key"]: i for i, entry in enumerate(self.images)}
-
-    @property
-    def keys(self) -> list[str]:
-        return [entry["key"] for entry in self.images]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._position
-
-    def targets(self) -> torch.Tensor:
-        """The prompts' unit text embeddings (P, D)."""
-        from safetensors.torch import load_file
-
-        return load_file(str(self.folder / "targets.safetensors"))["targets"]
-
-    def _entry(self, key: str | int) -> int:
-        if isinstance(key, bool) or not isinstance(key, (str, int)):
-            raise TypeError(f"index maps by image key (str) or position (int), got {type(key).__name__}")
-        if isinstance(key, int):
-            if not -len(self) <= key < len(self):
-                raise IndexError(f"image {key} out of range for {len(self)} images")
-            return key % len(self)
-        if key not in self._position:
-            raise KeyError(f"no image {key!r} in {self.folder}")
-        return self._position[key]
-
-    def _stored(self, handle, i: int) -> StoredMaps:
-        entry = self.images[i]
-        label = entry["label"]
-        own = self.settings["targets"]["per_image"] == _OWN
-        return StoredMaps(key=entry["key"], index=i, maps=handle.get_tensor(f"maps.{i}"),
-                          scores=handle.get_tensor(f"scores.{i}"), prompts=[self.prompts[label]] if own else
-                          list(self.prompts), label=label, input_size=tuple(entry["input_size"]))
-
-    def _open(self, shard: int):
-        from safetensors import safe_open
-
-        path = self.folder / self.index["shards"][shard]["file"]
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: the run is incomplete (resume it)")
-        return safe_open(str(path), framework="pt")
-
-    def __getitem__(self, key: str | int) -> StoredMaps:
-        i = self._entry(key)
-        with self._open(self.images[i]["shard"]) as handle:
-            return self._stored(handle, i)
-
-    def __iter__(self) -> Iterator[StoredMaps]:
-        """Every image, shard by shard (each shard file opened once), in image order within a shard."""
-        by_shard: dict[int, list[int]] = {}
-        for i, entry in enumerate(self.images):
-            by_shard.setdefault(entry["shard"], []).append(i)
-        for shard, indices in sorted(by_shard.items()):
-            with self._open(shard) as handle:
-                for i in indices:
-                    yield self._stored(handle, i)
+    config = _checked_config(model, prompts, classes, templates, batch_size, shard_size, method=method,
+                             layers=layers, mode=mode, qk=qk, score=score, resolution=resolution,
+                             max_patches=DEFAULT_MAX_PATCHES if max_patches is None else max_patches,
+                             memory_budget=memory_budget)
+    job = _job(model, folder, out, config, prompts, classes, templates, batch_size, shard_size)
+    context.check_same("model weights", job.settings["weights"])
+    context.on_main(lambda: job.prepare(context.world_size, overwrite, progress and context.is_main))
+    index = maps_store.read_index(out)
+    phases = job.explain(index, context, workers=workers, progress=progress)
+    context.on_main(lambda: job.finish(index, context, phases))
+    return job.run_folder.record
 
 
 # -------------------------------------------------------------------------------- command line
@@ -441,7 +435,7 @@ def run_command(args: argparse.Namespace) -> Path:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    context = distributed.init(args.device, timeout_minutes=args.dist_timeout)
+    context = init(args.device, timeout_minutes=args.dist_timeout)
     try:
         with context.guard(args.out):
             prompts = None
@@ -451,9 +445,10 @@ def run_command(args: argparse.Namespace) -> Path:
             workers = args.workers if args.workers is not None else (4 if model.device.type == "cuda" else 0)
             index = explain_dataset(model, args.folder, args.out, prompts=prompts, classes=args.classes,
                                     templates=args.templates, method=args.method, layers=args.layers, mode=args.mode,
-                                    qk=args.qk, resolution=args.resolution, max_patches=args.max_patches,
-                                    batch_size=args.batch_size, shard_size=args.shard_size, workers=workers,
-                                    overwrite=args.overwrite, context=context, memory_budget=args.memory_budget)
+                                    qk=args.qk, score=args.score, resolution=args.resolution,
+                                    max_patches=args.max_patches, batch_size=args.batch_size,
+                                    shard_size=args.shard_size, workers=workers, overwrite=args.overwrite,
+                                    context=context, memory_budget=args.memory_budget)
     finally:
         context.close()
     if context.is_main:

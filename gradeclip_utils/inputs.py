@@ -20,9 +20,12 @@ from __future__ import annotations
 import math
 import re
 import struct
+import threading
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +39,11 @@ if TYPE_CHECKING:
 Resolution = Literal["native", "model"]
 RESOLUTIONS: tuple[str, ...] = ("native", "model")
 DEFAULT_MAX_PATCHES = 1600  # 40 x 40 patches: 640 px a side for a patch size of 16
+#: the largest picture a file may hold (500 megapixels, about 1.5 GB as 8-bit RGB): larger is refused as PIL
+#: refuses decompression bombs; up to it, PIL's own warning (from 89 megapixels) is not shown, as the picture is
+#: downscaled anyway
+MAX_PICTURE_PIXELS = 500_000_000
+_PIXEL_LIMIT_LOCK = threading.Lock()  # PIL's limit is one global
 #: file suffixes read as images in folders (the evaluation's and the dataset explanation's)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 CHANNEL_COUNTS = (1, 3, 4)
@@ -55,23 +63,45 @@ class PreparedImage:
     source: str
 
 
+@contextmanager
+def pixel_limit() -> Iterator[None]:
+    """The frame of opening an image file: PIL's decompression-bomb limit raised to ``MAX_PICTURE_PIXELS`` (or
+    left where the user set it higher, or off) and its warning below that limit silenced. A large picture is
+    downscaled anyway (``max_patches``, with the package's own warning); one above the limit is refused by PIL's
+    DecompressionBombError, which ``load_image`` words."""
+    before = Image.MAX_IMAGE_PIXELS
+    with _PIXEL_LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if before is not None:
+            Image.MAX_IMAGE_PIXELS = max(before, MAX_PICTURE_PIXELS // 2)  # PIL refuses above twice its limit
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
+
+
 def load_image(path: str | Path) -> Image.Image:
     """Open an image file fully, EXIF orientation applied, with a clear error naming the file when it
-    is missing, not a file, truncated, corrupt or not an image."""
+    is missing, not a file, truncated, corrupt, not an image, or larger than ``MAX_PICTURE_PIXELS``."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"image file not found: {path}")
     if not path.is_file():
         raise ValueError(f"cannot read image {path}: it is not a file")
     try:
-        with Image.open(path) as image:
+        with pixel_limit():  # PIL checks the size when it opens the file (the lock is held for the header only)
+            image = Image.open(path)
+        with image:
             image.load()
             return upright(image)
     except MemoryError:
         raise
     except Image.DecompressionBombError as error:
-        raise ValueError(f"cannot read image {path}: {error} (raise PIL.Image.MAX_IMAGE_PIXELS if you trust "
-                         "the file)") from error
+        count = re.search(r"\((\d+) pixels\)", str(error))  # PIL's message gives the size
+        size = f" ({int(count[1]):,} pixels)" if count else ""
+        raise ValueError(f"cannot read image {path}: it has more than {MAX_PICTURE_PIXELS / 1e6:g} million pixels"
+                         f"{size}, more than this package opens; downscale it first, or set PIL.Image.MAX_IMAGE_PIXELS "
+                         "= None if you trust the file") from error
     except Exception as error:  # PIL's decoders raise many types for broken files
         raise ValueError(f"cannot read image {path} (truncated, corrupt or not an image): "
                          f"{type(error).__name__}: {error}") from error
@@ -302,13 +332,15 @@ def prepare_image(model: "LoadedModel", image: Image.Image, resolution: Resoluti
     except OSError as error:  # a lazily opened file that turns out truncated or corrupt
         name = getattr(image, "filename", "") or source
         raise ValueError(f"cannot read image {name} (truncated or corrupt): {error}") from error
+    model.check_picture(image, source)  # the embedded synthetic model warns about pictures outside its world
     if resolution == "model":
         pixels = model.preprocess(image)
     elif resolution == "native":
         width, height, capped = native_size(image.width, image.height, model.adapter.patch_size, max_patches)
         if capped:
             warn_user(f"{source} ({image.width}x{image.height}) would give more than {max_patches} patches at "
-                      f"native resolution; it is downscaled to {width}x{height} (pass max_patches to change this)")
+                      f"native resolution; it is downscaled to {width}x{height} (max_patches, on the command line "
+                      "--max-patches, changes this)")
         if (width, height) != image.size:
             image = image.resize((width, height), Image.BICUBIC)
         pixels = normalise(_pil_to_tensor(image), mean, std)

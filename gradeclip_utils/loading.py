@@ -5,6 +5,8 @@ embedded synthetic model, Hugging Face transformers checkpoints (``hf:``) and Op
 from __future__ import annotations
 
 import difflib
+import json
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -13,11 +15,13 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from . import hub
 from .adapters import FAMILIES, CLIPAdapter, get_adapter
 from .adapters.hf_clip import HFCLIPPair
 from .checkpoints import CLIP_MEAN, CLIP_STD, check_checkpoint
 from .errors import GradEclipError
 from .resources import SYNTHETIC_DIR
+from .synthetic.embedded import SyntheticWorld
 from .text import checked_tokenizer, tokenize
 
 SYNTHETIC = "synthetic"
@@ -49,6 +53,9 @@ class LoadedModel:
     pretrained: str | None
     precision: str = "fp32"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the inputs the model knows, where it knows only some (the embedded synthetic model: its world,
+    #: ``synthetic.embedded.SyntheticWorld``): pictures and prompts from outside are warned about; None: any
+    known_inputs: Any = None
 
     @cached_property
     def adapter(self) -> CLIPAdapter:
@@ -74,13 +81,23 @@ class LoadedModel:
         return int(getattr(self.tokenizer, "context_length", None) or self.adapter.context_length)
 
     def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
-        """Token ids (K, L); warns when a text is cut to the context length."""
+        """Token ids (K, L); warns when a text is cut to the context length, or holds words outside
+        ``known_inputs``."""
+        if self.known_inputs is not None:
+            self.known_inputs.check_texts(texts)
         return tokenize(self, texts)
 
     def describe(self) -> dict[str, Any]:
         """Name, family, weights, precision and device, for manifests and result settings."""
         return {"model": self.name, "family": self.family, "pretrained": self.pretrained,
                 "precision": self.precision, "device": str(self.device)}
+
+    def check_picture(self, picture: Any, source: str) -> None:
+        """Called with every picture a user gives (an 8-bit RGB PIL image, as read; ``source`` names it) before it
+        is preprocessed, as ``tokenize`` is with every prompt: a model with ``known_inputs`` (the embedded synthetic
+        one) warns there about what lies outside them."""
+        if self.known_inputs is not None:
+            self.known_inputs.check_picture(picture, source)
 
 
 def default_device() -> torch.device:
@@ -162,7 +179,7 @@ def load_model(name: str = SYNTHETIC, pretrained: str | None = None, device: str
             raise  # the family's own, precise errors
         except Exception as error:  # hub clients raise their own exception types
             if not Path(spec).exists() and pretrained is None and _is_download_failure(error):
-                raise _weights_error(name, pretrained, error, family) from error
+                raise _weights_error(name, pretrained, f"{type(error).__name__}: {error}", family) from error
             raise
         return _wrap(model, preprocess, tokenizer, name=name, pretrained=pretrained, device=device,
                      precision=precision)
@@ -194,21 +211,74 @@ def _load_open_clip(name: str, pretrained: str | None, device: torch.device, pre
     if resolved.startswith("local-dir:") and Path(resolved[len("local-dir:"):]).is_dir():
         for checkpoint in _folder_checkpoints(Path(resolved[len("local-dir:"):])):
             check_checkpoint(checkpoint)
+    tag = pretrained is not None and not _looks_like_file(pretrained)  # open_clip takes a known tag before a file
+    download = _tag_download(resolved, pretrained, cache_dir) if tag else None
+    may_download = tag or resolved.startswith("hf-hub:") or _hub_tokenizer(resolved)
+    offline = hub.unreachable(download[0] if download else None) if may_download else None
+    if download is not None and not download[1] and offline:  # fail before the model is built
+        raise _weights_error(name, pretrained, f"{offline}, and they are not in the local cache")
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            resolved, pretrained=pretrained, precision=precision, device=device, cache_dir=cache_dir,
-            weights_only=True)
+        with hub.session(offline is not None):
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                resolved, pretrained=pretrained, precision=precision, device=device, cache_dir=cache_dir,
+                weights_only=True)
     except Exception as error:  # hub clients raise their own exception types
-        if pretrained is not None and not _looks_like_file(pretrained) and _is_download_failure(error):
-            raise _weights_error(name, pretrained, error) from error
+        if tag and _is_download_failure(error):
+            raise _weights_error(name, pretrained, f"{type(error).__name__}: {error}") from error
         raise
     try:
-        tokenizer = open_clip.get_tokenizer(resolved)
+        with hub.session(offline is not None):
+            tokenizer = open_clip.get_tokenizer(resolved)
     except Exception as error:  # a tokenizer that lives on the hub (SigLIP's, for one)
         if not _is_download_failure(error):
             raise
         tokenizer = _missing_tokenizer(name, error)
-    return _wrap(model, preprocess, tokenizer, name=name, pretrained=pretrained, device=device, precision=precision)
+    loaded = _wrap(model, preprocess, tokenizer, name=name, pretrained=pretrained, device=device, precision=precision)
+    if resolved.startswith("local-dir:") and Path(resolved[len("local-dir:"):]).resolve() == SYNTHETIC_DIR.resolve():
+        loaded.known_inputs = SyntheticWorld()  # the embedded model knows only its synthetic world
+    return loaded
+
+
+def _hub_tokenizer(resolved: str) -> bool:
+    """Whether the open_clip model's tokenizer lives on the Hugging Face hub (its text_cfg names one)."""
+    import open_clip
+
+    if resolved.startswith("local-dir:"):
+        try:
+            config = json.loads((Path(resolved[len("local-dir:"):]) / "open_clip_config.json").read_text())
+            config = config.get("model_cfg", config)
+        except (OSError, ValueError):
+            return False
+    else:
+        config = open_clip.get_model_config(resolved) or {}
+    return bool(config.get("text_cfg", {}).get("hf_tokenizer_name"))
+
+
+def _tag_download(resolved: str, tag: str, cache_dir: str | None) -> tuple[str, bool] | None:
+    """Where open_clip would download the weights of ``tag`` from (a hub repository's file, or a URL) and whether
+    they are in its cache already, as open_clip's ``download_pretrained`` looks; None where open_clip knows no such
+    tag for the model (its own error follows)."""
+    import open_clip
+    from open_clip import pretrained as registry
+
+    config = open_clip.get_pretrained_cfg(resolved, tag)
+    if not config or "file" in config:
+        return None
+    if config.get("hf_hub") and registry.has_hf_hub():
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(config["hf_hub"])
+        filename = filename or registry.HF_WEIGHTS_NAME
+        alternatives = getattr(registry, "_get_safe_alternatives", lambda name: [])  # open_clip prefers safetensors
+        candidates = [*alternatives(filename), filename]
+        cached = any(isinstance(try_to_load_from_cache(repo, candidate, cache_dir=cache_dir), str)
+                     for candidate in candidates)
+        return hub.hub_endpoint(), cached
+    url = config.get("url", "")
+    if not url:
+        return None
+    target = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+    return url, target.is_file()
 
 
 def _unknown_model_message(name: str, known: Sequence[str]) -> str:
@@ -244,18 +314,19 @@ def _is_download_failure(error: BaseException) -> bool:
     return any(key in text for key in keys)
 
 
-def _weights_error(name: str, pretrained: str | None, error: BaseException, family=None) -> WeightsUnavailableError:
+def _weights_error(name: str, pretrained: str | None, reason: str, family=None) -> WeightsUnavailableError:
+    """The error of weights that could not be had, ``reason`` saying why; the ways round it that the README
+    documents."""
     if family is not None:
         return WeightsUnavailableError(
-            f"Could not obtain {name!r} ({type(error).__name__}: {str(error)[:300]}). It is downloaded on first use; "
-            f"without network access, {family.OFFLINE_HINT}. Offline, the embedded load_model('synthetic') always "
-            "works.")
+            f"Could not obtain {name!r} ({reason[:300]}). It is downloaded on first use; without network access, "
+            f"{family.OFFLINE_HINT}. Offline, the embedded load_model('synthetic') always works.")
     return WeightsUnavailableError(
-        f"Could not obtain pretrained weights {pretrained!r} for {name!r} ({type(error).__name__}: {error}). "
-        "The weights are downloaded on first use; without network access, download the checkpoint on another "
-        "machine and pass its local path instead, e.g. "
-        f"load_model({name!r}, pretrained='/path/to/open_clip_model.safetensors'), or copy a Hugging Face "
-        "snapshot folder and use load_model('local-dir:/path/to/folder'). Offline, the embedded "
+        f"Could not obtain pretrained weights {pretrained!r} for {name!r} ({reason}). "
+        "The weights are downloaded on first use and cached; without network access, download the checkpoint on "
+        "another machine and pass its local path instead, e.g. "
+        f"load_model({name!r}, pretrained='/path/to/open_clip_model.safetensors'), or a folder with "
+        "open_clip_config.json and the weights, load_model('/path/to/folder'). Offline, the embedded "
         "load_model('synthetic') always works.")
 
 

@@ -1,6 +1,7 @@
-"""What the package writes down about its results: their provenance (the model, its weights, the software)
-and the output folder of a resumable run (``RunFolder``: its settings file, what ``overwrite`` removes,
-and ``run.json``).
+"""What the package writes down about its results: their provenance (the model, its weights, the software),
+the output folder of a resumable run (``RunFolder``: its settings file, what ``overwrite`` removes,
+and ``run.json``), and whether an output location can be written at all (``writable_output``, checked by the
+command line before any work).
 
 Each file keeps its own format and takes from ``provenance()`` the keys it records: the evaluation's
 ``config.json`` and the dataset explanation's ``index.json`` the model and its weights digest, the figure
@@ -11,15 +12,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import platform
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from . import distributed
+from .jobs.files import atomic_write_text
+from .errors import GradEclipError
 from .resources import REPO_ROOT
 
 #: the distributions whose versions a figure manifest records
@@ -89,6 +94,20 @@ def provenance(model: Any = None, *, weights: bool = False, software: bool = Fal
     return record
 
 
+def same_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two runs' settings agree, leaving out what may change between a run and its resumption:
+    the ``distributed`` record and the device index (``cuda:1`` on rank 1 is ``cuda`` in one process)."""
+
+    def plain(settings: dict[str, Any]) -> dict[str, Any]:
+        settings = {k: v for k, v in settings.items() if k != "distributed"}
+        model = settings.get("model")
+        if isinstance(model, dict) and isinstance(model.get("device"), str):
+            settings["model"] = {**model, "device": model["device"].split(":")[0]}
+        return settings
+
+    return plain(a) == plain(b)
+
+
 class RunFolder:
     """The output folder of a run that resumes where it stopped.
 
@@ -112,8 +131,8 @@ class RunFolder:
     @staticmethod
     def matches(previous: dict[str, Any], settings: dict[str, Any]) -> bool:
         """Whether a run with ``previous`` settings is resumed by one with ``settings`` (the distribution
-        and the device index may differ: ``distributed.same_settings``)."""
-        return distributed.same_settings(previous, settings)
+        and the device index may differ: ``same_settings``)."""
+        return same_settings(previous, settings)
 
     def check(self, previous: dict[str, Any], settings: dict[str, Any]) -> None:
         """Refuse to resume a run made with other settings."""
@@ -136,5 +155,45 @@ class RunFolder:
         run = {"world_size": world_size, "device": str(device), unit: count, "computed": total,
                "already_done": count - total, "seconds": round(seconds, 3),
                "cpu_seconds": round(sum(p["cpu_seconds"] for p in phases), 3),
-               f"{unit}_per_second": round(distributed.rate(total, seconds), 3)}
-        distributed.atomic_write_text(self.path / "run.json", json.dumps(run, indent=2) + "\n")
+               f"{unit}_per_second": round(rate(total, seconds), 3)}
+        atomic_write_text(self.path / "run.json", json.dumps(run, indent=2) + "\n")
+
+
+def rate(count: float, seconds: float) -> float:
+    """``count`` per second (NaN for no time)."""
+    return count / seconds if seconds > 0 else math.nan
+
+
+class OutputNotWritableError(GradEclipError, PermissionError):
+    """An output file or folder that cannot be written (a PermissionError, as the write would have raised)."""
+
+
+def writable_output(path: str | Path, *, folder: bool) -> Path:
+    """Check that ``path``, an output folder (``folder``) or file, can be written, before any work and without
+    writing anything: the nearest folder of it that exists (the output folder, the file's folder, or the one
+    the missing folders would be made in) must let a file be made in it. Raises ``OutputNotWritableError``
+    ("cannot write to PATH (permission denied)") where a part of the path is a file, or where no file can be
+    made; that is tried for real with a temporary file, as root passes ``os.access`` on read-only file systems
+    and immutable folders. Missing folders are left for the command to make."""
+    path = Path(path).expanduser()
+    if not folder and path.is_dir():
+        raise OutputNotWritableError(f"cannot write to {path}: it is a folder (name a file in it)")
+    existing = path if folder else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputNotWritableError(f"cannot write to {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK) or (not folder and path.exists() and not os.access(path, os.W_OK)):
+        raise OutputNotWritableError(f"cannot write to {path} (permission denied)")
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise OutputNotWritableError(f"cannot write to {path} ({_reason(error)})") from error
+    return path
+
+
+def _reason(error: OSError) -> str:
+    """An OSError's cause in lower case ("permission denied", "read-only file system")."""
+    text = error.strerror or type(error).__name__
+    return text[:1].lower() + text[1:]

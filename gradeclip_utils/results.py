@@ -29,9 +29,11 @@ class ImageExplanation:
     """Heat maps of B images against K prompts.
 
     ``raw`` holds one (K, h, w) float32 map stack per image, unnormalised (faithfulness metrics and
-    cross-prompt comparisons need these values); ``scores`` (B, K) are the image-text cosines from the
-    same forward pass; ``images`` are the pictures the model saw; ``settings`` record how the maps were
-    made (method, layers, mode, qk, resolution, model: ``config.to_settings``, what ``save`` stores);
+    cross-prompt comparisons need these values); ``scores`` (B, K) are the explained scores from the
+    same forward pass (the image-text cosines by default; the logits, the probabilities among the prompts
+    or the contrasts with ``score=``); ``images`` are the pictures the model saw; ``settings`` record how
+    the maps were made (method, layers, mode, qk, resolution, score, model: ``config.to_settings``, what
+    ``save`` stores; a result saved before the score was a setting has none: it explains the cosine);
     ``config`` is the ``ExplainConfig`` they were made with (absolute layers, the method's options as
     completed for the call; None for a loaded result).
     """
@@ -120,6 +122,18 @@ class ImageExplanation:
         return cls(raw, scores, meta["prompts"], list(images), meta["settings"])
 
 
+def _noted_cut(fig: Any, ax: Any, pair: "WordImportance", loc: str) -> Any:
+    """``fig`` with the words ``pair`` lost to the context length named under its title (``text.cut_note``)."""
+    if not pair.truncated:
+        return fig
+    from .text import cut_note
+
+    ax = ax if ax is not None else fig.axes[0]
+    title = ax.get_title(loc=loc)
+    ax.set_title(f"{title}\n{cut_note(pair.truncated)}" if title else cut_note(pair.truncated), fontsize=9, loc=loc)
+    return fig
+
+
 @dataclass
 class WordImportance:
     """Word importance of one (image, text) pair."""
@@ -130,6 +144,7 @@ class WordImportance:
     words: list[str]
     word_importance: np.ndarray
     score: float
+    truncated: list[str] = field(default_factory=list)  # the words past the context length, not explained
 
 
 @dataclass
@@ -139,8 +154,11 @@ class TextExplanation:
     ``tokens[k]`` are the BPE pieces of text k (start and end tokens dropped; a piece ending a word
     ends with '</w>'); ``token_importance`` (B, K, T) and ``word_importance`` (B, K, W) are zero-padded
     to the longest text, each row summing to 1 over its own pieces (or all zero when nothing is
-    relevant); ``words[k]`` are whole words, their importance the sum of their pieces. ``settings`` and
-    ``config`` as for ``ImageExplanation`` (the settings record no method options).
+    relevant); ``words[k]`` are whole words, their importance the sum of their pieces. ``scores`` (B, K)
+    are the explained scores (the cosines by default). ``settings`` and ``config`` as for
+    ``ImageExplanation`` (the settings record no method options). ``truncated[k]``: the
+    words of text k past the text tower's context length, which the tokenizer cut off (neither embedded nor
+    explained; [] when the text fits); the plots say so.
     """
 
     texts: list[str]
@@ -152,6 +170,7 @@ class TextExplanation:
     images: list[Image.Image]
     settings: dict[str, Any] = field(default_factory=dict)
     config: ExplainConfig | None = None
+    truncated: list[list[str]] = field(default_factory=list)
 
     def pair(self, image: int = 0, text: int = 0) -> WordImportance:
         image = _check_index(image, self.scores.shape[0], "image")
@@ -161,17 +180,27 @@ class TextExplanation:
             text=self.texts[text], tokens=list(self.tokens[text]),
             token_importance=self.token_importance[image, text, :n_tokens].numpy(),
             words=list(self.words[text]), word_importance=self.word_importance[image, text, :n_words].numpy(),
-            score=float(self.scores[image, text]))
+            score=float(self.scores[image, text]),
+            truncated=list(self.truncated[text]) if text < len(self.truncated) else [])
 
     def plot_bar(self, image: int = 0, text: int = 0, **kwargs: Any):
+        """The words' importance as bars (``plotting.plot_word_bars``); a text cut to the context length
+        says in the title which words were ignored."""
         from .plotting import plot_word_bars  # matplotlib: loaded when a figure is first drawn
 
-        return plot_word_bars(self.pair(image, text), **kwargs)
+        pair = self.pair(image, text)
+        fig = _noted_cut(plot_word_bars(pair, **kwargs), kwargs.get("ax"), pair, "center")
+        if pair.truncated and kwargs.get("ax") is None:
+            fig.tight_layout()  # room for the title's second line
+        return fig
 
     def plot_text(self, image: int = 0, text: int = 0, **kwargs: Any):
+        """The text with its words shaded by importance (``plotting.plot_highlighted_text``); a text cut to
+        the context length says in the title which words were ignored."""
         from .plotting import plot_highlighted_text  # matplotlib: loaded when a figure is first drawn
 
-        return plot_highlighted_text(self.pair(image, text), **kwargs)
+        pair = self.pair(image, text)
+        return _noted_cut(plot_highlighted_text(pair, **kwargs), kwargs.get("ax"), pair, "left")
 
     def to_frame(self):
         """Long-format pandas DataFrame: one row per (image, text, word)."""

@@ -19,6 +19,7 @@ from .config import ExplainConfig
 from .guard import explaining, model_lock, release_frames
 from .methods.outputs import MapOutput, TokenOutput
 from .methods.registry import MethodSpec, get_image_method, get_spec, get_text_method, refusal
+from .methods.scores import explained_score
 
 def check_supported(model: Any, spec: MethodSpec, tower: str = "image") -> None:
     """``UnsupportedMethodError`` naming method, family and reason when the model's tower lacks what the
@@ -55,35 +56,44 @@ def _weights_hint(inputs: Sequence[str] | None) -> str:
 
 def run_image_method(model: Any, config: ExplainConfig, pixels: torch.Tensor, targets: torch.Tensor, *,
                      spec: MethodSpec | None = None, inputs: Sequence[str] | None = None,
-                     image_chunk: int | None = None) -> MapOutput:
+                     columns: Sequence[int] | None = None, image_chunk: int | None = None) -> MapOutput:
     """Run the image method ``config.method`` on one batch: raw maps (B, K, h, w) and scores (B, K),
     detached, float32, on the CPU.
 
-    Memory: the batch runs in chunks whose estimated peak fits ``config.memory_budget`` bytes (None: the
-    default budget of the model's device; ``budget.image_plan`` from the method's declared cost): at most
-    ``image_chunk`` images (the caller's cap, default the batch) per call of the method, and the method's
-    own inner chunk (its option, e.g. GAME's ``chunk``, lowered to what fits, never raised). Images are
-    independent, so the chunks give the whole batch's maps (a paired method's targets and a keyed method's
-    keys are cut with its images). A budget below one image with one unit is a ValueError before the method
-    runs.
+    ``model`` is a LoadedModel; ``pixels`` (B, 3, H, W) on one grid and ``targets`` (T, D) unit text
+    embeddings go to its device; the method gets ``config``'s layers (resolved for the model), mode, qk,
+    score (resolved for the model: ``methods.scores.explained_score``; T = K target rows, or 2K for the
+    contrast's pairs) and options. It runs under ``explaining`` (taken here; a caller may hold it around
+    several batches). A method the model's family cannot run is an ``UnsupportedMethodError`` naming
+    method, family and reason; a half-precision model on the CPU without a kernel a RuntimeError saying
+    what to do; maps or scores that are not finite a FloatingPointError (``inputs`` name the images in its
+    message). When it raises, the failed call's frames are released (``release_frames``). ``spec``: the
+    declaration of a method that is not registered (the evaluation's random reference); a registered one
+    is looked up.
 
-    ``model`` is a LoadedModel; ``pixels`` (B, 3, H, W) on one grid and ``targets`` (K, D) unit text
-    embeddings go to its device; the method gets ``config``'s layers (resolved for the model), mode, qk
-    and options. It runs under ``explaining`` (taken here; a caller may hold it around several batches).
-    A method the model's family cannot run is an ``UnsupportedMethodError`` naming method, family and
-    reason; a half-precision model on the CPU without a kernel a RuntimeError saying what to do; maps or
-    scores that are not finite a FloatingPointError (``inputs`` name the images in its message). When it
-    raises, the failed call's frames are released (``release_frames``). ``spec``: the declaration of a
-    method that is not registered (the evaluation's random reference); a registered one is looked up.
+    ``columns``: map only these of the K explained scores (in this order, repeats allowed): maps (B, len,
+    h, w) and scores (B, len), those columns of the call against every target, at the cost of these only.
+    The probability's softmax still runs over every target row (``ExplainedScore.columns``: a few classes'
+    probabilities among a whole classifier); every other score of a column depends on its own rows only,
+    which are then all the method is given.
+
+    Memory: the batch runs in chunks whose estimated peak fits ``config.memory_budget`` bytes (None: the
+    default budget of the model's device; ``budget.image_plan`` from the method's declared cost for the K
+    explained scores, or the ``columns``): at most ``image_chunk`` images (the caller's cap, default the
+    batch) per call of the method, and the method's own inner chunk (its option, e.g. GAME's ``chunk``,
+    lowered to what fits, never raised). Images are independent and every chunk gets every target row, so
+    the chunks give the whole batch's maps, the probability's softmax included (a paired method's explained
+    scores and a keyed method's keys are cut with its images; the paired probability stays among all the
+    batch's targets). A budget below one image with one unit is a ValueError before the method runs.
     """
     fn = spec.image if spec is not None else get_image_method(config.method)
     spec = spec if spec is not None else get_spec(config.method)
     pixels = pixels.to(model.device)
     paired = spec.paired and bool(config.options.get("paired"))
-    config, size = _chunks(model, config, spec, pixels, 1 if paired else targets.shape[0], image_chunk)
+    count = len(columns) if columns is not None else max(1, targets.shape[0] // _rows(config))
+    config, size = _chunks(model, config, spec, pixels, 1 if paired else count, image_chunk)
     if size >= pixels.shape[0]:
-        maps, scores = _run(model, config, spec, "image", fn, pixels, targets, "maps", inputs)
-        return MapOutput(maps=maps, scores=scores)
+        return _explained(model, config, spec, fn, pixels, targets, inputs, columns)
     parts = []
     for lo in range(0, pixels.shape[0], size):
         hi = lo + size
@@ -91,9 +101,27 @@ def run_image_method(model: Any, config: ExplainConfig, pixels: torch.Tensor, ta
         if spec.keyed and "keys" in options:  # a keyed method's keys name its images
             options["keys"] = list(options["keys"])[lo:hi]
         names = None if inputs is None else list(inputs)[lo:hi]
-        parts.append(_run(model, config.with_options(options), spec, "image", fn, pixels[lo:hi],
-                          targets[lo:hi] if paired else targets, "maps", names))
-    return MapOutput(maps=torch.cat([m for m, _ in parts]), scores=torch.cat([s for _, s in parts]))
+        # a paired call's explained scores are its images': each chunk keeps its own, among every target row
+        part = list(range(count) if columns is None else columns)[lo:hi] if paired else columns
+        parts.append(_explained(model, config.with_options(options), spec, fn, pixels[lo:hi], targets, names, part))
+    return MapOutput(maps=torch.cat([p.maps for p in parts]), scores=torch.cat([p.scores for p in parts]))
+
+
+def _rows(config: ExplainConfig) -> int:
+    """The target rows of one explained score: two for the contrast's pairs, else one."""
+    return 2 if config.score == "contrast" else 1
+
+
+def _explained(model: Any, config: ExplainConfig, spec: MethodSpec, fn: Callable[..., Any], pixels: torch.Tensor,
+               targets: torch.Tensor, inputs: Sequence[str] | None, columns: Sequence[int] | None) -> MapOutput:
+    """One call of the image method on ``pixels`` (on the model's device), its ``columns`` of the explained
+    scores: the probability's (of a method that takes the score) among every target row, any other score's
+    from its own rows only."""
+    if columns is not None and not (config.score == "probability" and "score" in spec.uses):
+        rows = _rows(config)
+        targets, columns = targets[[c * rows + r for c in columns for r in range(rows)]], None
+    maps, scores = _run(model, config, spec, "image", fn, pixels, targets, "maps", inputs, columns=columns)
+    return MapOutput(maps=maps, scores=scores)
 
 
 def _chunks(model: Any, config: ExplainConfig, spec: MethodSpec, pixels: torch.Tensor, count: int,
@@ -108,30 +136,35 @@ def _chunks(model: Any, config: ExplainConfig, spec: MethodSpec, pixels: torch.T
 
 
 def run_text_method(model: Any, config: ExplainConfig, tokens: torch.Tensor, targets: torch.Tensor, *,
-                    spec: MethodSpec | None = None) -> TokenOutput:
+                    spec: MethodSpec | None = None, rest: torch.Tensor | None = None) -> TokenOutput:
     """Run the text method ``config.method`` on K texts' ``tokens`` against B unit image embeddings
     ``targets``: relevance (B, K, L) and scores (B, K), detached, float32, on the CPU. As
-    ``run_image_method`` (the layers are the text tower's)."""
+    ``run_image_method`` (the layers are the text tower's). ``rest`` (K, B): for the probability, the
+    log-sum-exp of the logits of the captions not among these K for each image (``explain_text``'s other
+    chunks; ``methods.scores.ExplainedScore``), so that the softmax runs over all the captions given."""
     fn = spec.text if spec is not None else get_text_method(config.method)
     spec = spec if spec is not None else get_spec(config.method)
-    relevance, scores = _run(model, config, spec, "text", fn, tokens, targets, "relevance", None)
+    relevance, scores = _run(model, config, spec, "text", fn, tokens, targets, "relevance", None, rest)
     return TokenOutput(relevance=relevance, scores=scores)
 
 
 def _run(model: Any, config: ExplainConfig, spec: MethodSpec, tower: str, fn: Callable[..., Any],
          inputs_on_device: torch.Tensor, targets: torch.Tensor, what: str,
-         inputs: Sequence[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
+         inputs: Sequence[str] | None, rest: torch.Tensor | None = None,
+         columns: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The frame both runners share: the declarations checked, the method called under ``explaining`` with
-    ``config``'s settings for ``tower``, its ``what`` (maps or relevance) and scores detached, float32, on the
-    CPU and checked to be finite; the failed call's frames released when it raises."""
-    config.check_uses(spec)  # a setting the method would not apply is refused (a registered one: when made)
+    ``config``'s settings for ``tower`` (the score resolved for the model), its ``what`` (maps or relevance)
+    and scores detached, float32, on the CPU and checked to be finite; the failed call's frames released
+    when it raises."""
+    config.check_uses(spec, tower)  # a setting the method would not apply is refused (a registered one: when made)
     check_supported(model, spec, tower)
     adapter = model.adapter
+    score = explained_score(config.score, adapter, None if rest is None else rest.to(model.device), columns)
     try:
         with explaining(model.model):
             out = _call(model, config.method, fn, adapter, inputs_on_device, targets.to(model.device),
                         layers=adapter.resolve_layers(config.layers, tower), mode=config.mode, qk=config.qk,
-                        **config.options)
+                        score=score, **config.options)
             values, scores = getattr(out, what).detach().float().cpu(), out.scores.detach().float().cpu()
             del out
     except BaseException as error:

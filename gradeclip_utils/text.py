@@ -119,6 +119,44 @@ def tokenize(model: "LoadedModel", texts: str | Sequence[str]) -> torch.Tensor:
     return model.tokenizer(texts).to(model.device)
 
 
+def has_words(text: str) -> bool:
+    """Whether ``text`` has a letter or a digit: a prompt of punctuation or spaces alone has no words (it is
+    still embedded and scored, but names nothing)."""
+    return any(character.isalnum() for character in text)
+
+
+def _all_token_ids(model: "LoadedModel", text: str) -> list[int] | None:
+    """Every BPE id of ``text`` (no start or end token, no cut to the context length), or None for a
+    tokenizer that cannot tell."""
+    simple = _simple_tokenizer(model.tokenizer)
+    if simple is not None:
+        return list(simple.encode(text))
+    if isinstance(model.tokenizer, HFTokenizer):
+        return list(model.tokenizer.tokenizer(text, add_special_tokens=False)["input_ids"])
+    return None
+
+
+def cut_words(model: "LoadedModel", text: str, kept: Sequence[str]) -> list[str]:
+    """The words of ``text`` that the cut to the context length left out, given the BPE pieces that were
+    kept (``token_pieces`` of the tokenised text): [] when the whole text fits. A word cut in the middle
+    counts as left out (its end was)."""
+    ids = _all_token_ids(model, text)
+    if ids is None or len(ids) <= len(kept):
+        return []
+    words = [word for word, _ in group_words(token_pieces(model, ids))]
+    whole = len(group_words(kept)) - (1 if kept and not kept[-1].endswith("</w>") else 0)
+    return words[whole:]
+
+
+def cut_note(words: Sequence[str], limit: int = 8) -> str:
+    """"cut at the context length: ignored “in blue …” (12 words)": what a text cut to the context length
+    lost, its first ``limit`` words quoted ("" when nothing was cut)."""
+    if not words:
+        return ""
+    shown = " ".join(words[:limit]) + (" \u2026" if len(words) > limit else "")
+    return f"cut at the context length: ignored \u201c{shown}\u201d ({len(words)} word{'s' if len(words) != 1 else ''})"
+
+
 def token_pieces(model: "LoadedModel", ids: Sequence[int]) -> list[str]:
     """Readable BPE pieces for token ids; a piece that ends a word ends with '</w>'.
 

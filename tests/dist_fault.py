@@ -10,7 +10,7 @@ import runpy
 import signal
 import sys
 
-from gradeclip_utils.distributed import Journal
+from gradeclip_utils.jobs.files import Journal
 
 if os.environ.get("RANK") == os.environ.get("GRADECLIP_TEST_KILL_RANK"):
     append = Journal.append

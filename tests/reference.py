@@ -1,7 +1,10 @@
 """A slow, literal implementation of docs/method.md sections 1-4, written apart from the package.
 
 Every head is computed in its own loop iteration, every prompt gets its own backward pass, and the
-maps are assembled token by token. The package's batched code is checked against this.
+maps are assembled token by token. The package's batched code is checked against this. The explained
+score may be any function of the embeddings (``score``: the cosine by default); Grad-CAM and LeGrad
+(sections 6.3 and 6.11) are written the same way, over a forward that keeps every block's input, its
+attention probabilities head by head and its output.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ def _interpolate_pos(pos: torch.Tensor, native: tuple[int, int], grid: tuple[int
     return torch.cat([pos[:1], patches.permute(1, 2, 0).reshape(-1, width)])
 
 
-def _block(blk, x, explained: bool, official: bool, mask, token_index):
-    """One residual block, literally; returns the new x and (q, k, v, o_token) when explained."""
+def _block(blk, x, explained: bool, official: bool, mask, token_index, probs=None):
+    """One residual block, literally; returns the new x and (q, k, v, o_token) when explained. ``probs``: a
+    list that gets each head's attention probabilities (B, N, N), in the graph."""
     width = x.shape[-1]
     h = blk.ln_1(x)
     w_in, b_in = blk.attn.in_proj_weight, blk.attn.in_proj_bias
@@ -37,7 +41,10 @@ def _block(blk, x, explained: bool, official: bool, mask, token_index):
         logits = q[..., cols] @ k[..., cols].transpose(-1, -2) / math.sqrt(d)
         if mask is not None:
             logits = logits + mask
-        outputs.append(torch.softmax(logits, dim=-1) @ v[..., cols])
+        head_probs = torch.softmax(logits, dim=-1)
+        if probs is not None:
+            probs.append(head_probs)
+        outputs.append(head_probs @ v[..., cols])
     o = torch.cat(outputs, dim=-1)
     inner = getattr(blk.attn, "ln_inner", None)  # open_clip's optional norm before the output projection
     captured = None
@@ -106,17 +113,27 @@ def _loosen(q, k, token, keys, out_proj, qk):
     return (r - r.min()) / (r.max() - r.min())
 
 
-def image_maps(model, pixels, text_embeddings, layers, official=False, qk="raw", spatial=True):
-    """Literal Grad-ECLIP image maps (B, K, h, w) and scores (B, K), one backward per prompt."""
+def cosines(f, rows):
+    """The cosines (T,) of one embedding ``f`` with every row of ``rows`` (T, D), one by one."""
+    return torch.stack([_cos(f, row) for row in rows])
+
+
+def image_maps(model, pixels, text_embeddings, layers, official=False, qk="raw", spatial=True, score=None):
+    """Literal Grad-ECLIP image maps (B, K, h, w) and scores (B, K), one backward per prompt.
+
+    ``score(f, text_embeddings) -> (K,)``: the explained scores of one image embedding (default: the
+    cosine with each text embedding)."""
     with torch.enable_grad():
         embedding, captures, grid = image_forward(model, pixels, layers, official)
         blocks = model.visual.transformer.resblocks
-        batch, count = pixels.shape[0], text_embeddings.shape[0]
+        batch = pixels.shape[0]
+        count = text_embeddings.shape[0] if score is None else len(score(embedding[0], text_embeddings))
         maps = torch.zeros(batch, count, grid[0] * grid[1])
         scores = torch.zeros(batch, count)
         for k in range(count):
             for b in range(batch):
-                s = _cos(embedding[b], text_embeddings[k])
+                s = (_cos(embedding[b], text_embeddings[k]) if score is None
+                     else score(embedding[b], text_embeddings)[k])
                 scores[b, k] = s.detach()
                 grads = torch.autograd.grad(s, [captures[l][3] for l in layers], retain_graph=True)
                 for layer, grad in zip(layers, grads):
@@ -130,8 +147,12 @@ def image_maps(model, pixels, text_embeddings, layers, official=False, qk="raw",
     return maps.reshape(batch, count, *grid), scores
 
 
-def text_relevance(model, tokens, image_embeddings, layers, official=False, qk="raw"):
-    """Literal Grad-ECLIP text relevance (B, K, L) and scores (B, K), one backward per image."""
+def text_relevance(model, tokens, image_embeddings, layers, official=False, qk="raw", score=None):
+    """Literal Grad-ECLIP text relevance (B, K, L) and scores (B, K), one backward per image.
+
+    ``score(text_embeddings, g) -> (K,)``: the explained scores of all K texts' embeddings against one image
+    embedding ``g`` (default: each text's cosine with it); text k's relevance is its gradient with respect
+    to text k's own tokens."""
     with torch.enable_grad():
         embedding, captures, token_index = text_forward(model, tokens, layers, official)
         blocks = model.transformer.resblocks
@@ -141,7 +162,8 @@ def text_relevance(model, tokens, image_embeddings, layers, official=False, qk="
         scores = torch.zeros(batch, count)
         for b in range(batch):
             for k in range(count):
-                s = _cos(embedding[k], image_embeddings[b])
+                s = (_cos(embedding[k], image_embeddings[b]) if score is None
+                     else score(embedding, image_embeddings[b])[k])
                 scores[b, k] = s.detach()
                 grads = torch.autograd.grad(s, [captures[l][3] for l in layers], retain_graph=True)
                 m = torch.zeros(length)
@@ -152,6 +174,71 @@ def text_relevance(model, tokens, image_embeddings, layers, official=False, qk="
                         m[j] += (grad[k] * l[j] * v[k, j]).sum()
                 relevance[b, k] = torch.relu(m)
     return relevance, scores
+
+
+# ------------------------------------------------------------------------------- Grad-CAM and LeGrad
+def image_states(model, pixels):
+    """A literal forward of the image tower that keeps, in the graph, every block's input tokens (B, N, C),
+    its attention probabilities head by head (a list of (B, N, N)) and its output tokens; returns the
+    embedding, those three lists and the patch grid."""
+    visual = model.visual
+    p = visual.patch_size[0]
+    grid = (pixels.shape[-2] // p, pixels.shape[-1] // p)
+    x = visual.conv1(pixels).flatten(2).transpose(1, 2)
+    cls = visual.class_embedding[None, None].expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1) + _interpolate_pos(visual.positional_embedding, visual.grid_size, grid)
+    x = visual.ln_pre(x)
+    token_index = torch.zeros(x.shape[0], dtype=torch.long)
+    inputs, probs, outputs = [], [], []
+    for blk in visual.transformer.resblocks:
+        inputs.append(x)
+        heads = []
+        x, _ = _block(blk, x, False, False, None, token_index, probs=heads)
+        probs.append(heads)
+        outputs.append(x)
+    embedding = visual.ln_post(x[:, 0]) @ visual.proj
+    return embedding, inputs, probs, outputs, grid
+
+
+def grad_cam_maps(model, pixels, text_embeddings, layers, score):
+    """Literal Grad-CAM (docs/method.md section 6.3, the model's variant) of the explained ``score(f,
+    text_embeddings) -> (K,)``: per image and score, the gradient with respect to the tokens entering each
+    block in ``layers`` (absolute), averaged over the patch tokens, dotted with each patch token, ReLU per
+    block, summed. Maps (B, K, h, w), one backward per image and score."""
+    with torch.enable_grad():
+        embedding, inputs, _, _, grid = image_states(model, pixels)
+        count = len(score(embedding[0], text_embeddings))
+        maps = torch.zeros(pixels.shape[0], count, grid[0] * grid[1])
+        for b in range(pixels.shape[0]):
+            for k in range(count):
+                s = score(embedding[b], text_embeddings)[k]
+                grads = torch.autograd.grad(s, [inputs[layer] for layer in layers], retain_graph=True)
+                for layer, grad in zip(layers, grads):
+                    alpha = grad[b, 1:].mean(dim=0)
+                    for i in range(grid[0] * grid[1]):
+                        maps[b, k, i] += torch.relu((alpha * inputs[layer][b, 1 + i]).sum()).detach()
+    return maps.reshape(pixels.shape[0], count, *grid)
+
+
+def legrad_maps(model, pixels, text_embeddings, first, score):
+    """Literal LeGrad (docs/method.md section 6.11) of the explained ``score``: for every block l from
+    ``first`` (absolute) on, s_l = score of the block's output tokens averaged over all tokens through the
+    final norm and projection; the map is the sum over l of ReLU(d s_l / d A_l), averaged over the heads and
+    the query rows, at the patch keys. Maps (B, K, h, w), one backward per image, score and block."""
+    visual = model.visual
+    with torch.enable_grad():
+        embedding, _, probs, outputs, grid = image_states(model, pixels)
+        count = len(score(embedding[0], text_embeddings))
+        maps = torch.zeros(pixels.shape[0], count, grid[0] * grid[1])
+        for layer in range(first, len(outputs)):
+            feature = visual.ln_post(outputs[layer].mean(dim=1)) @ visual.proj
+            for b in range(pixels.shape[0]):
+                for k in range(count):
+                    s = score(feature[b], text_embeddings)[k]
+                    grads = torch.autograd.grad(s, probs[layer], retain_graph=True)  # one (B, N, N) per head
+                    relevance = torch.stack([g[b] for g in grads]).clamp(min=0).mean(dim=(0, 1))  # heads, queries
+                    maps[b, k] += relevance[1:].detach()
+    return maps.reshape(pixels.shape[0], count, *grid)
 
 
 # ------------------------------------------------------------------------------- ResNet attention pool

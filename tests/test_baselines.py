@@ -373,9 +373,10 @@ def test_m2ib_capacity_is_gaussian_kl():
     assert default_layer(12) == 9 and default_layer(4) == 2
 
 
-def literal_m2ib(hidden, target, finish, noise, beta, lr, steps, clamp=False):
+def literal_m2ib(hidden, target, finish, noise, beta, lr, steps, clamp=False, fit=None):
     """One pair's bottleneck, literally: Adam on alpha, capacity of the last step (``clamp``: the older
-    IBA code's clamp of the log variance to [-10, 10], for contrast)."""
+    IBA code's clamp of the log variance to [-10, 10], for contrast; ``fit(embedding)``: the explained score
+    of the pair, by default the cosine with ``target``)."""
     alpha = torch.full_like(hidden, 5.0, requires_grad=True)
     optimiser = torch.optim.Adam([alpha], lr=lr)
     for step in range(steps):
@@ -389,7 +390,7 @@ def literal_m2ib(hidden, target, finish, noise, beta, lr, steps, clamp=False):
         fits = []
         for sample in noise[step]:
             z = hidden * lam + var.sqrt() * sample
-            fits.append(cos(finish(z[None])[0], target))
+            fits.append(cos(finish(z[None])[0], target) if fit is None else fit(finish(z[None])[0]))
         loss = beta * kl.mean() - torch.stack(fits).mean()
         loss.backward()
         optimiser.step()

@@ -5,8 +5,12 @@ Run menu; then, as a user would, the block slider is moved with the keyboard, a 
 submitted with Enter, the method is switched, the prompt box is emptied (the error replaces the figure)
 and the layer viewer's box is ticked. After each step the heat-map image must have changed, the status
 line must name the new settings, and no output may show "Error displaying widget", a traceback or a
-widget's plain-text repr. Notebook 06 is then reloaded with its kernel alive, saved, and reopened with a
-fresh kernel: the widgets must show their last figures (from the saved widget state), not errors.
+widget's plain-text repr. The explorers must then fit a 900x900 window with the file browser open and a
+1280x720 screen (no sideways scrolling, the colour bar in view, the slider's track at least 120 px), the
+export button must write the figure and its manifest, and the saved notebook reopened with a new kernel
+must show each explorer as a static snapshot with one note and no live-looking controls. Notebook 06 is
+reloaded with its kernel alive, saved, and reopened with a fresh kernel: the widgets must show their last
+figures (from the saved widget state), not errors. The shipped notebooks must open unmodified.
 
 Chromium: ``GRADECLIP_CHROMIUM``, else Debian's /usr/bin/chromium or one on PATH; Playwright drives it
 (no browser download). Where either is missing the test is skipped with the reason. Screenshots of
@@ -293,9 +297,68 @@ def control(widget, kind: str, label: str):
     return widget.locator(f".{kind}").filter(has=widget.page.locator("label.widget-label", has_text=label)).first
 
 
+def show_file_browser(page) -> None:
+    """Open the file browser in the left side bar (as a user with it open sees the notebook)."""
+    if not page.locator("#filebrowser").is_visible():
+        page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab[data-id='filebrowser']").click()
+    page.locator("#filebrowser").wait_for(state="visible")
+
+
+def layout_report(widget) -> dict:
+    """How the explorer's output fits its output area: the sideways overflow of the output area and of its
+    boxes, where the figure (its colour bar at the right edge) ends against the output area and the window,
+    and the block slider's track length."""
+    return widget.evaluate("""el => {
+        const out = el.querySelector('.jp-OutputArea-output');
+        const img = out.querySelector('img.widget-image');
+        const box = img.getBoundingClientRect(), area = out.getBoundingClientRect();
+        const track = out.querySelector('.widget-slider .slider-container');
+        const boxes = Array.from(out.querySelectorAll('.widget-box, .widget-html, .widget-html-content'))
+            .filter(b => b.offsetParent !== null);
+        return {overflow: out.scrollWidth - out.clientWidth, area: area.width,
+                boxOverflow: Math.max(0, ...boxes.map(b => b.scrollWidth - b.clientWidth)),
+                figureRight: box.right, areaRight: area.right, window: window.innerWidth,
+                figureWidth: box.width, naturalWidth: img.naturalWidth,
+                track: track ? track.getBoundingClientRect().width : null};
+    }""")
+
+
+def assert_fits(widget, what: str, slider: bool) -> dict:
+    """Nothing of the explorer is cut or scrolls sideways; the figure with its colour bar is inside the window."""
+    widget.locator("img.widget-image").first.wait_for(state="visible")
+    report = layout_report(widget)
+    assert report["overflow"] <= 1, f"{what}: the output area scrolls sideways ({report})"
+    assert report["boxOverflow"] <= 1, f"{what}: a row of controls or a table scrolls sideways ({report})"
+    assert report["figureRight"] <= min(report["areaRight"], report["window"]) + 1, \
+        f"{what}: the figure (and its colour bar) is cut ({report})"
+    assert report["figureWidth"] <= report["naturalWidth"] + 1
+    if slider:
+        assert report["track"] is not None and report["track"] >= 120, f"{what}: the slider's track is short ({report})"
+    return report
+
+
+def snapshot_report(widget) -> dict:
+    """What a saved explorer shows without a kernel: the note, the controls and inputs on show, and the
+    broken-link marks ipywidgets puts on disconnected views that are visible."""
+    return widget.evaluate("""el => {
+        const out = el.querySelector('.jp-OutputArea-output');
+        const shown = e => e.offsetParent !== null;
+        const marks = Array.from(out.querySelectorAll('.jupyter-widgets-disconnected')).filter(e => {
+            const mark = getComputedStyle(e, '::before');
+            return shown(e) && mark.content !== 'none' && mark.display !== 'none';
+        });
+        const note = out.querySelector('.gradeclip-snapshot-note');
+        return {note: note && shown(note) ? note.innerText : null, marks: marks.length,
+                controls: Array.from(out.querySelectorAll('.gradeclip-controls')).filter(shown).length,
+                inputs: Array.from(out.querySelectorAll('input, select, button, textarea')).filter(shown).length,
+                figure: !!Array.from(out.querySelectorAll('img.widget-image')).find(shown)};
+    }""")
+
+
 def test_explorer_notebook_in_the_browser(browser_page, tmp_path):
     page, lab, shots = browser_page
     name = notebook_copy("02", lab.root, tmp_path / "figures")
+    page.set_viewport_size({"width": 1600, "height": 1100})
     with Steps(page, shots, "02") as steps:
         open_notebook(page, lab, name)
         run_all(page)
@@ -328,9 +391,22 @@ def test_explorer_notebook_in_the_browser(browser_page, tmp_path):
         assert shown_at_pixel_size(explorer)
         steps.shot("prompt")
 
+        # the explained score: the zero-shot probability among the prompts, then back to the cosine
+        score = control(explorer, "widget-dropdown", "score").locator("select")
+        score.select_option(label="probability")
+        wait_drawn(explorer, "score probability")
+        assert image_digest(explorer) != after_prompt, "the heat maps did not change with the score"
+        assert "p (probability)" in explorer.locator("table").first.inner_text()
+        steps.shot("probability")
+        score.select_option(label="cosine")
+        wait_drawn(explorer, f"{prompts_before + 1} prompts")
+        assert "score" not in explorer.locator(".gradeclip-status").first.inner_text()
+        assert image_digest(explorer) == after_prompt, "the cosine's maps did not come back"
+
         # the method
         control(explorer, "widget-dropdown", "method").locator("select").select_option(label="rollout")
         wait_drawn(explorer, "rollout \u00b7 block: not used \u00b7 mode: not used")
+        assert score.is_disabled(), "the score switch stays live for a method that ignores the score"
         assert image_digest(explorer) != after_prompt, "the heat maps did not change with the method"
         steps.shot("rollout")
 
@@ -367,10 +443,109 @@ def test_explorer_notebook_in_the_browser(browser_page, tmp_path):
         steps.shot("comparison")
         assert_clean(page)
 
+        check_window_sizes(page, steps, {"explorer": explorer, "methods": comparison,
+                                         "models": output_of(page, "side_by_side.widget")})
+        check_export_button(lab, steps, explorer)
+        check_reopened(page, lab, steps, name)
+
+
+def check_window_sizes(page, steps: Steps, widgets: dict) -> None:
+    """A narrow window with the file browser open, then a laptop screen: the figures scale down to the
+    output area with their colour bar, the rows of controls wrap, the explorer's slider keeps its track."""
+    for width, height in ((900, 900), (1280, 720)):
+        page.set_viewport_size({"width": width, "height": height})
+        show_file_browser(page)
+        for what, widget in widgets.items():
+            widget.locator("img.widget-image").first.scroll_into_view_if_needed()
+            report = assert_fits(widget, f"{what} at {width}x{height}", slider=what == "explorer")
+            steps.shot(f"{width}x{height}-{what}")
+            if width == 900:
+                assert report["area"] < 500 and report["figureWidth"] < report["naturalWidth"]  # scaled down
+
+
+def check_export_button(lab: Lab, steps: Steps, explorer) -> None:
+    """The export button writes the current figure and its manifest into the folder in its box."""
+    explorer.locator(".widget-button", has_text="export").scroll_into_view_if_needed()
+    explorer.locator(".widget-button", has_text="export").click()
+    deadline = time.monotonic() + REDRAW_TIMEOUT
+    while "saved" not in explorer.inner_text():
+        assert time.monotonic() < deadline, "the export button wrote nothing"
+        time.sleep(0.2)
+    written = sorted((lab.root / "outputs" / "explorers").glob("explorer_*"))
+    assert {path.suffix for path in written} == {".png", ".pdf", ".json"}, written
+    manifest = json.loads(next(p for p in written if p.suffix == ".json").read_text())
+    assert manifest["prompts"] == ["a red circle", "a blue square"] and manifest["settings"]["method"] == "rise"
+    steps.shot("exported")
+
+
+def check_reopened(page, lab: Lab, steps: Steps, name: str) -> None:
+    """Saved, the kernel shut down and the notebook reopened: each explorer is a static snapshot of its last
+    figure with one note, without controls that look live and do nothing. A colleague's copy (not signed by
+    this server: untrusted, so JupyterLab renders no widget) shows the display's static HTML instead: the
+    figure of when the cell ran, with the same note."""
+    page.locator(f"{PANEL} [data-command='docmanager:save']").first.click()
+    deadline = time.monotonic() + 60
+    while WIDGET_STATE not in nbformat.read(lab.root / name, as_version=4).metadata.get("widgets", {}):
+        assert time.monotonic() < deadline, "the saved notebook has no widget state"
+        time.sleep(0.5)
+    for session in lab.api("sessions"):
+        lab.api(f"sessions/{session['id']}", method="DELETE")
+    page.reload()
+    wait_kernel(page, lab, name)
+    for code, what in (("explorer.widget", "explorer"), ("comparison.widget", "methods")):
+        widget = output_of(page, code)
+        widget.scroll_into_view_if_needed()
+        widget.locator("img.widget-image").first.wait_for(state="visible")
+        report = snapshot_report(widget)
+        assert report["note"] and "run the cell to use the controls" in report["note"], (what, report)
+        assert report["figure"] and report["marks"] == 0 and report["controls"] == 0, (what, report)
+        assert report["inputs"] == 0, (what, report)
+        widget.locator(".gradeclip-snapshot-note").first.scroll_into_view_if_needed()
+        steps.shot(f"reopened-{what}")
+    assert_clean(page)
+
+    shared = nbformat.read(lab.root / name, as_version=4)
+    shared.cells[0].source += "\n\nA colleague's copy."
+    nbformat.write(shared, lab.root / "shared.ipynb")
+    open_notebook(page, lab, "shared.ipynb")
+    explorer = output_of(page, "explorer.widget")
+    explorer.scroll_into_view_if_needed()
+    snapshot = explorer.locator(".gradeclip-snapshot").first
+    snapshot.wait_for(state="visible")
+    assert "run the cell to use the controls" in snapshot.inner_text()
+    assert snapshot.locator("img").first.evaluate("img => img.complete && img.naturalWidth > 100")
+    assert not explorer.locator(".jupyter-widgets").count()
+    steps.shot("untrusted-copy")
+
+
+def test_the_shipped_notebooks_open_unmodified(browser_page, tmp_path):
+    """Opened as they are committed, with a kernel started, no notebook is marked modified (JupyterLab
+    rewrites a kernelspec or language_info that differs from its kernel's)."""
+    from ipykernel.ipkernel import IPythonKernel
+
+    page, lab, shots = browser_page
+    folder = lab.root / "shipped"
+    folder.mkdir()
+    for source in list_notebooks():
+        shutil.copyfile(source, folder / source.name)
+    stored = nbformat.read(folder / list_notebooks()[0].name, as_version=4).metadata["language_info"]
+    if stored.get("version") not in (None, IPythonKernel.language_info["version"]):
+        pytest.skip(f"the notebooks store Python {stored['version']}'s language_info, the kernel is "
+                    f"{IPythonKernel.language_info['version']}: JupyterLab rewrites it on open")
+    page.set_viewport_size({"width": 1280, "height": 720})
+    with Steps(page, shots, "shipped") as steps:
+        for source in list_notebooks():
+            open_notebook(page, lab, f"shipped/{source.name}")
+            time.sleep(1)  # the kernel's info has arrived (the kernel is idle): what it changes is changed
+            tab = page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab", has_text=source.name).first
+            steps.shot(source.stem)
+            assert "jp-mod-dirty" not in (tab.get_attribute("class") or ""), f"{source.name} opens modified"
+
 
 def test_study_notebook_survives_a_reload_and_a_reopen(browser_page, tmp_path):
     page, lab, shots = browser_page
     name = notebook_copy("06", lab.root, tmp_path / "figures")
+    page.set_viewport_size({"width": 1600, "height": 1100})
     with Steps(page, shots, "06") as steps:
         open_notebook(page, lab, name)
         run_all(page)
@@ -390,6 +565,12 @@ def test_study_notebook_survives_a_reload_and_a_reopen(browser_page, tmp_path):
         label = viewer.locator(".widget-checkbox").first
         assert label.evaluate("el => el.scrollWidth <= el.clientWidth + 1"), "the checkbox label is cut off"
         steps.shot("block-1")
+        page.set_viewport_size({"width": 900, "height": 900})  # a narrow window with the file browser open
+        show_file_browser(page)
+        viewer.locator("img.widget-image").first.scroll_into_view_if_needed()
+        assert_fits(viewer, "layer viewer at 900x900", slider=True)
+        steps.shot("narrow-900")
+        page.set_viewport_size({"width": 1600, "height": 1100})
 
         # saved (JupyterLab also autosaves): the widget state goes into the file
         page.locator(f"{PANEL} [data-command='docmanager:save']").first.click()

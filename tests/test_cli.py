@@ -211,6 +211,133 @@ def test_the_command_passes_max_patches(tmp_path, capsys):
     assert code == 0 and (tmp_path / "fig.png").is_file()
 
 
+def test_the_command_passes_the_score(tmp_path, capsys):
+    """--score reaches explain_image and explain_text (the probabilities of the prompts sum to 1); the contrast
+    takes one --versus prompt per prompt and has no word importance."""
+    code, out, err = run(["explain", str(IMAGE), "a red circle", "a blue square", "--score", "probability",
+                          "--out", str(tmp_path / "p.png")], capsys)
+    assert code == 0 and (tmp_path / "p.png").is_file() and (tmp_path / "p_words1.png").is_file()
+    scores = [float(line.split()[0]) for line in out.splitlines()[:2]]
+    assert abs(sum(scores) - 1) < 1e-3
+    code, out, err = run(["explain", str(IMAGE), "a red circle", "a star", "--score", "contrast", "--versus",
+                          "a blue circle", "a cross", "--out", str(tmp_path / "c.png")], capsys)
+    assert code == 0 and (tmp_path / "c.png").is_file() and not (tmp_path / "c_words0.png").exists()
+    assert "a red circle rather than a blue circle" in out and "a star rather than a cross" in out
+    assert "no word importance" in out
+    assert parse("explain", "x.png", "a dog").score == "cosine"
+    # the dataset job and the evaluation pass the score on too (the evaluation without the contrast)
+    actions = {command: {a.dest: a for a in cli.build_parser().commands[command]._actions}
+               for command in ("explain-dataset", "evaluate")}
+    assert tuple(actions["explain-dataset"]["score"].choices) == ("cosine", "logit", "probability", "contrast")
+    assert tuple(actions["evaluate"]["score"].choices) == ("cosine", "logit", "probability")
+    assert "--versus" not in {o for a in actions["explain-dataset"].values() for o in a.option_strings}
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--score", "contrast"], "--score contrast needs one --versus prompt per prompt (1)"),
+    (["--score", "contrast", "--versus", "a", "b"], "--score contrast needs one --versus prompt per prompt (1)"),
+    (["--versus", "a blue circle"], "--versus gives the second prompt of a contrast: use it with --score contrast"),
+    (["--score", "probability"], "score='probability'"),
+])
+def test_a_score_that_does_not_fit_the_prompts_is_one_line(tmp_path, capsys, argv, message):
+    code, out, err = run(["explain", str(IMAGE), "a red circle", *argv, "--out", str(tmp_path / "f.png")], capsys)
+    assert code == 2 and not (tmp_path / "f.png").exists()
+    assert_one_line(err, message)
+
+
+#: each command with an output location, as it would be run (OUT: the location)
+WRITING = {
+    "explain": ["explain", str(IMAGE), "a red circle", "--out", "OUT/fig.png"],
+    "explain-dataset": ["explain-dataset", str(IMAGE.parent), "--classes", "--out", "OUT"],
+    "evaluate": ["evaluate", "-n", "2", "--out", "OUT"],
+    "notebooks": ["notebooks", "--out", "OUT", "--quick"],
+    "critique": ["critique", "--quick", "--out", "OUT"],
+    "synthetic train": ["synthetic", "train", "--out", "OUT", "--steps", "1"],
+}
+
+
+@pytest.fixture()
+def nothing_runs(monkeypatch):
+    """Loading a model (or running a notebook, or training) fails the test: the checks come before any work."""
+    from gradeclip_utils import loading, notebooks
+    from gradeclip_utils.synthetic import train
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("work started before the output was checked")
+
+    monkeypatch.setattr(loading, "load_model", refuse)
+    monkeypatch.setattr(notebooks, "run_all", refuse)
+    monkeypatch.setattr(train, "train", refuse)
+
+
+@pytest.mark.parametrize("command", list(WRITING))
+def test_an_output_under_a_file_is_refused_before_any_work(command, tmp_path, capsys, nothing_runs):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder")
+    argv = [arg.replace("OUT", str(blocker / "sub")) for arg in WRITING[command]]
+    code, out, err = run(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"gradeclip {command}: error: cannot write to {blocker / 'sub'}"), lines[0]
+    assert f"{blocker} is a file, not a folder" in lines[0]
+    assert set(parser_commands_with_outputs()) == set(cli.OUTPUTS)
+
+
+def parser_commands_with_outputs() -> list[str]:
+    """The commands that have an option naming where they write (--out, --doc, --json, --export)."""
+    parser = cli.build_parser()
+    return [command for command, sub in parser.commands.items()
+            if any(set(a.option_strings) & {"--out", "--doc", "--json", "--export"} for a in sub._actions)]
+
+
+def test_an_unwritable_output_says_permission_denied(tmp_path, capsys, monkeypatch, nothing_runs):
+    """Root writes everywhere, so the refusal of the file system is stood in for by os.access."""
+    from gradeclip_utils import records
+
+    monkeypatch.setattr(records.os, "access", lambda path, mode: False)
+    for argv in (["explain", str(IMAGE), "x", "--out", str(tmp_path / "figures" / "fig.png")],
+                 ["explain-dataset", str(IMAGE.parent), "--classes", "--out", str(tmp_path / "maps")]):
+        code, out, err = run(argv, capsys)
+        target = argv[argv.index("--out") + 1]
+        assert code == 2 and err.strip().splitlines() == [
+            f"gradeclip {argv[0]}: error: cannot write to {target} (permission denied)"]
+
+
+def test_writable_output_checks_without_writing(tmp_path):
+    from gradeclip_utils.records import OutputNotWritableError, writable_output
+
+    assert writable_output(tmp_path / "a" / "b", folder=True) == tmp_path / "a" / "b"
+    assert writable_output(tmp_path / "c" / "fig.png", folder=False) == tmp_path / "c" / "fig.png"
+    assert list(tmp_path.iterdir()) == []  # nothing made, the probe file gone
+    with pytest.raises(OutputNotWritableError, match="it is a folder"):
+        writable_output(tmp_path, folder=False)
+    (tmp_path / "f").write_text("")
+    with pytest.raises(PermissionError, match=r"cannot write to .*f/g/h: .*f is a file, not a folder"):
+        writable_output(tmp_path / "f" / "g" / "h", folder=True)  # a PermissionError, as the write would raise
+
+
+def test_the_main_help_has_examples_and_names_the_default_model(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    examples = [line.strip() for line in text.splitlines() if line.strip().startswith("gradeclip explain ")]
+    assert len(examples) >= 2 and any("--model ViT-B-16 --pretrained openai" in line for line in examples)
+    assert "embedded synthetic CLIP unless --model" in " ".join(text.split())
+
+
+def test_every_option_of_every_parser_has_a_help():
+    """Walks the parsers as argparse holds them (the top level, the "synthetic" group, each subcommand)."""
+    missing, stack = [], [("gradeclip", cli.build_parser())]
+    while stack:
+        name, parser = stack.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack += [(f"{name} {sub}", subparser) for sub, subparser in action.choices.items()]
+            elif not (action.help or "").strip() or action.help == argparse.SUPPRESS:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert not missing, missing
+
+
 def test_alias_errors_are_one_line_too(capsys):
     """What ``python -m gradeclip_utils.notebooks`` runs: a user error is one line, exit status 2."""
     from gradeclip_utils import notebooks

@@ -1,6 +1,7 @@
 """``ExplainConfig``: the settings of an explanation validated once (errors name the bad value and the
 choices, wherever the settings come in), carried by results, and ``to_settings()`` exactly the dict results
-stored before it existed (so saved files and manifests do not change)."""
+stored before it existed (so saved files and manifests do not change), with the explained score added where
+the method explains one (it is a setting since: tests/test_scores.py)."""
 
 from __future__ import annotations
 
@@ -42,13 +43,15 @@ def test_the_config_is_small_typed_and_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.mode = "official"
     assert config.keywords() == {"method": "grad_cam", "layers": (0, 2), "mode": "faithful", "qk": "raw",
-                                 "resolution": "native", "max_patches": 1600, "chunk": 8}
+                                 "resolution": "native", "max_patches": 1600, "score": "cosine", "chunk": 8}
     assert ge.ExplainConfig is ExplainConfig and "ExplainConfig" in ge.__all__
 
 
-def old_image_settings(model, method, layers, mode, qk, resolution, options):
-    """What explain_image stored as settings before ExplainConfig (its literal dict)."""
+def old_image_settings(model, method, layers, mode, qk, resolution, options, score=None):
+    """What explain_image stored as settings before ExplainConfig (its literal dict), and the score since it
+    is a setting (given for the methods that explain one)."""
     return {"method": method, "layers": layers, "mode": mode, "qk": qk, "resolution": resolution,
+            **({} if score is None else {"score": score}),
             **model.describe(), **{k: v for k, v in options.items() if isinstance(v, (int, float, str, bool))}}
 
 
@@ -56,7 +59,7 @@ def test_to_settings_is_what_results_stored_before(tiny, tmp_path):
     ex = ge.explain_image(tiny, PIXELS, PROMPTS, layers=2, mode="official", qk="out_proj", resolution="model",
                           spatial_weight=True, chunk=4)
     want = old_image_settings(tiny, "grad_eclip", [1, 2], "official", "out_proj", "model",
-                              {"spatial_weight": True, "chunk": 4})
+                              {"spatial_weight": True, "chunk": 4}, score="cosine")
     # and the images per chunk (both here: the tiny model's images fit any default budget), as the texts' chunk
     assert ex.settings == {**want, "image_chunk": len(PIXELS)} and list(ex.settings) == [*want, "image_chunk"]
     assert ex.config.to_settings(tiny.describe()) == want
@@ -77,7 +80,7 @@ def test_to_settings_is_what_results_stored_before(tiny, tmp_path):
     # texts: the same without the method options (as they always were)
     text = ge.explain_text(tiny, PIXELS[:1], PROMPTS, layers=2, mode="official", chunk=4)
     want_text = {"method": "grad_eclip", "layers": [1, 2], "mode": "official", "qk": "raw", "resolution": "model",
-                 **tiny.describe()}
+                 "score": "cosine", **tiny.describe()}
     # and the chunk of texts per batch (all of them here: the tiny model's captions fit any default budget)
     assert text.settings == {**want_text, "caption_chunk": len(PROMPTS)}
     assert list(text.settings) == [*want_text, "caption_chunk"]

@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from gradeclip_utils import distributed
 from gradeclip_utils import evaluation as ev
 from gradeclip_utils.evaluation.runner import _batches
 from gradeclip_utils.cli import alias_main
-from gradeclip_utils.distributed import Context, Journal
+from gradeclip_utils.records import same_settings
+from gradeclip_utils.jobs import distributed, files
+from gradeclip_utils.jobs.distributed import Context
+from gradeclip_utils.jobs.files import Journal
 from launch import ROOT, torchrun
 from spread import assert_within_spread
 
@@ -95,13 +97,13 @@ def test_journal_never_reads_a_half_written_record(tmp_path):
 def test_merge_table_orders_dedups_and_writes_what_csv_writes(tmp_path):
     path = tmp_path / "table.csv"
     columns = ["key", "method", "value"]
-    distributed.write_csv(path, columns, [{"key": "old", "method": "m", "value": "1.5"},
-                                          {"key": "b", "method": "m", "value": "0.25"}])
+    files.write_csv(path, columns, [{"key": "old", "method": "m", "value": "1.5"},
+                                    {"key": "b", "method": "m", "value": "0.25"}])
     parts = [{"key": "c", "method": "m", "value": 0.125}, {"key": "b", "method": "m", "value": 9.0},  # duplicate
              {"key": "a", "method": "m", "value": 1e-07}, {"key": "a", "method": "n", "value": -2}]
     order = {("a", "m"): (0, 0), ("a", "n"): (0, 1), ("b", "m"): (1, 0), ("c", "m"): (2, 0)}
-    merged = distributed.merge_table(path, columns, parts, identity=lambda r: (r["key"], r["method"]),
-                                     order=lambda r: order.get((r["key"], r["method"])))
+    merged = files.merge_table(path, columns, parts, identity=lambda r: (r["key"], r["method"]),
+                               order=lambda r: order.get((r["key"], r["method"])))
     expected = [{"key": "a", "method": "m", "value": 1e-07}, {"key": "a", "method": "n", "value": -2},
                 {"key": "b", "method": "m", "value": "0.25"}, {"key": "c", "method": "m", "value": 0.125},
                 {"key": "old", "method": "m", "value": "1.5"}]  # not asked for by the run: last
@@ -114,16 +116,16 @@ def test_merge_table_orders_dedups_and_writes_what_csv_writes(tmp_path):
     # a result the run asked for that no part file holds: an error, and the file stays as it was
     written = path.read_bytes()
     with pytest.raises(RuntimeError, match="1 of 5 results are missing"):
-        distributed.merge_table(path, columns, [], identity=lambda r: (r["key"], r["method"]), order=lambda r: None,
-                                required={*order, ("d", "m")})
+        files.merge_table(path, columns, [], identity=lambda r: (r["key"], r["method"]), order=lambda r: None,
+                          required={*order, ("d", "m")})
     assert path.read_bytes() == written
 
 
 def test_atomic_output_keeps_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "config.json"
-    distributed.atomic_write_text(path, "old")
+    files.atomic_write_text(path, "old")
     with pytest.raises(RuntimeError):
-        with distributed.atomic_output(path) as tmp:
+        with files.atomic_output(path) as tmp:
             tmp.write_text("half")
             raise RuntimeError("killed")
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["config.json"]
@@ -132,9 +134,20 @@ def test_atomic_output_keeps_the_old_file_when_writing_fails(tmp_path):
 def test_same_settings_ignore_only_the_distribution_and_the_device_index():
     a = {"model": {"model": "x", "device": "cuda"}, "seed": 0}
     b = {"model": {"model": "x", "device": "cuda:0"}, "seed": 0, "distributed": {"world_size": 2}}
-    assert distributed.same_settings(a, b)
-    assert not distributed.same_settings(a, {**b, "seed": 1})
-    assert not distributed.same_settings(a, {**b, "model": {"model": "x", "device": "cpu"}})
+    assert same_settings(a, b)
+    assert not same_settings(a, {**b, "seed": 1})
+    assert not same_settings(a, {**b, "model": {"model": "x", "device": "cpu"}})
+
+
+def test_the_names_of_the_former_module_stay_importable():
+    """``gradeclip_utils.distributed`` re-exports what it held before ``jobs`` took it over: the same objects."""
+    import gradeclip_utils.distributed as former
+    from gradeclip_utils import records
+
+    for name in former.__all__:
+        home = next(module for module in (records, distributed, files) if hasattr(module, name))
+        assert getattr(former, name) is getattr(home, name), name
+    assert {"Context", "Journal", "init", "merge_table", "same_settings", "unit_size", "PARTS"} <= set(former.__all__)
 
 
 def test_one_process_without_a_launcher(monkeypatch):
@@ -222,7 +235,7 @@ def test_two_gloo_processes_write_the_single_process_files(reference, tmp_path):
     config, single = json.loads((run / "config.json").read_text()), json.loads((reference / "config.json").read_text())
     assert config["distributed"] == {"world_size": 2, "items_per_rank": [2, 2]}  # 2 batches of 2, one each
     assert single["distributed"] == {"world_size": 1, "items_per_rank": [4]}
-    assert distributed.same_settings(config, single)
+    assert same_settings(config, single)
     assert json.loads((run / "run.json").read_text())["computed"] == 16
     assert "(2 processes)" in result.stderr  # the one progress bar, on rank 0, counts both ranks
 

@@ -36,8 +36,9 @@ def test_every_package_error_derives_from_the_base():
     ("gradeclip_utils.checkpoints.UnsafeCheckpointError", ValueError),
     ("gradeclip_utils.loading.WeightsUnavailableError", RuntimeError),
     ("gradeclip_utils.loading.UnknownModelError", RuntimeError),
-    ("gradeclip_utils.distributed.RankFailedError", RuntimeError),
+    ("gradeclip_utils.jobs.distributed.RankFailedError", RuntimeError),
     ("gradeclip_utils.notebooks.NotebookError", RuntimeError),
+    ("gradeclip_utils.records.OutputNotWritableError", PermissionError),
 ])
 def test_each_error_keeps_its_built_in_parent(path, parent):
     module, name = path.rsplit(".", 1)

@@ -4,6 +4,7 @@ pointing-game claim on the embedded synthetic model."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ from scipy.ndimage import distance_transform_edt
 import reference
 from spread import assert_within_spread
 
+import gradeclip_utils as ge
 from gradeclip_utils import evaluation as ev
 from gradeclip_utils import stats
 from gradeclip_utils.evaluation import methods as eval_methods
@@ -67,6 +69,9 @@ def test_bootstrap_interval_is_the_95_percent_one():
     ({"faithfulness": 1}, "faithfulness must be True or False, got 1"),
     ({"methods": "grad_eclip"}, "methods must be None or a list of method names, got 'grad_eclip'"),
     ({"sanity_methods": ["grad_eclip", "nope"]}, r"unknown methods \['nope'\]; available: .*'random'\]"),
+    ({"score": "banana"}, r"score must be one of \('cosine', 'logit', 'probability'\), got 'banana'"),
+    ({"score": "contrast"}, "cannot explain score='contrast': .* needs a second class b per image"),
+    ({"score": "probability", "protocol": "authors"}, "score='probability' does not fit protocol='authors'"),
 ])
 def test_settings_are_checked_once_naming_the_field(settings, message):
     with pytest.raises(ValueError, match=message):
@@ -94,6 +99,10 @@ def test_config_json_records_the_settings_as_before():
     assert config.methods == ("grad_eclip",)
     assert ev.EvalConfig(timing_budget=0.2).settings()["timing_budget"] == 0.2
     assert ev.EvalConfig(protocol="authors", tie_seeds=3).tie_seeds == 1
+    assert "score" not in record and ev.EvalConfig().score == "cosine"
+    scored = ev.EvalConfig(methods=["grad_eclip"], rise_masks=300, tie_seeds=2, score="probability").to_json(
+        dataset="synthetic", provenance={"model": {"name": "m"}, "weights": "w"}, classes=35)
+    assert list(scored) == list(record) + ["score"] and scored["score"] == "probability"
 
 
 def test_speed_ratios_hand_values():
@@ -197,6 +206,112 @@ def test_batch_maps_give_each_image_its_own_target(tiny, method):
     for b, label in enumerate([2, 0, 2]):
         alone = ev.run_method(tiny, method, pixels[b:b + 1], classes[label:label + 1], options)[0, 0]
         assert torch.allclose(maps[b], alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("method, options", [("grad_eclip", {}), ("grad_cam", {}), ("rise", {"masks": 16}),
+                                             ("m2ib", {"steps": 2, "samples": 2, "beta": 1e-4})])
+def test_batch_maps_of_the_probability_take_every_class(tiny, method, options):
+    """With score="probability" each image's map is its class's column of explain_image(..., score="probability")
+    against the whole classifier (the softmax over every class, not over the batch's classes), M2IB's paired
+    mode included (with a small beta, so that the fit term, not the capacity alone, shapes its map)."""
+    pixels = torch.randn(3, 3, 48, 48, generator=torch.Generator().manual_seed(4))
+    classes = F.normalize(torch.randn(5, tiny.adapter.embed_dim, generator=torch.Generator().manual_seed(2)), dim=-1)
+    maps = ev.batch_maps(tiny, method, pixels, [2, 0, 2], classes, {**options, "score": "probability"})
+    whole = ge.explain_image(tiny, pixels, classes, method=method, score="probability", **options)
+    for b, label in enumerate([2, 0, 2]):
+        want = whole.raw[b][label]
+        assert torch.allclose(maps[b], want, rtol=0, atol=1e-5 * float(want.abs().max())), (method, b)
+    among_batch = ge.explain_image(tiny, pixels[:1], classes[[0, 2]], method=method, score="probability", **options)
+    assert not torch.allclose(among_batch.raw[0][1], maps[0], rtol=0, atol=1e-3 * float(maps[0].abs().max()))
+
+
+def test_a_probability_run_explains_each_class_among_all_classes(tiny, tmp_path, monkeypatch):
+    """evaluate(score="probability"): the maps scored are explain_image(..., score="probability") against the
+    whole classifier, each image's class's column (the sanity check's too); config.json records the score (its
+    keys are a default run's and "score"), the curves report the explained probability, the summary says what
+    the maps explain, the methods that cannot explain it are left out and named (refused when asked for by
+    name), and a run resumes only with the same score."""
+    data = ev.synthetic_set(tiny, 5)
+    seen, calls = [], []
+    original, run_method = eval_methods.batch_maps, eval_methods.run_method
+    monkeypatch.setattr(eval_methods, "batch_maps",
+                        lambda model, name, pixels, labels, *a, **k: seen.append((name, pixels, list(labels), out := (
+                            original(model, name, pixels, labels, *a, **k)))) or out)
+    monkeypatch.setattr(eval_methods, "run_method",
+                        lambda *a, **k: calls.append((a[1], a[3].shape[0], a[4].get("columns")))
+                        or run_method(*a, **k))
+    options = dict(FAST, timing_images=0, sanity_images=2, sanity_methods=["grad_eclip"])
+    ev.evaluate(tiny, data, tmp_path / "p", score="probability", methods=["grad_eclip", "m2ib", "random"], **options)
+    assert {name for name, *_ in seen} == {"grad_eclip", "m2ib", "random"}
+    for name, pixels, labels, maps in seen:
+        if name == "random":
+            continue
+        method_options = {"steps": 1, "samples": 1, "seed": 0} if name == "m2ib" else {}
+        whole = ge.explain_image(tiny, pixels, data.classifier, method=name, score="probability", **method_options)
+        for b, label in enumerate(labels):
+            want = whole.raw[b][label]
+            assert torch.allclose(maps[b], want, rtol=0, atol=1e-5 * float(want.abs().max())), (name, b)
+    # every map of a class, the sanity check's too, is a column of the whole classifier (not the random floor's)
+    assert sum(name == "grad_eclip" for name, *_ in calls) > sum(name == "grad_eclip" for name, *_ in seen)
+    for name, rows, columns in calls:
+        assert columns is None if name == "random" else (rows == 35 and columns is not None), (name, rows, columns)
+    config = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert config["score"] == "probability" and "not_run" not in config
+    rows = read(tmp_path / "p" / "per_image.csv")
+    assert "deletion_auc_probability" in rows[0] and "insertion_probability_10" in rows[0]
+    assert not any("logit" in column for column in rows[0])
+    summary = (tmp_path / "p" / "summary.md").read_text()
+    assert "the maps explain the probability of each image's class among every class" in summary
+    assert "deletion AUC, probability (explained; lower better)" in summary
+
+    ev.evaluate(tiny, data, tmp_path / "default", methods=["grad_eclip"], **options)
+    default = json.loads((tmp_path / "default" / "config.json").read_text())
+    assert "score" not in default and [k for k in config if k != "score"] == list(default)
+    for score in ("logit", "cosine"):
+        with pytest.raises(ValueError, match="other settings"):
+            ev.evaluate(tiny, data, tmp_path / "p", score=score, methods=["grad_eclip", "m2ib", "random"], **options)
+    with pytest.raises(ge.UnsupportedMethodError, match="raw_attention does not use the setting score"):
+        ev.evaluate(tiny, data, tmp_path / "named", score="logit", methods=["grad_eclip", "raw_attention"], **options)
+    assert not (tmp_path / "named" / "config.json").exists()
+
+
+def test_a_logit_run_reports_the_logit_curves(tiny, tmp_path):
+    """evaluate(score="logit"): the curves of the explained logit, named *_logit, are the logit scale x the
+    cosine's ("score"); the default columns stay as they are; the methods that cannot explain it are named in
+    config.json and the summary."""
+    data = ev.synthetic_set(tiny, 4)
+    ev.evaluate(tiny, data, tmp_path, score="logit", sanity_images=0, **{**FAST, "timing_images": 0})
+    scale = tiny.adapter.logit_scale
+    rows = read(tmp_path / "per_image.csv")
+    default_columns = ev.runner.per_image_columns(localise=True, faithfulness=True, tie_seeds=3)
+    columns = list(rows[0])
+    assert [c for c in columns if "logit" not in c] == default_columns
+    for row in rows:
+        for kind in ("deletion", "insertion"):
+            assert float(row[f"{kind}_auc_logit"]) == pytest.approx(scale * float(row[f"{kind}_auc_score"]),
+                                                                    rel=1e-5, abs=1e-5)
+            for t in range(11):
+                assert float(row[f"{kind}_logit_{t:02d}"]) == pytest.approx(scale * float(row[f"{kind}_score_{t:02d}"]),
+                                                                            rel=1e-5, abs=1e-5)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["score"] == "logit" and "raw_attention" in config["not_run"]
+    assert {row["method"] for row in rows} == set(ev.DEFAULT_METHODS) - set(config["not_run"])
+    summary = (tmp_path / "summary.md").read_text()
+    assert "cannot explain the logit): raw_attention does not use the setting score" in summary
+    assert "insertion AUC, logit (explained; higher better)" in summary
+
+
+def test_the_command_passes_the_score():
+    """evaluate --score reaches EvalConfig; a score the evaluation does not take is a usage error."""
+    from gradeclip_utils import cli
+    from gradeclip_utils.evaluation.command import config_from_args
+
+    parser = cli.command_parser("evaluate")
+    config = config_from_args(parser, parser.parse_args(["--score", "probability"]), [], torch.device("cpu"))
+    assert config.score == "probability"
+    assert config_from_args(parser, parser.parse_args([]), [], torch.device("cpu")).score == "cosine"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--score", "contrast"])
 
 
 def test_random_reference_is_seeded_by_item(tiny):

@@ -9,14 +9,16 @@ import os
 import shutil
 import struct
 import zlib
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from gradeclip_utils import explain_image
-from gradeclip_utils.explain_dataset import DatasetMaps, explain_dataset, find_images
+from gradeclip_utils import explain_image, maps_store
+from gradeclip_utils.explain_dataset import explain_dataset, find_images
+from gradeclip_utils.maps_store import DatasetMaps
 from launch import torchrun
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
@@ -38,23 +40,30 @@ def make_tree(root, sizes=((64, 48), (48, 64), (50, 50), (100, 30), (64, 48), (3
 
 
 def assert_same_as_explain_image(model, folder, out, prompts, **options):
+    """Every image's stored maps and scores are explain_image's of the image against the run's prompts (or
+    its classes); with classes="own" its own class's, which for the probability is its class's column of
+    explain_image against every class (the softmax over all of them)."""
     maps = DatasetMaps(out)
     targets = maps.targets()
-    assert maps.keys == find_images(folder) and len(maps) == 8
-    for stored in maps:
+    own = maps.settings["targets"]["per_image"] == "own"
+    among_all = options.get("score") == "probability"
+    assert [entry["key"] for entry in maps.images] == find_images(folder) == sorted(maps.keys()) and len(maps) == 8
+    for stored in maps.values():
         if prompts is not None:
             given = prompts
-        elif maps.settings["targets"]["per_image"] == "own":
+        elif own and not among_all:
             given = targets[stored.label:stored.label + 1]
         else:
             given = targets
         downscaled = maps.images[stored.index]["downscaled"]
         with pytest.warns(UserWarning, match="downscaled") if downscaled else contextlib.nullcontext():
             reference = explain_image(model, folder / stored.key, given, **options)
-        want = reference.raw[0]
+        want, want_scores = reference.raw[0], reference.scores[0]
+        if own and among_all:
+            want, want_scores = want[stored.label:stored.label + 1], want_scores[stored.label:stored.label + 1]
         assert stored.maps.shape == want.shape and stored.maps.dtype == torch.float32
         assert torch.allclose(stored.maps, want, rtol=0, atol=1e-5 * float(want.abs().max())), stored.key
-        assert torch.allclose(stored.scores, reference.scores[0], atol=1e-6), stored.key
+        assert torch.allclose(stored.scores, want_scores, atol=1e-6), stored.key
         assert tuple(stored.input_size) == tuple(np.asarray(reference.images[0]).shape[:2])
         assert torch.equal(maps[stored.key].maps, stored.maps) and torch.equal(maps[stored.index].maps, stored.maps)
     return maps
@@ -83,6 +92,146 @@ def test_shards_read_back_as_explain_image_of_each_image(tiny, tmp_path, classes
         assert maps["tabby_cat/im1.png"].prompts == want
     heat = maps["tabby_cat/im1.png"].heatmaps()
     assert heat.shape[-2:] == (64, 48) and float(heat.min()) >= 0 and float(heat.max()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("classes", [None, "own"])
+def test_a_probability_run_explains_each_class_among_all_of_them(tiny, tmp_path, classes):
+    """score="probability" reaches the maps: each image's equal explain_image(..., score="probability") against
+    all the prompts, or with classes="own" its class's column against all the classes (not the softmax among
+    the classes of its batch: at the model's resolution the batches mix the two classes). The index records the
+    score (a default run records none: its settings are the same but for it), and resuming with another score,
+    or the default, is refused."""
+    folder = make_tree(tmp_path / "data")
+    prompts = PROMPTS if classes is None else None
+    options = dict(prompts=prompts, classes=classes, templates="simple", batch_size=3, shard_size=4,
+                   resolution="model", progress=False)
+    explain_dataset(tiny, folder, tmp_path / "maps", score="probability", **options)
+    maps = assert_same_as_explain_image(tiny, folder, tmp_path / "maps", prompts, resolution="model",
+                                        score="probability")
+    assert classes is None or any(len({maps.images[i]["label"] for i in batch}) == 2
+                                  for shard in maps.index["shards"] for batch in shard["batches"])
+    assert maps.score == maps.settings["score"] == "probability"
+    if classes is None:  # every image's probabilities over the prompts sum to 1
+        assert all(float(stored.scores.sum()) == pytest.approx(1.0, abs=1e-5) for stored in maps.values())
+    explain_dataset(tiny, folder, tmp_path / "default", **options)
+    default = DatasetMaps(tmp_path / "default")
+    assert "score" not in default.settings and default.score == "cosine"
+    assert {k: v for k, v in maps.settings.items() if k != "score"} == default.settings
+    for score in ("logit", "cosine"):
+        with pytest.raises(ValueError, match="other settings"):
+            explain_dataset(tiny, folder, tmp_path / "maps", score=score, **options)
+
+
+def test_a_contrast_run_takes_its_pairs_from_the_prompts_file(tiny, tmp_path, monkeypatch):
+    """gradeclip explain-dataset --score contrast reads a pair per line of the --prompts file, "a | b" (blank
+    lines skipped, spaces around the prompts dropped): each image's maps are explain_image's of the pairs, named
+    "a rather than b", and the stored targets are the pairs' (P, 2, D), which explain_image takes as they are."""
+    from gradeclip_utils import cli, loading
+
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: tiny)
+    folder = make_tree(tmp_path / "data")
+    (tmp_path / "pairs.txt").write_text("a red circle | a blue circle\n\n  a dog|a cat \n")
+    out = tmp_path / "maps"
+    assert cli.main(["explain-dataset", str(folder), "--prompts", str(tmp_path / "pairs.txt"), "--score", "contrast",
+                     "--out", str(out), "--max-patches", "50", "--batch-size", "3"]) == 0
+    pairs = [("a red circle", "a blue circle"), ("a dog", "a cat")]
+    maps = assert_same_as_explain_image(tiny, folder, out, pairs, max_patches=50, score="contrast")
+    assert maps.score == "contrast" and maps.prompts == ["a red circle rather than a blue circle",
+                                                         "a dog rather than a cat"]
+    assert maps.targets().shape == (2, 2, tiny.adapter.embed_dim)
+    stored = maps["tabby_cat/im1.png"]
+    again = explain_image(tiny, folder / stored.key, maps.targets(), score=maps.score, max_patches=50)
+    assert torch.allclose(again.raw[0], stored.maps, rtol=0, atol=1e-5 * float(stored.maps.abs().max()))
+
+
+def test_a_score_is_checked_before_any_work(tiny, tmp_path, capsys):
+    """A bad score, one the prompts cannot carry, the contrast without pairs or with classes, and a score the
+    method does not explain are refused by name before the output folder is made; the command lists the
+    choices."""
+    from gradeclip_utils import cli
+
+    folder = make_tree(tmp_path / "data")
+    out = tmp_path / "maps"
+    refusals = [
+        (dict(prompts=PROMPTS, score="banana"),
+         r"score must be one of \('cosine', 'logit', 'probability', 'contrast'\), got 'banana'"),
+        (dict(prompts=PROMPTS[:1], score="probability"), "score='probability' is each prompt's softmax"),
+        (dict(classes="own", score="contrast"), "score='contrast' explains pairs of prompts .* classes do not give"),
+        (dict(prompts=["a red circle", "a blue circle"], score="contrast"),
+         r"pairs, a pair a line: two prompts separated by '\|'.*got 'a red circle'"),
+        (dict(prompts=["a | b | c"], score="contrast"), "pairs, a pair a line"),
+        (dict(prompts=PROMPTS, score="logit", method="raw_attention"), "raw_attention does not use the setting score"),
+    ]
+    for arguments, message in refusals:
+        with pytest.raises(ValueError, match=message):
+            explain_dataset(tiny, folder, out, progress=False, **arguments)
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        cli.main(["explain-dataset", str(folder), "--prompts", "p.txt", "--out", str(out), "--score", "banana"])
+    assert "invalid choice: 'banana' (choose from" in capsys.readouterr().err and not out.exists()
+
+
+def stored_folder(out, per_image="all"):
+    """A maps folder written by hand with maps_store's writers: three images, two shards (the second image of
+    the key order alone in shard 1), targets "x" and "y"; image i's maps are i + 1 everywhere."""
+    keys = ["a/one.png", "b/two.png", "c/three.png"]
+    sizes = [(32, 32, False), (16, 32, False), (32, 32, True)]
+    shards = [[[0, 2]], [[1]]]
+    images = maps_store.image_entries(keys, [1, 0, 1], sizes, (16, 16), shards)
+    settings = {"targets": {"per_image": per_image}}
+    index = maps_store.new_index(out, settings, ["x", "y"], images, shards, {})
+    maps_store.write_targets(out, torch.eye(2))
+    count = 1 if per_image == "own" else 2
+    for j, shard in enumerate(shards):
+        tensors = {}
+        for batch in shard:
+            maps = torch.stack([torch.full((count, *images[i]["grid"]), i + 1.0) for i in batch])
+            tensors.update(maps_store.shard_tensors(batch, maps, maps.mean(dim=(2, 3))))
+        maps_store.write_shard(out, j, tensors)
+    maps_store.write_index(out, {**index, "complete": True})
+    return keys
+
+
+def test_dataset_maps_is_a_mapping_read_shard_by_shard(tmp_path):
+    keys = stored_folder(tmp_path / "maps")
+    maps = DatasetMaps(tmp_path / "maps")
+    assert isinstance(maps, Mapping) and len(maps) == 3
+    assert "b/two.png" in maps and "nothing.png" not in maps and 0 not in maps
+    # shard by shard, in key order within a shard: the same order for the keys, the values and the items
+    order = ["a/one.png", "c/three.png", "b/two.png"]
+    assert list(maps) == list(maps.keys()) == order and set(maps.keys()) == set(keys)
+    assert [stored.key for stored in maps.values()] == order == [key for key, _ in maps.items()]
+    assert len(maps.keys()) == len(maps.values()) == len(maps.items()) == 3
+    for key, stored in maps.items():
+        i = keys.index(key)
+        assert stored.index == i and stored.prompts == ["x", "y"] and stored.label == [1, 0, 1][i]
+        assert torch.equal(stored.maps, maps[key].maps) and torch.equal(maps[i].maps, stored.maps)
+        assert stored.maps.shape == (2, *maps.images[i]["grid"]) and bool((stored.maps == i + 1).all())
+    assert maps.get("nothing.png") is None and maps.get("nothing.png", "default") == "default"
+    assert maps.get("c/three.png").key == "c/three.png" and maps[-1].key == "c/three.png"
+    assert torch.equal(maps.targets(), torch.eye(2))
+    opened = []
+    real_open = maps._open
+    maps._open = lambda shard: opened.append(shard) or real_open(shard)
+    assert len(list(maps.values())) == 3 and opened == [0, 1]  # each shard file once
+    # a reader equals itself only (comparing two would read every map) and stays hashable
+    assert maps == maps and maps != DatasetMaps(tmp_path / "maps") and hash(maps) == hash(maps)
+    with pytest.raises(KeyError, match="no image 'nothing.png'"):
+        maps["nothing.png"]
+    with pytest.raises(IndexError):
+        maps[3]
+    with pytest.raises(TypeError):
+        maps[1.0]
+    stored_folder(tmp_path / "own", per_image="own")
+    own = DatasetMaps(tmp_path / "own")
+    assert {key: stored.prompts for key, stored in own.items()} == {"a/one.png": ["y"], "c/three.png": ["y"],
+                                                                    "b/two.png": ["x"]}
+
+
+def test_the_reader_is_where_the_readme_names_it():
+    from gradeclip_utils.explain_dataset import DatasetMaps as documented
+
+    assert documented is DatasetMaps and documented.__module__ == "gradeclip_utils.maps_store"
 
 
 def late_exif_png(path, width, height, orientation, seed=0):
@@ -126,7 +275,7 @@ def test_a_png_with_its_exif_after_the_pixels_is_planned_as_it_is_loaded(tiny, t
     out = tmp_path / "maps"
     explain_dataset(tiny, folder, out, prompts=PROMPTS, batch_size=2, progress=False)
     maps = DatasetMaps(out)
-    for stored in maps:
+    for stored in maps.values():
         reference = explain_image(tiny, folder / stored.key, PROMPTS)
         want = reference.raw[0]
         assert stored.maps.shape == want.shape, stored.key
@@ -148,7 +297,7 @@ def test_clip_surgery_shards_take_every_prompt_as_the_class_set(tiny, tmp_path, 
                     batch_size=3, shard_size=4, max_patches=50, progress=False)
     maps = DatasetMaps(out)
     targets = maps.targets()
-    for stored in maps:
+    for stored in maps.values():
         with pytest.warns(UserWarning) if maps.images[stored.index]["downscaled"] else contextlib.nullcontext():
             reference = explain_image(tiny, folder / stored.key, prompts if prompts is not None else targets,
                                       method="clip_surgery", max_patches=50)

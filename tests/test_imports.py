@@ -169,3 +169,17 @@ def test_every_module_imports_first():
         "        print(name, traceback.format_exc(limit=-3))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, timeout=600)
     assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
+
+
+def test_every_exported_name_exists():
+    """``from MODULE import *`` works for every module: each name its ``__all__`` lists is defined."""
+    import importlib
+    import pkgutil
+
+    import gradeclip_utils
+
+    missing = []
+    for info in pkgutil.walk_packages(gradeclip_utils.__path__, "gradeclip_utils."):
+        module = importlib.import_module(info.name)
+        missing += [f"{info.name}.{name}" for name in getattr(module, "__all__", ()) if not hasattr(module, name)]
+    assert not missing, missing

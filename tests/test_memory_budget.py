@@ -145,6 +145,53 @@ def test_the_inner_chunk_alone_changes_nothing(tiny, method, option):
         assert relative(cut.maps, whole.maps) < RELATIVE and torch.equal(cut.scores, whole.scores)
 
 
+PAIRS = [("a red circle", "a blue square"), ("a green triangle", "a red circle")]
+
+
+@pytest.mark.parametrize("method", ["grad_eclip", "game", "rise", "m2ib"])
+@pytest.mark.parametrize("score", ["probability", "contrast"])
+def test_the_smallest_chunks_keep_the_explained_score(tiny, method, score):
+    """The explained score survives the chunks: the probability's softmax still runs over every prompt when
+    the images, GAME's targets, RISE's masks or M2IB's noise samples are cut one at a time (each chunk sees
+    every target row; only the cotangents are cut), and the contrast's pairs stay whole."""
+    options = QUICK.get(method, {})
+    prompts = PAIRS if score == "contrast" else PROMPTS
+    count = len(prompts)
+    whole = ge.explain_image(tiny, PIXELS, prompts, method=method, score=score, memory_budget=2 ** 40,
+                             progress=False, **options)
+    chunked = ge.explain_image(tiny, PIXELS, prompts, method=method, score=score, progress=False,
+                               memory_budget=smallest(tiny, method, count, **options), **options)
+    assert chunked.settings["image_chunk"] == 1 and chunked.settings["score"] == score
+    if score == "probability":
+        assert torch.allclose(chunked.scores.sum(dim=1), torch.ones(len(PIXELS)), atol=1e-5)
+    assert relative(chunked.maps, whole.maps) < RELATIVE and relative(chunked.scores, whole.scores) < RELATIVE
+
+
+@pytest.mark.parametrize("method", ["game", "m2ib"])
+def test_chunks_of_columns_and_of_paired_targets_keep_the_softmax_over_every_target(tiny, method):
+    """``run_image_method``'s ``columns`` (a few classes' probabilities among all the targets) and a paired
+    call's targets (image b's probability among all the batch's targets) cut with the images: every chunk
+    still gets every target row, so the smallest chunks give the maps of one call."""
+    from gradeclip_utils.config import ExplainConfig
+    from gradeclip_utils.session import run_image_method
+
+    targets = F.normalize(torch.randn(5, tiny.adapter.embed_dim, generator=torch.Generator().manual_seed(2)), dim=-1)
+    calls = [({}, [3, 0, 3])] + ([({"paired": True}, None)] if method == "m2ib" else [])
+    for extra, columns in calls:
+        options = {**QUICK.get(method, {}), **extra}
+        rows = targets[:len(PIXELS)] if extra else targets
+        config = ExplainConfig(method=method, score="probability", options=options, memory_budget=2 ** 40)
+        whole = run_image_method(tiny, config, PIXELS, rows, columns=columns)
+        one = smallest(tiny, method, 1 if extra else len(columns), **options)
+        chunked = run_image_method(tiny, ExplainConfig(method=method, score="probability", options=options,
+                                                       memory_budget=one), PIXELS, rows, columns=columns)
+        assert chunked.maps.shape == whole.maps.shape == (len(PIXELS), 1 if extra else 3, *GRID)
+        # 1e-5: a probability's cotangents of five target rows round a little more than a cosine's (1e-6 measured)
+        assert relative(chunked.maps, whole.maps) < 1e-5 and relative(chunked.scores, whole.scores) < RELATIVE
+        if extra:  # image b's target's probability among the three targets, not among its chunk's one
+            assert not torch.allclose(chunked.scores, torch.ones_like(chunked.scores))
+
+
 def test_rise_draws_the_masks_it_always_drew():
     """The masks, now upsampled a few at a time, are those drawn all at once before (the same random draws)."""
     count, size, cells, p, seed = 150, (40, 56), 8, 0.5, 3

@@ -1,6 +1,6 @@
 """Every option that defines an explanation shapes it: for every registered image method (read from the
 registry, so a method registered later is covered without editing this file), each setting (layers, mode,
-qk, resolution) and each of its spec's own options either changes the map or is refused by name. A setting
+qk, score, resolution) and each of its spec's own options either changes the map or is refused by name. A setting
 that is recorded in a result's settings but not applied (LeGrad given ``layers=`` instead of its
 ``layer_index``) is the bug this catches; the settings a result records are only those applied."""
 
@@ -25,7 +25,7 @@ PROMPTS = ["a red circle", "a blue square"]
 WORK_OPTIONS = ("chunk", "mask_batch", "mask_chunk", "sample_chunk", "paired")
 
 #: each setting's other value
-OTHER_SETTINGS = {"layers": (0,), "mode": "official", "qk": "out_proj", "resolution": "model"}
+OTHER_SETTINGS = {"layers": (0,), "mode": "official", "qk": "out_proj", "score": "probability", "resolution": "model"}
 
 
 def _unit(rows: int, seed: int) -> torch.Tensor:

@@ -102,6 +102,22 @@ def test_overrides_are_checked_before_anything_runs():
         overrides_per_notebook(NOTEBOOKS, {"N_IMAGE": 5})
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_metadata_is_what_jupyterlab_writes_on_open(path):
+    """JupyterLab sets a notebook's kernelspec and language_info to its kernel's when it opens it, and marks
+    the notebook modified where they differ: they are stored as ipykernel's python3 kernel gives them (the
+    browser test opens them, with the patch version too), with nbformat 4.5's cell ids."""
+    from ipykernel.ipkernel import IPythonKernel
+
+    notebook = nbformat.read(path, as_version=4)
+    assert (notebook.nbformat, notebook.nbformat_minor) == (4, 5) and all("id" in cell for cell in notebook.cells)
+    assert notebook.metadata["kernelspec"] == {"display_name": "Python 3 (ipykernel)", "language": "python",
+                                               "name": "python3"}
+    stored, kernel = dict(notebook.metadata["language_info"]), dict(IPythonKernel.language_info)
+    assert stored.pop("version").split(".")[:2] == kernel.pop("version").split(".")[:2]
+    assert stored == kernel
+
+
 class _Bar:
     """What the runner's tqdm bar is told."""
 
@@ -203,6 +219,123 @@ def _png_outputs(notebook) -> int:
                for output in cell.outputs)
 
 
+# ------------------------------------------------------------------------------ the notebooks' claims
+# What a notebook's text says about its outputs, checked against the numbers the notebook computed (its
+# figures' manifests and the files it writes), on the QUICK run of the test below. Each function gets the
+# manifests by figure name and the notebook's figures folder.
+
+def _claims_02_explorer(figures: dict, folder: Path) -> None:
+    shared = figures["explorer_shared_scale"]
+    maps = {row["prompt"]: row for row in shared["data"]["maps"]}
+    # cell 0: "a red square" names nothing in the first scene (an orange square and a purple cross), and scores
+    # lower than the scene's own objects but above zero: about +0.2 against about +0.4
+    assert {(o["colour"], o["shape"]) for o in shared["images"][0]["objects"]} == {("orange", "square"),
+                                                                                ("purple", "cross")}
+    matching = [row for row in maps.values() if row["true_of_scene"]]
+    assert maps["a red square"]["true_of_scene"] is False and len(matching) == 2
+    assert 0 < maps["a red square"]["score"] < min(row["score"] for row in matching)
+    assert maps["a red square"]["score"] == pytest.approx(0.2, abs=0.05)
+    assert all(row["score"] == pytest.approx(0.4, abs=0.05) for row in matching)
+    # cell 11: on one scale the maps' strengths do not follow S: "a purple cross" (in the scene, S about 0.39)
+    # has a map whose peak is under a tenth of the strongest map's; "a red square" (not in the scene, S about
+    # 0.19) a strong one whose largest share lies on the orange square
+    cross, red = maps["a purple cross"], maps["a red square"]
+    assert cross["score"] == pytest.approx(0.39, abs=0.01) and red["score"] == pytest.approx(0.19, abs=0.01)
+    strongest = max(row["map_peak"] for row in maps.values())
+    assert cross["map_peak"] < 0.1 * strongest and red["map_peak"] > 0.5 * strongest
+    assert red["top_object"] == "orange square"
+    # cell 19: the copy with its top two stages randomised scores below 0.1, below the trained model, and its
+    # maps keep a Spearman correlation of 0.4 to 0.6 with the trained model's
+    side = figures["models_side_by_side"]["data"]
+    trained, randomised = side["scores"]
+    assert "(top 2 randomised)" in side["models"][1]
+    assert max(randomised) < 0.1 and all(r < t for r, t in zip(randomised, trained))
+    assert all(0.4 <= rho <= 0.6 for rho in side["spearman"].values()), side["spearman"]
+
+
+def _claims_03_concept_decomposition(figures: dict, folder: Path) -> None:
+    import pandas as pd
+
+    per_image = pd.read_csv(folder / "decomposition_study.csv").drop_duplicates("image")
+    # cell 8: the concepts explain most of the sentence's map (median R² about 0.8), little of its embedding
+    assert per_image["map_r2"].median() == pytest.approx(0.8, abs=0.05)
+    assert per_image["text_r2"].median() < 0.05
+    # cell 9: the example is the study's image whose map R² is nearest the median, its R² the study's own
+    example = figures["decomposition"]["data"]["example"]
+    distance = (per_image["map_r2"] - per_image["map_r2"].median()).abs()
+    assert example["image"] == per_image["image"].iloc[int(distance.to_numpy().argmin())]
+    assert example["median"] == pytest.approx(per_image["map_r2"].median())
+    assert figures["decomposition"]["data"]["map_r2"] == pytest.approx(
+        float(per_image.set_index("image").at[example["image"], "map_r2"]), abs=1e-9)
+
+
+def _claims_04_attribute_count_failures(figures: dict, folder: Path) -> None:
+    import pandas as pd
+
+    from gradeclip_utils.studies.failures import tie_margin
+
+    choices = pd.read_csv(folder / "choices_synthetic.csv")
+    settings = figures["accuracy_synthetic"]["settings"]
+    # cell 0: the tie margin is log(0.55 / 0.45) / logit scale: 0.0084 here, 0.0020 at CLIP's 100
+    assert settings["tie_margin"] == pytest.approx(0.0084, abs=5e-5)
+    assert tie_margin(100.0) == pytest.approx(0.0020, abs=5e-5)
+    assert ((choices["margin"].abs() < settings["tie_margin"]) == (choices["verdict"] == "tie")).all()
+    table = {row["kind"]: row for row in figures["accuracy_synthetic"]["data"]["table"]}
+    assert all(row["ties"] == int((choices[choices["kind"] == kind]["verdict"] == "tie").sum())
+               for kind, row in table.items())
+    # cell 7: at least nine in ten relation items are ties, no relation margin reaches 0.01
+    relation = choices[choices["kind"] == "relation"]
+    assert table["relation"]["ties"] >= 0.9 * table["relation"]["n"] and relation["margin"].abs().max() < 0.01
+    # every gallery's manifest names exactly the scenes it shows, with the margins and verdicts it prints
+    for kind in ("binding", "count", "relation"):
+        manifest = figures[f"gallery_{kind}"]
+        rows = manifest["data"]["rows"]
+        assert [image["name"] for image in manifest["images"]] == [row["image"] for row in rows]
+        assert [f"scene {image['seed']}" for image in manifest["images"]] == [row["image"] for row in rows]
+        shown = choices.set_index("image").loc[[row["image"] for row in rows]]
+        assert list(shown["kind"]) == [kind] * len(rows)
+        assert [row["verdict"] for row in rows] == list(shown["verdict"])
+        assert [row["margin"] for row in rows] == pytest.approx(list(shown["margin"]))
+
+
+def _claims_05_word_importance(figures: dict, folder: Path) -> None:
+    data = figures["word_deletion_check"]["data"]
+    # cell 12: on average removing the most important word costs most, several times a random or the least
+    # important word; on the first scene it raises S for 5 of 13 prompts, 4 of them with "a" as that word,
+    # and "a red cross" scores 0.11 higher as "red cross"
+    drops = data["all"]["mean_drop"]
+    assert drops["top"] > 0 and drops["top"] > 3 * max(drops["random"], drops["bottom"])
+    first = data["first_image"]
+    assert (first["prompts"], first["top_raises"]) == (13, 5)
+    assert first["top_words_where_it_raises"].get("a") == 4
+    rows = {row["text"]: row for row in data["first_image_rows"]}
+    assert rows["a red cross"]["top_word"] == "a" and rows["a red cross"]["drop_top"] == pytest.approx(-0.11, abs=0.005)
+
+
+def _claims_07_methods_faithfulness(figures: dict, folder: Path) -> None:
+    import json
+
+    # cells 0 and 3: one RISE, the evaluation's centred sum, in the gallery and in the evaluation
+    config = json.loads((folder / "evaluation" / "config.json").read_text())
+    gallery = figures["method_gallery"]
+    assert gallery["settings"]["rise"]["centre"] is True and config["rise_centre"] is True
+    labels = {row["method"]: row["label"] for row in gallery["data"]["table"]}
+    assert "rise" not in labels or labels["rise"] == f"rise (masks {config['rise_masks']}, centre)"  # QUICK: no RISE
+    # cell 11: Grad-ECLIP's SSIM falls to its lowest at block 1 (about 0.30), then rises with block 0 and the
+    # embedding randomised (about 0.67, above the head-only stage; Spearman about 0.39); the figure says n = 2
+    sanity = {row["stage"]: row for row in figures["sanity_check"]["data"]["sanity"] if row["method"] == "grad_eclip"}
+    ssim = {stage: row["ssim"] for stage, row in sanity.items()}
+    assert min(ssim, key=ssim.get) == "block 1" and ssim["block 1"] == pytest.approx(0.30, abs=0.02)
+    assert ssim["embedding"] == pytest.approx(0.67, abs=0.02) and ssim["embedding"] > ssim["head"] > ssim["block 1"]
+    assert sanity["embedding"]["spearman"] == pytest.approx(0.39, abs=0.02)
+    assert "range over the 2 images" in figures["sanity_check"]["title"]
+
+
+CLAIMS = {"02_explorer": _claims_02_explorer, "03_concept_decomposition": _claims_03_concept_decomposition,
+          "04_attribute_count_failures": _claims_04_attribute_count_failures,
+          "05_word_importance": _claims_05_word_importance, "07_methods_faithfulness": _claims_07_methods_faithfulness}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_headless_and_exports_every_figure(path, tmp_path, caplog, capfd):
@@ -252,6 +385,27 @@ def test_notebook_runs_headless_and_exports_every_figure(path, tmp_path, caplog,
                 assert (REPO_ROOT / image["path"]).is_file()
             else:
                 assert image["kind"] == "synthetic_scene" and image["recipe"], image
+    if path.stem in CLAIMS:  # what the notebook's text says, against the numbers it computed
+        CLAIMS[path.stem]({m["figure"]: m for m in manifests}, Path(run.figures_dir))
+    if path.stem == "04_attribute_count_failures":
+        check_explained_score_claims(next(m for m in manifests if m["figure"] == "explained_scores"))
+
+
+def check_explained_score_claims(manifest) -> None:
+    """What notebook 04 says of the probability and the contrast, against the numbers it exported: each
+    contrast puts several (over 5) times more mass on the circle its first prompt names than on the other,
+    on average, and each probability map is its contrast's map times s p(red) p(blue)."""
+    summary, scenes = manifest["data"]["summary"], manifest["data"]["scenes"]
+    assert summary["scenes"] == len(scenes) > 0
+    assert summary["red rather than blue: red"] > 5 * summary["red rather than blue: blue"]
+    assert summary["blue rather than red: blue"] > 5 * summary["blue rather than red: red"]
+    assert summary["largest_deviation"] < 1e-4
+    for scene in scenes:
+        assert abs(scene["p(red)"] + scene["p(blue)"] - 1) < 1e-5
+        for region in ("red", "blue", "background"):  # the same map at another scale: the same shares
+            assert abs(scene[f"p(red): {region}"] - scene[f"red rather than blue: {region}"]) < 1e-4
+            assert abs(scene[f"p(blue): {region}"] - scene[f"blue rather than red: {region}"]) < 1e-4
+    assert manifest["settings"]["scores"] == ["probability", "contrast"]
 
 
 def test_the_package_draws_text_progress_only():

@@ -102,3 +102,75 @@ def test_cli_reports_a_missing_image(tmp_path, capsys):
 def test_cli_lists_methods(capsys):
     assert cli.main(["methods"]) == 0
     assert "grad_eclip" in capsys.readouterr().out
+
+
+def _boxes(fig):
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    return renderer, [fig._suptitle.get_window_extent(renderer)] + [ax.title.get_window_extent(renderer)
+                                                                    for ax in fig.axes if ax.images]
+
+
+def test_grid_says_its_scaling_and_its_titles_do_not_collide(tiny, picture):
+    """ex.plot(): a colour bar that says each panel is min-max scaled on its own, a suptitle clear of the panel
+    titles and panels, a negative S flagged in red as the explorers flag it."""
+    from matplotlib.colors import to_hex
+
+    from gradeclip_utils.plotting import NEGATIVE_COLOUR, SCALE_LABELS
+
+    explanation = ge.explain_image(tiny, [picture, picture], ["a cat with a rather long description", "a dog"])
+    fig = explanation.plot()
+    bars = [ax for ax in fig.axes if not ax.images]
+    assert len(bars) == 1 and bars[0].get_ylabel() == SCALE_LABELS["panel"]
+    assert "grad_eclip" in fig.get_suptitle() and "model tiny-test-clip" in fig.get_suptitle()
+    renderer, boxes = _boxes(fig)
+    panels = [ax.get_window_extent(renderer) for ax in fig.axes]
+    for i, box in enumerate(boxes):
+        assert not any(box.overlaps(other) for other in boxes[i + 1:] + panels)
+    for ax in fig.axes:
+        if len(ax.images) == 2:
+            shown = np.asarray(ax.images[1].get_array())
+            assert shown.min() == pytest.approx(0.0, abs=1e-6) and shown.max() == pytest.approx(1.0, abs=1e-6)
+    flagged = [to_hex(ax.title.get_color()) == NEGATIVE_COLOUR for ax in fig.axes if len(ax.images) == 2]
+    assert flagged == [float(s) < 0 for s in explanation.scores.flatten()]
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("text, width, lines", [
+    ("maskclip (no block) (no mode)", 27, ["maskclip (no block)", "(no mode)"]),
+    ("scene 2024 · synthetic: open_clip ViT, synthetic (top 2 randomised): open_clip ViT · one colour scale",
+     68, ["scene 2024", "synthetic: open_clip ViT, synthetic (top 2 randomised):", "open_clip ViT",
+          "one colour scale"]),
+    ("grad_eclip · block 3 · faithful mode · model synthetic", 40, ["grad_eclip · block 3 · faithful mode",
+                                                                    "model synthetic"]),
+    ("one two three four five", 9, ["one two", "three", "four five"]),
+])
+def test_titles_break_at_their_separators(text, width, lines):
+    from gradeclip_utils.plotting import _wrapped
+
+    assert _wrapped(text, width).split("\n") == lines
+
+
+def test_times_keep_three_digits():
+    from gradeclip_utils.plotting import format_seconds
+
+    assert [format_seconds(s) for s in (0.00842, 0.0123, 0.153, 2.314, 0.0004)] == [
+        "8.42 ms", "12.3 ms", "153 ms", "2.31 s", "0.40 ms"]
+
+
+def test_each_method_has_one_distinct_colour():
+    from matplotlib.colors import to_hex
+
+    from gradeclip_utils.methods import list_methods, method_specs
+    from gradeclip_utils.methods.registry import REFERENCE_COLOUR, MethodSpec, method_colour
+    from gradeclip_utils.studies.methods import method_palette
+
+    names = [spec.name for spec in method_specs()]
+    colours = [to_hex(method_colour(name)) for name in names]
+    assert colours[0] == "#000000" and names[0] == "grad_eclip"
+    assert len(set(colours)) == len(colours) and REFERENCE_COLOUR not in colours  # distinct, none grey
+    assert method_colour("random") == REFERENCE_COLOUR  # the evaluation's floor: not registered
+    reference = MethodSpec(name="floor", image=lambda *a, **k: None, reference=True)
+    assert method_colour(reference) == REFERENCE_COLOUR
+    assert method_colour(MethodSpec(name="own", image=lambda *a, **k: None, colour="#123456")) == "#123456"
+    assert method_palette(list_methods()["image"]) == {m: method_colour(m) for m in list_methods()["image"]}

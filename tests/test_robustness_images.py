@@ -169,6 +169,30 @@ def test_huge_image_is_downscaled_at_native_resolution(tiny):
         check_maps(ge.explain_image(tiny, picture, PROMPTS, resolution="model"), [(6, 6)])
 
 
+def test_large_files_give_only_the_package_s_warning_and_absurd_ones_a_clear_error(tiny, tmp_path, monkeypatch):
+    """PIL warns of a "decompression bomb DOS attack" from 89 megapixels and refuses from 179: the package opens
+    files up to MAX_PICTURE_PIXELS without PIL's warning (it downscales them, with its own) and refuses larger
+    ones naming the limit. Scaled down here: PIL's limit 1000 pixels, the package's 200,000."""
+    from gradeclip_utils import inputs
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(inputs, "MAX_PICTURE_PIXELS", 200_000)
+    large, absurd = tmp_path / "large.png", tmp_path / "absurd.png"
+    Image.fromarray(rgb_array(300, 400)).save(large)  # 120,000 pixels
+    Image.fromarray(rgb_array(500, 500)).save(absurd)  # 250,000 pixels
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        check_maps(ge.explain_image(tiny, str(large), PROMPTS, max_patches=100), [(8, 11)])
+    assert [str(w.message) for w in record if "patches" in str(w.message)]
+    assert not [w for w in record if issubclass(w.category, Image.DecompressionBombWarning)], record
+    assert Image.MAX_IMAGE_PIXELS == 1000  # PIL's limit is the user's again
+    with pytest.raises(ValueError, match=r"absurd\.png: it has more than 0.2 million pixels \(250,000 pixels\), "
+                                         "more than this package opens"):
+        load_image(absurd)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # a user who trusts every file
+    assert load_image(absurd).size == (500, 500)
+
+
 # ----------------------------------------------------------------------------------- broken files
 def png_bytes(size=(56, 40)):
     buffer = io.BytesIO()

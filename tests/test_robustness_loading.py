@@ -4,6 +4,9 @@ code are refused before anything runs, with a clear error."""
 from __future__ import annotations
 
 import json
+import re
+import socket
+import time
 import warnings
 
 import open_clip
@@ -155,3 +158,100 @@ def test_safetensors_folder_loads_its_weights(tiny_name, tmp_path):
     assert torch.equal(loaded.model.visual.proj, weights["visual.proj"])
     explanation = ge.explain_image(loaded, torch.randn(1, 3, 32, 32), ["a dog"])
     assert explanation.maps.shape == (1, 1, 2, 2) and torch.isfinite(explanation.maps).all()
+
+
+# ------------------------------------------------------------------------------- missing and offline
+@pytest.mark.parametrize("spec", ["/no/such/folder", "./no/such/folder", "../no/such/folder", "~/no/such/folder"])
+def test_a_missing_hugging_face_folder_is_named(spec):
+    """A path-like ``hf:`` name that is no folder: "model folder not found", not transformers' "Repo id must be
+    in the form ..."."""
+    with pytest.raises(FileNotFoundError,
+                       match=rf"model folder not found: {re.escape(spec)} \(hf: takes a local folder"):
+        ge.load_model(f"hf:{spec}", device="cpu")
+
+
+@pytest.fixture()
+def no_network(monkeypatch):
+    """Any connection attempt fails the test (the probe of the hub included)."""
+    from gradeclip_utils import hub
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the network was asked")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    hub._reachable.cache_clear()
+    yield
+    hub._reachable.cache_clear()
+
+
+def test_offline_weights_fail_at_once_with_one_message(no_network, monkeypatch, tmp_path, capfd):
+    """HF_HUB_OFFLINE=1 and weights not in the cache: the error comes before the model is built, with the ways
+    the README documents (no ``local-dir:``), and nothing else is printed."""
+    import open_clip  # noqa: F401  (imported before the clock starts)
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    capfd.readouterr()
+    start = time.perf_counter()
+    with pytest.raises(ge.WeightsUnavailableError) as error:
+        ge.load_model("ViT-B-16", pretrained="openai", device="cpu", cache_dir=str(tmp_path))
+    assert time.perf_counter() - start < 5
+    message = str(error.value)
+    assert "HF_HUB_OFFLINE is set" in message and "not in the local cache" in message
+    assert "pretrained='/path/to/open_clip_model.safetensors'" in message and "load_model('/path/to/folder')" in message
+    assert "local-dir" not in message and "load_model('synthetic')" in message
+    assert capfd.readouterr() == ("", "")
+
+
+def test_an_unreachable_hub_fails_at_once_too(monkeypatch, tmp_path, capfd):
+    """Without HF_HUB_OFFLINE, one connection attempt (refused here) stands for huggingface_hub's retries."""
+    import huggingface_hub.constants
+    import open_clip  # noqa: F401
+
+    from gradeclip_utils import hub
+
+    attempts = []
+
+    def unreachable(address, timeout=None):
+        attempts.append(address)
+        raise OSError("no network")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub.urllib.request, "getproxies", lambda: {})
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    hub._reachable.cache_clear()
+    try:
+        capfd.readouterr()
+        start = time.perf_counter()
+        with pytest.raises(ge.WeightsUnavailableError, match="huggingface.co cannot be reached"):
+            ge.load_model("ViT-B-16", pretrained="openai", device="cpu", cache_dir=str(tmp_path))
+        assert time.perf_counter() - start < 5 and attempts == [("huggingface.co", 443)]
+        assert capfd.readouterr() == ("", "")
+    finally:
+        hub._reachable.cache_clear()
+
+
+def test_a_load_leaves_the_root_logger_as_it_was():
+    """open_clip's module-level logging.info would install a stderr handler on the root logger (which prints
+    every huggingface_hub warning twice): not during a load, and a handler the user set stays."""
+    import logging
+
+    from gradeclip_utils import hub
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    root.handlers.clear()
+    try:
+        with hub.session(offline=False):
+            logging.info("open_clip talks to the root logger")
+        assert root.handlers == []
+        mine = logging.StreamHandler()
+        root.addHandler(mine)
+        with hub.session(offline=True):
+            logging.info("still mine")
+            assert root.handlers == [mine]
+        assert root.handlers == [mine]
+    finally:
+        root.handlers[:] = before

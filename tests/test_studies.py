@@ -15,7 +15,7 @@ from matplotlib import pyplot as plt
 
 from gradeclip_utils import explain_image, explain_text, stats
 from gradeclip_utils.metrics import energy_pointing_game, pointing_game
-from gradeclip_utils.studies import common, concepts, failures, layers, lexicon, methods, words
+from gradeclip_utils.studies import common, concepts, explorers, failures, layers, lexicon, methods, words
 from gradeclip_utils.synthetic import caption_holds, generate_scene, parse_caption
 
 
@@ -207,6 +207,59 @@ def test_decomposition_study_rows_and_concept_energy(tiny):
         plt.close(fig)
 
 
+def test_decomposition_figure_draws_the_combination_on_the_sentence_scale(tiny):
+    """Every map min-max on its own except the NNLS combination, drawn on the sentence map's min and max (so
+    an all but empty combination looks empty and is marked "≈ 0"); one colour bar that says so."""
+    from gradeclip_utils.maps import resize_maps
+
+    scene = generate_scene(41, objects=[{"shape": "circle", "colour": "red"}, {"shape": "square", "colour": "blue"}])
+    dec = concepts.decompose(tiny, scene, "a red circle and a blue square", resolution="model")
+    fig = dec.plot()
+    overlays = [ax for ax in fig.axes if len(ax.images) == 2]
+    assert len(overlays) == 2 + len(dec.concepts)
+    size = dec.explanation.images[0].size[::-1]
+    sentence = resize_maps(dec.explanation.raw[0][0], size, dtype=torch.float64).numpy()
+    combination = resize_maps(torch.from_numpy(dec.reconstruction), size, dtype=torch.float64).numpy()
+    low, high = sentence.min(), sentence.max()
+    np.testing.assert_allclose(overlays[1].images[1].get_array(), np.clip((combination - low) / (high - low), 0, 1),
+                               atol=1e-5)
+    np.testing.assert_allclose(overlays[0].images[1].get_array(), (sentence - low) / (high - low), atol=1e-5)
+    assert "sentence's scale" in overlays[1].get_title() and "R\u00b2" in overlays[1].get_title()
+    assert ("\u2248 0" in overlays[1].get_title()) == (combination.max() < concepts.NEGLIGIBLE_SHARE * high)
+    assert "sentence map's min and max" in [ax for ax in fig.axes if not ax.images][0].get_ylabel()
+    plt.close(fig)
+    dec.reconstruction = np.zeros_like(dec.reconstruction)  # an empty combination is marked
+    fig = dec.plot()
+    assert "\u2248 0" in [ax for ax in fig.axes if len(ax.images) == 2][1].get_title()
+    plt.close(fig)
+
+
+def test_typical_example_is_the_image_nearest_the_median():
+    frame = pd.DataFrame({"image": ["scene 1", "scene 1", "scene 2", "scene 3", "scene 4"],
+                          "sentence": ["s1", "s1", "s2", "s3", "s4"], "map_r2": [0.9, 0.9, 0.1, 0.52, 0.7]})
+    items = [generate_scene(1), generate_scene(2), generate_scene(3), generate_scene(4)]
+    item, info = concepts.typical_example(frame, items)  # median of 0.9, 0.1, 0.52, 0.7 is 0.61: scene 3 and 4
+    assert item is items[2] and info == {"image": "scene 3", "sentence": "s3", "map_r2": 0.52, "median": 0.61,
+                                         "rank": 1, "images": 4}
+    with pytest.raises(ValueError, match="not one of the items"):
+        concepts.typical_example(frame, items[:2])
+
+
+def test_study_figure_leaves_out_kinds_without_values():
+    frame = pd.DataFrame({"image": ["a", "a", "b"], "kind": ["noun", "count", "noun"], "map_weight": [1.0, 0.0, 2.0],
+                          "overlap": [0.5, np.nan, 0.3], "score_contribution": [0.1, 0.0, 0.2],
+                          "map_r2": [0.8, 0.8, 0.7], "text_r2": [0.1, 0.1, 0.2], "energy_in_mask": [0.3, np.nan, 0.2],
+                          "mask_area": [0.1, np.nan, 0.1]})
+    fig = concepts.plot_study(frame)
+    ticks = [[t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes[:3]]
+    assert ticks == [["noun\n(n=2)", "count\n(n=1)"], ["noun\n(n=2)"], ["noun\n(n=2)", "count\n(n=1)"]]
+    assert all(ax.get_title() for ax in fig.axes)
+    plt.close(fig)
+    fig = concepts.plot_concept_localisation(frame)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["noun\n(n=2)"] and fig.axes[0].get_title()
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------------------------- failures
 @pytest.mark.parametrize("kind", failures.KINDS)
 def test_synthetic_items_are_true_captions_against_false_edits_of_their_kind(kind):
@@ -266,6 +319,39 @@ def test_choices_against_independent_scores(tiny):
     for fig in (failures.plot_accuracy(table), failures.plot_map_destinations(frame),
                 failures.plot_gallery(results, "binding", 1, 1)):
         plt.close(fig)
+
+
+def test_ties_and_the_gallery_that_names_what_it_shows(tiny):
+    """A margin under the tie margin (the model's two-way softmax within 45-55%) is a tie; the gallery picks
+    the first right, wrong and tied items of its kind and its manifest names exactly those scenes, with the
+    margins its titles print."""
+    items = failures.synthetic_items("relation", 4) + failures.synthetic_items("binding", 3)
+    results = failures.run_choices(tiny, items, progress=False)
+    frame = results.frame
+    scale = float(tiny.adapter.logit_scale)
+    tie = results.settings["tie_margin"]
+    assert tie == pytest.approx(math.log(0.55 / 0.45) / scale)
+    assert failures.tie_margin(100.0) == pytest.approx(0.0020067, abs=1e-6)
+    for _, row in frame.iterrows():  # the two-way softmax of the two scores, by hand
+        probability = 1 / (1 + math.exp(-scale * abs(row["margin"])))
+        assert (row["verdict"] == "tie") == (probability < 0.55)
+        if row["verdict"] != "tie":
+            assert row["verdict"] == ("right" if row["margin"] > 0 else "wrong")
+    table = failures.accuracy_table(frame)
+    assert list(table["ties"]) == [int((frame[frame["kind"] == k]["verdict"] == "tie").sum()) for k in table["kind"]]
+    for kind in ("relation", "binding"):
+        shown = failures.gallery(results, kind, n_right=1, n_wrong=1, n_tie=1)
+        pool = frame[frame["kind"] == kind]
+        expected = [i for verdict in ("right", "wrong", "tie") for i in list(pool.index[pool["verdict"] == verdict])[:1]]
+        assert shown.indices == expected
+        manifest = shown.manifest()
+        assert manifest["image_names"] == [frame.at[i, "image"] for i in expected]
+        assert [image.seed for image in manifest["images"]] == [items[i].image.seed for i in expected]
+        assert [row["margin"] for row in manifest["data"]["rows"]] == pytest.approx(list(frame.loc[expected, "margin"]))
+        inputs = [ax.get_title() for ax in shown.figure.axes if len(ax.images) == 1]
+        assert [title.split("\n")[1].split(":")[0] for title in inputs] == list(frame.loc[expected, "verdict"])
+        assert len([ax for ax in shown.figure.axes if not ax.images]) == 1  # one colour bar
+        plt.close(shown.figure)
 
 
 def test_photo_probes_against_literal_scores_and_maps(tiny):
@@ -349,6 +435,29 @@ def test_word_deletion_check_against_independent_scores(tiny):
     plt.close(words.plot_deletion_check(check))
 
 
+def test_deletion_check_summary_by_hand():
+    frame = pd.DataFrame({"text": ["a b", "c d", "e f"], "top_word": ["a", "d", "a"], "drop_top": [-0.1, 0.3, -0.2],
+                          "drop_random": [0.0, 0.1, -0.3], "drop_bottom": [0.05, 0.0, 0.1]})
+    summary = words.deletion_check_summary(frame)
+    assert summary["mean_drop"] == pytest.approx({"top": 0.0, "random": -0.2 / 3, "bottom": 0.05})
+    assert (summary["prompts"], summary["top_raises"], summary["top_below_random"]) == (3, 2, 1)
+    assert summary["top_words_where_it_raises"] == {"a": 2}
+
+
+def test_importance_plot_keeps_the_uniform_share_off_the_bars():
+    frame = pd.DataFrame({"pos": ["NOUN", "DET", "NOUN", "DET"], "relative_importance": [2.0, 0.5, 1.5, 0.2],
+                          "group": ["template", "template", "paraphrase", "paraphrase"]})
+    for hue in (None, "group"):
+        fig = words.plot_by(frame, "pos", hue=hue)
+        ax = fig.axes[0]
+        assert not ax.texts  # no label drawn over the data
+        legend = ax.get_legend()
+        assert "uniform share (every word alike)" in [t.get_text() for t in legend.get_texts()]
+        fig.canvas.draw()
+        assert legend.get_window_extent().x0 >= ax.get_window_extent().x1  # beside the axes
+        plt.close(fig)
+
+
 # --------------------------------------------------------------------------------------------- layers
 def test_layer_maps_are_single_block_explanations(tiny):
     scene = generate_scene(4, n_objects=2)
@@ -379,13 +488,27 @@ def test_layer_localisation_rows_match_the_metrics(tiny):
 def test_method_gallery_matches_direct_explanations(tiny):
     scene = generate_scene(6, objects=[{"shape": "circle", "colour": "red"}, {"shape": "star", "colour": "blue"}])
     fig, table = methods.method_gallery(tiny, [scene], ["a red circle"], ["grad_eclip", "rollout"])
-    plt.close(fig)
     assert list(table["method"]) == ["grad_eclip", "rollout"]
     for _, row in table.iterrows():
         raw = explain_image(tiny, scene.image, ["a red circle"], method=row["method"], resolution="model").maps[0, 0]
         assert row["energy"] == pytest.approx(float(energy_pointing_game(raw, scene.masks[0])), abs=1e-6)
+    assert list(table["label"]) == ["grad_eclip", "rollout"]
+    overlays = [ax for ax in fig.axes if len(ax.images) == 2]
+    assert [ax.get_title().split("\n")[0] for ax in overlays] == ["grad_eclip", "rollout"]
     assert methods.available_methods(include_slow=False)[0] == "grad_eclip"
     assert not set(methods.SLOW_METHODS) & set(methods.available_methods(include_slow=False))
+    plt.close(fig)
+    many = ["grad_eclip", "rollout", "raw_attention", "grad_cam", "maskclip"]
+    fig, _ = methods.method_gallery(tiny, [scene, scene], ["a red circle", "a blue star"], many, columns=4)
+    boxes = {round(ax.get_position().y0, 3) for ax in fig.axes if ax.images}
+    assert len(boxes) == 4  # each image's 6 panels on two lines of at most 4
+    plt.close(fig)
+
+
+def test_option_labels_name_every_variant():
+    assert methods.option_label("rise", {"masks": 200, "centre": True}) == "rise (masks 200, centre)"
+    assert methods.option_label("rise", {"masks": 2000, "centre": False}) == "rise"  # the declared defaults
+    assert methods.option_label("clip_surgery", {"classes": torch.zeros(3, 4)}) == "clip_surgery"
 
 
 def test_result_plots_draw_the_evaluation_columns():
@@ -445,6 +568,53 @@ def test_result_plots_draw_the_evaluation_columns():
     plt.close(fig)
     with pytest.raises(ValueError, match="none of"):
         methods.plot_metric_bars(per_image, ["missing"])
+
+
+def test_result_plots_keep_legends_off_the_data_and_say_n():
+    """The curves' and the sanity check's legend under the panels (none inside an axes), the methods in their
+    one colour, the number of images and what the bands are in the title (their range below 5 images)."""
+    from matplotlib.colors import to_hex
+
+    from gradeclip_utils.methods.registry import method_colour
+
+    rows = [{"key": f"k{key}", "method": method, **{f"{kind}_score_{i:02d}": 0.1 * i + key
+                                                    for kind in ("deletion", "insertion") for i in range(11)}}
+            for method in ("grad_eclip", "rollout", "random") for key in range(6)]
+    per_image = pd.DataFrame(rows)
+    sanity = pd.DataFrame([{"method": m, "depth": d, "stage": st, "key": k, "spearman": 0.5, "ssim": 0.5}
+                           for m in ("grad_eclip", "rollout") for d, st in enumerate(["original", "head"])
+                           for k in range(2)])
+    for fig, title in ((methods.plot_curves(per_image), "95% bootstrap intervals over the 6 images"),
+                       (methods.plot_sanity(sanity), "range over the 2 images")):
+        assert title in fig.get_suptitle()
+        assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
+        fig.canvas.draw()
+        legend = fig.legends[0].get_window_extent()
+        assert all(legend.y1 <= ax.get_tightbbox().y0 + 1 for ax in fig.axes)  # below every axes
+        for line, text in zip(fig.legends[0].get_lines(), fig.legends[0].get_texts()):
+            assert to_hex(line.get_color()) == to_hex(method_colour(text.get_text()))
+        plt.close(fig)
+    fig = methods.plot_timing(pd.DataFrame([{"method": "grad_eclip", "ratio_k1": 1.2, "ratio_k8": 0.3}]))
+    ax = fig.axes[0]
+    assert ax.get_title() and "0.5" in [t.get_text() for t in ax.get_yminorticklabels()]
+    plt.close(fig)
+
+
+def test_map_strengths_on_a_scene(tiny):
+    scene = generate_scene(12, objects=[{"shape": "circle", "colour": "red"}, {"shape": "square", "colour": "blue"}])
+    prompts = ["a red circle", "a green star", "a photo of a dog"]
+    explanation = explain_image(tiny, scene.image, prompts, resolution="model")
+    rows = explorers.map_strengths(explanation, scene)
+    assert [row["true_of_scene"] for row in rows] == [True, False, None]
+    for k, row in enumerate(rows):
+        raw = explanation.raw[0][k].double()
+        assert row["score"] == pytest.approx(float(explanation.scores[0, k]))
+        assert row["map_peak"] == pytest.approx(float(raw.max())) and row["map_mass"] == pytest.approx(
+            float(raw.clamp(min=0).sum()))
+        heat = F.interpolate(raw[None, None], size=(64, 64), mode="bilinear", align_corners=False)[0, 0].numpy()
+        shares = [common.mask_shares(heat, {"o": scene.masks[i]})["o"] for i in range(2)]
+        assert row["top_object"] == scene.objects[int(np.argmax(shares))].description
+        assert row["top_object_share"] == pytest.approx(max(shares), abs=1e-9)
 
 
 def test_tune_threads_only_for_the_synthetic_model_on_the_cpu(tiny):

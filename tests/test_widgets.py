@@ -8,6 +8,7 @@ import asyncio
 import io
 import itertools
 import json
+import time
 
 import numpy as np
 import pytest
@@ -22,8 +23,8 @@ from gradeclip_utils.export import FigureExporter
 from gradeclip_utils.metrics import energy_pointing_game
 from gradeclip_utils.plotting import PANEL_DPI, PANEL_INCHES, SUPTITLE_POINTS, TITLE_POINTS, NEGATIVE_COLOUR
 from gradeclip_utils.synthetic import generate_scene
-from gradeclip_utils.widgets import (GENERIC_CLASSES, Explorer, LayerViewer, MethodComparison, method_takes,
-                                     scores_html, signed, words_html)
+from gradeclip_utils.widgets import (GENERIC_CLASSES, Explorer, LayerViewer, MethodComparison, ModelComparisonView,
+                                     method_takes, scores_html, signed, words_html)
 
 PNG = b"\x89PNG"
 
@@ -435,3 +436,186 @@ def test_a_redraw_in_place_draws_what_a_new_figure_draws(tiny, scenes):
     assert fresh.figure is not first and np.array_equal(pixels(explorer.view.value), pixels(fresh.view.value))
     explorer.prompts.value = "a red circle; a blue square; a star"  # one more panel: a new figure
     assert explorer.figure is not first and len(map_panels(explorer.figure)) == 3
+
+
+def test_controls_a_method_ignores_are_disabled(tiny, scenes):
+    explorer = Explorer(tiny, scenes, ["a red circle"], auto_render=False)
+    assert not explorer.layer.disabled and not explorer.mode.disabled
+    for method, block, mode in (("rollout", True, True), ("rise", True, True), ("raw_attention", False, True),
+                                ("grad_eclip", False, False)):
+        explorer.method.value = method
+        assert (explorer.layer.disabled, explorer.mode.disabled) == (block, mode), method
+        assert (explorer.layer.tooltip is not None) == block
+    explorer.method.value = "rollout"
+    explorer.layer.value = 0  # from code it still sets (and the map stays the rollout's one)
+    assert explorer.last["layers"] == [0] and "block: not used" in explorer.status.value
+    view = ModelComparisonView({"one": tiny, "two": tiny}, scenes, ["a red circle"], method="legrad")
+    assert view.mode.disabled and view.error is None
+    assert "legrad \u00b7 block: not used \u00b7 mode: not used" in view.status.value
+    assert "last block" not in view.figure.get_suptitle() and "official" not in view.figure.get_suptitle()
+    view.method.value = "grad_eclip"
+    assert not view.mode.disabled and "grad_eclip \u00b7 last block \u00b7 faithful mode" in view.status.value
+    view.method.value = "legrad"
+    view.mode.value = "official"  # a mode the method does not take: not refused, the cached comparison drawn
+    assert view.error is None and "mode: not used" in view.status.value
+
+
+def test_changes_during_a_slow_render_draw_once_more_and_the_outdated_figure_is_never_shown(tiny, scenes):
+    explorer = Explorer(tiny, scenes, ["a red circle"], debounce=0.05)
+    real, computed, shown, seen = explorer.compute, [], [], {}
+
+    def slow(state):
+        computed.append((state["layers"][0], state["mode"]))
+        time.sleep(0.8)
+        return real(state)
+
+    explorer.compute = slow
+    explorer.view.observe(lambda change: shown.append(explorer.last and explorer.last["layers"]), names="value")
+
+    async def run():
+        explorer.layer.set_state({"value": 0})
+        await asyncio.sleep(0.3)  # the render of block 0 is computing, off the event loop
+        seen["computing"] = explorer.computing
+        for value in (1, 0, 1):
+            explorer.layer.set_state({"value": value})  # arrive while it computes
+        explorer.mode.set_state({"index": 1})  # official
+        await asyncio.sleep(0.2)
+        seen["status"], seen["classes"] = explorer.status.value, list(explorer.view._dom_classes)
+        seen["renders"] = len(explorer.history)
+        while explorer.computing or explorer.pending:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)
+
+    asyncio.run(run())
+    assert seen["computing"] and seen["renders"] == 1  # nothing drawn while computing
+    assert "outdated" in seen["status"] and "block 1" in seen["status"] and "official mode" in seen["status"]
+    assert "gradeclip-stale" in seen["classes"]
+    assert computed == [(0, "faithful"), (1, "official")]  # the burst: one more render, with the last state
+    assert len(explorer.history) == 2 and explorer.last["layers"] == [1] and explorer.last["mode"] == "official"
+    assert len(shown) == 1  # block 0's figure, outdated when it was ready, was never shown
+    assert "rendering" not in explorer.status.value and "gradeclip-stale" not in explorer.view._dom_classes
+    expected = direct(tiny, scenes[0], ["a red circle"], layers=(1,), mode="official")
+    assert torch.allclose(explorer.explanation.maps, expected.maps, atol=1e-6)
+
+
+def test_a_prompt_with_no_words_is_flagged_and_never_the_best(tiny, scenes):
+    table = scores_html(["?!...,", "a cat"], [0.5, 0.1])
+    assert "<b>+0.1000</b>" in table and "(no words)" in table and "never the best" in table
+    explorer = Explorer(tiny, scenes, ["?!...,", ":", "a red circle"])
+    assert explorer.error is None and explorer.last["no_words"] == ["?!...,", ":"]
+    titles = [ax.title.get_text() for ax in map_panels(explorer.figure)]
+    assert "(best)" in titles[2] and all("(no words)" in t and "(best)" not in t for t in titles[:2])
+    frames = [any(patch.get_gid() == "flag" for patch in ax.patches) for ax in map_panels(explorer.figure)]
+    assert frames[:2] == [True, True]
+    assert "2 prompts have no words" in explorer.status.value
+    explorer.prompts.value = "!!!; ?"
+    assert not any("(best)" in ax.title.get_text() for ax in map_panels(explorer.figure))
+    assert "<b>" not in explorer.scores.value.split("</tr>", 1)[1]  # no score in bold
+
+
+def test_a_prompt_cut_at_the_context_length_says_which_words_were_ignored(tiny, scenes):
+    length = tiny.context_length
+    words = [f"{c} {s}" for c in ("red", "blue", "green") for s in ("circle", "square", "star")]
+    long = " and ".join(words * (length // 4))
+    with pytest.warns(UserWarning, match="cut to the context length"):
+        result = explain_text(tiny, scenes[0].image, [long, "a red circle"], layers=3)
+    cut = result.truncated[0]
+    assert cut and result.truncated[1] == []
+    assert result.words[0] + cut == long.split()  # the explained words, then the ignored ones
+    assert result.pair(0, 0).truncated == cut
+    assert "cut at the context length" in result.plot_bar(0, 0).axes[0].get_title()
+    assert "cut at the context length" in result.plot_text(0, 0).axes[0].get_title(loc="left")
+    assert "cut at the context length" not in result.plot_bar(0, 1).axes[0].get_title()
+    with pytest.warns(UserWarning, match="cut to the context length"):
+        explorer = Explorer(tiny, scenes, [long, "a red circle"])
+    assert explorer.last["truncated"] == {long: cut}
+    assert "cut at the context length: ignored \u201c" + " ".join(cut[:8]) in explorer.status.value
+    assert "line-through'>" + " ".join(cut) in explorer.words.value
+
+
+def test_another_image_offers_its_own_prompts(tiny, scenes):
+    from gradeclip_utils.samples import image_prompts, object_prompts
+    from gradeclip_utils.widgets.explorer import OBJECT_PROMPTS
+
+    explorer = Explorer(tiny, scenes, ["a red circle"], suggestions=["a star"])
+    values = [option[1] if isinstance(option, tuple) else option for option in explorer.suggestions.options]
+    assert values[:2] == ["(add a prompt)", OBJECT_PROMPTS] and values[-1] == "a star"
+    assert values[2:-1] == image_prompts(scenes[0]) and "a blue square" in values
+    explorer.image.value = "scene 6"
+    assert len(explorer.history) == 2 and explorer.last["prompts"] == ["a red circle"]  # kept until asked
+    labels = [option[0] for option in explorer.suggestions.options if isinstance(option, tuple)]
+    assert [label.split(" \u00b7 ")[0] for label in labels] == image_prompts(scenes[1])
+    explorer.suggestions.value = OBJECT_PROMPTS
+    assert explorer.last["prompts"] == object_prompts(scenes[1]) and len(explorer.history) == 3
+    assert explorer.suggestions.value == "(add a prompt)"
+    comparison = MethodComparison(tiny, scenes, ["a yellow star"], methods=["grad_eclip"])
+    assert list(comparison.prompt.options) == [*image_prompts(scenes[0]), "a yellow star"]
+    comparison.image.value = "scene 6"
+    assert list(comparison.prompt.options)[:2] == image_prompts(scenes[1])[:2] and len(comparison.history) == 2
+
+
+def test_the_export_button_writes_the_figure_and_its_manifest(explorer, tmp_path):
+    explorer.export_folder.value = str(tmp_path / "chosen")
+    explorer.layer.value = 1
+    explorer.export_button.click()
+    written = sorted(p.name for p in (tmp_path / "chosen").iterdir())
+    assert len(written) == 3 and {p.rsplit(".", 1)[1] for p in written} == {"png", "pdf", "json"}
+    name = written[0].rsplit(".", 1)[0]
+    assert name.startswith("explorer_") and f"{name}.png" in explorer.exported.value
+    saved = json.loads((tmp_path / "chosen" / f"{name}.json").read_text())
+    assert saved["settings"]["layers"] == [1] and saved["prompts"] == ["a red circle", "a blue square"]
+    assert saved["title"] == explorer.figure.get_suptitle()
+    assert png_size((tmp_path / "chosen" / f"{name}.png").read_bytes())[0] > 100
+    explorer.export_button.click()  # within the same second: a second name, nothing overwritten
+    assert len(list((tmp_path / "chosen").iterdir())) == 6
+    explorer.prompts.value = ""
+    assert explorer.export_to_folder(tmp_path / "chosen") is None and "last render failed" in explorer.exported.value
+
+
+def test_a_saved_explorer_shows_a_static_snapshot_without_a_kernel(explorer):
+    bundle = explorer.widget._repr_mimebundle_()
+    page = bundle["text/html"]
+    assert "static snapshot" in page and "run the cell to use the controls" in page
+    assert "data:image/png;base64," in page and "grad_eclip \u00b7 block 2" in page
+    style = explorer.style.value  # ipywidgets marks every view of a saved state without a kernel "disconnected"
+    assert ".gradeclip-panel.jupyter-widgets-disconnected .gradeclip-controls { display: none; }" in style
+    assert "gradeclip-snapshot-note" in explorer.widget.children[1]._dom_classes
+    assert all("gradeclip-controls" in child._dom_classes for child in (explorer.widget.children[2],
+                                                                        explorer.widget.children[-1]))
+    assert explorer.view.layout.max_width == "100%" and explorer.view.layout.height == "auto"
+
+
+def test_the_score_switch_explains_the_chosen_score(tiny, scenes, explorer):
+    """The explorer's score switch: each score's maps and scores equal explain_image's with that score (the
+    probability's scores sum to 1), the contrast takes prompts written "a | b", a method that ignores the
+    score disables the switch and runs the cosine, the words follow the text method's own scores."""
+    prompts = ["a red circle", "a blue square"]
+    explorer.score.value = "probability"
+    want = direct(tiny, scenes[0], prompts, score="probability")
+    assert explorer.explanation.settings["score"] == "probability"
+    assert torch.allclose(explorer.explanation.maps, want.maps, atol=1e-6)
+    assert torch.allclose(explorer.explanation.scores, want.scores, atol=1e-6)
+    assert abs(float(explorer.explanation.scores.sum()) - 1) < 1e-5
+    assert "score probability" in explorer.status.value and "p (probability)" in explorer.scores.value
+    assert all("\np = " in ax.get_title() for ax in map_panels(explorer.figure)[1:] if ax.get_title())
+    explorer.prompts.value = "a red circle | a blue square"
+    explorer.score.value = "contrast"
+    want = direct(tiny, scenes[0], [("a red circle", "a blue square")], score="contrast")
+    assert explorer.explanation.prompts == ["a red circle rather than a blue square"]
+    assert torch.allclose(explorer.explanation.maps, want.maps, atol=1e-6)
+    assert explorer.text_explanation.texts == prompts  # the words of both captions, by their cosines
+    explorer.prompts.value = "a red circle"
+    assert "could not render" in explorer.status.value and "a red circle | a blue circle" in explorer.status.value
+    explorer.prompts.value = "a red circle; a blue square"
+    explorer.score.value = "logit"
+    explorer.method.value = "rollout"
+    assert explorer.score.disabled and not explorer.last["uses_score"]
+    assert explorer.explanation.settings.get("score", "cosine") == "cosine"
+    assert "score: not used" in explorer.status.value
+    explorer.method.value = "grad_eclip"
+    assert not explorer.score.disabled
+    logit = direct(tiny, scenes[0], prompts, score="logit")
+    cosine = direct(tiny, scenes[0], prompts)
+    assert torch.allclose(explorer.explanation.maps, logit.maps, atol=1e-6)
+    scale = float(tiny.adapter.logit_scale)
+    assert torch.allclose(logit.maps, scale * cosine.maps, rtol=1e-4, atol=1e-6)

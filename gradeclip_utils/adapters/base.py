@@ -288,6 +288,12 @@ class CLIPAdapter:
             return self.DEFAULT_LOGIT_SCALE
         return float(self._logit_scale.detach().float().exp())
 
+    @property
+    def has_logit_scale(self) -> bool:
+        """Whether the model carries its own logit scale (the scores "logit" and "probability" need it;
+        ``logit_scale`` falls back to 100 for a model without one, which GAME's default uses)."""
+        return self._logit_scale is not None
+
     def __repr__(self) -> str:
         return f"<CLIPAdapter {self.family}: {self.num_image_blocks} image / {self.num_text_blocks} text blocks>"
 

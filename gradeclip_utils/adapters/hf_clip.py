@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import hub
 from ..checkpoints import CLIP_MEAN, CLIP_STD
 from .base import CLIPAdapter, UnsupportedModelError
 from .transformer import BlockView, CausalTextTower, ViTTower, interpolate_positions, pool_positions
@@ -184,6 +185,12 @@ def _preprocess_from(folder: Path, image_size: int):
     return open_clip.image_transform(int(crop), is_train=False, mean=mean, std=std)
 
 
+def _path_like(spec: str) -> bool:
+    """A folder path rather than a hub repository id: absolute, or starting with ./, ../ or ~ (a relative folder
+    that exists is taken as a folder before this is asked)."""
+    return spec.startswith(("/", "./", "../", "~", ".\\", "..\\")) or Path(spec).is_absolute()
+
+
 def load(spec: str, *, pretrained: str | None, device: torch.device, dtype: torch.dtype, cache_dir: str | None):
     """A ``CLIPModel`` from the hub ("openai/clip-vit-base-patch16", downloaded once) or from a local
     folder with ``config.json`` and ``model.safetensors`` (offline). Only safetensors weights are read.
@@ -193,19 +200,25 @@ def load(spec: str, *, pretrained: str | None, device: torch.device, dtype: torc
 
     if pretrained is not None:
         raise ValueError(f"{PREFIX}{spec} carries its own weights; leave pretrained=None")
-    folder = Path(spec)
+    folder = Path(spec).expanduser()
     if folder.exists():
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} is not a Hugging Face model folder: it has no config.json")
         if not any(folder.glob("*.safetensors")):
             raise FileNotFoundError(f"{folder} has no safetensors weights (model.safetensors); pickled weights "
                                     "(pytorch_model.bin) are not loaded: convert them with safetensors first")
-    try:
-        model = CLIPModel.from_pretrained(spec, dtype=dtype, attn_implementation="sdpa", use_safetensors=True,
-                                          cache_dir=cache_dir)
-    except TypeError:  # transformers 4.x calls the dtype torch_dtype
-        model = CLIPModel.from_pretrained(spec, torch_dtype=dtype, attn_implementation="sdpa", use_safetensors=True,
-                                          cache_dir=cache_dir)
+        spec = str(folder)
+    elif _path_like(spec):  # transformers would take it for a malformed repository id
+        raise FileNotFoundError(f"model folder not found: {spec} ({PREFIX} takes a local folder with config.json "
+                                "and model.safetensors, or a hub repository such as openai/clip-vit-base-patch16)")
+    offline = not folder.exists() and hub.unreachable() is not None  # cached files only, without retries
+    with hub.session(offline):
+        try:
+            model = CLIPModel.from_pretrained(spec, dtype=dtype, attn_implementation="sdpa", use_safetensors=True,
+                                              cache_dir=cache_dir)
+        except TypeError:  # transformers 4.x calls the dtype torch_dtype
+            model = CLIPModel.from_pretrained(spec, torch_dtype=dtype, attn_implementation="sdpa",
+                                              use_safetensors=True, cache_dir=cache_dir)
     model = model.to(device).eval()
     local = folder if folder.is_dir() else Path(getattr(model.config, "_name_or_path", "") or spec)
     return model, _preprocess_from(local, int(model.config.vision_config.image_size)), None

@@ -64,10 +64,10 @@ each protocol), ``timing.py`` (the speed table), ``runner.py`` (``evaluate``, ph
 
 from ..metrics import AUC_DEFINITION
 from .command import run_command
-from .config import PROTOCOLS, EvalConfig
+from .config import EVAL_SCORES, PROTOCOLS, EvalConfig
 from .datasets import DATASETS, EvalItem, EvalSet, folder_set, imagenet_set, synthetic_set
-from .methods import (DEFAULT_METHODS, RANDOM, RANDOM_SPEC, batch_maps, default_methods, item_seed, method_options,
-                      method_spec, random_maps, run_method, unsupported_methods)
+from .methods import (DEFAULT_METHODS, RANDOM, RANDOM_SPEC, batch_maps, default_methods, explained_targets, item_seed,
+                      method_options, method_spec, random_maps, run_method, unsupported_methods)
 from .plots import PLOTS, plot_results, write_doc
 from .protocols import (LOCALISATION, MEASURES, TIE_MEASURES, AuthorsTargets, authors_faithfulness, authors_maps,
                         authors_picture, curve_fractions, project_faithfulness, tie_seeds_of)
@@ -75,10 +75,10 @@ from .report import PROTOCOL_TEXT, summarise, tie_spread
 from .runner import evaluate
 from .timing import measure_speed, speed_ratios
 
-__all__ = ["AUC_DEFINITION", "DATASETS", "DEFAULT_METHODS", "LOCALISATION", "MEASURES", "PLOTS", "PROTOCOLS",
-           "PROTOCOL_TEXT", "RANDOM", "RANDOM_SPEC", "TIE_MEASURES", "AuthorsTargets", "EvalConfig", "EvalItem",
-           "EvalSet", "authors_faithfulness", "authors_maps", "authors_picture", "batch_maps", "curve_fractions",
-           "default_methods", "evaluate", "folder_set", "imagenet_set", "item_seed", "measure_speed",
-           "method_options", "method_spec", "plot_results", "project_faithfulness", "random_maps", "run_command",
-           "run_method", "speed_ratios", "summarise", "synthetic_set", "tie_seeds_of", "tie_spread",
-           "unsupported_methods", "write_doc"]
+__all__ = ["AUC_DEFINITION", "DATASETS", "DEFAULT_METHODS", "EVAL_SCORES", "LOCALISATION", "MEASURES", "PLOTS",
+           "PROTOCOLS", "PROTOCOL_TEXT", "RANDOM", "RANDOM_SPEC", "TIE_MEASURES", "AuthorsTargets", "EvalConfig",
+           "EvalItem", "EvalSet", "authors_faithfulness", "authors_maps", "authors_picture", "batch_maps",
+           "curve_fractions", "default_methods", "evaluate", "explained_targets", "folder_set", "imagenet_set",
+           "item_seed", "measure_speed", "method_options", "method_spec", "plot_results", "project_faithfulness",
+           "random_maps", "run_command", "run_method", "speed_ratios", "summarise", "synthetic_set", "tie_seeds_of",
+           "tie_spread", "unsupported_methods", "write_doc"]

@@ -14,9 +14,15 @@ from typing import Any, Mapping, Sequence
 
 from ..budget import check_budget
 from ..config import check_choice
+from ..methods.scores import DEFAULT_SCORE, SCORES
 from .methods import RANDOM, default_methods
 
 PROTOCOLS = ("project", "authors")
+#: the explained scores an evaluation takes (``methods/scores.py``); the contrast is refused (``CONTRAST``)
+EVAL_SCORES: tuple[str, ...] = tuple(s for s in SCORES if s != "contrast")
+CONTRAST = ("an evaluation cannot explain score='contrast': each map explains its image's class (a row of the "
+            "zero-shot classifier), and a contrast S(a) - S(b) needs a second class b per image, which the data sets "
+            "do not define; evaluate the cosine, the logit or the probability")
 
 #: metadata of the fields that say how a run goes, not what it measures: config.json leaves them out
 HOW = {"recorded": False}
@@ -81,7 +87,13 @@ class EvalConfig:
       method and prompt count (``timing.measure_speed``);
     - ``protocol``: one of ``PROTOCOLS``, "project" or "authors" (the Grad-ECLIP authors' scripts);
     - ``tie_seeds``: tie orders of the project's deletion and insertion (one under the authors' protocol,
-      which has no tie order of its own: a config made with more holds one).
+      which has no tie order of its own: a config made with more holds one);
+    - ``score``: what the maps explain, one of ``EVAL_SCORES`` (``methods/scores.py``): "cosine" (default),
+      "logit" or "probability" (each image's class's zero-shot probability among every class of the
+      classifier). The methods that cannot explain it are left out and named, like those the model's
+      family cannot run; deletion and insertion also report its curves. Recorded only away from the
+      default (runs recorded before it existed resume). The contrast is refused (``CONTRAST``), and so is
+      another score than the cosine under the authors' protocol (their scripts explain the cosine).
 
     How the run goes (not recorded): ``methods`` and ``sanity_methods`` (None: every method the model's
     family can run, ``default_methods()``; the sanity check leaves out the references), the ``command``
@@ -110,6 +122,7 @@ class EvalConfig:
     protocol: str = "project"
     tie_seeds: int = 3
     timing_budget: float = 1.0
+    score: str = DEFAULT_SCORE
     methods: Sequence[str] | None = field(default=None, metadata=HOW)
     sanity_methods: Sequence[str] | None = field(default=None, metadata=HOW)
     command: str = field(default="", metadata=HOW)
@@ -121,6 +134,13 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_choice("protocol", self.protocol, PROTOCOLS)
+        if self.score == "contrast":
+            raise ValueError(CONTRAST)
+        check_choice("score", self.score, EVAL_SCORES)
+        if self.score != DEFAULT_SCORE and self.protocol == "authors":
+            raise ValueError(f"score={self.score!r} does not fit protocol='authors', which reproduces the Grad-ECLIP "
+                             "authors' scripts: they explain the cosine (the classifier's row); use the project's "
+                             "protocol for another score")
         _number("tolerance", self.tolerance)
         _number("timing_budget", self.timing_budget)
         least = {"batch_size": 1, "rise_masks": 1, "m2ib_steps": 1, "m2ib_samples": 1, "seed": None,
@@ -149,11 +169,13 @@ class EvalConfig:
             raise ValueError(f"unknown methods {unknown}; available: {known}")
 
     def settings(self) -> dict[str, Any]:
-        """The recorded fields, in their order (``timing_budget`` only when it is not its default 1.0: runs
-        recorded before it existed resume)."""
+        """The recorded fields, in their order (``timing_budget`` and ``score`` only when they are not their
+        defaults, 1.0 and the cosine: runs recorded before they existed resume)."""
         recorded = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("recorded", True)}
         if recorded["timing_budget"] == 1.0:
             del recorded["timing_budget"]
+        if recorded["score"] == DEFAULT_SCORE:
+            del recorded["score"]
         return recorded
 
     def to_json(self, *, dataset: str, provenance: Mapping[str, Any], classes: int) -> dict[str, Any]:

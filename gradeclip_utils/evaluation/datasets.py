@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import distributed
+from ..jobs.files import atomic_output
 from ..inputs import IMAGE_SUFFIXES, class_names, load_image, to_rgb
 from ..prompts import encode_texts, zero_shot_classifier
 
@@ -113,7 +113,7 @@ def imagenet_set(model, root: Path, n: int, *, templates: str = "openai", target
     else:
         classifier = zero_shot_classifier(model, names, chosen_templates).to(model.device)
         if cache is not None:
-            with distributed.atomic_output(cache) as tmp:
+            with atomic_output(cache) as tmp:
                 torch.save(classifier.cpu(), tmp)
     def prediction(path: Path) -> int:  # explain the prediction; the curves still score the ground truth
         with torch.no_grad():

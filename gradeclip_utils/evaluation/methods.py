@@ -17,6 +17,7 @@ import torch
 from ..config import ExplainConfig
 from ..explain import method_support
 from ..methods import MapOutput, MethodSpec, cosine_scores, get_spec, method_specs
+from ..methods.scores import DEFAULT_SCORE
 from ..session import run_image_method
 
 RANDOM = "random"
@@ -73,27 +74,54 @@ def method_options(name: str, config: Mapping[str, Any], classifier: torch.Tenso
     options = spec.options_from(config, classes=classifier)
     if config.get("protocol") == "authors":
         options = {**options, **spec.authors.options}
+    if config.get("score", DEFAULT_SCORE) != DEFAULT_SCORE and not spec.reference:  # the random floor has none
+        options = {**options, "score": config["score"]}
     return options
 
 
 def run_method(model, name: str, pixels: torch.Tensor, targets: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
     """Raw maps (B, K, h, w) of one method on the CPU, as ``explain_image`` runs methods (the last block;
-    ``options`` may set ``mode`` and ``qk``, default faithful and raw, and for the runner the run's
+    ``options`` may set ``mode``, ``qk`` and ``score``, default faithful, raw and the cosine, and ``columns``:
+    only these of the K explained scores, ``session.run_image_method``'s; for the runner the run's
     ``memory_budget`` and the images per call, ``image_chunk``: see ``chunks.py``)."""
     options = dict(options)
+    columns = options.pop("columns", None)
     image_chunk = options.pop("image_chunk", None)
     config = ExplainConfig(method=name, mode=options.pop("mode", "faithful"), qk=options.pop("qk", "raw"),
-                           memory_budget=options.pop("memory_budget", None), options=options)
+                           score=options.pop("score", DEFAULT_SCORE), memory_budget=options.pop("memory_budget", None),
+                           options=options)
     spec = _REFERENCES.get(name)  # registered methods are looked up by the runner
-    return run_image_method(model, config, pixels, targets, spec=spec, image_chunk=image_chunk).maps
+    return run_image_method(model, config, pixels, targets, spec=spec, columns=columns, image_chunk=image_chunk).maps
+
+
+def score_refusal(name: str, score: str) -> str | None:
+    """Why method ``name`` cannot explain ``score`` (its spec's declarations; None when it can)."""
+    spec = method_spec(name)
+    return spec.unused_setting("score", score) or spec.unsupported_score(score)
 
 
 def unsupported_methods(model, options: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """The methods of ``options`` (name -> the evaluation's options) that the model's family cannot run,
-    each with the reason naming method and family (``explain.method_support``, with these options)."""
-    reasons = {name: method_support(model, name, **method_opts) for name, method_opts in options.items()
-               if not method_spec(name).reference}
+    """The methods of ``options`` (name -> the evaluation's options) that the model's family cannot run, or
+    that cannot explain the run's score, each with the reason naming the method (``score_refusal``, then
+    ``explain.method_support`` with these options)."""
+    reasons = {}
+    for name, method_opts in options.items():
+        if method_spec(name).reference:
+            continue
+        method_opts = dict(method_opts)
+        score = method_opts.pop("score", DEFAULT_SCORE)
+        reasons[name] = score_refusal(name, score) or method_support(model, name, **method_opts)
     return {name: reason for name, reason in reasons.items() if reason is not None}
+
+
+def explained_targets(classifier: torch.Tensor, rows: Sequence[int], options: dict[str, Any]
+                      ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The targets and options of ``run_method`` that explain the classifier's ``rows`` with ``options``' score:
+    those rows; for the probability the whole classifier, with the rows as the maps' ``columns``, so that the
+    softmax runs over every class (the zero-shot class probability), not over the rows a batch explains."""
+    if options.get("score", DEFAULT_SCORE) == "probability":
+        return classifier, {**options, "columns": list(rows)}
+    return classifier[list(rows)], options
 
 
 def batch_maps(model, name: str, pixels: torch.Tensor, labels: Sequence[int], classifier: torch.Tensor,
@@ -101,12 +129,15 @@ def batch_maps(model, name: str, pixels: torch.Tensor, labels: Sequence[int], cl
     """Each image's map (B, h, w) for its own target ``labels[b]`` (a row of ``classifier``).
 
     One call explains the batch against its distinct targets and keeps each image's own; methods with a
-    paired mode (``MethodSpec.paired``) explain image b against target b only (``paired=True``).
+    paired mode (``MethodSpec.paired``) explain image b against target b only (``paired=True``). The
+    probability is each image's class's among every class of ``classifier`` (``explained_targets``).
     """
     if method_spec(name).paired:
-        return run_method(model, name, pixels, classifier[list(labels)], {**options, "paired": True})[:, 0]
+        targets, options = explained_targets(classifier, labels, options)
+        return run_method(model, name, pixels, targets, {**options, "paired": True})[:, 0]
     distinct = sorted(set(labels))
     column = [distinct.index(label) for label in labels]
-    maps = run_method(model, name, pixels, classifier[distinct], options)
+    targets, options = explained_targets(classifier, distinct, options)
+    maps = run_method(model, name, pixels, targets, options)
     return maps[torch.arange(len(labels)), torch.tensor(column)]
 

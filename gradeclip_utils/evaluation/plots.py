@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..methods.registry import method_colour
 from .protocols import curve_fractions
 
 PLOTS = ("curves_deletion.png", "curves_insertion.png", "auc_bars.png", "sanity.png")
@@ -17,12 +18,12 @@ Style = Callable[[int, str], dict[str, Any]]
 
 
 def _styles(plt: Any) -> Style:
-    """Line style of the method at ``index`` of a plot (Grad-ECLIP drawn thicker)."""
-    palette = plt.get_cmap("tab20").colors
+    """Line style of the method at ``index`` of a plot: its colour in every figure (``method_colour``),
+    Grad-ECLIP drawn thicker."""
     styles = ("-", "--", ":", "-.")
 
     def style(index: int, name: str) -> dict[str, Any]:
-        return {"color": palette[(2 * index) % 20 + (index // 10) % 2], "linestyle": styles[index % 4],
+        return {"color": method_colour(name), "linestyle": styles[index % 4],
                 "linewidth": 2.5 if name == "grad_eclip" else 1.3, "marker": "o", "markersize": 3, "label": name}
 
     return style
@@ -55,7 +56,7 @@ def _plot_auc_bars(plt: Any, out: Path, table: dict[str, Any]) -> None:
         means = np.array([table[n][column][0] for n in names])
         errors = np.array([[table[n][column][0] - table[n][column][1], table[n][column][2] - table[n][column][0]]
                            for n in names]).T
-        ax.bar(range(len(names)), means, yerr=errors, capsize=3, color="tab:blue" if "del" in column else "tab:orange")
+        ax.bar(range(len(names)), means, yerr=errors, capsize=3, color=[method_colour(n) for n in names])
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
         ax.set_title(title)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..inputs import prepare_images
+from ..methods.scores import DEFAULT_SCORE
 from ..metrics import authors_heatmap, authors_perturbation_curves, perturbation_curves_over_ties, shrink_to_640
 from ..prompts import encode_texts, zero_shot_classifier
 from . import methods as method_calls  # called through the module: replacing one replaces it in every phase
@@ -25,19 +26,32 @@ MEASURES = ("score", "accuracy", "probability")
 TIE_MEASURES = ("score", "accuracy")  # the AUCs recomputed for every further tie seed
 LOCALISATION = ("pointing", "pointing_strict", "energy", "iou", "area_share")
 STEPS = 11  # the scored points of each curve
+#: the curves' measure that is each explained score of the ground-truth class: its cosine ("score"), its
+#: logit (the logit scale x "score") and its probability among every class of the classifier
+EXPLAINED = {"cosine": "score", "logit": "logit", "probability": "probability"}
 
 
-def _curve_columns(steps: int) -> list[str]:
-    return [f"{kind}_{measure}_{t:02d}" for kind in ("deletion", "insertion") for measure in MEASURES
+def measures_of(score: str = DEFAULT_SCORE) -> tuple[str, ...]:
+    """The curves' measures of a run explaining ``score``: ``MEASURES``, then the explained score's own where it
+    is not one of them (the logit)."""
+    return MEASURES + tuple(m for m in (EXPLAINED[score],) if m not in MEASURES)
+
+
+def _curve_columns(steps: int, measures: Sequence[str] = MEASURES) -> list[str]:
+    return [f"{kind}_{measure}_{t:02d}" for kind in ("deletion", "insertion") for measure in measures
             for t in range(steps)]
 
 
-def per_image_columns(*, localise: bool, faithfulness: bool, tie_seeds: int, steps: int = STEPS) -> list[str]:
+def per_image_columns(*, localise: bool, faithfulness: bool, tie_seeds: int, steps: int = STEPS,
+                      score: str = DEFAULT_SCORE) -> list[str]:
     """The columns of ``per_image.csv``: the item and method, the localisation scores (``localise``), and
-    with ``faithfulness`` the AUCs, the curves' points and each further tie seed's AUCs."""
+    with ``faithfulness`` the AUCs, the curves' points (of ``measures_of(score)``) and each further tie seed's
+    AUCs."""
     columns = ["key", "label", "target", "prompt", "method"] + (list(LOCALISATION) if localise else [])
     if faithfulness:
-        columns += [f"{kind}_auc_{m}" for kind in ("deletion", "insertion") for m in MEASURES] + _curve_columns(steps)
+        measures = measures_of(score)
+        columns += [f"{kind}_auc_{m}" for kind in ("deletion", "insertion") for m in measures]
+        columns += _curve_columns(steps, measures)
         columns += [f"{kind}_auc_{m}_tie{t}" for t in range(1, tie_seeds) for kind in ("deletion", "insertion")
                     for m in TIE_MEASURES]
     return columns
@@ -62,20 +76,25 @@ def _curve_row(row: dict[str, Any], curves, steps: int, suffix: str = "", measur
 
 def project_faithfulness(model, pixels: torch.Tensor, maps: torch.Tensor, batch: Sequence[EvalItem],
                          classifier: torch.Tensor, rows: list[dict[str, Any]], *, seed: int, tie_seeds: int,
-                         logit_scale: float, steps: int, batch_size: int = 128) -> None:
+                         logit_scale: float, steps: int, score: str = DEFAULT_SCORE, batch_size: int = 128) -> None:
     """The project's deletion and insertion (preprocessed pixels, one random picture per image, ties by
     seeded permutations) for a batch, once per tie seed (pictures two tie orders make alike encoded once);
-    the first tie seed gives the main columns. ``batch_size``: perturbed pictures per forward."""
+    the first tie seed gives the main columns, with the curves of the explained ``score`` (``measures_of``:
+    the logit's is ``logit_scale`` x the cosine's). ``batch_size``: perturbed pictures per forward."""
     mean, std = model.normalization
     keys = [item.key for item in batch]
     per_tie = perturbation_curves_over_ties(
         model.adapter, pixels.to(model.device), maps, classifier, [item.label for item in batch], mean=mean, std=std,
         seed=[item_seed(seed, key) for key in keys], logit_scale=logit_scale, ties="random", batch_size=batch_size,
         tie_seeds=[[tie_seeds_of(seed, key, tie_seeds)[t] for key in keys] for t in range(tie_seeds)])
+    measures = measures_of(score)
     for t, curves in enumerate(per_tie):
+        if "logit" in measures:
+            for kind in ("deletion", "insertion"):
+                getattr(curves, kind)["logit"] = logit_scale * getattr(curves, kind)["score"]
         for b, row in enumerate(rows):
             if t == 0:
-                _curve_row(row, curves, steps, b=b)
+                _curve_row(row, curves, steps, b=b, measures=measures)
             else:
                 _curve_row(row, curves, steps, suffix=f"_tie{t}", measures=TIE_MEASURES, b=b, with_points=False)
 

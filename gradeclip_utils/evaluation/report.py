@@ -13,7 +13,7 @@ from ..metrics import AUC_DEFINITION
 from ..stats import bootstrap_ci, paired_difference
 from .datasets import EvalSet
 from .methods import default_methods
-from .protocols import curve_fractions
+from .protocols import EXPLAINED, curve_fractions
 from .timing import speed_ratios
 
 
@@ -128,6 +128,11 @@ def _metric_columns(config: dict[str, Any], has_masks: bool) -> list[tuple[str, 
                     ("insertion_auc_score", "insertion AUC, score (higher better)", False),
                     ("deletion_auc_accuracy", "deletion AUC, top-1 %", True),
                     ("insertion_auc_accuracy", "insertion AUC, top-1 %", True)]
+        score = config.get("score", "cosine")
+        if score != "cosine":  # the explained score's own curves
+            measure = EXPLAINED[score]
+            columns += [(f"deletion_auc_{measure}", f"deletion AUC, {score} (explained; lower better)", False),
+                        (f"insertion_auc_{measure}", f"insertion AUC, {score} (explained; higher better)", False)]
     return columns
 
 
@@ -157,6 +162,12 @@ def _faithfulness_notes(frame: Any, methods: Sequence[str], config: dict[str, An
     lines = ["", f"**AUC.** {AUC_DEFINITION} 'score' is the ground-truth class's cosine with the image; "
              f"'top-1' the share of images whose highest-scoring class (of {config['classes']}) is the "
              "ground truth (also when the map explains the predicted class)."]
+    score = config.get("score", "cosine")
+    if score != "cosine":
+        lines[-1] += (f" '{score} (explained)' is the score the maps explain, of the ground-truth class: "
+                      + ("the logit scale x its cosine (columns *_logit)." if score == "logit" else
+                         f"its softmax probability among the {config['classes']} classes at the model's logit "
+                         "scale (columns *_probability)."))
     if config.get("protocol", "project") == "authors":
         lines += ["", "Under the authors' protocol insertion is scored at 5% ... 50% (its AUC over these ten "
                   "points) and on the whole picture; top-1 accuracy at each point, mean over images, as their "
@@ -187,18 +198,24 @@ def _settings_note(config: dict[str, Any]) -> list[str]:
                "without the masks' coverage noise)") if config.get("rise_centre") else " (plain sum)"
     grad_eclip = ("last block, official mode (one head), q and k through out_proj, as the authors' evaluation "
                   "scripts" if protocol == "authors" else "last block, faithful mode")
-    lines = ["", f"Settings: RISE {config['rise_masks']} masks (8 x 8 cells, p = 0.5, seed {config['seed']}){centred}; "
-             f"M2IB {config['m2ib_steps']} steps x {config['m2ib_samples']} samples, no clamp (as M2IB's own code); "
-             f"CLIP Surgery's class set: the {config['classes']} classifier prompts; GAME: the logit "
-             "exp(logit_scale) x cos differentiated (as Chefer et al.), all blocks (game) and the last block "
-             f"(game_last); LeGrad: the last two blocks (its default); Grad-ECLIP: {grad_eclip}; random: uniform "
-             "noise on the patch grid."
+    score = config.get("score", "cosine")
+    explained = "" if score == "cosine" else (
+        f"the maps explain the {score} of each image's class" + (" among every class of the classifier" if
+                                                                 score == "probability" else "") + "; ")
+    game = ("the logit exp(logit_scale) x cos differentiated (as Chefer et al.)" if score == "cosine" else
+            f"the {score} differentiated")
+    lines = ["", f"Settings: {explained}RISE {config['rise_masks']} masks (8 x 8 cells, p = 0.5, seed "
+             f"{config['seed']}){centred}; M2IB {config['m2ib_steps']} steps x {config['m2ib_samples']} samples, no "
+             f"clamp (as M2IB's own code); CLIP Surgery's class set: the {config['classes']} classifier prompts; GAME: "
+             f"{game}, all blocks (game) and the last block (game_last); LeGrad: the last two blocks (its default); "
+             f"Grad-ECLIP: {grad_eclip}; random: uniform noise on the patch grid."
              + (" Authors' variants: raw_attention, maskclip and grad_cam variant='authors', rollout from the last "
                 "block; game, game_last, rollout, clip_surgery and m2ib explained on the model's centre crop and "
                 "stretched over the picture (as the authors' scripts do), the others at native resolution."
                 if protocol == "authors" else "")]
     if config.get("not_run"):
-        lines += ["", "Not run on this model (its family cannot run them): "
+        lines += ["", "Not run on this model (its family cannot run them" + (
+            "" if score == "cosine" else f", or they cannot explain the {score}") + "): "
                   + "; ".join(str(reason) for reason in config["not_run"].values()) + "."]
     return lines
 

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from tqdm import tqdm  # text progress: it stays readable in a saved or reloaded notebook (a widget bar does not)
 
-from .. import distributed
+from ..jobs import distributed, files
 from ..adapters import UnsupportedMethodError
-from ..distributed import Journal
+from ..explain import check_score
+from ..jobs.files import Journal
 from ..methods import refusal
 from ..metrics import cascading_randomisation, localisation_scores
 from ..records import RunFolder, provenance
@@ -50,7 +51,7 @@ def _rounded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _append_rows(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
     """Rows appended to a (small) CSV file, rewritten atomically."""
-    distributed.write_csv(path, columns, distributed.read_csv(path) + _rounded(rows))
+    files.write_csv(path, columns, files.read_csv(path) + _rounded(rows))
 
 
 def _batches(items: list[EvalItem], batch_size: int) -> list[list[EvalItem]]:
@@ -114,7 +115,7 @@ class Run:
 
     @property
     def parts(self) -> Path:
-        return self.out / distributed.PARTS
+        return self.out / files.PARTS
 
     def call_options(self, name: str) -> dict[str, Any]:
         """``name``'s options for a call: its own, its inner chunk, the budget and the images per call."""
@@ -139,7 +140,8 @@ def _refused(model, folder: RunFolder, previous: dict[str, Any] | None, settings
 def plan(model, data: EvalSet, out: Path, config: EvalConfig, context: distributed.Context) -> Run:
     """What the run does, settled before any work: the settings it records, the methods (those the family
     cannot run left out and named, or refused when asked for by name), their options and the batches; ranks
-    that hold other weights are refused."""
+    that hold other weights are refused; a score the model cannot give is refused before any work."""
+    check_score(model, config.score)
     out.mkdir(parents=True, exist_ok=True)
     requested = list(default_methods() if config.methods is None else config.methods)
     sanity_methods = list(config.sanity_methods or [])
@@ -189,7 +191,7 @@ def start(run: Run) -> None:
         Journal.remove(run.parts, "sanity")
     record = run.context.record(distributed.items_per_rank([len(b) for b in run.batches], run.context.world_size),
                                 **({"batch_size": run.unit} if run.unit != run.config.batch_size else {}))
-    distributed.atomic_write_text(run.folder.record, json.dumps({**run.settings, "distributed": record}, indent=2)
+    files.atomic_write_text(run.folder.record, json.dumps({**run.settings, "distributed": record}, indent=2)
                                   + "\n")
 
 
@@ -198,7 +200,7 @@ def time_methods(run: Run) -> None:
     while the other ranks wait (so that their work does not disturb it)."""
     path = run.out / "timing.csv"
     if run.context.is_main:
-        timed = {row["method"] for row in distributed.read_csv(path)}
+        timed = {row["method"] for row in files.read_csv(path)}
         to_time = [m for m in run.methods if m not in timed]
         if to_time and run.config.timing_images > 0:
             pixels = torch.stack([item.load()[0] for item in run.data.items[:run.config.timing_images]])
@@ -272,7 +274,7 @@ class _Scorer:
         if config.faithfulness:
             project_faithfulness(run.model, pixels, maps, batch, run.data.classifier, rows, seed=config.seed,
                                  tie_seeds=config.tie_seeds, logit_scale=self.logit_scale, steps=STEPS,
-                                 batch_size=run.chunks.get(CURVES, CURVE_PICTURES))
+                                 score=config.score, batch_size=run.chunks.get(CURVES, CURVE_PICTURES))
 
 
 def score_items(run: Run) -> list[dict[str, float]]:
@@ -281,7 +283,7 @@ def score_items(run: Run) -> list[dict[str, float]]:
     computed, wall and CPU seconds), for ``run.json``."""
     context = run.context
     per_image = run.out / "per_image.csv"
-    written = distributed.read_csv(per_image) + Journal.read(run.parts, "per_image")
+    written = files.read_csv(per_image) + Journal.read(run.parts, "per_image")
     done = {(row["key"], row["method"]) for row in written}
     mine = [(batch, [name for name in run.methods if any((item.key, name) not in done for item in batch)])
             for _, batch in context.shard(run.batches)]
@@ -305,18 +307,20 @@ def score_items(run: Run) -> list[dict[str, float]]:
     if context.is_main:  # every rank has finished its share: merge, in the order one process writes
         order = run.order()
         columns = per_image_columns(localise=run.data.has_masks and run.config.protocol == "project",
-                                    faithfulness=run.config.faithfulness, tie_seeds=run.config.tie_seeds)
-        distributed.merge_table(per_image, columns, Journal.read(run.parts, "per_image"),
+                                    faithfulness=run.config.faithfulness, tie_seeds=run.config.tie_seeds,
+                                    score=run.config.score)
+        files.merge_table(per_image, columns, Journal.read(run.parts, "per_image"),
                                 identity=lambda row: (row["key"], row["method"]),
                                 order=lambda row: order.get((row["key"], row["method"])), required=set(order))
         Journal.remove(run.parts, "per_image")
     return phase
 
 
-def _sanity_rows(run: Run, name: str, chosen: list[EvalItem], pixels: torch.Tensor, targets: torch.Tensor,
+def _sanity_rows(run: Run, name: str, chosen: list[EvalItem], pixels: torch.Tensor, labels: list[int],
                  column: list[int]) -> list[dict[str, Any]]:
-    """One method's cascading randomisation on the chosen images: a row per stage and image."""
-    options = run.call_options(name)
+    """One method's cascading randomisation on the chosen images, each map for a class of ``labels``
+    (``column``: each image's): a row per stage and image."""
+    targets, options = method_calls.explained_targets(run.data.classifier, labels, run.call_options(name))
     fn = lambda m, p, t: method_calls.run_method(m, name, p, t, options)  # noqa: E731
     result = cascading_randomisation(run.model, pixels, targets, fn, seed=run.config.seed)
     rows = []
@@ -333,7 +337,7 @@ def check_sanity(run: Run) -> list[str]:
     config, context = run.config, run.context
     checked_all = [m for m in (config.sanity_methods if config.sanity_methods is not None else run.methods)
                    if not method_spec(m).reference]
-    written = distributed.read_csv(run.out / "sanity.csv") + Journal.read(run.parts, "sanity")
+    written = files.read_csv(run.out / "sanity.csv") + Journal.read(run.parts, "sanity")
     checked = {row["method"] for row in written}
     mine = [name for _, name in context.shard(checked_all) if name not in checked]
     journal = Journal(run.parts, "sanity", context.rank)
@@ -343,7 +347,7 @@ def check_sanity(run: Run) -> list[str]:
         labels = sorted({item.explained for item in chosen})
         column = [labels.index(item.explained) for item in chosen]
         for name in tqdm(mine, desc="sanity check", disable=not (config.progress and context.is_main)):
-            journal.append(_rounded(_sanity_rows(run, name, chosen, pixels, run.data.classifier[labels], column)))
+            journal.append(_rounded(_sanity_rows(run, name, chosen, pixels, labels, column)))
     context.gather(None)
     return checked_all
 
@@ -356,7 +360,7 @@ def finish(run: Run, phase: list[dict[str, float]], checked_all: list[str]) -> d
         sanity_rows = Journal.read(run.parts, "sanity")
         if sanity_rows or sanity_path.exists():
             rank = {name: m for m, name in enumerate(checked_all)}
-            distributed.merge_table(sanity_path, SANITY_COLUMNS, sanity_rows,
+            files.merge_table(sanity_path, SANITY_COLUMNS, sanity_rows,
                                     identity=lambda row: (row["method"], row["depth"], row["key"]),
                                     order=lambda row: (rank[row["method"]],) if row["method"] in rank else None,
                                     required=set(checked_all) if run.config.sanity_images > 0 else set(),
@@ -365,7 +369,7 @@ def finish(run: Run, phase: list[dict[str, float]], checked_all: list[str]) -> d
         run.folder.write_run(world_size=context.world_size, device=run.model.device, unit="results",
                              count=len(run.order()), phases=phase)
         summary = summarise(run.out, run.data, run.settings, command=run.config.command, methods=run.methods)
-        distributed.atomic_write_text(run.out / "summary.md", summary["markdown"])
+        files.atomic_write_text(run.out / "summary.md", summary["markdown"])
         plot_results(run.out, summary)
     context.barrier()
     if not context.is_main:

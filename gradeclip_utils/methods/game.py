@@ -11,8 +11,17 @@ exp(logit_scale) * cos(f_I, f_T), as the original differentiates ``logits_per_im
 several blocks R is not linear in the gradient's scale and the maps differ. Image: the class token's row
 over the patches; text: the EOS token's row over all positions. The original method uses all blocks
 (``start_layer=0``, the default); the Grad-ECLIP authors ran only the last block (``start_layer=-1``,
-registered as ``game_last``). The returned scores are always the cosines. The K targets are processed in
-chunks of batched backward passes, one block at a time (memory: see ``_relevance_rows``).
+registered as ``game_last``). The K targets are processed in chunks of batched backward passes, one
+block at a time (memory: see ``_relevance_rows``).
+
+The explained score (``score``, ``scores.py``) is what S is made of: the cosine by default, the logit, the
+probability among the prompts (on the text side among the captions given for an image) or a contrast of
+two prompts (image side). ``target`` says at which scale a score of cosines is differentiated: "logit"
+(default) multiplies the cosine and the contrast by the logit scale, as Chefer et al. differentiate
+logits (the logit and the probability already carry it, and are differentiated as they are); "cosine"
+differentiates the cosine or the contrast as it is, and is refused with the logit and the probability
+(it would not change their maps). The returned scores are the explained scores, never multiplied by the
+scale (the cosines by default).
 """
 
 from __future__ import annotations
@@ -28,11 +37,14 @@ from ._common import to_grid
 from .autograd import batched_vjp, one_hot_cotangents
 from .outputs import MapOutput, TokenOutput, cosine_scores
 from .registry import AuthorsProtocol, MethodSpec
+from .scores import DEFAULT_SCORE, SCALED, ExplainedScore, explained_score
 
 
-def _relevance_rows(steps: BlockSteps, total: int, targets: Tensor, differentiated: Callable[[Tensor], Tensor],
-                    chunk: int) -> tuple[Tensor, Tensor]:
-    """Rows of R at the pooled token (B, K, N) for the K ``targets``, and the cosines (B, K).
+def _relevance_rows(steps: BlockSteps, total: int, targets: Tensor, explained: Callable[[Tensor], Tensor],
+                    factor: float, count: int, chunk: int) -> tuple[Tensor, Tensor]:
+    """Rows of R at the pooled token (B, K, N) for the K explained scores of the ``targets``, and the
+    explained scores (B, K): ``explained`` turns the cosines into them, ``factor`` times them is what is
+    differentiated (the logit scale, or 1).
 
     Only the pooled token's row of R = (I + cam_last) ... (I + cam_first) is used, so it is accumulated
     from the last block down, r <- r (I + cam_b), in the order the backward pass reaches the blocks:
@@ -50,7 +62,6 @@ def _relevance_rows(steps: BlockSteps, total: int, targets: Tensor, differentiat
         for layer in blocks[:-1]:
             inputs.append(steps.step(layer, inputs[-1])[0])
     batch, size = inputs[0].shape[:2]
-    count = targets.shape[0]
     images = torch.arange(batch, device=inputs[0].device)
     scores = None
     pieces = []
@@ -65,10 +76,10 @@ def _relevance_rows(steps: BlockSteps, total: int, targets: Tensor, differentiat
                 leaf = tokens.detach().requires_grad_(True)
                 out, attention = steps.step(layer, leaf)
                 if layer == blocks[-1]:  # ``out`` is the embedding
-                    cosines = cosine_scores(out, targets)
+                    values = explained(cosine_scores(out, targets))
                     if scores is None:
-                        scores = cosines.detach()
-                    out = differentiated(cosines)[:, start:stop]
+                        scores = values.detach()
+                    out = (values if factor == 1 else factor * values)[:, start:stop]
                     pull = one_hot_cotangents(out)
                 else:
                     def pull(first: int, last: int, cot: Tensor = cotangent) -> Tensor:
@@ -89,13 +100,25 @@ def _relevance_rows(steps: BlockSteps, total: int, targets: Tensor, differentiat
 TARGETS: tuple[str, ...] = ("logit", "cosine")
 
 
-def _differentiated(adapter: CLIPAdapter, scores: Tensor, target: str) -> Tensor:
-    """What GAME differentiates: the logit (exp(logit_scale) x cosine) or the cosine."""
-    if target == "logit":
-        return adapter.logit_scale * scores
-    if target == "cosine":
-        return scores
-    raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+def _factor(adapter: CLIPAdapter, score: ExplainedScore, target: str) -> float:
+    """What the explained score is multiplied by before it is differentiated: the logit scale (exp(logit_scale))
+    for a score of cosines with ``target="logit"``, else 1 (see the module docstring)."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if score.name in SCALED:
+        if target == "cosine":
+            raise ValueError(f"game's target='cosine' differentiates a score of cosines without the logit scale; "
+                             f"score={score.name!r} carries the scale itself, so target would not change its map: "
+                             "leave target at its default")
+        return 1
+    return adapter.logit_scale if target == "logit" else 1
+
+
+def _explained(adapter: CLIPAdapter, score: str | ExplainedScore, target: str,
+               tower: str) -> tuple[ExplainedScore, Callable[[Tensor], Tensor], float]:
+    """The explained score, as a function of ``tower``'s cosines, and the factor it is differentiated at."""
+    score = explained_score(score, adapter)
+    return score, (score.of_images if tower == "image" else score.of_texts), _factor(adapter, score, target)
 
 
 def _first(adapter: CLIPAdapter, start_layer: int, tower: str) -> int:
@@ -103,11 +126,13 @@ def _first(adapter: CLIPAdapter, start_layer: int, tower: str) -> int:
 
 
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, start_layer: int = 0, chunk: int = 16,
-               target: str = "logit", **_: Any) -> MapOutput:
-    """GAME maps (B, K, h, w) from block ``start_layer`` (negative: from the end) to the last."""
+               target: str = "logit", score: str | ExplainedScore = DEFAULT_SCORE, **_: Any) -> MapOutput:
+    """GAME maps (B, K, h, w) of the explained ``score`` from block ``start_layer`` (negative: from the end)
+    to the last."""
+    score, explained, factor = _explained(adapter, score, target, "image")
+    count = score.count(targets.shape[0])
     steps = adapter.image_steps(pixels, _first(adapter, start_layer, "image"))
-    rows, scores = _relevance_rows(steps, adapter.num_image_blocks, targets,
-                                   lambda s: _differentiated(adapter, s, target), chunk)
+    rows, scores = _relevance_rows(steps, adapter.num_image_blocks, targets, explained, factor, count, chunk)
     return MapOutput(maps=to_grid(rows[..., 1:], steps.grid), scores=scores)
 
 
@@ -118,12 +143,15 @@ def last_layer_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, **opt
 
 
 def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, start_layer: int = 0,
-                    chunk: int = 16, target: str = "logit", **_: Any) -> TokenOutput:
-    """GAME text relevance (B, K, L): the EOS row of R for K texts against B image targets."""
+                    chunk: int = 16, target: str = "logit", score: str | ExplainedScore = DEFAULT_SCORE,
+                    **_: Any) -> TokenOutput:
+    """GAME text relevance (B, K, L): the EOS row of R for K texts against B image targets, of the explained
+    ``score`` (the probability: among the K texts for each image)."""
+    _, explained, factor = _explained(adapter, score, target, "text")
     steps = adapter.text_steps(tokens, _first(adapter, start_layer, "text"))
-    # (K, B, L) and (K, B): texts are the stepped batch
-    rows, scores = _relevance_rows(steps, adapter.num_text_blocks, targets,
-                                   lambda s: _differentiated(adapter, s, target), chunk)
+    # (K, B, L) and (K, B): texts are the stepped batch, the B images the explained columns
+    rows, scores = _relevance_rows(steps, adapter.num_text_blocks, targets, explained, factor, targets.shape[0],
+                                   chunk)
     return TokenOutput(relevance=rows.permute(1, 0, 2).detach().float().contiguous(),
                        scores=scores.T.contiguous())
 
@@ -161,7 +189,7 @@ LAST_SPEC = MethodSpec(
     name="game_last", image=last_layer_maps,
     requires=("probs",),
     options={"chunk": 16, "target": "logit"},
-    uses=(),  # passes its options on to GAME, which takes no settings
+    uses=("score",),  # passes its options on to GAME, which takes no settings but the score
     instead={"layers": "game_last is GAME from the last block; use game with start_layer for other blocks"},
     shown=False,
     authors=_AUTHORS,

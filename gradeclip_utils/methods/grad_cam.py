@@ -13,7 +13,11 @@ dropped). ``variant="authors"``: the Grad-ECLIP authors' Grad-CAM baseline
 (github.com/Cyang-Zhao/Grad-Eclip, ``generate_emap.py``: ``grad_cam`` on the outputs of
 ``clip_encode_dense``), whose mean runs over all tokens, the class token included, and whose score
 comes from their forward with the explained block recomputed with one head (Grad-ECLIP's official
-mode). Returned scores are always the model's own cosines.
+mode). Returned scores are always the model's own explained scores.
+
+S is the explained score (``score``, ``scores.py``: the cosine by default, the logit, the probability
+among the prompts, a contrast of two prompts); its gradient flows through the score by autograd, K one-hot
+cotangents on the K explained scores as on K cosines.
 """
 
 from __future__ import annotations
@@ -28,26 +32,29 @@ from ._common import to_grid
 from .autograd import score_gradients
 from .outputs import MapOutput, cosine_scores
 from .registry import AuthorsProtocol, MethodSpec
+from .scores import DEFAULT_SCORE, ExplainedScore, explained_score
 
 
 VARIANTS: tuple[str, ...] = ("model", "authors")
 
 
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, layers: Sequence[int] = (-1,),
-               chunk: int = 64, variant: str = "model", **_: Any) -> MapOutput:
-    """Grad-CAM maps (B, K, h, w) and scores (B, K)."""
+               score: str | ExplainedScore = DEFAULT_SCORE, chunk: int = 64, variant: str = "model",
+               **_: Any) -> MapOutput:
+    """Grad-CAM maps (B, K, h, w) of the explained ``score`` and the scores (B, K)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    score = explained_score(score, adapter)
     first = 0 if variant == "authors" else 1  # the tokens the channel weights average over
     blocks = adapter.resolve_layers(layers, "image")
     mode = "official" if variant == "authors" else "faithful"
     trace = adapter.trace_image(pixels, blocks, mode=mode, keep_block_inputs=True)
     inputs = [trace.blocks[layer].block_input for layer in blocks]
-    scores = cosine_scores(trace.embedding, targets)
+    scores = score.of_images(cosine_scores(trace.embedding, targets))
     grads = score_gradients(scores, inputs, chunk=chunk)
     if variant == "authors":
         with torch.no_grad():
-            scores = cosine_scores(adapter.encode_image(pixels), targets)
+            scores = score.of_images(cosine_scores(adapter.encode_image(pixels), targets))
     total = None
     for x, grad in zip(inputs, grads):
         patches = x[:, 1:].detach().float()

@@ -6,6 +6,13 @@ block, then sum. Text: the same with the EOS token over all positions, summed ov
 ReLU. All K targets are explained from one forward pass: the K gradients are one batched
 vector-Jacobian product (or, when K exceeds the embedding width D, the D x C Jacobian of the embedding
 times the closed-form dS/df), never a loop of per-target backward passes.
+
+S is the explained score (``score``, ``scores.py``): the cosine by default, or the logit, the
+probability among the prompts, a contrast of two prompts (image side only). The gradient flows through
+the score by autograd; the K one-hot cotangents on the explained scores cost what K cosines cost. The
+map is linear in w before its ReLU, so the logit's maps are the cosine's times the logit scale, and a
+caption's word importance (normalised to sum 1) is the same for the cosine, the logit and the
+probability (whose gradient is s p (1 - p) times the cosine's).
 """
 
 from __future__ import annotations
@@ -22,25 +29,32 @@ from ..maps import minmax
 from .autograd import batched_vjp, one_hot_cotangents
 from .outputs import MapOutput, TokenOutput, cosine_scores
 from .registry import AuthorsProtocol, MethodSpec
+from .scores import DEFAULT_SCORE, ExplainedScore, explained_score
 
 QK = Literal["raw", "out_proj"]
 QK_CHOICES: tuple[str, ...] = ("raw", "out_proj")
 
 
-def channel_weights(trace: TowerTrace, layers: Sequence[int], targets: Tensor,
-                    chunk: int = 128) -> tuple[dict[int, Tensor], Tensor]:
-    """Gradients of every score S[n, m] with respect to the pooled token's attention output.
+def channel_weights(trace: TowerTrace, layers: Sequence[int], targets: Tensor, chunk: int = 128,
+                    score: ExplainedScore | None = None, side: str = "image") -> tuple[dict[int, Tensor], Tensor]:
+    """Gradients of every explained score S[n, m] with respect to the pooled token's attention output.
 
-    ``targets`` (M, D) are unit-normalised embeddings of the other modality. Returns, per layer, a
-    float32 tensor (N, M, C) with ``[n, m] = dS[n, m] / d token_output[n]`` and the scores (N, M).
-    Cost: one batched backward of min(M, D) cotangents through the blocks after the earliest layer:
-    M one-hot cotangents on the scores when M <= D, else the D x C Jacobian of the embedding (D
-    one-hot cotangents) times the closed-form dS/df.
+    ``targets`` (T, D) are unit-normalised embeddings of the other modality; ``score`` the explained score
+    (default the cosine) of the traced ``side`` ("image": the N images' scores over the target rows,
+    ``ExplainedScore.of_images``, M = K explained scores from T rows; "text": the N texts' against the M = T
+    images, entry by entry, ``of_texts``). Returns, per layer, a float32 tensor (N, M, C) with
+    ``[n, m] = dS[n, m] / d token_output[n]`` and the scores (N, M). Cost: one batched backward of
+    min(M, D) cotangents through the blocks after the earliest layer: M one-hot cotangents on the scores
+    when M <= D, else the D x C Jacobian of the embedding (D one-hot cotangents) times the closed-form
+    dS/df (the cosines' dS/df combined by ``ExplainedScore.pull``).
     """
+    score = score if score is not None else explained_score()
     embedding = trace.embedding
     inputs = [trace.blocks[layer].token_output for layer in layers]
-    count, dim = targets.shape[0], embedding.shape[-1]
-    scores = cosine_scores(embedding, targets)
+    dim = embedding.shape[-1]
+    cosines = cosine_scores(embedding, targets)
+    scores = score.of_images(cosines) if side == "image" else score.of_texts(cosines)
+    count = scores.shape[1]
     n = embedding.shape[0]
     if count <= dim:
         grads = batched_vjp(scores, inputs, one_hot_cotangents(scores), count, chunk)
@@ -52,8 +66,9 @@ def channel_weights(trace: TowerTrace, layers: Sequence[int], targets: Tensor,
         f = embedding.detach().float()
         norm = f.norm(dim=-1).clamp_min(1e-12)
         f_hat = f / norm[:, None]
-        # dS[n, m]/df[n] = (t_m - S[n, m] f_hat[n]) / |f[n]|
-        ds_df = (targets.float()[None] - scores.detach()[..., None] * f_hat[:, None]) / norm[:, None, None]
+        # dcos[n, t]/df[n] = (t_t - cos[n, t] f_hat[n]) / |f[n]|
+        ds_df = (targets.float()[None] - cosines.detach()[..., None] * f_hat[:, None]) / norm[:, None, None]
+        ds_df = score.pull(ds_df, cosines) if side == "image" else score.pull_texts(ds_df, cosines)
         weights = [torch.bmm(ds_df, jac.float().transpose(0, 1)) for jac in jacobians]
     return dict(zip(layers, weights)), scores.detach()
 
@@ -83,17 +98,19 @@ def value_projection(weights: Tensor, capture: BlockCapture, first_key: int) -> 
 
 
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, layers: Sequence[int] = (-1,),
-               mode: Mode = "faithful", qk: QK = "raw", spatial_weight: bool = True,
-               chunk: int = 128) -> MapOutput:
-    """Grad-ECLIP maps for B images (one grid) and K unit-normalised target embeddings.
+               mode: Mode = "faithful", qk: QK = "raw", score: str | ExplainedScore = DEFAULT_SCORE,
+               spatial_weight: bool = True, chunk: int = 128) -> MapOutput:
+    """Grad-ECLIP maps of the explained ``score`` for B images (one grid) and K explained scores of the
+    unit-normalised target embeddings (K rows; 2K for the contrast's pairs).
 
     Cost: one forward of the image tower and one batched backward of min(K, D) cotangents through the
     blocks after the earliest explained block (only the class-token row after the last block).
     """
+    score = explained_score(score, adapter)
     blocks = adapter.resolve_layers(layers, "image")
     trace = adapter.trace_image(pixels, blocks, mode=mode)
     try:
-        weights, scores = channel_weights(trace, blocks, targets, chunk=chunk)
+        weights, scores = channel_weights(trace, blocks, targets, chunk=chunk, score=score)
         total = None
         for layer in blocks:
             capture = trace.blocks[layer]
@@ -110,18 +127,20 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, layers:
 
 
 def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, layers: int | Sequence[int] = 8,
-                    mode: Mode = "faithful", qk: QK = "raw", spatial_weight: bool = True,
-                    chunk: int = 128) -> TokenOutput:
+                    mode: Mode = "faithful", qk: QK = "raw", score: str | ExplainedScore = DEFAULT_SCORE,
+                    spatial_weight: bool = True, chunk: int = 128) -> TokenOutput:
     """Grad-ECLIP text relevance e = ReLU(sum over blocks of m) for K texts and B image targets.
 
     ``targets`` (B, D) are unit-normalised image embeddings. Returns relevance (B, K, L) over all
-    positions (callers keep 1..eos-1) and scores (B, K). Cost: one forward of the text tower and one
-    batched backward of min(B, D) cotangents.
+    positions (callers keep 1..eos-1) and the explained scores (B, K) (``score``: the cosine, the logit or
+    the probability among the K texts for each image, ``ExplainedScore.of_texts``). Cost: one forward of
+    the text tower and one batched backward of min(B, D) cotangents.
     """
+    score = explained_score(score, adapter)
     blocks = adapter.resolve_layers(layers, "text")
     trace = adapter.trace_text(tokens, blocks, mode=mode)
     try:
-        weights, scores = channel_weights(trace, blocks, targets, chunk=chunk)
+        weights, scores = channel_weights(trace, blocks, targets, chunk=chunk, score=score, side="text")
         total = None
         for layer in blocks:
             capture = trace.blocks[layer]

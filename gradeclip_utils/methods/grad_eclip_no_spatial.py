@@ -29,7 +29,7 @@ SPEC = MethodSpec(
     name="grad_eclip_no_spatial", image=image_maps,
     options={"chunk": 128},
     # qk enters only the spatial weight, which this method leaves out
-    uses=("layers", "mode"),
+    uses=("layers", "mode", "score"),
     instead={"qk": "qk only enters the spatial weight; use grad_eclip to compare q and k"},
     # the authors' official mode (their out_proj q and k enter only the spatial weight, left out here)
     authors=AuthorsProtocol(options={"mode": "official"}),

@@ -16,6 +16,9 @@ Why a port: the original pins open_clip <= 2.23, whose transformer runs sequence
 3.x (batch-first) its ``feat_post_mlp.mean(dim=0)`` silently averages over the batch instead of over
 the tokens. Here the tokens come from the adapter (``keep_block_outputs``), batch first, and the mean
 runs over the tokens. All K targets share one forward pass; the gradients are batched backward passes.
+
+s_l is the explained score (``score``, ``scores.py``) of block l's feature: the cosine by default, or the
+logit, the probability among the prompts, a contrast of two prompts, each of the cosines cos(f_l, t).
 """
 
 from __future__ import annotations
@@ -30,11 +33,14 @@ from ._common import to_grid
 from .autograd import score_gradients
 from .outputs import MapOutput, cosine_scores
 from .registry import MethodSpec
+from .scores import DEFAULT_SCORE, ExplainedScore, explained_score
 
 
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, layer_index: int = -2, chunk: int = 16,
-               **_: Any) -> MapOutput:
-    """LeGrad maps (B, K, h, w) from block ``layer_index`` to the last, and the model's scores (B, K)."""
+               score: str | ExplainedScore = DEFAULT_SCORE, **_: Any) -> MapOutput:
+    """LeGrad maps (B, K, h, w) of the explained ``score`` from block ``layer_index`` to the last, and the
+    model's scores (B, K)."""
+    score = explained_score(score, adapter)
     try:
         first = adapter.resolve_layers([layer_index], "image")[0]
     except ValueError:
@@ -46,12 +52,13 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, layer_i
     total = None
     for layer in blocks:
         feature = adapter.image_head(trace.block_outputs[layer].mean(dim=1))  # (B, D)
-        scores = cosine_scores(feature, targets)  # (B, K)
+        scores = score.of_images(cosine_scores(feature, targets))  # (B, K)
         grad, = score_gradients(scores, [trace.blocks[layer].probs], chunk=chunk,
                                 retain_graph=layer != blocks[-1])  # (B, K, H, N, N)
         relevance = grad.float().clamp(min=0).mean(dim=(2, 3))[..., 1:]  # heads and query rows; patch keys
         total = relevance if total is None else total + relevance
-    return MapOutput(maps=to_grid(total, trace.grid), scores=cosine_scores(trace.embedding, targets).detach())
+    return MapOutput(maps=to_grid(total, trace.grid),
+                     scores=score.of_images(cosine_scores(trace.embedding, targets)).detach())
 
 
 SPEC = MethodSpec(

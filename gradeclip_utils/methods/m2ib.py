@@ -19,6 +19,12 @@ the noise of every pair is the same draw from ``seed`` (what explaining that pai
 them.
 Defaults as the authors ran ViT-B/16: block index 9 of 12 (generally: L/6 blocks after it), beta 0.1,
 10 steps, learning rate 1, 10 samples.
+
+The fit term is the explained score (``score``, ``scores.py``) of the pair: the cosine by default, or the
+logit, the probability among the prompts (text side: among the captions given for the image, the other
+captions' logits constants), or a contrast of two prompts (image side). The bottleneck trades the fit
+against beta x the capacity, so a score on another scale (the logit: s x cos) shifts that balance: its
+maps are not the cosine's times s.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from ..budget import Cost, block_bytes, image_forward_bytes, map_bytes, tokens, 
 from ._common import to_grid
 from .outputs import MapOutput, TokenOutput, cosine_scores
 from .registry import AuthorsProtocol, MethodSpec
+from .scores import DEFAULT_SCORE, ExplainedScore, explained_score
 
 
 def default_layer(blocks: int) -> int:
@@ -59,13 +66,15 @@ def capacity(hidden: Tensor, lam: Tensor) -> Tensor:
 
 def optimise_bottleneck(hidden: Tensor, targets: Tensor, finish: Callable[[Tensor], Tensor], *, beta: float,
                         var: float, steps: int, lr: float, samples: int, seed: int,
-                        sample_chunk: int | None = None) -> Tensor:
+                        fit: Callable[[Tensor], Tensor] | None = None, sample_chunk: int | None = None) -> Tensor:
     """Optimise one bottleneck per row of ``hidden`` (P, N, C) against ``targets`` (P, D) (unit).
 
-    ``finish`` maps (S P, N, C) tokens to embeddings (S P, D). Returns the capacity (P, N, C) of the
-    last step. Every row gets the same noise, (S, N, C) per step from ``seed``: a row's result is the
-    one it gets alone. ``sample_chunk``: noise samples per forward of ``finish`` (None: all ``samples``);
-    the noise is drawn whole per step either way, so the chunks see the same draws.
+    ``finish`` maps (S P, N, C) tokens to embeddings (S P, D), sample-major (row s P + p). ``fit`` maps the
+    embeddings of n whole samples (n P rows, sample-major) to the (n P,) explained scores of the rows' pairs;
+    by default each row's cosine with its target. Returns the capacity (P, N, C) of the last step. Every row
+    gets the same noise, (S, N, C) per step from ``seed``: a row's result is the one it gets alone.
+    ``sample_chunk``: noise samples per forward of ``finish`` (None: all ``samples``); the noise is drawn
+    whole per step either way, so the chunks see the same draws.
     """
     if steps < 1 or samples < 1:
         raise ValueError("M2IB needs steps >= 1 and samples >= 1")
@@ -76,6 +85,10 @@ def optimise_bottleneck(hidden: Tensor, targets: Tensor, finish: Callable[[Tenso
     optimiser = torch.optim.Adam([alpha], lr=lr)
     generator = torch.Generator(device=hidden.device).manual_seed(seed)
     pairs = hidden.shape[0]
+    if fit is None:
+        def fit(embedding: Tensor) -> Tensor:
+            return F.cosine_similarity(embedding.float(), targets.float().repeat(embedding.shape[0] // pairs, 1),
+                                       dim=-1, eps=1e-6)
     last = None
     for _ in range(steps):
         lam = torch.sigmoid(alpha)
@@ -83,11 +96,11 @@ def optimise_bottleneck(hidden: Tensor, targets: Tensor, finish: Callable[[Tenso
         noise = torch.randn((samples, 1, *standard.shape[1:]), generator=generator, device=hidden.device)
         z = (standard * lam + (1 - lam) * noise) * scale  # M2IB's _sample_t: mu + sqrt((1 - lam)^2) eps
         if chunk < samples:
-            (alpha.grad,) = _chunked_gradient(z, kl, alpha, targets, finish, hidden.dtype, beta, samples, chunk)
+            (alpha.grad,) = _chunked_gradient(z, kl, alpha, fit, finish, hidden.dtype, beta, samples, chunk)
         else:
             embedding = finish(z.flatten(0, 1).to(hidden.dtype))
-            fit = F.cosine_similarity(embedding.float(), targets.float().repeat(samples, 1), dim=-1, eps=1e-6)
-            loss = beta * kl.flatten(1).mean(dim=1) - fit.reshape(samples, pairs).mean(dim=0)
+            values = fit(embedding)
+            loss = beta * kl.flatten(1).mean(dim=1) - values.reshape(samples, pairs).mean(dim=0)
             # gradients for alpha only (the model's parameters may require grad too)
             (alpha.grad,) = torch.autograd.grad(loss.sum(), [alpha])
         optimiser.step()
@@ -95,8 +108,9 @@ def optimise_bottleneck(hidden: Tensor, targets: Tensor, finish: Callable[[Tenso
     return last
 
 
-def _chunked_gradient(z: Tensor, kl: Tensor, alpha: Tensor, targets: Tensor, finish: Callable[[Tensor], Tensor],
-                      dtype: torch.dtype, beta: float, samples: int, chunk: int) -> tuple[Tensor]:
+def _chunked_gradient(z: Tensor, kl: Tensor, alpha: Tensor, fit: Callable[[Tensor], Tensor],
+                      finish: Callable[[Tensor], Tensor], dtype: torch.dtype, beta: float, samples: int,
+                      chunk: int) -> tuple[Tensor]:
     """The gradient of the loss for ``alpha`` with ``finish`` run on ``chunk`` samples at a time: each chunk's
     rows pulled back to their noisy tokens (each fit's gradient -1/S, as the mean over samples gives it),
     then those gradients through the noisy tokens and the capacity together, as one pass does."""
@@ -107,36 +121,48 @@ def _chunked_gradient(z: Tensor, kl: Tensor, alpha: Tensor, targets: Tensor, fin
     for start in range(0, samples, chunk):
         lo, hi = start * per, min(start + chunk, samples) * per
         leaf = rows[lo:hi].detach().requires_grad_(True)
-        fit = F.cosine_similarity(finish(leaf).float(), targets.float().repeat(hi // per - start, 1), dim=-1, eps=1e-6)
-        (grads[lo:hi],) = torch.autograd.grad(fit, [leaf], grad_outputs=torch.full_like(fit, weight))
-        del leaf, fit
+        values = fit(finish(leaf))  # whole samples: each pair's score among every target row of the call
+        (grads[lo:hi],) = torch.autograd.grad(values, [leaf], grad_outputs=torch.full_like(values, weight))
+        del leaf, values
     kl_term = beta * kl.flatten(1).mean(dim=1)
     return torch.autograd.grad([kl_term.sum(), z], [alpha], grad_outputs=[None, grads.view_as(z).to(z.dtype)])
 
 
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, ib_layer: int | None = None,
                beta: float = 0.1, var: float = 1.0, steps: int = 10, lr: float = 1.0, samples: int = 10,
-               seed: int = 0, paired: bool = False, sample_chunk: int | None = None, **_: Any) -> MapOutput:
-    """M2IB maps (B, K, h, w): one bottleneck per (image, target) pair, all optimised together.
+               seed: int = 0, paired: bool = False, score: str | ExplainedScore = DEFAULT_SCORE,
+               sample_chunk: int | None = None, **_: Any) -> MapOutput:
+    """M2IB maps (B, K, h, w) of the explained ``score``: one bottleneck per (image, explained score) pair,
+    all optimised together.
 
-    ``paired=True`` explains image b against target b only (``targets`` (B, D); maps (B, 1, h, w),
-    scores (B, 1)): B bottlenecks instead of B x K when every image has its own target.
+    ``paired=True`` explains image b against target b only (``targets`` (B, D), or the B pairs of the
+    contrast; maps (B, 1, h, w), scores (B, 1)): B bottlenecks instead of B x K when every image has its
+    own target (the probability is then image b's target's among the B targets).
     """
+    score = explained_score(score, adapter)
     layer = _resolve(ib_layer, adapter.num_image_blocks)
     hidden, grid = adapter.image_tokens_before(pixels, layer + 1)
-    batch, count = hidden.shape[0], targets.shape[0]
+    batch, count = hidden.shape[0], score.count(targets.shape[0])
     if paired and count != batch:
         raise ValueError(f"paired=True needs one target per image: {count} targets for {batch} images")
     with torch.no_grad():
-        scores = cosine_scores(adapter.image_embedding_from(hidden, layer + 1), targets)
+        scores = score.of_images(cosine_scores(adapter.image_embedding_from(hidden, layer + 1), targets))
+    # each bottleneck's explained score: its image's column ``columns[p]`` of ``score.of_images``
+    columns = torch.arange(count, device=hidden.device)
     if paired:
         scores, count = scores.diagonal().unsqueeze(1).contiguous(), 1
         paired_hidden, paired_targets = hidden, targets
     else:
         paired_hidden, paired_targets = hidden.repeat_interleave(count, dim=0), targets.repeat(batch, 1)
+        columns = columns.repeat(batch)
+    fit = None
+    if score.name != DEFAULT_SCORE or score.columns is not None:  # the targets' rows are not the pairs' own
+        def fit(embedding: Tensor) -> Tensor:
+            values = score.of_images(cosine_scores(embedding, targets))  # (S P, K): every target row of the call
+            return values.gather(1, columns.repeat(embedding.shape[0] // columns.shape[0])[:, None]).squeeze(1)
     with torch.enable_grad():
         kl = optimise_bottleneck(paired_hidden, paired_targets, lambda z: adapter.image_embedding_from(z, layer + 1),
-                                 beta=beta, var=var, steps=steps, lr=lr, samples=samples, seed=seed,
+                                 beta=beta, var=var, steps=steps, lr=lr, samples=samples, seed=seed, fit=fit,
                                  sample_chunk=sample_chunk)
     maps = kl.sum(dim=-1)[:, 1:].reshape(batch, count, -1)
     return MapOutput(maps=to_grid(maps, grid), scores=scores)
@@ -144,17 +170,29 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, ib_laye
 
 def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, ib_layer: int | None = None,
                     beta: float = 0.1, var: float = 1.0, steps: int = 10, lr: float = 1.0, samples: int = 10,
-                    seed: int = 0, sample_chunk: int | None = None, **_: Any) -> TokenOutput:
-    """M2IB text relevance (B, K, L) for K texts against B unit image embeddings."""
+                    seed: int = 0, score: str | ExplainedScore = DEFAULT_SCORE, sample_chunk: int | None = None,
+                    **_: Any) -> TokenOutput:
+    """M2IB text relevance (B, K, L) for K texts against B unit image embeddings, of the explained ``score``
+    (the probability: among the K texts for each image, ``ExplainedScore.of_texts``)."""
+    score = explained_score(score, adapter)
     layer = _resolve(ib_layer, adapter.num_text_blocks)
     tokens = tokens.to(targets.device)
     hidden = adapter.text_tokens_before(tokens, layer + 1)
     count, batch = tokens.shape[0], targets.shape[0]
     with torch.no_grad():
-        scores = cosine_scores(adapter.text_embedding_from(hidden, tokens, layer + 1), targets).T
+        cosines = cosine_scores(adapter.text_embedding_from(hidden, tokens, layer + 1), targets)  # (K, B)
+        scores = score.of_texts(cosines).T
     paired = hidden.repeat(batch, 1, 1)  # image-major: row b * K + k
     paired_tokens = tokens.repeat(batch, 1)
     paired_targets = targets.repeat_interleave(count, dim=0)
+    fit = None
+    if score.name != DEFAULT_SCORE:
+        # each pair's score of its own cosine, the other captions' logits (``rest``) constants, pair by pair
+        rest = score.text_rest(cosines).T.reshape(-1) if score.name == "probability" else None
+        def fit(embedding: Tensor) -> Tensor:
+            n = embedding.shape[0] // paired_targets.shape[0]  # the samples of these rows
+            cosine = F.cosine_similarity(embedding.float(), paired_targets.float().repeat(n, 1), dim=-1, eps=1e-6)
+            return ExplainedScore(score.name, score.scale, None if rest is None else rest.repeat(n)).of_texts(cosine)
 
     def finish(z: Tensor) -> Tensor:
         return adapter.text_embedding_from(z, paired_tokens.repeat(z.shape[0] // paired_tokens.shape[0], 1),
@@ -162,7 +200,7 @@ def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, ib
 
     with torch.enable_grad():
         kl = optimise_bottleneck(paired, paired_targets, finish, beta=beta, var=var, steps=steps, lr=lr,
-                                 samples=samples, seed=seed, sample_chunk=sample_chunk)
+                                 samples=samples, seed=seed, fit=fit, sample_chunk=sample_chunk)
     relevance = kl.sum(dim=-1).reshape(batch, count, -1)
     return TokenOutput(relevance=relevance.float(), scores=scores.contiguous())
 

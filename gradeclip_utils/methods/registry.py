@@ -11,9 +11,11 @@ is picked up the same way).
 An image method is ``fn(adapter, pixels, targets, **options) -> MapOutput`` with ``pixels`` a (B, 3, H, W)
 batch on one grid and ``targets`` (K, D) unit-normalised text embeddings; a text method is
 ``fn(adapter, tokens, targets, **options) -> TokenOutput`` with ``targets`` (B, D) unit-normalised image
-embeddings. Both get the settings ``layers``, ``mode`` and ``qk`` besides their own options; a spec's
-``uses`` says which of them the method applies, and a config that sets another one away from its default
-is refused (``ExplainConfig``), so that no setting is recorded that did not shape the map.
+embeddings. Both get the settings ``layers``, ``mode``, ``qk`` and ``score`` besides their own options; a
+spec's ``uses`` says which of them the method applies, and a config that sets another one away from its
+default is refused (``ExplainConfig``), so that no setting is recorded that did not shape the map. A method
+that uses ``score`` (``scores.py``: the cosine, the logit, the probability, a contrast) declares which of
+the scores it explains on each side (``scores`` / ``text_scores``) and refuses the others by name.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 from ..adapters import CAPTURES
+from .scores import DEFAULT_SCORE, SCORES, TEXT_CONTRAST
 
 if TYPE_CHECKING:
     from ..adapters import CLIPAdapter
@@ -32,9 +35,15 @@ ImageMethod = Callable[..., "MapOutput"]
 TextMethod = Callable[..., "TokenOutput"]
 
 #: the settings every method is called with (``ExplainConfig``'s), as opposed to a method's own options
-SETTINGS: tuple[str, ...] = ("layers", "mode", "qk")
+SETTINGS: tuple[str, ...] = ("layers", "mode", "qk", "score")
 #: each setting's default: the value a method that does not use the setting is run with
-SETTING_DEFAULTS: dict[str, Any] = {"layers": (-1,), "mode": "faithful", "qk": "raw"}
+SETTING_DEFAULTS: dict[str, Any] = {"layers": (-1,), "mode": "faithful", "qk": "raw", "score": DEFAULT_SCORE}
+#: what to do instead, said when a method is given a setting it does not use (unless its ``instead`` says more;
+#: ``{explaining}``: the registered methods that use the setting)
+SETTING_HINTS: dict[str, str] = {
+    "score": "its map takes no gradient of a score and scores no masked image, so no score shapes it; explain "
+             f"the score with a method that does ({{explaining}}), or leave score at its default {DEFAULT_SCORE!r}",
+}
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,9 @@ class MethodSpec:
     - ``uses``: which of the settings (``SETTINGS``) the method applies; by default those its function
       names as parameters (all of them when it passes ``**options`` on). ``instead``: setting -> what to
       use instead, said when a setting the method does not use is given (e.g. LeGrad's ``layer_index``).
+    - ``scores`` / ``text_scores``: the explained scores (``scores.SCORES``) its image / text function
+      takes; by default all of them on the image side and all but the contrast on the text side (which has
+      none: ``scores.TEXT_CONTRAST``) when it uses the setting ``score``, else only the default cosine.
     - ``prepare(model, targets, options) -> options``: the model-dependent defaults of a call, completed
       once per call before the batches. ``probe``: options that make a trial run cheap (the support probe
       tries every method once; a refusal never depends on them).
@@ -88,9 +100,11 @@ class MethodSpec:
     - ``reference``: explains nothing (the evaluation's random floor): no support probe, no sanity check.
       ``keyed``: takes the items' keys (``keys=``) to seed each item's map.
     - ``memory(adapter, grid, count, options) -> budget.Cost``: the bytes one call holds per image of a patch
-      ``grid`` against ``count`` targets, and per unit of the method's own inner chunk (the option that sets
-      it), from the estimators of ``budget.py``; ``options`` are the call's over the spec's, with the resolved
-      ``layers``. None: ``budget.default_cost``.
+      ``grid`` against ``count`` explained scores (the maps of each image), and per unit of the method's own
+      inner chunk (the option that sets it), from the estimators of ``budget.py``; ``options`` are the call's
+      over the spec's, with the resolved ``layers``. None: ``budget.default_cost``.
+    - ``colour``: the colour every figure draws the method in (a matplotlib colour); None: the palette's
+      colour for the method's place in the registry (``method_colour``).
     """
 
     name: str
@@ -114,6 +128,9 @@ class MethodSpec:
     uses: tuple[str, ...] | None = None
     instead: Mapping[str, str] = field(default_factory=dict)
     memory: Callable[..., Any] | None = None
+    colour: str | None = None
+    scores: tuple[str, ...] | None = None
+    text_scores: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -135,15 +152,41 @@ class MethodSpec:
         unknown = [s for s in (*self.uses, *self.instead) if s not in SETTINGS]
         if unknown:
             raise ValueError(f"method {self.name!r}: {unknown} are not settings; settings: {SETTINGS}")
+        explains = "score" in self.uses
+        if self.scores is None:
+            object.__setattr__(self, "scores", SCORES if explains else (DEFAULT_SCORE,))
+        if self.text_scores is None:
+            object.__setattr__(self, "text_scores", tuple(s for s in self.scores if s != "contrast"))
+        object.__setattr__(self, "scores", tuple(self.scores))
+        object.__setattr__(self, "text_scores", tuple(self.text_scores))
+        unknown = [s for s in (*self.scores, *self.text_scores) if s not in SCORES]
+        if unknown:
+            raise ValueError(f"method {self.name!r}: {unknown} are not scores; scores: {SCORES}")
 
     def unused_setting(self, setting: str, value: Any) -> str | None:
         """Why ``setting=value`` is refused for this method: None when the method uses the setting or
         ``value`` is its default; otherwise a message naming method and setting and what to use instead."""
         if setting in self.uses or _same_setting(setting, value, SETTING_DEFAULTS[setting]):
             return None
-        hint = self.instead.get(setting, f"leave {setting} at its default {SETTING_DEFAULTS[setting]!r}")
+        hint = self.instead.get(setting, SETTING_HINTS.get(
+            setting, f"leave {setting} at its default {SETTING_DEFAULTS[setting]!r}"))
+        hint = hint.replace("{explaining}", ", ".join(s.name for s in _SPECS.values() if setting in s.uses))
         return (f"{self.name} does not use the setting {setting} (got {value!r}), so it would not change the "
                 f"map; {hint}")
+
+    def unsupported_score(self, score: str, tower: Literal["image", "text"] = "image") -> str | None:
+        """Why the method's ``tower`` function refuses to explain ``score``: None when it takes it (or does not
+        use the setting and ``score`` is the default: ``unused_setting`` says the rest); otherwise a message
+        naming the method, the score and the reason."""
+        if "score" not in self.uses:
+            return None
+        supported = self.scores if tower == "image" else self.text_scores
+        if score in supported:
+            return None
+        if tower == "text" and score == "contrast":
+            return f"{self.name}'s word importance cannot explain score='contrast': {TEXT_CONTRAST}"
+        return (f"{self.name} cannot explain score={score!r} on the {tower} side; it explains "
+                f"{', '.join(map(repr, supported))}")
 
     def takes(self, option: str, tower: Literal["image", "text"] = "image") -> bool:
         """Whether the method uses ``option`` (a setting such as "layers" or "mode", or an option): its
@@ -240,6 +283,28 @@ def find_spec(name: str) -> MethodSpec | None:
     return _SPECS.get(name)
 
 
+#: the figures' method colours, distinct on white (Sasha Trubetskoy's 20 distinct colours without the light
+#: ones): the first registered method (Grad-ECLIP) black, each further one the next colour (cycling after
+#: the last, black left out)
+METHOD_PALETTE: tuple[str, ...] = ("#000000", "#4363d8", "#f58231", "#3cb44b", "#e6194b", "#911eb4", "#f032e6",
+                                   "#42d4f4", "#9a6324", "#469990", "#800000", "#808000", "#000075")
+#: the colour of a reference that explains nothing (``MethodSpec.reference``) and of a name the registry
+#: does not know (the evaluation's random floor, which is not registered)
+REFERENCE_COLOUR = "#a9a9a9"
+
+
+def method_colour(method: "str | MethodSpec") -> str:
+    """The one colour of a method in every figure: its spec's ``colour``, else ``METHOD_PALETTE``'s for its
+    place in the registry; grey (``REFERENCE_COLOUR``) for a reference and for an unregistered name."""
+    spec = method if isinstance(method, MethodSpec) else find_spec(method)
+    if spec is not None and spec.colour is not None:
+        return spec.colour
+    if spec is None or spec.reference or _SPECS.get(spec.name) is not spec:
+        return REFERENCE_COLOUR
+    index = list(_SPECS).index(spec.name)
+    return METHOD_PALETTE[0] if index == 0 else METHOD_PALETTE[1 + (index - 1) % (len(METHOD_PALETTE) - 1)]
+
+
 def get_spec(name: str) -> MethodSpec:
     """The spec of a registered method."""
     try:
@@ -301,7 +366,8 @@ def refusal(spec: MethodSpec, adapter: CLIPAdapter, tower: Literal["image", "tex
 
 
 __all__ = [
-    "IMAGE_METHODS", "SETTINGS", "SETTING_DEFAULTS", "TEXT_METHODS", "AuthorsProtocol", "ImageMethod", "MethodSpec", "TextMethod",
+    "IMAGE_METHODS", "SETTINGS", "SETTING_DEFAULTS", "SETTING_HINTS", "TEXT_METHODS", "AuthorsProtocol", "ImageMethod",
+    "MethodSpec", "TextMethod",
     "find_spec", "get_image_method", "get_spec", "get_text_method", "list_methods", "method_specs", "prepare_options",
     "probe_options", "refusal", "register", "register_image_method", "register_text_method", "unregister",
 ]

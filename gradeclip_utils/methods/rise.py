@@ -3,7 +3,9 @@
 N random binary masks on a coarse ``cells`` x ``cells`` grid (each cell kept with probability p),
 upsampled bilinearly to (cells + 1) x the cell size and cropped at a random shift, so that their edges
 fall anywhere; the saliency is sum_n S(image * mask_n) mask_n / (N p), with S the image-text cosine
-of the masked image (masked pixels become 0 in normalised space, the data set's mean colour, as the
+of the masked image, or another explained score of it (``score``, ``scores.py``: the logit, the
+probability among the prompts, as RISE's authors explain class probabilities, or a contrast of two
+prompts) (masked pixels become 0 in normalised space, the data set's mean colour, as the
 authors' code does). The masks are drawn from ``seed`` (the same masks for every image) and the
 masked images run through the model in passes of ``mask_batch`` (each pass's scores summed together),
 each pass in forwards of ``mask_chunk`` masks per image (a memory budget's chunk: the same sums);
@@ -28,6 +30,7 @@ from ..adapters import CLIPAdapter
 from ..budget import Cost, image_forward_bytes, map_bytes, picture_bytes
 from .outputs import MapOutput, cosine_scores
 from .registry import MethodSpec
+from .scores import DEFAULT_SCORE, ExplainedScore, explained_score
 
 #: masks upsampled at once while they are drawn (each mask's values do not depend on it)
 _DRAWN_AT_ONCE = 64
@@ -56,8 +59,8 @@ def generate_masks(count: int, size: tuple[int, int], cells: int = 8, p: float =
 @torch.no_grad()
 def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, masks: int = 2000, cells: int = 8,
                p: float = 0.5, seed: int = 0, mask_batch: int = 256, centre: bool = False,
-               mask_chunk: int | None = None, **_: Any) -> MapOutput:
-    """RISE saliency (B, K, H, W) from ``masks`` masked copies of each image.
+               mask_chunk: int | None = None, score: str | ExplainedScore = DEFAULT_SCORE, **_: Any) -> MapOutput:
+    """RISE saliency (B, K, H, W) of the explained ``score`` from ``masks`` masked copies of each image.
 
     A pass takes ``mask_batch // B`` masks (at least one) and sums their scores into the map; it runs
     through the model in forwards of ``mask_chunk`` masks per image (None: the whole pass), which only
@@ -69,11 +72,12 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, masks: 
     scores vary little between masks (cosines do, far less than the class probabilities RISE was made
     for) and N is small.
     """
+    score = explained_score(score, adapter)
     device = pixels.device
-    batch = pixels.shape[0]
+    batch, count = pixels.shape[0], score.count(targets.shape[0])
     all_masks = generate_masks(masks, tuple(pixels.shape[-2:]), cells, p, seed).to(device)
-    saliency = torch.zeros(batch, targets.shape[0], *pixels.shape[-2:], device=device)
-    score_sum = torch.zeros(batch, targets.shape[0], device=device)
+    saliency = torch.zeros(batch, count, *pixels.shape[-2:], device=device)
+    score_sum = torch.zeros(batch, count, device=device)
     per_pass = max(1, mask_batch // batch)
     per_forward = per_pass if mask_chunk is None else max(1, min(int(mask_chunk), per_pass))
     for start in range(0, masks, per_pass):
@@ -81,7 +85,9 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, masks: 
         parts = []
         for part in chunk.split(per_forward):
             masked = (pixels.unsqueeze(1) * part[None, :, None]).flatten(0, 1)  # (B n, 3, H, W)
-            parts.append(cosine_scores(adapter.encode_image(masked), targets).reshape(batch, part.shape[0], -1))
+            # the score of each masked picture among every target row: a forward's masks are its rows
+            values = score.of_images(cosine_scores(adapter.encode_image(masked), targets))
+            parts.append(values.reshape(batch, part.shape[0], -1))
             del masked
         scores = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         saliency += torch.einsum("bnk,nhw->bkhw", scores, chunk.float())
@@ -89,7 +95,8 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, masks: 
     if centre:
         saliency -= (score_sum / masks)[..., None, None] * all_masks.sum(dim=0)
     saliency /= masks * p
-    return MapOutput(maps=saliency.float(), scores=cosine_scores(adapter.encode_image(pixels), targets))
+    return MapOutput(maps=saliency.float(),
+                     scores=score.of_images(cosine_scores(adapter.encode_image(pixels), targets)))
 
 
 def memory(adapter: CLIPAdapter, grid: tuple[int, int], count: int, options: dict[str, Any]) -> Cost:

@@ -30,14 +30,19 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..maps import normalise_maps, resize_maps
-from .common import as_input, mask_shares
+from ..maps import resize_maps
+from ..samples import as_input
+from .common import mask_shares
 
 #: prompt templates per concept kind for the synthetic world and for photographs
 SYNTHETIC_TEMPLATES: dict[str, str] = {"noun": "a {}", "attribute": "a {} shape", "count": "{} shapes"}
 PHOTO_TEMPLATES: dict[str, str] = {"noun": "a photo of a {}", "attribute": "a photo of something {}",
                                    "verb": "a photo of someone {}"}
 _KIND_OF_TAG = {"NOUN": "noun", "PROPN": "noun", "ADJ": "attribute", "VERB": "verb"}
+#: a combination whose peak is under this share of the sentence map's peak is marked "≈ 0" in the figure
+NEGLIGIBLE_SHARE = 0.05
+#: the concept kinds in the order the study's figures show them
+KIND_ORDER: tuple[str, ...] = ("noun", "attribute", "count", "verb")
 
 
 @dataclass(frozen=True)
@@ -188,31 +193,34 @@ class Decomposition:
                              k: v[j] for k, v in self.extra.items() if isinstance(v, (list, np.ndarray))}})
         return pd.DataFrame(rows)
 
-    def plot(self, panel_size: float = 2.2, cmap: str = "jet"):
-        """Input, sentence map, NNLS reconstruction, then each concept's map with its weight."""
-        from matplotlib import pyplot as plt
-
-        from ..plotting import overlay
+    def plot(self, panel_size: float = 2.2, cmap: str = "jet", columns: int = 4):
+        """Input, sentence map, NNLS combination, then each concept's map with its weight, on lines of
+        ``columns`` panels. Each map is min-max scaled on its own, except the combination, which is drawn on
+        the sentence map's scale (so that a combination that explains little looks weak, and one that is
+        all but zero is marked "≈ 0"); the colour bar says so."""
+        from ..plotting import PanelRow, heat_map_grid
 
         picture = self.explanation.images[0]
         size = picture.size[::-1]
-        n = 3 + len(self.concepts)
-        fig, axes = plt.subplots(1, n, figsize=(panel_size * n, panel_size + 0.6), squeeze=False)
-        axes = axes[0]
-        axes[0].imshow(picture)
-        axes[0].set_title("input", fontsize=9)
-        axes[0].axis("off")
-        overlay(picture, self.explanation.heatmap(0, 0), ax=axes[1], cmap=cmap,
-                title=f"sentence\nS = {self.score:.3f}")
-        recon = normalise_maps(resize_maps(self.reconstruction, size, dtype=torch.float64).float()).numpy()
-        overlay(picture, recon, ax=axes[2], cmap=cmap, title=f"NNLS combination\nR² = {self.map_r2:.2f}")
+        sentence = resize_maps(self.explanation.raw[0][0], size, dtype=torch.float64).numpy()
+        combination = resize_maps(torch.from_numpy(np.asarray(self.reconstruction)), size,
+                                  dtype=torch.float64).numpy()
+        low, high = float(sentence.min()), float(sentence.max())
+        peak = float(combination.max()) / high if high > 0 else float("nan")
+        faint = " \u00b7 map \u2248 0" if not peak >= NEGLIGIBLE_SHARE else ""
+        maps = [sentence, combination] + [self.explanation.raw[0][j + 1] for j in range(len(self.concepts))]
+        titles = [f"sentence\nS = {self.score:.3f}",
+                  f"NNLS combination\nR\u00b2 = {self.map_r2:.2f}{faint} \u00b7 on the sentence's scale"]
         for j, concept in enumerate(self.concepts):
             overlap = "n/a (empty map)" if np.isnan(self.overlap[j]) else f"{self.overlap[j]:.2f}"
-            overlay(picture, self.explanation.heatmap(0, j + 1), ax=axes[3 + j], cmap=cmap,
-                    title=f"{concept.prompt}\nw = {self.map_weights[j]:.2f}, overlap {overlap}")
-        fig.suptitle(f"“{self.sentence}”", fontsize=10)
-        fig.tight_layout()
-        return fig
+            titles.append(f"{concept.prompt}\nS = {self.concept_scores[j]:.3f} \u00b7 w = {self.map_weights[j]:.2f}"
+                          f" \u00b7 overlap {overlap}")
+        ranges = [None, (low, high)] + [None] * len(self.concepts)
+        return heat_map_grid([PanelRow(picture, maps, titles, "input", ranges=ranges)],
+                             title=f"\u201c{self.sentence}\u201d: its map, the concepts' NNLS combination and "
+                                   "each concept's map", columns=columns, width_px=None, panel_inches=panel_size,
+                             cmap=cmap, bar_label="each panel scaled: 0 its min,\n1 its max (the combination: "
+                                                  "the\nsentence map's min and max)", pyplot=True)
 
     def plot_score(self):
         """The image-text score split into concept contributions b_j S_j and the unexplained rest."""
@@ -296,8 +304,8 @@ def decomposition_study(model: Any, items: Sequence[Any], caption_kinds: Sequenc
     import pandas as pd
     from tqdm import tqdm  # text progress: readable in a saved or reloaded notebook
 
+    from ..samples import default_resolution, image_name
     from ..synthetic import Scene
-    from .common import default_resolution, image_name
 
     rows = []
     for index, item in enumerate(tqdm(items, desc="decompose", disable=not progress)):
@@ -336,21 +344,55 @@ def decomposition_study(model: Any, items: Sequence[Any], caption_kinds: Sequenc
     return pd.concat(rows, ignore_index=True)
 
 
+def typical_example(frame, items: Sequence[Any], column: str = "map_r2") -> tuple[Any, dict[str, Any]]:
+    """The study's typical image: the one whose per-image ``column`` (default: the map fit's R²) is nearest
+    the median over the study's images (the first such). ``items``: what was given to
+    ``decomposition_study``. Returns (the item, {"image", "sentence", column, "median", "rank"}) where rank
+    is the image's place among the study's values, sorted (0 = lowest)."""
+    from ..synthetic import Scene
+    from .common import image_name
+
+    per_image = frame.drop_duplicates("image").reset_index(drop=True)
+    values = per_image[column].astype(float)
+    median = float(values.median())
+    pick = int((values - median).abs().idxmin())
+    name = per_image.at[pick, "image"]
+    for index, item in enumerate(items):
+        if image_name(item if isinstance(item, Scene) else item[0], index) == name:
+            rank = int((values < values[pick]).sum())
+            return item, {"image": name, "sentence": per_image.at[pick, "sentence"], column: float(values[pick]),
+                          "median": median, "rank": rank, "images": len(per_image)}
+    raise ValueError(f"{name!r} is not one of the items given")
+
+
+def _kinds_with_data(frame, column: str) -> list[str]:
+    """The concept kinds that have at least one value of ``column``, in ``KIND_ORDER``."""
+    present = set(frame.dropna(subset=[column])["kind"])
+    return [k for k in KIND_ORDER if k in present] + sorted(present - set(KIND_ORDER))
+
+
 def plot_study(frame) -> Any:
     """Across images: NNLS weight, overlap and score contribution per concept kind (bars with 95%
-    bootstrap intervals), the R^2 of both fits, and concept-map energy in the concept's own objects."""
+    bootstrap intervals; a kind without a value in a panel is left out of it, and each kind says its n),
+    the R^2 of both fits, and concept-map energy in the concept's own objects."""
     import seaborn as sns
     from matplotlib import pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
-    order = [k for k in ("noun", "attribute", "count", "verb") if k in set(frame["kind"])]
-    for ax, column, label in ((axes[0], "map_weight", "NNLS map weight"),
-                              (axes[1], "overlap", "overlap with sentence map"),
-                              (axes[2], "score_contribution", "contribution to S (b·S_j)")):
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.8), layout="constrained")
+    for ax, column, label, title in ((axes[0], "map_weight", "NNLS map weight", "weight in the map fit"),
+                                     (axes[1], "overlap", "overlap with sentence map",
+                                      "overlap with the sentence map"),
+                                     (axes[2], "score_contribution", "contribution to S (b·S_j)",
+                                      "share of the score S")):
+        order = _kinds_with_data(frame, column)
+        counts = frame.dropna(subset=[column]).groupby("kind").size()
         sns.barplot(data=frame, x="kind", y=column, order=order, errorbar=("ci", 95), ax=ax, color="#5dade2",
                     seed=0)
+        ax.set_xticks(range(len(order)))
+        ax.set_xticklabels([f"{k}\n(n={counts[k]})" for k in order], fontsize=8)
         ax.set_ylabel(label)
         ax.set_xlabel("")
+        ax.set_title(title, fontsize=9)
     per_image = frame.drop_duplicates("image")
     fits = pd_melt(per_image, ["map_r2", "text_r2"], {"map_r2": "maps", "text_r2": "text embeddings"})
     with warnings.catch_warnings():  # seaborn passes matplotlib's deprecated ``vert`` itself
@@ -358,10 +400,11 @@ def plot_study(frame) -> Any:
         sns.boxplot(data=fits, x="fit", y="R²", ax=axes[3], color="#a9cce3")
     axes[3].set_ylim(min(0.0, float(fits["R²"].min()) - 0.05), 1.02)
     axes[3].set_title("NNLS fit of the sentence (uncentred R²)", fontsize=9)
+    axes[3].set_xlabel("")
     for ax in axes:
         ax.spines[["top", "right"]].set_visible(False)
-    fig.suptitle(f"concept decomposition over {frame['image'].nunique()} images", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(f"concept decomposition over {frame['image'].nunique()} images (bars: means with 95% bootstrap "
+                 "intervals; boxes: R² per image)", fontsize=11)
     return fig
 
 
@@ -373,7 +416,8 @@ def pd_melt(frame, columns: Sequence[str], names: Mapping[str, str]):
 
 def plot_concept_localisation(frame) -> Any:
     """Energy of each concept map inside the objects that show the concept, against the area those
-    objects cover (a uniform map's energy), per concept kind."""
+    objects cover (a uniform map's energy), per concept kind: means with 95% bootstrap intervals over
+    the concepts (the title says how many), the legend beside the axes."""
     import seaborn as sns
     from matplotlib import pyplot as plt
 
@@ -382,11 +426,17 @@ def plot_concept_localisation(frame) -> Any:
                        value_name="share")
     melted["measure"] = melted["measure"].map({"energy_in_mask": "map energy in the concept's objects",
                                                "mask_area": "their area (uniform map)"})
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    sns.barplot(data=melted, x="kind", y="share", hue="measure", errorbar=("ci", 95), ax=ax, seed=0)
+    order = _kinds_with_data(frame, "energy_in_mask")
+    counts = data.groupby("kind").size()
+    fig, ax = plt.subplots(figsize=(7.5, 3.6), layout="constrained")
+    sns.barplot(data=melted, x="kind", y="share", hue="measure", order=order, errorbar=("ci", 95), ax=ax, seed=0)
+    ax.set_xticks(range(len(order)))
+    ax.set_xticklabels([f"{k}\n(n={counts[k]})" for k in order], fontsize=9)
     ax.set_xlabel("")
     ax.set_ylabel("share of the map / image")
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(f"does a concept's map fall on the objects that show it? {len(data)} concepts on "
+                 f"{data['image'].nunique()} images\n(means with 95% bootstrap intervals over the concepts)",
+                 fontsize=9)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
     return fig

@@ -1,10 +1,10 @@
 """Layers: how Grad-ECLIP maps change from early to late blocks.
 
-``layer_maps`` explains one image and prompt at every block separately (each block's map uses the
-gradient of the score with respect to that block's class-token attention output and that block's own
-q, k, v). ``layer_localisation`` scores every block's map on held-out synthetic scenes against the exact
-instance mask of the prompted object (pointing game, energy pointing game, IoU), and also the
-combination of all blocks (ReLU per block, then sum).
+``layer_maps`` (from ``gradeclip_utils.blocks``, which the layer viewer shares) explains one image and
+prompt at every block separately (each block's map uses the gradient of the score with respect to that
+block's class-token attention output and that block's own q, k, v). ``layer_localisation`` scores every
+block's map on held-out synthetic scenes against the exact instance mask of the prompted object (pointing
+game, energy pointing game, IoU), and also the combination of all blocks (ReLU per block, then sum).
 """
 
 from __future__ import annotations
@@ -13,45 +13,25 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .common import as_input, default_resolution
+from ..blocks import layer_maps
+
+__all__ = ["LAYER_OFFSET", "layer_localisation", "layer_maps", "plot_layer_strip", "plot_layer_summary"]
 
 #: held-out scene block for the per-layer localisation (disjoint from the evaluation command's blocks)
 LAYER_OFFSET = 700_000
 
 
-def layer_maps(model: Any, image: Any, prompts: str | Sequence[str], layers: Sequence[int] | None = None, *,
-               method: str = "grad_eclip", mode: str = "faithful", resolution: str | None = None) -> dict:
-    """{block: ImageExplanation} for every block (default: all image blocks), one block at a time."""
-    from .. import explain_image
-
-    resolution = resolution or default_resolution(model, image)
-    blocks = list(range(model.adapter.num_image_blocks)) if layers is None else list(layers)
-    return {block: explain_image(model, as_input(image), prompts, layers=(block,), method=method, mode=mode,
-                                 resolution=resolution, progress=False) for block in blocks}
-
-
 def plot_layer_strip(maps: dict, prompt: int = 0, panel_size: float = 2.0, cmap: str = "jet"):
-    """One row: the input, then the map of each block (each normalised on its own)."""
-    from matplotlib import pyplot as plt
-
-    from ..plotting import overlay
+    """One row: the input, then the map of each block, each min-max scaled on its own (the colour bar says
+    so)."""
+    from ..plotting import PanelRow, heat_map_grid
 
     blocks = sorted(maps)
     first = maps[blocks[0]]
-    picture = first.images[0]
-    fig, axes = plt.subplots(1, len(blocks) + 1, figsize=(panel_size * (len(blocks) + 1), panel_size + 0.5),
-                             squeeze=False)
-    axes = axes[0]
-    axes[0].imshow(picture)
-    axes[0].set_title("input", fontsize=9)
-    axes[0].axis("off")
-    for ax, block in zip(axes[1:], blocks):
-        ex = maps[block]
-        overlay(picture, ex.heatmap(0, prompt), ax=ax, cmap=cmap, title=f"block {block}")
-    fig.suptitle(f"“{first.prompts[prompt]}”: Grad-ECLIP per block (S = {float(first.scores[0, prompt]):.3f})",
-                 fontsize=10)
-    fig.tight_layout()
-    return fig
+    row = PanelRow(first.images[0], [maps[block].raw[0][prompt] for block in blocks], [f"block {b}" for b in blocks])
+    return heat_map_grid([row], title=f"\u201c{first.prompts[prompt]}\u201d: Grad-ECLIP per block "
+                                      f"(S = {float(first.scores[0, prompt]):.3f})", width_px=None,
+                         panel_inches=panel_size, cmap=cmap, pyplot=True)
 
 
 def layer_localisation(model: Any, n: int = 100, layers: Sequence[int] | None = None, *, tolerance: float = 4.0,

@@ -17,8 +17,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..samples import as_input, default_resolution, image_name
 from ..stats import bootstrap_ci
-from .common import as_input, default_resolution, image_name
 
 #: a selection of the prompt templates OpenAI used for zero-shot ImageNet
 TEMPLATES: tuple[str, ...] = (
@@ -35,7 +35,7 @@ SYNTHETIC_TEMPLATES: tuple[str, ...] = (
 )
 
 
-#: paraphrases of the bundled photographs' captions (the first of each is studies.common.PHOTO_CAPTIONS')
+#: paraphrases of the bundled photographs' captions (the first of each is samples.PHOTO_CAPTIONS')
 PHOTO_PARAPHRASES: dict[str, tuple[str, ...]] = {
     "astronaut": ("an astronaut in an orange suit in front of a flag", "a woman astronaut wearing an orange suit",
                   "a portrait of an astronaut with a flag behind her", "a smiling astronaut in an orange spacesuit"),
@@ -180,21 +180,20 @@ def plot_by(frame, column: str = "pos", value: str = "relative_importance", hue:
     if order is None:
         order = [p for p in POS_ORDER if p in present] if column == "pos" else sorted(present)
     order = [o for o in order if o in present]
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.75 * len(order) + 2), 3.4))
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.75 * len(order) + 2) + 1.6, 3.4), layout="constrained")
     sns.barplot(data=frame, x=column, y=value, hue=hue, order=order, errorbar=("ci", 95), ax=ax, seed=0,
                 color=None if hue else "#5dade2")
-    if value == "relative_importance":
-        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.text(-0.45, 1.0, "uniform share", fontsize=7, ha="left", va="bottom", color="grey")
+    if value == "relative_importance":  # named in the legend, which stands beside the bars
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--", label="uniform share (every word alike)")
     counts = frame.groupby(column).size()
     ax.set_xticks(range(len(order)))
     ax.set_xticklabels([f"{p}\n(n={counts[p]})" for p in order], fontsize=8)
     ax.set_xlabel(xlabel or ("part of speech (context-free lexicon tagger)" if column == "pos" else column))
     ax.set_ylabel(value.replace("_", " "))
-    if hue:
-        ax.legend(fontsize=8, frameon=False)
+    ax.set_title("means with 95% bootstrap intervals over words", fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
     return fig
 
 
@@ -301,6 +300,20 @@ def word_deletion_check(model: Any, image: Any, explanation: Any, *, image_index
     return frame
 
 
+def deletion_check_summary(frame) -> dict[str, Any]:
+    """What the word-removal check says, on average and prompt by prompt: the mean score drop for each
+    removal, the number of prompts, those where removing the most important word raises the score
+    (``top_raises``) or costs less than removing a random word (``top_below_random``), and those prompts'
+    most important words, most frequent first (``top_words_where_it_raises``)."""
+    from collections import Counter
+
+    raises = frame[frame["drop_top"] < 0]
+    return {"mean_drop": {k: float(frame[f"drop_{k}"].mean()) for k in ("top", "random", "bottom")},
+            "prompts": int(len(frame)), "top_raises": int(len(raises)),
+            "top_below_random": int((frame["drop_top"] < frame["drop_random"]).sum()),
+            "top_words_where_it_raises": dict(Counter(raises["top_word"]).most_common())}
+
+
 def plot_deletion_check(frame):
     """Score drop when removing the most / least important word or a random one (95% bootstrap CIs)."""
     import seaborn as sns
@@ -314,7 +327,9 @@ def plot_deletion_check(frame):
     sns.barplot(data=long, x="removed", y="score drop", errorbar=("ci", 95), ax=ax, color="#5dade2", seed=0)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xlabel("word removed")
-    ax.set_title(f"score drop S(prompt) - S(prompt without the word), {len(frame)} prompts", fontsize=9)
+    raises = int((frame["drop_top"] < 0).sum())
+    ax.set_title(f"score drop S(prompt) \u2212 S(prompt without the word), {len(frame)} prompts\n(means with 95% "
+                 f"bootstrap intervals; removing the most important word raises S for {raises})", fontsize=9)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return fig

@@ -46,7 +46,7 @@ from .dataset import HELDOUT_SEED_START, make_example
 from .scenes import Scene, generate_scene
 
 __all__ = ["zero_shot_eval", "choice_eval", "item_maps", "localisation_eval", "miss_breakdown", "evaluate",
-           "select_snapshot", "format_table", "main", "run_command", "OFFSETS", "MISS_KINDS"]
+           "select_snapshot", "format_table", "run_command", "OFFSETS", "MISS_KINDS"]
 
 #: disjoint blocks of the held-out range used by each part of the evaluation (and by the CI test)
 OFFSETS = {"zero_shot": 0, "choice": 100_000, "localisation": 200_000, "ci_zero_shot": 300_000,

@@ -49,6 +49,8 @@ class SceneConfig:
     max_occlusion: float = 0.3
     #: background grey level range and texture/noise strengths
     background_level: tuple[int, int] = (50, 125)
+    #: per-channel tint of the background grey, drawn uniformly from [-background_tint, background_tint]
+    background_tint: int = 8
     texture_contrast: tuple[int, int] = (6, 16)
     noise_std: tuple[float, float] = (3.0, 10.0)
     #: probabilities of a plain, textured or noisy background
@@ -111,7 +113,7 @@ def shape_mask(shape: str, cx: float, cy: float, radius: float, image_size: int 
 def _background(rng: np.random.Generator, cfg: SceneConfig) -> tuple[np.ndarray, dict]:
     n = cfg.image_size
     level = int(rng.integers(cfg.background_level[0], cfg.background_level[1] + 1))
-    tint = rng.integers(-8, 9, size=3)
+    tint = rng.integers(-cfg.background_tint, cfg.background_tint + 1, size=3)
     base = np.clip(level + tint, 0, 255).astype(np.float32)
     img = np.broadcast_to(base, (n, n, 3)).copy()
     kind = ["plain", "texture", "noise"][int(rng.choice(3, p=np.asarray(cfg.background_probs)))]

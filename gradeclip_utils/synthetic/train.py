@@ -27,7 +27,6 @@ import copy
 import csv
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -41,7 +40,7 @@ import torch.nn.functional as F
 from .config import OPEN_CLIP_CONFIG, build_model, image_mean_std, save_model
 from .dataset import HELDOUT_SEED_START, TRAIN_MIX, SyntheticBatches, images_to_tensor
 
-__all__ = ["contrastive_loss", "encode_text_trimmed", "train", "main", "run_command", "zero_shot_accuracy"]
+__all__ = ["contrastive_loss", "encode_text_trimmed", "train", "run_command", "zero_shot_accuracy"]
 
 
 def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, truth: torch.Tensor,
@@ -156,6 +155,93 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, args: dict, elapse
     tmp.replace(path)
 
 
+def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over ``_param_groups``, fused where this PyTorch build can."""
+    try:
+        return torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def _resume(path: Path, model, optimizer, args: dict) -> tuple[int, float]:
+    """Load the checkpoint at ``path`` into ``model`` and ``optimizer``: the step it was written at and the
+    seconds trained until then ((0, 0.0) when there is none). A note when it was written with other arguments."""
+    if not path.exists():
+        return 0, 0.0
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    if ck["args"] != args:
+        print(f"note: resuming with different arguments: {ck['args']} -> {args}", file=sys.stderr)
+    return int(ck["step"]), float(ck.get("elapsed", 0.0))
+
+
+def _loader(steps: int, batch_size: int, start: int, negatives: int, mix: Optional[dict[str, float]],
+            workers: int) -> torch.utils.data.DataLoader:
+    """Batches ``start`` to ``steps - 1`` of the data stream, in order (batch ``i`` is the same whatever the start)."""
+    data = SyntheticBatches(steps, batch_size, start=0, negatives=negatives, mix=mix)
+    subset = torch.utils.data.Subset(data, range(start, steps))
+    return torch.utils.data.DataLoader(subset, batch_size=None, shuffle=False, num_workers=workers,
+                                       prefetch_factor=4 if workers else None, persistent_workers=False)
+
+
+def _open_log(path: Path, resume: bool, start: int):
+    """``OUT/log.csv`` open for writing, and its CSV writer: a new log with its header, or, when resuming, the
+    existing one without the rows written after the checkpoint (step ``start``)."""
+    new_log = not (resume and path.exists())
+    if not new_log:  # drop log rows written after the checkpoint we resume from
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows([r for r in rows if not r[0].isdigit() or int(r[0]) <= start])
+    log_f = open(path, "w" if new_log else "a", newline="")
+    log = csv.writer(log_f)
+    if new_log:
+        log.writerow(["step", "loss", "lr", "logit_scale", "elapsed_s", "zero_shot"])
+    return log_f, log
+
+
+def _step(model, tokenizer, optimizer, batch: dict, mean, std, lr: float) -> float:
+    """One optimisation step on ``batch`` at learning rate ``lr`` (gradients clipped to norm 1, the logit
+    scale kept at most 100); returns the batch's loss."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    x = (batch["images"].float().div_(255.0) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(
+        std).view(1, 3, 1, 1)
+    tokens = tokenizer(batch["texts"])
+    imf = F.normalize(model.encode_image(x), dim=-1)
+    txf = F.normalize(encode_text_trimmed(model, tokens), dim=-1)
+    loss = contrastive_loss(imf, txf, batch["truth"], model.logit_scale.exp())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+    return loss.item()
+
+
+def _stop_reason(done: int, steps: int, stop_at: Optional[int], max_minutes: Optional[float],
+                 t0: float) -> Optional[str]:
+    """Why the run stops early after ``done`` steps (``--stop-at``, the time limit), or None."""
+    if done < steps and stop_at is not None and done >= stop_at:
+        return "--stop-at"
+    if done < steps and max_minutes is not None and time.time() - t0 > 60 * max_minutes:
+        return "time limit"
+    return None
+
+
+def _finish(model, out: Path, config: dict, export: Optional[str], summary: dict) -> None:
+    """Export the model to ``OUT/model`` (and to ``export``) when every step is done; write ``OUT/summary.json``."""
+    if summary["steps_done"] >= summary["steps"]:
+        model.eval()
+        save_model(model, out / "model", config)
+        if export:
+            save_model(model, export, config)
+    with open(out / "summary.json", "w") as f:
+        json.dump(summary, f, indent=2, default=float)
+
+
 def train(out: str | Path, steps: int = 3000, batch_size: int = 128, lr: float = 1e-3,
           weight_decay: float = 0.1, warmup: int = 100, seed: int = 0, threads: int = 2,
           checkpoint_minutes: float = 3.0, resume: bool = False, negatives: int = 2,
@@ -185,61 +271,23 @@ def train(out: str | Path, steps: int = 3000, batch_size: int = 128, lr: float =
     if mix is not None and mix != TRAIN_MIX:
         args["mix"] = dict(mix)
     mean, std = image_mean_std(config)
+    # built right after seeding: the initial weights are the seeded generator's first draws
     model = build_model(config)
     tokenizer = _tokenizer(config)
-    try:
-        optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6,
-                                      fused=True)
-    except (RuntimeError, TypeError):
-        optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    optimizer = _optimizer(model, lr, weight_decay)
     ckpt_path = out / "checkpoint.pt"
-    start, elapsed = 0, 0.0
-    if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        start, elapsed = int(ck["step"]), float(ck.get("elapsed", 0.0))
-        if ck["args"] != args:
-            print(f"note: resuming with different arguments: {ck['args']} -> {args}", file=sys.stderr)
+    start, elapsed = _resume(ckpt_path, model, optimizer, args) if resume else (0, 0.0)
     model.train()
 
-    data = SyntheticBatches(steps, batch_size, start=0, negatives=negatives, mix=mix)
-    subset = torch.utils.data.Subset(data, range(start, steps))
-    loader = torch.utils.data.DataLoader(subset, batch_size=None, shuffle=False, num_workers=workers,
-                                         prefetch_factor=4 if workers else None,
-                                         persistent_workers=False)
-    log_path = out / "log.csv"
-    new_log = not (resume and log_path.exists())
-    if not new_log:  # drop log rows written after the checkpoint we resume from
-        with open(log_path, newline="") as f:
-            rows = list(csv.reader(f))
-        with open(log_path, "w", newline="") as f:
-            csv.writer(f).writerows([r for r in rows if not r[0].isdigit() or int(r[0]) <= start])
-    log_f = open(log_path, "w" if new_log else "a", newline="")
-    log = csv.writer(log_f)
-    if new_log:
-        log.writerow(["step", "loss", "lr", "logit_scale", "elapsed_s", "zero_shot"])
+    loader = _loader(steps, batch_size, start, negatives, mix, workers)
+    log_f, log = _open_log(out / "log.csv", resume, start)
     t0 = time.time() - elapsed
     last_ckpt = time.time()
     bar = tqdm(total=steps, initial=start, disable=not progress, dynamic_ncols=True, mininterval=2.0)
     ema, step, zs = None, start, float("nan")
     for step, batch in enumerate(loader, start=start):
         cur_lr = _lr_at(step, steps, lr, warmup)
-        for g in optimizer.param_groups:
-            g["lr"] = cur_lr
-        x = (batch["images"].float().div_(255.0) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(
-            std).view(1, 3, 1, 1)
-        tokens = tokenizer(batch["texts"])
-        imf = F.normalize(model.encode_image(x), dim=-1)
-        txf = F.normalize(encode_text_trimmed(model, tokens), dim=-1)
-        loss = contrastive_loss(imf, txf, batch["truth"], model.logit_scale.exp())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        lv = loss.item()
+        lv = _step(model, tokenizer, optimizer, batch, mean, std, cur_lr)
         ema = lv if ema is None else 0.95 * ema + 0.05 * lv
         done = step + 1
         if eval_every and (done % eval_every == 0 or done == steps):
@@ -249,11 +297,7 @@ def train(out: str | Path, steps: int = 3000, batch_size: int = 128, lr: float =
                       f"{time.time() - t0:.1f}", "" if math.isnan(zs) else f"{zs:.3f}"])
         bar.set_postfix(loss=f"{ema:.3f}", zs=f"{zs:.2f}", refresh=False)
         bar.update(1)
-        stop = None  # why the run stops early, with a checkpoint to resume from
-        if done < steps and stop_at is not None and done >= stop_at:
-            stop = "--stop-at"
-        elif done < steps and max_minutes is not None and time.time() - t0 > 60 * max_minutes:
-            stop = "time limit"
+        stop = _stop_reason(done, steps, stop_at, max_minutes, t0)  # with a checkpoint to resume from
         if stop or time.time() - last_ckpt > 60 * checkpoint_minutes or done == steps:
             log_f.flush()
             _save_checkpoint(ckpt_path, model, optimizer, done, args, time.time() - t0, config)
@@ -268,15 +312,8 @@ def train(out: str | Path, steps: int = 3000, batch_size: int = 128, lr: float =
     step_done = step + 1 if steps > start else start
     summary = {"steps_done": step_done, "steps": steps, "wall_s": round(time.time() - t0, 1),
                "final_loss_ema": ema, "zero_shot_monitor": zs, "args": args}
-    if step_done >= steps:
-        model.eval()
-        save_model(model, out / "model", config)
-        if export:
-            save_model(model, export, config)
-    with open(out / "summary.json", "w") as f:
-        json.dump(summary, f, indent=2, default=float)
+    _finish(model, out, config, export, summary)
     return summary
-
 
 
 def run_command(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:

@@ -1,0 +1,240 @@
+"""The explained score: what a method's map explains, as a function of the image-text cosines.
+
+``SCORES`` (the setting ``score`` of ``ExplainConfig``, ``explain_image`` and ``explain_text``):
+
+- ``"cosine"`` (default): S = cos(f_image, f_text), the image-text cosine.
+- ``"logit"``: s x cos with s the model's logit scale (exp of its learnt ``logit_scale``, 100 for trained
+  CLIPs): the logit of CLIP's zero-shot classifier. Its gradient is s times the cosine's, so the maps of
+  a method linear in the gradient (Grad-ECLIP, Grad-CAM, LeGrad) are the cosine's times s.
+- ``"probability"``: each prompt's softmax among the prompts given, at the model's logit scale:
+  p_k = exp(s c_k) / sum_j exp(s c_j), the zero-shot class probability. With a single prompt p = 1
+  whatever the image (its map is identically zero): refused.
+- ``"contrast"``: S(a) - S(b) = cos(a) - cos(b) of two prompts, which of the image makes it match prompt a
+  rather than prompt b. The prompts come as pairs (a, b); K pairs give K maps, labelled "a rather than b".
+
+Image side (``of_images``): the (B, T) cosines of B images against T target rows become the (B, K)
+explained scores: T = K rows, or 2K for the contrast (rows a_1, b_1, a_2, b_2, ...). Each image's scores
+depend only on its own row of cosines, so the gradient of all images' k-th scores with respect to
+per-image inputs is each image's own gradient (the one-hot cotangents the methods pull). Pulled back
+through the score, the one-hot cotangent e_k of score k is a cotangent on the cosines: s e_k (logit),
+s p_k (e_k - p) (probability), e_a - e_b (contrast): a linear combination of the per-prompt gradients, so
+K explained scores cost one batched backward of K cotangents, as K cosines do (``pull`` is the same
+combination of already computed per-prompt gradients).
+
+Text side (``of_texts``, word importance): the (K, B) cosines of K captions against B images. The
+probability is caption k's softmax among the captions given for image b; the gradient of p_kb with
+respect to caption k's own tokens goes through c_kb alone (the other captions' tokens are other inputs),
+so p_kb is written as a function of c_kb with the other captions' logits as constants:
+p_kb = sigmoid(s c_kb - rest_kb), rest_kb = log sum_{j != k} exp(s c_jb). Its gradient is
+s p_kb (1 - p_kb) times the cosine's: a positive multiple, so after the word importances are normalised
+to sum 1 they equal the cosine's (for Grad-ECLIP, whose relevance is linear in the gradient before its
+ReLU); the scores are the probabilities. ``rest`` comes from all captions even when ``explain_text``
+runs them in chunks. The contrast has no text side (``TEXT_CONTRAST``).
+
+Columns (``columns``, image side): the explained scores kept of the K the target rows give, in the order
+given (repeats allowed): ``of_images`` and ``pull`` return those columns only, computed among every row, so
+that a method maps a few of the K at the cost of those few. It is what the probability of a few classes
+among a whole classifier needs (the dataset job's own classes, the evaluation's class of each image): the
+softmax runs over every class, and the methods pull only the chosen columns' cotangents.
+
+The probability is computed in float64 (a (B, K) matrix: no cost), so that p (1 - p) of a prompt whose
+probability is close to 1 does not round to zero before s x cos differs by about 36.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from ..adapters import UnsupportedMethodError
+
+#: the explained scores, the default first
+SCORES: tuple[str, ...] = ("cosine", "logit", "probability", "contrast")
+DEFAULT_SCORE = "cosine"
+#: the scores that need the model's logit scale
+SCALED: tuple[str, ...] = ("logit", "probability")
+#: how figures name each score's value
+SYMBOLS: dict[str, str] = {"cosine": "S", "logit": "logit", "probability": "p", "contrast": "ΔS"}
+
+#: why the contrast has no text side
+TEXT_CONTRAST = ("the contrast S(a) - S(b) has no word importance: captions a and b have separate tokens, so its "
+                 "gradient with respect to caption a's words is the cosine's and with respect to caption b's the "
+                 "cosine's negated, which score='cosine' already shows; explain each caption's cosine instead")
+
+
+def check_score(score: Any) -> str:
+    """``score`` when it is one of ``SCORES``; otherwise a ValueError naming the choices."""
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    return score
+
+
+def check_count(score: str, count: int, what: str = "prompt") -> None:
+    """A ValueError, before any work, when ``count`` of ``what`` (a prompt, or a text of ``explain_text``)
+    cannot carry ``score``: the probability among one is 1 whatever the input."""
+    if score == "probability" and count < 2:
+        raise ValueError(f"score='probability' is each {what}'s softmax among the {what}s given: with a single {what} "
+                         f"it is 1 whatever the input, so its map is identically zero; give two {what}s or more (or "
+                         "explain the cosine or the logit)")
+
+
+def others_logsumexp(logits: Tensor, dim: int = 0) -> Tensor:
+    """log sum_{j != i} exp(logits_j) along ``dim`` for every i, without cancellation: from the log-sum-exp of
+    all, log1p(-softmax_i) for every entry but the largest (whose softmax is at most 1/2 there), and the
+    log-sum-exp of the others directly for the largest. -inf where there are no others."""
+    total = torch.logsumexp(logits, dim, keepdim=True)
+    rest = total + torch.log1p(-(logits - total).exp())
+    top = logits.argmax(dim, keepdim=True)
+    without_top = logits.scatter(dim, top, float("-inf"))
+    return rest.scatter(dim, top, torch.logsumexp(without_top, dim, keepdim=True))
+
+
+@dataclass(frozen=True, eq=False)
+class ExplainedScore:
+    """One explained score, resolved for a model: its ``name`` (one of ``SCORES``), the model's logit
+    ``scale`` (used by the logit and the probability) and, on the text side, ``rest`` (K, B): the
+    log-sum-exp of the logits of the other captions given for each image (float64), when the method sees
+    only some of them (``explain_text``'s chunks); without it the captions of the call are all of them.
+    On the image side, ``columns``: the explained scores kept, of the K the target rows give (see the
+    module docstring); None keeps all K."""
+
+    name: str = DEFAULT_SCORE
+    scale: float = 1.0
+    rest: Tensor | None = None
+    columns: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        check_score(self.name)
+        if self.columns is not None:
+            object.__setattr__(self, "columns", tuple(int(c) for c in self.columns))
+
+    @property
+    def rows(self) -> int:
+        """Target rows per explained score: 2 for the contrast (a and b), else 1."""
+        return 2 if self.name == "contrast" else 1
+
+    def count(self, rows: int) -> int:
+        """The number of explained scores from ``rows`` target rows, or of the ``columns`` kept of them (a
+        ValueError for an odd contrast, or a column that the rows do not give)."""
+        if rows % self.rows:
+            raise ValueError(f"score='contrast' takes its targets in pairs (a, b): got {rows} rows")
+        count = rows // self.rows
+        if self.columns is None:
+            return count
+        if not self.columns or not all(0 <= c < count for c in self.columns):
+            raise ValueError(f"columns must be one or more of the {count} explained scores' indices, got "
+                             f"{list(self.columns)}")
+        return len(self.columns)
+
+    def kept(self, values: Tensor, dim: int = -1) -> Tensor:
+        """``values`` of every explained score along ``dim``, restricted to ``columns`` (as they are without)."""
+        if self.columns is None:
+            return values
+        self.count(values.shape[dim] * self.rows)
+        return values.index_select(dim, torch.tensor(self.columns, device=values.device))
+
+    # ------------------------------------------------------------------------------------ image side
+    def of_images(self, cosines: Tensor) -> Tensor:
+        """(B, T) cosines of images against target rows -> (B, K) explained scores (float32; the cosines
+        themselves for the cosine), or their ``columns``."""
+        return self.kept(self._all_of_images(cosines))
+
+    def _all_of_images(self, cosines: Tensor) -> Tensor:
+        if self.name == "cosine":
+            return cosines
+        if self.name == "logit":
+            return self.scale * cosines
+        if self.name == "probability":
+            return torch.softmax(self.scale * cosines.double(), dim=-1).to(cosines.dtype)
+        if cosines.shape[-1] % 2:
+            raise ValueError(f"score='contrast' takes its targets in pairs (a, b): got {cosines.shape[-1]} rows")
+        return cosines[..., 0::2] - cosines[..., 1::2]
+
+    def pull(self, per_row: Tensor, cosines: Tensor) -> Tensor:
+        """Gradients of the explained scores from the gradients of the cosines: ``per_row`` (N, T, ...)
+        holds d cos[n, t] / d x[n], ``cosines`` (N, T) their values; returns (N, K, ...) d S[n, k] / d x[n],
+        the combinations the cotangents of ``of_images`` make (the K > D path of Grad-ECLIP), or their
+        ``columns``."""
+        if self.name == "cosine":
+            return self.kept(per_row, dim=1)
+        if self.name == "logit":
+            return self.scale * self.kept(per_row, dim=1)
+        if self.name == "contrast":
+            return self.kept(per_row[:, 0::2] - per_row[:, 1::2], dim=1)
+        p = torch.softmax(self.scale * cosines.detach().double(), dim=-1).to(per_row.dtype)  # (N, T)
+        extra = (1,) * (per_row.ndim - 2)
+        mean = (p.reshape(*p.shape, *extra) * per_row).sum(dim=1, keepdim=True)  # sum_t p_t grad_t
+        return self.scale * self.kept(p.reshape(*p.shape, *extra), dim=1) * (self.kept(per_row, dim=1) - mean)
+
+    # ------------------------------------------------------------------------------------- text side
+    def of_texts(self, cosines: Tensor) -> Tensor:
+        """(K, B) cosines of captions against images -> (K, B) explained scores, each entry a function of
+        its own cosine (the other captions' logits held constant: ``rest``)."""
+        if self.name == "cosine":
+            return cosines
+        if self.name == "logit":
+            return self.scale * cosines
+        if self.name == "contrast":
+            raise ValueError(TEXT_CONTRAST)
+        logits = self.scale * cosines.double()
+        return torch.sigmoid(logits - self.text_rest(cosines)).to(cosines.dtype)
+
+    def text_rest(self, cosines: Tensor) -> Tensor:
+        """``rest`` (K, B) for the (K, B) cosines of a text call (float64, no graph): as given, or from these
+        cosines when the call's captions are all of them."""
+        if self.rest is not None:
+            return self.rest.to(device=cosines.device, dtype=torch.float64)
+        return others_logsumexp(self.scale * cosines.detach().double(), dim=0)
+
+    def pull_texts(self, per_entry: Tensor, cosines: Tensor) -> Tensor:
+        """As ``pull`` for the text side: ``per_entry`` (K, B, ...) holds d cos[k, b] / d x[k]; each entry is
+        scaled by d S[k, b] / d cos[k, b]."""
+        if self.name == "cosine":
+            return per_entry
+        with torch.enable_grad():
+            c = cosines.detach().requires_grad_(True)
+            (slope,) = torch.autograd.grad(self.of_texts(c).sum(), [c])  # entry-wise: the entries are independent
+        return slope.reshape(*slope.shape, *(1,) * (per_entry.ndim - 2)).to(per_entry.dtype) * per_entry
+
+
+#: the default: the cosine, as every method explained it before the setting existed
+COSINE = ExplainedScore()
+
+
+def has_logit_scale(adapter: Any) -> bool:
+    """Whether ``adapter``'s model carries a logit scale (a stand-in adapter that does not say is taken to)."""
+    return bool(getattr(adapter, "has_logit_scale", True))
+
+
+def scale_refusal(score: str, adapter: Any) -> str | None:
+    """Why ``adapter``'s model cannot give ``score``: None, unless the score needs the logit scale and the
+    model carries none (the message names the score and the family)."""
+    if score in SCALED and not has_logit_scale(adapter):
+        return (f"score={score!r} needs the model's logit scale (exp of its learnt logit_scale), which this "
+                f"{getattr(adapter, 'family', 'CLIP')} model does not carry (a Hugging Face vision/text pair keeps it "
+                "in the CLIPModel it came from: load that instead); explain the cosine or the contrast")
+    return None
+
+
+def explained_score(score: str | ExplainedScore = DEFAULT_SCORE, adapter: Any = None,
+                    rest: Tensor | None = None, columns: Sequence[int] | None = None) -> ExplainedScore:
+    """``score`` resolved for ``adapter``'s model: an ``ExplainedScore`` as it is, or a name with the model's
+    logit scale (``rest``, ``columns``: see ``ExplainedScore``). A score that needs a logit scale the model
+    does not carry is an ``UnsupportedMethodError`` naming the score and the family."""
+    if isinstance(score, ExplainedScore):
+        return score
+    check_score(score)
+    if score == DEFAULT_SCORE and rest is None and columns is None:
+        return COSINE
+    reason = scale_refusal(score, adapter)
+    if reason is not None:
+        raise UnsupportedMethodError(reason)
+    scale = float(getattr(adapter, "logit_scale", 1.0)) if adapter is not None else 1.0
+    return ExplainedScore(score, scale, rest, None if columns is None else tuple(columns))
+
+
+__all__ = ["COSINE", "DEFAULT_SCORE", "SCALED", "SCORES", "SYMBOLS", "TEXT_CONTRAST", "ExplainedScore",
+           "check_count", "check_score", "explained_score", "has_logit_scale", "others_logsumexp", "scale_refusal"]
