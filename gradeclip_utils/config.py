@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Mapping, Sequence
 
 from .adapters import MODES
+from .budget import check_budget
 from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS
 from .methods.grad_eclip import QK_CHOICES
 from .methods.registry import SETTINGS, MethodSpec, find_spec
@@ -36,7 +37,10 @@ class ExplainConfig:
     turns them into absolute indices for a model). ``mode`` is one of ``MODES``, ``qk`` of ``QK_CHOICES``,
     ``resolution`` of ``RESOLUTIONS`` and ``score`` of ``SCORES`` (``methods/scores.py``: "cosine", the
     default, "logit", "probability" or "contrast"); another value is a ValueError naming the choices, raised
-    when the config is made. ``options`` are the method's own (see its ``MethodSpec``).
+    when the config is made. ``options`` are the method's own (see its ``MethodSpec``). ``memory_budget``: the
+    bytes a call's work may hold (None: ``budget.default_budget`` of the model's device), which sets the
+    chunks the runner cuts it into; the chunks are recorded (in the options and the result's settings),
+    not the budget.
 
     A registered method that does not use a setting (its spec's ``uses``) refuses a value of it other
     than the default, by name and with what to use instead (``check_uses``): a setting that would be
@@ -52,9 +56,12 @@ class ExplainConfig:
     max_patches: int = DEFAULT_MAX_PATCHES
     options: Mapping[str, Any] = field(default_factory=dict)
     score: str = DEFAULT_SCORE
+    memory_budget: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, MODES)
+        if self.memory_budget is not None:
+            check_budget(self.memory_budget)
         check_choice("qk", self.qk, QK_CHOICES)
         check_choice("resolution", self.resolution, RESOLUTIONS)
         check_choice("score", self.score, SCORES)
@@ -95,9 +102,10 @@ class ExplainConfig:
 
     def keywords(self) -> dict[str, Any]:
         """The keywords of ``explain_image`` that make this config (the options among them)."""
+        budget = {} if self.memory_budget is None else {"memory_budget": self.memory_budget}
         return {"method": self.method, "layers": self.layers, "mode": self.mode, "qk": self.qk,
                 "resolution": self.resolution, "max_patches": self.max_patches, "score": self.score,
-                **self.options}
+                **self.options, **budget}
 
     def to_settings(self, model: Mapping[str, Any] | None = None, *, options: bool = True) -> dict[str, Any]:
         """What a result's ``settings`` hold: method, layers (a list), mode, qk, resolution and the explained

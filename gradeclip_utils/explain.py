@@ -6,6 +6,7 @@ batch runs through the one safe runner (``session.run_image_method`` / ``run_tex
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm  # text progress: it stays readable in a saved or reloaded notebook (a widget bar does not)
 
 from .adapters import UnsupportedMethodError
-from .budget import caption_bytes, chunk_size, default_budget
+from .budget import caption_bytes, chunk_size, default_budget, grid_of, image_plan, resolve_budget
 from .config import ExplainConfig
 from .inputs import DEFAULT_MAX_PATCHES, group_by_shape, prepare_images
 from .loading import LoadedModel, as_loaded
@@ -21,7 +22,7 @@ from .methods import (cosine_scores, get_image_method, get_spec, get_text_method
                       refusal)
 from .methods.registry import SETTING_DEFAULTS, find_spec
 from .methods.scores import DEFAULT_SCORE, check_count, explained_score, others_logsumexp, scale_refusal
-from .prompts import encode_texts, prompt_targets, zero_shot_classifier
+from .prompts import encode_texts, prompt_count, prompt_targets, zero_shot_classifier
 from .results import ImageExplanation, TextExplanation
 from .session import check_supported, explaining, release_frames, run_image_method, run_text_method
 from .text import as_text_list, cut_words, group_words, token_pieces
@@ -64,7 +65,7 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
                   layers: int | Sequence[int] = (-1,), mode: str = "faithful", qk: str = "raw",
                   resolution: str = "native", labels: Sequence[str] | None = None, batch_size: int = 8,
                   max_patches: int = DEFAULT_MAX_PATCHES, progress: bool | None = None,
-                  score: str = DEFAULT_SCORE, **options: Any) -> ImageExplanation:
+                  score: str = DEFAULT_SCORE, memory_budget: int | None = None, **options: Any) -> ImageExplanation:
     """Heat maps of images against prompts.
 
     ``images``: a path, a PIL image, a numpy array or integer tensor holding a picture (HWC or CHW,
@@ -99,6 +100,15 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
     whichever the score (the probability's and the contrast's cotangents are combinations of the
     per-prompt ones). Returns an ImageExplanation with raw maps (B, K, h, w), scores (B, K) and the settings used.
 
+    Memory: the images run in chunks of at most ``batch_size`` whose estimated peak fits ``memory_budget``
+    bytes (by default half the memory free on the model's device, at most 1 GiB), planned once for the
+    largest patch grid from the method's declared cost (``budget.py``), which also sets the method's own
+    inner chunk (GAME's targets per backward pass, M2IB's noise samples and RISE's masks per forward) to
+    what fits. The settings record the images per chunk (``image_chunk``) and the inner chunk under its
+    option's name: passing them back (``batch_size=``, the option) repeats the call's chunks. Chunks give
+    the maps of one batch (images are independent; the inner chunks draw the same masks and noise). A budget
+    below one image with one unit is a ValueError, before the model's first forward, naming the bytes it needs.
+
     State: nothing is left on the model: training flags and ``.grad`` tensors are restored, ``requires_grad`` is
     never touched, no hooks are registered, and no graph outlives the call, also when
     it raises. The same inputs give bit-identical maps on the CPU. Threads: calls on one model are
@@ -107,27 +117,35 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
     """
     model = as_loaded(model)
     config = ExplainConfig(method=method, layers=layers, mode=mode, qk=qk, resolution=resolution,
-                           max_patches=max_patches, options=options, score=score)
+                           max_patches=max_patches, options=options, score=score, memory_budget=memory_budget)
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     get_image_method(method)  # an unknown name is an error before any work
-    check_supported(model, get_spec(method))  # so is a method the model's family cannot run
+    spec = get_spec(method)
+    check_supported(model, spec)  # so is a method the model's family cannot run
     check_score(model, config.score)  # and a score the model cannot give
     adapter = model.adapter
     config = config.resolved(adapter, "image")
-    targets, names = prompt_targets(model, prompts, labels, score=config.score)
-    config = config.with_options(prepare_options(method, model, targets, config.options))
     prepared = prepare_images(model, images, config.resolution, max_patches=config.max_patches)
+    # the chunks, planned before the model's first forward (the prompts' encoding) for the largest grid
+    budget = resolve_budget(config.memory_budget, model.device)
+    grid = max((grid_of(adapter, p.pixels.shape) for p in prepared), key=lambda g: g[0] * g[1])
+    plan = image_plan(adapter, spec, grid, prompt_count(prompts, config.score), config.options,
+                      adapter.resolve_layers(config.layers, "image"), budget, min(batch_size, len(prepared)))
+    targets, names = prompt_targets(model, prompts, labels, score=config.score)
+    config = config.with_options({**prepare_options(method, model, targets, config.options), **plan.options})
+    running = replace(config, memory_budget=budget)  # every batch planned with the same budget
     raw: list[torch.Tensor | None] = [None] * len(prepared)
     scores = torch.zeros(len(prepared), len(names))
-    batches = [indices[i:i + batch_size] for indices in group_by_shape(prepared).values()
-               for i in range(0, len(indices), batch_size)]
+    batches = [indices[i:i + plan.images] for indices in group_by_shape(prepared).values()
+               for i in range(0, len(indices), plan.images)]
     show = progress if progress is not None else len(batches) > 1
     try:
         with explaining(model.model):  # the lock held over all the batches
             for batch in tqdm(batches, desc=f"explain ({method})", disable=not show, leave=False):
                 pixels = torch.stack([prepared[i].pixels for i in batch]).to(model.device)
-                out = run_image_method(model, config, pixels, targets, inputs=[prepared[i].source for i in batch])
+                out = run_image_method(model, running, pixels, targets, inputs=[prepared[i].source for i in batch],
+                                       image_chunk=plan.images)
                 del pixels
                 for row, index in enumerate(batch):
                     raw[index] = out.maps[row].clone()
@@ -137,7 +155,8 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
         release_frames(error)
         raise
     return ImageExplanation(raw=raw, scores=scores, prompts=names, images=[p.display for p in prepared],
-                            settings=config.to_settings(model.describe()), config=config)
+                            settings={**config.to_settings(model.describe()), "image_chunk": plan.images},
+                            config=config)
 
 
 @torch.no_grad()

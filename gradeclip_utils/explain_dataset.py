@@ -399,7 +399,7 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
                     layers: int | Sequence[int] = (-1,), mode: str = "faithful", qk: str = "raw",
                     score: str = DEFAULT_SCORE, resolution: str = "native", max_patches: int | None = None,
                     batch_size: int = 8, shard_size: int = 256, workers: int = 0, overwrite: bool = False,
-                    progress: bool = True, context: Context | None = None) -> Path:
+                    progress: bool = True, context: Context | None = None, memory_budget: int | None = None) -> Path:
     """Explain every image under ``folder`` and write the maps into ``out`` (see the module docstring);
     returns the path of ``index.json``.
 
@@ -409,13 +409,15 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
     contrast takes ``prompts`` as pairs, each a line "a | b" or a pair (a, b), and no classes). ``context``:
     this process's place in a run on several processes (every rank calls this with the same arguments). A
     folder that holds a run with the same settings is resumed; other settings are an error unless
-    ``overwrite``.
+    ``overwrite``. ``memory_budget``: bytes one batch's work may hold, as ``explain_image``'s (a batch is cut
+    into chunks that fit it; the maps are those of the whole batch, and the budget is not recorded).
     """
     context = context or Context(device=model.device)
     folder, out = Path(folder), Path(out)
     config = _checked_config(model, prompts, classes, templates, batch_size, shard_size, method=method,
                              layers=layers, mode=mode, qk=qk, score=score, resolution=resolution,
-                             max_patches=DEFAULT_MAX_PATCHES if max_patches is None else max_patches)
+                             max_patches=DEFAULT_MAX_PATCHES if max_patches is None else max_patches,
+                             memory_budget=memory_budget)
     job = _job(model, folder, out, config, prompts, classes, templates, batch_size, shard_size)
     context.check_same("model weights", job.settings["weights"])
     context.on_main(lambda: job.prepare(context.world_size, overwrite, progress and context.is_main))
@@ -446,7 +448,7 @@ def run_command(args: argparse.Namespace) -> Path:
                                     qk=args.qk, score=args.score, resolution=args.resolution,
                                     max_patches=args.max_patches, batch_size=args.batch_size,
                                     shard_size=args.shard_size, workers=workers, overwrite=args.overwrite,
-                                    context=context)
+                                    context=context, memory_budget=args.memory_budget)
     finally:
         context.close()
     if context.is_main:

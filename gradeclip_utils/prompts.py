@@ -50,6 +50,22 @@ def zero_shot_classifier(model: LoadedModel, classnames: Sequence[str], template
     return torch.cat(rows)
 
 
+def prompt_count(prompts: Any, score: str = DEFAULT_SCORE) -> int:
+    """How many explained scores (K) ``prompt_targets`` makes of ``prompts`` with ``score``, without encoding
+    them (nor checking them): the contrast's pairs count one each."""
+    if isinstance(prompts, (np.ndarray, torch.Tensor)):
+        return 1 if prompts.ndim < 2 else int(prompts.shape[0])
+    if isinstance(prompts, str):
+        return 1
+    if score == "contrast" and isinstance(prompts, tuple) and len(prompts) == 2 and all(
+            isinstance(p, str) for p in prompts):
+        return 1  # one pair (``_pair_texts``)
+    try:
+        return max(1, len(prompts))
+    except TypeError:
+        return 1
+
+
 def prompt_targets(model: LoadedModel, prompts: Any, labels: Sequence[str] | None = None,
                    score: str = DEFAULT_SCORE) -> tuple[torch.Tensor, list[str]]:
     """Prompts as unit-normalised targets (T, D) and the names of the K explained scores.

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .adapters import UnsupportedMethodError
+from .budget import grid_of, image_plan, resolve_budget
 from .config import ExplainConfig
 from .guard import explaining, model_lock, release_frames
 from .methods.outputs import MapOutput, TokenOutput
@@ -55,7 +56,7 @@ def _weights_hint(inputs: Sequence[str] | None) -> str:
 
 def run_image_method(model: Any, config: ExplainConfig, pixels: torch.Tensor, targets: torch.Tensor, *,
                      spec: MethodSpec | None = None, inputs: Sequence[str] | None = None,
-                     columns: Sequence[int] | None = None) -> MapOutput:
+                     columns: Sequence[int] | None = None, image_chunk: int | None = None) -> MapOutput:
     """Run the image method ``config.method`` on one batch: raw maps (B, K, h, w) and scores (B, K),
     detached, float32, on the CPU.
 
@@ -75,15 +76,63 @@ def run_image_method(model: Any, config: ExplainConfig, pixels: torch.Tensor, ta
     The probability's softmax still runs over every target row (``ExplainedScore.columns``: a few classes'
     probabilities among a whole classifier); every other score of a column depends on its own rows only,
     which are then all the method is given.
+
+    Memory: the batch runs in chunks whose estimated peak fits ``config.memory_budget`` bytes (None: the
+    default budget of the model's device; ``budget.image_plan`` from the method's declared cost for the K
+    explained scores, or the ``columns``): at most ``image_chunk`` images (the caller's cap, default the
+    batch) per call of the method, and the method's own inner chunk (its option, e.g. GAME's ``chunk``,
+    lowered to what fits, never raised). Images are independent and every chunk gets every target row, so
+    the chunks give the whole batch's maps, the probability's softmax included (a paired method's explained
+    scores and a keyed method's keys are cut with its images; the paired probability stays among all the
+    batch's targets). A budget below one image with one unit is a ValueError before the method runs.
     """
     fn = spec.image if spec is not None else get_image_method(config.method)
     spec = spec if spec is not None else get_spec(config.method)
+    pixels = pixels.to(model.device)
+    paired = spec.paired and bool(config.options.get("paired"))
+    count = len(columns) if columns is not None else max(1, targets.shape[0] // _rows(config))
+    config, size = _chunks(model, config, spec, pixels, 1 if paired else count, image_chunk)
+    if size >= pixels.shape[0]:
+        return _explained(model, config, spec, fn, pixels, targets, inputs, columns)
+    parts = []
+    for lo in range(0, pixels.shape[0], size):
+        hi = lo + size
+        options = dict(config.options)
+        if spec.keyed and "keys" in options:  # a keyed method's keys name its images
+            options["keys"] = list(options["keys"])[lo:hi]
+        names = None if inputs is None else list(inputs)[lo:hi]
+        # a paired call's explained scores are its images': each chunk keeps its own, among every target row
+        part = list(range(count) if columns is None else columns)[lo:hi] if paired else columns
+        parts.append(_explained(model, config.with_options(options), spec, fn, pixels[lo:hi], targets, names, part))
+    return MapOutput(maps=torch.cat([p.maps for p in parts]), scores=torch.cat([p.scores for p in parts]))
+
+
+def _rows(config: ExplainConfig) -> int:
+    """The target rows of one explained score: two for the contrast's pairs, else one."""
+    return 2 if config.score == "contrast" else 1
+
+
+def _explained(model: Any, config: ExplainConfig, spec: MethodSpec, fn: Callable[..., Any], pixels: torch.Tensor,
+               targets: torch.Tensor, inputs: Sequence[str] | None, columns: Sequence[int] | None) -> MapOutput:
+    """One call of the image method on ``pixels`` (on the model's device), its ``columns`` of the explained
+    scores: the probability's (of a method that takes the score) among every target row, any other score's
+    from its own rows only."""
     if columns is not None and not (config.score == "probability" and "score" in spec.uses):
-        rows = 2 if config.score == "contrast" else 1  # the target rows of one explained score
+        rows = _rows(config)
         targets, columns = targets[[c * rows + r for c in columns for r in range(rows)]], None
-    maps, scores = _run(model, config, spec, "image", fn, pixels.to(model.device), targets, "maps", inputs,
-                        columns=columns)
+    maps, scores = _run(model, config, spec, "image", fn, pixels, targets, "maps", inputs, columns=columns)
     return MapOutput(maps=maps, scores=scores)
+
+
+def _chunks(model: Any, config: ExplainConfig, spec: MethodSpec, pixels: torch.Tensor, count: int,
+            image_chunk: int | None) -> tuple[ExplainConfig, int]:
+    """``config`` with the method's inner chunk planned, and the images per call, from its memory budget."""
+    adapter = model.adapter
+    batch = pixels.shape[0]
+    budget = resolve_budget(config.memory_budget, model.device)
+    plan = image_plan(adapter, spec, grid_of(adapter, pixels.shape), count, config.options,
+                      adapter.resolve_layers(config.layers, "image"), budget, min(batch, image_chunk or batch))
+    return (config.with_options({**config.options, **plan.options}) if plan.options else config), plan.images
 
 
 def run_text_method(model: Any, config: ExplainConfig, tokens: torch.Tensor, targets: torch.Tensor, *,

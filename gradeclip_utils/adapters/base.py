@@ -147,6 +147,12 @@ class _Tower(ABC):
     def device(self) -> torch.device:
         return self.weight().device
 
+    def block_shape(self) -> tuple[int, int]:
+        """(width, heads) of the tower's attention blocks, as memory estimates read them (``budget.py``); by
+        default the first dimension of ``weight()`` and one head per 64 channels."""
+        width = int(self.weight().shape[0])
+        return width, max(1, width // 64)
+
     def missing(self, capture: str) -> str:
         """Why the tower cannot give ``capture`` (a name from ``CAPTURES``)."""
         return self.lacking.get(capture) or f"the {self.kind} tower does not {CAPTURES[capture]}"
@@ -182,6 +188,12 @@ class ImageTower(_Tower):
     @torch.no_grad()
     def encode(self, pixels: Tensor) -> Tensor:
         return self.trace(pixels, []).embedding
+
+    def trunk_map(self) -> tuple[int, int] | None:
+        """(channels, stride) of the largest feature map a convolutional trunk computes before the explained
+        blocks (a ResNet's first stage), for memory estimates (``budget.py``); None where the blocks are the
+        trunk (a ViT)."""
+        return None
 
     def check_pixels(self, pixels: Tensor) -> tuple[int, int]:
         """The grid of (B, 3, H, W) pixels whose sides are positive multiples of the patch size."""

@@ -92,6 +92,13 @@ class AttentionPoolTower(ImageTower):
     def weight(self) -> Tensor:
         return self.visual.conv1.weight
 
+    def block_shape(self) -> tuple[int, int]:
+        return int(self.pool.k_proj.in_features), int(self.pool.num_heads)
+
+    def trunk_map(self) -> tuple[int, int] | None:
+        last = self.visual.layer1[-1]  # the first stage, at a quarter of the picture's sides
+        return int(last.bn3.num_features), 4
+
     # -------------------------------------------------------------------------------------- trunk
     def features(self, pixels: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """The final feature map as (B, h*w, C) tokens (no positional embedding), and its grid."""

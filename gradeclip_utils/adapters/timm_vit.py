@@ -363,6 +363,10 @@ class ProbeTower(ImageTower):
     def weight(self) -> Tensor:
         return self.trunk.weight
 
+    def block_shape(self) -> tuple[int, int]:
+        # the probe's width and heads, which are the trunk's: its blocks' cost per token is estimated alike
+        return int(self.trunk.weight.shape[0]), int(self.probe.num_heads)
+
     # ----------------------------------------------------------------------------------- pieces
     @torch.no_grad()
     def probe_input(self, pixels: Tensor) -> tuple[Tensor, tuple[int, int]]:

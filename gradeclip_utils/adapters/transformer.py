@@ -247,6 +247,12 @@ def block_steps(blocks: Sequence[BlockView], x: Tensor, mask: Tensor | None, fir
     return BlockSteps(x, first, step, token_index, grid)
 
 
+def views_shape(blocks: Sequence[BlockView]) -> tuple[int, int]:
+    """(width, heads) of the last block: the residual stream's width (its output projection's rows) and its heads."""
+    view = blocks[-1]
+    return int(view.out_proj.weight.shape[0]), int(view.heads)
+
+
 # ---------------------------------------------------------------------------------------- towers
 class ViTTower(ImageTower):
     """A ViT image tower: ``embed`` (pixels and grid -> the first block's input, class token first),
@@ -283,6 +289,9 @@ class ViTTower(ImageTower):
 
     def weight(self) -> Tensor:
         return self._weight()
+
+    def block_shape(self) -> tuple[int, int]:
+        return views_shape(self._blocks())
 
     def tokens(self, pixels: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """The first block's input for (B, 3, H, W) pixels, and the patch grid."""
@@ -380,6 +389,9 @@ class CausalTextTower(TextTower):
 
     def weight(self) -> Tensor:
         return self._weight()
+
+    def block_shape(self) -> tuple[int, int]:
+        return views_shape(self._blocks())
 
     @property
     def vocab_size(self) -> int:

@@ -13,7 +13,7 @@ The package: this module (parsing, running a command, its errors and warnings as
 groups) and ``__main__.py`` (``python -m gradeclip_utils.cli``). The options that several commands share are
 declared once: ``add_model_arguments`` (--model, --pretrained,
 --device, --precision) and ``add_explain_arguments`` (--method, --layers, --mode, --qk, --resolution,
---max-patches, and --score for the commands that pass the score on), their choices taken from the package's
+--max-patches, --memory-budget, and --score for the commands that pass the score on), their choices taken from the package's
 own constants. ``--layers`` is one type everywhere:
 comma-separated block indices, negative from the end (``--layers -1,-2``).
 
@@ -141,7 +141,7 @@ def _explain(args: argparse.Namespace) -> int:
     model = load_model(args.model, pretrained=args.pretrained, device=args.device, precision=args.precision)
     explanation = explain_image(model, args.image, prompts, method=args.method, layers=args.layers,
                                 mode=args.mode, qk=args.qk, resolution=args.resolution, max_patches=args.max_patches,
-                                score=args.score)
+                                score=args.score, memory_budget=args.memory_budget)
     out = Path(args.out)
     written = save_figure(explanation.plot(), out, formats=[out.suffix.lstrip(".") or "png"])
     for prompt, score in zip(explanation.prompts, explanation.scores[0].tolist()):
@@ -150,7 +150,8 @@ def _explain(args: argparse.Namespace) -> int:
         print("(no word importance: the contrast has none; explain each prompt's cosine for its words)")
     elif not args.no_words:
         words = explain_text(model, args.image, args.prompts, layers=args.text_layers, mode=args.mode, qk=args.qk,
-                             resolution=args.resolution, max_patches=args.max_patches, score=args.score)
+                             resolution=args.resolution, max_patches=args.max_patches, score=args.score,
+                             memory_budget=args.memory_budget)
         for k in range(len(args.prompts)):
             pair = words.pair(0, k)
             print("   " + "  ".join(f"{w}:{v:.2f}" for w, v in zip(pair.words, pair.word_importance)))

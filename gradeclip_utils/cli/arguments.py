@@ -10,6 +10,7 @@ import re
 from typing import Any, Callable
 
 from ..adapters import MODES
+from ..budget import parse_bytes
 from ..inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS
 from ..jobs.distributed import DEFAULT_TIMEOUT_MINUTES
 from ..loading import PRECISION_DTYPES, SYNTHETIC
@@ -45,6 +46,20 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
     return value
+
+
+def byte_size(text: str) -> int:
+    """The type of ``--memory-budget``: bytes, with a suffix (``2G``, ``512M``; ``budget.parse_bytes``)."""
+    try:
+        return parse_bytes(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_memory_budget(parser) -> None:
+    parser.add_argument("--memory-budget", type=byte_size, default=None, metavar="SIZE",
+                        help="bytes the work of one call may hold, e.g. 2G or 512M: batches are cut into chunks that "
+                             "fit it (default: half the memory free on the device, at most 1 GiB)")
 
 
 def key_value(parse: Callable[[str], Any]) -> Callable[[str], tuple[str, Any]]:
@@ -142,6 +157,7 @@ def add_explain_arguments(parser: argparse.ArgumentParser, *, score: bool = Fals
         help="native resolution: an image that would have more patches is downscaled to fit, with a warning "
              f"(default: {DEFAULT_MAX_PATCHES}, 640 x 640 pixels at patch size 16); e.g. --max-patches 4096 "
              "explains a 1024 x 1024 picture at its size")
+    add_memory_budget(group)
     if score:
         group.add_argument(
             "--score", default=DEFAULT_SCORE, choices=SCORES,

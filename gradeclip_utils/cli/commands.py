@@ -10,7 +10,8 @@ from typing import Callable
 
 from ..methods.scores import DEFAULT_SCORE
 
-from .arguments import (add_explain_arguments, add_layers, add_model_arguments, add_run_folder, add_templates, key_value, positive_int, python_literal)
+from .arguments import (add_explain_arguments, add_layers, add_memory_budget, add_model_arguments, add_run_folder,
+                        add_templates, key_value, positive_int, python_literal)
 
 #: the subcommands, with their one-line summaries (``synthetic train`` is ``gradeclip synthetic train``)
 COMMANDS = {
@@ -139,6 +140,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--seed", type=int, default=0,
                      help="seed of the random baseline, RISE's masks, M2IB's noise, the order of tied pixels and the "
                           "sanity check's randomisation (default: 0)")
+    add_memory_budget(run)
     out = parser.add_argument_group("run")
     out.add_argument("--out", default=None, metavar="FOLDER",
                      help="output folder (default: outputs/eval-DATASET)")

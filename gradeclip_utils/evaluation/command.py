@@ -55,7 +55,8 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, 
                       sanity_methods=_names(args.sanity_methods), timing_images=args.timing_images,
                       timing_repeats=args.timing_repeats, faithfulness=not args.no_faithfulness,
                       command=command.strip(), overwrite=args.overwrite, protocol=args.protocol,
-                      tie_seeds=args.tie_seeds, workers=workers, score=args.score)
+                      tie_seeds=args.tie_seeds, workers=workers, score=args.score,
+                      memory_budget=args.memory_budget)
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str] | None, out: Path,

@@ -12,6 +12,7 @@ import numbers
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, Sequence
 
+from ..budget import check_budget
 from ..config import check_choice
 from ..methods.scores import DEFAULT_SCORE, SCORES
 from .methods import RANDOM, default_methods
@@ -43,6 +44,21 @@ def _number(name: str, value: Any) -> None:
 def _flag(name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def _chunks(value: Any) -> dict[str, Any] | None:
+    """None, or chunk sizes as ``config.json`` records them: a name -> a size, or -> {what: size}, sizes >= 1."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"chunks must be None or a mapping of names to chunk sizes, got {value!r}")
+    chunks: dict[str, Any] = {}
+    for name, sizes in value.items():
+        if isinstance(sizes, Mapping):
+            chunks[str(name)] = {str(k): _integer(f"chunks[{name!r}][{k!r}]", v, 1) for k, v in sizes.items()}
+        else:
+            chunks[str(name)] = _integer(f"chunks[{name!r}]", sizes, 1)
+    return chunks
 
 
 def _names(name: str, value: Any) -> tuple[str, ...] | None:
@@ -82,7 +98,11 @@ class EvalConfig:
     How the run goes (not recorded): ``methods`` and ``sanity_methods`` (None: every method the model's
     family can run, ``default_methods()``; the sanity check leaves out the references), the ``command``
     the summary quotes, ``overwrite`` (start afresh), ``progress`` (bars on stderr) and ``workers``
-    (DataLoader processes that load the images).
+    (DataLoader processes that load the images). ``memory_budget``: bytes the work of one call may hold
+    (None: half the memory free on the model's device, at most 1 GiB; the least of the ranks'), from which
+    the run plans its chunks before any work; ``chunks``: the most each chunk may be, as a run's
+    ``config.json`` records the chunks it used (``{"curves": 128, "game": {"images": 16, "chunk": 16}, ...}``):
+    passing a run's record back repeats its chunks. The chunks used are recorded, not these two.
 
     Every value is checked when the config is made: a ValueError names the field, what it allows and the
     value given (an unknown method name lists the methods there are).
@@ -109,6 +129,8 @@ class EvalConfig:
     overwrite: bool = field(default=False, metadata=HOW)
     progress: bool = field(default=True, metadata=HOW)
     workers: int = field(default=0, metadata=HOW)
+    memory_budget: int | None = field(default=None, metadata=HOW)
+    chunks: Mapping[str, Any] | None = field(default=None, metadata=HOW)
 
     def __post_init__(self) -> None:
         check_choice("protocol", self.protocol, PROTOCOLS)
@@ -131,6 +153,9 @@ class EvalConfig:
             raise ValueError(f"command must be a string, got {self.command!r}")
         for name in ("methods", "sanity_methods"):
             object.__setattr__(self, name, _names(name, getattr(self, name)))
+        if self.memory_budget is not None:
+            check_budget(self.memory_budget)
+        object.__setattr__(self, "chunks", _chunks(self.chunks))
         self.check_methods()
         if self.protocol == "authors":  # their scripts perturb in one order: one tie seed
             object.__setattr__(self, "tie_seeds", 1)

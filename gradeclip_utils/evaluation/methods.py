@@ -82,13 +82,16 @@ def method_options(name: str, config: Mapping[str, Any], classifier: torch.Tenso
 def run_method(model, name: str, pixels: torch.Tensor, targets: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
     """Raw maps (B, K, h, w) of one method on the CPU, as ``explain_image`` runs methods (the last block;
     ``options`` may set ``mode``, ``qk`` and ``score``, default faithful, raw and the cosine, and ``columns``:
-    only these of the K explained scores, ``session.run_image_method``'s)."""
+    only these of the K explained scores, ``session.run_image_method``'s; for the runner the run's
+    ``memory_budget`` and the images per call, ``image_chunk``: see ``chunks.py``)."""
     options = dict(options)
     columns = options.pop("columns", None)
+    image_chunk = options.pop("image_chunk", None)
     config = ExplainConfig(method=name, mode=options.pop("mode", "faithful"), qk=options.pop("qk", "raw"),
-                           score=options.pop("score", DEFAULT_SCORE), options=options)
+                           score=options.pop("score", DEFAULT_SCORE), memory_budget=options.pop("memory_budget", None),
+                           options=options)
     spec = _REFERENCES.get(name)  # registered methods are looked up by the runner
-    return run_image_method(model, config, pixels, targets, spec=spec, columns=columns).maps
+    return run_image_method(model, config, pixels, targets, spec=spec, columns=columns, image_chunk=image_chunk).maps
 
 
 def score_refusal(name: str, score: str) -> str | None:

@@ -76,16 +76,16 @@ def _curve_row(row: dict[str, Any], curves, steps: int, suffix: str = "", measur
 
 def project_faithfulness(model, pixels: torch.Tensor, maps: torch.Tensor, batch: Sequence[EvalItem],
                          classifier: torch.Tensor, rows: list[dict[str, Any]], *, seed: int, tie_seeds: int,
-                         logit_scale: float, steps: int, score: str = DEFAULT_SCORE) -> None:
+                         logit_scale: float, steps: int, score: str = DEFAULT_SCORE, batch_size: int = 128) -> None:
     """The project's deletion and insertion (preprocessed pixels, one random picture per image, ties by
     seeded permutations) for a batch, once per tie seed (pictures two tie orders make alike encoded once);
     the first tie seed gives the main columns, with the curves of the explained ``score`` (``measures_of``:
-    the logit's is ``logit_scale`` x the cosine's)."""
+    the logit's is ``logit_scale`` x the cosine's). ``batch_size``: perturbed pictures per forward."""
     mean, std = model.normalization
     keys = [item.key for item in batch]
     per_tie = perturbation_curves_over_ties(
         model.adapter, pixels.to(model.device), maps, classifier, [item.label for item in batch], mean=mean, std=std,
-        seed=[item_seed(seed, key) for key in keys], logit_scale=logit_scale, ties="random",
+        seed=[item_seed(seed, key) for key in keys], logit_scale=logit_scale, ties="random", batch_size=batch_size,
         tie_seeds=[[tie_seeds_of(seed, key, tie_seeds)[t] for key in keys] for t in range(tie_seeds)])
     measures = measures_of(score)
     for t, curves in enumerate(per_tie):
@@ -157,15 +157,16 @@ class AuthorsTargets:
 
 def authors_faithfulness(model, name: str, item: EvalItem, picture, classifier: torch.Tensor, row: dict[str, Any],
                          options: dict[str, Any], *, seed: int, logit_scale: float, steps: int,
-                         targets: AuthorsTargets | None = None) -> None:
+                         targets: AuthorsTargets | None = None, batch_size: int = 128) -> None:
     """The Grad-ECLIP authors' deletion and insertion for one item (see ``authors_perturbation_curves``),
     on its ``authors_picture``: the map explains what their scripts explain (``targets``, default the
-    classifier's row); the curves score the classifier's classes."""
+    classifier's row); the curves score the classifier's classes, ``batch_size`` pictures per forward."""
     table, map_options = (classifier, options) if targets is None else targets.of(name, item, classifier, options)
     heatmap = authors_maps(model, name, item, picture, table, map_options)
     curves = authors_perturbation_curves(model.adapter.encode_image, lambda p: model.preprocess(p).float(), picture,
                                          heatmap, classifier.to(model.device), item.label,
-                                         seed=item_seed(seed, item.key), ties="numpy", logit_scale=logit_scale)
+                                         seed=item_seed(seed, item.key), ties="numpy", logit_scale=logit_scale,
+                                         batch_size=batch_size)
     _curve_row(row, curves, steps)
 
 

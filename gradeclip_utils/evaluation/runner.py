@@ -26,9 +26,11 @@ from ..jobs import distributed, files
 from ..adapters import UnsupportedMethodError
 from ..explain import check_score
 from ..jobs.files import Journal
+from ..methods import refusal
 from ..metrics import cascading_randomisation, localisation_scores
 from ..records import RunFolder, provenance
 from . import methods as method_calls  # called through the module: replacing one replaces it in every phase
+from .chunks import CURVE_PICTURES, CURVES, UNBOUNDED, call_options, plan_chunks, run_budget
 from .config import EvalConfig, config_of
 from .datasets import EvalItem, EvalSet
 from .methods import default_methods, method_options, method_spec
@@ -92,7 +94,8 @@ class Run:
     ``settings``: what ``config.json`` records (``EvalConfig.to_json``, with ``not_run``: the methods the
     model's family cannot run, each with its reason); ``methods``: the methods run, in order; ``options``:
     each method's options (the sanity check's too); ``previous``: the record of the run resumed, if any;
-    ``batches``: the work units, ``unit`` items each (the batch size, or smaller so that every rank works).
+    ``batches``: the work units, ``unit`` items each (the batch size, or smaller so that every rank works);
+    ``budget``: the memory budget in bytes, ``chunks``: the chunks planned from it (``chunks.py``).
     """
 
     model: Any
@@ -107,10 +110,16 @@ class Run:
     previous: dict[str, Any] | None
     batches: list[list[EvalItem]]
     unit: int
+    budget: int
+    chunks: dict[str, Any]
 
     @property
     def parts(self) -> Path:
         return self.out / files.PARTS
+
+    def call_options(self, name: str) -> dict[str, Any]:
+        """``name``'s options for a call: its own, its inner chunk, the budget and the images per call."""
+        return call_options(self.options[name], self.chunks, name, self.budget)
 
     def order(self) -> dict[tuple[str, str], tuple[int, int, int]]:
         """(item key, method) -> its place in the files one process writes (batch, method, item)."""
@@ -122,7 +131,8 @@ def _refused(model, folder: RunFolder, previous: dict[str, Any] | None, settings
              options: dict[str, dict[str, Any]]) -> dict[str, str]:
     """The methods the model's family cannot run, with the reasons: as a resumed run's start found them, else
     asked of the family."""
-    if previous is not None and folder.matches({k: v for k, v in previous.items() if k != "not_run"}, settings):
+    if previous is not None and folder.matches({k: v for k, v in previous.items() if k not in ("not_run", "chunks")},
+                                               settings):
         return dict(previous.get("not_run", {}))
     return method_calls.unsupported_methods(model, options)
 
@@ -141,6 +151,14 @@ def plan(model, data: EvalSet, out: Path, config: EvalConfig, context: distribut
                for name in dict.fromkeys(requested + sanity_methods)}
     folder = RunFolder(out, "config.json", what="a run", outputs=OUTPUTS)
     previous = folder.previous(config.overwrite)
+    context.check_same("model weights", settings["weights"])
+    # the chunks, before any work (the support probes run the model): a budget too small is an error here
+    budget = run_budget(model, config.memory_budget, context)
+    every = {name: method_options(name, settings, data.classifier) for name in default_methods()}
+    runnable = [m for m in every if refusal(method_spec(m), model.adapter) is None]
+    sizes = {"classes": len(data.class_names), "required": list(options),
+             "bounds": config.chunks if config.chunks is not None else (previous or {}).get("chunks", {})}
+    chunks = plan_chunks(model, config, every, runnable, budget=budget, **sizes)
     refused = _refused(model, folder, previous, settings, options)
     named = [m for m in requested if config.methods is not None and m in refused] + [
         m for m in sanity_methods if m in refused]
@@ -152,11 +170,14 @@ def plan(model, data: EvalSet, out: Path, config: EvalConfig, context: distribut
         settings["not_run"] = refused
         if context.is_main and config.progress:
             print("not run on this model: " + "; ".join(refused.values()), file=sys.stderr)
-    context.check_same("model weights", settings["weights"])
+    # a run recorded before chunks were: resumed as it ran, with every chunk at its largest
+    if not (previous is not None and "chunks" not in previous
+            and chunks == plan_chunks(model, config, every, runnable, budget=UNBOUNDED, **sizes)):
+        settings["chunks"] = chunks
     # fewer batches than ranks: cut finer so that every rank works (the size used is recorded)
     unit = distributed.unit_size(len(data.items), config.batch_size, context.world_size)
     return Run(model, data, out, config, context, settings, [m for m in requested if m not in refused], options,
-               folder, previous, _batches(data.items, unit), unit)
+               folder, previous, _batches(data.items, unit), unit, budget, chunks)
 
 
 def start(run: Run) -> None:
@@ -236,15 +257,16 @@ class _Scorer:
             self.pictures = {item.key: authors_picture(item) for item in batch}
         for item, row in zip(batch, rows):
             authors_faithfulness(run.model, name, item, self.pictures[item.key], run.data.classifier, row,
-                                 run.options[name], seed=run.config.seed, logit_scale=self.logit_scale, steps=STEPS,
-                                 targets=self.targets)
+                                 run.call_options(name), seed=run.config.seed, logit_scale=self.logit_scale,
+                                 steps=STEPS, targets=self.targets,
+                                 batch_size=run.chunks.get(CURVES, CURVE_PICTURES))
 
     def _project(self, name: str, batch: list[EvalItem], pixels: torch.Tensor, masks: np.ndarray | None,
                  rows: list[dict[str, Any]]) -> None:
         run, config = self.run, self.run.config
         extra = {"keys": [item.key for item in batch]} if method_spec(name).keyed else {}
         maps = method_calls.batch_maps(run.model, name, pixels, [item.explained for item in batch],
-                                       run.data.classifier, {**run.options[name], **extra})
+                                       run.data.classifier, {**run.call_options(name), **extra})
         if run.data.has_masks:  # the project's protocol localises where there are masks
             scores = localisation_scores(maps, masks, tolerance=config.tolerance)
             for b, row in enumerate(rows):
@@ -252,7 +274,7 @@ class _Scorer:
         if config.faithfulness:
             project_faithfulness(run.model, pixels, maps, batch, run.data.classifier, rows, seed=config.seed,
                                  tie_seeds=config.tie_seeds, logit_scale=self.logit_scale, steps=STEPS,
-                                 score=config.score)
+                                 score=config.score, batch_size=run.chunks.get(CURVES, CURVE_PICTURES))
 
 
 def score_items(run: Run) -> list[dict[str, float]]:
@@ -298,7 +320,7 @@ def _sanity_rows(run: Run, name: str, chosen: list[EvalItem], pixels: torch.Tens
                  column: list[int]) -> list[dict[str, Any]]:
     """One method's cascading randomisation on the chosen images, each map for a class of ``labels``
     (``column``: each image's): a row per stage and image."""
-    targets, options = method_calls.explained_targets(run.data.classifier, labels, run.options[name])
+    targets, options = method_calls.explained_targets(run.data.classifier, labels, run.call_options(name))
     fn = lambda m, p, t: method_calls.run_method(m, name, p, t, options)  # noqa: E731
     result = cascading_randomisation(run.model, pixels, targets, fn, seed=run.config.seed)
     rows = []

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ..adapters import BlockSteps, CLIPAdapter
+from ..budget import Cost, backward_bytes, explicit_bytes, image_forward_bytes, map_bytes, tokens, tokens_bytes
 from ._common import to_grid
 from .autograd import batched_vjp, one_hot_cotangents
 from .outputs import MapOutput, TokenOutput, cosine_scores
@@ -155,6 +156,23 @@ def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, st
                        scores=scores.T.contiguous())
 
 
+def memory(adapter: CLIPAdapter, grid: tuple[int, int], count: int, options: dict[str, Any]) -> Cost:
+    """One image: the tokens entering each block from ``start_layer`` on, its forward (those blocks computed
+    explicitly) and one block recomputed with its graph, and its K maps. Each target of a backward pass
+    (``chunk`` of them, at most K), per image: its cotangent pulled back through one block, its cotangent
+    for the block's input and its N x N relevance term (float32) (``budget.py``)."""
+    blocks = adapter.num_image_blocks - _first(adapter, options.get("start_layer", 0), "image")
+    image = (blocks * tokens_bytes(adapter, grid) + image_forward_bytes(adapter, grid, graph_blocks=1)
+             + explicit_bytes(adapter, grid) + map_bytes(grid, count))
+    unit = backward_bytes(adapter, grid) + tokens_bytes(adapter, grid) + 4 * tokens(grid) ** 2
+    return Cost(image=image, unit=unit, option="chunk", limit=min(options["chunk"], count),
+                unit_name="target per backward pass")
+
+
+def _last_memory(adapter: CLIPAdapter, grid: tuple[int, int], count: int, options: dict[str, Any]) -> Cost:
+    return memory(adapter, grid, count, {**options, "start_layer": -1})
+
+
 #: the authors' GAME (and game_last): against the bare class name, on the model's centre crop
 _AUTHORS = AuthorsProtocol(target="class_name", resolution="model")
 
@@ -164,6 +182,7 @@ SPEC = MethodSpec(
     options={"start_layer": 0, "chunk": 16, "target": "logit"},
     instead={"layers": "its start_layer option sets the first block of the relevance product"},
     authors=_AUTHORS,
+    memory=memory,
 )
 
 LAST_SPEC = MethodSpec(
@@ -174,4 +193,5 @@ LAST_SPEC = MethodSpec(
     instead={"layers": "game_last is GAME from the last block; use game with start_layer for other blocks"},
     shown=False,
     authors=_AUTHORS,
+    memory=_last_memory,
 )

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..adapters import BlockCapture, CLIPAdapter, Mode, TowerTrace
+from ..budget import Cost, backward_bytes, explicit_bytes, image_forward_bytes, map_bytes
 from ..maps import minmax
 from .autograd import batched_vjp, one_hot_cotangents
 from .outputs import MapOutput, TokenOutput, cosine_scores
@@ -153,9 +154,25 @@ def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, la
         del trace
 
 
+def memory(adapter: CLIPAdapter, grid: tuple[int, int], count: int, options: dict) -> Cost:
+    """One image: its forward with the graph of the blocks after the earliest explained one (after the last
+    block only its class-token row, which is small), each explained block computed explicitly (its q, k, v
+    and attention output captured), a backward of ``chunk`` cotangents (at most min(K, D)) through those
+    blocks, and per explained block the K maps with their spatial product and sum and the K channel weights
+    (float32) (``budget.py``)."""
+    layers = options["layers"]
+    graph = adapter.num_image_blocks - 1 - min(layers)
+    cotangents = min(options["chunk"], count, adapter.embed_dim) if graph else 0
+    width = adapter.image.block_shape()[0]
+    per_layer = explicit_bytes(adapter, grid) + 3 * map_bytes(grid, count) + 4 * count * width
+    return Cost(image=image_forward_bytes(adapter, grid, graph) + cotangents * backward_bytes(adapter, grid)
+                + len(layers) * per_layer)
+
+
 SPEC = MethodSpec(
     name="grad_eclip", image=image_maps, text=token_relevance,
     options={"spatial_weight": True, "chunk": 128},
     # the authors' evaluation scripts: official mode (one head), q and k through the output projection
     authors=AuthorsProtocol(options={"mode": "official", "qk": "out_proj"}),
+    memory=memory,
 )

@@ -99,6 +99,10 @@ class MethodSpec:
     - ``authors``: how the authors' evaluation scripts run it.
     - ``reference``: explains nothing (the evaluation's random floor): no support probe, no sanity check.
       ``keyed``: takes the items' keys (``keys=``) to seed each item's map.
+    - ``memory(adapter, grid, count, options) -> budget.Cost``: the bytes one call holds per image of a patch
+      ``grid`` against ``count`` explained scores (the maps of each image), and per unit of the method's own
+      inner chunk (the option that sets it), from the estimators of ``budget.py``; ``options`` are the call's
+      over the spec's, with the resolved ``layers``. None: ``budget.default_cost``.
     - ``colour``: the colour every figure draws the method in (a matplotlib colour); None: the palette's
       colour for the method's place in the registry (``method_colour``).
     """
@@ -123,6 +127,7 @@ class MethodSpec:
     keyed: bool = False
     uses: tuple[str, ...] | None = None
     instead: Mapping[str, str] = field(default_factory=dict)
+    memory: Callable[..., Any] | None = None
     colour: str | None = None
     scores: tuple[str, ...] | None = None
     text_scores: tuple[str, ...] | None = None

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..adapters import CLIPAdapter
+from ..budget import Cost, explicit_bytes, image_forward_bytes, map_bytes, tokens
 from ._common import per_target, to_grid
 from .outputs import MapOutput, cosine_scores
 from .registry import AuthorsProtocol, MethodSpec
@@ -49,6 +50,14 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, start_l
     return MapOutput(maps=per_target(maps, targets.shape[0]), scores=cosine_scores(tokens, targets))
 
 
+def memory(adapter: CLIPAdapter, grid: tuple[int, int], count: int, options: dict[str, Any]) -> Cost:
+    """One image: its forward without a graph, its blocks computed explicitly (their attention kept), the
+    running product and the block's mean attention as it is made (four N x N float32 terms) and its K maps
+    (``budget.py``)."""
+    return Cost(image=image_forward_bytes(adapter, grid) + explicit_bytes(adapter, grid) + 16 * tokens(grid) ** 2
+                + map_bytes(grid, count))
+
+
 SPEC = MethodSpec(
     name="rollout", image=image_maps,
     requires=("probs",),
@@ -56,4 +65,5 @@ SPEC = MethodSpec(
     instead={"layers": "its start_layer option sets the first block of the rollout"},
     # the authors' rollout: the last block only, against the bare class name, on the model's centre crop
     authors=AuthorsProtocol(options={"start_layer": -1}, target="class_name", resolution="model"),
+    memory=memory,
 )

@@ -242,7 +242,8 @@ def authors_heatmap(grid_map: Tensor, size: tuple[int, int], via: tuple[int, int
 @torch.no_grad()
 def authors_perturbation_curves(encode, preprocess, picture, heatmap: np.ndarray, classifier: Tensor, label: int,
                                 *, steps: int = 100, score_every: int = 10, seed: int = 0, ties: str = "numpy",
-                                tie_seed: int = 0, logit_scale: float = 100.0) -> PerturbationCurves:
+                                tie_seed: int = 0, logit_scale: float = 100.0, batch_size: int = 128
+                                ) -> PerturbationCurves:
     """Deletion and insertion exactly as the Grad-ECLIP authors' ``imagenet_eval_deletion.py`` and
     ``imagenet_eval_insertion.py`` run them, for one native RGB ``picture`` (PIL, after ``shrink_to_640``)
     and its ``heatmap`` (H, W) at the picture's size.
@@ -254,7 +255,7 @@ def authors_perturbation_curves(encode, preprocess, picture, heatmap: np.ndarray
     ``encode``. Deletion is also scored on the picture itself (0%), insertion at 5% ... 50% and on the
     picture itself (stored at fraction 1.0). ``label`` is the class scored (the ground truth, also when
     the map explains the prediction). Returns curves of one image, nominal fractions (the pixels changed
-    at 5 k% are 10 k int(H W / 200)).
+    at 5 k% are 10 k int(H W / 200)). The pictures go through ``encode`` ``batch_size`` at a time.
     """
     from PIL import Image
 
@@ -279,8 +280,8 @@ def authors_perturbation_curves(encode, preprocess, picture, heatmap: np.ndarray
     classes = classifier.float()
     results = {}
     for kind, frames in (("deletion", deletion_frames), ("insertion", insertion_frames)):
-        cosines = F.normalize(encode(torch.stack(frames).to(classes.device)).float(), dim=-1) @ classes.T
-        cosines = cosines.cpu()
+        cosines = torch.cat([F.normalize(encode(torch.stack(frames[lo:lo + batch_size]).to(classes.device)).float(),
+                                         dim=-1) @ classes.T for lo in range(0, len(frames), batch_size)]).cpu()
         results[kind] = {
             "accuracy": (cosines.argmax(dim=-1) == label).double().numpy()[None],
             "score": cosines[:, label].double().numpy()[None],

@@ -60,7 +60,8 @@ def test_to_settings_is_what_results_stored_before(tiny, tmp_path):
                           spatial_weight=True, chunk=4)
     want = old_image_settings(tiny, "grad_eclip", [1, 2], "official", "out_proj", "model",
                               {"spatial_weight": True, "chunk": 4}, score="cosine")
-    assert ex.settings == want and list(ex.settings) == list(want)
+    # and the images per chunk (both here: the tiny model's images fit any default budget), as the texts' chunk
+    assert ex.settings == {**want, "image_chunk": len(PIXELS)} and list(ex.settings) == [*want, "image_chunk"]
     assert ex.config.to_settings(tiny.describe()) == want
     assert ex.config == ExplainConfig(layers=(1, 2), mode="official", qk="out_proj", resolution="model",
                                       options={"spatial_weight": True, "chunk": 4})
@@ -71,11 +72,11 @@ def test_to_settings_is_what_results_stored_before(tiny, tmp_path):
     applied = old_image_settings(tiny, "clip_surgery", [2], "faithful", "raw", "native", single.config.options)
     for setting in ("layers", "mode", "qk"):
         del applied[setting]
-    assert single.settings == applied
+    assert single.settings == {**applied, "image_chunk": len(PIXELS)}
     assert single.settings["surgery_form"] == "single-text (empty string)" and "redundant" not in single.settings
     assert torch.is_tensor(single.config.options["redundant"])
     saved = ge.ImageExplanation.load(ex.save(tmp_path / "ex"))
-    assert saved.settings == want and saved.config is None
+    assert saved.settings == {**want, "image_chunk": len(PIXELS)} and saved.config is None
     # texts: the same without the method options (as they always were)
     text = ge.explain_text(tiny, PIXELS[:1], PROMPTS, layers=2, mode="official", chunk=4)
     want_text = {"method": "grad_eclip", "layers": [1, 2], "mode": "official", "qk": "raw", "resolution": "model",

@@ -22,7 +22,7 @@ PROMPTS = ["a red circle", "a blue square"]
 
 #: options that only cut the work into pieces (memory, speed) or choose which pairs are computed: the map of
 #: an (image, target) pair does not depend on them
-WORK_OPTIONS = ("chunk", "mask_batch", "paired")
+WORK_OPTIONS = ("chunk", "mask_batch", "mask_chunk", "sample_chunk", "paired")
 
 #: each setting's other value
 OTHER_SETTINGS = {"layers": (0,), "mode": "official", "qk": "out_proj", "score": "probability", "resolution": "model"}
