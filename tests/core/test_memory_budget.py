@@ -64,7 +64,7 @@ def test_the_estimates_are_the_stated_formulas(tiny):
 
 
 def test_a_resnet_is_estimated_with_its_first_stage(tmp_path):
-    from families import preprocess, reference_open_clip, tokenizer
+    from support.families import preprocess, reference_open_clip, tokenizer
 
     model = ge.wrap_model(reference_open_clip(resnet=True), preprocess(), tokenizer(), name="tiny-resnet")
     tower = model.adapter.image
