@@ -15,7 +15,7 @@ from ..text import cut_note, has_words
 from . import controls
 from .base import DEBOUNCE_SECONDS, DEFAULT_WIDTH, BaseExplorer, from_browser
 from .markup import RED, best_prompt, scores_html, status_html, words_html, words_title
-from .policy import (contrast_pairs, image_blocks, image_methods, merged_options, settings_used, text_blocks,
+from .policy import (OFFERED_SETTINGS, contrast_pairs, image_blocks, image_methods, merged_options, settings_used, text_blocks,
                      text_score, unused_settings, words_method)
 
 #: the first entry of the list of suggested prompts (choosing another adds it to the prompts)
@@ -107,11 +107,16 @@ class Explorer(BaseExplorer):
         """Disable the block slider, the mode buttons and the score switch while the chosen method does not
         use them."""
         method = self.method.value
-        used = settings_used(method) if method else {"layers": True, "mode": True, "score": True}
+        used = self._used()
         for control, setting, label in ((self.layer, "layers", "block"), (self.mode, "mode", "mode"),
                                         (self.score, "score", "score")):
             control.disabled = not used[setting]
             control.tooltip = None if used[setting] else f"{method} does not use the {label} setting"
+
+    def _used(self) -> dict[str, bool]:
+        """Which offered settings the chosen method applies (all of them while no method is chosen)."""
+        method = self.method.value
+        return settings_used(method) if method else {setting: True for setting in OFFERED_SETTINGS}
 
     def _add_suggestion(self, change: Any) -> None:
         if change["new"] == ADD_PROMPT or self._rendering:
@@ -133,7 +138,7 @@ class Explorer(BaseExplorer):
     def settings(self) -> dict[str, Any]:
         """What the next render will use."""
         method = self.method.value
-        used = settings_used(method) if method else {"layers": True, "mode": True, "score": True}
+        used = self._used()
         return {"image": self.image.value, "prompts": self.current_prompts(), "layers": [self.layer.value],
                 "mode": self.mode.value, "score": self.score.value, "method": method,
                 "shared_scale": bool(self.shared.value), "uses_layers": used["layers"], "uses_mode": used["mode"],

@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..methods.scores import DEFAULT_SCORE
 from ..plotting import format_seconds, signed
 from ..text import cut_note, has_words
 from .policy import WORDS_METHOD
@@ -56,12 +57,19 @@ def settings_text(state: Mapping[str, Any], precision: str | None) -> str:
         block = f"block {layers[0]}" if layers else "block ?"
     mode = f"{state.get('mode')} mode" if state.get("uses_mode", True) else "mode: not used"
     parts = [str(state.get("method")), block, mode]
-    score = state.get("score", "cosine")
-    if score != "cosine":
-        parts.append(f"score {score}" if state.get("uses_score", True) else "score: not used")
+    parts += score_parts(state)
     if precision:
         parts.append(str(precision))
     return " \u00b7 ".join(parts)
+
+
+def score_parts(state: Mapping[str, Any]) -> list[str]:
+    """What a render's settings line says of its score: nothing for the default (every method gives the
+    cosine), else "score probability", or "score: not used" for a method that ignores the score."""
+    score = state.get("score", DEFAULT_SCORE)
+    if score == DEFAULT_SCORE:
+        return []
+    return [f"score {score}" if state.get("uses_score", True) else "score: not used"]
 
 
 def status_html(text: str) -> str:

@@ -12,12 +12,13 @@ import torch
 from ..config import ExplainConfig, applied_settings
 from ..maps import resize_maps
 from ..metrics import energy_pointing_game, pointing_game
+from ..methods.scores import DEFAULT_SCORE
 from ..plotting import format_seconds, heat_map_panels, signed
 from ..samples import as_input, default_resolution, image_prompts, named_images, prompt_mask
 from ..text import has_words
 from . import controls
 from .base import DEBOUNCE_SECONDS, DEFAULT_WIDTH, BaseExplorer
-from .markup import rows_html, status_html
+from .markup import rows_html, score_parts, status_html
 from .policy import (OFFERED_SETTINGS, comparison_methods, contrast_pairs, image_blocks, image_methods, merged_options,
                      method_takes, unused_settings)
 
@@ -35,7 +36,7 @@ class MethodComparison(BaseExplorer):
     kind = "methods"
 
     def __init__(self, model: Any, images: Any, prompts: Sequence[str], methods: Sequence[str] | None = None, *,
-                 layer: int = -1, mode: str = "faithful", score: str = "cosine", resolution: str | None = None,
+                 layer: int = -1, mode: str = "faithful", score: str = DEFAULT_SCORE, resolution: str | None = None,
                  method_options: Mapping[str, Mapping[str, Any]] | None = None, width: int = DEFAULT_WIDTH,
                  colorbar: bool = True, debounce: float = DEBOUNCE_SECONDS, auto_render: bool = True) -> None:
         super().__init__(model, width=width, debounce=debounce)
@@ -81,9 +82,7 @@ class MethodComparison(BaseExplorer):
     def _describe(self, state: Mapping[str, Any]) -> str:
         count = len(state.get("methods") or [])
         parts = [f"\u201c{state.get('prompt')}\u201d", f"{count} method{'s' if count != 1 else ''}",
-                 f"block {state['layers'][0]}", f"{state['mode']} mode"]
-        if state.get("score", "cosine") != "cosine":
-            parts.append(f"score {state['score']}")
+                 f"block {state['layers'][0]}", f"{state['mode']} mode", *score_parts(state)]
         if self.precision:
             parts.append(str(self.precision))
         return " \u00b7 ".join(parts)
@@ -146,9 +145,10 @@ class MethodComparison(BaseExplorer):
         if one_score:
             score = f" \u00b7 S = {signed(scores[0])}" + (" (S < 0: no match)" if scores[0] < 0 else "")
         ignored = ", ".join(f"(no {label})" for setting, label in OFFERED_SETTINGS.items()
-                            if setting != "score" or state["score"] != "cosine")
-        title = (f"\u201c{state['prompt']}\u201d on {state['image']}{score}\nblock {state['layers'][0]} \u00b7 "
-                 f"{state['mode']} mode{'' if state['score'] == 'cosine' else ' · score ' + state['score']} \u00b7 {self.precision} \u00b7 model {described.get('model')}\n"
+                            if setting != "score" or state["score"] != DEFAULT_SCORE)
+        settings = " \u00b7 ".join([f"block {state['layers'][0]}", f"{state['mode']} mode", *score_parts(state),
+                                    str(self.precision), f"model {described.get('model')}"])
+        title = (f"\u201c{state['prompt']}\u201d on {state['image']}{score}\n{settings}\n"
                  f"each panel on its own scale; {ignored}: the method ignores that setting")
         if state.get("failed"):
             title += f"\nnot drawn (could not run on this model): {', '.join(state['failed'])}"
@@ -183,7 +183,7 @@ def _row(method: str, ex: Any, seconds: float, mask: np.ndarray | None) -> dict[
     return row
 
 
-def _panel_title(row: Mapping[str, Any], one_score: bool, score: str = "cosine") -> str:
+def _panel_title(row: Mapping[str, Any], one_score: bool, score: str = DEFAULT_SCORE) -> str:
     """A method's panel title: its name with the settings it ignores, its time (and score when the
     methods' scores differ), its share on the prompted objects."""
     energy = ("energy n/a" if row["energy_on_prompted_objects"] is None else

@@ -9,11 +9,12 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from ..config import applied_settings
+from ..methods.scores import DEFAULT_SCORE
 from ..samples import as_input, default_resolution, named_images
 from ..text import has_words
 from . import controls
 from .base import DEBOUNCE_SECONDS, DEFAULT_WIDTH, BaseExplorer
-from .markup import agreement_html, status_html
+from .markup import agreement_html, score_parts, status_html
 from .policy import contrast_pairs, image_methods, settings_used
 
 
@@ -38,7 +39,7 @@ class ModelComparisonView(BaseExplorer):
     kind = "models"
 
     def __init__(self, models: Mapping[str, Any], images: Any, prompts: Sequence[str], *, method: str = "grad_eclip",
-                 mode: str = "faithful", score: str = "cosine", resolution: str | None = None,
+                 mode: str = "faithful", score: str = DEFAULT_SCORE, resolution: str | None = None,
                  shared_scale: bool = False,
                  colorbar: bool = True, width: int = DEFAULT_WIDTH, debounce: float = DEBOUNCE_SECONDS,
                  auto_render: bool = True) -> None:
@@ -81,7 +82,8 @@ class ModelComparisonView(BaseExplorer):
         used = settings_used(self.method.value)
         return {"image": self.image.value, "prompts": self.current_prompts(), "method": self.method.value,
                 "mode": self.mode.value, "score": self.score, "layers": [-1], "shared_scale": bool(self.shared.value),
-                "models": list(self.models), "uses_layers": used["layers"], "uses_mode": used["mode"]}
+                "models": list(self.models), "uses_layers": used["layers"], "uses_mode": used["mode"],
+                "uses_score": used["score"]}
 
     def _describe(self, state: Mapping[str, Any]) -> str:
         """"grad_eclip · last block · faithful mode · 2 models · fp32", a setting the method does not use
@@ -89,9 +91,7 @@ class ModelComparisonView(BaseExplorer):
         precisions = sorted({str(m.describe().get("precision")) for m in self.models.values()})
         block = "last block" if state.get("uses_layers", True) else "block: not used"
         mode = f"{state.get('mode')} mode" if state.get("uses_mode", True) else "mode: not used"
-        score = [] if state.get("score", "cosine") == "cosine" else [
-            f"score {state['score']}" if settings_used(str(state.get("method")))["score"] else "score: not used"]
-        return " \u00b7 ".join([str(state.get("method")), block, mode, *score, f"{len(self.models)} models",
+        return " \u00b7 ".join([str(state.get("method")), block, mode, *score_parts(state), f"{len(self.models)} models",
                                 "/".join(precisions)])
 
     def _clear_outputs(self) -> None:

@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 
 from ..config import ExplainConfig
 from ..methods import get_spec, list_methods, method_specs
+from ..methods.scores import DEFAULT_SCORE
 
 #: generic class names whose prompts form a method's class set (``MethodSpec.class_set``, e.g. CLIP Surgery's) on
 #: real models (COCO's categories, in part)
@@ -62,11 +63,11 @@ def method_takes(method: str, option: str) -> bool:
     return get_spec(method).takes(option)
 
 
-def unused_settings(method: str, score: str = "cosine") -> list[str]:
+def unused_settings(method: str, score: str = DEFAULT_SCORE) -> list[str]:
     """The on-screen names of the offered settings that ``method`` does not apply (e.g. ["block"]); the
     score only when one other than the default is chosen (every method gives the cosine)."""
     return [label for setting, label in OFFERED_SETTINGS.items()
-            if not method_takes(method, setting) and (setting != "score" or score != "cosine")]
+            if not method_takes(method, setting) and (setting != "score" or score != DEFAULT_SCORE)]
 
 
 def settings_used(method: str) -> dict[str, bool]:
