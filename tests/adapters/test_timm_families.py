@@ -29,7 +29,7 @@ from gradeclip_utils.methods import IMAGE_METHODS
 
 from support import full_matrix
 from support.families import relative
-from support.reference import input_of
+from support.reference import input_of, pooled_heads
 from support.realistic import realistic_init
 
 timm = pytest.importorskip("timm")
@@ -287,7 +287,6 @@ def literal_probe(model, images, targets, official=False, qk="raw"):
         x, grid = trunk_output(model, images)
     width = x.shape[-1]
     heads = 1 if official else probe.num_heads
-    d = width // heads
     maps = torch.zeros(images.shape[0], len(targets), grid[0] * grid[1])
     scores = torch.zeros(images.shape[0], len(targets))
     with torch.enable_grad():
@@ -296,12 +295,7 @@ def literal_probe(model, images, targets, official=False, qk="raw"):
             q = probe.latent[0, 0] @ probe.q.weight.T + probe.q.bias
             k = tokens @ probe.kv.weight[:width].T + probe.kv.bias[:width]
             v = tokens @ probe.kv.weight[width:].T + probe.kv.bias[width:]
-            pieces = []
-            for head in range(heads):
-                cols = slice(head * d, (head + 1) * d)
-                a = torch.softmax(k[:, cols] @ q[cols] / math.sqrt(d), dim=0)
-                pieces.append((a[:, None] * v[:, cols]).sum(dim=0))
-            o = torch.cat(pieces).detach().requires_grad_(True)
+            o = pooled_heads(q, k, v, heads).detach().requires_grad_(True)
             y = o @ probe.proj.weight.T + probe.proj.bias
             y = y + probe.mlp(probe.norm(y))
             f = model.visual.head(trunk.head(trunk.fc_norm(y)))

@@ -65,15 +65,33 @@ def _block(blk, x, explained: bool, official: bool, mask, token_index, probs=Non
     return x, captured
 
 
-def image_forward(model, pixels, layers, official=False):
-    """Image embedding and per-layer captures, literally. ``layers`` are absolute indices."""
-    visual = model.visual
+def patch_tokens(visual, pixels):
+    """The tokens entering the first block, literally: the patches' embeddings after the class token, plus the
+    positional embedding resampled to the picture's grid, through ln_pre; and that grid."""
     p = visual.patch_size[0]
     grid = (pixels.shape[-2] // p, pixels.shape[-1] // p)
     x = visual.conv1(pixels).flatten(2).transpose(1, 2)
     cls = visual.class_embedding[None, None].expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1) + _interpolate_pos(visual.positional_embedding, visual.grid_size, grid)
-    x = visual.ln_pre(x)
+    return visual.ln_pre(x), grid
+
+
+def pooled_heads(q, k, v, heads):
+    """One query's attention over the tokens, head by head, literally: concat_h sum_i softmax_i(k_i^h . q^h /
+    sqrt(d)) v_i^h, with q (C,) and k, v (N, C) split into ``heads`` heads of d = C / heads channels."""
+    d = q.shape[-1] // heads
+    pieces = []
+    for head in range(heads):
+        cols = slice(head * d, (head + 1) * d)
+        a = torch.softmax(k[:, cols] @ q[cols] / math.sqrt(d), dim=0)
+        pieces.append((a[:, None] * v[:, cols]).sum(dim=0))
+    return torch.cat(pieces)
+
+
+def image_forward(model, pixels, layers, official=False):
+    """Image embedding and per-layer captures, literally. ``layers`` are absolute indices."""
+    visual = model.visual
+    x, grid = patch_tokens(visual, pixels)
     token_index = torch.zeros(x.shape[0], dtype=torch.long)
     captures = {}
     for i, blk in enumerate(visual.transformer.resblocks):
@@ -182,12 +200,7 @@ def image_states(model, pixels):
     its attention probabilities head by head (a list of (B, N, N)) and its output tokens; returns the
     embedding, those three lists and the patch grid."""
     visual = model.visual
-    p = visual.patch_size[0]
-    grid = (pixels.shape[-2] // p, pixels.shape[-1] // p)
-    x = visual.conv1(pixels).flatten(2).transpose(1, 2)
-    cls = visual.class_embedding[None, None].expand(x.shape[0], 1, -1)
-    x = torch.cat([cls, x], dim=1) + _interpolate_pos(visual.positional_embedding, visual.grid_size, grid)
-    x = visual.ln_pre(x)
+    x, grid = patch_tokens(visual, pixels)
     token_index = torch.zeros(x.shape[0], dtype=torch.long)
     inputs, probs, outputs = [], [], []
     for blk in visual.transformer.resblocks:
@@ -282,7 +295,6 @@ def resnet_maps(model, pixels, text_embeddings, official=False, qk="raw"):
     side = round((pool.positional_embedding.shape[0] - 1) ** 0.5)
     pos = _interpolate_pos(pool.positional_embedding, (side, side), (gh, gw))
     heads = 1 if official else pool.num_heads
-    d = width // heads
     count = text_embeddings.shape[0]
     maps = torch.zeros(batch, count, gh * gw)
     scores = torch.zeros(batch, count)
@@ -293,12 +305,7 @@ def resnet_maps(model, pixels, text_embeddings, official=False, qk="raw"):
             q = tokens[0] @ pool.q_proj.weight.T + pool.q_proj.bias
             k = tokens @ pool.k_proj.weight.T + pool.k_proj.bias
             v = tokens @ pool.v_proj.weight.T + pool.v_proj.bias
-            pieces = []
-            for head in range(heads):
-                cols = slice(head * d, (head + 1) * d)
-                a = torch.softmax(k[:, cols] @ q[cols] / math.sqrt(d), dim=0)
-                pieces.append((a[:, None] * v[:, cols]).sum(dim=0))
-            o = torch.cat(pieces).detach().requires_grad_(True)
+            o = pooled_heads(q, k, v, heads).detach().requires_grad_(True)
             f = o @ pool.c_proj.weight.T + pool.c_proj.bias
             with torch.no_grad():
                 qq, kk = q, k
