@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..adapters import CLIPAdapter
-from .outputs import MapOutput, cosine_scores
+from .outputs import MapOutput
 from .registry import MethodSpec
 from .scores import DEFAULT_SCORE, ExplainedScore, explained_score
 
@@ -69,15 +69,14 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, masks: 
     for start in range(0, masks, per_pass):
         chunk = all_masks[start:start + per_pass]  # (n, H, W)
         masked = (pixels.unsqueeze(1) * chunk[None, :, None]).flatten(0, 1)  # (B n, 3, H, W)
-        cosines = cosine_scores(adapter.encode_image(masked), targets)
-        scores = score.of_images(cosines).reshape(batch, chunk.shape[0], -1)
+        scores = score.image_scores(adapter.encode_image(masked), targets).reshape(batch, chunk.shape[0], -1)
         saliency += torch.einsum("bnk,nhw->bkhw", scores, chunk.float())
         score_sum += scores.sum(dim=1)
     if centre:
         saliency -= (score_sum / masks)[..., None, None] * all_masks.sum(dim=0)
     saliency /= masks * p
     return MapOutput(maps=saliency.float(),
-                     scores=score.of_images(cosine_scores(adapter.encode_image(pixels), targets)))
+                     scores=score.image_scores(adapter.encode_image(pixels), targets))
 
 
 SPEC = MethodSpec(
