@@ -1,7 +1,8 @@
 """Hugging Face ``transformers`` ViT image classifiers: ``ViTForImageClassification`` (transformers 4.x and 5.x).
 
 Where the pieces are. ``vit.embeddings`` (patch projection, class token, positional embedding, bicubically
-interpolated for other grids by the model's own ``interpolate_pos_encoding``) -> the layers -> row 0 ->
+interpolated for other grids than the native one by the model's own ``interpolate_pos_encoding``, which
+differs from timm's antialiased resampling) -> the layers -> row 0 ->
 ``vit.layernorm`` -> ``classifier`` (the logits). transformers 5.x keeps the layers in ``vit.layers``, each
 with ``layernorm_before``, ``attention.q_proj/k_proj/v_proj`` and ``attention.o_proj``, ``dropout`` after the
 attention and after the MLP, ``layernorm_after`` and ``mlp`` (``fc1``, activation, ``fc2``), and a layer
@@ -61,8 +62,11 @@ REASONS = {
 
 
 def recognises(model: nn.Module) -> bool:
-    """A transformers image classifier (any ``...ForImageClassification``; ``build`` says which it reads)."""
-    return type(model).__module__.startswith("transformers") and type(model).__name__.endswith("ForImageClassification")
+    """A transformers image classifier (any ``...ForImageClassification``, DeiT's with its teacher's head;
+    ``build`` says which it reads)."""
+    kind = type(model).__name__
+    return type(model).__module__.startswith("transformers") and (kind.endswith("ForImageClassification")
+                                                                  or kind in REASONS)
 
 
 def _layers(model: nn.Module) -> nn.ModuleList | None:
@@ -131,9 +135,13 @@ def _tower(model: nn.Module) -> ClassifierTower:
     def blocks() -> list[BlockView]:
         return [block(layer) for layer in _layers(model)]
 
+    patch, size = _pair(config.patch_size), _pair(config.image_size)
+    native = (size[0] // patch[0], size[1] // patch[1])
+
     def embed(pixels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        # the model's own embedding; its interpolation keeps the positional embedding at the native size
-        return embeddings(pixels, interpolate_pos_encoding=True)
+        # the model's own embedding, interpolating the positional embedding (bicubically) for another grid only:
+        # its interpolation takes the native grid to be square
+        return embeddings(pixels, interpolate_pos_encoding=tuple(grid) != native)
 
     def head(pooled: torch.Tensor) -> torch.Tensor:
         return model.classifier(vit.layernorm(pooled))
@@ -144,8 +152,8 @@ def _tower(model: nn.Module) -> ClassifierTower:
         out += [(f"block {i}", list(layers[i].parameters())) for i in reversed(range(len(layers)))]
         return out + [("embedding", list(embeddings.parameters()))]
 
-    return ClassifierTower(embed=embed, blocks=blocks, head=head, patch_size=_pair(config.patch_size),
-                           image_size=_pair(config.image_size), embed_dim=int(model.classifier.out_features),
+    return ClassifierTower(embed=embed, blocks=blocks, head=head, patch_size=patch, image_size=size,
+                           embed_dim=int(model.classifier.out_features),
                            weight=lambda: embeddings.patch_embeddings.projection.weight, parameter_groups=groups)
 
 

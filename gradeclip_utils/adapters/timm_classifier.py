@@ -59,7 +59,7 @@ def unsupported_reason(model: nn.Module) -> str | None:
     if model.cls_token is None:
         return "timm VisionTransformer without a class token (class_token=False): there is no class-token head"
     if not isinstance(model.head, nn.Linear):
-        return "timm VisionTransformer without a classification head (num_classes=0: its head is the identity)"
+        return "timm VisionTransformer with no classification head (num_classes=0: its head is the identity)"
     problem = layout_problem(model)
     return None if problem is None else f"timm VisionTransformer: {problem}"
 
