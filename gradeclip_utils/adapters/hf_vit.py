@@ -12,7 +12,17 @@ returns its hidden states. transformers 4.x keeps them in ``vit.encoder.layer``,
 and a layer returns a tuple. Both read as the same blocks (``BlockView``); the layers before the first
 explained one are the model's own calls.
 
-Official mode is the authors' recomputation in ``gradeclip_adaptation_vit.ipynb`` (``classifier.NOTEBOOK_OFFICIAL``).
+Official mode is the authors' recomputation in ``gradeclip_adaptation_vit.ipynb`` (``vit_classifier``;
+``classifier.NOTEBOOK_OFFICIAL``). It differs from the model's own last block in two ways: (1) one head of
+width C whose logits are divided by sqrt(C / heads), the module's own head size, not by sqrt(C) as in the
+authors' CLIP code (the single head's logit is the sum of the heads' logits); (2) the attention's residual is
+added to ``layernorm_before(x)``, which the notebook writes over ``x``, instead of the block's input ``x``, and
+the MLP's residual builds on that. Otherwise it is the model's: the earlier layers' own calls, the embedding
+with ``interpolate_pos_encoding=True``, dropout and head mask the identity in eval mode (the notebook's softmax
+in the input dtype is the float32 one in fp32). On realistic random weights its logits move by about half a
+logit-standard-deviation from the model's (docs/method.md section 9.2, which gives the numbers); the package's
+official maps and logits equal those of the notebook's functions run on the same weights to within 1e-6
+(transformers 4.46.3 and 5.x).
 
 Other Hugging Face image classifiers are refused by name with the reason (``REASONS``): DeiT's distilled
 model averages the logits of two heads, its plain one has a distillation token between the class token and
