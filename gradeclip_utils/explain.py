@@ -79,7 +79,8 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
     texts longer than the context length are cut with a warning), or a (K, D) tensor of text
     embeddings (e.g. a zero-shot classifier; name them with ``labels``). For an image classifier
     (``wrap_model`` of a ViT classifier): classes, as indices or label names (``prompts.class_targets``:
-    an unknown name or an index out of range is a ValueError naming the close matches or the range). ``layers``: block indices (negative from the end) or an int
+    an unknown name or an index out of range is a ValueError naming the close matches or the range).
+    ``layers``: block indices (negative from the end) or an int
     n for the last n blocks; several blocks combine as ReLU per block, then sum. ``mode``: "faithful"
     (the model's own multi-head blocks; scores equal the model's cosine) or "official" (the authors'
     single-head recomputation of the explained blocks: its scores, and so its maps, are not the model's;

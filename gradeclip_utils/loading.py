@@ -1,7 +1,8 @@
 """Loading CLIP models of every supported family: open_clip names and weights, local checkpoints, the
 embedded synthetic model, Hugging Face transformers checkpoints (``hf:``) and OpenAI clip state dicts
 (``openai-clip:``); ViT image classifiers (Hugging Face ``hf:`` checkpoints whose config names an image
-classifier, timm models ``timm:``); and wrapping models users built themselves."""
+classifier, timm models ``timm:``, torchvision models ``torchvision:``); and wrapping models users built
+themselves."""
 
 from __future__ import annotations
 
@@ -137,8 +138,10 @@ def load_model(name: str = SYNTHETIC, pretrained: str | None = None, device: str
     - image classifiers: "hf:REPO_OR_FOLDER" whose config names an image classifier (a
       ``ViTForImageClassification`` such as "hf:google/vit-base-patch16-224"), or "timm:NAME", a timm
       class-token ViT ("timm:vit_base_patch16_224", "timm:deit_small_patch16_224") with ``pretrained`` None
-      (random weights), "timm" (timm's weights, downloaded once) or a local safetensors file. Their targets
-      are classes (``explain_image``'s ``prompts``: class indices or label names).
+      (random weights), "timm" (timm's weights, downloaded once) or a local safetensors file, or
+      "torchvision:NAME" ("torchvision:vit_b_16") with ``pretrained`` None, a weights tag ("IMAGENET1K_V1")
+      or a local state dict. Their targets are classes (``explain_image``'s ``prompts``: class indices or
+      label names).
 
     Local checkpoints, and those in a model folder, are checked before anything is built: a pickle
     holding more than tensors raises ``UnsafeCheckpointError`` without running anything. ``device``
@@ -270,13 +273,13 @@ def _weights_error(name: str, pretrained: str | None, error: BaseException, fami
 def wrap_model(model: nn.Module | tuple[nn.Module, nn.Module], preprocess: Callable | None = None,
                tokenizer: Callable | None = None, *, name: str = "custom", pretrained: str | None = None,
                classes: Sequence[str] | None = None) -> LoadedModel:
-    """Wrap a CLIP model you already built (it is put in eval mode): an open_clip model, a Hugging
-    Face ``CLIPModel`` (or a ``(CLIPVisionModelWithProjection, CLIPTextModelWithProjection)`` pair),
-    or a model of OpenAI's ``clip`` package; or a ViT image classifier: a Hugging Face
-    ``ViTForImageClassification`` or a timm ``VisionTransformer`` with a class-token head (see
-    ``adapters/classifier.py``). A classifier's ``classes`` name its classes in the head's order (by
-    default its own: ``config.id2label``, timm's ImageNet descriptions, else "class i"); it takes no
-    tokenizer, and its default preprocessing normalises with its family's mean and std.
+    """Wrap a CLIP model you already built (it is put in eval mode): an open_clip model, a Hugging Face
+    ``CLIPModel`` (or a ``(CLIPVisionModelWithProjection, CLIPTextModelWithProjection)`` pair), or a model of
+    OpenAI's ``clip`` package; or a ViT image classifier: a Hugging Face ``ViTForImageClassification``, a timm
+    ``VisionTransformer`` with a class-token head or a torchvision ``VisionTransformer`` (see
+    ``adapters/classifier.py``). A classifier's ``classes`` name its classes in the head's order (by default its
+    own: ``config.id2label``, timm's ImageNet descriptions, else "class i"); it takes no tokenizer, and its default
+    preprocessing normalises with its family's mean and std.
 
     ``preprocess`` defaults to the model's own image size with CLIP's resize, centre crop and
     normalisation; ``tokenizer`` to open_clip's bundled CLIP tokenizer (the byte-pair vocabulary of

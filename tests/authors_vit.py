@@ -166,7 +166,8 @@ class Layer4(nn.Module):
         self.layernorm_before, self.layernorm_after = layer.layernorm_before, layer.layernorm_after
 
     def forward(self, hidden_states, head_mask=None, output_attentions=False):
-        hidden_states = self.attention(self.layernorm_before(hidden_states), head_mask, output_attentions)[0] + hidden_states
+        attention = self.attention(self.layernorm_before(hidden_states), head_mask, output_attentions)[0]
+        hidden_states = attention + hidden_states
         return (self.output(self.intermediate(self.layernorm_after(hidden_states)), hidden_states),)
 
 

@@ -8,7 +8,8 @@ and the split of the fused q/k/v projection only: the converter is written here,
 
 ``reference`` is the classifier and Grad-ECLIP written out from the weights, apart from the package and
 from both libraries: patch convolution, class token, positional embedding (kept at the native grid, else
-resampled bicubically, with antialiasing as timm resamples or without as transformers does), pre-norm
+resampled bicubically as each library resamples it: timm with antialiasing, transformers without, torchvision
+with ``align_corners=True``), pre-norm
 blocks with explicit per-head attention, final norm of the class token, head; the map of class k is
 ReLU(sum_c dS/do_c v_i[c] minmax(cos(q_cls, k_i))) over the patches for the last block's class-token
 attention output o, S the logit z_k or the probability softmax(z)_k, the gradient taken by autograd one
@@ -83,14 +84,43 @@ def to_hf(model: nn.Module) -> nn.Module:
     return hf.eval()
 
 
+def to_torchvision(model: nn.Module) -> nn.Module:
+    """The timm classifier's weights (square native size) in a torchvision ``VisionTransformer``."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    size = tuple(model.patch_embed.img_size)
+    assert size[0] == size[1], "torchvision's ViTs are square"
+    tv = VisionTransformer(image_size=size[0], patch_size=PATCH, num_layers=len(model.blocks), num_heads=HEADS,
+                           hidden_dim=WIDTH, mlp_dim=model.blocks[0].mlp.fc1.out_features,
+                           num_classes=model.head.out_features)
+    state = {"class_token": model.cls_token, "encoder.pos_embedding": model.pos_embed,
+             "conv_proj.weight": model.patch_embed.proj.weight, "conv_proj.bias": model.patch_embed.proj.bias,
+             "encoder.ln.weight": model.norm.weight, "encoder.ln.bias": model.norm.bias,
+             "heads.head.weight": model.head.weight, "heads.head.bias": model.head.bias}
+    for i, block in enumerate(model.blocks):
+        prefix = f"encoder.layers.encoder_layer_{i}."
+        state[f"{prefix}self_attention.in_proj_weight"] = block.attn.qkv.weight
+        state[f"{prefix}self_attention.in_proj_bias"] = block.attn.qkv.bias
+        for ours, theirs in (("self_attention.out_proj", block.attn.proj), ("mlp.0", block.mlp.fc1),
+                             ("mlp.3", block.mlp.fc2), ("ln_1", block.norm1), ("ln_2", block.norm2)):
+            state[f"{prefix}{ours}.weight"], state[f"{prefix}{ours}.bias"] = theirs.weight, theirs.bias
+    tv.load_state_dict({k: v.detach().clone() for k, v in state.items()})
+    return tv.eval()
+
+
 # ------------------------------------------------------------------------------------- the literal code
-def _positions(model: nn.Module, grid: tuple[int, int], antialias: bool) -> torch.Tensor:
+#: how each library resamples the positional embedding for another grid: F.interpolate's options
+RESAMPLING = {"timm": {"align_corners": False, "antialias": True}, "hf": {"align_corners": False},
+              "torchvision": {"align_corners": True}}
+
+
+def _positions(model: nn.Module, grid: tuple[int, int], resample: str) -> torch.Tensor:
     pos = model.pos_embed[0]
     native = tuple(model.patch_embed.grid_size)
     if tuple(grid) == native:
         return pos
     patches = pos[1:].reshape(1, *native, -1).permute(0, 3, 1, 2)
-    patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False, antialias=antialias)
+    patches = F.interpolate(patches, size=grid, mode="bicubic", **RESAMPLING[resample])
     return torch.cat([pos[:1], patches.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)])
 
 
@@ -111,13 +141,13 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, di
     return torch.cat(out, dim=-1)
 
 
-def _forward(model: nn.Module, image: torch.Tensor, official: bool, antialias: bool):
+def _forward(model: nn.Module, image: torch.Tensor, official: bool, resample: str):
     """One image: the logits (L,), the last block's class-token attention output o (C,) in the graph, and its
     q, k, v (N, C)."""
     embed = model.patch_embed.proj
     x = F.conv2d(image[None], embed.weight, embed.bias, stride=PATCH)[0]  # (C, h, w)
     grid = tuple(x.shape[1:])
-    x = torch.cat([model.cls_token[0], x.flatten(1).T]) + _positions(model, grid, antialias)
+    x = torch.cat([model.cls_token[0], x.flatten(1).T]) + _positions(model, grid, resample)
     blocks = list(model.blocks)
     for index, block in enumerate(blocks):
         h = _layer_norm(x, block.norm1)
@@ -141,13 +171,13 @@ def _forward(model: nn.Module, image: torch.Tensor, official: bool, antialias: b
 
 
 def reference(model: nn.Module, pixels: torch.Tensor, classes: list[int], *, official: bool = False,
-              antialias: bool = True, probability: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+              resample: str = "timm", probability: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The (B, L) logits and the (B, K, h, w) Grad-ECLIP maps of ``classes`` (last block) of the timm
-    classifier ``model``'s weights, written out; ``antialias``: timm's resampling of the positional
-    embedding (False: transformers')."""
+    classifier ``model``'s weights, written out; ``resample``: whose resampling of the positional embedding
+    ("timm", "hf" or "torchvision", ``RESAMPLING``)."""
     logits, maps = [], []
     for image in pixels:
-        z, o, q, k, v = _forward(model, image, official, antialias)
+        z, o, q, k, v = _forward(model, image, official, resample)
         grid = (image.shape[1] // PATCH, image.shape[2] // PATCH)
         score = torch.softmax(z, dim=-1) if probability else z
         cos = F.cosine_similarity(q[0][None], k[1:], dim=-1)
@@ -161,4 +191,5 @@ def reference(model: nn.Module, pixels: torch.Tensor, classes: list[int], *, off
     return torch.stack(logits), torch.stack(maps)
 
 
-__all__ = ["HEADS", "PATCH", "WIDTH", "hf_config", "reference", "timm_classifier", "to_hf"]
+__all__ = ["HEADS", "PATCH", "RESAMPLING", "WIDTH", "hf_config", "reference", "timm_classifier", "to_hf",
+           "to_torchvision"]

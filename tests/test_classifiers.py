@@ -1,5 +1,6 @@
 """ViT image classifiers: Hugging Face ViTForImageClassification (transformers 5.x, and the 4.x layout through
-``authors_vit.as_transformers4``) and timm class-token VisionTransformer classifiers.
+``authors_vit.as_transformers4``), timm class-token VisionTransformer classifiers and torchvision's
+VisionTransformer.
 
 Every family is checked against the literal code of ``classifiers.reference`` on realistic random weights
 (width 768, patch 16) and non-square inputs, in both modes and for both scores; timm and Hugging Face on the
@@ -18,7 +19,7 @@ from gradeclip_utils.explain import method_support
 from gradeclip_utils.methods import get_spec, list_methods, probe_options, refusal
 
 from authors_vit import as_transformers4, authors_maps
-from classifiers import reference, timm_classifier, to_hf
+from classifiers import reference, timm_classifier, to_hf, to_torchvision
 from families import non_square_pixels, relative
 
 TOLERANCE = 1e-5
@@ -29,10 +30,10 @@ LABELS = ["tabby, tabby cat", "tiger cat", "whippet", "sports car", "car wheel",
 
 @pytest.fixture(scope="module")
 def square():
-    """The timm classifier at a square native size (64 x 64: the authors' notebook needs a square one) and the
-    same weights in transformers 5.x."""
+    """The timm classifier at a square native size (64 x 64: the authors' notebook and torchvision need a
+    square one) and the same weights in transformers 5.x and in torchvision."""
     model = timm_classifier(image_size=(64, 64))
-    return model, to_hf(model)
+    return model, to_hf(model), to_torchvision(model)
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +50,11 @@ def _explain(loaded, pixels, classes, **options):
 
 # ------------------------------------------------------------------------------------------ families
 def test_families_are_recognised_with_their_labels(square):
-    timm_model, hf_model = square
-    timm_adapter, hf_adapter = get_adapter(timm_model), get_adapter(hf_model)
+    timm_model, hf_model, tv_model = square
+    timm_adapter, hf_adapter, tv_adapter = get_adapter(timm_model), get_adapter(hf_model), get_adapter(tv_model)
     assert timm_adapter.family == "timm ViT classifier" and hf_adapter.family == "Hugging Face ViT classifier"
-    for adapter in (timm_adapter, hf_adapter):
+    assert tv_adapter.family == "torchvision ViT classifier" and tv_adapter.labels[3] == "class 3"
+    for adapter in (timm_adapter, hf_adapter, tv_adapter):
         assert adapter.is_classifier and adapter.text is None and adapter.num_classes == 10
         assert adapter.embed_dim == 10 and adapter.patch_size == (16, 16) and adapter.num_image_blocks == 2
     assert hf_adapter.labels == tuple(hf_model.config.id2label[i] for i in range(10))
@@ -61,19 +63,19 @@ def test_families_are_recognised_with_their_labels(square):
     assert ge.explain_image(loaded, non_square_pixels(1), "whippet", progress=False).prompts == ["whippet"]
 
 
-@pytest.mark.parametrize("family", ["timm", "hf"])
+@pytest.mark.parametrize("family", ["timm", "hf", "torchvision"])
 @pytest.mark.parametrize("mode", ["faithful", "official"])
 @pytest.mark.parametrize("score", ["logit", "probability"])
 def test_each_family_matches_the_literal_code(square, family, mode, score):
     """Maps and scores of a non-square input on another grid than the native one (the positional embedding
     resampled as each library resamples it), 12 targets (more than the 10 classes: the Jacobian path) too."""
-    timm_model, hf_model = square
-    loaded = ge.wrap_model(timm_model if family == "timm" else hf_model)
+    timm_model, hf_model, tv_model = square
+    loaded = ge.wrap_model({"timm": timm_model, "hf": hf_model, "torchvision": tv_model}[family])
     pixels = non_square_pixels(2, (48, 80))
     for classes in (CLASSES, [9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 3, 9]):
         maps, scores = _explain(loaded, pixels, classes, mode=mode, score=score)
-        logits, expected = reference(timm_model, pixels, classes, official=mode == "official",
-                                     antialias=family == "timm", probability=score == "probability")
+        logits, expected = reference(timm_model, pixels, classes, official=mode == "official", resample=family,
+                                     probability=score == "probability")
         values = logits.softmax(-1) if score == "probability" else logits
         assert relative(maps, expected) < TOLERANCE
         assert relative(scores, values[:, classes]) < TOLERANCE
@@ -98,7 +100,7 @@ def test_timm_and_hugging_face_agree_on_the_same_weights(oblong, mode):
 @pytest.mark.parametrize("size", [(48, 80), (64, 96)])
 def test_official_mode_is_the_authors_notebook(square, size):
     """The notebook's functions (``authors_vit``) on the transformers 4.x layout of the same weights."""
-    _, hf_model = square
+    hf_model = square[1]
     pixels = non_square_pixels(2, size, seed=7)
     logits, maps = authors_maps(as_transformers4(hf_model), pixels, CLASSES)
     ours, scores = _explain(ge.wrap_model(hf_model), pixels, CLASSES, mode="official")
@@ -110,13 +112,24 @@ def test_official_mode_is_the_authors_notebook(square, size):
 
 @pytest.mark.parametrize("mode", ["faithful", "official"])
 def test_the_transformers_4_layout_reads_as_the_5_layout(square, mode):
-    _, hf_model = square
+    hf_model = square[1]
     old = ge.wrap_model(as_transformers4(hf_model))
     assert old.adapter.family == "Hugging Face ViT classifier" and not hasattr(old.model.vit, "layers")
     pixels = non_square_pixels(2, (48, 80), seed=8)
     maps, scores = _explain(old, pixels, CLASSES, mode=mode)
     expected, expected_scores = _explain(ge.wrap_model(hf_model), pixels, CLASSES, mode=mode)
     assert relative(maps, expected) < TOLERANCE and relative(scores, expected_scores) < TOLERANCE
+
+
+@pytest.mark.parametrize("mode", ["faithful", "official"])
+def test_torchvision_agrees_with_timm_at_the_native_size(square, mode):
+    timm_model, _, tv_model = square
+    pixels = non_square_pixels(2, (64, 64), seed=9)
+    maps, scores = _explain(ge.wrap_model(tv_model), pixels, CLASSES, mode=mode)
+    expected, expected_scores = _explain(ge.wrap_model(timm_model), pixels, CLASSES, mode=mode)
+    assert relative(maps, expected) < TOLERANCE and relative(scores, expected_scores) < TOLERANCE
+    with torch.no_grad():
+        assert relative(tv_model(pixels), timm_model(pixels)) < TOLERANCE
 
 
 # ------------------------------------------------------------------------------------------ refusals
@@ -141,6 +154,7 @@ def test_timm_classifiers_without_a_class_token_head_are_refused_by_name(options
 
 def test_distilled_and_other_models_are_refused_by_name():
     import timm
+    import torchvision
     from transformers import DeiTConfig, DeiTForImageClassification, DeiTForImageClassificationWithTeacher
     from transformers import ViTConfig, ViTForImageClassification
 
@@ -150,6 +164,8 @@ def test_distilled_and_other_models_are_refused_by_name():
         ge.wrap_model(distilled)
     with pytest.raises(UnsupportedModelError, match="timm ResNet classifiers have no adapter"):
         ge.wrap_model(timm.create_model("resnet10t", pretrained=False, num_classes=4))
+    with pytest.raises(UnsupportedModelError, match="torchvision SqueezeNet classifiers have no adapter"):
+        ge.wrap_model(torchvision.models.squeezenet1_1(num_classes=4))
     config = DeiTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                         image_size=32, patch_size=16, num_labels=4)
     with pytest.raises(UnsupportedModelError, match="DeiTForImageClassificationWithTeacher: its logit is the mean"):
@@ -258,3 +274,5 @@ def test_load_model_names_classifiers(tmp_path):
     assert tiny.family == "timm ViT classifier" and tiny.adapter.labels[0] == "tench, Tinca tinca"
     with pytest.raises(UnsupportedModelError, match="global_pool='avg'"):
         ge.load_model("timm:vit_medium_patch16_gap_256", device="cpu")
+    vision = ge.load_model("torchvision:vit_b_32", device="cpu")
+    assert vision.family == "torchvision ViT classifier" and vision.adapter.num_classes == 1000

@@ -1,10 +1,10 @@
 """What a model-family adapter captures, and the interface every adapter implements.
 
-An adapter is the only code that reaches inside a CLIP implementation (or an image classifier's). It runs an encoder tower
-forward and captures, for the blocks it is asked to explain, the attention internals the methods
-need: the in-projected queries, keys and values, the attention output before the output projection,
-and the row of that output at the pooled token as a tensor the embedding can be differentiated
-against. Methods are functions over these captures.
+An adapter is the only code that reaches inside a CLIP implementation (or an image classifier's). It runs an
+encoder tower forward and captures, for the blocks it is asked to explain, the attention internals the methods
+need: the in-projected queries, keys and values, the attention output before the output projection, and the row of
+that output at the pooled token as a tensor the embedding can be differentiated against. Methods are functions over
+these captures.
 
 An adapter is an image tower and a text tower (``ImageTower``, ``TextTower``) behind one
 ``CLIPAdapter``. The towers that are transformers share one engine (``transformer.py``); a family's

@@ -1,4 +1,5 @@
-"""Image classifiers: what every classifier family shares (``ClassifierAdapter``, ``ClassifierTower``).
+"""Image classifiers: what every classifier family shares (``ClassifierAdapter``, ``ClassifierTower``); the
+families are ``hf_vit.py``, ``timm_classifier.py`` and ``torchvision_vit.py``.
 
 A ViT classifier is a ViT image tower whose class token, after the final norm, goes through a linear head
 to its logits over L classes; it has no text tower. It fits the methods' abstraction of an embedding

@@ -312,5 +312,5 @@ def explained_score(score: str | ExplainedScore = DEFAULT_SCORE, adapter: Any = 
 
 
 __all__ = ["CLASS_SCORES", "COSINE", "DEFAULT_SCORE", "SCALED", "SCORES", "SYMBOLS", "TEXT_CONTRAST", "ClassScore",
-           "ExplainedScore", "check_count", "check_score", "cosine_gradients", "default_score", "explained_score", "has_logit_scale",
-           "is_classifier", "model_scores", "others_logsumexp", "own_scores", "scale_refusal"]
+           "ExplainedScore", "check_count", "check_score", "cosine_gradients", "default_score", "explained_score",
+           "has_logit_scale", "is_classifier", "model_scores", "others_logsumexp", "own_scores", "scale_refusal"]
