@@ -223,8 +223,9 @@ class ClassScore(ExplainedScore):
     def image_scores(self, embedding: Tensor, targets: Tensor) -> Tensor:
         if self.name == "logit":
             return embedding.float() @ targets.float().T
-        # float64: a probability close to 1 keeps its p (1 - p)
-        return (torch.softmax(embedding.double(), dim=-1) @ targets.double().T).float()
+        # the softmax (and so its backward, p (g - g . p)) in float64: a probability close to 1 keeps its p (1 - p);
+        # the rows in float32, so that K cotangents do not each pull a float64 (K, L) product
+        return torch.softmax(embedding.double(), dim=-1).float() @ targets.float().T
 
     def embedding_gradients(self, embedding: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """d S / d z: t for the logit; p * t - (t . p) p for the probability (the softmax's Jacobian)."""
