@@ -20,8 +20,9 @@ from .inputs import DEFAULT_MAX_PATCHES, group_by_shape, prepare_images
 from .loading import LoadedModel, as_loaded
 from .methods import (cosine_scores, get_image_method, get_spec, get_text_method, prepare_options, probe_options,
                       refusal)
-from .methods.registry import SETTING_DEFAULTS, find_spec
-from .methods.scores import DEFAULT_SCORE, check_count, explained_score, others_logsumexp, scale_refusal
+from .methods.registry import SETTING_DEFAULTS, MethodSpec, find_spec
+from .methods.scores import (DEFAULT_SCORE, check_count, default_score, explained_score, others_logsumexp,
+                             scale_refusal)
 from .prompts import encode_texts, prompt_count, prompt_targets, zero_shot_classifier
 from .results import ImageExplanation, TextExplanation
 from .session import check_supported, explaining, release_frames, run_image_method, run_text_method
@@ -53,9 +54,13 @@ def method_support(model: LoadedModel, method: str, **options: Any) -> str | Non
 
 
 
-def check_score(model: LoadedModel, score: str) -> None:
+def check_score(model: LoadedModel, score: str, spec: MethodSpec | None = None) -> None:
     """An ``UnsupportedMethodError`` naming the score and the family when ``model`` cannot give ``score``
-    (the logit and the probability need the model's logit scale), before any work."""
+    (the logit and the probability need the model's logit scale; a classifier gives only those two), before
+    any work. A method that explains no score (``spec``) runs with the default score, which stands for the
+    model's own (a classifier's logit): that is no refusal."""
+    if spec is not None and "score" not in spec.uses and score == DEFAULT_SCORE:
+        return
     reason = scale_refusal(score, model.adapter)
     if reason is not None:
         raise UnsupportedMethodError(reason)
@@ -65,7 +70,7 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
                   layers: int | Sequence[int] = (-1,), mode: str = "faithful", qk: str = "raw",
                   resolution: str = "native", labels: Sequence[str] | None = None, batch_size: int = 8,
                   max_patches: int = DEFAULT_MAX_PATCHES, progress: bool | None = None,
-                  score: str = DEFAULT_SCORE, memory_budget: int | None = None, **options: Any) -> ImageExplanation:
+                  score: str | None = None, memory_budget: int | None = None, **options: Any) -> ImageExplanation:
     """Heat maps of images against prompts.
 
     ``images``: a path, a PIL image, a numpy array or integer tensor holding a picture (HWC or CHW,
@@ -73,7 +78,10 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
     preprocessed pixels used as is (see ``gradeclip_utils.inputs`` for the exact rule).
     ``prompts``: a string, a list of strings (empty strings give all-zero or weak maps, never NaN;
     texts longer than the context length are cut with a warning), or a (K, D) tensor of text
-    embeddings (e.g. a zero-shot classifier; name them with ``labels``). ``layers``: block indices (negative from the end) or an int
+    embeddings (e.g. a zero-shot classifier; name them with ``labels``). For an image classifier
+    (``wrap_model`` of a ViT classifier): classes, as indices or label names (``prompts.class_targets``:
+    an unknown name or an index out of range is a ValueError naming the close matches or the range).
+    ``layers``: block indices (negative from the end) or an int
     n for the last n blocks; several blocks combine as ReLU per block, then sum. ``mode``: "faithful"
     (the model's own multi-head blocks; scores equal the model's cosine) or "official" (the authors'
     single-head recomputation of the explained blocks: its scores, and so its maps, are not the model's;
@@ -83,8 +91,9 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
     spatial weight. ``resolution``: "native" (aspect kept, sides rounded to the patch size, positional
     embeddings interpolated; at most ``max_patches`` patches) or "model" (the model's preprocessing).
 
-    ``score``: what the maps explain (``methods/scores.py``, docs/method.md "The explained score"):
-    "cosine" (default), "logit" (the model's logit scale x the cosine: the cosine's maps times the scale
+    ``score``: what the maps explain (``methods/scores.py``, docs/method.md "The explained score"); None
+    (the default) is the model's default, "cosine" for a CLIP and "logit" for a classifier. A CLIP gives
+    "cosine", "logit" (the model's logit scale x the cosine: the cosine's maps times the scale
     for Grad-ECLIP, Grad-CAM and LeGrad), "probability" (each prompt's softmax among the prompts given at
     the model's logit scale, the zero-shot class probability; a single prompt is a ValueError, its map
     being identically zero) or "contrast" (S(a) - S(b), the cosine of prompt a minus that of prompt b:
@@ -92,7 +101,9 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
     give K maps labelled "a rather than b"). ``scores`` hold the explained score (rows of probabilities sum
     to 1). Methods that take no gradient of a score (raw attention, rollout, MaskCLIP, CLIP Surgery, ITSM)
     refuse a score other than the cosine by name; a model without a logit scale (a Hugging Face
-    vision/text pair) refuses the logit and the probability.
+    vision/text pair) refuses the logit and the probability. An image classifier gives "logit" (its class
+    logit) and "probability" (its softmax over all its classes, whatever classes are asked for); the methods
+    that explain no score return its logits as ``scores``.
 
     Cost (Grad-ECLIP): per batch of images on one grid, one forward of the image tower and one batched
     backward of min(K, D) cotangents through the blocks after the earliest explained block (after
@@ -116,6 +127,9 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
     that runs the model outside this package while an explanation is in progress sees it in eval mode.
     """
     model = as_loaded(model)
+    if score is None:  # the model's default, for a method that explains a score
+        spec = find_spec(method)
+        score = default_score(model.adapter) if spec is not None and "score" in spec.uses else DEFAULT_SCORE
     config = ExplainConfig(method=method, layers=layers, mode=mode, qk=qk, resolution=resolution,
                            max_patches=max_patches, options=options, score=score, memory_budget=memory_budget)
     if batch_size < 1:
@@ -123,7 +137,7 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
     get_image_method(method)  # an unknown name is an error before any work
     spec = get_spec(method)
     check_supported(model, spec)  # so is a method the model's family cannot run
-    check_score(model, config.score)  # and a score the model cannot give
+    check_score(model, config.score, spec)  # and a score the model cannot give
     adapter = model.adapter
     config = config.resolved(adapter, "image")
     prepared = prepare_images(model, images, config.resolution, max_patches=config.max_patches)

@@ -1,6 +1,8 @@
 """Loading CLIP models of every supported family: open_clip names and weights, local checkpoints, the
 embedded synthetic model, Hugging Face transformers checkpoints (``hf:``) and OpenAI clip state dicts
-(``openai-clip:``); and wrapping models users built themselves."""
+(``openai-clip:``); ViT image classifiers (Hugging Face ``hf:`` checkpoints whose config names an image
+classifier, timm models ``timm:``, torchvision models ``torchvision:``); and wrapping models users built
+themselves."""
 
 from __future__ import annotations
 
@@ -149,7 +151,14 @@ def load_model(name: str = SYNTHETIC, pretrained: str | None = None, device: str
     - "hf:REPO_OR_FOLDER": a Hugging Face transformers ``CLIPModel`` ("hf:openai/clip-vit-base-patch16"
       downloads when online; offline, a folder with ``config.json`` and ``model.safetensors``);
     - "openai-clip:NAME" with ``pretrained`` a local state dict (safetensors or plain tensors), or
-      "openai-clip:FILE": a model of OpenAI's ``clip`` package built from that state dict.
+      "openai-clip:FILE": a model of OpenAI's ``clip`` package built from that state dict;
+    - image classifiers: "hf:REPO_OR_FOLDER" whose config names an image classifier (a
+      ``ViTForImageClassification`` such as "hf:google/vit-base-patch16-224"), or "timm:NAME", a timm
+      class-token ViT ("timm:vit_base_patch16_224", "timm:deit_small_patch16_224") with ``pretrained`` None
+      (random weights), "timm" (timm's weights, downloaded once) or a local safetensors file, or
+      "torchvision:NAME" ("torchvision:vit_b_16") with ``pretrained`` None, a weights tag ("IMAGENET1K_V1")
+      or a local state dict. Their targets are classes (``explain_image``'s ``prompts``: class indices or
+      label names).
 
     Local checkpoints, and those in a model folder, are checked before anything is built: a pickle
     holding more than tensors raises ``UnsafeCheckpointError`` without running anything. ``device``
@@ -190,12 +199,14 @@ PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.
 
 
 def family_loader(name: str):
-    """The adapter family whose name prefix ``name`` carries ("hf:", "openai-clip:"), or None."""
-    for family in FAMILIES:
-        prefix = getattr(family, "PREFIX", None)
-        if prefix and name.startswith(prefix):
+    """The adapter family whose name prefix ``name`` carries ("hf:", "openai-clip:", "timm:"), or None. Of
+    families that share a prefix (Hugging Face CLIP models and image classifiers), one that ``claims`` the
+    name (from its config) comes first, then the one that claims nothing."""
+    matching = [f for f in FAMILIES if getattr(f, "PREFIX", None) and name.startswith(f.PREFIX)]
+    for family in matching:
+        if len(matching) == 1 or (hasattr(family, "claims") and family.claims(name[len(family.PREFIX):])):
             return family
-    return None
+    return next((f for f in matching if not hasattr(f, "claims")), None)
 
 
 def _load_open_clip(name: str, pretrained: str | None, device: torch.device, precision: str,
@@ -331,10 +342,15 @@ def _weights_error(name: str, pretrained: str | None, reason: str, family=None) 
 
 
 def wrap_model(model: nn.Module | tuple[nn.Module, nn.Module], preprocess: Callable | None = None,
-               tokenizer: Callable | None = None, *, name: str = "custom", pretrained: str | None = None) -> LoadedModel:
-    """Wrap a CLIP model you already built (it is put in eval mode): an open_clip model, a Hugging
-    Face ``CLIPModel`` (or a ``(CLIPVisionModelWithProjection, CLIPTextModelWithProjection)`` pair),
-    or a model of OpenAI's ``clip`` package.
+               tokenizer: Callable | None = None, *, name: str = "custom", pretrained: str | None = None,
+               classes: Sequence[str] | None = None) -> LoadedModel:
+    """Wrap a CLIP model you already built (it is put in eval mode): an open_clip model, a Hugging Face
+    ``CLIPModel`` (or a ``(CLIPVisionModelWithProjection, CLIPTextModelWithProjection)`` pair), or a model of
+    OpenAI's ``clip`` package; or a ViT image classifier: a Hugging Face ``ViTForImageClassification``, a timm
+    ``VisionTransformer`` with a class-token head or a torchvision ``VisionTransformer`` (see
+    ``adapters/classifier.py``). A classifier's ``classes`` name its classes in the head's order (by default its
+    own: ``config.id2label``, timm's ImageNet descriptions, else "class i"); it takes no tokenizer, and its default
+    preprocessing normalises with its family's mean and std.
 
     ``preprocess`` defaults to the model's own image size with CLIP's resize, centre crop and
     normalisation; ``tokenizer`` to open_clip's bundled CLIP tokenizer (the byte-pair vocabulary of
@@ -354,20 +370,27 @@ def wrap_model(model: nn.Module | tuple[nn.Module, nn.Module], preprocess: Calla
         model = HFCLIPPair(*model)
     if not isinstance(model, nn.Module):
         raise TypeError(f"wrap_model takes a CLIP model (an nn.Module), got {type(model).__name__}")
-    return _wrap(model, preprocess, tokenizer, name=name, pretrained=pretrained)
+    return _wrap(model, preprocess, tokenizer, name=name, pretrained=pretrained, classes=classes)
 
 
 def _wrap(model: nn.Module, preprocess: Callable | None, tokenizer: Callable | None, *, name: str,
-          pretrained: str | None, device: torch.device | None = None, precision: str | None = None) -> LoadedModel:
+          pretrained: str | None, device: torch.device | None = None, precision: str | None = None,
+          classes: Sequence[str] | None = None) -> LoadedModel:
     """The LoadedModel of a built model: eval mode, its adapter (or the family's error), and the
     default preprocessing and tokenizer where none is given. Device and precision default to those of
-    the image tower's weights (OpenAI's fp16 models keep some parameters in fp32)."""
+    the image tower's weights (OpenAI's fp16 models keep some parameters in fp32). A classifier gets its
+    ``classes`` names (when given) and a tokenizer that says it takes none."""
     model.eval()
     adapter = get_adapter(model)  # fail early on unsupported families
     if device is None:
         device = adapter.device
     if precision is None:
         precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(adapter.dtype, "fp32")
+    if adapter.is_classifier:
+        return _wrap_classifier(model, adapter, preprocess, tokenizer, name=name, pretrained=pretrained,
+                                device=device, precision=precision, classes=classes)
+    if classes is not None:
+        raise ValueError("classes name an image classifier's classes; a CLIP model takes prompts instead")
     if preprocess is None:
         import open_clip
 
@@ -380,6 +403,36 @@ def _wrap(model: nn.Module, preprocess: Callable | None, tokenizer: Callable | N
                          pretrained=pretrained, precision=precision)
     loaded.__dict__["adapter"] = adapter
     return loaded
+
+
+def _wrap_classifier(model: nn.Module, adapter: CLIPAdapter, preprocess: Callable | None, tokenizer: Callable | None,
+                     *, name: str, pretrained: str | None, device: torch.device, precision: str,
+                     classes: Sequence[str] | None) -> LoadedModel:
+    """``_wrap`` for an image classifier: its class names, its family's normalisation, no tokenizer."""
+    if tokenizer is not None:
+        raise ValueError(f"a {adapter.family} has no text tower: it takes no tokenizer (its targets are classes)")
+    if classes is not None:
+        adapter.set_labels(classes)
+    if preprocess is None:
+        import open_clip
+
+        mean, std = adapter.normalization
+        preprocess = open_clip.image_transform(adapter.image_size, is_train=False, mean=mean, std=std)
+    loaded = LoadedModel(model=model, preprocess=preprocess, tokenizer=no_tokenizer(adapter.family), device=device,
+                         name=name, pretrained=pretrained, precision=precision)
+    loaded.__dict__["adapter"] = adapter
+    return loaded
+
+
+def no_tokenizer(family: str) -> Callable:
+    """The tokenizer of a model without a text tower: any call is an error saying what to give instead."""
+
+    def tokenizer(texts: Any) -> torch.Tensor:
+        raise ValueError(f"a {family} has no text tower: its targets are classes, given as class indices or label "
+                         "names (explain_image(model, images, ['tabby cat', 281]))")
+
+    tokenizer.unavailable = True
+    return tokenizer
 
 
 def default_tokenizer(adapter: CLIPAdapter) -> Callable:

@@ -1,8 +1,11 @@
 """Prompts as targets: texts encoded to unit embeddings, zero-shot classifiers, and the prompts of an
-explanation (texts or embeddings) as unit-normalised targets."""
+explanation (texts or embeddings) as unit-normalised targets; for an image classifier, classes (indices or
+label names) as one-hot rows over its classes (``class_targets``)."""
 
 from __future__ import annotations
 
+import difflib
+import numbers
 from typing import Any, Sequence
 
 import numpy as np
@@ -12,7 +15,7 @@ from tqdm import tqdm  # text progress: it stays readable in a saved or reloaded
 
 from .loading import LoadedModel
 from .guard import explaining
-from .methods.scores import DEFAULT_SCORE, check_count
+from .methods.scores import DEFAULT_SCORE, check_count, is_classifier
 from .text import as_text_list
 
 
@@ -74,7 +77,10 @@ def prompt_targets(model: LoadedModel, prompts: Any, labels: Sequence[str] | Non
     ``score="contrast"``: pairs (a, b), a list of 2-tuples of strings (one tuple of two strings is one pair)
     or a (K, 2, D) tensor or array, as T = 2K rows a_1, b_1, a_2, b_2, ... named "a rather than b".
     ``labels`` name the K scores. A count the score cannot take (the probability among a single prompt)
-    is a ValueError before any text is encoded (``methods.scores.check_count``)."""
+    is a ValueError before any text is encoded (``methods.scores.check_count``). An image classifier's
+    prompts are classes (``class_targets``)."""
+    if is_classifier(model.adapter):
+        return class_targets(model, prompts, labels)
     pairs = score == "contrast"
     if isinstance(prompts, np.ndarray):
         if prompts.dtype.kind != "f":
@@ -141,3 +147,73 @@ def _pair_texts(prompts: Any) -> tuple[list[str], list[str]]:
         raise TypeError(f"score='contrast' takes its prompts as {shape}; got {bad[0]!r}")
     texts = as_text_list([text for pair in prompts for text in pair], "the contrast's prompts")
     return texts, [f"{a} rather than {b}" for a, b in zip(texts[0::2], texts[1::2])]
+
+
+# ---------------------------------------------------------------------------------------- classifiers
+def class_targets(model: LoadedModel, prompts: Any, labels: Sequence[str] | None = None
+                  ) -> tuple[torch.Tensor, list[str]]:
+    """An image classifier's prompts as targets (K, L) over its L classes, and the names of the K scores.
+
+    ``prompts``: a class index, a label name, a list of these, or an integer tensor or array of indices: each
+    becomes the one-hot row of its class (``class_index``), named by its label (or by ``labels``). A float
+    (K, L) tensor or array is taken as K weightings of the classes as they are (the score of row t is
+    t . logits, or t . probabilities), named "weighting k" (or by ``labels``).
+    """
+    adapter = model.adapter
+    count = adapter.num_classes
+    if isinstance(prompts, np.ndarray):
+        prompts = torch.from_numpy(np.ascontiguousarray(prompts))
+    if isinstance(prompts, torch.Tensor) and prompts.is_floating_point():
+        rows = prompts.unsqueeze(0) if prompts.ndim == 1 else prompts
+        if rows.ndim != 2 or rows.shape[1] != count or rows.shape[0] == 0 or not torch.isfinite(rows).all():
+            raise ValueError(f"class weightings must be a finite (K, {count}) tensor for this classifier of {count} "
+                             f"classes, got {tuple(prompts.shape)}; give classes as indices or label names")
+        targets, names = rows.detach().float(), [f"weighting {k}" for k in range(rows.shape[0])]
+    else:
+        if isinstance(prompts, torch.Tensor):
+            prompts = prompts.reshape(-1).tolist()
+        items = [prompts] if isinstance(prompts, (str, numbers.Integral)) else prompts
+        if not isinstance(items, (list, tuple)) or not items:
+            raise TypeError(f"a classifier's prompts are class indices or label names (one, or a non-empty list), "
+                            f"got {prompts!r}")
+        indices = [class_index(adapter.labels, item) for item in items]
+        targets = F.one_hot(torch.tensor(indices), count).float()
+        names = [adapter.labels[i] for i in indices]
+    if labels is not None:
+        names = [str(label) for label in labels]
+        if len(names) != targets.shape[0]:
+            raise ValueError(f"{len(names)} labels for {targets.shape[0]} classes")
+    return targets.to(model.device), names
+
+
+def class_index(labels: Sequence[str], item: Any) -> int:
+    """The index of class ``item`` among a classifier's ``labels``: an index in range, or a label name, matched
+    whole, then case-insensitively whole or as one of its comma-separated names ("tabby" for "tabby, tabby
+    cat"). An unknown name is a ValueError listing the close matches; an ambiguous one lists its classes."""
+    count = len(labels)
+    if isinstance(item, bool) or not isinstance(item, (str, numbers.Integral)):
+        raise TypeError(f"a class is an index or a label name, got {item!r}")
+    if isinstance(item, numbers.Integral):
+        if not 0 <= int(item) < count:
+            raise ValueError(f"class index {int(item)} is out of range: this classifier has {count} classes "
+                             f"(indices 0 to {count - 1})")
+        return int(item)
+    if item in labels:
+        return list(labels).index(item)
+    key = item.strip().lower()
+    names = {i: [label.strip().lower(), *(part.strip().lower() for part in label.split(","))]
+             for i, label in enumerate(labels)}
+    found = [i for i, choices in names.items() if key in choices]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        listed = ", ".join(f"{labels[i]!r} ({i})" for i in found[:10])
+        raise ValueError(f"class name {item!r} names {len(found)} classes: {listed}; give the full label or the index")
+    # the labels holding the name as a word ("cat": "tabby, tabby cat"), then the names spelt alike
+    words = [i for i, label in enumerate(labels) if key in label.lower().replace(",", " ").split()]
+    every = sorted({choice for choices in names.values() for choice in choices if choice})
+    close = difflib.get_close_matches(key, every, n=5, cutoff=0.6)
+    alike = [i for c in close for i, choices in names.items() if c in choices]
+    matches = [f"{labels[i]!r} ({i})" for i in dict.fromkeys(words + alike)][:8]
+    hint = f"; close matches: {', '.join(matches)}" if matches else ""
+    raise ValueError(f"unknown class name {item!r}: it is none of this classifier's {count} class labels{hint}")

@@ -1,4 +1,4 @@
-"""Model-family adapters: the only code that reaches inside a CLIP implementation.
+"""Model-family adapters: the only code that reaches inside a CLIP implementation (or an image classifier's).
 
 ``get_adapter(model)`` returns the adapter for a model or raises ``UnsupportedModelError`` naming the
 model's family and the reason. Each family is one file with ``recognises(model)`` (does the model
@@ -11,19 +11,22 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import hf_clip, openai_clip, openclip, timm_vit, zoo
+from . import hf_clip, hf_vit, openai_clip, openclip, timm_classifier, timm_vit, torchvision_vit, zoo
 from .base import (CAPTURES, MODES, BlockCapture, BlockSteps, CLIPAdapter, ImageTower, Mode, TextTower, TowerTrace,
                    UnsupportedMethodError, UnsupportedModelError)
+from .classifier import ClassifierAdapter
 
 #: the families, in the order they are tried: open_clip models with a timm image tower (TimmModel) belong
-#: to timm_vit, which is tried before the generic open_clip family (that one reads open_clip's own towers)
-FAMILIES = (timm_vit, openclip, hf_clip, openai_clip)
+#: to timm_vit, which is tried before the generic open_clip family (that one reads open_clip's own towers);
+#: the image classifiers (Hugging Face ViTForImageClassification, timm and torchvision VisionTransformer) come last
+FAMILIES = (timm_vit, openclip, hf_clip, openai_clip, hf_vit, timm_classifier, torchvision_vit)
 
 SUPPORTED = ("open_clip ViT and ResNet CLIP models (OpenAI and LAION weights), open_clip models with a timm ViT image "
              "tower (class-token ViTs such as MobileCLIP-B, EVA/EVA02, SigLIP/SigLIP2's attention-pool probe), Hugging "
              "Face transformers CLIPModel "
-             "(or a CLIPVisionModelWithProjection + CLIPTextModelWithProjection pair), and OpenAI clip package "
-             "models (ViT and ResNet)")
+             "(or a CLIPVisionModelWithProjection + CLIPTextModelWithProjection pair), OpenAI clip package "
+             "models (ViT and ResNet), and ViT image classifiers with a class-token head (Hugging Face "
+             "ViTForImageClassification, timm and torchvision VisionTransformer)")
 
 
 def model_family(model: nn.Module) -> str:
@@ -34,6 +37,8 @@ def model_family(model: nn.Module) -> str:
     text = getattr(model, "text", None)
     if type(text).__name__ == "HFTextEncoder":
         return "open_clip with a Hugging Face text tower (HFTextEncoder)"
+    if hf_vit.recognises(model) or timm_classifier.recognises(model) or torchvision_vit.recognises(model):
+        return f"{type(model).__module__.split('.')[0]} image classifier ({type(model).__name__})"
     if type(model).__module__.startswith("transformers"):
         return f"Hugging Face transformers model ({type(model).__name__})"
     visual = getattr(model, "visual", None)
@@ -62,6 +67,7 @@ def get_adapter(model: nn.Module) -> CLIPAdapter:
 
 
 __all__ = [
-    "CAPTURES", "FAMILIES", "MODES", "BlockCapture", "BlockSteps", "CLIPAdapter", "ImageTower", "Mode", "TextTower", "TowerTrace",
-    "UnsupportedMethodError", "UnsupportedModelError", "get_adapter", "model_family",
+    "CAPTURES", "FAMILIES", "MODES", "BlockCapture", "BlockSteps", "CLIPAdapter", "ClassifierAdapter", "ImageTower",
+    "Mode", "TextTower", "TowerTrace", "UnsupportedMethodError", "UnsupportedModelError", "get_adapter",
+    "model_family",
 ]

@@ -1,10 +1,10 @@
 """What a model-family adapter captures, and the interface every adapter implements.
 
-An adapter is the only code that reaches inside a CLIP implementation. It runs an encoder tower
-forward and captures, for the blocks it is asked to explain, the attention internals the methods
-need: the in-projected queries, keys and values, the attention output before the output projection,
-and the row of that output at the pooled token as a tensor the embedding can be differentiated
-against. Methods are functions over these captures.
+An adapter is the only code that reaches inside a CLIP implementation (or an image classifier's). It runs an
+encoder tower forward and captures, for the blocks it is asked to explain, the attention internals the methods
+need: the in-projected queries, keys and values, the attention output before the output projection, and the row of
+that output at the pooled token as a tensor the embedding can be differentiated against. Methods are functions over
+these captures.
 
 An adapter is an image tower and a text tower (``ImageTower``, ``TextTower``) behind one
 ``CLIPAdapter``. The towers that are transformers share one engine (``transformer.py``); a family's
@@ -14,7 +14,8 @@ model family is one new file that builds its towers and is listed in the registr
 A tower declares what it can capture for the methods (``captures``, names from ``CAPTURES``) and, in its
 own words, why it lacks the others (``lacking``); a method declares what it requires (its ``MethodSpec``
 in ``methods/``), and a method whose requirement a tower lacks is refused with that reason before it
-runs. No adapter names the methods it refuses.
+runs. No adapter names the methods it refuses. A model without a text tower (an image classifier,
+``classifier.py``) has ``text`` None: every text method is refused for it, with that reason.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ CAPTURES: dict[str, str] = {
     "value_path": "have a value path for dense features",
     "vv_attention": "support CLIP Surgery's v-v attention path",
     "parameter_groups": "list its parameters by depth",
+    "joint_space": "map its tokens into the space of its targets (text embeddings) to compare them there",
 }
 
 
@@ -270,12 +272,22 @@ class CLIPAdapter:
     ``get_image_features``, ...): what users compare against, and the baseline of the benchmarks.
     """
 
-    def __init__(self, model: nn.Module, image: ImageTower, text: TextTower, family: str, *,
-                 native_image: Callable[[Tensor], Tensor], native_text: Callable[[Tensor], Tensor],
+    #: whether the model is an image classifier (``classifier.ClassifierAdapter``): its embedding is its logits
+    #: and its targets are its classes
+    is_classifier: bool = False
+
+    def __init__(self, model: nn.Module, image: ImageTower, text: TextTower | None, family: str, *,
+                 native_image: Callable[[Tensor], Tensor], native_text: Callable[[Tensor], Tensor] | None,
                  logit_scale: Tensor | None = None) -> None:
         self.model, self.image, self.text, self.family = model, image, text, family
         self._native_image, self._native_text = native_image, native_text
         self._logit_scale = logit_scale
+
+    def _text(self) -> TextTower:
+        """The text tower; an ``UnsupportedMethodError`` naming the family for a model that has none."""
+        if self.text is None:
+            raise UnsupportedMethodError(f"{self.family} models have no text tower")
+        return self.text
 
     #: the temperature CLIP models end their training at (exp of the learnt logit scale)
     DEFAULT_LOGIT_SCALE = 100.0
@@ -295,7 +307,8 @@ class CLIPAdapter:
         return self._logit_scale is not None
 
     def __repr__(self) -> str:
-        return f"<CLIPAdapter {self.family}: {self.num_image_blocks} image / {self.num_text_blocks} text blocks>"
+        text = "no text tower" if self.text is None else f"{self.num_text_blocks} text blocks"
+        return f"<{type(self).__name__} {self.family}: {self.num_image_blocks} image blocks / {text}>"
 
     # ----------------------------------------------------------------------------------- geometry
     @property
@@ -304,7 +317,7 @@ class CLIPAdapter:
 
     @property
     def num_text_blocks(self) -> int:
-        return self.text.num_blocks
+        return self._text().num_blocks
 
     @property
     def patch_size(self) -> tuple[int, int]:
@@ -320,7 +333,7 @@ class CLIPAdapter:
 
     @property
     def context_length(self) -> int:
-        return self.text.context_length
+        return self._text().context_length
 
     @property
     def dtype(self) -> torch.dtype:
@@ -343,7 +356,7 @@ class CLIPAdapter:
                    keep_block_inputs: bool = False, keep_final_tokens: bool = False,
                    keep_block_outputs: bool = False) -> TowerTrace:
         """Run the text tower on (K, L) token ids, capturing the given (absolute) blocks."""
-        return self.text.trace(tokens, layers, mode=mode, keep_probs=keep_probs,
+        return self._text().trace(tokens, layers, mode=mode, keep_probs=keep_probs,
                                keep_block_inputs=keep_block_inputs, keep_final_tokens=keep_final_tokens,
                                keep_block_outputs=keep_block_outputs)
 
@@ -353,10 +366,10 @@ class CLIPAdapter:
 
     def encode_text(self, tokens: Tensor) -> Tensor:
         """The model's own text embedding (unnormalised), without a graph."""
-        return self.text.encode(tokens)
+        return self._text().encode(tokens)
 
     def text_token_index(self, tokens: Tensor) -> Tensor:
-        return self.text.token_index(tokens)
+        return self._text().token_index(tokens)
 
     @torch.no_grad()
     def native_encode_image(self, pixels: Tensor) -> Tensor:
@@ -367,7 +380,7 @@ class CLIPAdapter:
     @torch.no_grad()
     def native_encode_text(self, tokens: Tensor) -> Tensor:
         """The text embedding from the model's own forward, without a graph."""
-        return self._native_text(tokens.to(self.text.device))
+        return self._native_text(tokens.to(self._text().device))
 
     def resolve_layers(self, layers: int | Sequence[int], tower: Literal["image", "text"]) -> list[int]:
         """Turn ``layers`` into sorted absolute block indices.
@@ -411,11 +424,11 @@ class CLIPAdapter:
 
     def text_tokens_before(self, tokens: Tensor, block: int) -> Tensor:
         """Hidden states (K, L, C) entering text block ``block``, without a graph."""
-        return self.text.tokens_before(tokens, block)
+        return self._text().tokens_before(tokens, block)
 
     def text_embedding_from(self, hidden: Tensor, tokens: Tensor, block: int) -> Tensor:
         """Text embedding (K, D) from hidden states entering block ``block`` of the sequences ``tokens``."""
-        return self.text.embedding_from(hidden, tokens, block)
+        return self._text().embedding_from(hidden, tokens, block)
 
     def image_steps(self, pixels: Tensor, first: int) -> BlockSteps:
         """The image tower's forward on (B, 3, H, W) pixels from (absolute) block ``first`` on, one block
@@ -424,7 +437,7 @@ class CLIPAdapter:
 
     def text_steps(self, tokens: Tensor, first: int) -> BlockSteps:
         """The text tower's forward on (K, L) token ids from (absolute) block ``first`` on, one block at a time."""
-        return self.text.steps(tokens, check_block_index(first, self.num_text_blocks - 1))
+        return self._text().steps(tokens, check_block_index(first, self.num_text_blocks - 1))
 
     def value_path_features(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         """MaskCLIP's dense features: (embedding (B, D), patch features (B, P, D)) where the last block's

@@ -53,7 +53,7 @@ class AttentionPoolTower(ImageTower):
     """A ``ModifiedResNet`` image tower with its attention pool as the one explained block."""
 
     kind = "ResNet attention-pool"
-    captures = frozenset({"probs", "block_inputs", "value_path", "vv_attention", "parameter_groups"})
+    captures = frozenset({"probs", "block_inputs", "value_path", "vv_attention", "parameter_groups", "joint_space"})
     lacking = {"block_outputs": "the ResNet attention pool leaves no tokens after it (only the pooled one)",
                "intermediate_tokens": "the ResNet attention pool leaves no tokens after it (only the pooled one)",
                "final_tokens": "the ResNet attention pool has no per-patch output tokens"}

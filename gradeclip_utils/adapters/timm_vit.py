@@ -125,6 +125,17 @@ def trunk_problem(visual: nn.Module) -> str | None:
                 "whose attention Grad-ECLIP could weight")
     if pool not in ("token", "map"):
         return f"its timm {kind} trunk pools with {pool!r}, neither a class token nor an attention-pool probe"
+    problem = layout_problem(trunk)
+    if problem is None and pool == "map":
+        return _probe_problem(trunk)
+    return problem
+
+
+def layout_problem(trunk: nn.Module) -> str | None:
+    """Why the tokens and blocks of a timm ``VisionTransformer`` or ``Eva`` cannot be read (register tokens, a
+    patch embedding, a rotary embedding, a block or an attention this file does not read), None when they can;
+    the pooling is the caller's to judge."""
+    kind = type(trunk).__name__
     if getattr(trunk, "reg_token", None) is not None:
         return f"its timm {kind} trunk has register tokens between the class token and the patch tokens"
     embed = type(trunk.patch_embed).__name__
@@ -142,8 +153,6 @@ def trunk_problem(visual: nn.Module) -> str | None:
         problem = _attention_problem(block.attn)
         if problem:
             return f"image tower block {index} uses {problem}"
-    if pool == "map":
-        return _probe_problem(trunk)
     return None
 
 
@@ -332,7 +341,7 @@ class ProbeTower(ImageTower):
     respect to it are the probe's."""
 
     kind = "attention-pool probe"
-    captures = frozenset({"probs", "block_inputs", "value_path", "parameter_groups"})
+    captures = frozenset({"probs", "block_inputs", "value_path", "parameter_groups", "joint_space"})
     lacking = {"block_outputs": "the attention-pool probe leaves no tokens after it (only the pooled one)",
                "intermediate_tokens": "the attention-pool probe leaves no tokens after it (only the pooled one)",
                "final_tokens": "the attention-pool probe has no per-patch output tokens"}

@@ -31,6 +31,22 @@ def identity(x: Tensor) -> Tensor:
     return x
 
 
+@dataclass(frozen=True)
+class Official:
+    """How a family's official mode recomputes an explained block: as the Grad-ECLIP authors' code for
+    that kind of model does. Always one head of width C; ``head_scale``: its attention logits scaled by
+    the model's 1/sqrt(C/heads) (their ViT classifier notebook, which keeps the model's head size) instead
+    of 1/sqrt(C) (their CLIP code); ``normed_residual``: the attention's residual added to the block's
+    normalised input ln_1(x) (their ViT classifier notebook) instead of its input x."""
+
+    head_scale: bool = False
+    normed_residual: bool = False
+
+
+#: the authors' CLIP code: one head scaled by 1/sqrt(C), the residual on the block's input
+CLIP_OFFICIAL = Official()
+
+
 @dataclass
 class BlockView:
     """One pre-norm residual attention block, as a family exposes it (batch-first tensors throughout).
@@ -38,7 +54,7 @@ class BlockView:
     ``qkv(h)`` gives the in-projected (q, k, v), each (B, N, C), of the normalised input ``h``;
     ``native(x, mask)`` runs the block exactly as the model does (the family converts the layout and
     the mask to what its block expects). ``out_proj`` is the block's output projection (an
-    ``nn.Linear``: weight (C, C) and bias).
+    ``nn.Linear``: weight (C, C) and bias). ``official``: how official mode recomputes the block.
     """
 
     module: nn.Module
@@ -52,6 +68,7 @@ class BlockView:
     inner_norm: Callable[[Tensor], Tensor] = identity
     post_attn: Callable[[Tensor], Tensor] = identity
     post_mlp: Callable[[Tensor], Tensor] = identity
+    official: Official = CLIP_OFFICIAL
 
     def values(self, x: Tensor) -> Tensor:
         """The in-projected values of ``ln_1(x)``."""
@@ -173,17 +190,19 @@ def _explicit_blocks(blocks: Sequence[BlockView], first: int, stop: int, x: Tens
     return x, captures, final_tokens, outputs
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, heads: int, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+def attention(q: Tensor, k: Tensor, v: Tensor, heads: int, mask: Tensor | None,
+              scale_dim: int | None = None) -> tuple[Tensor, Tensor]:
     """Scaled dot-product attention of (B, n, C) queries over (B, N, C) keys and values with ``heads``
-    heads (scale 1/sqrt(C/heads)): the output (B, n, C), heads concatenated, and the probabilities
-    (B, heads, n, N) (softmax in float32, as the models compute it)."""
+    heads (logits divided by sqrt(C/heads), or by sqrt(``scale_dim``) when given): the output (B, n, C),
+    heads concatenated, and the probabilities (B, heads, n, N) (softmax in float32, as the models compute
+    it)."""
     batch, length, width = q.shape
     head_dim = width // heads
 
     def split(t: Tensor) -> Tensor:
         return t.reshape(t.shape[0], t.shape[1], heads, head_dim).transpose(1, 2)
 
-    logits = split(q) @ split(k).transpose(-1, -2) / math.sqrt(head_dim)
+    logits = split(q) @ split(k).transpose(-1, -2) / math.sqrt(head_dim if scale_dim is None else scale_dim)
     if mask is not None:
         logits = logits + mask.unsqueeze(-3)
     probs = logits.softmax(dim=-1, dtype=torch.float32).to(v.dtype)
@@ -199,15 +218,20 @@ def explicit_block(block: BlockView, index: int, x: Tensor, mask: Tensor | None,
     With ``token_only`` only the pooled token's row leaves the block (the last block: nothing else
     reaches the embedding). An explained block splits the pooled token's attention-output row into
     its own tensor so that gradients with respect to it are the partial derivatives of docs/method.md section 2.1.
-    Official mode recomputes an explained block with one head of width C (the authors' code).
+    Official mode recomputes an explained block with one head of width C, as the authors' code for the
+    family does (``block.official``: the scale of its logits, where its residual is added).
     """
     batch, length, width = x.shape
-    q, k, v = block.qkv(block.ln_1(x))
-    heads = 1 if (capture and mode == "official") else block.heads
+    normed = block.ln_1(x)
+    q, k, v = block.qkv(normed)
+    official = capture and mode == "official"
+    heads = 1 if official else block.heads
+    scale_dim = q.shape[-1] // block.heads if official and block.official.head_scale else None
     all_rows = capture or not token_only
     query = q if all_rows else q[rows, token_index].unsqueeze(1)
     row_mask = None if mask is None else (mask if all_rows else mask[token_index].unsqueeze(1))
-    out, probs = attention(query, k, v, heads, row_mask)
+    out, probs = attention(query, k, v, heads, row_mask, scale_dim)
+    residual = normed if official and block.official.normed_residual else x
 
     record = None
     if capture:
@@ -224,9 +248,9 @@ def explicit_block(block: BlockView, index: int, x: Tensor, mask: Tensor | None,
             is_token[rows, token_index] = True
             out = torch.where(is_token, token_out.unsqueeze(1), out)
     if token_only:
-        x = x[rows, token_index]
+        residual = residual[rows, token_index]
         out = out[:, 0]
-    return block.finish(x, out), record
+    return block.finish(residual, out), record
 
 
 def block_steps(blocks: Sequence[BlockView], x: Tensor, mask: Tensor | None, first: int, token_index: Tensor,
@@ -261,7 +285,7 @@ class ViTTower(ImageTower):
 
     kind = "ViT"
     captures = frozenset({"probs", "block_inputs", "block_outputs", "final_tokens", "token_head", "intermediate_tokens",
-                          "value_path", "vv_attention", "parameter_groups"})
+                          "value_path", "vv_attention", "parameter_groups", "joint_space"})
 
     def __init__(self, *, embed: Callable[[Tensor, tuple[int, int]], Tensor], blocks: Callable[[], list[BlockView]],
                  head: Callable[[Tensor], Tensor], patch_size: tuple[int, int], image_size: tuple[int, int],

@@ -160,7 +160,7 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, depth: 
 
 SPEC = MethodSpec(
     name="clip_surgery", image=image_maps,
-    requires=("vv_attention",),
+    requires=("joint_space", "vv_attention"),
     options={"depth": None, "surgery_targets": None, "redundant": None},
     instead={"layers": "its depth option sets the number of surgery blocks"},
     prepare=prepare,

@@ -40,10 +40,10 @@ from .registry import AuthorsProtocol, MethodSpec
 from .scores import DEFAULT_SCORE, SCALED, ExplainedScore, explained_score
 
 
-def _relevance_rows(steps: BlockSteps, total: int, targets: Tensor, explained: Callable[[Tensor], Tensor],
+def _relevance_rows(steps: BlockSteps, total: int, targets: Tensor, explained: Callable[[Tensor, Tensor], Tensor],
                     factor: float, count: int, chunk: int) -> tuple[Tensor, Tensor]:
     """Rows of R at the pooled token (B, K, N) for the K explained scores of the ``targets``, and the
-    explained scores (B, K): ``explained`` turns the cosines into them, ``factor`` times them is what is
+    explained scores (B, K): ``explained(embedding, targets)`` gives them, ``factor`` times them is what is
     differentiated (the logit scale, or 1).
 
     Only the pooled token's row of R = (I + cam_last) ... (I + cam_first) is used, so it is accumulated
@@ -76,7 +76,7 @@ def _relevance_rows(steps: BlockSteps, total: int, targets: Tensor, explained: C
                 leaf = tokens.detach().requires_grad_(True)
                 out, attention = steps.step(layer, leaf)
                 if layer == blocks[-1]:  # ``out`` is the embedding
-                    values = explained(cosine_scores(out, targets))
+                    values = explained(out, targets)
                     if scores is None:
                         scores = values.detach()
                     out = (values if factor == 1 else factor * values)[:, start:stop]
@@ -115,10 +115,15 @@ def _factor(adapter: CLIPAdapter, score: ExplainedScore, target: str) -> float:
 
 
 def _explained(adapter: CLIPAdapter, score: str | ExplainedScore, target: str,
-               tower: str) -> tuple[ExplainedScore, Callable[[Tensor], Tensor], float]:
-    """The explained score, as a function of ``tower``'s cosines, and the factor it is differentiated at."""
+               tower: str) -> tuple[ExplainedScore, Callable[[Tensor, Tensor], Tensor], float]:
+    """The explained score, as a function of ``tower``'s embedding and the targets, and the factor it is
+    differentiated at."""
     score = explained_score(score, adapter)
-    return score, (score.of_images if tower == "image" else score.of_texts), _factor(adapter, score, target)
+
+    def texts(embedding: Tensor, targets: Tensor) -> Tensor:
+        return score.of_texts(cosine_scores(embedding, targets))
+
+    return score, (score.image_scores if tower == "image" else texts), _factor(adapter, score, target)
 
 
 def _first(adapter: CLIPAdapter, start_layer: int, tower: str) -> int:

@@ -30,7 +30,7 @@ from torch import Tensor
 from ..adapters import CLIPAdapter
 from ._common import to_grid
 from .autograd import score_gradients
-from .outputs import MapOutput, cosine_scores
+from .outputs import MapOutput
 from .registry import AuthorsProtocol, MethodSpec
 from .scores import DEFAULT_SCORE, ExplainedScore, explained_score
 
@@ -50,11 +50,11 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, layers:
     mode = "official" if variant == "authors" else "faithful"
     trace = adapter.trace_image(pixels, blocks, mode=mode, keep_block_inputs=True)
     inputs = [trace.blocks[layer].block_input for layer in blocks]
-    scores = score.of_images(cosine_scores(trace.embedding, targets))
+    scores = score.image_scores(trace.embedding, targets)
     grads = score_gradients(scores, inputs, chunk=chunk)
     if variant == "authors":
         with torch.no_grad():
-            scores = score.of_images(cosine_scores(adapter.encode_image(pixels), targets))
+            scores = score.image_scores(adapter.encode_image(pixels), targets)
     total = None
     for x, grad in zip(inputs, grads):
         patches = x[:, 1:].detach().float()

@@ -29,7 +29,7 @@ from ..maps import minmax
 from .autograd import batched_vjp, one_hot_cotangents
 from .outputs import MapOutput, TokenOutput, cosine_scores
 from .registry import AuthorsProtocol, MethodSpec
-from .scores import DEFAULT_SCORE, ExplainedScore, explained_score
+from .scores import DEFAULT_SCORE, ExplainedScore, cosine_gradients, explained_score
 
 QK = Literal["raw", "out_proj"]
 QK_CHOICES: tuple[str, ...] = ("raw", "out_proj")
@@ -39,21 +39,24 @@ def channel_weights(trace: TowerTrace, layers: Sequence[int], targets: Tensor, c
                     score: ExplainedScore | None = None, side: str = "image") -> tuple[dict[int, Tensor], Tensor]:
     """Gradients of every explained score S[n, m] with respect to the pooled token's attention output.
 
-    ``targets`` (T, D) are unit-normalised embeddings of the other modality; ``score`` the explained score
-    (default the cosine) of the traced ``side`` ("image": the N images' scores over the target rows,
-    ``ExplainedScore.of_images``, M = K explained scores from T rows; "text": the N texts' against the M = T
-    images, entry by entry, ``of_texts``). Returns, per layer, a float32 tensor (N, M, C) with
-    ``[n, m] = dS[n, m] / d token_output[n]`` and the scores (N, M). Cost: one batched backward of
-    min(M, D) cotangents through the blocks after the earliest layer: M one-hot cotangents on the scores
-    when M <= D, else the D x C Jacobian of the embedding (D one-hot cotangents) times the closed-form
-    dS/df (the cosines' dS/df combined by ``ExplainedScore.pull``).
+    ``targets`` (T, D) are unit-normalised embeddings of the other modality (a classifier's: rows over its
+    classes); ``score`` the explained score (default the cosine) of the traced ``side`` ("image": the N
+    images' scores over the target rows, ``ExplainedScore.image_scores``, M = K explained scores from T rows;
+    "text": the N texts' against the M = T images, entry by entry, ``of_texts``). Returns, per layer, a
+    float32 tensor (N, M, C) with ``[n, m] = dS[n, m] / d token_output[n]`` and the scores (N, M). Cost: one
+    batched backward of min(M, D) cotangents through the blocks after the earliest layer: M one-hot
+    cotangents on the scores when M <= D, else the D x C Jacobian of the embedding (D one-hot cotangents)
+    times the closed-form dS/df (``ExplainedScore.embedding_gradients``: the cosines' combined by ``pull``).
     """
     score = score if score is not None else explained_score()
     embedding = trace.embedding
     inputs = [trace.blocks[layer].token_output for layer in layers]
     dim = embedding.shape[-1]
-    cosines = cosine_scores(embedding, targets)
-    scores = score.of_images(cosines) if side == "image" else score.of_texts(cosines)
+    if side == "image":
+        scores = score.image_scores(embedding, targets)
+    else:
+        cosines = cosine_scores(embedding, targets)
+        scores = score.of_texts(cosines)
     count = scores.shape[1]
     n = embedding.shape[0]
     if count <= dim:
@@ -63,12 +66,10 @@ def channel_weights(trace: TowerTrace, layers: Sequence[int], targets: Tensor, c
         eye = torch.eye(dim, dtype=embedding.dtype, device=embedding.device)
         jacobians = batched_vjp(embedding, inputs, lambda start, stop: eye[start:stop, None, :].expand(-1, n, dim),
                                 dim, chunk)  # each (D, N, C)
-        f = embedding.detach().float()
-        norm = f.norm(dim=-1).clamp_min(1e-12)
-        f_hat = f / norm[:, None]
-        # dcos[n, t]/df[n] = (t_t - cos[n, t] f_hat[n]) / |f[n]|
-        ds_df = (targets.float()[None] - cosines.detach()[..., None] * f_hat[:, None]) / norm[:, None, None]
-        ds_df = score.pull(ds_df, cosines) if side == "image" else score.pull_texts(ds_df, cosines)
+        if side == "image":  # the closed-form dS/df of the score (the cosines' combined, or a classifier's)
+            ds_df, _ = score.embedding_gradients(embedding, targets)
+        else:
+            ds_df = score.pull_texts(cosine_gradients(embedding, targets)[0], cosines)
         weights = [torch.bmm(ds_df, jac.float().transpose(0, 1)) for jac in jacobians]
     return dict(zip(layers, weights)), scores.detach()
 

@@ -33,6 +33,6 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, **_: Any) 
 
 SPEC = MethodSpec(
     name="itsm", image=image_maps,
-    requires=("final_tokens", "token_head"),
+    requires=("joint_space", "final_tokens", "token_head"),
     alternative="use maskclip, the value-path features, instead",
 )

@@ -31,7 +31,7 @@ from torch import Tensor
 from ..adapters import CLIPAdapter
 from ._common import to_grid
 from .autograd import score_gradients
-from .outputs import MapOutput, cosine_scores
+from .outputs import MapOutput
 from .registry import MethodSpec
 from .scores import DEFAULT_SCORE, ExplainedScore, explained_score
 
@@ -52,13 +52,13 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, layer_i
     total = None
     for layer in blocks:
         feature = adapter.image_head(trace.block_outputs[layer].mean(dim=1))  # (B, D)
-        scores = score.of_images(cosine_scores(feature, targets))  # (B, K)
+        scores = score.image_scores(feature, targets)  # (B, K)
         grad, = score_gradients(scores, [trace.blocks[layer].probs], chunk=chunk,
                                 retain_graph=layer != blocks[-1])  # (B, K, H, N, N)
         relevance = grad.float().clamp(min=0).mean(dim=(2, 3))[..., 1:]  # heads and query rows; patch keys
         total = relevance if total is None else total + relevance
     return MapOutput(maps=to_grid(total, trace.grid),
-                     scores=score.of_images(cosine_scores(trace.embedding, targets)).detach())
+                     scores=score.image_scores(trace.embedding, targets).detach())
 
 
 SPEC = MethodSpec(

@@ -146,8 +146,8 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, ib_laye
     if paired and count != batch:
         raise ValueError(f"paired=True needs one target per image: {count} targets for {batch} images")
     with torch.no_grad():
-        scores = score.of_images(cosine_scores(adapter.image_embedding_from(hidden, layer + 1), targets))
-    # each bottleneck's explained score: its image's column ``columns[p]`` of ``score.of_images``
+        scores = score.image_scores(adapter.image_embedding_from(hidden, layer + 1), targets)
+    # each bottleneck's explained score: its image's column ``columns[p]`` of ``score.image_scores``
     columns = torch.arange(count, device=hidden.device)
     if paired:
         scores, count = scores.diagonal().unsqueeze(1).contiguous(), 1
@@ -158,7 +158,7 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, ib_laye
     fit = None
     if score.name != DEFAULT_SCORE or score.columns is not None:  # the targets' rows are not the pairs' own
         def fit(embedding: Tensor) -> Tensor:
-            values = score.of_images(cosine_scores(embedding, targets))  # (S P, K): every target row of the call
+            values = score.image_scores(embedding, targets)  # (S P, K): every target row of the call
             return values.gather(1, columns.repeat(embedding.shape[0] // columns.shape[0])[:, None]).squeeze(1)
     with torch.enable_grad():
         kl = optimise_bottleneck(paired_hidden, paired_targets, lambda z: adapter.image_embedding_from(z, layer + 1),

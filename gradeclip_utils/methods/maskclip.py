@@ -60,7 +60,7 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, variant
 
 SPEC = MethodSpec(
     name="maskclip", image=image_maps,
-    requires=("value_path",),
+    requires=("joint_space", "value_path"),
     options={"variant": "model"},
     authors=AuthorsProtocol(options={"variant": "authors"}),
 )

@@ -11,7 +11,7 @@ Variants (``variant``):
   ``generate_emap.py``: ``clip_encode_dense`` then ``attn[0, :1, 1:]``, the ``"selfattn"`` map of
   ``imagenet_eval_deletion.py``): the explained block recomputed with ONE head of width C (scale
   1/sqrt(C)), as Grad-ECLIP's official mode does, and that head's class-token row. Image only.
-Scores are always the model's own cosines.
+Scores are always the model's own cosines (a classifier's: its logits).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ..adapters import CLIPAdapter
 from ._common import per_target, to_grid
 from .outputs import MapOutput, TokenOutput, cosine_scores
 from .registry import AuthorsProtocol, MethodSpec
+from .scores import own_scores
 
 VARIANTS: tuple[str, ...] = ("model", "authors")
 
@@ -50,7 +51,7 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, layers:
     trace = adapter.trace_image(pixels, blocks, mode=mode, keep_probs=True)
     maps = to_grid(_mean_rows(trace, blocks, first_key=1), trace.grid)
     embedding = adapter.encode_image(pixels) if variant == "authors" else trace.embedding
-    return MapOutput(maps=per_target(maps, targets.shape[0]), scores=cosine_scores(embedding, targets))
+    return MapOutput(maps=per_target(maps, targets.shape[0]), scores=own_scores(adapter, embedding, targets))
 
 
 @torch.no_grad()

@@ -351,10 +351,13 @@ def refusal(spec: MethodSpec, adapter: CLIPAdapter, tower: Literal["image", "tex
     when the tower captures all the method requires; otherwise the message naming the method, the family
     and the tower's reason for the first requirement it lacks (with the method's ``alternative``).
 
-    An adapter that does not declare what its towers capture (a stand-in) is not refused here: the method
-    then meets what is missing when it runs."""
+    A model without the tower (``adapter.text`` None: an image classifier) refuses every method of that
+    tower. An adapter that does not declare what its towers capture (a stand-in) is not refused here: the
+    method then meets what is missing when it runs."""
     required = spec.requires if tower == "image" else spec.text_requires
     part = getattr(adapter, tower, None)
+    if part is None and hasattr(adapter, tower):
+        return f"{spec.name} is not available for {adapter.family} models: they have no {tower} tower"
     captures = getattr(part, "captures", None)
     if captures is None:
         return None

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..adapters import CLIPAdapter
 from ..budget import Cost, image_forward_bytes, map_bytes, picture_bytes
-from .outputs import MapOutput, cosine_scores
+from .outputs import MapOutput
 from .registry import MethodSpec
 from .scores import DEFAULT_SCORE, ExplainedScore, explained_score
 
@@ -86,7 +86,7 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, masks: 
         for part in chunk.split(per_forward):
             masked = (pixels.unsqueeze(1) * part[None, :, None]).flatten(0, 1)  # (B n, 3, H, W)
             # the score of each masked picture among every target row: a forward's masks are its rows
-            values = score.of_images(cosine_scores(adapter.encode_image(masked), targets))
+            values = score.image_scores(adapter.encode_image(masked), targets)
             parts.append(values.reshape(batch, part.shape[0], -1))
             del masked
         scores = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
@@ -96,7 +96,7 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, masks: 
         saliency -= (score_sum / masks)[..., None, None] * all_masks.sum(dim=0)
     saliency /= masks * p
     return MapOutput(maps=saliency.float(),
-                     scores=score.of_images(cosine_scores(adapter.encode_image(pixels), targets)))
+                     scores=score.image_scores(adapter.encode_image(pixels), targets))
 
 
 def memory(adapter: CLIPAdapter, grid: tuple[int, int], count: int, options: dict[str, Any]) -> Cost:

@@ -22,8 +22,9 @@ from torch import Tensor
 from ..adapters import CLIPAdapter
 from ..budget import Cost, explicit_bytes, image_forward_bytes, map_bytes, tokens
 from ._common import per_target, to_grid
-from .outputs import MapOutput, cosine_scores
+from .outputs import MapOutput
 from .registry import AuthorsProtocol, MethodSpec
+from .scores import own_scores
 
 
 @torch.no_grad()
@@ -47,7 +48,7 @@ def image_maps(adapter: CLIPAdapter, pixels: Tensor, targets: Tensor, *, start_l
         attention = attention / attention.sum(dim=-1, keepdim=True)
         rollout = attention if rollout is None else attention @ rollout
     maps = to_grid(rollout[:, 0, 1:], steps.grid)
-    return MapOutput(maps=per_target(maps, targets.shape[0]), scores=cosine_scores(tokens, targets))
+    return MapOutput(maps=per_target(maps, targets.shape[0]), scores=own_scores(adapter, tokens, targets))
 
 
 def memory(adapter: CLIPAdapter, grid: tuple[int, int], count: int, options: dict[str, Any]) -> Cost:

@@ -39,6 +39,16 @@ softmax runs over every class, and the methods pull only the chosen columns' cot
 
 The probability is computed in float64 (a (B, K) matrix: no cost), so that p (1 - p) of a prompt whose
 probability is close to 1 does not round to zero before s x cos differs by about 36.
+
+An image classifier (``adapters/classifier.py``) has no cosine: its embedding is its logits z (B, L) over its
+L classes and its targets are rows t (T, L) over the classes (one-hot rows e_k for class k), so that its
+scores (``ClassScore``, ``CLASS_SCORES``) are ``"logit"`` (its default), S = t . z = z_k, and
+``"probability"``, S = t . softmax(z) = p_k, the softmax over all its classes (not among the targets given:
+one target has a probability too). Methods ask the score for the scores of an embedding
+(``image_scores``) and, for Grad-ECLIP's K > D path, for their gradients with respect to it
+(``embedding_gradients``), so that the same code explains both kinds of model. ``model_scores`` says which
+scores a model gives (its default first); the default score named for a classifier (the cosine, which
+methods that take no score are run with) stands for its own default, the logit.
 """
 
 from __future__ import annotations
@@ -50,10 +60,13 @@ import torch
 from torch import Tensor
 
 from ..adapters import UnsupportedMethodError
+from .outputs import cosine_scores
 
 #: the explained scores, the default first
 SCORES: tuple[str, ...] = ("cosine", "logit", "probability", "contrast")
 DEFAULT_SCORE = "cosine"
+#: an image classifier's scores, its default first
+CLASS_SCORES: tuple[str, ...] = ("logit", "probability")
 #: the scores that need the model's logit scale
 SCALED: tuple[str, ...] = ("logit", "probability")
 #: how figures name each score's value
@@ -90,6 +103,16 @@ def others_logsumexp(logits: Tensor, dim: int = 0) -> Tensor:
     top = logits.argmax(dim, keepdim=True)
     without_top = logits.scatter(dim, top, float("-inf"))
     return rest.scatter(dim, top, torch.logsumexp(without_top, dim, keepdim=True))
+
+
+def cosine_gradients(embedding: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """(N, T, D) d cos[n, t] / d embedding[n] = (t_t - cos[n, t] f_hat[n]) / |f[n]| (float32, no graph) of
+    (N, D) embeddings against (T, D) unit rows, and the (N, T) cosines."""
+    f = embedding.detach().float()
+    cosines = cosine_scores(f, targets)
+    norm = f.norm(dim=-1).clamp_min(1e-12)
+    f_hat = f / norm[:, None]
+    return (targets.float()[None] - cosines[..., None] * f_hat[:, None]) / norm[:, None, None], cosines
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,6 +160,17 @@ class ExplainedScore:
         return values.index_select(dim, torch.tensor(self.columns, device=values.device))
 
     # ------------------------------------------------------------------------------------ image side
+    def image_scores(self, embedding: Tensor, targets: Tensor) -> Tensor:
+        """(B, D) image embeddings against (T, D) unit target rows -> (B, K) explained scores (float32), with
+        the embedding's graph: ``of_images`` of their cosines."""
+        return self.of_images(cosine_scores(embedding, targets))
+
+    def embedding_gradients(self, embedding: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, K, D) float32 d S[n, k] / d embedding[n] in closed form, and the (N, K) scores, without a graph:
+        the cosines' gradients (t - cos f_hat) / |f| combined by ``pull`` (Grad-ECLIP's K > D path)."""
+        per_row, cosines = cosine_gradients(embedding, targets)
+        return self.pull(per_row, cosines), self.of_images(cosines)
+
     def of_images(self, cosines: Tensor) -> Tensor:
         """(B, T) cosines of images against target rows -> (B, K) explained scores (float32; the cosines
         themselves for the cosine), or their ``columns``."""
@@ -204,14 +238,82 @@ class ExplainedScore:
 COSINE = ExplainedScore()
 
 
+@dataclass(frozen=True, eq=False)
+class ClassScore(ExplainedScore):
+    """An image classifier's explained score (``CLASS_SCORES``): of its logits z (B, L), against target rows
+    t (T, L) over its classes, the logit t . z or the probability t . softmax(z) over all L classes. No text
+    side, no scale, one target row per score."""
+
+    name: str = CLASS_SCORES[0]
+
+    def __post_init__(self) -> None:
+        if self.name not in CLASS_SCORES:
+            raise ValueError(f"a classifier's score is one of {CLASS_SCORES}, got {self.name!r}")
+        if self.columns is not None:
+            object.__setattr__(self, "columns", tuple(int(c) for c in self.columns))
+
+    def image_scores(self, embedding: Tensor, targets: Tensor) -> Tensor:
+        if self.name == "logit":
+            return self.kept(embedding.float() @ targets.float().T)
+        # the softmax (and so its backward, p (g - g . p)) in float64: a probability close to 1 keeps its p (1 - p);
+        # the rows in float32, so that K cotangents do not each pull a float64 (K, L) product
+        return self.kept(torch.softmax(embedding.double(), dim=-1).float() @ targets.float().T)
+
+    def embedding_gradients(self, embedding: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """d S / d z: t for the logit; p * t - (t . p) p for the probability (the softmax's Jacobian)."""
+        z = embedding.detach()
+        targets = targets if self.columns is None else targets[list(self.columns)]  # the kept columns' rows
+        rows = targets.float()[None].expand(z.shape[0], -1, -1)
+        if self.name == "logit":
+            return rows.contiguous(), z.float() @ targets.float().T
+        p = torch.softmax(z.double(), dim=-1)  # (N, L)
+        scores = p @ targets.double().T  # (N, K)
+        grads = p[:, None, :] * targets.double()[None] - scores[..., None] * p[:, None, :]
+        return grads.float(), scores.float()
+
+    def of_images(self, cosines: Tensor) -> Tensor:
+        raise TypeError("a classifier's scores are functions of its logits, not of cosines: use image_scores")
+
+    def of_texts(self, cosines: Tensor) -> Tensor:
+        raise ValueError("an image classifier has no text side")
+
+
+def is_classifier(adapter: Any) -> bool:
+    """Whether ``adapter`` explains an image classifier (its embedding is its logits, its targets classes)."""
+    return bool(getattr(adapter, "is_classifier", False))
+
+
+def model_scores(adapter: Any) -> tuple[str, ...]:
+    """The scores ``adapter``'s model gives, its default first: ``CLASS_SCORES`` for a classifier, else ``SCORES``."""
+    return CLASS_SCORES if is_classifier(adapter) else SCORES
+
+
+def default_score(adapter: Any) -> str:
+    """The score a model explains by default: the cosine for a CLIP, the logit for a classifier."""
+    return model_scores(adapter)[0]
+
+
+def own_scores(adapter: Any, embedding: Tensor, targets: Tensor) -> Tensor:
+    """The (B, K) scores of a method that explains no score: the model's default score (the cosines of a
+    CLIP, the logits of a classifier) of the (B, D) embeddings against the (K, D) targets."""
+    return explained_score(DEFAULT_SCORE, adapter).image_scores(embedding, targets)
+
+
 def has_logit_scale(adapter: Any) -> bool:
     """Whether ``adapter``'s model carries a logit scale (a stand-in adapter that does not say is taken to)."""
     return bool(getattr(adapter, "has_logit_scale", True))
 
 
 def scale_refusal(score: str, adapter: Any) -> str | None:
-    """Why ``adapter``'s model cannot give ``score``: None, unless the score needs the logit scale and the
-    model carries none (the message names the score and the family)."""
+    """Why ``adapter``'s model cannot give ``score``: None, unless the model is a classifier and the score
+    is not one of ``CLASS_SCORES``, or the score needs the logit scale and the model carries none (the
+    message names the score and the family)."""
+    if is_classifier(adapter):
+        if score in CLASS_SCORES:
+            return None
+        return (f"score={score!r} is not a score of an image classifier ({getattr(adapter, 'family', 'classifier')}): "
+                "it explains its class logit ('logit', the default) or its class probability ('probability', the "
+                "softmax over all its classes); it has no cosine with a text embedding")
     if score in SCALED and not has_logit_scale(adapter):
         return (f"score={score!r} needs the model's logit scale (exp of its learnt logit_scale), which this "
                 f"{getattr(adapter, 'family', 'CLIP')} model does not carry (a Hugging Face vision/text pair keeps it "
@@ -223,18 +325,27 @@ def explained_score(score: str | ExplainedScore = DEFAULT_SCORE, adapter: Any = 
                     rest: Tensor | None = None, columns: Sequence[int] | None = None) -> ExplainedScore:
     """``score`` resolved for ``adapter``'s model: an ``ExplainedScore`` as it is, or a name with the model's
     logit scale (``rest``, ``columns``: see ``ExplainedScore``). A score that needs a logit scale the model
-    does not carry is an ``UnsupportedMethodError`` naming the score and the family."""
+    does not carry is an ``UnsupportedMethodError`` naming the score and the family. For a classifier: a
+    ``ClassScore``, the default score named (the cosine) standing for the classifier's default (the logit)."""
     if isinstance(score, ExplainedScore):
         return score
     check_score(score)
+    kept = None if columns is None else tuple(columns)
+    if is_classifier(adapter):
+        score = default_score(adapter) if score == DEFAULT_SCORE else score
+        reason = scale_refusal(score, adapter)
+        if reason is not None:
+            raise UnsupportedMethodError(reason)
+        return ClassScore(score, columns=kept)
     if score == DEFAULT_SCORE and rest is None and columns is None:
         return COSINE
     reason = scale_refusal(score, adapter)
     if reason is not None:
         raise UnsupportedMethodError(reason)
     scale = float(getattr(adapter, "logit_scale", 1.0)) if adapter is not None else 1.0
-    return ExplainedScore(score, scale, rest, None if columns is None else tuple(columns))
+    return ExplainedScore(score, scale, rest, kept)
 
 
-__all__ = ["COSINE", "DEFAULT_SCORE", "SCALED", "SCORES", "SYMBOLS", "TEXT_CONTRAST", "ExplainedScore",
-           "check_count", "check_score", "explained_score", "has_logit_scale", "others_logsumexp", "scale_refusal"]
+__all__ = ["CLASS_SCORES", "COSINE", "DEFAULT_SCORE", "SCALED", "SCORES", "SYMBOLS", "TEXT_CONTRAST", "ClassScore",
+           "ExplainedScore", "check_count", "check_score", "cosine_gradients", "default_score", "explained_score",
+           "has_logit_scale", "is_classifier", "model_scores", "others_logsumexp", "own_scores", "scale_refusal"]
