@@ -275,6 +275,18 @@ class CLIPAdapter:
     #: whether the model is an image classifier (``classifier.ClassifierAdapter``): its embedding is its logits
     #: and its targets are its classes
     is_classifier: bool = False
+    #: the names of the scores the model gives, its default first (``methods/scores.py``); None: a CLIP's
+    #: ``scores.SCORES`` (the cosine first). A family whose scores differ declares them here and builds them
+    #: in ``make_score``
+    score_names: tuple[str, ...] | None = None
+    #: why the model gives only ``score_names`` (ends the refusal of any other score)
+    score_note: str = ""
+
+    def make_score(self, name: str, *, rest: Tensor | None = None, columns: Sequence[int] | None = None):
+        """The explained score ``name`` of this model (a ``methods.scores.ExplainedScore``), or None for a
+        CLIP's own (the cosine, the logit and the probability at its logit scale, the contrast), which
+        ``scores.explained_score`` builds. ``name`` is one of ``score_names``."""
+        return None
 
     def __init__(self, model: nn.Module, image: ImageTower, text: TextTower | None, family: str, *,
                  native_image: Callable[[Tensor], Tensor], native_text: Callable[[Tensor], Tensor] | None,

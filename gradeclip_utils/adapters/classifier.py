@@ -61,6 +61,14 @@ class ClassifierAdapter(CLIPAdapter):
     """
 
     is_classifier = True
+    score_names = ("logit", "probability")
+    score_note = ("it explains its class logit ('logit', the default) or its class probability ('probability', the "
+                  "softmax over all its classes); it has no cosine with a text embedding")
+
+    def make_score(self, name: str, *, rest: Tensor | None = None, columns: Sequence[int] | None = None):
+        """A ``ClassScore``: the logit or the probability over all classes (``columns``: those kept)."""
+        from ..methods.scores import ClassScore  # the scores import the adapters' errors
+        return ClassScore(name, columns=None if columns is None else tuple(columns))
 
     def __init__(self, model: nn.Module, image: ImageTower, family: str, *, native_image: Callable[[Tensor], Tensor],
                  labels: Sequence[str] | None = None,

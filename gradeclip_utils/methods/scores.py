@@ -284,8 +284,10 @@ def is_classifier(adapter: Any) -> bool:
 
 
 def model_scores(adapter: Any) -> tuple[str, ...]:
-    """The scores ``adapter``'s model gives, its default first: ``CLASS_SCORES`` for a classifier, else ``SCORES``."""
-    return CLASS_SCORES if is_classifier(adapter) else SCORES
+    """The scores ``adapter``'s model gives, its default first: its own ``score_names`` (a classifier's
+    ``CLASS_SCORES``), else a CLIP's ``SCORES``."""
+    own = getattr(adapter, "score_names", None)
+    return tuple(own) if own else SCORES
 
 
 def default_score(adapter: Any) -> str:
@@ -305,15 +307,17 @@ def has_logit_scale(adapter: Any) -> bool:
 
 
 def scale_refusal(score: str, adapter: Any) -> str | None:
-    """Why ``adapter``'s model cannot give ``score``: None, unless the model is a classifier and the score
-    is not one of ``CLASS_SCORES``, or the score needs the logit scale and the model carries none (the
-    message names the score and the family)."""
-    if is_classifier(adapter):
-        if score in CLASS_SCORES:
+    """Why ``adapter``'s model cannot give ``score``: None, unless the model declares its own scores and
+    ``score`` is not one of them (the message names the family, its scores and its ``score_note``), or the
+    score needs the logit scale and the model carries none (the message names the score and the family)."""
+    names = model_scores(adapter)
+    if names != SCORES:
+        if score in names:
             return None
-        return (f"score={score!r} is not a score of an image classifier ({getattr(adapter, 'family', 'classifier')}): "
-                "it explains its class logit ('logit', the default) or its class probability ('probability', the "
-                "softmax over all its classes); it has no cosine with a text embedding")
+        kind = "an image classifier" if is_classifier(adapter) else "this model"
+        return (f"score={score!r} is not a score of {kind} ({getattr(adapter, 'family', 'model')}): it gives "
+                f"{', '.join(repr(n) for n in names)}" + (f"; {adapter.score_note}" if getattr(adapter, "score_note", "")
+                                                           else ""))
     if score in SCALED and not has_logit_scale(adapter):
         return (f"score={score!r} needs the model's logit scale (exp of its learnt logit_scale), which this "
                 f"{getattr(adapter, 'family', 'CLIP')} model does not carry (a Hugging Face vision/text pair keeps it "
@@ -325,18 +329,19 @@ def explained_score(score: str | ExplainedScore = DEFAULT_SCORE, adapter: Any = 
                     rest: Tensor | None = None, columns: Sequence[int] | None = None) -> ExplainedScore:
     """``score`` resolved for ``adapter``'s model: an ``ExplainedScore`` as it is, or a name with the model's
     logit scale (``rest``, ``columns``: see ``ExplainedScore``). A score that needs a logit scale the model
-    does not carry is an ``UnsupportedMethodError`` naming the score and the family. For a classifier: a
-    ``ClassScore``, the default score named (the cosine) standing for the classifier's default (the logit)."""
+    does not carry is an ``UnsupportedMethodError`` naming the score and the family. A model that declares
+    its own scores (``CLIPAdapter.score_names``: a classifier's) gets its adapter's ``make_score``, the
+    default score named (the cosine) standing for the model's own default (a classifier's logit)."""
     if isinstance(score, ExplainedScore):
         return score
-    check_score(score)
     kept = None if columns is None else tuple(columns)
-    if is_classifier(adapter):
+    if model_scores(adapter) != SCORES:  # the model's own scores, built by its adapter
         score = default_score(adapter) if score == DEFAULT_SCORE else score
         reason = scale_refusal(score, adapter)
         if reason is not None:
             raise UnsupportedMethodError(reason)
-        return ClassScore(score, columns=kept)
+        return adapter.make_score(score, rest=rest, columns=kept)
+    check_score(score)
     if score == DEFAULT_SCORE and rest is None and columns is None:
         return COSINE
     reason = scale_refusal(score, adapter)
