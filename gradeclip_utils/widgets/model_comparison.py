@@ -119,6 +119,17 @@ class ModelComparisonView(BaseExplorer):
         return " \u00b7 ".join([str(state.get("method")), block, mode, *scores, f"{len(self.models)} models",
                                 "/".join(precisions)])
 
+    def export(self, exporter: Any, name: str, *, show: bool = False, **manifest: Any) -> dict[str, Any]:
+        """``BaseExplorer.export``, the manifest's ``data`` also saying of each model (``data["models"]``) its
+        kind, the score its values are and, for a classifier, the classes (``export.target_fields``)."""
+        from ..export import target_fields
+
+        if self.last is not None and "data" not in manifest:
+            used = {"score": self.last.get("score"), "uses_score": self.last.get("uses_score")}
+            manifest["data"] = {"scores": self.last.get("scores"), "models": [
+                {"name": n, **target_fields(m, self.last.get("prompts"), used)} for n, m in self.models.items()]}
+        return super().export(exporter, name, show=show, **manifest)
+
     def _clear_outputs(self) -> None:
         self.table.value = ""
 
