@@ -1,4 +1,4 @@
-"""Models side by side: the same images and prompts explained under two or more CLIP models (of any
+"""Models side by side: the same images and prompts explained under two or more models (CLIPs of any
 family), with their scores and how much their maps agree.
 
     comparison = compare_models({"OpenAI": openai_model, "LAION": laion_model}, images, prompts)
@@ -6,7 +6,10 @@ family), with their scores and how much their maps agree.
     comparison.agreement()   # (B, K, M, M) Spearman rank correlation of the maps between models
     comparison.plot(image=0) # models x prompts overlays, a shared or per-map colour scale
 
-Each model embeds the prompts itself (its own text tower), so prompts are texts, never embeddings.
+Each model embeds the prompts itself (its own text tower), so prompts are texts, never embeddings. An image
+classifier among them reads each prompt as one of its classes (a label name or an index; ``prompts.class_index``),
+and explains its own default score (the logit) where a CLIP explains the cosine, unless ``score`` is given
+(which every model must then give); an error one model raises names that model.
 Maps of models with other patch sizes or resolutions are compared on one pixel grid: each map is
 upsampled bilinearly to the first model's picture of that image.
 """
@@ -39,7 +42,7 @@ class ModelComparison:
 
     @property
     def scores(self) -> torch.Tensor:
-        """(M, B, K) image-text cosines, each model's own."""
+        """(M, B, K) explained scores, each model's own (image-text cosines by default; a classifier's logits)."""
         return torch.stack([ex.scores for ex in self.explanations])
 
     def common_size(self, image: int) -> tuple[int, int]:
@@ -75,13 +78,17 @@ class ModelComparison:
         drew before, updated in place when its layout fits."""
         from .plotting import heat_map_panels, signed  # matplotlib: loaded when a figure is first drawn
 
+        from .methods.scores import SYMBOLS
+
         maps = self.upsampled(image)  # (M, K, H, W)
+        named = self.settings.get("score_names") or ["cosine"] * len(self.names)
         panels, titles, flagged = [], [], []
         for m, name in enumerate(self.names):
-            for k, prompt in enumerate(self.prompts):
+            for k in range(len(self.prompts)):
                 score = float(self.explanations[m].scores[image, k])
                 panels.append(maps[m, k].numpy())
-                titles.append(f"{name}\n{prompt}\nS = {signed(score)}")
+                symbol = SYMBOLS.get(named[m], "S")
+                titles.append(f"{name}\n{self.explanations[m].prompts[k]}\n{symbol} = {signed(score)}")
                 flagged.append(score < 0)
         scale = "shared" if shared_scale else "panel"
         if title is None:
@@ -116,9 +123,11 @@ def compare_models(models: Mapping[str, Any] | Sequence[Any], images: Any, promp
                    method: str = "grad_eclip", **options: Any) -> ModelComparison:
     """Explain the same ``images`` against the same text ``prompts`` under every model (a mapping of
     names to LoadedModels, or a sequence named by each model's name); ``options`` go to
-    ``explain_image`` for every model (layers, mode, qk, resolution, ...)."""
+    ``explain_image`` for every model (layers, mode, qk, resolution, ...). ``settings["score_names"]``: the
+    score each model explained (``methods.scores.score_name``)."""
     from .explain import explain_image
     from .loading import as_loaded
+    from .methods.scores import DEFAULT_SCORE, score_name
 
     if isinstance(prompts, (torch.Tensor, np.ndarray)):
         raise TypeError("compare_models takes prompts as text: each model embeds them with its own text tower")
@@ -131,7 +140,15 @@ def compare_models(models: Mapping[str, Any] | Sequence[Any], images: Any, promp
             names = [f"{m.name} ({m.family}) #{i}" for i, m in enumerate(loaded)]
     if len(loaded) < 2:
         raise ValueError("compare_models needs at least two models")
-    explanations = [explain_image(model, images, prompts, method=method, **options) for model in loaded]
+    explanations = []
+    for name, model in zip(names, loaded):
+        try:
+            explanations.append(explain_image(model, images, prompts, method=method, **options))
+        except (ValueError, TypeError, NotImplementedError) as error:  # say which model could not
+            error.args = (f"model {name!r}: {error}", *error.args[1:])
+            raise
     settings = {"method": method, **{k: v for k, v in options.items() if isinstance(v, (int, float, str, bool, tuple))},
-                "models": [m.describe() for m in loaded]}
+                "models": [m.describe() for m in loaded],
+                "score_names": [score_name(m.adapter, ex.config.score if ex.config else DEFAULT_SCORE)
+                                for m, ex in zip(loaded, explanations)]}
     return ModelComparison(names, explanations, settings)

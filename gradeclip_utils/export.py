@@ -2,7 +2,9 @@
 
 A manifest records what is needed to make the figure again: the model and its weights, the method and
 its settings, the prompts, the images (path or synthetic scene seed, with a content hash), the
-notebook and its parameters, and the versions of the package and its main dependencies::
+notebook and its parameters, and the versions of the package and its main dependencies. It also says
+what the figure's values are (``target_fields``): the model's kind ("clip" or "classifier"), the explained
+score, and for a classifier the classes its prompts name (index and label)::
 
     exporter = FigureExporter("outputs/figures/quick_start", notebook="01_quick_start", model=model,
                               parameters={"MODEL": "synthetic"})
@@ -137,6 +139,32 @@ def describe_image(image: Any, name: str | None = None) -> dict[str, Any]:
     return entry
 
 
+def target_fields(model: Any, prompts: Sequence[Any] | None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a manifest says of a figure's targets and values, for ``model`` (a LoadedModel, or None):
+    ``model_kind`` ("classifier" for an image classifier, else "clip"), ``score`` (the score the values are:
+    ``settings["score"]``, the model's default where the method does not use it, ``methods.scores.score_name``)
+    and ``classes`` (a classifier's: ``{"index", "label"}`` of each of ``prompts``, named or indexed; None
+    when they are not its classes, or for a CLIP)."""
+    from .methods.scores import DEFAULT_SCORE, is_classifier, score_name
+    from .prompts import class_entries
+
+    adapter = getattr(model, "adapter", None)
+    if adapter is None:
+        return {"model_kind": None, "score": (settings or {}).get("score"), "classes": None}
+    settings = settings or {}
+    score = settings.get("score") or DEFAULT_SCORE
+    if settings.get("uses_score") is False:  # the method explains no score: its values are the model's default
+        score = DEFAULT_SCORE
+    classes = None
+    if is_classifier(adapter):
+        try:
+            classes = class_entries(adapter.labels, list(prompts or []))
+        except (TypeError, ValueError):  # prompts renamed by the caller (``labels=``): not class names
+            classes = None
+    return {"model_kind": "classifier" if is_classifier(adapter) else "clip", "score": score_name(adapter, score),
+            "classes": classes}
+
+
 class FigureExporter:
     """Saves figures as PNG and PDF with a JSON manifest each, into one output folder.
 
@@ -209,6 +237,7 @@ class FigureExporter:
             "settings": _jsonable({k: v for k, v in merged.items()
                                    if k not in ("model", "pretrained", "precision", "device")}),
             "prompts": _jsonable(list(prompts)) if prompts is not None else [],
+            **target_fields(self.model, prompts, merged),
             "images": described,
             "data": _jsonable(data or {}),
             "package": dict(self._software["package"]),

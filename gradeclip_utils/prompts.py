@@ -189,7 +189,8 @@ def class_targets(model: LoadedModel, prompts: Any, labels: Sequence[str] | None
 def class_index(labels: Sequence[str], item: Any) -> int:
     """The index of class ``item`` among a classifier's ``labels``: an index in range, or a label name, matched
     whole, then case-insensitively whole or as one of its comma-separated names ("tabby" for "tabby, tabby
-    cat"). An unknown name is a ValueError listing the close matches; an ambiguous one lists its classes."""
+    cat"), or else a string of digits as an index ("281", as typed in a box). An unknown name is a ValueError
+    listing the close matches; an ambiguous one lists its classes."""
     count = len(labels)
     if isinstance(item, bool) or not isinstance(item, (str, numbers.Integral)):
         raise TypeError(f"a class is an index or a label name, got {item!r}")
@@ -206,6 +207,8 @@ def class_index(labels: Sequence[str], item: Any) -> int:
     found = [i for i, choices in names.items() if key in choices]
     if len(found) == 1:
         return found[0]
+    if not found and key.isascii() and key.isdigit():  # a label spelt with digits was matched above: this is an index
+        return class_index(labels, int(key))
     if found:
         listed = ", ".join(f"{labels[i]!r} ({i})" for i in found[:10])
         raise ValueError(f"class name {item!r} names {len(found)} classes: {listed}; give the full label or the index")
@@ -217,3 +220,9 @@ def class_index(labels: Sequence[str], item: Any) -> int:
     matches = [f"{labels[i]!r} ({i})" for i in dict.fromkeys(words + alike)][:8]
     hint = f"; close matches: {', '.join(matches)}" if matches else ""
     raise ValueError(f"unknown class name {item!r}: it is none of this classifier's {count} class labels{hint}")
+
+
+def class_entries(labels: Sequence[str], items: Sequence[Any]) -> list[dict[str, Any]]:
+    """The classes ``items`` (indices or label names, as ``class_index`` reads them) as records name them:
+    ``{"index": i, "label": labels[i]}`` each."""
+    return [{"index": index, "label": labels[index]} for index in (class_index(labels, item) for item in items)]

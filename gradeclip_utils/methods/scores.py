@@ -295,6 +295,14 @@ def default_score(adapter: Any) -> str:
     return model_scores(adapter)[0]
 
 
+def score_name(adapter: Any, score: str = DEFAULT_SCORE) -> str:
+    """The score ``adapter``'s model gives for ``score``: ``score`` itself, except that the default named (the
+    cosine) stands for the own default of a model that declares its own scores (a classifier's logit), as
+    ``explained_score`` resolves it; the scores of a method that explains no score are the model's default."""
+    own = model_scores(adapter)
+    return own[0] if score == DEFAULT_SCORE and own != SCORES and DEFAULT_SCORE not in own else score
+
+
 def own_scores(adapter: Any, embedding: Tensor, targets: Tensor) -> Tensor:
     """The (B, K) scores of a method that explains no score: the model's default score (the cosines of a
     CLIP, the logits of a classifier) of the (B, D) embeddings against the (K, D) targets."""
@@ -336,7 +344,7 @@ def explained_score(score: str | ExplainedScore = DEFAULT_SCORE, adapter: Any = 
         return score
     kept = None if columns is None else tuple(columns)
     if model_scores(adapter) != SCORES:  # the model's own scores, built by its adapter
-        score = default_score(adapter) if score == DEFAULT_SCORE else score
+        score = score_name(adapter, score)
         reason = scale_refusal(score, adapter)
         if reason is not None:
             raise UnsupportedMethodError(reason)
@@ -353,4 +361,5 @@ def explained_score(score: str | ExplainedScore = DEFAULT_SCORE, adapter: Any = 
 
 __all__ = ["CLASS_SCORES", "COSINE", "DEFAULT_SCORE", "SCALED", "SCORES", "SYMBOLS", "TEXT_CONTRAST", "ClassScore",
            "ExplainedScore", "check_count", "check_score", "cosine_gradients", "default_score", "explained_score",
-           "has_logit_scale", "is_classifier", "model_scores", "others_logsumexp", "own_scores", "scale_refusal"]
+           "has_logit_scale", "is_classifier", "model_scores", "others_logsumexp", "own_scores", "scale_refusal",
+           "score_name"]

@@ -46,7 +46,11 @@ shows the same as static HTML, with the figure of when the cell ran.
 
 The explorers use the package's public API only (``explain_image``, ``explain_text``, the results
 objects, ``model.describe()``) and the adapter interface's block count, so they work with any model
-family that ``load_model`` returns.
+family that ``load_model`` returns. What differs for an image classifier they ask of the model: its targets
+are classes when its adapter names them (``policy.class_labels``: the box takes names or indices, completed
+from the labels), its scores and their default (``methods.scores.model_scores``, ``default_score``), the
+methods and the word importance it cannot run (``policy.method_refusal``, from the declarations: marked in the
+lists, and their reason shown in place of the figure).
 
 The package: ``base`` (the render frame every explorer shares: ``render()`` calls ``compute``, ``draw``
 and ``show``; the cache, debouncing, the compute off the event loop, busy state, errors, export and the

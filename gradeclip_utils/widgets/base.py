@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 from . import controls
 from .controls import ipywidgets, split_prompts
 from .markup import STYLE, busy_html, error_html, settings_text, snapshot_html, status_html
+from .policy import class_labels
 
 #: seconds a browser change waits for the next one before the redraw (a burst draws once)
 DEBOUNCE_SECONDS = 0.3
@@ -120,8 +121,14 @@ class BaseExplorer:
             raise ValueError(f"width is in pixels and must be at least 200, got {width}")
         if debounce < 0:
             raise ValueError(f"debounce must be >= 0 seconds, got {debounce}")
+        from ..methods.scores import default_score
+
         self.model = model
         self.precision = model.describe().get("precision")
+        # what the model's targets are, asked of it: an image classifier's classes (named by its labels) or texts
+        self.labels = class_labels(model)
+        self.targets = "classes" if self.labels else "prompts"
+        self.default_score = default_score(model.adapter)  # a CLIP's cosine, a classifier's logit
         self.width = int(width)
         self.debounce = float(debounce)
         self.last: dict[str, Any] | None = None
@@ -186,7 +193,7 @@ class BaseExplorer:
         raise NotImplementedError
 
     def _describe(self, state: Mapping[str, Any]) -> str:
-        return settings_text(state, self.precision)
+        return settings_text(state, self.precision, self.default_score)
 
     def _begin(self) -> dict[str, Any]:
         self._cancel_pending()

@@ -88,15 +88,27 @@ def apply_button(what: str) -> Any:
                     layout=w.Layout(width="120px"))
 
 
-def prompt_box(prompts: Sequence[str]) -> tuple[Any, Any]:
-    """The prompts box (prompts separated by ";", drawn on Enter) and its apply button."""
+def prompt_box(prompts: Sequence[Any], what: str = "prompts") -> tuple[Any, Any]:
+    """The box of the targets (``what``: "prompts", or "classes" of an image classifier, names or indices),
+    separated by ";" and drawn on Enter, and its apply button."""
     w = ipywidgets()
+    prompts = [str(p) for p in prompts]  # a class may be given by its index
     bad = [p for p in prompts if PROMPT_SEPARATOR in p or "\n" in p]
     if bad:
-        raise ValueError(f"prompts cannot contain {PROMPT_SEPARATOR!r} or a newline (it separates them): {bad}")
-    box = w.Text(value=join_prompts(prompts), description="prompts", continuous_update=False,
-                 placeholder="type prompts separated by ; and press Enter", layout=flexible(600, 240))
-    return box, apply_button("prompts")
+        raise ValueError(f"{what} cannot contain {PROMPT_SEPARATOR!r} or a newline (it separates them): {bad}")
+    typed = "class names or indices" if what == "classes" else what
+    box = w.Text(value=join_prompts(prompts), description=what, continuous_update=False,
+                 placeholder=f"type {typed} separated by ; and press Enter", layout=flexible(600, 240))
+    return box, apply_button(what)
+
+
+def class_picker(labels: Sequence[str], description: str = "add") -> Any:
+    """A box that completes a classifier's class names as they are typed (``labels``); choosing one (or typing
+    an index) and pressing Enter gives it as the box's value."""
+    w = ipywidgets()
+    return w.Combobox(options=list(labels), value="", description=description, ensure_option=False,
+                      continuous_update=False, placeholder=f"type a class name ({len(labels)} classes) or index",
+                      layout=flexible(420, 240))
 
 
 def flexible(width: int, least: int) -> Any:
@@ -137,13 +149,17 @@ def mode_buttons(mode: str) -> Any:
                            layout=w.Layout(width="auto", flex="0 0 auto", display="flex"))
 
 
-def score_dropdown(score: str) -> Any:
-    """The explained score (``methods.scores.SCORES``); the contrast takes prompts written "a | b"."""
+def score_dropdown(score: str, scores: Sequence[str] | None = None) -> Any:
+    """The explained score, of ``scores`` (the model's: ``methods.scores.model_scores``; all of ``SCORES`` by
+    default); the contrast takes prompts written "a | b"."""
     from ..methods.scores import SCORES
 
     w = ipywidgets()
+    scores = tuple(scores or SCORES)
+    if score not in scores:
+        raise ValueError(f"score must be one of this model's scores {scores}, got {score!r}")
     labels = {"contrast": "contrast (a | b)"}
-    return w.Dropdown(options=[(labels.get(name, name), name) for name in SCORES], value=score,
+    return w.Dropdown(options=[(labels.get(name, name), name) for name in scores], value=score,
                       description="score", layout=w.Layout(width="auto", min_width="190px", flex="0 0 auto"))
 
 

@@ -8,15 +8,15 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 from ..config import ExplainConfig, applied_settings
 from ..maps import resize_maps
-from ..methods.scores import DEFAULT_SCORE, SYMBOLS
+from ..methods.scores import DEFAULT_SCORE, SYMBOLS, model_scores, score_name
 from ..plotting import heat_map_panels, signed
 from ..samples import as_input, default_resolution, image_prompts, named_images, object_prompts
 from ..text import cut_note, has_words
 from . import controls
 from .base import DEBOUNCE_SECONDS, DEFAULT_WIDTH, BaseExplorer, from_browser
 from .markup import RED, best_prompt, scores_html, status_html, words_html, words_title
-from .policy import (OFFERED_SETTINGS, contrast_pairs, image_blocks, image_methods, merged_options, settings_used, text_blocks,
-                     text_score, unused_settings, words_method)
+from .policy import (OFFERED_SETTINGS, contrast_pairs, image_blocks, image_methods, merged_options, method_choices,
+                     method_refusal, settings_used, text_blocks, text_score, unused_settings, words_method)
 
 #: the first entry of the list of suggested prompts (choosing another adds it to the prompts)
 ADD_PROMPT = "(add a prompt)"
@@ -28,7 +28,7 @@ class Explained(NamedTuple):
     """What one render of the explorer shows: the maps and the word importance."""
 
     maps: Any  # ImageExplanation
-    words: Any  # TextExplanation
+    words: Any  # TextExplanation, or None for a model without a text tower (``state["no_text"]`` says why)
 
 
 class Explorer(BaseExplorer):
@@ -39,18 +39,24 @@ class Explorer(BaseExplorer):
     methods in the method switch (default: all registered); ``method_options``: extra options per
     method, over ``default_method_options`` (e.g. ``{"rise": {"masks": 2000}}``); ``text_layers``: text
     blocks for word importance (the authors' 8, or all blocks of a smaller text tower);
-    ``score``: the explained score (``methods.scores.SCORES``; a switch changes it; the contrast takes
-    prompts written "a | b" and explains the words of both captions by their cosines);
+    ``score``: the explained score, of the model's scores (``methods.scores.model_scores``; None: its default;
+    a switch changes it; the contrast takes prompts written "a | b" and explains the words of both captions by
+    their cosines);
     ``shared_scale``: start with one colour scale for all prompts (a checkbox switches it);
     ``colorbar``: draw the colour bar; ``width``: pixels the figure wraps its panels to; ``debounce``:
     seconds a browser change waits for the next.
 
     Prompts are typed in one line separated by ";" and drawn on Enter (or the apply button).
+
+    An image classifier's targets are its classes: the box takes class names or indices (``prompts`` may be
+    either), the "add" box completes the model's class names as they are typed, the score switch offers its
+    scores (the logit, its default, and the probability over all its classes); the methods it cannot run are
+    marked in the method list (choosing one shows why), and there is no word importance (no text tower).
     """
 
     def __init__(self, model: Any, images: Any, prompts: Sequence[str], *, suggestions: Sequence[str] = (),
                  method: str = "grad_eclip", methods: Sequence[str] | None = None, layer: int = -1,
-                 mode: str = "faithful", score: str = DEFAULT_SCORE, resolution: str | None = None,
+                 mode: str = "faithful", score: str | None = None, resolution: str | None = None,
                  method_options: Mapping[str, Mapping[str, Any]] | None = None, text_layers: int = 8,
                  shared_scale: bool = False, colorbar: bool = True, width: int = DEFAULT_WIDTH,
                  debounce: float = DEBOUNCE_SECONDS, auto_render: bool = True) -> None:
@@ -65,27 +71,36 @@ class Explorer(BaseExplorer):
         image_methods([*methods, method])  # a ValueError naming any that is not registered
         if method not in methods:
             raise ValueError(f"method {method!r} is not among the methods offered {methods}")
-        self.prompts, self.apply = controls.prompt_box(prompts)
+        self.prompts, self.apply = controls.prompt_box(prompts, self.targets)
         blocks = image_blocks(model)
         self.image = controls.image_list(self.images)
-        self.method = w.Dropdown(options=methods, value=method, description="method")
-        self.given_suggestions = list(suggestions)
-        self.suggestions = w.Dropdown(options=self._suggestion_options(), description="add")
+        self.method = w.Dropdown(options=method_choices(model, methods), value=method, description="method")
+        self.given_suggestions = [str(s) for s in suggestions]
+        if self.labels:  # a classifier's classes: completed as they are typed (a list of a thousand is no list)
+            self.no_suggestion = ""
+            self.suggestions = controls.class_picker(list(dict.fromkeys([*self.given_suggestions, *self.labels])))
+            hint = ("classes (names or indices) are separated by <b>;</b> &mdash; press <b>Enter</b> in the box (or "
+                    "<b>apply</b>) to draw; the <b>add</b> box completes the model's class names")
+        else:
+            self.no_suggestion = ADD_PROMPT
+            self.suggestions = w.Dropdown(options=self._suggestion_options(), description="add")
+            hint = ("prompts are separated by <b>;</b> &mdash; press <b>Enter</b> in the box (or <b>apply</b>) to "
+                    "draw; the <b>add</b> list adds a suggested prompt or one that describes the image (or all of "
+                    "its objects)")
         self.layer = controls.block_slider(0, blocks - 1, layer % blocks)
         self.mode = controls.mode_buttons(mode)
-        self.score = controls.score_dropdown(score)
-        self.shared = controls.shared_box(shared_scale, "prompts")
+        self.score = controls.score_dropdown(score or self.default_score, model_scores(model.adapter))
+        self.shared = controls.shared_box(shared_scale, self.targets)
         self.scores = w.HTML()
         self.words = w.HTML()
-        hint = controls.hint("prompts are separated by <b>;</b> &mdash; press <b>Enter</b> in the box (or "
-                             "<b>apply</b>) to draw; the <b>add</b> list adds a suggested prompt or one that "
-                             "describes the image (or all of its objects)")
+        hint = controls.hint(hint)
         self._layout("Explorer", [controls.row([self.image, self.method, self.suggestions]),
                                   controls.row([self.prompts, self.apply]), hint,
                                   controls.row([self.layer, self.mode, self.score, self.shared])],
                      [controls.row([self.scores, self.words], align="flex-start")])
         self.suggestions.observe(self._add_suggestion, names="value")
-        self.image.observe(lambda _change: self._setting_controls(self._offer_image_prompts), names="value")
+        if not self.labels:  # a classifier's classes are the same for every image
+            self.image.observe(lambda _change: self._setting_controls(self._offer_image_prompts), names="value")
         self.method.observe(lambda _change: self._enable_settings(), names="value")
         self._enable_settings()
         self._connect([self.image, self.prompts, self.layer, self.mode, self.method, self.score, self.shared],
@@ -119,7 +134,7 @@ class Explorer(BaseExplorer):
         return settings_used(method) if method else {setting: True for setting in OFFERED_SETTINGS}
 
     def _add_suggestion(self, change: Any) -> None:
-        if change["new"] == ADD_PROMPT or self._rendering:
+        if change["new"] == self.no_suggestion or self._rendering:
             return
         current = self.current_prompts()
         browser = from_browser(change)
@@ -133,7 +148,7 @@ class Explorer(BaseExplorer):
                 self.schedule()
             else:
                 self.render()
-        self._setting_controls(lambda: setattr(self.suggestions, "value", ADD_PROMPT))
+        self._setting_controls(lambda: setattr(self.suggestions, "value", self.no_suggestion))
 
     def settings(self) -> dict[str, Any]:
         """What the next render will use."""
@@ -180,19 +195,21 @@ class Explorer(BaseExplorer):
         """Explain the current image against the current prompts with the current block, mode and
         method (the maps), and with the method's text version or ``WORDS_METHOD`` (the words)."""
         if not state["prompts"]:
-            raise ValueError("type at least one prompt (separate several with ';')")
+            one = "class (a name or an index; separate" if self.labels else "prompt (separate"
+            raise ValueError(f"type at least one {one} several with ';')")
         if not state["method"]:
             raise ValueError("choose a method")
         image = self.images[state["image"]]
         resolution = self.resolution or default_resolution(self.model, image)
         explanation = self._explain(state, image, resolution)
         text_method = words_method(state["method"])
-        words = self._explain_words(state, image, resolution, text_method)
+        no_text = method_refusal(self.model, text_method, "text")  # a model without a text tower: no words
+        words = None if no_text else self._explain_words(state, image, resolution, text_method)
+        score = score_name(self.model.adapter, explanation.config.score if explanation.config else DEFAULT_SCORE)
         state.update(text_method=text_method, resolution=resolution, labels=list(explanation.prompts),
-                     symbol=SYMBOLS.get(explanation.config.score if explanation.config else DEFAULT_SCORE, "S"),
-                     scores=[float(s) for s in explanation.scores[0]],
-                     no_words=[p for p in state["prompts"] if not has_words(p)],
-                     truncated={p: cut for p, cut in zip(words.texts, words.truncated) if cut})
+                     symbol=SYMBOLS.get(score, "S"), scores=[float(s) for s in explanation.scores[0]],
+                     no_words=[p for p in state["prompts"] if not has_words(p)], no_text=no_text,
+                     truncated={p: cut for p, cut in zip(words.texts, words.truncated) if cut} if words else {})
         state.update({k: v for k, v in explanation.settings.items() if k not in state})
         return Explained(explanation, words)
 
@@ -210,7 +227,7 @@ class Explorer(BaseExplorer):
         scale = "shared" if state["shared_scale"] else "panel"
         described = self.model.describe()
         weights = f" ({described['pretrained']})" if described.get("pretrained") else ""
-        scale_text = "one colour scale for all prompts" if scale == "shared" else "each panel on its own scale"
+        scale_text = "one colour scale for all " + self.targets if scale == "shared" else "each panel on its own scale"
         title = (f"{self._describe(state)}\n{state['image']} \u00b7 model {described.get('model')}{weights} "
                  f"\u00b7 {scale_text}")
         flagged = [s < 0 or not has_words(p) for p, s in zip(explanation.prompts, scores)]
@@ -221,17 +238,22 @@ class Explorer(BaseExplorer):
         """The scores, the word importance and the status line (which says which settings the method
         ignores)."""
         self.explanation, self.text_explanation = result
-        self.scores.value = scores_html(state["labels"], state["scores"], state["symbol"])
-        self.words.value = words_title(state["text_method"]) + words_html(result.words)
-        ignored = unused_settings(state["method"], state["score"])
+        self.scores.value = scores_html(state["labels"], state["scores"], state["symbol"],
+                                        "class" if self.labels else "prompt")
+        if result.words is None:
+            self.words.value = f"<b>no word importance</b><br><small>{html.escape(state['no_text'])}</small>"
+        else:
+            self.words.value = words_title(state["text_method"]) + words_html(result.words)
+        ignored = unused_settings(state["method"], state["score"], self.default_score)
         note = f" ({state['method']} does not use the {' or '.join(ignored)} setting)" if ignored else ""
         count = len(state["prompts"])
+        what = ("class" if count == 1 else "classes") if self.labels else ("prompt" if count == 1 else "prompts")
         lines = [f"\u201c{shortened(p)}\u201d: {cut_note(cut)}" for p, cut in state["truncated"].items()]
         if state["no_words"]:
             lines.append(f"{len(state['no_words'])} prompt{'s have' if len(state['no_words']) != 1 else ' has'} no "
                          "words (punctuation or spaces alone): scored, but never the best")
         notes = "".join(f"<br><small style='color:{RED}'>{html.escape(line)}</small>" for line in lines)
-        self.status.value = status_html(f"{self._describe(state)} \u00b7 {count} prompt{'s' if count != 1 else ''} "
+        self.status.value = status_html(f"{self._describe(state)} \u00b7 {count} {what} "
                                         f"\u00b7 drawn in {state['seconds']:.2f} s{note}") + notes
 
 

@@ -8,11 +8,12 @@ import numpy as np
 import torch
 
 from ..maps import resize_maps
+from ..methods.scores import DEFAULT_SCORE, SYMBOLS, score_name
 from ..plotting import heat_map_panels, signed
 from ..samples import default_resolution, named_images
 from . import controls
 from .base import DEBOUNCE_SECONDS, DEFAULT_WIDTH, BaseExplorer
-from .markup import status_html
+from .markup import status_html, target_text
 
 
 class BlockMap(NamedTuple):
@@ -21,18 +22,20 @@ class BlockMap(NamedTuple):
     picture: Any  # PIL image
     heat: np.ndarray
     score: float
+    symbol: str  # how the score is named (``methods.scores.SYMBOLS``): "S", a classifier's "logit"
 
 
 class LayerViewer(BaseExplorer):
-    """One image and prompt with a slider over the image blocks: the map of the chosen block (all
-    blocks are explained once, when the viewer is made), or with ``cumulative`` ticked the sum of the
-    per-block maps from the chosen block to the last (explain_image's combination of several blocks)."""
+    """One image and prompt (or a classifier's class: a name or an index) with a slider over the image blocks:
+    the map of the chosen block (all blocks are explained once, when the viewer is made), or with
+    ``cumulative`` ticked the sum of the per-block maps from the chosen block to the last (explain_image's
+    combination of several blocks)."""
 
     timed = False  # switching between maps computed beforehand: nothing to time
 
     kind = "layers"
 
-    def __init__(self, model: Any, image: Any, prompt: str, *, method: str = "grad_eclip", mode: str = "faithful",
+    def __init__(self, model: Any, image: Any, prompt: str | int, *, method: str = "grad_eclip", mode: str = "faithful",
                  resolution: str | None = None, width: int = DEFAULT_WIDTH, debounce: float = DEBOUNCE_SECONDS,
                  auto_render: bool = True) -> None:
         from ..studies.layers import layer_maps
@@ -64,18 +67,20 @@ class LayerViewer(BaseExplorer):
         picture = chosen.images[0]
         raw = sum(torch.relu(self.maps[b].raw[0][0]) for b in state["layers"])
         heat = resize_maps(raw, (picture.height, picture.width)).numpy()
-        return BlockMap(picture, heat, float(chosen.scores[0, 0]))
+        score = score_name(self.model.adapter, chosen.config.score if chosen.config else DEFAULT_SCORE)
+        return BlockMap(picture, heat, float(chosen.scores[0, 0]), SYMBOLS.get(score, "S"))
 
     def draw(self, result: BlockMap, state: Mapping[str, Any]):
         """The picture and the map, titled with the blocks and the score."""
         layers = state["layers"]
         label = f"blocks {layers[0]}\u2013{layers[-1]} summed" if len(layers) > 1 else f"block {layers[0]}"
-        title = (f"\u201c{self.prompt}\u201d on {self.name}\n{self._describe(state)} \u00b7 model "
+        title = (f"{target_text(str(self.prompt), self.labels)} on {self.name}\n{self._describe(state)} \u00b7 model "
                  f"{self.model.describe().get('model')}")
-        return heat_map_panels(result.picture, [result.heat], [f"{label}\nS = {signed(result.score)}"], title=title,
+        panel = f"{label}\n{result.symbol} = {signed(result.score)}"
+        return heat_map_panels(result.picture, [result.heat], [panel], title=title,
                                scale="panel", flagged=[result.score < 0], width_px=self.width, reuse=self._drawn)
 
     def show(self, result: BlockMap, state: dict[str, Any]) -> None:
         """The status line, with the score."""
         state["scores"] = [result.score]
-        self.status.value = status_html(f"{self._describe(state)} \u00b7 S = {signed(result.score)}")
+        self.status.value = status_html(f"{self._describe(state)} \u00b7 {result.symbol} = {signed(result.score)}")

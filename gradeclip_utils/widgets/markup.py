@@ -45,9 +45,9 @@ _CELL = "padding:2px 6px;text-align:right"  # headings wrap in a narrow output; 
 _FIRST = "padding:2px 6px;text-align:left"
 
 
-def settings_text(state: Mapping[str, Any], precision: str | None) -> str:
+def settings_text(state: Mapping[str, Any], precision: str | None, default: str = DEFAULT_SCORE) -> str:
     """"grad_eclip · block 3 · faithful mode · fp32": what a render used (a setting the method does
-    not take is said to be unused)."""
+    not take is said to be unused; ``default``: the model's default score, ``score_parts``)."""
     layers = list(state.get("layers") or [])
     if not state.get("uses_layers", True):
         block = "block: not used"
@@ -57,19 +57,32 @@ def settings_text(state: Mapping[str, Any], precision: str | None) -> str:
         block = f"block {layers[0]}" if layers else "block ?"
     mode = f"{state.get('mode')} mode" if state.get("uses_mode", True) else "mode: not used"
     parts = [str(state.get("method")), block, mode]
-    parts += score_parts(state)
+    parts += score_parts(state, default)
     if precision:
         parts.append(str(precision))
     return " \u00b7 ".join(parts)
 
 
-def score_parts(state: Mapping[str, Any]) -> list[str]:
-    """What a render's settings line says of its score: nothing for the default (every method gives the
-    cosine), else "score probability", or "score: not used" for a method that ignores the score."""
+def score_parts(state: Mapping[str, Any], default: str = DEFAULT_SCORE) -> list[str]:
+    """What a render's settings line says of its score: nothing for the cosine (a CLIP's default), else
+    "score probability", or "score: not used" for a method that ignores the score, unless it is the model's
+    ``default`` (which every method gives: a classifier's "score logit")."""
     score = state.get("score", DEFAULT_SCORE)
     if score == DEFAULT_SCORE:
         return []
-    return [f"score {score}" if state.get("uses_score", True) else "score: not used"]
+    return [f"score {score}" if state.get("uses_score", True) or score == default else "score: not used"]
+
+
+def target_text(prompt: str, labels: Sequence[str] = ()) -> str:
+    """How a title names a target: a prompt in quotes, or a classifier's class (``labels``: its class names;
+    ``prompt`` a name or an index) by its label and index."""
+    from ..prompts import class_index
+
+    try:
+        index = class_index(labels, prompt) if labels else None
+    except (TypeError, ValueError):  # not one of its classes: the render says so
+        index = None
+    return f"\u201c{prompt}\u201d" if index is None else f"\u201c{labels[index]}\u201d (class {index})"
 
 
 def status_html(text: str) -> str:
@@ -142,8 +155,9 @@ def best_prompt(prompts: Sequence[str], scores: Sequence[float]) -> int | None:
     return max(candidates, key=lambda k: scores[k]) if candidates and len(scores) else None
 
 
-def scores_html(prompts: Sequence[str], scores: Sequence[float], symbol: str = "S") -> str:
-    """The prompts with their explained scores (``symbol``: "S" the cosine, "p" the probability, ...;
+def scores_html(prompts: Sequence[str], scores: Sequence[float], symbol: str = "S", what: str = "prompt") -> str:
+    """The prompts (``what``: "prompt", or "class") with their explained scores (``symbol``: "S" the cosine, "p"
+    the probability, ...;
     ``methods.scores.SYMBOLS``), signed (negative in red), the best in bold; a prompt with no words
     (punctuation alone) is marked so and never the best."""
     best = best_prompt(prompts, scores)
@@ -154,8 +168,8 @@ def scores_html(prompts: Sequence[str], scores: Sequence[float], symbol: str = "
         mark = "" if has_words(prompt) else f" <small style='color:{RED}'>(no words)</small>"
         rows.append(f"<tr><td style='{_FIRST}'>{html.escape(prompt)}{mark}</td>"
                     f"<td style='{_CELL};color:{colour}'>{value}</td></tr>")
-    named = {"S": "S (cosine)", "p": "p (probability)", "logit": "logit", "\u0394S": "\u0394S (contrast)"}
-    head = f"<tr><th style='{_FIRST}'>prompt</th><th style='{_CELL}'>{html.escape(named.get(symbol, symbol))}</th></tr>"
+    head = (f"<tr><th style='{_FIRST}'>{html.escape(what)}</th>"
+            f"<th style='{_CELL}'>{html.escape(symbol_heading(symbol))}</th></tr>")
     notes = []
     if any(s < 0 for s in scores):
         notes.append("S &lt; 0 (red): the image and the prompt do not match; its map still has a maximum"
@@ -166,7 +180,13 @@ def scores_html(prompts: Sequence[str], scores: Sequence[float], symbol: str = "
     return f"<table style='border-collapse:collapse'>{head}{''.join(rows)}{note}</table>"
 
 
-#: the method comparison's columns: the row's key and the column's heading
+def symbol_heading(symbol: str) -> str:
+    """A score's column heading: its symbol (``methods.scores.SYMBOLS``) with the score's name."""
+    named = {"S": "S (cosine)", "p": "p (probability)", "logit": "logit", "\u0394S": "\u0394S (contrast)"}
+    return named.get(symbol, symbol)
+
+
+#: the method comparison's columns: the row's key and the column's heading (the score's: ``symbol_heading``)
 ROW_COLUMNS: tuple[tuple[str, str], ...] = (
     ("method", "method"), ("seconds", "seconds"), ("score", "S (cosine)"),
     ("energy_on_prompted_objects", "energy on prompted objects"), ("max_on_prompted_objects", "maximum on them"))
@@ -187,13 +207,14 @@ def _cell_text(key: str, value: Any) -> str:
 
 
 def rows_html(rows: Sequence[dict[str, Any]], no_mask_reason: str | None = None,
-              failed: Mapping[str, str] | None = None) -> str:
+              failed: Mapping[str, str] | None = None, symbol: str = "S") -> str:
     """The method comparison's table: one row per method, every column aligned the same way in header
-    and body; methods that could not run get a row that says why."""
+    and body, the scores' headed by their ``symbol``; methods that could not run get a row that says why."""
     if not rows and not failed:
         return ""
-    head = "".join(f"<th style='{_FIRST if i == 0 else _CELL}'>{html.escape(label)}</th>"
-                   for i, (_, label) in enumerate(ROW_COLUMNS))
+    head = "".join(f"<th style='{_FIRST if i == 0 else _CELL}'>"
+                   f"{html.escape(symbol_heading(symbol) if key == 'score' else label)}</th>"
+                   for i, (key, label) in enumerate(ROW_COLUMNS))
     body = []
     for row in rows:
         cells = []

@@ -12,15 +12,15 @@ import torch
 from ..config import ExplainConfig, applied_settings
 from ..maps import resize_maps
 from ..metrics import energy_pointing_game, pointing_game
-from ..methods.scores import DEFAULT_SCORE
+from ..methods.scores import DEFAULT_SCORE, SYMBOLS, model_scores, score_name
 from ..plotting import format_seconds, heat_map_panels, signed
 from ..samples import as_input, default_resolution, image_prompts, named_images, prompt_mask
 from ..text import has_words
 from . import controls
 from .base import DEBOUNCE_SECONDS, DEFAULT_WIDTH, BaseExplorer
-from .markup import rows_html, score_parts, status_html
+from .markup import rows_html, score_parts, status_html, target_text
 from .policy import (OFFERED_SETTINGS, comparison_methods, contrast_pairs, image_blocks, image_methods, merged_options,
-                     method_takes, unused_settings)
+                     method_choices, method_refusal, method_takes, unused_settings)
 
 
 class MethodComparison(BaseExplorer):
@@ -31,12 +31,16 @@ class MethodComparison(BaseExplorer):
     those columns say why there is no value. Each method's map is cached, so adding a method to the
     selection computes only that one. The prompt box's list offers the prompts that describe the chosen
     image (``samples.image_prompts``), then the prompts given.
+
+    An image classifier explains a class (a name or an index; the box completes its class names) with its
+    ``score`` (None: its default, the logit); the methods it cannot run are marked in the list and left out
+    of the default selection (chosen, their row says why).
     """
 
     kind = "methods"
 
     def __init__(self, model: Any, images: Any, prompts: Sequence[str], methods: Sequence[str] | None = None, *,
-                 layer: int = -1, mode: str = "faithful", score: str = DEFAULT_SCORE, resolution: str | None = None,
+                 layer: int = -1, mode: str = "faithful", score: str | None = None, resolution: str | None = None,
                  method_options: Mapping[str, Mapping[str, Any]] | None = None, width: int = DEFAULT_WIDTH,
                  colorbar: bool = True, debounce: float = DEBOUNCE_SECONDS, auto_render: bool = True) -> None:
         super().__init__(model, width=width, debounce=debounce)
@@ -48,21 +52,31 @@ class MethodComparison(BaseExplorer):
         self.colorbar = colorbar
         self.method_options = merged_options(model, method_options)
         available = image_methods()
-        chosen = [m for m in comparison_methods() if m in available] if methods is None else list(methods)
+        if methods is None:  # by default the shown methods that this model can run
+            chosen = [m for m in comparison_methods() if m in available and method_refusal(model, m) is None]
+        else:
+            chosen = list(methods)
         image_methods(chosen)  # a ValueError naming any that is not registered
         self.layer_index = layer % image_blocks(model)
         self.mode = mode
-        self.score = score  # each method that takes a score explains it; the others say they do not
+        # each method that takes a score explains it; the others say they do not
+        self.score = score or self.default_score
+        if self.score not in model_scores(model.adapter):
+            raise ValueError(f"score must be one of this model's scores {model_scores(model.adapter)}, got {score!r}")
         self.image = controls.image_list(self.images)
-        self.given_prompts = list(prompts)
-        self.prompt = w.Combobox(options=self._prompt_options(), value=prompts[0], description="prompt",
+        self.given_prompts = [str(p) for p in prompts]
+        what = "class" if self.labels else "prompt"
+        self.prompt = w.Combobox(options=self._prompt_options(), value=self.given_prompts[0], description=what,
                                  ensure_option=False, continuous_update=False,
-                                 placeholder="type a prompt and press Enter", layout=controls.flexible(420, 240))
-        self.apply = controls.apply_button("prompt")
-        self.methods = w.SelectMultiple(options=available, value=tuple(chosen), description="methods", rows=8)
+                                 placeholder=f"type a {'class name or index' if self.labels else 'prompt'} and press "
+                                 "Enter", layout=controls.flexible(420, 240))
+        self.apply = controls.apply_button(what)
+        self.methods = w.SelectMultiple(options=method_choices(model, available), value=tuple(chosen),
+                                        description="methods", rows=8)
         self.table = w.HTML(layout=w.Layout(max_width="100%", overflow="auto"))
-        hint = controls.hint("press <b>Enter</b> in the prompt box (or <b>apply</b>); its list offers the prompts "
-                             "that describe the image; ctrl-click or shift-click to choose several methods")
+        listed = "the model's class names" if self.labels else "the prompts that describe the image"
+        hint = controls.hint(f"press <b>Enter</b> in the {what} box (or <b>apply</b>); its list offers {listed}; "
+                             "ctrl-click or shift-click to choose several methods")
         self._layout("MethodComparison", [controls.row([
             w.VBox([self.image, controls.row([self.prompt, self.apply]), hint],
                    layout=w.Layout(flex="1 1 420px", max_width="100%")), self.methods])], [self.table])
@@ -71,8 +85,11 @@ class MethodComparison(BaseExplorer):
         self._connect([self.image, self.prompt, self.methods], auto_render)
 
     def _prompt_options(self) -> list[str]:
-        """The prompt box's list: the prompts that describe the chosen image, then those given."""
-        own = image_prompts(self.images[self.image.value])
+        """The prompt box's list: the prompts that describe the chosen image, then those given (a classifier's:
+        those given, then its class names)."""
+        own = self.labels or image_prompts(self.images[self.image.value])
+        if self.labels:
+            return list(dict.fromkeys([*self.given_prompts, *own]))
         return list(dict.fromkeys([*own, *self.given_prompts]))
 
     def settings(self) -> dict[str, Any]:
@@ -81,8 +98,8 @@ class MethodComparison(BaseExplorer):
 
     def _describe(self, state: Mapping[str, Any]) -> str:
         count = len(state.get("methods") or [])
-        parts = [f"\u201c{state.get('prompt')}\u201d", f"{count} method{'s' if count != 1 else ''}",
-                 f"block {state['layers'][0]}", f"{state['mode']} mode", *score_parts(state)]
+        parts = [target_text(str(state.get("prompt")), self.labels), f"{count} method{'s' if count != 1 else ''}",
+                 f"block {state['layers'][0]}", f"{state['mode']} mode", *score_parts(state, self.default_score)]
         if self.precision:
             parts.append(str(self.precision))
         return " \u00b7 ".join(parts)
@@ -110,7 +127,7 @@ class MethodComparison(BaseExplorer):
         """Explain the current image and prompt with every chosen method (those the model cannot run are
         reported, not drawn); returns the table's rows."""
         if not state["prompt"]:
-            raise ValueError("type a prompt")
+            raise ValueError("type a class (a name or an index)" if self.labels else "type a prompt")
         if not state["methods"]:
             raise ValueError("choose at least one method")
         image = self.images[state["image"]]
@@ -128,7 +145,7 @@ class MethodComparison(BaseExplorer):
         why = None if mask is not None else ("no object of this scene matches the prompt" if hasattr(image, "masks")
                                              else "not a synthetic scene (no object masks)")
         state.update(resolution=resolution, rows=rows, scores=[r["score"] for r in rows], no_mask_reason=why,
-                     failed=failed)
+                     failed=failed, symbol=SYMBOLS.get(score_name(self.model.adapter, self.score), "S"))
         if not rows:
             raise ValueError("no chosen method could run: " + "; ".join(f"{m}: {e}" for m, e in failed.items()))
         return rows
@@ -139,16 +156,19 @@ class MethodComparison(BaseExplorer):
         maps = [self.explanations[r["method"]].heatmap(0, 0) for r in rows]
         scores = [r["score"] for r in rows]
         one_score = max(scores) - min(scores) < 1e-6  # the model's own S: the same for every method
-        titles = [_panel_title(r, one_score, state["score"]) for r in rows]
+        symbol = state["symbol"]
+        titles = [_panel_title(r, one_score, state["score"], self.default_score, symbol) for r in rows]
         described = self.model.describe()
         score = ""
         if one_score:
-            score = f" \u00b7 S = {signed(scores[0])}" + (" (S < 0: no match)" if scores[0] < 0 else "")
+            below = " (S < 0: no match)" if symbol == "S" else f" ({symbol} < 0)"
+            score = f" \u00b7 {symbol} = {signed(scores[0])}" + (below if scores[0] < 0 else "")
         ignored = ", ".join(f"(no {label})" for setting, label in OFFERED_SETTINGS.items()
-                            if setting != "score" or state["score"] != DEFAULT_SCORE)
-        settings = " \u00b7 ".join([f"block {state['layers'][0]}", f"{state['mode']} mode", *score_parts(state),
+                            if setting != "score" or state["score"] not in (DEFAULT_SCORE, self.default_score))
+        settings = " \u00b7 ".join([f"block {state['layers'][0]}", f"{state['mode']} mode",
+                                    *score_parts(state, self.default_score),
                                     str(self.precision), f"model {described.get('model')}"])
-        title = (f"\u201c{state['prompt']}\u201d on {state['image']}{score}\n{settings}\n"
+        title = (f"{target_text(state['prompt'], self.labels)} on {state['image']}{score}\n{settings}\n"
                  f"each panel on its own scale; {ignored}: the method ignores that setting")
         if state.get("failed"):
             title += f"\nnot drawn (could not run on this model): {', '.join(state['failed'])}"
@@ -161,7 +181,7 @@ class MethodComparison(BaseExplorer):
     def show(self, rows: list[dict[str, Any]], state: dict[str, Any]) -> None:
         """The table (a row per method) and the status line."""
         failed = state["failed"]
-        self.table.value = rows_html(rows, state["no_mask_reason"], failed)
+        self.table.value = rows_html(rows, state["no_mask_reason"], failed, state["symbol"])
         note = (f" \u00b7 {len(failed)} method{'s' if len(failed) != 1 else ''} could not run (see the table)"
                 if failed else "")
         if not has_words(state["prompt"]):
@@ -183,13 +203,14 @@ def _row(method: str, ex: Any, seconds: float, mask: np.ndarray | None) -> dict[
     return row
 
 
-def _panel_title(row: Mapping[str, Any], one_score: bool, score: str = DEFAULT_SCORE) -> str:
-    """A method's panel title: its name with the settings it ignores, its time (and score when the
-    methods' scores differ), its share on the prompted objects."""
+def _panel_title(row: Mapping[str, Any], one_score: bool, score: str = DEFAULT_SCORE, default: str = DEFAULT_SCORE,
+                 symbol: str = "S") -> str:
+    """A method's panel title: its name with the settings it ignores, its time (and score, named by its
+    ``symbol``, when the methods' scores differ), its share on the prompted objects."""
     energy = ("energy n/a" if row["energy_on_prompted_objects"] is None else
               f"energy {row['energy_on_prompted_objects']:.2f}" + (" \u00b7 peak on it"
                                                                   if row["max_on_prompted_objects"] else ""))
-    name = row["method"] + "".join(f" (no {o})" for o in unused_settings(row["method"], score))
+    name = row["method"] + "".join(f" (no {o})" for o in unused_settings(row["method"], score, default))
     timing = format_seconds(row['seconds'])
-    timing = timing if one_score else f"S = {signed(row['score'])} \u00b7 {timing}"
+    timing = timing if one_score else f"{symbol} = {signed(row['score'])} \u00b7 {timing}"
     return f"{name}\n{timing}\n{energy}"

@@ -9,13 +9,13 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from ..config import applied_settings
-from ..methods.scores import DEFAULT_SCORE
+from ..methods.scores import model_scores
 from ..samples import as_input, default_resolution, named_images
 from ..text import has_words
 from . import controls
 from .base import DEBOUNCE_SECONDS, DEFAULT_WIDTH, BaseExplorer
 from .markup import agreement_html, score_parts, status_html
-from .policy import contrast_pairs, image_methods, settings_used
+from .policy import class_labels, contrast_pairs, image_methods, marked, method_refusal, settings_used
 
 
 class Compared(NamedTuple):
@@ -34,12 +34,18 @@ class ModelComparisonView(BaseExplorer):
     own score. Below the figure, the Spearman rank correlation of each pair of models' maps per prompt
     (``compare.ModelComparison.agreement``). ``shared_scale`` (a checkbox) puts every panel on one colour
     scale, so that a model whose maps are weaker shows weaker maps. Comparisons are cached.
+
+    Image classifiers take part with their classes: every model reads the same typed targets, a CLIP as
+    prompts and a classifier as class names (or indices, where every model is a classifier), each explaining its
+    own default score (a CLIP's cosine, a classifier's logit) unless ``score`` names one that every model gives.
+    A method that one of the models cannot run is marked in the method list, and choosing it says which model
+    refuses it and why.
     """
 
     kind = "models"
 
     def __init__(self, models: Mapping[str, Any], images: Any, prompts: Sequence[str], *, method: str = "grad_eclip",
-                 mode: str = "faithful", score: str = DEFAULT_SCORE, resolution: str | None = None,
+                 mode: str = "faithful", score: str | None = None, resolution: str | None = None,
                  shared_scale: bool = False,
                  colorbar: bool = True, width: int = DEFAULT_WIDTH, debounce: float = DEBOUNCE_SECONDS,
                  auto_render: bool = True) -> None:
@@ -56,21 +62,39 @@ class ModelComparisonView(BaseExplorer):
         available = image_methods()
         if method not in available:
             raise ValueError(f"unknown image method {method!r}; registered: {available}")
+        for name, model in self.models.items():
+            if score is not None and score not in model_scores(model.adapter):
+                raise ValueError(f"score={score!r} is not a score of model {name!r} (its scores: "
+                                 f"{', '.join(model_scores(model.adapter))}); leave score=None for each model's own "
+                                 "default")
+        # the explained score of every model (None: each its own default; a method that takes none says so)
+        self.score = score
+        self.classifiers = [n for n, m in self.models.items() if class_labels(m)]
+        mixed = 0 < len(self.classifiers) < len(self.models)
+        self.targets = "targets" if mixed else "classes" if self.classifiers else "prompts"
         self.image = controls.image_list(self.images)
-        self.method = w.Dropdown(options=available, value=method, description="method")
-        self.prompts, self.apply = controls.prompt_box(prompts)
+        self.method = w.Dropdown(options=self._method_choices(available), value=method, description="method")
+        self.prompts, self.apply = controls.prompt_box(prompts, self.targets)
         self.mode = controls.mode_buttons(mode)
-        self.score = score  # the explained score of every model (a method that takes none says so)
         self.shared = controls.shared_box(shared_scale, "panels")
         self.table = w.HTML(layout=w.Layout(max_width="100%", overflow="auto"))
-        hint = controls.hint("prompts are separated by <b>;</b> &mdash; press <b>Enter</b> in the box (or "
-                             f"<b>apply</b>) to draw; {len(self.models)} models: {html.escape(', '.join(self.models))}")
+        read = (" (a CLIP reads each as a prompt, a classifier as one of its class names)" if mixed else
+                " (names or indices)" if self.classifiers else "")
+        hint = controls.hint(f"{self.targets}{read} are separated by <b>;</b> &mdash; press <b>Enter</b> in the box "
+                             f"(or <b>apply</b>) to draw; {len(self.models)} models: "
+                             f"{html.escape(', '.join(self.models))}")
         self._layout("ModelComparisonView", [controls.row([self.image, self.method]),
                                              controls.row([self.prompts, self.apply]), hint,
                                              controls.row([self.mode, self.shared])], [self.table])
         self.method.observe(lambda _change: self._enable_settings(), names="value")
         self._enable_settings()
         self._connect([self.image, self.prompts, self.method, self.mode, self.shared], auto_render)
+
+    def _method_choices(self, methods: list[str]) -> list[Any]:
+        """The method list: a method that some of the models cannot run is marked so, naming them."""
+        refusing = {method: [n for n, m in self.models.items() if method_refusal(m, method) is not None]
+                    for method in methods}
+        return marked(methods, {method: f"not for {', '.join(names)}" for method, names in refusing.items() if names})
 
     def _enable_settings(self) -> None:
         """Disable the mode buttons while the chosen method does not use the mode."""
@@ -91,8 +115,20 @@ class ModelComparisonView(BaseExplorer):
         precisions = sorted({str(m.describe().get("precision")) for m in self.models.values()})
         block = "last block" if state.get("uses_layers", True) else "block: not used"
         mode = f"{state.get('mode')} mode" if state.get("uses_mode", True) else "mode: not used"
-        return " \u00b7 ".join([str(state.get("method")), block, mode, *score_parts(state), f"{len(self.models)} models",
+        scores = score_parts(state) if state.get("score") else []  # None: each model's own default
+        return " \u00b7 ".join([str(state.get("method")), block, mode, *scores, f"{len(self.models)} models",
                                 "/".join(precisions)])
+
+    def export(self, exporter: Any, name: str, *, show: bool = False, **manifest: Any) -> dict[str, Any]:
+        """``BaseExplorer.export``, the manifest's ``data`` also saying of each model (``data["models"]``) its
+        kind, the score its values are and, for a classifier, the classes (``export.target_fields``)."""
+        from ..export import target_fields
+
+        if self.last is not None and "data" not in manifest:
+            used = {"score": self.last.get("score"), "uses_score": self.last.get("uses_score")}
+            manifest["data"] = {"scores": self.last.get("scores"), "models": [
+                {"name": n, **target_fields(m, self.last.get("prompts"), used)} for n, m in self.models.items()]}
+        return super().export(exporter, name, show=show, **manifest)
 
     def _clear_outputs(self) -> None:
         self.table.value = ""
@@ -103,7 +139,13 @@ class ModelComparisonView(BaseExplorer):
         from ..compare import compare_models
 
         if not state["prompts"]:
-            raise ValueError("type at least one prompt (separate several with ';')")
+            one = {"prompts": "prompt", "classes": "class", "targets": "target"}[self.targets]
+            raise ValueError(f"type at least one {one} (separate several with ';')")
+        indices = [p for p in state["prompts"] if p.isascii() and p.isdigit()]
+        if indices and len(self.classifiers) < len(self.models):
+            clips = [n for n in self.models if n not in self.classifiers]
+            raise ValueError(f"{', '.join(map(repr, indices))}: a class index means nothing to {', '.join(clips)} (a "
+                             "CLIP reads it as a text); name the classes by their labels, which every model reads")
         image = self.images[state["image"]]
         resolution = self.resolution or default_resolution(self.model, image)
         # a mode the method does not use is left at its default: it would be refused, and the cache then
@@ -123,7 +165,10 @@ class ModelComparisonView(BaseExplorer):
 
     def draw(self, result: Compared, state: Mapping[str, Any]):
         """Models x prompts panels on the first model's picture (``ModelComparison.plot``)."""
-        families = ", ".join(f"{n}: {m.describe().get('family')}" for n, m in self.models.items())
+        named = result.comparison.settings.get("score_names") or []
+        explained = [f" ({score})" for score in named] if set(named) - {"cosine"} else [""] * len(self.models)
+        families = ", ".join(f"{n}: {m.describe().get('family')}{score}"
+                             for (n, m), score in zip(self.models.items(), explained))
         title = (f"{self._describe(state)}\n{state['image']} \u00b7 {families} \u00b7 "
                  + ("one colour scale for all panels" if state["shared_scale"] else "each panel on its own scale"))
         return result.comparison.plot(0, shared_scale=bool(state["shared_scale"]), title=title, width_px=self.width,

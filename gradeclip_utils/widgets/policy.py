@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from ..config import ExplainConfig
-from ..methods import get_spec, list_methods, method_specs
+from ..methods import get_spec, list_methods, method_specs, refusal
 from ..methods.scores import DEFAULT_SCORE
 
 #: generic class names whose prompts form a method's class set (``MethodSpec.class_set``, e.g. CLIP Surgery's) on
@@ -43,7 +43,8 @@ def default_method_options(model: Any) -> dict[str, dict[str, Any]]:
 
     specs = [spec for spec in method_specs() if spec.image is not None]
     classes = None
-    if any(spec.class_set is not None for spec in specs):
+    # only for a method the model can run: a model without a text tower (a classifier) embeds no prompts
+    if any(spec.class_set is not None and refusal(spec, model.adapter) is None for spec in specs):
         names = class_prompts()[0] if is_synthetic(model) else [f"a photo of a {c}" for c in GENERIC_CLASSES]
         classes = encode_texts(model, names)
     options = {spec.name: {**spec.interactive_options, **spec.options_from({}, classes=classes)} for spec in specs}
@@ -63,11 +64,12 @@ def method_takes(method: str, option: str) -> bool:
     return get_spec(method).takes(option)
 
 
-def unused_settings(method: str, score: str = DEFAULT_SCORE) -> list[str]:
+def unused_settings(method: str, score: str = DEFAULT_SCORE, default: str = DEFAULT_SCORE) -> list[str]:
     """The on-screen names of the offered settings that ``method`` does not apply (e.g. ["block"]); the
-    score only when one other than the default is chosen (every method gives the cosine)."""
+    score only when one other than the model's ``default`` is chosen (every method gives the model's default
+    score: a CLIP's cosine, a classifier's logit)."""
     return [label for setting, label in OFFERED_SETTINGS.items()
-            if not method_takes(method, setting) and (setting != "score" or score != DEFAULT_SCORE)]
+            if not method_takes(method, setting) and (setting != "score" or score not in (DEFAULT_SCORE, default))]
 
 
 def settings_used(method: str) -> dict[str, bool]:
@@ -113,11 +115,42 @@ def image_methods(wanted: Sequence[str] = ()) -> list[str]:
     return available
 
 
+def method_refusal(model: Any, method: str, tower: str = "image") -> str | None:
+    """Why ``model`` cannot run ``method``'s ``tower`` function (``methods.refusal``, from the method's and the
+    adapter's declarations), or None."""
+    return refusal(get_spec(method), model.adapter, tower)
+
+
+#: how a method the model cannot run is marked in the method lists (choosing it says why)
+NOT_FOR_MODEL = "not for this model"
+
+
+def method_choices(model: Any, methods: Sequence[str]) -> list[Any]:
+    """The method lists' options: ``methods`` as they are when ``model`` runs them all, else (label, method)
+    pairs, a method it cannot run marked ``NOT_FOR_MODEL`` (it stays listed: choosing it shows the reason
+    instead of a figure)."""
+    return marked(methods, {name: NOT_FOR_MODEL for name in methods if method_refusal(model, name) is not None})
+
+
+def marked(methods: Sequence[str], notes: Mapping[str, str]) -> list[Any]:
+    """``methods`` as the options of a list, those in ``notes`` labelled with their note: the names as they are
+    when there is no note, else (label, method) pairs (a list takes one form or the other)."""
+    if not notes:
+        return list(methods)
+    return [(f"{name} ({notes[name]})" if name in notes else name, name) for name in methods]
+
+
+def class_labels(model: Any) -> tuple[str, ...]:
+    """The names of ``model``'s classes when its targets are classes (an image classifier's ``labels``), else
+    (): its targets are texts."""
+    return tuple(getattr(model.adapter, "labels", None) or ())
+
+
 def image_blocks(model: Any) -> int:
     """How many image blocks the model has (the block slider's range), from its adapter's interface."""
     return int(model.adapter.num_image_blocks)
 
 
 def text_blocks(model: Any) -> int:
-    """How many text blocks the model has."""
-    return int(model.adapter.num_text_blocks)
+    """How many text blocks the model has (0 without a text tower: an image classifier)."""
+    return int(model.adapter.num_text_blocks) if getattr(model.adapter, "text", True) is not None else 0

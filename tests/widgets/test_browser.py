@@ -605,3 +605,60 @@ def test_study_notebook_survives_a_reload_and_a_reopen(browser_page, tmp_path):
         assert "block 2" in viewer.locator(".gradeclip-status").first.inner_text()
         assert_clean(page)
         steps.shot("reopened")
+
+
+#: a notebook that shows the explorer on a random-weight ViT classifier (``support.classifiers``)
+CLASSIFIER_CELLS = [
+    "import sys\nsys.path.insert(0, {tests!r})\n"
+    "import gradeclip_utils as ge\nfrom gradeclip_utils.synthetic import generate_scene\n"
+    "from gradeclip_utils.widgets import Explorer\nfrom support.classifiers import timm_classifier",
+    "LABELS = ['tabby, tabby cat', 'tiger cat', 'whippet', 'sports car', 'car wheel', 'goldfish', 'tench', "
+    "'great white shark', 'hen', 'ostrich']\n"
+    "model = ge.wrap_model(timm_classifier(image_size=(64, 64)), classes=LABELS, name='random ViT classifier')\n"
+    "explorer = Explorer(model, [generate_scene(5, n_objects=2)], ['whippet'])\nexplorer.widget",
+]
+
+
+def test_a_classifier_in_the_explorer(browser_page, tmp_path):
+    """The explorer on an image classifier, as a user meets it: a class added from the box that completes the
+    class names, the probability chosen from the model's scores, and a method it cannot run chosen from the
+    list (marked so), whose reason replaces the figure."""
+    page, lab, shots = browser_page
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source.format(
+        tests=str(Path(__file__).resolve().parents[1]))) for source in CLASSIFIER_CELLS],
+        metadata=nbformat.read(list_notebooks()[0], as_version=4).metadata)  # its kernel: no kernel dialog
+    nbformat.write(notebook, lab.root / "classifier.ipynb")
+    page.set_viewport_size({"width": 1600, "height": 1100})
+    with Steps(page, shots, "classifier") as steps:
+        open_notebook(page, lab, "classifier.ipynb")
+        run_all(page)
+        assert_clean(page)
+        explorer = output_of(page, "explorer.widget")
+        wait_drawn(explorer, "score logit \u00b7 fp32 \u00b7 1 class")
+        first = image_digest(explorer)
+        steps.shot("one-class")
+
+        picker = control(explorer, "widget-text", "add").locator("input")
+        assert picker.get_attribute("list"), "the class box offers no completion"
+        picker.fill("hen")
+        picker.press("Enter")
+        wait_drawn(explorer, "2 classes")
+        assert image_digest(explorer) != first
+        assert "whippet; hen" == control(explorer, "widget-text", "classes").locator("input").input_value()
+        steps.shot("two-classes")
+
+        score = control(explorer, "widget-dropdown", "score").locator("select")
+        assert score.locator("option").all_inner_texts() == ["logit", "probability"]
+        score.select_option(label="probability")
+        wait_drawn(explorer, "score probability")
+        assert "p (probability)" in explorer.locator("table").first.inner_text()
+        steps.shot("probability")
+
+        control(explorer, "widget-dropdown", "method").locator("select").select_option(
+            label="maskclip (not for this model)")
+        wait_drawn(explorer, "could not render")
+        status = explorer.locator(".gradeclip-status").first.inner_text()
+        assert "maskclip is not available for timm ViT classifier models" in status and "Traceback" not in status
+        assert not explorer.locator("img.widget-image").first.is_visible()
+        steps.shot("refused")
+        assert_clean(page)
