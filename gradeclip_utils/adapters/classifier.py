@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 from torch import Tensor, nn
 
-from .base import CLIPAdapter, ImageTower
+from .base import CLIPAdapter, ImageTower, LinearHead
 from .transformer import Official, ViTTower
 
 #: the authors' ViT classifier notebook (``gradeclip_adaptation_vit.ipynb``, ``vit_classifier``): one head of
@@ -45,11 +45,26 @@ NO_JOINT_SPACE = ("a classifier's targets are its classes, not embeddings in a s
 
 class ClassifierTower(ViTTower):
     """A ViT classifier's image tower: a ``ViTTower`` whose head is the final norm and the classification
-    head (its embedding is the logits), without a space shared with its targets."""
+    head (its embedding is the logits), without a space shared with its targets.
+
+    The family gives the head as two parts: ``feature`` (the pooled row to the F-wide input of the last
+    linear layer: the final norm, and whatever the family applies before its classification layer) and
+    ``linear`` (that layer, F -> L classes). A trace declares the feature (``LinearHead``), so that the
+    Jacobian of the logits with respect to a capture costs F cotangents instead of L where F < L (ViT-B's
+    768 for ImageNet's 1,000 classes: Grad-ECLIP's channel weights for every class).
+    """
 
     kind = "ViT classifier"
     captures = ViTTower.captures - {"joint_space"}
     lacking = {"joint_space": NO_JOINT_SPACE}
+
+    def __init__(self, *, feature: Callable[[Tensor], Tensor], linear: nn.Linear, **tower) -> None:
+        super().__init__(head=lambda pooled: linear(feature(pooled)), embed_dim=int(linear.out_features), **tower)
+        self._feature, self._linear = feature, linear
+
+    def head_outputs(self, pooled: Tensor) -> tuple[Tensor, LinearHead | None]:
+        feature = self._feature(pooled)
+        return self._linear(feature), LinearHead(feature, self._linear.weight.detach())
 
 
 class ClassifierAdapter(CLIPAdapter):

@@ -153,8 +153,6 @@ def _tower(model: nn.Module) -> ClassifierTower:
         # its interpolation takes the native grid to be square
         return embeddings(pixels, interpolate_pos_encoding=tuple(grid) != native)
 
-    def head(pooled: torch.Tensor) -> torch.Tensor:
-        return model.classifier(vit.layernorm(pooled))
 
     def groups() -> list[tuple[str, list[nn.Parameter]]]:
         layers = _layers(model)
@@ -162,9 +160,9 @@ def _tower(model: nn.Module) -> ClassifierTower:
         out += [(f"block {i}", list(layers[i].parameters())) for i in reversed(range(len(layers)))]
         return out + [("embedding", list(embeddings.parameters()))]
 
-    return ClassifierTower(embed=embed, blocks=blocks, head=head, patch_size=patch, image_size=size,
-                           embed_dim=int(model.classifier.out_features),
-                           weight=lambda: embeddings.patch_embeddings.projection.weight, parameter_groups=groups)
+    return ClassifierTower(embed=embed, blocks=blocks, feature=vit.layernorm, linear=model.classifier, patch_size=patch,
+                           image_size=size, weight=lambda: embeddings.patch_embeddings.projection.weight,
+                           parameter_groups=groups)
 
 
 def _labels(model: nn.Module) -> list[str] | None:

@@ -71,16 +71,16 @@ def _tower(model: nn.Module, trunk: Trunk) -> ClassifierTower:
             view.official = NOTEBOOK_OFFICIAL
         return views
 
-    def head(pooled: torch.Tensor) -> torch.Tensor:
-        return model.head(model.head_drop(model.fc_norm(model.norm(pooled))))
+    def feature(pooled: torch.Tensor) -> torch.Tensor:
+        return model.head_drop(model.fc_norm(model.norm(pooled)))
 
     def groups() -> list[tuple[str, list[nn.Parameter]]]:
         params = [*model.norm.parameters(), *model.fc_norm.parameters(), *model.head.parameters()]
         return [("head", params), *trunk.block_groups(), ("embedding", trunk.embedding_groups())]
 
-    return ClassifierTower(embed=trunk.embed, blocks=blocks, head=head, patch_size=trunk.patch_size,
-                           image_size=trunk.image_size, embed_dim=int(model.head.out_features),
-                           weight=lambda: trunk.weight, parameter_groups=groups)
+    return ClassifierTower(embed=trunk.embed, blocks=blocks, feature=feature, linear=model.head,
+                           patch_size=trunk.patch_size, image_size=trunk.image_size, weight=lambda: trunk.weight,
+                           parameter_groups=groups)
 
 
 def _labels(model: nn.Module) -> list[str] | None:

@@ -171,6 +171,11 @@ class ExplainedScore:
         per_row, cosines = cosine_gradients(embedding, targets)
         return self.pull(per_row, cosines), self.of_images(cosines)
 
+    def feature_gradients(self, embedding: Tensor, targets: Tensor, weight: Tensor) -> Tensor:
+        """(N, K, F) float32 d S[n, k] / d h[n] for an embedding that is a linear map of a feature h,
+        embedding = h @ weight.T + b (``weight`` (D, F)): ``embedding_gradients`` times the weight."""
+        return self.embedding_gradients(embedding, targets)[0] @ weight.float()
+
     def of_images(self, cosines: Tensor) -> Tensor:
         """(B, T) cosines of images against target rows -> (B, K) explained scores (float32; the cosines
         themselves for the cosine), or their ``columns``."""
@@ -271,11 +276,38 @@ class ClassScore(ExplainedScore):
         grads = p[:, None, :] * targets.double()[None] - scores[..., None] * p[:, None, :]
         return grads.float(), scores.float()
 
+    def feature_gradients(self, embedding: Tensor, targets: Tensor, weight: Tensor) -> Tensor:
+        """d S / d h of logits z = W h + b: t W for the logit (the same for every image); p_t W_t - (t . p) p W
+        for the probability, with p_t W_t the rows of W weighted by p (in float64, like the probability's
+        ``embedding_gradients``). Target rows with one nonzero entry each (class k's e_k) take rows of W
+        instead of a (K, L) x (L, F) product."""
+        z = embedding.detach()
+        targets = targets if self.columns is None else targets[list(self.columns)]
+        dtype = torch.float32 if self.name == "logit" else torch.float64
+        w = weight.to(dtype)
+        if self.name == "logit":
+            return _rows_times(targets.to(dtype), w)[None].expand(z.shape[0], -1, -1)
+        p = torch.softmax(z.double(), dim=-1)  # (N, L)
+        t = targets.double()
+        weighted = torch.stack([_rows_times(t * p_n, w) for p_n in p])  # (N, K, F): (t * p_n) W
+        grads = weighted - (p @ t.T)[..., None] * (p @ w)[:, None, :]
+        return grads.float()
+
     def of_images(self, cosines: Tensor) -> Tensor:
         raise TypeError("a classifier's scores are functions of its logits, not of cosines: use image_scores")
 
     def of_texts(self, cosines: Tensor) -> Tensor:
         raise ValueError("an image classifier has no text side")
+
+
+def _rows_times(rows: Tensor, weight: Tensor) -> Tensor:
+    """(K, L) rows times a (L, F) weight: a gather of the weight's rows, scaled, where every row has at most one
+    nonzero entry (one-hot targets), else the product."""
+    nonzero = rows != 0
+    if bool((nonzero.sum(dim=-1) <= 1).all()):
+        index = nonzero.to(torch.int8).argmax(dim=-1)
+        return rows.gather(1, index[:, None]) * weight[index]
+    return rows @ weight
 
 
 def is_classifier(adapter: Any) -> bool:

@@ -83,6 +83,28 @@ def test_each_family_matches_the_literal_code(square, family, mode, score):
 
 
 @pytest.mark.parametrize("mode", ["faithful", "official"])
+def test_more_classes_than_the_width_match_the_literal_code(mode):
+    """1,000 classes on width 768, all explained: the channel weights come from the Jacobian of the normalised
+    class token (the head's input, declared by the trace) times the head in closed form; some classes' maps
+    against the literal code, all of them against the same classes explained a few at a time."""
+    model = timm_classifier(image_size=(64, 64), classes=1000, seed=2)
+    pixels = non_square_pixels(2, (48, 80), seed=3)
+    picked = [0, 999, 417, 5]
+    for family, wrapped in (("timm", model), ("hf", to_hf(model))):
+        loaded = ge.wrap_model(wrapped)
+        head = loaded.adapter.trace_image(pixels, [1]).linear_head
+        assert head.feature.shape == (2, 768) and head.weight.shape == (1000, 768)
+        for score in ("logit", "probability"):
+            maps, scores = _explain(loaded, pixels, list(range(1000)), mode=mode, score=score)
+            logits, expected = reference(model, pixels, picked, official=mode == "official", resample=family,
+                                         probability=score == "probability")
+            values = logits.softmax(-1) if score == "probability" else logits
+            assert relative(maps[:, picked], expected) < TOLERANCE and relative(scores, values) < TOLERANCE
+            few, _ = _explain(loaded, pixels, list(range(0, 1000, 7)), mode=mode, score=score)
+            assert relative(maps[:, 0::7], few) < TOLERANCE
+
+
+@pytest.mark.parametrize("mode", ["faithful", "official"])
 def test_timm_and_hugging_face_agree_on_the_same_weights(oblong, mode):
     timm_model, hf_model = oblong
     pixels = non_square_pixels(3, (48, 80), seed=5)
