@@ -284,12 +284,16 @@ class ClassScore(ExplainedScore):
         z = embedding.detach()
         targets = targets if self.columns is None else targets[list(self.columns)]
         dtype = torch.float32 if self.name == "logit" else torch.float64
-        w = weight.to(dtype)
+        t, w = targets.to(dtype), weight.to(dtype)
+        index = _single_entries(t)
         if self.name == "logit":
-            return _rows_times(targets.to(dtype), w)[None].expand(z.shape[0], -1, -1)
+            rows = t @ w if index is None else t.gather(1, index[:, None]) * w[index]
+            return rows[None].expand(z.shape[0], -1, -1)
         p = torch.softmax(z.double(), dim=-1)  # (N, L)
-        t = targets.double()
-        weighted = torch.stack([_rows_times(t * p_n, w) for p_n in p])  # (N, K, F): (t * p_n) W
+        if index is None:
+            weighted = torch.stack([(t * p_n) @ w for p_n in p])  # (N, K, F): (t * p_n) W
+        else:  # t_k's one entry at index_k: (t * p_n) W = t_k p_n[index_k] W[index_k]
+            weighted = (t.gather(1, index[:, None]) * w[index])[None] * p[:, index, None]
         grads = weighted - (p @ t.T)[..., None] * (p @ w)[:, None, :]
         return grads.float()
 
@@ -300,14 +304,13 @@ class ClassScore(ExplainedScore):
         raise ValueError("an image classifier has no text side")
 
 
-def _rows_times(rows: Tensor, weight: Tensor) -> Tensor:
-    """(K, L) rows times a (L, F) weight: a gather of the weight's rows, scaled, where every row has at most one
-    nonzero entry (one-hot targets), else the product."""
+def _single_entries(rows: Tensor) -> Tensor | None:
+    """Where every (K, L) row has at most one nonzero entry (one-hot targets): each row's column of it (any
+    column for a zero row), so that a product with the rows is a gather; else None."""
     nonzero = rows != 0
-    if bool((nonzero.sum(dim=-1) <= 1).all()):
-        index = nonzero.to(torch.int8).argmax(dim=-1)
-        return rows.gather(1, index[:, None]) * weight[index]
-    return rows @ weight
+    if not bool((nonzero.sum(dim=-1) <= 1).all()):
+        return None
+    return nonzero.to(torch.int8).argmax(dim=-1)
 
 
 def is_classifier(adapter: Any) -> bool:
