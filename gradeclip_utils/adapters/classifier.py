@@ -42,6 +42,13 @@ NOTEBOOK_OFFICIAL = Official(head_scale=True, normed_residual=True)
 NO_JOINT_SPACE = ("a classifier's targets are its classes, not embeddings in a space its patch tokens could be "
                   "mapped into and compared with (there is no text embedding to compare a patch with)")
 
+#: why a distilled DeiT's averaged logit is not explained (its exact map, and what the methods lack for it)
+DISTILLED_MAPS = ("Grad-ECLIP's map is linear in its channel weights before its ReLU and each token's attention "
+                  "output reaches only its own head, so the averaged logit's map would be the sum of the class "
+                  "token's and the distillation token's maps (the mean of the two heads' own maps); that takes two "
+                  "pooled tokens and patch tokens from position 2, and every method reads the patches from position "
+                  "1: not implemented")
+
 
 class ClassifierTower(ViTTower):
     """A ViT classifier's image tower: a ``ViTTower`` whose head is the final norm and the classification
@@ -101,4 +108,4 @@ class ClassifierAdapter(CLIPAdapter):
         self.labels = labels
 
 
-__all__ = ["NOTEBOOK_OFFICIAL", "NO_JOINT_SPACE", "ClassifierAdapter", "ClassifierTower"]
+__all__ = ["DISTILLED_MAPS", "NOTEBOOK_OFFICIAL", "NO_JOINT_SPACE", "ClassifierAdapter", "ClassifierTower"]

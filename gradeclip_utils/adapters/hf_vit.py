@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .base import UnsupportedModelError
-from .classifier import NOTEBOOK_OFFICIAL, ClassifierAdapter, ClassifierTower
+from .classifier import DISTILLED_MAPS, NOTEBOOK_OFFICIAL, ClassifierAdapter, ClassifierTower
 from .transformer import BlockView
 
 FAMILY = "Hugging Face ViT classifier"
@@ -52,9 +52,8 @@ NORMALIZATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 REASONS = {
     "DeiTForImageClassificationWithTeacher": (
-        "its logit is the mean of two heads, one on the class token and one on the distillation token; Grad-ECLIP "
-        "would explain it as the sum of two maps, which is not implemented: explain DeiTForImageClassification's "
-        "class-token head, or a timm DeiT without distillation"),
+        "its logit is the mean of two heads, one on the class token and one on the distillation token. "
+        + DISTILLED_MAPS + "; explain a timm DeiT without distillation (timm:deit_*_patch16_224)"),
     "DeiTForImageClassification": (
         "its sequence holds a distillation token between the class token and the patch tokens, which the methods "
         "take to start right after the class token"),

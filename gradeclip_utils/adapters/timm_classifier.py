@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .base import UnsupportedModelError
-from .classifier import NOTEBOOK_OFFICIAL, ClassifierAdapter, ClassifierTower
+from .classifier import DISTILLED_MAPS, NOTEBOOK_OFFICIAL, ClassifierAdapter, ClassifierTower
 from .timm_vit import Trunk, layout_problem
 from .transformer import BlockView
 
@@ -49,8 +49,8 @@ def unsupported_reason(model: nn.Module) -> str | None:
     kind = type(model).__name__
     if kind == "VisionTransformerDistilled":
         return ("a distilled DeiT: its logit is the mean of the heads on the class token and on the distillation "
-                "token (which sits between the class token and the patches); Grad-ECLIP would explain it as the "
-                "sum of two maps, which is not implemented: use a DeiT without distillation")
+                "token (which sits between the class token and the patches). " + DISTILLED_MAPS + "; use a DeiT "
+                "without distillation (deit_*_patch16_224)")
     if kind != "VisionTransformer":
         return f"timm {kind} classifiers have no adapter (only class-token VisionTransformer classifiers are read)"
     pool = model.global_pool

@@ -98,9 +98,9 @@ def _tower(model: nn.Module) -> ClassifierTower:
         out += [(f"block {i}", list(layers[i].parameters())) for i in reversed(range(len(layers)))]
         return out + [("embedding", [model.class_token, encoder.pos_embedding, *model.conv_proj.parameters()])]
 
-    return ClassifierTower(embed=embed, blocks=blocks, feature=feature, linear=model.heads.head, patch_size=(patch, patch),
-                           image_size=(size, size), weight=lambda: encoder.layers[0].ln_1.weight,
-                           parameter_groups=groups)
+    return ClassifierTower(embed=embed, blocks=blocks, feature=feature, linear=model.heads.head,
+                           patch_size=(patch, patch), image_size=(size, size),
+                           weight=lambda: encoder.layers[0].ln_1.weight, parameter_groups=groups)
 
 
 def build(model: nn.Module) -> ClassifierAdapter:
