@@ -16,6 +16,13 @@ ratios to the plain forward (``model.encode_image`` under ``no_grad``) of the sa
 * peak memory of each case, memory over many consecutive calls (small model), and, with ``--sweep``,
   throughput against the image batch size.
 
+With ``--classifier SPEC`` (a ViT image classifier with random weights, as ``load_model`` names it:
+"timm:vit_base_patch16_224", "torchvision:vit_b_16") only the classifier section runs, with ratios to the
+classifier's own forward (``model(pixels)`` under ``no_grad``) of the same B images: Grad-ECLIP maps of the
+class logit for K classes (``--prompts``, capped at its classes), of the class probability (the softmax over
+all classes) at the largest K, and ``explain_image`` with class indices. The aim: all 1,000 classes of an
+ImageNet classifier, logit and probability, for at most 1.5x one forward.
+
 Timing: warm-up, then the cases are run round-robin ``--repeats`` times and the median is kept (so a
 burst of load elsewhere hits all cases alike). On CUDA the device is synchronised around every call. On
 the CPU both wall time and process CPU time are reported; CPU time counts only this process's work
@@ -26,6 +33,7 @@ free pages were returned to the OS (so that memory cached by earlier calls does 
 
     python benchmarks/speed.py                                    # CPU defaults (ViT-B-16, random weights, B=2)
     python benchmarks/speed.py --device cuda --precision fp16 --batch 32 --sweep 1,2,4,8,16,32,64,128,256
+    OMP_NUM_THREADS=1 python benchmarks/speed.py --threads 1 --classifier timm:vit_base_patch16_224
 """
 
 from __future__ import annotations
@@ -236,6 +244,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scores", default="probability,contrast",
                         help="explained scores timed beside the cosine's Grad-ECLIP rows (comma-separated: logit, "
                              "probability, contrast; '' for none); the contrast explains K pairs (2K target rows)")
+    parser.add_argument("--classifier", default=None,
+                        help="time a ViT image classifier instead (random weights, a load_model name such as "
+                             "timm:vit_base_patch16_224 or torchvision:vit_b_16): its classes for --prompts")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     return parser.parse_args(argv)
 
@@ -631,8 +642,72 @@ def memory_section(bench: Bench) -> None:
                                "python_heap_bytes": python_heap, "live_tensors": live}
 
 
+# ---------------------------------------------------------------------------------------- classifier
+#: the aim for a classifier: all its classes (ImageNet's 1,000), logit and probability, within this of a forward
+CLASSIFIER_BOUND = 1.5
+
+
+def classifier_section(args: argparse.Namespace) -> dict[str, Any]:
+    """Explaining a ViT classifier's classes against its own forward of the same images (``--classifier``)."""
+    from gradeclip_utils import explain_image, load_model
+    from gradeclip_utils.methods.grad_eclip import image_maps
+    from gradeclip_utils.session import explaining
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    loaded = load_model(args.classifier, pretrained=None, device=device, precision=args.precision)
+    model, adapter = loaded.model, loaded.adapter
+    if not getattr(adapter, "is_classifier", False):
+        raise SystemExit(f"--classifier {args.classifier} is not an image classifier ({adapter.family})")
+    cuda = device.type == "cuda"
+    batch = args.batch or (32 if cuda else 2)
+    size = (args.size, args.size) if args.size else adapter.image_size
+    pixels = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0)).to(device, adapter.dtype)
+    counts = sorted({min(int(k), adapter.num_classes) for k in args.prompts.split(",") if k})
+    kmax, rows = counts[-1], torch.eye(adapter.num_classes, device=device)
+
+    def explained(k: int, score: str = "logit") -> Callable[[], Any]:
+        def call():
+            with explaining(model):
+                return image_maps(adapter, pixels, rows[:k], score=score)
+        return call
+
+    def forward():
+        with torch.no_grad():
+            return adapter.native_encode_image(pixels)
+
+    base = Case("plain forward: model(pixels)", "image", forward)
+    cases = [base] + [Case("Grad-ECLIP maps, class logit", "image", explained(k), k=k) for k in counts]
+    cases.append(Case("Grad-ECLIP maps, class probability", "image", explained(kmax, "probability"), k=kmax))
+    cases.append(Case("explain_image (public API, class indices)", "image",
+                      lambda: explain_image(loaded, pixels, list(range(kmax)), batch_size=batch, progress=False), k=kmax))
+    print(f"classifier {args.classifier} ({adapter.family}, {adapter.num_classes} classes, random weights), "
+          f"{args.precision}, device {device}, {batch} images of {size[0]}x{size[1]}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads; warm-up + median of {args.repeats}, ratios to its forward")
+    run_cases(cases, Meter(device), args.repeats, args.slow, log)
+    print_table(cases, base, not cuda, f"Classifier: {batch} images, class indices as targets")
+    clocks = [("wall", lambda c: c.wall)] + ([] if cuda else [("cpu", lambda c: c.cpu)])
+    print(f"\nTarget: all {kmax} classes explained for <= {CLASSIFIER_BOUND}x one forward"
+          + ("" if cuda else " (wall / CPU time)"))
+    for case in [c for c in cases[1:] if c.k == kmax]:  # the logit's and the probability's maps, the public API
+        ratios = [get(case) / get(base) for _, get in clocks]
+        values = " / ".join(f"{r:.2f}x" for r in ratios)
+        verdict = "PASS" if all(r <= CLASSIFIER_BOUND for r in ratios) else "FAIL"
+        print(f"  {case.name:44s} K={case.k:<5d} {values}  {verdict}")
+    return {"settings": {**vars(args), "batch": batch, "device": str(device)},
+            "cases": [case.record(base) for case in cases]}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.classifier:
+        results = classifier_section(args)
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump(results, handle, indent=2, default=str)
+        return 0
     bench = setup(args)
     check_loop(bench)
     image_cases, base, loop_cases = image_section(bench)

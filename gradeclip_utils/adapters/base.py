@@ -84,6 +84,20 @@ class BlockCapture:
 
 
 @dataclass
+class LinearHead:
+    """A tower whose embedding is a linear map of a narrower feature: embedding = feature @ weight.T + bias.
+
+    ``feature`` (B, F) carries the graph (the embedding is computed from it); ``weight`` (D, F) is detached.
+    An image classifier's logits are its head applied to the normalised class token (F the width, D the
+    classes): where F < D, a Jacobian of the embedding with respect to a capture costs F cotangents on the
+    feature instead of D on the embedding (Grad-ECLIP's channel weights for more targets than F).
+    """
+
+    feature: Tensor
+    weight: Tensor
+
+
+@dataclass
 class TowerTrace:
     """One forward pass of an encoder tower with its captures.
 
@@ -92,7 +106,8 @@ class TowerTrace:
     ``blocks`` maps absolute block indices to their captures; ``grid`` is the (h, w) patch grid for
     images; ``final_tokens`` (B, N, C) are the tokens after the last block when asked for;
     ``block_outputs`` maps each explained block's index to the (B, N, C) tokens leaving it (all rows,
-    with their graph) when asked for (``keep_block_outputs``).
+    with their graph) when asked for (``keep_block_outputs``); ``linear_head``, where the tower declares
+    one, the feature the embedding is a linear map of (``LinearHead``).
     """
 
     embedding: Tensor
@@ -101,6 +116,7 @@ class TowerTrace:
     grid: tuple[int, int] | None = None
     final_tokens: Tensor | None = None
     block_outputs: dict[int, Tensor] = field(default_factory=dict)
+    linear_head: LinearHead | None = None
 
 
 @dataclass

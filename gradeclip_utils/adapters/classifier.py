@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 from torch import Tensor, nn
 
-from .base import CLIPAdapter, ImageTower
+from .base import CLIPAdapter, ImageTower, LinearHead
 from .transformer import Official, ViTTower
 
 #: the authors' ViT classifier notebook (``gradeclip_adaptation_vit.ipynb``, ``vit_classifier``): one head of
@@ -42,14 +42,36 @@ NOTEBOOK_OFFICIAL = Official(head_scale=True, normed_residual=True)
 NO_JOINT_SPACE = ("a classifier's targets are its classes, not embeddings in a space its patch tokens could be "
                   "mapped into and compared with (there is no text embedding to compare a patch with)")
 
+#: why a distilled DeiT's averaged logit is not explained (its exact map, and what the methods lack for it)
+DISTILLED_MAPS = ("Grad-ECLIP's map is linear in its channel weights before its ReLU and each token's attention "
+                  "output reaches only its own head, so the averaged logit's map would be the sum of the class "
+                  "token's and the distillation token's maps (the mean of the two heads' own maps); that takes two "
+                  "pooled tokens and patch tokens from position 2, and every method reads the patches from position "
+                  "1: not implemented")
+
 
 class ClassifierTower(ViTTower):
     """A ViT classifier's image tower: a ``ViTTower`` whose head is the final norm and the classification
-    head (its embedding is the logits), without a space shared with its targets."""
+    head (its embedding is the logits), without a space shared with its targets.
+
+    The family gives the head as two parts: ``feature`` (the pooled row to the F-wide input of the last
+    linear layer: the final norm, and whatever the family applies before its classification layer) and
+    ``linear`` (that layer, F -> L classes). A trace declares the feature (``LinearHead``), so that the
+    Jacobian of the logits with respect to a capture costs F cotangents instead of L where F < L (ViT-B's
+    768 for ImageNet's 1,000 classes: Grad-ECLIP's channel weights for every class).
+    """
 
     kind = "ViT classifier"
     captures = ViTTower.captures - {"joint_space"}
     lacking = {"joint_space": NO_JOINT_SPACE}
+
+    def __init__(self, *, feature: Callable[[Tensor], Tensor], linear: nn.Linear, **tower) -> None:
+        super().__init__(head=lambda pooled: linear(feature(pooled)), embed_dim=int(linear.out_features), **tower)
+        self._feature, self._linear = feature, linear
+
+    def head_outputs(self, pooled: Tensor) -> tuple[Tensor, LinearHead | None]:
+        feature = self._feature(pooled)
+        return self._linear(feature), LinearHead(feature, self._linear.weight.detach())
 
 
 class ClassifierAdapter(CLIPAdapter):
@@ -94,4 +116,4 @@ class ClassifierAdapter(CLIPAdapter):
         self.labels = labels
 
 
-__all__ = ["NOTEBOOK_OFFICIAL", "NO_JOINT_SPACE", "ClassifierAdapter", "ClassifierTower"]
+__all__ = ["DISTILLED_MAPS", "NOTEBOOK_OFFICIAL", "NO_JOINT_SPACE", "ClassifierAdapter", "ClassifierTower"]

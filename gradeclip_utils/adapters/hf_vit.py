@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .base import UnsupportedModelError
-from .classifier import NOTEBOOK_OFFICIAL, ClassifierAdapter, ClassifierTower
+from .classifier import DISTILLED_MAPS, NOTEBOOK_OFFICIAL, ClassifierAdapter, ClassifierTower
 from .transformer import BlockView
 
 FAMILY = "Hugging Face ViT classifier"
@@ -52,9 +52,8 @@ NORMALIZATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 REASONS = {
     "DeiTForImageClassificationWithTeacher": (
-        "its logit is the mean of two heads, one on the class token and one on the distillation token; Grad-ECLIP "
-        "would explain it as the sum of two maps, which is not implemented: explain DeiTForImageClassification's "
-        "class-token head, or a timm DeiT without distillation"),
+        "its logit is the mean of two heads, one on the class token and one on the distillation token. "
+        + DISTILLED_MAPS + "; explain a timm DeiT without distillation (timm:deit_*_patch16_224)"),
     "DeiTForImageClassification": (
         "its sequence holds a distillation token between the class token and the patch tokens, which the methods "
         "take to start right after the class token"),
@@ -153,8 +152,6 @@ def _tower(model: nn.Module) -> ClassifierTower:
         # its interpolation takes the native grid to be square
         return embeddings(pixels, interpolate_pos_encoding=tuple(grid) != native)
 
-    def head(pooled: torch.Tensor) -> torch.Tensor:
-        return model.classifier(vit.layernorm(pooled))
 
     def groups() -> list[tuple[str, list[nn.Parameter]]]:
         layers = _layers(model)
@@ -162,9 +159,9 @@ def _tower(model: nn.Module) -> ClassifierTower:
         out += [(f"block {i}", list(layers[i].parameters())) for i in reversed(range(len(layers)))]
         return out + [("embedding", list(embeddings.parameters()))]
 
-    return ClassifierTower(embed=embed, blocks=blocks, head=head, patch_size=patch, image_size=size,
-                           embed_dim=int(model.classifier.out_features),
-                           weight=lambda: embeddings.patch_embeddings.projection.weight, parameter_groups=groups)
+    return ClassifierTower(embed=embed, blocks=blocks, feature=vit.layernorm, linear=model.classifier, patch_size=patch,
+                           image_size=size, weight=lambda: embeddings.patch_embeddings.projection.weight,
+                           parameter_groups=groups)
 
 
 def _labels(model: nn.Module) -> list[str] | None:

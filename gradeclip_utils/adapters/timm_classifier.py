@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .base import UnsupportedModelError
-from .classifier import NOTEBOOK_OFFICIAL, ClassifierAdapter, ClassifierTower
+from .classifier import DISTILLED_MAPS, NOTEBOOK_OFFICIAL, ClassifierAdapter, ClassifierTower
 from .timm_vit import Trunk, layout_problem
 from .transformer import BlockView
 
@@ -49,8 +49,8 @@ def unsupported_reason(model: nn.Module) -> str | None:
     kind = type(model).__name__
     if kind == "VisionTransformerDistilled":
         return ("a distilled DeiT: its logit is the mean of the heads on the class token and on the distillation "
-                "token (which sits between the class token and the patches); Grad-ECLIP would explain it as the "
-                "sum of two maps, which is not implemented: use a DeiT without distillation")
+                "token (which sits between the class token and the patches). " + DISTILLED_MAPS + "; use a DeiT "
+                "without distillation (deit_*_patch16_224)")
     if kind != "VisionTransformer":
         return f"timm {kind} classifiers have no adapter (only class-token VisionTransformer classifiers are read)"
     pool = model.global_pool
@@ -71,16 +71,16 @@ def _tower(model: nn.Module, trunk: Trunk) -> ClassifierTower:
             view.official = NOTEBOOK_OFFICIAL
         return views
 
-    def head(pooled: torch.Tensor) -> torch.Tensor:
-        return model.head(model.head_drop(model.fc_norm(model.norm(pooled))))
+    def feature(pooled: torch.Tensor) -> torch.Tensor:
+        return model.head_drop(model.fc_norm(model.norm(pooled)))
 
     def groups() -> list[tuple[str, list[nn.Parameter]]]:
         params = [*model.norm.parameters(), *model.fc_norm.parameters(), *model.head.parameters()]
         return [("head", params), *trunk.block_groups(), ("embedding", trunk.embedding_groups())]
 
-    return ClassifierTower(embed=trunk.embed, blocks=blocks, head=head, patch_size=trunk.patch_size,
-                           image_size=trunk.image_size, embed_dim=int(model.head.out_features),
-                           weight=lambda: trunk.weight, parameter_groups=groups)
+    return ClassifierTower(embed=trunk.embed, blocks=blocks, feature=feature, linear=model.head,
+                           patch_size=trunk.patch_size, image_size=trunk.image_size, weight=lambda: trunk.weight,
+                           parameter_groups=groups)
 
 
 def _labels(model: nn.Module) -> list[str] | None:

@@ -85,8 +85,12 @@ def _tower(model: nn.Module) -> ClassifierTower:
         x = torch.cat([model.class_token.expand(x.shape[0], -1, -1), x], dim=1)
         return encoder.dropout(x + resample_positions(encoder.pos_embedding, native, grid))
 
-    def head(pooled: torch.Tensor) -> torch.Tensor:
-        return model.heads(encoder.ln(pooled))
+    def feature(pooled: torch.Tensor) -> torch.Tensor:
+        x = encoder.ln(pooled)
+        for name, layer in model.heads.named_children():  # a representation_size's pre-logits layer and tanh
+            if name != "head":
+                x = layer(x)
+        return x
 
     def groups() -> list[tuple[str, list[nn.Parameter]]]:
         layers = encoder.layers
@@ -94,9 +98,9 @@ def _tower(model: nn.Module) -> ClassifierTower:
         out += [(f"block {i}", list(layers[i].parameters())) for i in reversed(range(len(layers)))]
         return out + [("embedding", [model.class_token, encoder.pos_embedding, *model.conv_proj.parameters()])]
 
-    return ClassifierTower(embed=embed, blocks=blocks, head=head, patch_size=(patch, patch), image_size=(size, size),
-                           embed_dim=int(model.heads.head.out_features), weight=lambda: encoder.layers[0].ln_1.weight,
-                           parameter_groups=groups)
+    return ClassifierTower(embed=embed, blocks=blocks, feature=feature, linear=model.heads.head,
+                           patch_size=(patch, patch), image_size=(size, size),
+                           weight=lambda: encoder.layers[0].ln_1.weight, parameter_groups=groups)
 
 
 def build(model: nn.Module) -> ClassifierAdapter:

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import BlockCapture, BlockSteps, ImageTower, Mode, TextTower, TowerTrace, check_block_index
+from .base import (BlockCapture, BlockSteps, ImageTower, LinearHead, Mode, TextTower, TowerTrace,
+                   check_block_index)
 
 
 def identity(x: Tensor) -> Tensor:
@@ -332,7 +333,13 @@ class ViTTower(ImageTower):
             self._blocks(), x, None, layers, mode, token_index, keep_probs=keep_probs,
             keep_block_inputs=keep_block_inputs, keep_final_tokens=keep_final_tokens,
             keep_block_outputs=keep_block_outputs)
-        return TowerTrace(self._head(pooled), token_index, captures, grid, final, outputs)
+        embedding, linear_head = self.head_outputs(pooled)
+        return TowerTrace(embedding, token_index, captures, grid, final, outputs, linear_head)
+
+    def head_outputs(self, pooled: Tensor) -> tuple[Tensor, LinearHead | None]:
+        """The embedding of the (B, C) pooled rows, and the ``LinearHead`` it is a map of where the tower
+        declares one (None here: a CLIP's projection is no narrower than its width)."""
+        return self._head(pooled), None
 
     def steps(self, pixels: Tensor, first: int) -> BlockSteps:
         blocks = self._blocks()

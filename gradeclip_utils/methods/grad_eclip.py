@@ -5,7 +5,9 @@ over patch tokens (spatial weights), ``H_i = ReLU(sum_c w_c l_i v_i[c])``; sever
 block, then sum. Text: the same with the EOS token over all positions, summed over blocks before the
 ReLU. All K targets are explained from one forward pass: the K gradients are one batched
 vector-Jacobian product (or, when K exceeds the embedding width D, the D x C Jacobian of the embedding
-times the closed-form dS/df), never a loop of per-target backward passes.
+times the closed-form dS/df; or the Jacobian of a narrower feature the embedding is a linear map of, a
+classifier's normalised class token, times the closed-form dS/dh), never a loop of per-target backward
+passes.
 
 S is the explained score (``score``, ``scores.py``): the cosine by default, or the logit, the
 probability among the prompts, a contrast of two prompts (image side only). The gradient flows through
@@ -44,9 +46,13 @@ def channel_weights(trace: TowerTrace, layers: Sequence[int], targets: Tensor, c
     images' scores over the target rows, ``ExplainedScore.image_scores``, M = K explained scores from T rows;
     "text": the N texts' against the M = T images, entry by entry, ``of_texts``). Returns, per layer, a
     float32 tensor (N, M, C) with ``[n, m] = dS[n, m] / d token_output[n]`` and the scores (N, M). Cost: one
-    batched backward of min(M, D) cotangents through the blocks after the earliest layer: M one-hot
-    cotangents on the scores when M <= D, else the D x C Jacobian of the embedding (D one-hot cotangents)
-    times the closed-form dS/df (``ExplainedScore.embedding_gradients``: the cosines' combined by ``pull``).
+    batched backward of min(M, D, F) cotangents through the blocks after the earliest layer: M one-hot
+    cotangents on the scores when that is fewest, else the D x C Jacobian of the embedding (D one-hot
+    cotangents) times the closed-form dS/df (``ExplainedScore.embedding_gradients``: the cosines' combined by
+    ``pull``, or a classifier's), or, where the trace declares its embedding a linear map W h + b of a feature
+    h of width F below both (``TowerTrace.linear_head``: a classifier's logits of its normalised class token),
+    the F x C Jacobian of h times the closed-form dS/dh (``ExplainedScore.feature_gradients``). The three are
+    the same chain rule in another order.
     """
     score = score if score is not None else explained_score()
     embedding = trace.embedding
@@ -58,20 +64,29 @@ def channel_weights(trace: TowerTrace, layers: Sequence[int], targets: Tensor, c
         cosines = cosine_scores(embedding, targets)
         scores = score.of_texts(cosines)
     count = scores.shape[1]
-    n = embedding.shape[0]
-    if count <= dim:
+    head = trace.linear_head if side == "image" else None
+    narrow = head is not None and head.feature.shape[-1] < min(count, dim)
+    if count <= dim and not narrow:
         grads = batched_vjp(scores, inputs, one_hot_cotangents(scores), count, chunk)
         weights = [g.float().permute(1, 0, 2) for g in grads]
+    elif narrow:  # embedding = W h + b with h narrower: the F x C Jacobian of h times the closed-form dS/dh
+        ds_dh = score.feature_gradients(embedding, targets, head.weight)
+        weights = [torch.bmm(ds_dh, jac.float().transpose(0, 1)) for jac in _jacobians(head.feature, inputs, chunk)]
     else:
-        eye = torch.eye(dim, dtype=embedding.dtype, device=embedding.device)
-        jacobians = batched_vjp(embedding, inputs, lambda start, stop: eye[start:stop, None, :].expand(-1, n, dim),
-                                dim, chunk)  # each (D, N, C)
         if side == "image":  # the closed-form dS/df of the score (the cosines' combined, or a classifier's)
             ds_df, _ = score.embedding_gradients(embedding, targets)
         else:
             ds_df = score.pull_texts(cosine_gradients(embedding, targets)[0], cosines)
-        weights = [torch.bmm(ds_df, jac.float().transpose(0, 1)) for jac in jacobians]
+        weights = [torch.bmm(ds_df, jac.float().transpose(0, 1)) for jac in _jacobians(embedding, inputs, chunk)]
     return dict(zip(layers, weights)), scores.detach()
+
+
+def _jacobians(output: Tensor, inputs: Sequence[Tensor], chunk: int) -> list[Tensor]:
+    """The Jacobians (D, N, C) of the (N, D) ``output`` with respect to each (N, C) input: D one-hot cotangents,
+    one per output column for every row at once (the rows do not interact)."""
+    n, dim = output.shape
+    eye = torch.eye(dim, dtype=output.dtype, device=output.device)
+    return batched_vjp(output, inputs, lambda start, stop: eye[start:stop, None, :].expand(-1, n, dim), dim, chunk)
 
 
 def loosened_attention(capture: BlockCapture, token_index: Tensor, qk: QK, first_key: int) -> Tensor:

@@ -171,6 +171,11 @@ class ExplainedScore:
         per_row, cosines = cosine_gradients(embedding, targets)
         return self.pull(per_row, cosines), self.of_images(cosines)
 
+    def feature_gradients(self, embedding: Tensor, targets: Tensor, weight: Tensor) -> Tensor:
+        """(N, K, F) float32 d S[n, k] / d h[n] for an embedding that is a linear map of a feature h,
+        embedding = h @ weight.T + b (``weight`` (D, F)): ``embedding_gradients`` times the weight."""
+        return self.embedding_gradients(embedding, targets)[0] @ weight.float()
+
     def of_images(self, cosines: Tensor) -> Tensor:
         """(B, T) cosines of images against target rows -> (B, K) explained scores (float32; the cosines
         themselves for the cosine), or their ``columns``."""
@@ -271,11 +276,41 @@ class ClassScore(ExplainedScore):
         grads = p[:, None, :] * targets.double()[None] - scores[..., None] * p[:, None, :]
         return grads.float(), scores.float()
 
+    def feature_gradients(self, embedding: Tensor, targets: Tensor, weight: Tensor) -> Tensor:
+        """d S / d h of logits z = W h + b: t W for the logit (the same for every image); p_t W_t - (t . p) p W
+        for the probability, with p_t W_t the rows of W weighted by p (in float64, like the probability's
+        ``embedding_gradients``). Target rows with one nonzero entry each (class k's e_k) take rows of W
+        instead of a (K, L) x (L, F) product."""
+        z = embedding.detach()
+        targets = targets if self.columns is None else targets[list(self.columns)]
+        dtype = torch.float32 if self.name == "logit" else torch.float64
+        t, w = targets.to(dtype), weight.to(dtype)
+        index = _single_entries(t)
+        if self.name == "logit":
+            rows = t @ w if index is None else t.gather(1, index[:, None]) * w[index]
+            return rows[None].expand(z.shape[0], -1, -1)
+        p = torch.softmax(z.double(), dim=-1)  # (N, L)
+        if index is None:
+            weighted = torch.stack([(t * p_n) @ w for p_n in p])  # (N, K, F): (t * p_n) W
+        else:  # t_k's one entry at index_k: (t * p_n) W = t_k p_n[index_k] W[index_k]
+            weighted = (t.gather(1, index[:, None]) * w[index])[None] * p[:, index, None]
+        grads = weighted - (p @ t.T)[..., None] * (p @ w)[:, None, :]
+        return grads.float()
+
     def of_images(self, cosines: Tensor) -> Tensor:
         raise TypeError("a classifier's scores are functions of its logits, not of cosines: use image_scores")
 
     def of_texts(self, cosines: Tensor) -> Tensor:
         raise ValueError("an image classifier has no text side")
+
+
+def _single_entries(rows: Tensor) -> Tensor | None:
+    """Where every (K, L) row has at most one nonzero entry (one-hot targets): each row's column of it (any
+    column for a zero row), so that a product with the rows is a gather; else None."""
+    nonzero = rows != 0
+    if not bool((nonzero.sum(dim=-1) <= 1).all()):
+        return None
+    return nonzero.to(torch.int8).argmax(dim=-1)
 
 
 def is_classifier(adapter: Any) -> bool:

@@ -83,6 +83,44 @@ def test_each_family_matches_the_literal_code(square, family, mode, score):
 
 
 @pytest.mark.parametrize("mode", ["faithful", "official"])
+def test_more_classes_than_the_width_match_the_literal_code(mode):
+    """1,000 classes on width 768, all explained: the channel weights come from the Jacobian of the normalised
+    class token (the head's input, declared by the trace) times the head in closed form; some classes' maps
+    against the literal code, all of them against the same classes explained a few at a time."""
+    model = timm_classifier(image_size=(64, 64), classes=1000, seed=2)
+    pixels = non_square_pixels(2, (48, 80), seed=3)
+    picked = [0, 999, 417, 5]
+    for family, wrapped in (("timm", model), ("hf", to_hf(model))):
+        loaded = ge.wrap_model(wrapped)
+        head = loaded.adapter.trace_image(pixels, [1]).linear_head
+        assert head.feature.shape == (2, 768) and head.weight.shape == (1000, 768)
+        for score in ("logit", "probability"):
+            maps, scores = _explain(loaded, pixels, list(range(1000)), mode=mode, score=score)
+            logits, expected = reference(model, pixels, picked, official=mode == "official", resample=family,
+                                         probability=score == "probability")
+            values = logits.softmax(-1) if score == "probability" else logits
+            assert relative(maps[:, picked], expected) < TOLERANCE and relative(scores, values) < TOLERANCE
+            few, _ = _explain(loaded, pixels, list(range(0, 1000, 7)), mode=mode, score=score)
+            assert relative(maps[:, 0::7], few) < TOLERANCE
+
+
+@pytest.mark.parametrize("mode", ["faithful", "official"])
+def test_a_deit_without_distillation_matches_the_literal_code(mode):
+    """timm's DeiT without distillation is a class-token VisionTransformer: read as one, maps and scores of a
+    non-square input equal the literal code's."""
+    model = timm_classifier(image_size=(64, 64), seed=4, name="deit_base_patch16_224")
+    loaded = ge.wrap_model(model)
+    assert loaded.adapter.family == "timm ViT classifier"
+    pixels = non_square_pixels(2, (48, 80), seed=6)
+    for score in ("logit", "probability"):
+        maps, scores = _explain(loaded, pixels, CLASSES, mode=mode, score=score)
+        logits, expected = reference(model, pixels, CLASSES, official=mode == "official",
+                                     probability=score == "probability")
+        values = logits.softmax(-1) if score == "probability" else logits
+        assert relative(maps, expected) < TOLERANCE and relative(scores, values[:, CLASSES]) < TOLERANCE
+
+
+@pytest.mark.parametrize("mode", ["faithful", "official"])
 def test_timm_and_hugging_face_agree_on_the_same_weights(oblong, mode):
     timm_model, hf_model = oblong
     pixels = non_square_pixels(3, (48, 80), seed=5)
@@ -160,16 +198,20 @@ def test_distilled_and_other_models_are_refused_by_name():
 
     distilled = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, depth=1,
                                   num_classes=4)
-    with pytest.raises(UnsupportedModelError, match="distilled DeiT.*mean of the heads"):
+    with pytest.raises(UnsupportedModelError, match="distilled DeiT.*mean of the heads") as refused:
         ge.wrap_model(distilled)
+    assert "sum of the class token's and the distillation token's maps" in str(refused.value)
+    assert "deit_*_patch16_224" in str(refused.value)
     with pytest.raises(UnsupportedModelError, match="timm ResNet classifiers have no adapter"):
         ge.wrap_model(timm.create_model("resnet10t", pretrained=False, num_classes=4))
     with pytest.raises(UnsupportedModelError, match="torchvision SqueezeNet classifiers have no adapter"):
         ge.wrap_model(torchvision.models.squeezenet1_1(num_classes=4))
     config = DeiTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                         image_size=32, patch_size=16, num_labels=4)
-    with pytest.raises(UnsupportedModelError, match="DeiTForImageClassificationWithTeacher: its logit is the mean"):
+    teacher = "DeiTForImageClassificationWithTeacher: its logit is the mean"
+    with pytest.raises(UnsupportedModelError, match=teacher) as refused:
         ge.wrap_model(DeiTForImageClassificationWithTeacher(config))
+    assert "the sum of the class token's" in str(refused.value) and "timm:deit_" in str(refused.value)
     with pytest.raises(UnsupportedModelError, match="distillation token between the class token"):
         ge.wrap_model(DeiTForImageClassification(config))
     headless = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,

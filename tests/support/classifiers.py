@@ -31,12 +31,21 @@ WIDTH, HEADS, PATCH = 768, 12, 16  # the authors' notebook hard-codes ViT-B's wi
 
 
 def timm_classifier(*, image_size: tuple[int, int] = (64, 64), layers: int = 2, classes: int = 10, seed: int = 0,
-                    qk_gain: float = 1.5) -> nn.Module:
-    """A timm class-token ViT classifier (width 768, 12 heads, patch 16) with realistic random parameters."""
+                    qk_gain: float = 1.5, name: str | None = None) -> nn.Module:
+    """A timm class-token ViT classifier (width 768, 12 heads, patch 16) with realistic random parameters;
+    ``name``: built through timm's registry entry of that name (one of width 768, 12 heads and patch 16, such
+    as "deit_base_patch16_224"), with this size, depth and head."""
     from timm.models.vision_transformer import VisionTransformer
 
-    model = VisionTransformer(img_size=image_size, patch_size=PATCH, embed_dim=WIDTH, depth=layers, num_heads=HEADS,
-                              mlp_ratio=2.0, num_classes=classes, class_token=True, global_pool="token")
+    options = dict(img_size=image_size, depth=layers, mlp_ratio=2.0, num_classes=classes)
+    if name is None:
+        model = VisionTransformer(patch_size=PATCH, embed_dim=WIDTH, num_heads=HEADS, class_token=True,
+                                  global_pool="token", **options)
+    else:
+        import timm
+
+        model = timm.create_model(name, pretrained=False, **options)
+        assert (model.embed_dim, model.blocks[0].attn.num_heads) == (WIDTH, HEADS), name
     untouched = realistic_init(model, seed)
     assert sorted(untouched) == ["cls_token", "pos_embed"], untouched
     g = torch.Generator().manual_seed(seed + 1)
