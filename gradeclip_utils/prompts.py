@@ -189,10 +189,13 @@ def class_targets(model: LoadedModel, prompts: Any, labels: Sequence[str] | None
 def class_index(labels: Sequence[str], item: Any) -> int:
     """The index of class ``item`` among a classifier's ``labels``: an index in range, or a label name, matched
     whole, then case-insensitively whole or as one of its comma-separated names ("tabby" for "tabby, tabby
-    cat"). An unknown name is a ValueError listing the close matches; an ambiguous one lists its classes."""
+    cat"); a string of digits that is no label is an index (a command line's "281"). An unknown name is a
+    ValueError listing the close matches; an ambiguous one lists its classes."""
     count = len(labels)
     if isinstance(item, bool) or not isinstance(item, (str, numbers.Integral)):
         raise TypeError(f"a class is an index or a label name, got {item!r}")
+    if isinstance(item, str) and item.strip().isdigit() and item not in labels:
+        item = int(item)
     if isinstance(item, numbers.Integral):
         if not 0 <= int(item) < count:
             raise ValueError(f"class index {int(item)} is out of range: this classifier has {count} classes "
@@ -217,3 +220,29 @@ def class_index(labels: Sequence[str], item: Any) -> int:
     matches = [f"{labels[i]!r} ({i})" for i in dict.fromkeys(words + alike)][:8]
     hint = f"; close matches: {', '.join(matches)}" if matches else ""
     raise ValueError(f"unknown class name {item!r}: it is none of this classifier's {count} class labels{hint}")
+
+
+def folder_classes(labels: Sequence[str], folders: Sequence[str]) -> list[int]:
+    """The class index, among a classifier's ``labels``, of each class folder of an ImageNet-style tree:
+    ImageNet's wnid folders ("n01440764") by their place among ImageNet-1k's 1000 wnids, for a classifier of
+    1000 classes whose labels are not the wnids themselves; any other folder as ``class_index`` takes a class
+    (a label name, "_" read as a space, or an index). A folder that names no class is a ValueError naming
+    the folder, with ``class_index``'s close matches."""
+    wnids = _imagenet_wnids() if len(labels) == 1000 else {}
+    indices = []
+    for folder in folders:
+        if folder in wnids and folder not in labels:
+            indices.append(wnids[folder])
+            continue
+        try:
+            indices.append(class_index(labels, folder if folder in labels else folder.replace("_", " ")))
+        except ValueError as error:
+            raise ValueError(f"class folder {folder!r}: {error}") from None
+    return indices
+
+
+def _imagenet_wnids() -> dict[str, int]:
+    """ImageNet-1k's wnids in the classifiers' order (sorted: timm's ``ImageNetInfo``), each with its index."""
+    from timm.data import ImageNetInfo
+
+    return {wnid: i for i, wnid in enumerate(ImageNetInfo().label_names())}

@@ -309,16 +309,41 @@ def scale_refusal(score: str, adapter: Any) -> str | None:
     is not one of ``CLASS_SCORES``, or the score needs the logit scale and the model carries none (the
     message names the score and the family)."""
     if is_classifier(adapter):
-        if score in CLASS_SCORES:
-            return None
-        return (f"score={score!r} is not a score of an image classifier ({getattr(adapter, 'family', 'classifier')}): "
-                "it explains its class logit ('logit', the default) or its class probability ('probability', the "
-                "softmax over all its classes); it has no cosine with a text embedding")
+        return class_score_refusal(score, getattr(adapter, "family", "classifier"))
     if score in SCALED and not has_logit_scale(adapter):
         return (f"score={score!r} needs the model's logit scale (exp of its learnt logit_scale), which this "
                 f"{getattr(adapter, 'family', 'CLIP')} model does not carry (a Hugging Face vision/text pair keeps it "
                 "in the CLIPModel it came from: load that instead); explain the cosine or the contrast")
     return None
+
+
+def class_score_refusal(score: str, family: str = "classifier") -> str | None:
+    """Why an image classifier (of ``family``) cannot give ``score``: None for one of ``CLASS_SCORES``."""
+    if score in CLASS_SCORES:
+        return None
+    return (f"score={score!r} is not a score of an image classifier ({family}): it explains its class logit "
+            "('logit', the default) or its class probability ('probability', the softmax over all its classes); "
+            "it has no cosine with a text embedding")
+
+
+def own_name(score: str, adapter: Any) -> str:
+    """The name of the score ``score`` stands for on ``adapter``'s model: the default score named (the cosine)
+    is a classifier's own default, the logit; any other name is itself."""
+    return default_score(adapter) if score == DEFAULT_SCORE and is_classifier(adapter) else score
+
+
+def own_logit_scale(adapter: Any) -> float:
+    """What turns the model's own scores (``own_scores``) into its class logits: a CLIP's logit scale (its
+    logits are s x its cosines), 1 for a classifier (its own scores are its logits)."""
+    return 1.0 if is_classifier(adapter) else float(adapter.logit_scale)
+
+
+def own_probabilities(adapter: Any, embedding: Tensor, targets: Tensor) -> Tensor | None:
+    """A classifier's (B, K) probabilities of the K target rows, the softmax over all its classes (float32);
+    None for a CLIP, whose class probability is the softmax of s x its cosines among the targets given."""
+    if not is_classifier(adapter):
+        return None
+    return ClassScore("probability").image_scores(embedding, targets)
 
 
 def explained_score(score: str | ExplainedScore = DEFAULT_SCORE, adapter: Any = None,
@@ -347,5 +372,6 @@ def explained_score(score: str | ExplainedScore = DEFAULT_SCORE, adapter: Any = 
 
 
 __all__ = ["CLASS_SCORES", "COSINE", "DEFAULT_SCORE", "SCALED", "SCORES", "SYMBOLS", "TEXT_CONTRAST", "ClassScore",
-           "ExplainedScore", "check_count", "check_score", "cosine_gradients", "default_score", "explained_score",
-           "has_logit_scale", "is_classifier", "model_scores", "others_logsumexp", "own_scores", "scale_refusal"]
+           "ExplainedScore", "check_count", "check_score", "class_score_refusal", "cosine_gradients", "default_score",
+           "explained_score", "has_logit_scale", "is_classifier", "model_scores", "others_logsumexp", "own_logit_scale",
+           "own_name", "own_probabilities", "own_scores", "scale_refusal"]
