@@ -57,7 +57,7 @@ import json
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -71,8 +71,8 @@ from .inputs import DEFAULT_MAX_PATCHES, IMAGE_SUFFIXES, class_names
 from .jobs.distributed import Context, init, items_per_rank, load_units, unit_size
 from .maps_store import ALL, OWN, DatasetMaps, StoredMaps  # the reader, importable beside the job (README)
 from .methods import get_image_method, get_spec, prepare_options
-from .methods.scores import DEFAULT_SCORE, check_count
-from .prompts import encode_texts, zero_shot_classifier
+from .methods.scores import DEFAULT_SCORE, check_count, is_classifier, score_name
+from .prompts import class_index, class_targets, encode_texts, folder_classes, zero_shot_classifier
 from .records import RunFolder, provenance
 from .session import check_supported, run_image_method
 
@@ -243,6 +243,7 @@ class _Job:
     keys: list[str]
     names: list[str]
     texts: list[str]  # the target rows' texts (for the contrast a_1, b_1, ...; the class names with classes)
+    rows: list[int] | None  # an image classifier's targets: the class index of each (None: text targets)
     labels: list[int] | None
     templates: str | None  # the class templates; None: the names are prompts
     batch_size: int
@@ -266,7 +267,9 @@ class _Job:
             self.run_folder.clear()
         sizes = _input_sizes(self.model, self.folder, self.keys, self.config.resolution, self.config.max_patches, show)
         index = self._index(sizes, world_size)
-        if self.templates is None:
+        if self.rows is not None:  # an image classifier's classes: one-hot rows over its classes
+            targets = class_targets(self.model, self.rows)[0]
+        elif self.templates is None:
             targets = encode_texts(self.model, self.texts)
             if self.config.score == "contrast":  # stored as pairs, as explain_image takes them
                 targets = targets.reshape(-1, 2, targets.shape[-1])
@@ -358,12 +361,15 @@ def _checked_config(model, prompts: Sequence[Any] | None, classes: str | None, t
     if config.score == "contrast" and classes is not None:
         raise ValueError("score='contrast' explains pairs of prompts (a rather than b), which classes do not give: "
                          "write the pairs into a prompts file, a pair a line, 'a red circle | a blue circle'")
-    check_score(model, config.score)
+    get_image_method(config.method)
+    spec = get_spec(config.method)
+    if "score" in spec.uses:  # the default score stands for the model's own (a classifier's logit)
+        config = replace(config, score=score_name(config.score, model.adapter))
+    check_score(model, config.score, spec)
     check_choice("templates", templates, ("openai", "simple"))
     if batch_size < 1 or shard_size < batch_size:
         raise ValueError(f"need batch_size >= 1 and shard_size >= batch_size; got {batch_size} and {shard_size}")
-    get_image_method(config.method)
-    check_supported(model, get_spec(config.method))
+    check_supported(model, spec)
     return config.resolved(model.adapter, "image")
 
 
@@ -372,13 +378,23 @@ def _job(model, folder: Path, out: Path, config: ExplainConfig, prompts: Sequenc
     """The images under ``folder``, the targets' names and texts and the settings the run records (the score
     only away from the cosine: runs recorded before it was a setting resume)."""
     keys = find_images(folder)
+    classifier = model.adapter.labels if is_classifier(model.adapter) else None
+    rows = None
     if prompts is not None:
-        texts, names = _prompt_texts(prompts, config.score)
+        texts, names = _prompt_texts(prompts, config.score if classifier is None else DEFAULT_SCORE)
         labels = None
+        if classifier is not None:  # the lines name classes (label names or indices)
+            rows = [class_index(classifier, name) for name in names]
     else:
         folders, labels = _labels(keys)
-        texts = names = class_names(folders)
-        check_count(config.score, len(names), "class")
+        if classifier is not None:  # each class folder is one of the classifier's classes
+            rows = folder_classes(classifier, folders)
+        else:
+            texts = names = class_names(folders)
+            check_count(config.score, len(names), "class")
+    if rows is not None:
+        texts = names = [classifier[row] for row in rows]
+    templates_used = templates if classes is not None and rows is None else None  # a classifier's classes take none
     score = {"score": config.score} if config.score != DEFAULT_SCORE else {}
     settings = {"format": maps_store.FORMAT, **provenance(model, weights=True),
                 "method": config.method, "layers": list(config.layers), "mode": config.mode, "qk": config.qk,
@@ -386,12 +402,13 @@ def _job(model, folder: Path, out: Path, config: ExplainConfig, prompts: Sequenc
                 "batch_size": batch_size, "shard_size": shard_size,
                 "targets": {"source": "prompts" if prompts is not None else "classes",
                             "per_image": ALL if classes in (None, ALL) else OWN,
-                            "templates": templates if classes is not None else None, "names": _digest(texts)},
+                            "templates": templates_used,
+                            "names": _digest(texts), **({"classes": rows} if rows is not None else {})},
                 "files": {"count": len(keys), "digest": _digest(keys)}}
     run_folder = RunFolder(out, maps_store.INDEX, outputs=(maps_store.INDEX, maps_store.TARGETS, "run.json"),
                            folders=(maps_store.SHARDS,), what="maps made")
-    return _Job(model, folder, out, config, keys, names, texts, labels, templates if classes is not None else None,
-                batch_size, shard_size, settings, run_folder)
+    return _Job(model, folder, out, config, keys, names, texts, rows, labels, templates_used, batch_size, shard_size,
+                settings, run_folder)
 
 
 def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequence[Any] | None = None,
@@ -442,10 +459,12 @@ def run_command(args: argparse.Namespace) -> Path:
             if args.prompts is not None:
                 prompts = Path(args.prompts).read_text(encoding="utf-8").splitlines()
             model = load_model(args.model, args.pretrained, device=context.device, precision=args.precision)
+            if args.score is not None:  # given: one the model cannot give is refused (left out: the model's own)
+                check_score(model, args.score)
             workers = args.workers if args.workers is not None else (4 if model.device.type == "cuda" else 0)
             index = explain_dataset(model, args.folder, args.out, prompts=prompts, classes=args.classes,
                                     templates=args.templates, method=args.method, layers=args.layers, mode=args.mode,
-                                    qk=args.qk, score=args.score, resolution=args.resolution,
+                                    qk=args.qk, score=args.score or DEFAULT_SCORE, resolution=args.resolution,
                                     max_patches=args.max_patches, batch_size=args.batch_size,
                                     shard_size=args.shard_size, workers=workers, overwrite=args.overwrite,
                                     context=context, memory_budget=args.memory_budget)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import hub
-from .adapters import FAMILIES, CLIPAdapter, get_adapter
+from .adapters import CLASSIFIER_FAMILIES, FAMILIES, CLIPAdapter, get_adapter
 from .adapters.hf_clip import HFCLIPPair
 from .checkpoints import CLIP_MEAN, CLIP_STD, check_checkpoint
 from .errors import GradEclipError
@@ -90,9 +90,13 @@ class LoadedModel:
         return tokenize(self, texts)
 
     def describe(self) -> dict[str, Any]:
-        """Name, family, weights, precision and device, for manifests and result settings."""
-        return {"model": self.name, "family": self.family, "pretrained": self.pretrained,
-                "precision": self.precision, "device": str(self.device)}
+        """Name, family, weights, precision and device, for manifests and result settings; for an image
+        classifier also its ``kind`` and its number of ``classes``."""
+        described = {"model": self.name, "family": self.family, "pretrained": self.pretrained,
+                     "precision": self.precision, "device": str(self.device)}
+        if getattr(self.adapter, "is_classifier", False):
+            described.update(kind="image classifier", classes=self.adapter.num_classes)
+        return described
 
     def check_picture(self, picture: Any, source: str) -> None:
         """Called with every picture a user gives (an 8-bit RGB PIL image, as read; ``source`` names it) before it
@@ -196,6 +200,17 @@ def load_model(name: str = SYNTHETIC, pretrained: str | None = None, device: str
 
 
 PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def named_classifier(name: str) -> str | None:
+    """The family of the image classifier that ``name`` names for ``load_model``, told without loading it where
+    that costs nothing (a ``timm:`` or ``torchvision:`` name, an ``hf:`` folder whose config names an image
+    classifier); None for anything else (a CLIP, or a hub id, which only loading tells), so that a setting a
+    classifier refuses can be refused before a model is loaded."""
+    if name.startswith(HF_PREFIX) and not Path(name[len(HF_PREFIX):]).is_dir():
+        return None
+    family = family_loader(name)
+    return family.FAMILY if family in CLASSIFIER_FAMILIES else None
 
 
 def family_loader(name: str):

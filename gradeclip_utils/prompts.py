@@ -194,6 +194,8 @@ def class_index(labels: Sequence[str], item: Any) -> int:
     count = len(labels)
     if isinstance(item, bool) or not isinstance(item, (str, numbers.Integral)):
         raise TypeError(f"a class is an index or a label name, got {item!r}")
+    if isinstance(item, str) and item.strip().isdigit() and item not in labels:
+        item = int(item)
     if isinstance(item, numbers.Integral):
         if not 0 <= int(item) < count:
             raise ValueError(f"class index {int(item)} is out of range: this classifier has {count} classes "
@@ -226,3 +228,29 @@ def class_entries(labels: Sequence[str], items: Sequence[Any]) -> list[dict[str,
     """The classes ``items`` (indices or label names, as ``class_index`` reads them) as records name them:
     ``{"index": i, "label": labels[i]}`` each."""
     return [{"index": index, "label": labels[index]} for index in (class_index(labels, item) for item in items)]
+
+
+def folder_classes(labels: Sequence[str], folders: Sequence[str]) -> list[int]:
+    """The class index, among a classifier's ``labels``, of each class folder of an ImageNet-style tree:
+    ImageNet's wnid folders ("n01440764") by their place among ImageNet-1k's 1000 wnids, for a classifier of
+    1000 classes whose labels are not the wnids themselves; any other folder as ``class_index`` takes a class
+    (a label name, "_" read as a space, or an index). A folder that names no class is a ValueError naming
+    the folder, with ``class_index``'s close matches."""
+    wnids = _imagenet_wnids() if len(labels) == 1000 else {}
+    indices = []
+    for folder in folders:
+        if folder in wnids and folder not in labels:
+            indices.append(wnids[folder])
+            continue
+        try:
+            indices.append(class_index(labels, folder if folder in labels else folder.replace("_", " ")))
+        except ValueError as error:
+            raise ValueError(f"class folder {folder!r}: {error}") from None
+    return indices
+
+
+def _imagenet_wnids() -> dict[str, int]:
+    """ImageNet-1k's wnids in the classifiers' order (sorted: timm's ``ImageNetInfo``), each with its index."""
+    from timm.data import ImageNetInfo
+
+    return {wnid: i for i, wnid in enumerate(ImageNetInfo().label_names())}

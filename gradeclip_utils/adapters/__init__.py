@@ -20,6 +20,8 @@ from .classifier import ClassifierAdapter
 #: to timm_vit, which is tried before the generic open_clip family (that one reads open_clip's own towers);
 #: the image classifiers (Hugging Face ViTForImageClassification, timm and torchvision VisionTransformer) come last
 FAMILIES = (timm_vit, openclip, hf_clip, openai_clip, hf_vit, timm_classifier, torchvision_vit)
+#: the families whose models are image classifiers (``classifier.ClassifierAdapter``)
+CLASSIFIER_FAMILIES = (hf_vit, timm_classifier, torchvision_vit)
 
 SUPPORTED = ("open_clip ViT and ResNet CLIP models (OpenAI and LAION weights), open_clip models with a timm ViT image "
              "tower (class-token ViTs such as MobileCLIP-B, EVA/EVA02, SigLIP/SigLIP2's attention-pool probe), Hugging "

@@ -39,9 +39,10 @@ from typing import Any, Callable, Iterator, NoReturn, Sequence
 from .. import __version__
 from ..errors import GradEclipError
 from ..methods import list_methods
+from ..methods.scores import DEFAULT_SCORE
 from ..records import writable_output
 
-from .arguments import (NUMBER_LIST, add_explain_arguments, add_model_arguments, block_indices, key_value)
+from .arguments import (NUMBER_LIST, Unset, add_explain_arguments, add_model_arguments, block_indices, key_value)
 from .commands import (ALIASES, ARGUMENTS, COMMANDS, MAIN_DESCRIPTION, SYNTHETIC_GROUP, description)
 
 __all__ = ["add_explain_arguments", "add_model_arguments", "block_indices", "build_parser", "command_parser",
@@ -128,7 +129,7 @@ def _explain(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from ..explain import explain_image, explain_text
+    from ..explain import check_score, explain_image, explain_text
     from ..loading import load_model
     from ..plotting import save_figure
 
@@ -139,6 +140,8 @@ def _explain(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"image file not found: {args.image}")
     prompts = _explained_prompts(args)  # checked before the model is loaded
     model = load_model(args.model, pretrained=args.pretrained, device=args.device, precision=args.precision)
+    if args.score is not None:  # given: one the model cannot give is refused (left out: the model's own)
+        check_score(model, args.score)
     explanation = explain_image(model, args.image, prompts, method=args.method, layers=args.layers,
                                 mode=args.mode, qk=args.qk, resolution=args.resolution, max_patches=args.max_patches,
                                 score=args.score, memory_budget=args.memory_budget)
@@ -146,12 +149,15 @@ def _explain(args: argparse.Namespace) -> int:
     written = save_figure(explanation.plot(), out, formats=[out.suffix.lstrip(".") or "png"])
     for prompt, score in zip(explanation.prompts, explanation.scores[0].tolist()):
         print(f"{score:+.4f}  {prompt}")
-    if args.score == "contrast" and not args.no_words:
+    if model.adapter.text is None:  # an image classifier: its prompts are classes, which have no words
+        print(f"({explanation.settings.get('score', 'its own score')} of each class; no word importance: a "
+              f"{model.family} has no text tower)")
+    elif args.score == "contrast" and not args.no_words:
         print("(no word importance: the contrast has none; explain each prompt's cosine for its words)")
     elif not args.no_words:
         words = explain_text(model, args.image, args.prompts, layers=args.text_layers, mode=args.mode, qk=args.qk,
-                             resolution=args.resolution, max_patches=args.max_patches, score=args.score,
-                             memory_budget=args.memory_budget)
+                             resolution=args.resolution, max_patches=args.max_patches,
+                             score=args.score or DEFAULT_SCORE, memory_budget=args.memory_budget)
         for k in range(len(args.prompts)):
             pair = words.pair(0, k)
             print("   " + "  ".join(f"{w}:{v:.2f}" for w, v in zip(pair.words, pair.word_importance)))
@@ -176,6 +182,23 @@ def _explained_prompts(args: argparse.Namespace) -> list[Any]:
     return list(zip(args.prompts, args.versus))
 
 
+def _given_score(args: argparse.Namespace) -> None:
+    """``--score`` left out becomes None (the model's own default score, which only the loaded model tells);
+    one given that the model ``--model`` names cannot give is refused before it is loaded, where its name
+    tells that it is an image classifier (``loading.named_classifier``)."""
+    from ..adapters import UnsupportedMethodError
+    from ..loading import named_classifier
+    from ..methods.scores import class_score_refusal
+
+    if isinstance(args.score, Unset):
+        args.score = None
+        return
+    family = named_classifier(args.model) if getattr(args, "model", None) else None
+    reason = None if family is None else class_score_refusal(args.score, family)
+    if reason is not None:
+        raise UnsupportedMethodError(reason)
+
+
 def _methods() -> int:
     for kind, names in list_methods().items():
         print(f"{kind}: {', '.join(names)}")
@@ -195,6 +218,8 @@ def _run(command: str, parser: argparse.ArgumentParser, args: argparse.Namespace
     """Run ``command`` on its parsed ``args`` (``parser``: its parser, for its errors; ``argv``: its own arguments),
     once its output locations are known to be writable."""
     _check_outputs(command, args)
+    if hasattr(args, "score"):
+        _given_score(args)
     if command == "explain":
         return _explain(args)
     if command == "methods":

@@ -22,6 +22,16 @@ from ..methods.scores import DEFAULT_SCORE, SCORES
 TEMPLATES = ("openai", "simple")
 
 
+class Unset(str):
+    """An option's default value, told apart from the same value given on the command line: ``--score`` left
+    out is the model's own default score (a classifier's logit), ``--score cosine`` given is the cosine, which a
+    classifier refuses."""
+
+
+#: ``--score``'s default: the cosine, standing for the model's own default score
+UNSET_SCORE = Unset(DEFAULT_SCORE)
+
+
 #: a value that starts like an option but is a list of numbers, such as ``-1,-2`` (see _Parser)
 NUMBER_LIST = re.compile(r"-\d+(\s*,\s*-?\d+)*,?")
 
@@ -160,12 +170,13 @@ def add_explain_arguments(parser: argparse.ArgumentParser, *, score: bool = Fals
     add_memory_budget(group)
     if score:
         group.add_argument(
-            "--score", default=DEFAULT_SCORE, choices=SCORES,
+            "--score", default=UNSET_SCORE, choices=SCORES,
             help="what the maps explain: cosine, the image-text cosine (default); logit, the model's logit scale x "
                  "the cosine; probability, each prompt's softmax among the prompts given (the zero-shot class "
                  "probability; two prompts or more), e.g. --score probability; contrast, the cosine of a prompt "
                  f"minus that of {pairs}. Methods without a gradient of the score (raw_attention, rollout, "
-                 "maskclip, clip_surgery, itsm) take only the cosine")
+                 "maskclip, clip_surgery, itsm) take only the cosine. An image classifier explains its class "
+                 "logit (its default) or its class probability, the softmax over all its classes")
 
 
 def add_layers(parser, help: str, *, several: bool = False) -> None:

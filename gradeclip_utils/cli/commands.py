@@ -8,9 +8,7 @@ import importlib
 import json
 from typing import Callable
 
-from ..methods.scores import DEFAULT_SCORE
-
-from .arguments import (add_explain_arguments, add_layers, add_memory_budget, add_model_arguments, add_run_folder,
+from .arguments import (UNSET_SCORE, add_explain_arguments, add_layers, add_memory_budget, add_model_arguments, add_run_folder,
                         add_templates, key_value, positive_int, python_literal)
 
 #: the subcommands, with their one-line summaries (``synthetic train`` is ``gradeclip synthetic train``)
@@ -39,7 +37,8 @@ ALIASES = {"explain-dataset": "gradeclip_utils.explain_dataset", "evaluate": "gr
 # ---------------------------------------------------------------------------------- subcommands
 def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="the image file (PNG, JPEG, ...)")
-    parser.add_argument("prompts", nargs="+", help="one or more text prompts, quoted where they have spaces")
+    parser.add_argument("prompts", nargs="+", help="one or more text prompts, quoted where they have spaces; for an "
+                                                   "image classifier, classes: label names or indices")
     add_model_arguments(parser)
     add_explain_arguments(parser, score=True)
     parser.add_argument("--versus", nargs="+", default=None, metavar="PROMPT",
@@ -106,10 +105,11 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
                      help="images explained together (default: 16); a batch is also the unit of work of the "
                           "processes under torchrun, so the results do not depend on their number")
-    run.add_argument("--score", choices=EVAL_SCORES, default=DEFAULT_SCORE,
+    run.add_argument("--score", choices=EVAL_SCORES, default=UNSET_SCORE,
                      help="what the maps explain (and the curves score too): cosine (default), logit or probability, "
                           "each image's class's among every class; methods that cannot explain it are left out and "
-                          "named (no contrast: it needs a second class per image)")
+                          "named (no contrast: it needs a second class per image). An image classifier: logit (its "
+                          "default) or probability, the softmax over all its classes")
     run.add_argument("--protocol", choices=PROTOCOLS, default="project",
                      help="deletion and insertion as this project runs them (default: project) or exactly as the "
                           "Grad-ECLIP authors' scripts do (authors)")

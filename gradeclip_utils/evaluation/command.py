@@ -10,7 +10,9 @@ from typing import Any, Sequence
 
 import torch
 
+from ..explain import check_score
 from ..jobs import distributed
+from ..methods.scores import DEFAULT_SCORE
 from ..records import weights_digest
 from .config import EvalConfig
 from .datasets import folder_set, imagenet_set, synthetic_set
@@ -55,7 +57,7 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, 
                       sanity_methods=_names(args.sanity_methods), timing_images=args.timing_images,
                       timing_repeats=args.timing_repeats, faithfulness=not args.no_faithfulness,
                       command=command.strip(), overwrite=args.overwrite, protocol=args.protocol,
-                      tie_seeds=args.tie_seeds, workers=workers, score=args.score,
+                      tie_seeds=args.tie_seeds, workers=workers, score=args.score or DEFAULT_SCORE,
                       memory_budget=args.memory_budget)
 
 
@@ -67,6 +69,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequen
     if args.dataset != "synthetic" and args.data is None:
         parser.error(f"--dataset {args.dataset} needs --data")
     model = load_model(args.model, args.pretrained, device=context.device, precision=args.precision)
+    if args.score is not None:  # given: one the model cannot give is refused (left out: the model's own)
+        check_score(model, args.score)
     if args.dataset == "synthetic":
         data = synthetic_set(model, args.n)
     elif args.dataset == "imagenet":

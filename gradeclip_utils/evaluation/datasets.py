@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from ..jobs.files import atomic_output
 from ..inputs import IMAGE_SUFFIXES, class_names, load_image, to_rgb
-from ..prompts import encode_texts, zero_shot_classifier
+from ..methods.scores import is_classifier
+from ..prompts import encode_texts, folder_classes, prompt_targets, zero_shot_classifier
 
 DATASETS = ("synthetic", "imagenet", "folder")
 
@@ -68,6 +69,10 @@ def synthetic_set(model, n: int, *, offset: int | None = None) -> EvalSet:
     from ..synthetic.captions import class_prompts
     from ..synthetic.evaluate import OFFSETS, localisation_items
 
+    if is_classifier(model.adapter):
+        raise ValueError(f"the synthetic data set explains the 35 colour x shape prompts, texts that an image "
+                         f"classifier ({model.family}) does not take: evaluate it on an ImageNet-style folder of its "
+                         "classes (--dataset imagenet --data FOLDER)")
     prompts, _ = class_prompts()
     index = {p: i for i, p in enumerate(prompts)}
     items = []
@@ -98,17 +103,25 @@ def imagenet_set(model, root: Path, n: int, *, templates: str = "openai", target
     folders = sorted(p for p in Path(root).iterdir() if p.is_dir())
     if not folders:
         raise FileNotFoundError(f"{root} has no class subfolders")
-    names = class_names([f.name for f in folders])
+    adapter = model.adapter
+    if is_classifier(adapter):  # the folders are some of the classifier's classes, scored among all of them
+        indices = folder_classes(adapter.labels, [f.name for f in folders])
+        names = list(adapter.labels)
+    else:
+        indices = list(range(len(folders)))
+        names = class_names([f.name for f in folders])
     files = [sorted(p for p in f.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for f in folders]
     chosen: list[tuple[Path, int]] = []
     for depth in range(max(len(f) for f in files)):
         for label, group in enumerate(files):
             if depth < len(group) and len(chosen) < n:
-                chosen.append((group[depth], label))
+                chosen.append((group[depth], indices[label]))
     if not chosen:
         raise FileNotFoundError(f"no images under {root}")
     chosen_templates = {"openai": OPENAI_IMAGENET_TEMPLATES, "simple": SIMPLE_IMAGENET_TEMPLATES}[templates]
-    if cache is not None and cache.is_file():
+    if is_classifier(adapter):  # one-hot rows over its classes: its own scores are its logits
+        classifier = torch.eye(len(names), device=model.device)
+    elif cache is not None and cache.is_file():
         classifier = torch.load(cache, weights_only=True).to(model.device)
     else:
         classifier = zero_shot_classifier(model, names, chosen_templates).to(model.device)
@@ -118,7 +131,7 @@ def imagenet_set(model, root: Path, n: int, *, templates: str = "openai", target
     def prediction(path: Path) -> int:  # explain the prediction; the curves still score the ground truth
         with torch.no_grad():
             pixels = _load_picture(model, path)[None].to(model.device)
-            embedding = F.normalize(model.adapter.encode_image(pixels).float(), dim=-1)
+            embedding = F.normalize(adapter.encode_image(pixels).float(), dim=-1)
         return int((embedding @ classifier.T.to(embedding.device)).argmax(dim=-1)[0])
 
     items = [EvalItem(key=str(path.relative_to(root)), label=label,
@@ -126,10 +139,11 @@ def imagenet_set(model, root: Path, n: int, *, templates: str = "openai", target
                       picture=lambda path=path: _native_picture(path),
                       target=(lambda path=path: prediction(path)) if target == "pred" else None)
              for path, label in chosen]
+    described = (f"{len(folders)} class folders, each one of the {len(names)} classes of the {model.family}"
+                 if is_classifier(adapter) else f"{len(names)} classes x {len(chosen_templates)} templates ({templates})")
     return EvalSet("imagenet", items, names, F.normalize(classifier, dim=-1), False,
-                   [f"{len(names)} classes x {len(chosen_templates)} templates ({templates}); target: "
-                    + ("ground-truth class" if target == "gt" else "predicted class (curves scored against the "
-                       "ground truth)")])
+                   [f"{described}; target: " + ("ground-truth class" if target == "gt" else "predicted class (curves "
+                                                "scored against the ground truth)")])
 
 
 def folder_set(model, csv_path: Path, n: int | None = None) -> EvalSet:
@@ -158,6 +172,6 @@ def folder_set(model, csv_path: Path, n: int | None = None) -> EvalSet:
     items = [EvalItem(key=f"{i}:{row['image']}", label=index[row["prompt"]], load=lambda row=row: load(row),
                       picture=lambda row=row: to_rgb(load_image(base / row["image"])))
              for i, row in enumerate(rows)]
-    return EvalSet("folder", items, prompts, encode_texts(model, prompts), has_masks,
+    return EvalSet("folder", items, prompts, prompt_targets(model, prompts)[0], has_masks,
                    [f"{len(rows)} rows of {csv_path.name}; classifier: its {len(prompts)} distinct prompts"])
 

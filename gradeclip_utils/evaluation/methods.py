@@ -16,8 +16,8 @@ import torch
 
 from ..config import ExplainConfig
 from ..explain import method_support
-from ..methods import MapOutput, MethodSpec, cosine_scores, get_spec, method_specs
-from ..methods.scores import DEFAULT_SCORE
+from ..methods import MapOutput, MethodSpec, get_spec, method_specs
+from ..methods.scores import DEFAULT_SCORE, own_scores
 from ..session import run_image_method
 
 RANDOM = "random"
@@ -39,8 +39,8 @@ def random_maps(adapter, pixels: torch.Tensor, targets: torch.Tensor, *, seed: i
         key = keys[b] if b < len(keys) else str(b)
         generator = torch.Generator().manual_seed(item_seed(seed, key))
         maps.append(torch.rand(*grid, generator=generator).expand(targets.shape[0], *grid))
-    with torch.no_grad():
-        scores = cosine_scores(adapter.encode_image(pixels), targets)
+    with torch.no_grad():  # the model's own scores: the cosines of a CLIP, the logits of a classifier
+        scores = own_scores(adapter, adapter.encode_image(pixels), targets)
     return MapOutput(maps=torch.stack(maps).to(pixels.device), scores=scores)
 
 

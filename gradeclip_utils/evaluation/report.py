@@ -159,11 +159,16 @@ def _faithfulness_notes(frame: Any, methods: Sequence[str], config: dict[str, An
     """What the AUCs measure, the authors' per-point accuracies and the tie table (nothing without faithfulness)."""
     if not config["faithfulness"]:
         return []
-    lines = ["", f"**AUC.** {AUC_DEFINITION} 'score' is the ground-truth class's cosine with the image; "
+    classifier = "explained_score" in config  # an image classifier's run: its own scores are its logits
+    lines = ["", f"**AUC.** {AUC_DEFINITION} 'score' is the ground-truth class's "
+             + ("logit" if classifier else "cosine with the image") + "; "
              f"'top-1' the share of images whose highest-scoring class (of {config['classes']}) is the "
              "ground truth (also when the map explains the predicted class)."]
     score = config.get("score", "cosine")
-    if score != "cosine":
+    if classifier:
+        lines[-1] += (f" 'probability' is its softmax probability over all the classifier's {config['model']['classes']} "
+                      f"classes; the maps explain its {config['explained_score']}.")
+    elif score != "cosine":
         lines[-1] += (f" '{score} (explained)' is the score the maps explain, of the ground-truth class: "
                       + ("the logit scale x its cosine (columns *_logit)." if score == "logit" else
                          f"its softmax probability among the {config['classes']} classes at the model's logit "
@@ -204,6 +209,8 @@ def _settings_note(config: dict[str, Any]) -> list[str]:
                                                                  score == "probability" else "") + "; ")
     game = ("the logit exp(logit_scale) x cos differentiated (as Chefer et al.)" if score == "cosine" else
             f"the {score} differentiated")
+    if "explained_score" in config:  # an image classifier: its own logit, or its probability
+        game = f"the {config['explained_score']} differentiated"
     lines = ["", f"Settings: {explained}RISE {config['rise_masks']} masks (8 x 8 cells, p = 0.5, seed "
              f"{config['seed']}){centred}; M2IB {config['m2ib_steps']} steps x {config['m2ib_samples']} samples, no "
              f"clamp (as M2IB's own code); CLIP Surgery's class set: the {config['classes']} classifier prompts; GAME: "

@@ -14,7 +14,7 @@ import inspect
 import json
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -27,6 +27,7 @@ from ..adapters import UnsupportedMethodError
 from ..explain import check_score
 from ..jobs.files import Journal
 from ..methods import refusal
+from ..methods.scores import DEFAULT_SCORE, default_score, is_classifier, own_logit_scale, score_name
 from ..metrics import cascading_randomisation, localisation_scores
 from ..records import RunFolder, provenance
 from . import methods as method_calls  # called through the module: replacing one replaces it in every phase
@@ -137,16 +138,34 @@ def _refused(model, folder: RunFolder, previous: dict[str, Any] | None, settings
     return method_calls.unsupported_methods(model, options)
 
 
+def _classifier_config(model, config: EvalConfig) -> EvalConfig:
+    """``config`` for ``model``: for an image classifier its own default score (the logit) as the default score,
+    which stands for it (so that the methods that explain no score run, and --score logit is the default run),
+    and the authors' protocol refused (their scripts score a CLIP's zero-shot classifier)."""
+    if not is_classifier(model.adapter):
+        return config
+    if config.protocol == "authors":
+        raise ValueError(f"protocol='authors' reproduces the Grad-ECLIP authors' scripts, which explain and score a "
+                         f"CLIP's zero-shot classifier; an image classifier ({model.family}) is evaluated under the "
+                         "project's protocol")
+    if config.score == default_score(model.adapter):
+        return replace(config, score=DEFAULT_SCORE)
+    return config
+
+
 def plan(model, data: EvalSet, out: Path, config: EvalConfig, context: distributed.Context) -> Run:
     """What the run does, settled before any work: the settings it records, the methods (those the family
     cannot run left out and named, or refused when asked for by name), their options and the batches; ranks
     that hold other weights are refused; a score the model cannot give is refused before any work."""
-    check_score(model, config.score)
+    config = _classifier_config(model, config)
+    check_score(model, score_name(config.score, model.adapter))
     out.mkdir(parents=True, exist_ok=True)
     requested = list(default_methods() if config.methods is None else config.methods)
     sanity_methods = list(config.sanity_methods or [])
     settings = config.to_json(dataset=data.name, provenance=provenance(model, weights=True),
                               classes=len(data.class_names))
+    if is_classifier(model.adapter):  # what its maps and curves explain, its own default named
+        settings["explained_score"] = score_name(config.score, model.adapter)
     options = {name: method_options(name, settings, data.classifier)
                for name in dict.fromkeys(requested + sanity_methods)}
     folder = RunFolder(out, "config.json", what="a run", outputs=OUTPUTS)
@@ -234,7 +253,7 @@ class _Scorer:
 
     def __init__(self, run: Run, mine: list[tuple[list[EvalItem], list[str]]]) -> None:
         self.run = run
-        self.logit_scale = run.model.adapter.logit_scale
+        self.logit_scale = own_logit_scale(run.model.adapter)  # a CLIP's logit scale; 1 for a classifier
         authors = run.config.protocol == "authors"
         self.targets = AuthorsTargets(run.model, run.data.class_names, run.methods) if authors and mine else None
         self.pictures: dict[str, Any] = {}

@@ -349,6 +349,12 @@ def has_logit_scale(adapter: Any) -> bool:
     return bool(getattr(adapter, "has_logit_scale", True))
 
 
+def _not_given(score: str, kind: str, family: str, names: Sequence[str], note: str) -> str:
+    """The refusal of ``score`` by a model that gives only ``names``."""
+    given = ", ".join(repr(n) for n in names)
+    return f"score={score!r} is not a score of {kind} ({family}): it gives {given}" + (f"; {note}" if note else "")
+
+
 def scale_refusal(score: str, adapter: Any) -> str | None:
     """Why ``adapter``'s model cannot give ``score``: None, unless the model declares its own scores and
     ``score`` is not one of them (the message names the family, its scores and its ``score_note``), or the
@@ -358,14 +364,34 @@ def scale_refusal(score: str, adapter: Any) -> str | None:
         if score in names:
             return None
         kind = "an image classifier" if is_classifier(adapter) else "this model"
-        return (f"score={score!r} is not a score of {kind} ({getattr(adapter, 'family', 'model')}): it gives "
-                f"{', '.join(repr(n) for n in names)}" + (f"; {adapter.score_note}" if getattr(adapter, "score_note", "")
-                                                           else ""))
+        return _not_given(score, kind, getattr(adapter, "family", "model"), names, getattr(adapter, "score_note", ""))
     if score in SCALED and not has_logit_scale(adapter):
         return (f"score={score!r} needs the model's logit scale (exp of its learnt logit_scale), which this "
                 f"{getattr(adapter, 'family', 'CLIP')} model does not carry (a Hugging Face vision/text pair keeps it "
                 "in the CLIPModel it came from: load that instead); explain the cosine or the contrast")
     return None
+
+
+def class_score_refusal(score: str, family: str = "classifier") -> str | None:
+    """Why an image classifier (of ``family``) cannot give ``score``: None for one of ``CLASS_SCORES``."""
+    if score in CLASS_SCORES:
+        return None
+    from ..adapters.classifier import ClassifierAdapter  # its note, said once
+    return _not_given(score, "an image classifier", family, CLASS_SCORES, ClassifierAdapter.score_note)
+
+
+def own_logit_scale(adapter: Any) -> float:
+    """What turns the model's own scores (``own_scores``) into its class logits: a CLIP's logit scale (its
+    logits are s x its cosines), 1 for a classifier (its own scores are its logits)."""
+    return 1.0 if is_classifier(adapter) else float(adapter.logit_scale)
+
+
+def own_probabilities(adapter: Any, embedding: Tensor, targets: Tensor) -> Tensor | None:
+    """A classifier's (B, K) probabilities of the K target rows, the softmax over all its classes (float32);
+    None for a CLIP, whose class probability is the softmax of s x its cosines among the targets given."""
+    if not is_classifier(adapter):
+        return None
+    return ClassScore("probability").image_scores(embedding, targets)
 
 
 def explained_score(score: str | ExplainedScore = DEFAULT_SCORE, adapter: Any = None,
@@ -395,6 +421,6 @@ def explained_score(score: str | ExplainedScore = DEFAULT_SCORE, adapter: Any = 
 
 
 __all__ = ["CLASS_SCORES", "COSINE", "DEFAULT_SCORE", "SCALED", "SCORES", "SYMBOLS", "TEXT_CONTRAST", "ClassScore",
-           "ExplainedScore", "check_count", "check_score", "cosine_gradients", "default_score", "explained_score",
-           "has_logit_scale", "is_classifier", "model_scores", "others_logsumexp", "own_scores", "scale_refusal",
-           "score_name"]
+           "ExplainedScore", "check_count", "check_score", "class_score_refusal", "cosine_gradients", "default_score",
+           "explained_score", "has_logit_scale", "is_classifier", "model_scores", "others_logsumexp", "own_logit_scale",
+           "own_probabilities", "own_scores", "scale_refusal", "score_name"]

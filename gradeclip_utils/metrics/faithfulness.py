@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..maps import normalise_maps, resize_maps
+from ..methods.scores import own_probabilities, own_scores
 
 __all__ = ["AUC_DEFINITION", "CURVE_MEASURES", "TIES", "PerturbationCurves", "area_under_curve",
            "authors_heatmap", "authors_perturbation_curves", "perturbation_curves", "perturbation_curves_over_ties", "pixel_order", "pixel_ranks",
@@ -196,21 +197,31 @@ def perturbation_curves_over_ties(adapter, pixels: Tensor, maps: Tensor | np.nda
 
     results: list[dict[str, dict[str, np.ndarray]]] = [{} for _ in range(n_ties)]
     for kind in ("deletion", "insertion"):
-        # pictures are built per encoder batch, never all at once
-        encoded = torch.cat([
-            F.normalize(adapter.encode_image(_frames(kind, lo, min(lo + batch_size, len(frames)))).float(),
-                        dim=-1) @ classes.T
-            for lo in range(0, len(frames), batch_size)]).cpu()
+        # pictures are built per encoder batch, never all at once; the model's own scores (a CLIP's cosines, a
+        # classifier's logits) and a classifier's probabilities (over all its classes, not only the C given)
+        parts = [_encoded(adapter, _frames(kind, lo, min(lo + batch_size, len(frames))), classes)
+                 for lo in range(0, len(frames), batch_size)]
+        encoded = torch.cat([own for own, _ in parts]).cpu()
+        probabilities = None if parts[0][1] is None else torch.cat([p for _, p in parts]).cpu()
         target = labels_t[:, None, None].expand(-1, n_frames, 1)
         for t in range(n_ties):
             cosines = encoded[source[t]]  # (B, T, C)
             score = cosines.gather(-1, target).squeeze(-1)
+            probability = ((logit_scale * cosines).softmax(dim=-1) if probabilities is None
+                           else probabilities[source[t]]).gather(-1, target).squeeze(-1)
             results[t][kind] = {
                 "accuracy": (cosines.argmax(dim=-1) == labels_t[:, None]).double().numpy(),
                 "score": score.double().numpy(),
-                "probability": (logit_scale * cosines).softmax(dim=-1).gather(-1, target).squeeze(-1).double().numpy(),
+                "probability": probability.double().numpy(),
             }
     return [PerturbationCurves(fractions=fractions, deletion=r["deletion"], insertion=r["insertion"]) for r in results]
+
+
+def _encoded(adapter, pictures: Tensor, classes: Tensor) -> tuple[Tensor, Tensor | None]:
+    """The (N, C) own scores of N pictures against the C class rows (``methods.scores.own_scores``: cosines
+    for a CLIP, logits for a classifier) and, for a classifier, its (N, C) probabilities of the C classes."""
+    embedding = adapter.encode_image(pictures)
+    return own_scores(adapter, embedding, classes), own_probabilities(adapter, embedding, classes)
 
 
 # ------------------------------------------------------------------ the Grad-ECLIP authors' protocol
