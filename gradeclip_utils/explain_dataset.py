@@ -364,7 +364,7 @@ def _checked_config(model, prompts: Sequence[Any] | None, classes: str | None, t
     get_image_method(config.method)
     spec = get_spec(config.method)
     if "score" in spec.uses:  # the default score stands for the model's own (a classifier's logit)
-        config = replace(config, score=score_name(config.score, model.adapter))
+        config = replace(config, score=score_name(model.adapter, config.score))
     check_score(model, config.score, spec)
     check_choice("templates", templates, ("openai", "simple"))
     if batch_size < 1 or shard_size < batch_size:

@@ -158,14 +158,14 @@ def plan(model, data: EvalSet, out: Path, config: EvalConfig, context: distribut
     cannot run left out and named, or refused when asked for by name), their options and the batches; ranks
     that hold other weights are refused; a score the model cannot give is refused before any work."""
     config = _classifier_config(model, config)
-    check_score(model, score_name(config.score, model.adapter))
+    check_score(model, score_name(model.adapter, config.score))
     out.mkdir(parents=True, exist_ok=True)
     requested = list(default_methods() if config.methods is None else config.methods)
     sanity_methods = list(config.sanity_methods or [])
     settings = config.to_json(dataset=data.name, provenance=provenance(model, weights=True),
                               classes=len(data.class_names))
     if is_classifier(model.adapter):  # what its maps and curves explain, its own default named
-        settings["explained_score"] = score_name(config.score, model.adapter)
+        settings["explained_score"] = score_name(model.adapter, config.score)
     options = {name: method_options(name, settings, data.classifier)
                for name in dict.fromkeys(requested + sanity_methods)}
     folder = RunFolder(out, "config.json", what="a run", outputs=OUTPUTS)
