@@ -392,13 +392,12 @@ def _wrap(model: nn.Module, preprocess: Callable | None, tokenizer: Callable | N
     if classes is not None:
         raise ValueError("classes name an image classifier's classes; a CLIP model takes prompts instead")
     if preprocess is None:
-        import open_clip
-
-        preprocess = open_clip.image_transform(adapter.image_size, is_train=False, mean=CLIP_MEAN, std=CLIP_STD)
+        preprocess = adapter.default_preprocess()
     if tokenizer is None:
-        tokenizer = default_tokenizer(adapter)
+        tokenizer = adapter.own_tokenizer(None) or default_tokenizer(adapter)
     elif not getattr(tokenizer, "unavailable", False):
-        tokenizer = checked_tokenizer(tokenizer, adapter.context_length, getattr(adapter.text, "vocab_size", None))
+        tokenizer = checked_tokenizer(adapter.own_tokenizer(tokenizer), adapter.context_length,
+                                      getattr(adapter.text, "vocab_size", None))
     loaded = LoadedModel(model=model, preprocess=preprocess, tokenizer=tokenizer, device=device, name=name,
                          pretrained=pretrained, precision=precision)
     loaded.__dict__["adapter"] = adapter
