@@ -21,7 +21,7 @@ from . import hub
 from .adapters import FAMILIES, CLIPAdapter, get_adapter
 from .adapters.hf_clip import HFCLIPPair
 from .checkpoints import CLIP_MEAN, CLIP_STD, check_checkpoint
-from .errors import GradEclipError
+from .errors import GradEclipError, WeightsUnavailableError
 from .resources import SYNTHETIC_DIR
 from .synthetic.embedded import SyntheticWorld
 from .text import checked_tokenizer, tokenize
@@ -32,10 +32,6 @@ OPENAI_CLIP_PREFIX = "openai-clip:"
 #: the size of CLIP's byte-pair vocabulary (open_clip's bundled tokenizer)
 CLIP_VOCAB_SIZE = 49408
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
-
-
-class WeightsUnavailableError(GradEclipError, RuntimeError):
-    """Pretrained weights could not be found locally or downloaded."""
 
 
 class UnknownModelError(GradEclipError, RuntimeError):

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import hub
+from ..errors import WeightsUnavailableError
 from .base import CLIPAdapter, UnsupportedModelError
 from .hf_clip import ATTENTION_IMPLEMENTATIONS, _path_like, block_view
 from .timm_vit import ProbeTower
@@ -238,8 +239,6 @@ def _tokenizer_missing(reason: str) -> Callable:
     """The tokenizer of a SigLIP whose tokenizer could not be had: prompts must then be embeddings."""
 
     def tokenizer(texts: Any) -> Tensor:
-        from ..loading import WeightsUnavailableError  # loading imports the adapters
-
         raise WeightsUnavailableError(
             f"the SigLIP tokenizer could not be loaded ({reason}). Pass prompts as (K, D) text embeddings "
             "(explain_image(model, images, embeddings, labels=names)), give the folder the model's tokenizer files, "

@@ -59,7 +59,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..adapters import UnsupportedMethodError
+from ..adapters.base import UnsupportedMethodError  # not the package: its families build scores
 from .outputs import cosine_scores
 
 #: the explained scores, the default first
