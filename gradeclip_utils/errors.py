@@ -9,8 +9,12 @@ and the like still catch what they caught before. Their messages name the proble
 
 from __future__ import annotations
 
-__all__ = ["GradEclipError"]
+__all__ = ["GradEclipError", "WeightsUnavailableError"]
 
 
 class GradEclipError(Exception):
     """A problem the package detected and explains in its message (a mixin base: see the module docstring)."""
+
+
+class WeightsUnavailableError(GradEclipError, RuntimeError):
+    """Pretrained weights (or a model's tokenizer) could not be found locally or downloaded."""

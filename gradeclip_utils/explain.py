@@ -26,7 +26,7 @@ from .methods.scores import (DEFAULT_SCORE, check_count, default_score, explaine
 from .prompts import encode_texts, prompt_count, prompt_targets, zero_shot_classifier
 from .results import ImageExplanation, TextExplanation
 from .session import check_supported, explaining, release_frames, run_image_method, run_text_method
-from .text import as_text_list, cut_words, group_words, token_pieces
+from .text import as_text_list, cut_words, group_words, token_pieces, word_spans
 
 #: the text blocks explained by default (the authors sum the last 8)
 TEXT_LAYERS = 8
@@ -180,22 +180,23 @@ def _other_texts(model: LoadedModel, config: ExplainConfig, tokens: torch.Tensor
     other texts' logits for each image (``methods.scores.ExplainedScore``), from the cosines the method
     explains (the official mode's recomputed blocks where the method uses the mode) of all K texts, a chunk
     at a time without a graph. None otherwise (a single chunk sees all the texts itself)."""
-    if config.score != "probability" or chunk >= len(tokens):
-        return None
     adapter = model.adapter
+    score = explained_score(config.score, adapter)
+    if not score.relative or chunk >= len(tokens):
+        return None
     official = config.uses("mode") and config.mode == "official"
     blocks = adapter.resolve_layers(config.layers, "text") if official else []
     cosines = torch.cat([cosine_scores(adapter.trace_text(tokens[start:start + chunk].to(model.device), blocks,
                                                           mode=config.mode if official else "faithful").embedding,
                                        image_targets)
                          for start in range(0, len(tokens), chunk)])
-    return others_logsumexp(explained_score(config.score, adapter).scale * cosines.double(), dim=0)
+    return others_logsumexp(score.scale * cosines.double(), dim=0)
 
 
 def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *, method: str = "grad_eclip",
                  layers: int | Sequence[int] | None = None, mode: str = "faithful", qk: str = "raw",
                  resolution: str | None = None, max_patches: int = DEFAULT_MAX_PATCHES,
-                 memory_budget: int | None = None, score: str = DEFAULT_SCORE, **options: Any) -> TextExplanation:
+                 memory_budget: int | None = None, score: str | None = None, **options: Any) -> TextExplanation:
     """Importance of each word of each text for its match with each image.
 
     ``layers``: text blocks (an int n: the last n; by default 8, the authors sum the last 8; a method
@@ -208,8 +209,9 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
     faithful mode and "model" (the model's resize and centre crop, 224 for ViT-B) in the official mode,
     as the authors' text notebook embeds the image. State and threads: as for ``explain_image``.
 
-    ``score``: what the word importance explains for each (image, text) pair: "cosine" (default), "logit"
-    or "probability", each text's softmax among the texts given for the image at the model's logit scale
+    ``score``: what the word importance explains for each (image, text) pair: None (the default) is the model's
+    default, "cosine" for a CLIP and "logit" for SigLIP (whose "probability" is each pair's sigmoid, one text
+    having one too); "cosine", "logit" or "probability", each text's softmax among the texts given for the image at the model's logit scale
     (a single text is a ValueError). For text k the probability's gradient with respect to its own tokens
     is s p_k (1 - p_k) times the cosine's (the other texts' tokens are other inputs): a positive multiple,
     so Grad-ECLIP's word importances (normalised to sum 1) are the cosine's, for the logit too; ``scores``
@@ -226,9 +228,11 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
     model = as_loaded(model)
     if resolution is None:
         resolution = "model" if mode == "official" else "native"
+    spec = find_spec(method)
     if layers is None:
-        spec = find_spec(method)
         layers = TEXT_LAYERS if spec is None or "layers" in spec.uses else SETTING_DEFAULTS["layers"]
+    if score is None:  # the model's default, for a method that explains a score
+        score = default_score(model.adapter) if spec is not None and "score" in spec.uses else DEFAULT_SCORE
     config = ExplainConfig(method=method, layers=layers, mode=mode, qk=qk, resolution=resolution,
                            max_patches=max_patches, options=options, score=score)
     get_text_method(method)
@@ -238,7 +242,7 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
     adapter = model.adapter
     config = config.resolved(adapter, "text")
     texts = as_text_list(texts, "texts")
-    check_count(config.score, len(texts), "text")
+    check_count(config.score, len(texts), "text", adapter)
     budget = default_budget(model.device) if memory_budget is None else memory_budget
     chunk = chunk_size(budget, caption_bytes(adapter), len(texts))
     prepared = prepare_images(model, images, config.resolution, max_patches=config.max_patches)
@@ -263,14 +267,14 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
     except BaseException as error:
         release_frames(error)
         raise
-    eos = adapter.text_token_index(tokens).cpu()
-    pieces = [token_pieces(model, tokens[k, 1:int(eos[k])].tolist()) for k in range(len(texts))]
+    spans = word_spans(model, tokens)
+    pieces = [token_pieces(model, tokens[k, start:end].tolist()) for k, (start, end) in enumerate(spans)]
     words = [group_words(p) for p in pieces]
     n_images = len(prepared)
     token_importance = torch.zeros(n_images, len(texts), max(len(p) for p in pieces) or 1)
     word_importance = torch.zeros(n_images, len(texts), max(len(w) for w in words) or 1)
     for k in range(len(texts)):
-        kept = relevance[:, k, 1:int(eos[k])]
+        kept = relevance[:, k, spans[k][0]:spans[k][1]]
         total = kept.sum(dim=-1, keepdim=True)
         kept = torch.where(total > 0, kept / torch.where(total > 0, total, torch.ones_like(total)),
                            torch.zeros_like(kept))

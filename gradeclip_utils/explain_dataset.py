@@ -168,7 +168,7 @@ def _plan(sizes: Sequence[tuple[int, int, bool]], batch_size: int, shard_size: i
 PAIR_SEPARATOR = "|"
 
 
-def _prompt_texts(prompts: Sequence[Any], score: str) -> tuple[list[str], list[str]]:
+def _prompt_texts(prompts: Sequence[Any], score: str, adapter: Any = None) -> tuple[list[str], list[str]]:
     """The texts to embed (the target rows) and the names of the explained scores, from ``prompts``: its
     non-blank lines; for the contrast its pairs, each a line "a | b" or a pair (a, b), as the rows a_1, b_1,
     a_2, b_2, ... named "a rather than b" (as ``explain_image`` names them). A ValueError when none is left,
@@ -177,7 +177,7 @@ def _prompt_texts(prompts: Sequence[Any], score: str) -> tuple[list[str], list[s
         names = [p.strip() for p in prompts if p.strip()]
         if not names:
             raise ValueError("no prompts (all blank)")
-        check_count(score, len(names))
+        check_count(score, len(names), adapter=adapter)
         return names, names
     pairs = []
     for prompt in prompts:
@@ -381,7 +381,7 @@ def _job(model, folder: Path, out: Path, config: ExplainConfig, prompts: Sequenc
     classifier = model.adapter.labels if is_classifier(model.adapter) else None
     rows = None
     if prompts is not None:
-        texts, names = _prompt_texts(prompts, config.score if classifier is None else DEFAULT_SCORE)
+        texts, names = _prompt_texts(prompts, config.score if classifier is None else DEFAULT_SCORE, model.adapter)
         labels = None
         if classifier is not None:  # the lines name classes (label names or indices)
             rows = [class_index(classifier, name) for name in names]
@@ -391,7 +391,7 @@ def _job(model, folder: Path, out: Path, config: ExplainConfig, prompts: Sequenc
             rows = folder_classes(classifier, folders)
         else:
             texts = names = class_names(folders)
-            check_count(config.score, len(names), "class")
+            check_count(config.score, len(names), "class", model.adapter)
     if rows is not None:
         texts = names = [classifier[row] for row in rows]
     templates_used = templates if classes is not None and rows is None else None  # a classifier's classes take none

@@ -21,7 +21,7 @@ from . import hub
 from .adapters import CLASSIFIER_FAMILIES, FAMILIES, CLIPAdapter, get_adapter
 from .adapters.hf_clip import HFCLIPPair
 from .checkpoints import CLIP_MEAN, CLIP_STD, check_checkpoint
-from .errors import GradEclipError
+from .errors import GradEclipError, WeightsUnavailableError
 from .resources import SYNTHETIC_DIR
 from .synthetic.embedded import SyntheticWorld
 from .text import checked_tokenizer, tokenize
@@ -32,10 +32,6 @@ OPENAI_CLIP_PREFIX = "openai-clip:"
 #: the size of CLIP's byte-pair vocabulary (open_clip's bundled tokenizer)
 CLIP_VOCAB_SIZE = 49408
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
-
-
-class WeightsUnavailableError(GradEclipError, RuntimeError):
-    """Pretrained weights could not be found locally or downloaded."""
 
 
 class UnknownModelError(GradEclipError, RuntimeError):
@@ -407,13 +403,12 @@ def _wrap(model: nn.Module, preprocess: Callable | None, tokenizer: Callable | N
     if classes is not None:
         raise ValueError("classes name an image classifier's classes; a CLIP model takes prompts instead")
     if preprocess is None:
-        import open_clip
-
-        preprocess = open_clip.image_transform(adapter.image_size, is_train=False, mean=CLIP_MEAN, std=CLIP_STD)
+        preprocess = adapter.default_preprocess()
     if tokenizer is None:
-        tokenizer = default_tokenizer(adapter)
+        tokenizer = adapter.own_tokenizer(None) or default_tokenizer(adapter)
     elif not getattr(tokenizer, "unavailable", False):
-        tokenizer = checked_tokenizer(tokenizer, adapter.context_length, getattr(adapter.text, "vocab_size", None))
+        tokenizer = checked_tokenizer(adapter.own_tokenizer(tokenizer), adapter.context_length,
+                                      getattr(adapter.text, "vocab_size", None))
     loaded = LoadedModel(model=model, preprocess=preprocess, tokenizer=tokenizer, device=device, name=name,
                          pretrained=pretrained, precision=precision)
     loaded.__dict__["adapter"] = adapter

@@ -89,7 +89,7 @@ def prompt_targets(model: LoadedModel, prompts: Any, labels: Sequence[str] | Non
     if isinstance(prompts, torch.Tensor):
         targets = _embedding_targets(model, prompts, pairs)
         count = targets.shape[0] // (2 if pairs else 1)
-        check_count(score, count)
+        check_count(score, count, adapter=model.adapter)
         if labels is not None:
             names = [str(l) for l in labels]
         elif pairs:
@@ -103,7 +103,7 @@ def prompt_targets(model: LoadedModel, prompts: Any, labels: Sequence[str] | Non
             names = [str(l) for l in labels]
     else:
         names = as_text_list(prompts, "prompts")
-        check_count(score, len(names))
+        check_count(score, len(names), adapter=model.adapter)
         targets = encode_texts(model, names).to(model.device)
         if labels is not None:
             names = [str(l) for l in labels]

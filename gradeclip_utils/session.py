@@ -19,7 +19,7 @@ from .config import ExplainConfig
 from .guard import explaining, model_lock, release_frames
 from .methods.outputs import MapOutput, TokenOutput
 from .methods.registry import MethodSpec, get_image_method, get_spec, get_text_method, refusal
-from .methods.scores import explained_score
+from .methods.scores import explained_score, relative_score
 
 def check_supported(model: Any, spec: MethodSpec, tower: str = "image") -> None:
     """``UnsupportedMethodError`` naming method, family and reason when the model's tower lacks what the
@@ -117,7 +117,7 @@ def _explained(model: Any, config: ExplainConfig, spec: MethodSpec, fn: Callable
     """One call of the image method on ``pixels`` (on the model's device), its ``columns`` of the explained
     scores: the probability's (of a method that takes the score) among every target row, any other score's
     from its own rows only."""
-    if columns is not None and not (config.score == "probability" and "score" in spec.uses):
+    if columns is not None and not (relative_score(config.score, model.adapter) and "score" in spec.uses):
         rows = _rows(config)
         targets, columns = targets[[c * rows + r for c in columns for r in range(rows)]], None
     maps, scores = _run(model, config, spec, "image", fn, pixels, targets, "maps", inputs, columns=columns)

@@ -131,6 +131,8 @@ def _all_token_ids(model: "LoadedModel", text: str) -> list[int] | None:
     simple = _simple_tokenizer(model.tokenizer)
     if simple is not None:
         return list(simple.encode(text))
+    if hasattr(model.tokenizer, "all_ids"):
+        return list(model.tokenizer.all_ids(text))
     if isinstance(model.tokenizer, HFTokenizer):
         return list(model.tokenizer.tokenizer(text, add_special_tokens=False)["input_ids"])
     return None
@@ -164,6 +166,8 @@ def token_pieces(model: "LoadedModel", ids: Sequence[int]) -> list[str]:
     pieces. It is decoded across them: the piece that completes it shows it, the earlier ones are
     empty, so that the pieces of a word join to the word.
     """
+    if hasattr(model.tokenizer, "readable_pieces"):  # a tokenizer that is not byte-level BPE says it itself
+        return model.tokenizer.readable_pieces(ids)
     simple = _simple_tokenizer(model.tokenizer)
     if simple is not None:
         raw = [simple.decoder[int(token)] for token in ids]
@@ -186,6 +190,16 @@ def token_pieces(model: "LoadedModel", ids: Sequence[int]) -> list[str]:
     if pieces and not pieces[-1].endswith("</w>"):  # a text cut mid-word: flush what is left
         pieces[-1] += decoder.decode(b"", final=True)
     return pieces
+
+
+def word_spans(model: "LoadedModel", tokens: torch.Tensor) -> list[tuple[int, int]]:
+    """Where the words of each (K, L) token sequence are, (start, end) positions: the tokenizer's own
+    ``spans`` where it has them (SigLIP's: no start token, padding after the end token); else CLIP's, from
+    after the start token up to the end token the text tower pools at."""
+    if hasattr(model.tokenizer, "spans"):
+        return [tuple(span) for span in model.tokenizer.spans(tokens.cpu())]
+    eos = model.adapter.text_token_index(tokens).cpu()
+    return [(1, int(end)) for end in eos]
 
 
 def _byte_decoder() -> dict[str, int]:

@@ -304,6 +304,21 @@ class CLIPAdapter:
         ``scores.explained_score`` builds. ``name`` is one of ``score_names``."""
         return None
 
+    def default_preprocess(self) -> Callable:
+        """The preprocessing ``wrap_model`` gives the model when none is passed: CLIP's (resize of the short side,
+        centre crop, CLIP's mean and std) at the model's image size."""
+        import open_clip
+
+        from ..checkpoints import CLIP_MEAN, CLIP_STD
+
+        return open_clip.image_transform(self.image_size, is_train=False, mean=CLIP_MEAN, std=CLIP_STD)
+
+    def own_tokenizer(self, tokenizer: Callable | None) -> Callable | None:
+        """A tokenizer passed for the model, as its text tower takes its ids (then checked, ``text.checked_tokenizer``,
+        which wraps a Hugging Face tokenizer as CLIP's); as it is, unless a family pads or marks its texts otherwise.
+        None (none passed): the model's own default, None for open_clip's bundled CLIP tokenizer."""
+        return tokenizer
+
     def __init__(self, model: nn.Module, image: ImageTower, text: TextTower | None, family: str, *,
                  native_image: Callable[[Tensor], Tensor], native_text: Callable[[Tensor], Tensor] | None,
                  logit_scale: Tensor | None = None) -> None:

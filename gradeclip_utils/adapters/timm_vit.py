@@ -374,7 +374,7 @@ class ProbeTower(ImageTower):
 
     def block_shape(self) -> tuple[int, int]:
         # the probe's width and heads, which are the trunk's: its blocks' cost per token is estimated alike
-        return int(self.trunk.weight.shape[0]), int(self.probe.num_heads)
+        return int(self.weight().shape[0]), self.heads
 
     # ----------------------------------------------------------------------------------- pieces
     @torch.no_grad()
@@ -385,14 +385,32 @@ class ProbeTower(ImageTower):
         x = run_native(trunk.blocks(), trunk.embed(pixels.to(device=self.device, dtype=self.dtype), grid), None)
         return F.pad(x[:, trunk.trunk.num_prefix_tokens:], (0, 0, 1, 0)), grid
 
+    @property
+    def heads(self) -> int:
+        """The probe's attention heads."""
+        return int(self.probe.num_heads)
+
+    @property
+    def out_proj(self) -> nn.Linear:
+        """The probe's output projection (``proj``), applied to its attention output."""
+        return self.probe.proj
+
+    def keys_values(self, patches: Tensor) -> tuple[Tensor, Tensor]:
+        """The probe's keys and values (B, P, C) of the (B, P, C) patch tokens leaving the last trunk block:
+        the trunk's final norm, then the probe's ``kv``."""
+        return self.probe.kv(self.trunk.trunk.norm(patches)).chunk(2, dim=-1)
+
+    def query(self, dtype: torch.dtype) -> Tensor:
+        """The latent's query (1, 1, C): the probe's ``q`` of its latent."""
+        return self.probe.q(self.probe.latent.to(dtype))
+
     def attend(self, tokens: Tensor, heads: int, keep_probs: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         """The probe's attention on (B, 1+P, C) tokens: q, k, v (B, 1+P, C) in the block layout, the
         latent's attention output (B, C) before ``proj`` and, with ``keep_probs``, the (B, H, 1+P, 1+P)
         probabilities it is computed from."""
-        probe = self.probe
         batch, length, _ = tokens.shape
-        k, v = probe.kv(self.trunk.trunk.norm(tokens[:, 1:])).chunk(2, dim=-1)
-        q = probe.q(probe.latent.to(k.dtype)).expand(batch, -1, -1)
+        k, v = self.keys_values(tokens[:, 1:])
+        q = self.query(k.dtype).expand(batch, -1, -1)
         width = k.shape[-1]
         d = width // heads
 
@@ -429,13 +447,13 @@ class ProbeTower(ImageTower):
         explained = bool(layers)
         tokens, grid = self.probe_input(pixels)
         leaf = tokens.detach().requires_grad_(explained)
-        heads = 1 if (explained and mode == "official") else int(self.probe.num_heads)
+        heads = 1 if (explained and mode == "official") else self.heads
         q, k, v, out, probs = self.attend(leaf, heads, keep_probs)
         embedding = self.finish(out)
         token_index = torch.zeros(leaf.shape[0], dtype=torch.long, device=embedding.device)
         captures = {}
         if explained:
-            proj = self.probe.proj
+            proj = self.out_proj
             captures[0] = BlockCapture(
                 layer=0, q=q.detach(), k=k.detach(), v=v.detach(),
                 attn_output=F.pad(out.detach()[:, None], (0, 0, 0, leaf.shape[1] - 1)), token_output=out,
@@ -456,7 +474,7 @@ class ProbeTower(ImageTower):
 
     def embedding_from(self, tokens: Tensor, block: int) -> Tensor:
         self._only_block_zero(block)
-        return self.finish(self.attend(tokens, int(self.probe.num_heads), False)[3])
+        return self.finish(self.attend(tokens, self.heads, False)[3])
 
     def steps(self, pixels: Tensor, first: int) -> BlockSteps:
         self._only_block_zero(first)
@@ -464,7 +482,7 @@ class ProbeTower(ImageTower):
 
         def step(block: int, x: Tensor) -> tuple[Tensor, Tensor]:
             self._only_block_zero(block)
-            out, probs = self.attend(x, int(self.probe.num_heads), True)[3:]
+            out, probs = self.attend(x, self.heads, True)[3:]
             return self.finish(out), probs
 
         return BlockSteps(tokens, 0, step, torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device), grid)
@@ -472,7 +490,7 @@ class ProbeTower(ImageTower):
     @torch.no_grad()
     def value_path_features(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         tokens, _ = self.probe_input(pixels)
-        values = self.attend(tokens, int(self.probe.num_heads), False)[2]
+        values = self.attend(tokens, self.heads, False)[2]
         return self.embedding_from(tokens, 0), self.finish(values[:, 1:])
 
     def parameter_groups(self) -> list[tuple[str, list[nn.Parameter]]]:

@@ -30,6 +30,7 @@ maps are not the cosine's times s.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Callable
 
 import torch
@@ -188,11 +189,11 @@ def token_relevance(adapter: CLIPAdapter, tokens: Tensor, targets: Tensor, *, ib
     fit = None
     if score.name != DEFAULT_SCORE:
         # each pair's score of its own cosine, the other captions' logits (``rest``) constants, pair by pair
-        rest = score.text_rest(cosines).T.reshape(-1) if score.name == "probability" else None
+        rest = score.text_rest(cosines).T.reshape(-1) if score.relative else None
         def fit(embedding: Tensor) -> Tensor:
             n = embedding.shape[0] // paired_targets.shape[0]  # the samples of these rows
             cosine = F.cosine_similarity(embedding.float(), paired_targets.float().repeat(n, 1), dim=-1, eps=1e-6)
-            return ExplainedScore(score.name, score.scale, None if rest is None else rest.repeat(n)).of_texts(cosine)
+            return (score if rest is None else replace(score, rest=rest.repeat(n))).of_texts(cosine)
 
     def finish(z: Tensor) -> Tensor:
         return adapter.text_embedding_from(z, paired_tokens.repeat(z.shape[0] // paired_tokens.shape[0], 1),

@@ -59,7 +59,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..adapters import UnsupportedMethodError
+from ..adapters.base import UnsupportedMethodError  # not the package: its families build scores
 from .outputs import cosine_scores
 
 #: the explained scores, the default first
@@ -67,6 +67,8 @@ SCORES: tuple[str, ...] = ("cosine", "logit", "probability", "contrast")
 DEFAULT_SCORE = "cosine"
 #: an image classifier's scores, its default first
 CLASS_SCORES: tuple[str, ...] = ("logit", "probability")
+#: the scores of a model trained with a sigmoid loss (SigLIP: ``SigmoidScore``), its default first
+SIGMOID_SCORES: tuple[str, ...] = ("logit", "probability")
 #: the scores that need the model's logit scale
 SCALED: tuple[str, ...] = ("logit", "probability")
 #: how figures name each score's value
@@ -85,10 +87,11 @@ def check_score(score: Any) -> str:
     return score
 
 
-def check_count(score: str, count: int, what: str = "prompt") -> None:
+def check_count(score: str, count: int, what: str = "prompt", adapter: Any = None) -> None:
     """A ValueError, before any work, when ``count`` of ``what`` (a prompt, or a text of ``explain_text``)
-    cannot carry ``score``: the probability among one is 1 whatever the input."""
-    if score == "probability" and count < 2:
+    cannot carry ``score``: the probability among one is 1 whatever the input (not so a score of
+    ``adapter``'s model that is not ``relative_score``, e.g. SigLIP's probability of each pair)."""
+    if score == "probability" and count < 2 and relative_score(score, adapter):
         raise ValueError(f"score='probability' is each {what}'s softmax among the {what}s given: with a single {what} "
                          f"it is 1 whatever the input, so its map is identically zero; give two {what}s or more (or "
                          "explain the cosine or the logit)")
@@ -133,6 +136,13 @@ class ExplainedScore:
         check_score(self.name)
         if self.columns is not None:
             object.__setattr__(self, "columns", tuple(int(c) for c in self.columns))
+
+    @property
+    def relative(self) -> bool:
+        """Whether the score of a target depends on the other targets given (the probability, a softmax among
+        them): the text side then needs ``rest``, an image-side ``columns`` is computed among every row, and a
+        single target is refused (``check_count``)."""
+        return self.name == "probability"
 
     @property
     def rows(self) -> int:
@@ -257,6 +267,12 @@ class ClassScore(ExplainedScore):
         if self.columns is not None:
             object.__setattr__(self, "columns", tuple(int(c) for c in self.columns))
 
+    @property
+    def relative(self) -> bool:
+        """A class's probability is the softmax over all the classifier's classes, not among the targets given:
+        one class has a probability too, whatever rows the call holds."""
+        return False
+
     def image_scores(self, embedding: Tensor, targets: Tensor) -> Tensor:
         if self.name == "logit":
             return self.kept(embedding.float() @ targets.float().T)
@@ -313,6 +329,56 @@ def _single_entries(rows: Tensor) -> Tensor | None:
     return nonzero.to(torch.int8).argmax(dim=-1)
 
 
+@dataclass(frozen=True, eq=False)
+class SigmoidScore(ExplainedScore):
+    """The scores of a model trained with a sigmoid loss (SigLIP), each image-text pair scored on its own
+    (``SIGMOID_SCORES``): the logit s cos + b, s the model's logit scale (exp of its learnt ``logit_scale``)
+    and b its learnt ``bias``, or the probability sigmoid(s cos + b) that the pair matches, which does not
+    depend on the other prompts given (no softmax over them: one prompt has a probability too, and the
+    text side needs no ``rest``). The logit's gradient is s times the cosine's; the probability's is
+    s p (1 - p) times the cosine's, computed as exp(logsigmoid(x)) in float64 so that its backward,
+    p sigmoid(-x), keeps 1 - p where p rounds to 1 (a matching pair's logit above about 17 in float32, 37
+    in float64), and p itself down to about 1e-300. The cosine and the contrast are a CLIP's
+    (``ExplainedScore``), which the model's adapter builds for those names."""
+
+    name: str = "logit"
+    bias: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in SIGMOID_SCORES:
+            raise ValueError(f"a sigmoid score is one of {SIGMOID_SCORES}, got {self.name!r}")
+        if self.columns is not None:
+            object.__setattr__(self, "columns", tuple(int(c) for c in self.columns))
+
+    @property
+    def relative(self) -> bool:
+        return False
+
+    def _of(self, cosines: Tensor) -> Tensor:
+        logits = self.scale * cosines.double() + self.bias
+        if self.name == "logit":
+            return logits.to(cosines.dtype)
+        return torch.exp(torch.nn.functional.logsigmoid(logits)).to(cosines.dtype)
+
+    def _all_of_images(self, cosines: Tensor) -> Tensor:
+        return self._of(cosines)
+
+    def pull(self, per_row: Tensor, cosines: Tensor) -> Tensor:
+        """``per_row`` (N, T, ...) scaled by d S / d cos: s for the logit, s p (1 - p) for the probability."""
+        if self.name == "logit":
+            return self.scale * self.kept(per_row, dim=1)
+        logits = self.scale * cosines.detach().double() + self.bias
+        slope = self.scale * torch.sigmoid(logits) * torch.sigmoid(-logits)  # p (1 - p) without 1 - p rounding
+        slope = self.kept(slope, dim=1).to(per_row.dtype)
+        return slope.reshape(*slope.shape, *(1,) * (per_row.ndim - 2)) * self.kept(per_row, dim=1)
+
+    def of_texts(self, cosines: Tensor) -> Tensor:
+        return self._of(cosines)
+
+    def text_rest(self, cosines: Tensor) -> Tensor:
+        raise TypeError("a sigmoid score scores each pair on its own: it has no other captions' rest")
+
+
 def is_classifier(adapter: Any) -> bool:
     """Whether ``adapter`` explains an image classifier (its embedding is its logits, its targets classes)."""
     return bool(getattr(adapter, "is_classifier", False))
@@ -341,7 +407,17 @@ def score_name(adapter: Any, score: str = DEFAULT_SCORE) -> str:
 def own_scores(adapter: Any, embedding: Tensor, targets: Tensor) -> Tensor:
     """The (B, K) scores of a method that explains no score: the model's default score (the cosines of a
     CLIP, the logits of a classifier) of the (B, D) embeddings against the (K, D) targets."""
-    return explained_score(DEFAULT_SCORE, adapter).image_scores(embedding, targets)
+    return explained_score(default_score(adapter), adapter).image_scores(embedding, targets)
+
+
+def relative_score(score: str, adapter: Any = None) -> bool:
+    """Whether the score named ``score`` of ``adapter``'s model depends on the other targets given
+    (``ExplainedScore.relative``: a CLIP's probability, the softmax among them); for a model that declares
+    its own scores, as its adapter builds them (a score it does not give: False, its refusal comes first)."""
+    names = model_scores(adapter)
+    if names == SCORES:
+        return score == "probability"
+    return score in names and adapter.make_score(score).relative
 
 
 def has_logit_scale(adapter: Any) -> bool:
@@ -400,7 +476,8 @@ def explained_score(score: str | ExplainedScore = DEFAULT_SCORE, adapter: Any = 
     logit scale (``rest``, ``columns``: see ``ExplainedScore``). A score that needs a logit scale the model
     does not carry is an ``UnsupportedMethodError`` naming the score and the family. A model that declares
     its own scores (``CLIPAdapter.score_names``: a classifier's) gets its adapter's ``make_score``, the
-    default score named (the cosine) standing for the model's own default (a classifier's logit)."""
+    default score named (the cosine) standing for the model's own default (a classifier's logit) where the
+    model does not give the cosine."""
     if isinstance(score, ExplainedScore):
         return score
     kept = None if columns is None else tuple(columns)
@@ -420,7 +497,8 @@ def explained_score(score: str | ExplainedScore = DEFAULT_SCORE, adapter: Any = 
     return ExplainedScore(score, scale, rest, kept)
 
 
-__all__ = ["CLASS_SCORES", "COSINE", "DEFAULT_SCORE", "SCALED", "SCORES", "SYMBOLS", "TEXT_CONTRAST", "ClassScore",
-           "ExplainedScore", "check_count", "check_score", "class_score_refusal", "cosine_gradients", "default_score",
-           "explained_score", "has_logit_scale", "is_classifier", "model_scores", "others_logsumexp", "own_logit_scale",
-           "own_probabilities", "own_scores", "scale_refusal", "score_name"]
+__all__ = ["CLASS_SCORES", "COSINE", "DEFAULT_SCORE", "SCALED", "SCORES", "SIGMOID_SCORES", "SYMBOLS", "TEXT_CONTRAST",
+           "ClassScore", "ExplainedScore", "SigmoidScore", "check_count", "check_score", "class_score_refusal",
+           "cosine_gradients", "default_score", "explained_score", "has_logit_scale", "is_classifier", "model_scores",
+           "others_logsumexp", "own_logit_scale", "own_probabilities", "own_scores", "relative_score", "scale_refusal",
+           "score_name"]
