@@ -279,6 +279,13 @@ class TextTower(_Tower):
         raise self._missing("run its blocks one at a time")
 
 
+def score_refusal_text(score: str, kind: str, family: str, names: Sequence[str], note: str = "") -> str:
+    """Why a model of ``family`` (``kind``: "an image classifier", ...) refuses ``score``: it gives only ``names``
+    (``note``: why)."""
+    given = ", ".join(repr(n) for n in names)
+    return f"score={score!r} is not a score of {kind} ({family}): it gives {given}" + (f"; {note}" if note else "")
+
+
 class CLIPAdapter:
     """Interface between one CLIP model and the explanation methods: an image tower and a text tower.
 

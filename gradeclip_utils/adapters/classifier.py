@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 from torch import Tensor, nn
 
-from .base import CLIPAdapter, ImageTower, LinearHead
+from .base import CLIPAdapter, ImageTower, LinearHead, score_refusal_text
 from .transformer import Official, ViTTower
 
 #: the authors' ViT classifier notebook (``gradeclip_adaptation_vit.ipynb``, ``vit_classifier``): one head of
@@ -116,4 +116,13 @@ class ClassifierAdapter(CLIPAdapter):
         self.labels = labels
 
 
-__all__ = ["DISTILLED_MAPS", "NOTEBOOK_OFFICIAL", "NO_JOINT_SPACE", "ClassifierAdapter", "ClassifierTower"]
+def class_score_refusal(score: str, family: str = "classifier") -> str | None:
+    """Why an image classifier of ``family`` cannot give ``score`` (None for one of its scores): what the
+    command line says before a classifier it names is loaded."""
+    if score in ClassifierAdapter.score_names:
+        return None
+    return score_refusal_text(score, "an image classifier", family, ClassifierAdapter.score_names,
+                              ClassifierAdapter.score_note)
+
+
+__all__ = ["DISTILLED_MAPS", "NOTEBOOK_OFFICIAL", "NO_JOINT_SPACE", "ClassifierAdapter", "ClassifierTower", "class_score_refusal"]

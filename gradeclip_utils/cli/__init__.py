@@ -188,7 +188,7 @@ def _given_score(args: argparse.Namespace) -> None:
     tells that it is an image classifier (``loading.named_classifier``)."""
     from ..adapters import UnsupportedMethodError
     from ..loading import named_classifier
-    from ..methods.scores import class_score_refusal
+    from ..adapters.classifier import class_score_refusal
 
     if isinstance(args.score, Unset):
         args.score = None

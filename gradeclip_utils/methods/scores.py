@@ -59,7 +59,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..adapters.base import UnsupportedMethodError  # not the package: its families build scores
+from ..adapters.base import UnsupportedMethodError, score_refusal_text  # not the package: its families build scores
 from .outputs import cosine_scores
 
 #: the explained scores, the default first
@@ -425,12 +425,6 @@ def has_logit_scale(adapter: Any) -> bool:
     return bool(getattr(adapter, "has_logit_scale", True))
 
 
-def _not_given(score: str, kind: str, family: str, names: Sequence[str], note: str) -> str:
-    """The refusal of ``score`` by a model that gives only ``names``."""
-    given = ", ".join(repr(n) for n in names)
-    return f"score={score!r} is not a score of {kind} ({family}): it gives {given}" + (f"; {note}" if note else "")
-
-
 def scale_refusal(score: str, adapter: Any) -> str | None:
     """Why ``adapter``'s model cannot give ``score``: None, unless the model declares its own scores and
     ``score`` is not one of them (the message names the family, its scores and its ``score_note``), or the
@@ -440,20 +434,12 @@ def scale_refusal(score: str, adapter: Any) -> str | None:
         if score in names:
             return None
         kind = "an image classifier" if is_classifier(adapter) else "this model"
-        return _not_given(score, kind, getattr(adapter, "family", "model"), names, getattr(adapter, "score_note", ""))
+        return score_refusal_text(score, kind, getattr(adapter, "family", "model"), names, getattr(adapter, "score_note", ""))
     if score in SCALED and not has_logit_scale(adapter):
         return (f"score={score!r} needs the model's logit scale (exp of its learnt logit_scale), which this "
                 f"{getattr(adapter, 'family', 'CLIP')} model does not carry (a Hugging Face vision/text pair keeps it "
                 "in the CLIPModel it came from: load that instead); explain the cosine or the contrast")
     return None
-
-
-def class_score_refusal(score: str, family: str = "classifier") -> str | None:
-    """Why an image classifier (of ``family``) cannot give ``score``: None for one of ``CLASS_SCORES``."""
-    if score in CLASS_SCORES:
-        return None
-    from ..adapters.classifier import ClassifierAdapter  # its note, said once
-    return _not_given(score, "an image classifier", family, CLASS_SCORES, ClassifierAdapter.score_note)
 
 
 def own_logit_scale(adapter: Any) -> float:
@@ -498,7 +484,7 @@ def explained_score(score: str | ExplainedScore = DEFAULT_SCORE, adapter: Any = 
 
 
 __all__ = ["CLASS_SCORES", "COSINE", "DEFAULT_SCORE", "SCALED", "SCORES", "SIGMOID_SCORES", "SYMBOLS", "TEXT_CONTRAST",
-           "ClassScore", "ExplainedScore", "SigmoidScore", "check_count", "check_score", "class_score_refusal",
+           "ClassScore", "ExplainedScore", "SigmoidScore", "check_count", "check_score",
            "cosine_gradients", "default_score", "explained_score", "has_logit_scale", "is_classifier", "model_scores",
            "others_logsumexp", "own_logit_scale", "own_probabilities", "own_scores", "relative_score", "scale_refusal",
            "score_name"]
