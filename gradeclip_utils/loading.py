@@ -22,11 +22,14 @@ from .adapters import CLASSIFIER_FAMILIES, FAMILIES, CLIPAdapter, get_adapter
 from .adapters.hf_clip import HFCLIPPair
 from .checkpoints import CLIP_MEAN, CLIP_STD, check_checkpoint
 from .errors import GradEclipError, WeightsUnavailableError
-from .resources import SYNTHETIC_DIR
+from .resources import SYNTHETIC_CLASSIFIER_DIR, SYNTHETIC_DIR
+from .synthetic import classifier as synthetic_classifier
 from .synthetic.embedded import SyntheticWorld
 from .text import checked_tokenizer, tokenize
 
 SYNTHETIC = "synthetic"
+#: the embedded synthetic classifier (a timm ViT, colour x shape as 35 classes; data/synthetic_classifier)
+SYNTHETIC_CLASSIFIER = "synthetic-classifier"
 HF_PREFIX = "hf:"
 OPENAI_CLIP_PREFIX = "openai-clip:"
 #: the size of CLIP's byte-pair vocabulary (open_clip's bundled tokenizer)
@@ -145,8 +148,10 @@ def load_model(name: str = SYNTHETIC, pretrained: str | None = None, device: str
 
     - an open_clip model name ("ViT-B-16", "RN50"), a folder with ``open_clip_config.json`` and weights
       (or "local-dir:PATH"), or "synthetic" (the default), the small CLIP trained on this project's
-      synthetic scenes, shipped under ``data/synthetic_clip``. ``pretrained``: an open_clip weight tag
-      ("openai", "laion2b_s34b_b88k"), a local checkpoint file (safetensors, or a torch file loaded with
+      synthetic scenes, shipped under ``data/synthetic_clip``; or "synthetic-classifier", the small ViT
+      classifier of the same scenes (colour x shape as 35 classes, ``data/synthetic_classifier``; a folder of
+      its format, ``classifier_config.json`` and ``model.safetensors``, loads the same way). ``pretrained``: an
+      open_clip weight tag ("openai", "laion2b_s34b_b88k"), a local checkpoint file (safetensors, or a torch file loaded with
       ``weights_only=True``), or None for random weights;
     - "hf:REPO_OR_FOLDER": a Hugging Face transformers ``CLIPModel`` ("hf:openai/clip-vit-base-patch16"
       downloads when online; offline, a folder with ``config.json`` and ``model.safetensors``);
@@ -178,6 +183,8 @@ def load_model(name: str = SYNTHETIC, pretrained: str | None = None, device: str
         raise FileNotFoundError(f"checkpoint file not found: {pretrained}")
     if pretrained is not None and Path(pretrained).is_file():
         check_checkpoint(pretrained)
+    if name == SYNTHETIC_CLASSIFIER or synthetic_classifier.is_classifier_folder(name):
+        return _load_synthetic_classifier(name, pretrained, device, precision)
     family = family_loader(name)
     if family is not None:
         spec = name[len(family.PREFIX):]
@@ -218,6 +225,26 @@ def family_loader(name: str):
         if len(matching) == 1 or (hasattr(family, "claims") and family.claims(name[len(family.PREFIX):])):
             return family
     return next((f for f in matching if not hasattr(f, "claims")), None)
+
+
+def _load_synthetic_classifier(name: str, pretrained: str | None, device: torch.device,
+                               precision: str) -> LoadedModel:
+    """The embedded synthetic classifier (or a folder of its format): its weights through safetensors, its class
+    names, its preprocessing; pictures from outside the synthetic world are warned about, as for the CLIP."""
+    folder = SYNTHETIC_CLASSIFIER_DIR if name == SYNTHETIC_CLASSIFIER else Path(name)
+    if pretrained is not None:
+        raise ValueError(f"{name!r} is a model folder that carries its own weights; leave pretrained=None")
+    if not synthetic_classifier.is_classifier_folder(folder):
+        raise FileNotFoundError(
+            f"The embedded synthetic classifier is missing: {folder} has no {synthetic_classifier.CONFIG_NAME} and "
+            f"{synthetic_classifier.WEIGHTS_NAME}. It ships with the repository under data/synthetic_classifier; "
+            "train it again with `python -m gradeclip_utils.synthetic.train_classifier --out runs/synthetic_classifier "
+            "--export data/synthetic_classifier` (see data/synthetic_classifier/MODEL_CARD.md), or set GRADECLIP_DATA.")
+    model, preprocess, classes = synthetic_classifier.load_classifier(folder, device, PRECISION_DTYPES[precision])
+    loaded = _wrap(model, preprocess, None, name=name, pretrained=None, device=device, precision=precision,
+                   classes=classes)
+    loaded.known_inputs = SyntheticWorld("the embedded synthetic classifier")
+    return loaded
 
 
 def _load_open_clip(name: str, pretrained: str | None, device: torch.device, precision: str,

@@ -15,6 +15,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("GRADECLIP_DATA", REPO_ROOT / "data"))
 #: the embedded synthetic CLIP (``load_model("synthetic")`` resolves to ``local-dir:`` this folder)
 SYNTHETIC_DIR = DATA_DIR / "synthetic_clip"
+#: the embedded synthetic classifier (``load_model("synthetic-classifier")``)
+SYNTHETIC_CLASSIFIER_DIR = DATA_DIR / "synthetic_classifier"
 #: the synthetic sample scenes
 SAMPLES_DIR = DATA_DIR / "samples"
 #: the bundled photographs (licences in LICENSES.md beside them)

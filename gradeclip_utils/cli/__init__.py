@@ -61,6 +61,7 @@ OUTPUTS = {"explain": {"out": "file"}, "explain-dataset": {"out": "folder"},
            "evaluate": {"out": "folder", "doc": "file"}, "notebooks": {"out": "folder"},
            "critique": {"out": "folder", "doc": "file"},
            "synthetic train": {"out": "folder", "export": "folder"},
+           "synthetic train-classifier": {"out": "folder", "export": "folder"},
            "synthetic evaluate": {"json": "file", "export": "folder"}}
 
 
@@ -113,9 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         if command.startswith(f"{SYNTHETIC_GROUP} "):  # gradeclip synthetic train | evaluate
             if synthetic is None:
                 holder = subparsers.add_parser(
-                    SYNTHETIC_GROUP, help="the synthetic CLIP: train it, evaluate it", formatter_class=_Formatter,
+                    SYNTHETIC_GROUP, help="the synthetic CLIP (train it, evaluate it) and the synthetic classifier",
+                    formatter_class=_Formatter,
                     description="The embedded synthetic CLIP (data/synthetic_clip): train it on generated scenes, "
-                                "evaluate it on held-out ones.")
+                                "evaluate it on held-out ones; the embedded synthetic classifier "
+                                "(data/synthetic_classifier): train and evaluate it.")
                 synthetic = holder.add_subparsers(dest="synthetic_command", required=True, metavar="COMMAND")
             where, name = synthetic, command.split(" ", 1)[1]
         sub = where.add_parser(name, help=summary, description=description(command), formatter_class=_Formatter)
@@ -242,6 +245,10 @@ def _run(command: str, parser: argparse.ArgumentParser, args: argparse.Namespace
         return run_command(parser, args, argv)
     if command == "synthetic train":
         from ..synthetic.train import run_command
+
+        return run_command(parser, args)
+    if command == "synthetic train-classifier":
+        from ..synthetic.train_classifier import run_command
 
         return run_command(parser, args)
     from ..synthetic.evaluate import run_command

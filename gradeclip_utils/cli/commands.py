@@ -21,6 +21,8 @@ COMMANDS = {
     "methods": "list the explanation methods",
     "synthetic train": "train the synthetic CLIP on generated scenes",
     "synthetic evaluate": "evaluate a CLIP on held-out synthetic scenes, or pick the best snapshot of a training run",
+    "synthetic train-classifier": "train the synthetic ViT classifier (colour x shape) on generated scenes, and "
+                                  "evaluate it",
     "critique": "measure the critique of Grad-ECLIP (Cui and Fan 2026): the attention-gradient equivalence, official "
                 "mode's score shift, faithfulness, sensitivity-n, the sanity check",
 }
@@ -31,7 +33,9 @@ SYNTHETIC_GROUP = "synthetic"
 #: the modules whose ``python -m`` runs a subcommand (their docstrings are the subcommands' descriptions)
 ALIASES = {"explain-dataset": "gradeclip_utils.explain_dataset", "evaluate": "gradeclip_utils.evaluate",
            "notebooks": "gradeclip_utils.notebooks", "synthetic train": "gradeclip_utils.synthetic.train",
-           "synthetic evaluate": "gradeclip_utils.synthetic.evaluate", "critique": "gradeclip_utils.studies.critique"}
+           "synthetic evaluate": "gradeclip_utils.synthetic.evaluate",
+           "synthetic train-classifier": "gradeclip_utils.synthetic.train_classifier",
+           "critique": "gradeclip_utils.studies.critique"}
 
 
 # ---------------------------------------------------------------------------------- subcommands
@@ -240,6 +244,38 @@ def _synthetic_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                              "--export data/synthetic_clip")
 
 
+def _synthetic_classifier_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default=None, help="the run folder (log, exported model, evaluation.json); required "
+                                                    "unless --evaluate-only")
+    parser.add_argument("--steps", type=positive_int, default=300, help="training steps (default: 300)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
+                        help="scenes per step (default: 64)")
+    parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of AdamW (default: 0.0005)")
+    parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW's weight decay (default: 0.05)")
+    parser.add_argument("--warmup", type=int, default=20, metavar="STEPS",
+                        help="steps of linear warm-up before the cosine decay (default: 20)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation (default: 0)")
+    parser.add_argument("--threads", type=int, default=2, metavar="N", help="CPU threads of torch (default: 2)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="data-generation processes (default: 1; 0: in the training loop)")
+    parser.add_argument("--single-share", type=float, default=0.5, metavar="SHARE",
+                        help="share of training scenes with one object; the others have 2-4 (default: 0.5)")
+    parser.add_argument("--eval-every", type=int, default=50, metavar="STEPS",
+                        help="steps between held-out accuracy monitors (default: 50; 0: off)")
+    parser.add_argument("--init", choices=("clip", "random"), default="clip",
+                        help="the starting weights: clip, the embedded CLIP's image tower with a new head, or random, "
+                             "timm's initialisation (default: clip)")
+    parser.add_argument("--export", default=None, metavar="FOLDER",
+                        help="also export the model here, e.g. --export data/synthetic_classifier (default: only "
+                             "OUT/model)")
+    parser.add_argument("--no-evaluate", action="store_true",
+                        help="skip the evaluation of the model card's figures after training")
+    parser.add_argument("--evaluate-only", default=None, metavar="MODEL",
+                        help="instead of training: print the model card's evaluation table of MODEL "
+                             "(synthetic-classifier, or a folder) (default: train)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and batch jobs)")
+
+
 def _critique_arguments(parser: argparse.ArgumentParser) -> None:
     from ..studies.critique import ALL_PARTS, DEFAULT_RANDOM_MODEL, RANDOM_WEIGHT_PARTS, RANDOM_ZERO_SHOT
 
@@ -279,6 +315,7 @@ ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "explain": _explain_arguments, "explain-dataset": _explain_dataset_arguments, "evaluate": _evaluate_arguments,
     "notebooks": _notebooks_arguments, "methods": lambda parser: None,
     "synthetic train": _synthetic_train_arguments, "synthetic evaluate": _synthetic_evaluate_arguments,
+    "synthetic train-classifier": _synthetic_classifier_arguments,
     "critique": _critique_arguments,
 }
 

@@ -7,10 +7,11 @@
 - :mod:`.failures`: colour, shape, size, count, binding and relation choices, with where the maps go
 - :mod:`.words`: word importance across prompt templates and paraphrases, by part of speech and concreteness
 - :mod:`.layers`: maps and localisation per block
+- :mod:`.classifier`: the embedded classifier's maps (a class logit) beside the embedded CLIP's (a prompt)
 """
 
 from ..samples import default_images, is_synthetic, named_images, sample_photos, sample_scene_path
-from . import common, concepts, explorers, failures, layers, lexicon, words
+from . import classifier, common, concepts, explorers, failures, layers, lexicon, words
 
-__all__ = ["common", "concepts", "default_images", "explorers", "failures", "is_synthetic", "layers", "lexicon",
-           "named_images", "sample_photos", "sample_scene_path", "words"]
+__all__ = ["classifier", "common", "concepts", "default_images", "explorers", "failures", "is_synthetic", "layers",
+           "lexicon", "named_images", "sample_photos", "sample_scene_path", "words"]

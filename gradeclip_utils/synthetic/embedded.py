@@ -135,7 +135,11 @@ def _warn_once(kind: str, message: str) -> None:
 
 class SyntheticWorld:
     """What the embedded synthetic CLIP knows, as its ``LoadedModel.known_inputs``: pictures and prompts from
-    outside the synthetic world are warned about, once per process for each kind (see the module docstring)."""
+    outside the synthetic world are warned about, once per process for each kind (see the module docstring).
+    ``model`` names the model in the warnings (the embedded classifier has one too)."""
+
+    def __init__(self, model: str = "the embedded synthetic CLIP") -> None:
+        self.model = model
 
     def check_picture(self, picture: Any, source: str) -> None:
         """Warn (once per process) when ``picture``, an RGB PIL image, is not a scene (``is_scene``)."""
@@ -143,8 +147,8 @@ class SyntheticWorld:
             return
         size = SceneConfig().image_size
         _warn_once("picture", f"{source} does not look like a scene of the synthetic world (one to six flat-coloured "
-                              f"shapes on a grey background, {size} x {size} pixels), the only pictures the embedded "
-                              "synthetic CLIP has seen: its scores and maps mean little for it. " + REAL_CLIP)
+                              f"shapes on a grey background, {size} x {size} pixels), the only pictures {self.model} "
+                              "has seen: its scores and maps mean little for it. " + REAL_CLIP)
 
     def check_texts(self, texts: str | Sequence[str]) -> None:
         """Warn (once per process) when ``texts`` hold words outside ``vocabulary()``."""
@@ -159,4 +163,4 @@ class SyntheticWorld:
                                 "and word importance mean little for these prompts. " + REAL_CLIP)
 
     def __repr__(self) -> str:
-        return "SyntheticWorld()"
+        return "SyntheticWorld()" if self.model == "the embedded synthetic CLIP" else f"SyntheticWorld({self.model!r})"

@@ -33,7 +33,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ from .dataset import HELDOUT_SEED_START, make_example
 from .scenes import Scene, generate_scene
 
 __all__ = ["zero_shot_eval", "choice_eval", "item_maps", "localisation_eval", "miss_breakdown", "evaluate",
-           "select_snapshot", "format_table", "run_command", "OFFSETS", "MISS_KINDS"]
+           "select_snapshot", "format_table", "run_command", "object_class", "OFFSETS", "MISS_KINDS"]
 
 #: disjoint blocks of the held-out range used by each part of the evaluation (and by the CI test)
 OFFSETS = {"zero_shot": 0, "choice": 100_000, "localisation": 200_000, "ci_zero_shot": 300_000,
@@ -167,8 +167,10 @@ def localisation_items(n: int, offset: int, min_objects: int = 2, max_objects: i
 
 
 def item_maps(model, items: Sequence[tuple[Scene, Caption, np.ndarray]], *, layers: Any = (-1,),
-              method: str = "grad_eclip", mode: str = "faithful", batch_size: int = 64) -> torch.Tensor:
-    """Each item's map (N, h, w) at the model's patch grid for its own caption (``localisation_items``).
+              method: str = "grad_eclip", mode: str = "faithful", batch_size: int = 64,
+              prompts: Optional[Sequence[Any]] = None) -> torch.Tensor:
+    """Each item's map (N, h, w) at the model's patch grid for its own caption (``localisation_items``), or for
+    ``prompts[i]`` where given (one per item: an image classifier's class names, ``object_class``).
 
     Scenes are explained one prompt at a time, grouped by prompt: every scene goes through the model
     once, and no map is computed for another scene's prompt (which would cost a backward pass each
@@ -178,7 +180,7 @@ def item_maps(model, items: Sequence[tuple[Scene, Caption, np.ndarray]], *, laye
 
     by_prompt: dict[str, list[int]] = {}
     for index, (_, caption, _) in enumerate(items):
-        by_prompt.setdefault(caption.text, []).append(index)
+        by_prompt.setdefault(caption.text if prompts is None else prompts[index], []).append(index)
     maps: list[Optional[torch.Tensor]] = [None] * len(items)
     for prompt, indices in by_prompt.items():
         for start in range(0, len(indices), batch_size):
@@ -219,13 +221,23 @@ def miss_breakdown(maps: torch.Tensor, items: Sequence[tuple[Scene, Caption, np.
     return {k: v / max(1, len(items)) for k, v in counts.items()}
 
 
+def object_class(scene: Scene, caption: Caption) -> str:
+    """The class name of the object a localisation item's caption names ("red circle"): the embedded
+    classifier's target for the item (``synthetic.classifier.CLASS_NAMES``)."""
+    return scene.objects[caption.targets[0]].description
+
+
 def localisation_eval(model, n: int = 300, offset: int = OFFSETS["localisation"], tolerance: float = 4.0,
-                      batch_size: int = 64, layers=(-1,), mode: str = "faithful") -> dict[str, Any]:
-    """Grad-ECLIP pointing game, energy pointing game and mean-threshold IoU against instance masks."""
+                      batch_size: int = 64, layers=(-1,), mode: str = "faithful",
+                      prompt_of: Optional[Callable[[Scene, Caption], Any]] = None) -> dict[str, Any]:
+    """Grad-ECLIP pointing game, energy pointing game and mean-threshold IoU against instance masks.
+    ``prompt_of(scene, caption)``: what each item is explained for instead of its caption (``object_class`` for
+    the embedded classifier)."""
     from ..metrics import localisation_scores
 
     items = localisation_items(n, offset)
-    maps_t = item_maps(model, items, layers=layers, mode=mode, batch_size=batch_size)
+    prompts = None if prompt_of is None else [prompt_of(scene, caption) for scene, caption, _ in items]
+    maps_t = item_maps(model, items, layers=layers, mode=mode, batch_size=batch_size, prompts=prompts)
     masks = np.stack([mask for _, _, mask in items])
     scores = localisation_scores(maps_t, masks, tolerance=tolerance)
     return {

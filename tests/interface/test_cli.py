@@ -96,6 +96,7 @@ ALIAS_ARGV = {
     "notebooks": ["--out", "o", "--only", "01", "06", "--quick", "--param", "N_SCENES=5", "--param", "NAME=text"],
     "synthetic train": ["--out", "run", "--steps", "2", "--vision", "layers=2", "--mix", "single=0.5"],
     "synthetic evaluate": ["--layers", "-2", "-1", "--n-choice", "4", "--json", "r.json"],
+    "synthetic train-classifier": ["--out", "run", "--steps", "2", "--single-share", "0.25", "--no-evaluate"],
     "critique": ["--out", "o", "--parts", "equivalence", "cost", "--random-model", "none", "--seed", "3"],
 }
 
@@ -253,6 +254,7 @@ WRITING = {
     "notebooks": ["notebooks", "--out", "OUT", "--quick"],
     "critique": ["critique", "--quick", "--out", "OUT"],
     "synthetic train": ["synthetic", "train", "--out", "OUT", "--steps", "1"],
+    "synthetic train-classifier": ["synthetic", "train-classifier", "--out", "OUT", "--steps", "1"],
 }
 
 
@@ -260,7 +262,7 @@ WRITING = {
 def nothing_runs(monkeypatch):
     """Loading a model (or running a notebook, or training) fails the test: the checks come before any work."""
     from gradeclip_utils import loading, notebooks
-    from gradeclip_utils.synthetic import train
+    from gradeclip_utils.synthetic import train, train_classifier
 
     def refuse(*args, **kwargs):
         raise AssertionError("work started before the output was checked")
@@ -268,6 +270,7 @@ def nothing_runs(monkeypatch):
     monkeypatch.setattr(loading, "load_model", refuse)
     monkeypatch.setattr(notebooks, "run_all", refuse)
     monkeypatch.setattr(train, "train", refuse)
+    monkeypatch.setattr(train_classifier, "train_classifier", refuse)
 
 
 @pytest.mark.parametrize("command", list(WRITING))

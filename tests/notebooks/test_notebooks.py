@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import base64
 import json
+import re
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ TIME_LIMIT = 240
 def test_the_collection():
     assert [p.stem for p in NOTEBOOKS] == [
         "01_quick_start", "02_explorer", "03_concept_decomposition", "04_attribute_count_failures",
-        "05_word_importance", "06_layers", "07_methods_faithfulness", "08_critique"]
+        "05_word_importance", "06_layers", "07_methods_faithfulness", "08_critique", "09_classifier"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -331,9 +332,42 @@ def _claims_07_methods_faithfulness(figures: dict, folder: Path) -> None:
     assert "range over the 2 images" in figures["sanity_check"]["title"]
 
 
+def _claims_09_classifier(figures: dict, folder: Path) -> None:
+    import pandas as pd
+
+    # "What the numbers say", first point: where each map of the one scene peaks
+    one = figures["one_scene"]["data"]
+    assert dict(zip(one["CLIP"]["targets"], one["CLIP"]["peak_on"])) == {
+        "a red cross": "red cross", "a green circle": "green circle", "a purple square": "purple square"}
+    assert dict(zip(one["classifier"]["targets"], one["classifier"]["peak_on"])) == {
+        "red cross": "purple square", "green circle": "green circle", "purple square": "purple square"}
+    # second point: energy over five times the area share for both models, the CLIP's above the classifier's
+    summary = figures["pointing_game"]["data"]
+    means = summary["means"]
+    assert all(m["energy"] > 5 * m["area_share"] for m in means.values())
+    assert means["CLIP"]["energy"] > means["classifier"]["energy"]
+    # the exported summary is the CSV's, and the agreement table counts every scene once
+    frame = pd.read_csv(folder / "classifier_localisation.csv")
+    for model, group in frame.groupby("model"):
+        assert group["pointing"].mean() == pytest.approx(means[model]["pointing"])
+    assert sum(summary["pointing_agreement"].values()) == summary["scenes"] == frame["seed"].nunique()
+    # third point: the model cards' figures
+    from gradeclip_utils.resources import SYNTHETIC_CLASSIFIER_DIR, SYNTHETIC_DIR
+
+    classifier_card = (SYNTHETIC_CLASSIFIER_DIR / "MODEL_CARD.md").read_text()
+    clip_card = (SYNTHETIC_DIR / "MODEL_CARD.md").read_text()
+    assert re.search(r"Grad-ECLIP pointing game \(tol. 4 px\)\s+85.3%", classifier_card)
+    assert re.search(r"Grad-ECLIP pointing game \(tol. 4 px\)\s+87.3%", clip_card)
+    assert re.search(r"Grad-ECLIP energy pointing game\s+32.0%", classifier_card)
+    assert re.search(r"Grad-ECLIP energy pointing game\s+40.7%", clip_card)
+    assert re.search(r"top-1 accuracy, colour x shape\s+98.1%", classifier_card)
+    assert re.search(r"zero-shot colour x shape, top-1\s+98.4%", clip_card)
+
+
 CLAIMS = {"02_explorer": _claims_02_explorer, "03_concept_decomposition": _claims_03_concept_decomposition,
           "04_attribute_count_failures": _claims_04_attribute_count_failures,
-          "05_word_importance": _claims_05_word_importance, "07_methods_faithfulness": _claims_07_methods_faithfulness}
+          "05_word_importance": _claims_05_word_importance, "07_methods_faithfulness": _claims_07_methods_faithfulness,
+          "09_classifier": _claims_09_classifier}
 
 
 @pytest.mark.slow
