@@ -16,7 +16,7 @@ from .budget import check_budget
 from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS
 from .methods.grad_eclip import QK_CHOICES
 from .methods.registry import SETTINGS, MethodSpec, find_spec
-from .methods.scores import DEFAULT_SCORE, SCORES
+from .methods.scores import DEFAULT_SCORE, KNOWN_SCORES
 
 #: option values a result's settings record (others, such as tensors, are left out)
 SCALARS = (int, float, str, bool)
@@ -64,7 +64,7 @@ class ExplainConfig:
             check_budget(self.memory_budget)
         check_choice("qk", self.qk, QK_CHOICES)
         check_choice("resolution", self.resolution, RESOLUTIONS)
-        check_choice("score", self.score, SCORES)
+        check_choice("score", self.score, KNOWN_SCORES)
         if not isinstance(self.layers, int):  # a sequence (an int, and a bool, are resolve_layers' to judge)
             object.__setattr__(self, "layers", tuple(self.layers))
         object.__setattr__(self, "options", dict(self.options))

@@ -263,7 +263,7 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
     except BaseException as error:
         release_frames(error)
         raise
-    eos = adapter.text_token_index(tokens).cpu()
+    eos = adapter.text_word_end(tokens).cpu()
     pieces = [token_pieces(model, tokens[k, 1:int(eos[k])].tolist()) for k in range(len(texts))]
     words = [group_words(p) for p in pieces]
     n_images = len(prepared)

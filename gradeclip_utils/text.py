@@ -165,6 +165,8 @@ def token_pieces(model: "LoadedModel", ids: Sequence[int]) -> list[str]:
     empty, so that the pieces of a word join to the word.
     """
     simple = _simple_tokenizer(model.tokenizer)
+    if getattr(model.tokenizer, "plain_pieces", False):  # pieces of text already (a WordPiece tokenizer's), not bytes
+        return list(model.tokenizer.pieces(ids))
     if simple is not None:
         raw = [simple.decoder[int(token)] for token in ids]
     elif hasattr(model.tokenizer, "pieces"):

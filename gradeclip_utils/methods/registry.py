@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 from ..adapters import CAPTURES
-from .scores import DEFAULT_SCORE, SCORES, TEXT_CONTRAST
+from .scores import DEFAULT_SCORE, KNOWN_SCORES, SCORE_ALIASES, SCORE_REASONS, SCORES, TEXT_CONTRAST
 
 if TYPE_CHECKING:
     from ..adapters import CLIPAdapter
@@ -155,13 +155,16 @@ class MethodSpec:
         explains = "score" in self.uses
         if self.scores is None:
             object.__setattr__(self, "scores", SCORES if explains else (DEFAULT_SCORE,))
+        # a model's own name for a score the method explains (BLIP's "itc", the cosine) is explained too
+        object.__setattr__(self, "scores", tuple(self.scores) + tuple(
+            alias for alias, kind in SCORE_ALIASES.items() if kind in self.scores and alias not in self.scores))
         if self.text_scores is None:
             object.__setattr__(self, "text_scores", tuple(s for s in self.scores if s != "contrast"))
         object.__setattr__(self, "scores", tuple(self.scores))
         object.__setattr__(self, "text_scores", tuple(self.text_scores))
-        unknown = [s for s in (*self.scores, *self.text_scores) if s not in SCORES]
+        unknown = [s for s in (*self.scores, *self.text_scores) if s not in KNOWN_SCORES]
         if unknown:
-            raise ValueError(f"method {self.name!r}: {unknown} are not scores; scores: {SCORES}")
+            raise ValueError(f"method {self.name!r}: {unknown} are not scores; scores: {KNOWN_SCORES}")
 
     def unused_setting(self, setting: str, value: Any) -> str | None:
         """Why ``setting=value`` is refused for this method: None when the method uses the setting or
@@ -185,8 +188,9 @@ class MethodSpec:
             return None
         if tower == "text" and score == "contrast":
             return f"{self.name}'s word importance cannot explain score='contrast': {TEXT_CONTRAST}"
+        reason = f": {SCORE_REASONS[score]}" if score in SCORE_REASONS else ""
         return (f"{self.name} cannot explain score={score!r} on the {tower} side; it explains "
-                f"{', '.join(map(repr, supported))}")
+                f"{', '.join(map(repr, supported))}{reason}")
 
     def takes(self, option: str, tower: Literal["image", "text"] = "image") -> bool:
         """Whether the method uses ``option`` (a setting such as "layers" or "mode", or an option): its
