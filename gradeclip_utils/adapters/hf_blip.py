@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..text import HFTokenizer
@@ -213,12 +212,14 @@ class BertTextTower(CausalTextTower):
 # ------------------------------------------------------------------------------------ the matching head
 @dataclass
 class MatchTrace:
-    """The matching head of B images x K captions: ``probability`` (B, K), the match probability with its graph
-    to ``attention`` (B, K, H, L, N), one text-encoder layer's cross-attention probabilities of each pair (text
-    tokens over image tokens, the image's class token first); ``mask`` (K, L): the captions' tokens that are
-    not padding; ``grid``: the image's patch grid."""
+    """The matching head of B images x K captions: ``probability`` (B, K), the match probability, and ``logits``
+    (B, K, 2), the head's, with their graph to ``attention`` (B * K, H, L, N), one text-encoder layer's
+    cross-attention probabilities of each pair (b, k) at row b * K + k (text tokens over image tokens, the
+    image's class token first; the tensor in the graph, to differentiate with respect to);
+    ``mask`` (K, L): the captions' tokens that are not padding; ``grid``: the image's patch grid."""
 
     probability: Tensor
+    logits: Tensor
     attention: Tensor
     mask: Tensor
     grid: tuple[int, int]
@@ -262,9 +263,8 @@ def match_trace(model: nn.Module, tower: BlipVisionTower, pad: int, pixels: Tens
     x, probs = _cross_layer(layers[block], x.detach(), self_mask, image)
     for layer in layers[block + 1:]:
         x = layer(x, image, attention_mask=self_mask)
-    probability = model.itm_head(x[:, 0]).float().softmax(dim=-1)[:, 1].reshape(batch, count)
-    return MatchTrace(probability, probs.reshape(batch, count, *probs.shape[1:]), tokens.to(image.device) != pad,
-                      grid)
+    logits = model.itm_head(x[:, 0]).float().reshape(batch, count, 2)
+    return MatchTrace(logits.softmax(dim=-1)[..., 1], logits, probs, tokens.to(image.device) != pad, grid)
 
 
 # ----------------------------------------------------------------------------------------- adapter
@@ -273,6 +273,8 @@ class BlipAdapter(CLIPAdapter):
     probability (``match_trace``) by the methods that declare it."""
 
     score_names = ("itc", "itm", "contrast")
+    #: the length of BLIP's captions (``BlipTokenizer``), for memory estimates
+    caption_length = MAX_TEXT_LENGTH
     score_note = ("BLIP gives its image-text contrastive cosine ('itc', the default, also called 'cosine'), the "
                   "contrast of two captions' cosines ('contrast') and its image-text matching probability ('itm', "
                   "explained by itm_gradcam); it carries no logit scale for 'logit' or 'probability'")
