@@ -21,8 +21,8 @@ from .loading import LoadedModel, as_loaded
 from .methods import (cosine_scores, get_image_method, get_spec, get_text_method, prepare_options, probe_options,
                       refusal)
 from .methods.registry import SETTING_DEFAULTS, MethodSpec, find_spec
-from .methods.scores import (DEFAULT_SCORE, check_count, default_score, explained_score, model_scores,
-                             others_logsumexp, scale_refusal)
+from .methods.scores import (DEFAULT_SCORE, check_count, explained_score, model_scores, others_logsumexp,
+                             scale_refusal)
 from .prompts import encode_texts, prompt_count, prompt_targets, zero_shot_classifier
 from .results import ImageExplanation, TextExplanation
 from .session import check_supported, explaining, release_frames, run_image_method, run_text_method

@@ -71,8 +71,8 @@ from .inputs import DEFAULT_MAX_PATCHES, IMAGE_SUFFIXES, class_names
 from .jobs.distributed import Context, init, items_per_rank, load_units, unit_size
 from .maps_store import ALL, OWN, DatasetMaps, StoredMaps  # the reader, importable beside the job (README)
 from .methods import get_image_method, get_spec, prepare_options
-from .methods.scores import DEFAULT_SCORE, check_count
-from .prompts import encode_texts, zero_shot_classifier
+from .methods.scores import DEFAULT_SCORE, MATCH_SCORES, check_count
+from .prompts import caption_targets, encode_texts, zero_shot_classifier
 from .records import RunFolder, provenance
 from .session import check_supported, run_image_method
 
@@ -262,11 +262,16 @@ class _Job:
             self.run_folder.check(previous.get("settings", {}), self.settings)
             if (self.out / maps_store.TARGETS).exists():
                 return
+        if self.templates is not None and self.config.score in MATCH_SCORES:
+            raise ValueError(f"score={self.config.score!r} reads each caption's words with the image: give the "
+                             "captions as --prompts (a class's template-averaged embedding is no caption)")
         if overwrite:
             self.run_folder.clear()
         sizes = _input_sizes(self.model, self.folder, self.keys, self.config.resolution, self.config.max_patches, show)
         index = self._index(sizes, world_size)
-        if self.templates is None:
+        if self.templates is None and self.config.score in MATCH_SCORES:  # the captions' token ids
+            targets = caption_targets(self.model, self.texts, score=self.config.score)[0]
+        elif self.templates is None:
             targets = encode_texts(self.model, self.texts)
             if self.config.score == "contrast":  # stored as pairs, as explain_image takes them
                 targets = targets.reshape(-1, 2, targets.shape[-1])

@@ -130,6 +130,7 @@ def _explain(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     from ..explain import explain_image, explain_text
     from ..loading import load_model
+    from ..methods import get_spec
     from ..plotting import save_figure
 
     if Path(args.image).is_dir():  # checked before the model is loaded, which can take a while
@@ -146,8 +147,11 @@ def _explain(args: argparse.Namespace) -> int:
     written = save_figure(explanation.plot(), out, formats=[out.suffix.lstrip(".") or "png"])
     for prompt, score in zip(explanation.prompts, explanation.scores[0].tolist()):
         print(f"{score:+.4f}  {prompt}")
+    refused = get_spec("grad_eclip").unsupported_score(args.score, "text")  # the word importance's method
     if args.score == "contrast" and not args.no_words:
         print("(no word importance: the contrast has none; explain each prompt's cosine for its words)")
+    elif refused is not None and not args.no_words:
+        print(f"(no word importance: {refused})")
     elif not args.no_words:
         words = explain_text(model, args.image, args.prompts, layers=args.text_layers, mode=args.mode, qk=args.qk,
                              resolution=args.resolution, max_patches=args.max_patches, score=args.score,

@@ -137,13 +137,14 @@ def mode_buttons(mode: str) -> Any:
                            layout=w.Layout(width="auto", flex="0 0 auto", display="flex"))
 
 
-def score_dropdown(score: str) -> Any:
-    """The explained score (``methods.scores.SCORES``); the contrast takes prompts written "a | b"."""
+def score_dropdown(score: str, names: Sequence[str] | None = None) -> Any:
+    """The explained score among ``names`` (the model's, ``methods.scores.model_scores``; None: a CLIP's
+    ``SCORES``); the contrast takes prompts written "a | b"."""
     from ..methods.scores import SCORES
 
     w = ipywidgets()
     labels = {"contrast": "contrast (a | b)"}
-    return w.Dropdown(options=[(labels.get(name, name), name) for name in SCORES], value=score,
+    return w.Dropdown(options=[(labels.get(name, name), name) for name in (names or SCORES)], value=score,
                       description="score", layout=w.Layout(width="auto", min_width="190px", flex="0 0 auto"))
 
 

@@ -8,7 +8,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 from ..config import ExplainConfig, applied_settings
 from ..maps import resize_maps
-from ..methods.scores import DEFAULT_SCORE, SYMBOLS
+from ..methods.scores import DEFAULT_SCORE, SYMBOLS, default_score, model_scores
 from ..plotting import heat_map_panels, signed
 from ..samples import as_input, default_resolution, image_prompts, named_images, object_prompts
 from ..text import cut_note, has_words
@@ -73,7 +73,9 @@ class Explorer(BaseExplorer):
         self.suggestions = w.Dropdown(options=self._suggestion_options(), description="add")
         self.layer = controls.block_slider(0, blocks - 1, layer % blocks)
         self.mode = controls.mode_buttons(mode)
-        self.score = controls.score_dropdown(score)
+        names = model_scores(model.adapter)  # the model's own (BLIP's "itc" stands for the default cosine)
+        self.score = controls.score_dropdown(default_score(model.adapter) if score == DEFAULT_SCORE and score not in
+                                             names else score, names)
         self.shared = controls.shared_box(shared_scale, "prompts")
         self.scores = w.HTML()
         self.words = w.HTML()
