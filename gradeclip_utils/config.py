@@ -45,7 +45,8 @@ class ExplainConfig:
     A registered method that does not use a setting (its spec's ``uses``) refuses a value of it other
     than the default, by name and with what to use instead (``check_uses``): a setting that would be
     recorded without changing the map is an error, not a silent no-op. So does a method given a score it
-    does not explain (its spec's ``scores``; the text side's ``text_scores``, checked by ``explain_text``).
+    does not explain (its spec's ``scores``; the text side's ``text_scores``, checked by ``explain_text``). The
+    default score of a method that explains none of a CLIP's scores is its own first one (``itm_gradcam``: "itm").
     """
 
     method: str = "grad_eclip"
@@ -69,6 +70,10 @@ class ExplainConfig:
             object.__setattr__(self, "layers", tuple(self.layers))
         object.__setattr__(self, "options", dict(self.options))
         spec = find_spec(self.method)
+        if spec is not None and self.score == DEFAULT_SCORE and "score" in spec.uses and not spec.explains(self.score):
+            # the default score named stands for the method's own first one where it explains no CLIP score (the
+            # matching head's Grad-CAM explains "itm")
+            object.__setattr__(self, "score", spec.scores[0])
         if spec is not None:
             self.check_uses(spec)
 

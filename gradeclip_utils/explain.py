@@ -61,7 +61,7 @@ def method_default_score(adapter: Any, spec: MethodSpec | None) -> str:
     for a method that explains no score (or an unknown one)."""
     if spec is None or "score" not in spec.uses:
         return DEFAULT_SCORE
-    return next((name for name in model_scores(adapter) if name in spec.scores), spec.scores[0])
+    return next((name for name in model_scores(adapter) if spec.explains(name)), spec.scores[0])
 
 
 def check_score(model: LoadedModel, score: str, spec: MethodSpec | None = None) -> None:

@@ -155,9 +155,6 @@ class MethodSpec:
         explains = "score" in self.uses
         if self.scores is None:
             object.__setattr__(self, "scores", SCORES if explains else (DEFAULT_SCORE,))
-        # a model's own name for a score the method explains (BLIP's "itc", the cosine) is explained too
-        object.__setattr__(self, "scores", tuple(self.scores) + tuple(
-            alias for alias, kind in SCORE_ALIASES.items() if kind in self.scores and alias not in self.scores))
         if self.text_scores is None:
             object.__setattr__(self, "text_scores", tuple(s for s in self.scores if s != "contrast"))
         object.__setattr__(self, "scores", tuple(self.scores))
@@ -181,16 +178,20 @@ class MethodSpec:
         """Why the method's ``tower`` function refuses to explain ``score``: None when it takes it (or does not
         use the setting and ``score`` is the default: ``unused_setting`` says the rest); otherwise a message
         naming the method, the score and the reason."""
-        if "score" not in self.uses:
+        if "score" not in self.uses or self.explains(score, tower):
             return None
         supported = self.scores if tower == "image" else self.text_scores
-        if score in supported:
-            return None
         if tower == "text" and score == "contrast":
             return f"{self.name}'s word importance cannot explain score='contrast': {TEXT_CONTRAST}"
         reason = f": {SCORE_REASONS[score]}" if score in SCORE_REASONS else ""
         return (f"{self.name} cannot explain score={score!r} on the {tower} side; it explains "
                 f"{', '.join(map(repr, supported))}{reason}")
+
+    def explains(self, score: str, tower: Literal["image", "text"] = "image") -> bool:
+        """Whether the method's ``tower`` function explains ``score``: one of its ``scores`` / ``text_scores``, or a
+        model's own name for one of them (``scores.SCORE_ALIASES``: BLIP's "itc" is the cosine)."""
+        supported = self.scores if tower == "image" else self.text_scores
+        return score in supported or SCORE_ALIASES.get(score) in supported
 
     def takes(self, option: str, tower: Literal["image", "text"] = "image") -> bool:
         """Whether the method uses ``option`` (a setting such as "layers" or "mode", or an option): its
