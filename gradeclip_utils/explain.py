@@ -21,8 +21,8 @@ from .loading import LoadedModel, as_loaded
 from .methods import (cosine_scores, get_image_method, get_spec, get_text_method, prepare_options, probe_options,
                       refusal)
 from .methods.registry import SETTING_DEFAULTS, MethodSpec, find_spec
-from .methods.scores import (DEFAULT_SCORE, check_count, explained_score, model_scores, others_logsumexp,
-                             scale_refusal)
+from .methods.scores import (DEFAULT_SCORE, MATCH_SCORES, check_count, explained_score, model_scores,
+                             others_logsumexp, scale_refusal)
 from .prompts import encode_texts, prompt_count, prompt_targets, zero_shot_classifier
 from .results import ImageExplanation, TextExplanation
 from .session import check_supported, explaining, release_frames, run_image_method, run_text_method
@@ -35,8 +35,8 @@ TEXT_LAYERS = 8
 def method_support(model: LoadedModel, method: str, **options: Any) -> str | None:
     """None when ``model``'s family can run the image method ``method`` with ``options``; otherwise why
     not (the ``UnsupportedMethodError`` message, naming method and family). Tried on one random picture
-    at the model's image size against one random target, with the method's cheap ``probe`` options (a
-    refusal comes before any work). Other errors (bad options) are raised as they are."""
+    at the model's image size against one random target (a caption for a matching head's score), with the
+    method's cheap ``probe`` options (a refusal comes before any work). Other errors (bad options) are raised as they are."""
     model = as_loaded(model)
     get_image_method(method)  # an unknown name is an error, not "unsupported"
     reason = refusal(get_spec(method), model.adapter)  # what the declarations already say: no trial needed
@@ -45,6 +45,8 @@ def method_support(model: LoadedModel, method: str, **options: Any) -> str | Non
     height, width = model.adapter.image_size
     pixels = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
     target = F.normalize(torch.randn(1, model.adapter.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1)
+    if options.get("score", method_default_score(model.adapter, get_spec(method))) in MATCH_SCORES:
+        target = ["a photo"]  # a matching head reads a caption's tokens, not an embedding
     try:
         explain_image(model, pixels, target, method=method, progress=False, **probe_options(method, options))
     except UnsupportedMethodError as error:

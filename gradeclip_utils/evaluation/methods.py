@@ -16,7 +16,7 @@ import torch
 
 from ..config import ExplainConfig
 from ..explain import method_support
-from ..methods import MapOutput, MethodSpec, cosine_scores, get_spec, method_specs
+from ..methods import MapOutput, MethodSpec, cosine_scores, get_spec, method_specs, refusal
 from ..methods.scores import DEFAULT_SCORE
 from ..session import run_image_method
 
@@ -110,7 +110,9 @@ def unsupported_methods(model, options: dict[str, dict[str, Any]]) -> dict[str, 
             continue
         method_opts = dict(method_opts)
         score = method_opts.pop("score", DEFAULT_SCORE)
-        reasons[name] = score_refusal(name, score) or method_support(model, name, **method_opts)
+        # the family's refusal first: it says why the method cannot run at all (a CLIP has no matching head)
+        reasons[name] = (refusal(method_spec(name), model.adapter) or score_refusal(name, score)
+                         or method_support(model, name, **method_opts))
     return {name: reason for name, reason in reasons.items() if reason is not None}
 
 

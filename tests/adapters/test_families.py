@@ -25,6 +25,7 @@ from support import families as fam
 from support import full_matrix
 from support import reference
 from support.families import relative
+from support.blip import match_head_methods
 
 TOL = 1e-5
 PROMPTS = ["a red circle", "a photo of a dog", "two blue squares", ""]
@@ -109,7 +110,7 @@ def test_the_reference_model_itself_equals_the_literal_equations(families, refer
             assert relative(got.maps, want) < TOL and relative(got.scores, want_scores) < TOL
 
 
-IMAGE_CASES = [(method, {}) for method in sorted(set(IMAGE_METHODS) - {"grad_eclip"})] + [
+IMAGE_CASES = [(method, {}) for method in sorted(set(IMAGE_METHODS) - {"grad_eclip"} - match_head_methods())] + [
     (method, {"variant": "authors"}) for method in ("raw_attention", "maskclip", "grad_cam")] + [
     ("game", {"target": "cosine"})]
 
@@ -308,7 +309,7 @@ def test_the_evaluation_runs_what_a_resnet_can_and_names_the_rest(resnets, tmp_p
     from gradeclip_utils.studies.methods import available_methods
 
     loaded = resnets["open_clip"]
-    refused = {"itsm", "m2ib", "legrad"}
+    refused = {"itsm", "m2ib", "legrad"} | match_head_methods()
     data = ev.synthetic_set(loaded, 2)
     fast = dict(rise_masks=8, m2ib_steps=1, m2ib_samples=1, sanity_images=0, timing_images=0, tie_seeds=1,
                 faithfulness=False, progress=False)

@@ -14,6 +14,7 @@ import gradeclip_utils as ge
 from gradeclip_utils.config import ExplainConfig
 from gradeclip_utils.methods import method_specs
 from gradeclip_utils.methods.registry import SETTING_DEFAULTS, SETTINGS
+from support.blip import match_head_methods
 
 # a picture (uint8, so that it is preprocessed) whose native grid differs from the model's (48 x 48 at patch
 # 8), so that the resolution matters
@@ -23,8 +24,6 @@ PROMPTS = ["a red circle", "a blue square"]
 #: options that only cut the work into pieces (memory, speed) or choose which pairs are computed: the map of
 #: an (image, target) pair does not depend on them
 WORK_OPTIONS = ("chunk", "mask_batch", "mask_chunk", "sample_chunk", "paired")
-#: what a method of a matching head requires: a CLIP cannot run it (tests/adapters/test_hf_blip.py runs it on BLIP)
-MATCH_HEAD = {"cross_attention"}
 
 #: each setting's other value
 OTHER_SETTINGS = {"layers": (0,), "mode": "official", "qk": "out_proj", "score": "probability", "resolution": "model"}
@@ -73,7 +72,7 @@ def changed(a, b) -> bool:
 
 def cases():
     for spec in method_specs():
-        if spec.image is None or spec.reference or set(spec.requires) & MATCH_HEAD:
+        if spec.image is None or spec.reference or spec.name in match_head_methods():
             continue
         for setting in (*SETTINGS, "resolution"):
             yield pytest.param(spec.name, setting, id=f"{spec.name}-{setting}")

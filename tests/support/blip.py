@@ -64,4 +64,12 @@ def blip_model(seed: int = 0, **sizes):
     return model.eval()
 
 
-__all__ = ["VOCAB", "bert_tokenizer", "blip_config", "blip_model", "write_vocab"]
+def match_head_methods() -> set[str]:
+    """The registered methods of an image-text matching head (they require a tower that feeds a text encoder's
+    cross-attention): every CLIP refuses them; ``tests/adapters/test_hf_blip.py`` runs them on BLIP."""
+    from gradeclip_utils.methods import method_specs
+
+    return {spec.name for spec in method_specs() if "cross_attention" in spec.requires}
+
+
+__all__ = ["VOCAB", "bert_tokenizer", "blip_config", "blip_model", "match_head_methods", "write_vocab"]
