@@ -262,9 +262,6 @@ class _Job:
             self.run_folder.check(previous.get("settings", {}), self.settings)
             if (self.out / maps_store.TARGETS).exists():
                 return
-        if self.templates is not None and self.config.score in MATCH_SCORES:
-            raise ValueError(f"score={self.config.score!r} reads each caption's words with the image: give the "
-                             "captions as --prompts (a class's template-averaged embedding is no caption)")
         if overwrite:
             self.run_folder.clear()
         sizes = _input_sizes(self.model, self.folder, self.keys, self.config.resolution, self.config.max_patches, show)
@@ -363,6 +360,9 @@ def _checked_config(model, prompts: Sequence[Any] | None, classes: str | None, t
     if config.score == "contrast" and classes is not None:
         raise ValueError("score='contrast' explains pairs of prompts (a rather than b), which classes do not give: "
                          "write the pairs into a prompts file, a pair a line, 'a red circle | a blue circle'")
+    if config.score in MATCH_SCORES and classes is not None:
+        raise ValueError(f"score={config.score!r} reads each caption's words with the image, which classes (a "
+                         "template-averaged embedding each) do not give: write the captions into a prompts file")
     check_score(model, config.score)
     check_choice("templates", templates, ("openai", "simple"))
     if batch_size < 1 or shard_size < batch_size:

@@ -194,7 +194,8 @@ class BertTextTower(CausalTextTower):
     def word_end(self, tokens: Tensor) -> Tensor:
         """The position of each sequence's [SEP] (its length when it has none): its words lie before it."""
         is_sep = tokens == self.sep
-        return torch.where(is_sep.any(dim=1), is_sep.int().argmax(dim=1), torch.full_like(tokens[:, 0], tokens.shape[1]))
+        length = torch.full_like(tokens[:, 0], tokens.shape[1])
+        return torch.where(is_sep.any(dim=1), is_sep.int().argmax(dim=1), length)
 
     def inputs(self, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
         x, _ = super().inputs(tokens)
@@ -363,7 +364,8 @@ def _config(spec: str) -> dict:
 def claims(spec: str) -> bool:
     """Whether "hf:SPEC" names a BLIP model (its config's model type or architectures)."""
     config = _config(spec)
-    return config.get("model_type") == "blip" or any(name.startswith("Blip") for name in config.get("architectures") or [])
+    architectures = config.get("architectures") or []
+    return config.get("model_type") == "blip" or any(name.startswith("Blip") for name in architectures)
 
 
 def preprocess_from(folder: Path | None, image_size: int):

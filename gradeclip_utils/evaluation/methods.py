@@ -16,8 +16,8 @@ import torch
 
 from ..config import ExplainConfig
 from ..explain import method_support
-from ..methods import MapOutput, MethodSpec, cosine_scores, get_spec, method_specs, refusal
-from ..methods.scores import DEFAULT_SCORE
+from ..methods import MapOutput, MethodSpec, cosine_scores, get_spec, method_specs
+from ..methods.scores import DEFAULT_SCORE, SCORES
 from ..session import run_image_method
 
 RANDOM = "random"
@@ -56,8 +56,11 @@ def method_spec(name: str) -> MethodSpec:
 
 
 def default_methods() -> list[str]:
-    """Every registered image method, in the order they were registered, then the random reference."""
-    return [spec.name for spec in method_specs() if spec.image is not None] + list(_REFERENCES)
+    """Every registered image method that explains one of a CLIP's scores (``SCORES``: not the matching head's
+    Grad-CAM, whose score takes captions, not the classes' embeddings the evaluation explains), in the order
+    they were registered, then the random reference."""
+    return [spec.name for spec in method_specs() if spec.image is not None
+            and any(spec.explains(score) for score in SCORES)] + list(_REFERENCES)
 
 
 DEFAULT_METHODS: tuple[str, ...] = tuple(default_methods())
@@ -110,9 +113,7 @@ def unsupported_methods(model, options: dict[str, dict[str, Any]]) -> dict[str, 
             continue
         method_opts = dict(method_opts)
         score = method_opts.pop("score", DEFAULT_SCORE)
-        # the family's refusal first: it says why the method cannot run at all (a CLIP has no matching head)
-        reasons[name] = (refusal(method_spec(name), model.adapter) or score_refusal(name, score)
-                         or method_support(model, name, **method_opts))
+        reasons[name] = score_refusal(name, score) or method_support(model, name, **method_opts)
     return {name: reason for name, reason in reasons.items() if reason is not None}
 
 

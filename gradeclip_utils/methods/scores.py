@@ -352,8 +352,9 @@ def has_logit_scale(adapter: Any) -> bool:
 
 
 def scale_refusal(score: str, adapter: Any) -> str | None:
-    """Why ``adapter``'s model cannot give ``score``: None, unless the model declares its own scores and
-    ``score`` is not one of them (the message names the family, its scores and its ``score_note``), or the
+    """Why ``adapter``'s model cannot give ``score``: None, unless ``score`` is not one of the model's scores
+    (its own, or a CLIP's ``SCORES``; a score one of its own names stands for, ``SCORE_ALIASES``, is one of them:
+    BLIP's "itc" is the cosine) (the message names the family, its scores and its ``score_note``), or the
     score needs the logit scale and the model carries none (the message names the score and the family)."""
     names = model_scores(adapter)
     if names != SCORES or score not in names:

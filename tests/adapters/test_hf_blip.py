@@ -296,3 +296,34 @@ def test_load_model_from_a_folder_offline(blip, tmp_path):
         a = ge.explain_image(again, pixels, CAPTIONS, method=method, progress=False)
         b = ge.explain_image(loaded, pixels, CAPTIONS, method=method, progress=False)
         assert torch.allclose(a.scores, b.scores, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- above the adapters
+def test_the_dataset_job_explains_both_scores(blip, tmp_path):
+    """The dataset job stores the captions of the matching score as token ids, and its maps and scores are
+    explain_image's; classes (template-averaged embeddings) are refused for it."""
+    import numpy as np
+    from PIL import Image
+
+    from gradeclip_utils.explain_dataset import explain_dataset
+    from gradeclip_utils.maps_store import DatasetMaps
+
+    loaded, _ = blip
+    folder = tmp_path / "pictures" / "things"
+    folder.mkdir(parents=True)
+    for index, size in enumerate(((224, 288), (240, 224))):
+        picture = (np.random.RandomState(index).rand(*size, 3) * 255).astype("uint8")
+        Image.fromarray(picture).save(folder / f"{index}.png")
+    for method, score in (("grad_eclip", "itc"), ("itm_gradcam", "itm")):
+        out = tmp_path / score
+        explain_dataset(loaded, tmp_path / "pictures", out, prompts=CAPTIONS[:2], method=method, score=score,
+                        progress=False)
+        maps = DatasetMaps(out)
+        assert not maps.targets().is_floating_point() if score == "itm" else maps.targets().is_floating_point()
+        for stored in maps.values():
+            want = ge.explain_image(loaded, tmp_path / "pictures" / stored.key, CAPTIONS[:2], method=method,
+                                    score=score, progress=False)
+            assert torch.allclose(stored.maps, want.raw[0], atol=1e-6) and torch.allclose(stored.scores, want.scores[0])
+    with pytest.raises(ValueError, match="score='itm' reads each caption's words with the image, which classes"):
+        explain_dataset(loaded, tmp_path / "pictures", tmp_path / "classes", classes="own", method="itm_gradcam",
+                        score="itm", progress=False)
