@@ -16,7 +16,7 @@ from .budget import check_budget
 from .inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS
 from .methods.grad_eclip import QK_CHOICES
 from .methods.registry import SETTINGS, MethodSpec, find_spec
-from .methods.scores import DEFAULT_SCORE, SCORES
+from .methods.scores import DEFAULT_SCORE, KNOWN_SCORES
 
 #: option values a result's settings record (others, such as tensors, are left out)
 SCALARS = (int, float, str, bool)
@@ -45,7 +45,8 @@ class ExplainConfig:
     A registered method that does not use a setting (its spec's ``uses``) refuses a value of it other
     than the default, by name and with what to use instead (``check_uses``): a setting that would be
     recorded without changing the map is an error, not a silent no-op. So does a method given a score it
-    does not explain (its spec's ``scores``; the text side's ``text_scores``, checked by ``explain_text``).
+    does not explain (its spec's ``scores``; the text side's ``text_scores``, checked by ``explain_text``). The
+    default score of a method that explains none of a CLIP's scores is its own first one (``itm_gradcam``: "itm").
     """
 
     method: str = "grad_eclip"
@@ -64,11 +65,15 @@ class ExplainConfig:
             check_budget(self.memory_budget)
         check_choice("qk", self.qk, QK_CHOICES)
         check_choice("resolution", self.resolution, RESOLUTIONS)
-        check_choice("score", self.score, SCORES)
+        check_choice("score", self.score, KNOWN_SCORES)
         if not isinstance(self.layers, int):  # a sequence (an int, and a bool, are resolve_layers' to judge)
             object.__setattr__(self, "layers", tuple(self.layers))
         object.__setattr__(self, "options", dict(self.options))
         spec = find_spec(self.method)
+        if spec is not None and self.score == DEFAULT_SCORE and "score" in spec.uses and not spec.explains(self.score):
+            # the default score named stands for the method's own first one where it explains no CLIP score (the
+            # matching head's Grad-CAM explains "itm")
+            object.__setattr__(self, "score", spec.scores[0])
         if spec is not None:
             self.check_uses(spec)
 

@@ -21,8 +21,8 @@ from .loading import LoadedModel, as_loaded
 from .methods import (cosine_scores, get_image_method, get_spec, get_text_method, prepare_options, probe_options,
                       refusal)
 from .methods.registry import SETTING_DEFAULTS, MethodSpec, find_spec
-from .methods.scores import (DEFAULT_SCORE, check_count, default_score, explained_score, others_logsumexp,
-                             scale_refusal)
+from .methods.scores import (DEFAULT_SCORE, MATCH_SCORES, check_count, explained_score, model_scores,
+                             others_logsumexp, scale_refusal)
 from .prompts import encode_texts, prompt_count, prompt_targets, zero_shot_classifier
 from .results import ImageExplanation, TextExplanation
 from .session import check_supported, explaining, release_frames, run_image_method, run_text_method
@@ -35,8 +35,8 @@ TEXT_LAYERS = 8
 def method_support(model: LoadedModel, method: str, **options: Any) -> str | None:
     """None when ``model``'s family can run the image method ``method`` with ``options``; otherwise why
     not (the ``UnsupportedMethodError`` message, naming method and family). Tried on one random picture
-    at the model's image size against one random target, with the method's cheap ``probe`` options (a
-    refusal comes before any work). Other errors (bad options) are raised as they are."""
+    at the model's image size against one random target (a caption for a matching head's score), with the
+    method's cheap ``probe`` options (a refusal comes before any work). Other errors (bad options) are raised as they are."""
     model = as_loaded(model)
     get_image_method(method)  # an unknown name is an error, not "unsupported"
     reason = refusal(get_spec(method), model.adapter)  # what the declarations already say: no trial needed
@@ -45,6 +45,8 @@ def method_support(model: LoadedModel, method: str, **options: Any) -> str | Non
     height, width = model.adapter.image_size
     pixels = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
     target = F.normalize(torch.randn(1, model.adapter.embed_dim, generator=torch.Generator().manual_seed(1)), dim=-1)
+    if options.get("score", method_default_score(model.adapter, get_spec(method))) in MATCH_SCORES:
+        target = ["a photo"]  # a matching head reads a caption's tokens, not an embedding
     try:
         explain_image(model, pixels, target, method=method, progress=False, **probe_options(method, options))
     except UnsupportedMethodError as error:
@@ -52,6 +54,16 @@ def method_support(model: LoadedModel, method: str, **options: Any) -> str | Non
     return None
 
 
+
+
+def method_default_score(adapter: Any, spec: MethodSpec | None) -> str:
+    """The score a method explains when none is named: the first of the model's scores (its default first) that
+    the method explains (a CLIP's cosine, a classifier's logit, BLIP's "itc", or its "itm" for a method that
+    explains only that), else the method's first (the model's refusal of it then says why); the default cosine
+    for a method that explains no score (or an unknown one)."""
+    if spec is None or "score" not in spec.uses:
+        return DEFAULT_SCORE
+    return next((name for name in model_scores(adapter) if spec.explains(name)), spec.scores[0])
 
 
 def check_score(model: LoadedModel, score: str, spec: MethodSpec | None = None) -> None:
@@ -128,8 +140,7 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
     """
     model = as_loaded(model)
     if score is None:  # the model's default, for a method that explains a score
-        spec = find_spec(method)
-        score = default_score(model.adapter) if spec is not None and "score" in spec.uses else DEFAULT_SCORE
+        score = method_default_score(model.adapter, find_spec(method))
     config = ExplainConfig(method=method, layers=layers, mode=mode, qk=qk, resolution=resolution,
                            max_patches=max_patches, options=options, score=score, memory_budget=memory_budget)
     if batch_size < 1:
@@ -232,7 +243,7 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
     if layers is None:
         layers = TEXT_LAYERS if spec is None or "layers" in spec.uses else SETTING_DEFAULTS["layers"]
     if score is None:  # the model's default, for a method that explains a score
-        score = default_score(model.adapter) if spec is not None and "score" in spec.uses else DEFAULT_SCORE
+        score = method_default_score(model.adapter, spec)
     config = ExplainConfig(method=method, layers=layers, mode=mode, qk=qk, resolution=resolution,
                            max_patches=max_patches, options=options, score=score)
     get_text_method(method)

@@ -71,8 +71,8 @@ from .inputs import DEFAULT_MAX_PATCHES, IMAGE_SUFFIXES, class_names
 from .jobs.distributed import Context, init, items_per_rank, load_units, unit_size
 from .maps_store import ALL, OWN, DatasetMaps, StoredMaps  # the reader, importable beside the job (README)
 from .methods import get_image_method, get_spec, prepare_options
-from .methods.scores import DEFAULT_SCORE, check_count, is_classifier, score_name
-from .prompts import class_index, class_targets, encode_texts, folder_classes, zero_shot_classifier
+from .methods.scores import DEFAULT_SCORE, MATCH_SCORES, check_count, is_classifier, score_name
+from .prompts import caption_targets, class_index, class_targets, encode_texts, folder_classes, zero_shot_classifier
 from .records import RunFolder, provenance
 from .session import check_supported, run_image_method
 
@@ -269,6 +269,8 @@ class _Job:
         index = self._index(sizes, world_size)
         if self.rows is not None:  # an image classifier's classes: one-hot rows over its classes
             targets = class_targets(self.model, self.rows)[0]
+        elif self.templates is None and self.config.score in MATCH_SCORES:  # the captions' token ids
+            targets = caption_targets(self.model, self.texts, score=self.config.score)[0]
         elif self.templates is None:
             targets = encode_texts(self.model, self.texts)
             if self.config.score == "contrast":  # stored as pairs, as explain_image takes them
@@ -361,6 +363,9 @@ def _checked_config(model, prompts: Sequence[Any] | None, classes: str | None, t
     if config.score == "contrast" and classes is not None:
         raise ValueError("score='contrast' explains pairs of prompts (a rather than b), which classes do not give: "
                          "write the pairs into a prompts file, a pair a line, 'a red circle | a blue circle'")
+    if config.score in MATCH_SCORES and classes is not None:
+        raise ValueError(f"score={config.score!r} reads each caption's words with the image, which classes (a "
+                         "template-averaged embedding each) do not give: write the captions into a prompts file")
     get_image_method(config.method)
     spec = get_spec(config.method)
     if "score" in spec.uses:  # the default score stands for the model's own (a classifier's logit)

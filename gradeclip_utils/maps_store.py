@@ -76,11 +76,13 @@ def read_index(folder: Path) -> dict[str, Any]:
 
 
 def write_targets(out: Path, targets: torch.Tensor) -> None:
-    """The targets' embeddings (P, D), as float32."""
+    """The targets' embeddings (P, D), as float32; a match score's captions (``methods.scores.MATCH_SCORES``) as
+    their (P, L) token ids, kept integers."""
     from safetensors.torch import save_file
 
+    kept = targets.float() if targets.is_floating_point() else targets.long()
     with atomic_output(out / TARGETS) as tmp:
-        save_file({"targets": targets.float().cpu().contiguous()}, str(tmp), metadata={"format": FORMAT})
+        save_file({"targets": kept.cpu().contiguous()}, str(tmp), metadata={"format": FORMAT})
 
 
 def read_targets(folder: Path) -> torch.Tensor:

@@ -15,7 +15,7 @@ from tqdm import tqdm  # text progress: it stays readable in a saved or reloaded
 
 from .loading import LoadedModel
 from .guard import explaining
-from .methods.scores import DEFAULT_SCORE, check_count, is_classifier
+from .methods.scores import DEFAULT_SCORE, MATCH_SCORES, check_count, is_classifier
 from .text import as_text_list
 
 
@@ -78,9 +78,11 @@ def prompt_targets(model: LoadedModel, prompts: Any, labels: Sequence[str] | Non
     or a (K, 2, D) tensor or array, as T = 2K rows a_1, b_1, a_2, b_2, ... named "a rather than b".
     ``labels`` name the K scores. A count the score cannot take (the probability among a single prompt)
     is a ValueError before any text is encoded (``methods.scores.check_count``). An image classifier's
-    prompts are classes (``class_targets``)."""
+    prompts are classes (``class_targets``); a match score's, captions as token ids (``caption_targets``)."""
     if is_classifier(model.adapter):
         return class_targets(model, prompts, labels)
+    if score in MATCH_SCORES:
+        return caption_targets(model, prompts, labels, score)
     pairs = score == "contrast"
     if isinstance(prompts, np.ndarray):
         if prompts.dtype.kind != "f":
@@ -111,6 +113,22 @@ def prompt_targets(model: LoadedModel, prompts: Any, labels: Sequence[str] | Non
         raise ValueError(f"{len(names)} labels for {targets.shape[0] // (2 if pairs else 1)} "
                          f"{'pairs of prompts' if pairs else 'prompts'}")
     return targets, names
+
+
+def caption_targets(model: LoadedModel, prompts: Any, labels: Sequence[str] | None = None,
+                    score: str = MATCH_SCORES[0]) -> tuple[torch.Tensor, list[str]]:
+    """The prompts of a match score (``methods.scores.MATCH_SCORES``: BLIP's "itm", whose head reads the whole
+    caption with the image) as the captions' token ids (K, L), and their names: captions must be texts
+    (embeddings are refused, with the reason)."""
+    if isinstance(prompts, (np.ndarray, torch.Tensor)):
+        raise ValueError(f"score={score!r} reads each caption's words with the image through the text encoder's "
+                         "cross-attention: give the captions as text, not as embeddings")
+    names = as_text_list(prompts, "prompts")
+    if labels is not None:
+        names = [str(label) for label in labels]
+        if len(names) != len(prompts if isinstance(prompts, (list, tuple)) else [prompts]):
+            raise ValueError(f"{len(names)} labels for {len(as_text_list(prompts))} prompts")
+    return model.tokenize(as_text_list(prompts, "prompts")), names
 
 
 def _embedding_targets(model: LoadedModel, prompts: torch.Tensor, pairs: bool) -> torch.Tensor:

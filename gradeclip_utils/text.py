@@ -169,6 +169,8 @@ def token_pieces(model: "LoadedModel", ids: Sequence[int]) -> list[str]:
     if hasattr(model.tokenizer, "readable_pieces"):  # a tokenizer that is not byte-level BPE says it itself
         return model.tokenizer.readable_pieces(ids)
     simple = _simple_tokenizer(model.tokenizer)
+    if getattr(model.tokenizer, "plain_pieces", False):  # pieces of text already (a WordPiece tokenizer's), not bytes
+        return list(model.tokenizer.pieces(ids))
     if simple is not None:
         raw = [simple.decoder[int(token)] for token in ids]
     elif hasattr(model.tokenizer, "pieces"):
@@ -198,7 +200,7 @@ def word_spans(model: "LoadedModel", tokens: torch.Tensor) -> list[tuple[int, in
     after the start token up to the end token the text tower pools at."""
     if hasattr(model.tokenizer, "spans"):
         return [tuple(span) for span in model.tokenizer.spans(tokens.cpu())]
-    eos = model.adapter.text_token_index(tokens).cpu()
+    eos = model.adapter.text_word_end(tokens).cpu()  # CLIP's pooled end token; BLIP's [SEP]
     return [(1, int(end)) for end in eos]
 
 

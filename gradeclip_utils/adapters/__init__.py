@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import hf_clip, hf_siglip, hf_vit, openai_clip, openclip, timm_classifier, timm_vit, torchvision_vit, zoo
+from . import hf_blip, hf_clip, hf_siglip, hf_vit, openai_clip, openclip, timm_classifier, timm_vit, torchvision_vit, zoo
 from .base import (CAPTURES, MODES, BlockCapture, BlockSteps, CLIPAdapter, ImageTower, Mode, TextTower, TowerTrace,
                    UnsupportedMethodError, UnsupportedModelError)
 from .classifier import ClassifierAdapter
@@ -19,7 +19,7 @@ from .classifier import ClassifierAdapter
 #: the families, in the order they are tried: open_clip models with a timm image tower (TimmModel) belong
 #: to timm_vit, which is tried before the generic open_clip family (that one reads open_clip's own towers);
 #: the image classifiers (Hugging Face ViTForImageClassification, timm and torchvision VisionTransformer) come last
-FAMILIES = (timm_vit, openclip, hf_clip, hf_siglip, openai_clip, hf_vit, timm_classifier, torchvision_vit)
+FAMILIES = (timm_vit, openclip, hf_blip, hf_clip, hf_siglip, openai_clip, hf_vit, timm_classifier, torchvision_vit)
 #: the families whose models are image classifiers (``classifier.ClassifierAdapter``)
 CLASSIFIER_FAMILIES = (hf_vit, timm_classifier, torchvision_vit)
 
@@ -27,7 +27,8 @@ SUPPORTED = ("open_clip ViT and ResNet CLIP models (OpenAI and LAION weights), o
              "tower (class-token ViTs such as MobileCLIP-B, EVA/EVA02, SigLIP/SigLIP2's attention-pool probe), Hugging "
              "Face transformers CLIPModel "
              "(or a CLIPVisionModelWithProjection + CLIPTextModelWithProjection pair), Hugging Face SiglipModel (SigLIP "
-             "and fixed-resolution SigLIP 2), OpenAI clip package "
+             "and fixed-resolution SigLIP 2), Hugging Face BLIP (BlipForImageTextRetrieval: its contrastive cosine and "
+             "its matching probability), OpenAI clip package "
              "models (ViT and ResNet), and ViT image classifiers with a class-token head (Hugging Face "
              "ViTForImageClassification, timm and torchvision VisionTransformer)")
 

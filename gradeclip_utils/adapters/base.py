@@ -55,6 +55,7 @@ CAPTURES: dict[str, str] = {
     "vv_attention": "support CLIP Surgery's v-v attention path",
     "parameter_groups": "list its parameters by depth",
     "joint_space": "map its tokens into the space of its targets (text embeddings) to compare them there",
+    "cross_attention": "feed its tokens to a text encoder's cross-attention (it has no image-text matching head)",
 }
 
 
@@ -258,6 +259,11 @@ class TextTower(_Tower):
     def token_index(self, tokens: Tensor) -> Tensor:
         """Position of the pooled (EOS) token of each sequence, as the model pools it."""
 
+    def word_end(self, tokens: Tensor) -> Tensor:
+        """Position of each sequence's end token: its words lie between its start token and it. A CLIP pools
+        at its end token (``token_index``); a BERT-style tower pooled at its first token says where its end is."""
+        return self.token_index(tokens)
+
     @abstractmethod
     def trace(self, tokens: Tensor, layers: Sequence[int], *, mode: Mode = "faithful", keep_probs: bool = False,
               keep_block_inputs: bool = False, keep_final_tokens: bool = False,
@@ -420,6 +426,10 @@ class CLIPAdapter:
 
     def text_token_index(self, tokens: Tensor) -> Tensor:
         return self._text().token_index(tokens)
+
+    def text_word_end(self, tokens: Tensor) -> Tensor:
+        """Position of each sequence's end token (its words lie between its start token and it)."""
+        return self._text().word_end(tokens)
 
     @torch.no_grad()
     def native_encode_image(self, pixels: Tensor) -> Tensor:

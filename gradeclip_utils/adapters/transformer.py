@@ -194,7 +194,8 @@ def _explicit_blocks(blocks: Sequence[BlockView], first: int, stop: int, x: Tens
 def attention(q: Tensor, k: Tensor, v: Tensor, heads: int, mask: Tensor | None,
               scale_dim: int | None = None) -> tuple[Tensor, Tensor]:
     """Scaled dot-product attention of (B, n, C) queries over (B, N, C) keys and values with ``heads``
-    heads (logits divided by sqrt(C/heads), or by sqrt(``scale_dim``) when given): the output (B, n, C),
+    heads (logits divided by sqrt(C/heads), or by sqrt(``scale_dim``) when given; ``mask`` additive, (n, N)
+    for every sequence or (B, n, N) per sequence, n = 1 for a key mask): the output (B, n, C),
     heads concatenated, and the probabilities (B, heads, n, N) (softmax in float32, as the models compute
     it)."""
     batch, length, width = q.shape
@@ -230,7 +231,9 @@ def explicit_block(block: BlockView, index: int, x: Tensor, mask: Tensor | None,
     scale_dim = q.shape[-1] // block.heads if official and block.official.head_scale else None
     all_rows = capture or not token_only
     query = q if all_rows else q[rows, token_index].unsqueeze(1)
-    row_mask = None if mask is None else (mask if all_rows else mask[token_index].unsqueeze(1))
+    # an (L, L) mask has a row per query; a (B, 1, L) key mask (padding) is the same for every query
+    key_mask = mask is not None and mask.ndim == 3 and mask.shape[-2] == 1
+    row_mask = None if mask is None else (mask if all_rows or key_mask else mask[token_index].unsqueeze(1))
     out, probs = attention(query, k, v, heads, row_mask, scale_dim)
     residual = normed if official and block.official.normed_residual else x
 

@@ -39,7 +39,6 @@ from typing import Any, Callable, Iterator, NoReturn, Sequence
 from .. import __version__
 from ..errors import GradEclipError
 from ..methods import list_methods
-from ..methods.scores import DEFAULT_SCORE
 from ..records import writable_output
 
 from .arguments import (NUMBER_LIST, Unset, add_explain_arguments, add_model_arguments, block_indices, key_value)
@@ -134,6 +133,7 @@ def _explain(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     from ..explain import check_score, explain_image, explain_text
     from ..loading import load_model
+    from ..methods import get_spec
     from ..plotting import save_figure
 
     if Path(args.image).is_dir():  # checked before the model is loaded, which can take a while
@@ -155,17 +155,26 @@ def _explain(args: argparse.Namespace) -> int:
     if model.adapter.text is None:  # an image classifier: its prompts are classes, which have no words
         print(f"({explanation.settings.get('score', 'its own score')} of each class; no word importance: a "
               f"{model.family} has no text tower)")
-    elif args.score == "contrast" and not args.no_words:
+        return _wrote(written)
+    # the word importance's method; a score left out is the model's own
+    refused = None if args.score is None else get_spec("grad_eclip").unsupported_score(args.score, "text")
+    if args.score == "contrast" and not args.no_words:
         print("(no word importance: the contrast has none; explain each prompt's cosine for its words)")
+    elif refused is not None and not args.no_words:
+        print(f"(no word importance: {refused})")
     elif not args.no_words:
         words = explain_text(model, args.image, args.prompts, layers=args.text_layers, mode=args.mode, qk=args.qk,
                              resolution=args.resolution, max_patches=args.max_patches,
-                             score=args.score or DEFAULT_SCORE, memory_budget=args.memory_budget)
+                             score=args.score, memory_budget=args.memory_budget)
         for k in range(len(args.prompts)):
             pair = words.pair(0, k)
             print("   " + "  ".join(f"{w}:{v:.2f}" for w, v in zip(pair.words, pair.word_importance)))
             target = out.with_name(f"{out.stem}_words{k}{out.suffix or '.png'}")
             written += save_figure(words.plot_text(0, k), target)
+    return _wrote(written)
+
+
+def _wrote(written: list) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0

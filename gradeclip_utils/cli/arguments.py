@@ -15,7 +15,7 @@ from ..inputs import DEFAULT_MAX_PATCHES, RESOLUTIONS
 from ..jobs.distributed import DEFAULT_TIMEOUT_MINUTES
 from ..loading import PRECISION_DTYPES, SYNTHETIC
 from ..methods import QK_CHOICES, list_methods
-from ..methods.scores import DEFAULT_SCORE, SCORES
+from ..methods.scores import DEFAULT_SCORE, KNOWN_SCORES
 
 
 #: the zero-shot prompt templates of a class (open_clip's zero_shot_metadata): OpenAI's 80 or the simple ones
@@ -170,13 +170,15 @@ def add_explain_arguments(parser: argparse.ArgumentParser, *, score: bool = Fals
     add_memory_budget(group)
     if score:
         group.add_argument(
-            "--score", default=UNSET_SCORE, choices=SCORES,
+            "--score", default=UNSET_SCORE, choices=KNOWN_SCORES,
             help="what the maps explain: cosine, the image-text cosine (default); logit, the model's logit scale x "
                  "the cosine; probability, each prompt's softmax among the prompts given (the zero-shot class "
                  "probability; two prompts or more), e.g. --score probability; contrast, the cosine of a prompt "
                  f"minus that of {pairs}. Methods without a gradient of the score (raw_attention, rollout, "
                  "maskclip, clip_surgery, itsm) take only the cosine. An image classifier explains its class "
-                 "logit (its default) or its class probability, the softmax over all its classes")
+                 "logit (its default) or its class probability, the softmax over all its classes. A BLIP model names "
+                 "its cosine itc and gives itm, its image-text matching probability, which --method itm_gradcam "
+                 "explains")
 
 
 def add_layers(parser, help: str, *, several: bool = False) -> None:

@@ -17,7 +17,7 @@ import torch
 from ..config import ExplainConfig
 from ..explain import method_support
 from ..methods import MapOutput, MethodSpec, get_spec, method_specs
-from ..methods.scores import DEFAULT_SCORE, own_scores
+from ..methods.scores import DEFAULT_SCORE, SCORES, own_scores
 from ..session import run_image_method
 
 RANDOM = "random"
@@ -56,8 +56,11 @@ def method_spec(name: str) -> MethodSpec:
 
 
 def default_methods() -> list[str]:
-    """Every registered image method, in the order they were registered, then the random reference."""
-    return [spec.name for spec in method_specs() if spec.image is not None] + list(_REFERENCES)
+    """Every registered image method that explains one of a CLIP's scores (``SCORES``: not the matching head's
+    Grad-CAM, whose score takes captions, not the classes' embeddings the evaluation explains), in the order
+    they were registered, then the random reference."""
+    return [spec.name for spec in method_specs() if spec.image is not None
+            and any(spec.explains(score) for score in SCORES)] + list(_REFERENCES)
 
 
 DEFAULT_METHODS: tuple[str, ...] = tuple(default_methods())

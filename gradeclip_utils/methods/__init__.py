@@ -11,17 +11,18 @@ registered below; ``registry.register(spec)`` registers one from anywhere else.
 
 from __future__ import annotations
 
-from . import (clip_surgery, game, grad_cam, grad_eclip, grad_eclip_no_spatial, itsm, legrad, m2ib, maskclip,
-               raw_attention, rise, rollout)
+from . import (clip_surgery, game, grad_cam, grad_eclip, grad_eclip_no_spatial, itm_gradcam, itsm, legrad, m2ib,
+               maskclip, raw_attention, rise, rollout)
 from .grad_eclip import QK_CHOICES, image_maps, token_relevance
 from .outputs import MapOutput, TokenOutput, cosine_scores
 from .registry import (IMAGE_METHODS, TEXT_METHODS, AuthorsProtocol, ImageMethod, MethodSpec, TextMethod,
                        get_image_method, get_spec, get_text_method, list_methods, method_specs, prepare_options,
                        probe_options, refusal, register, register_image_method, register_text_method, unregister)
 
-# Grad-ECLIP, then the baselines of docs/method.md section 6; this order is the evaluation's and the explorers'
+# Grad-ECLIP, then the baselines of docs/method.md section 6 (and the matching head's Grad-CAM); this order is the evaluation's and the explorers'
 for _spec in (grad_eclip.SPEC, grad_eclip_no_spatial.SPEC, raw_attention.SPEC, rollout.SPEC, grad_cam.SPEC, game.SPEC,
-              game.LAST_SPEC, maskclip.SPEC, clip_surgery.SPEC, rise.SPEC, m2ib.SPEC, itsm.SPEC, legrad.SPEC):
+              game.LAST_SPEC, maskclip.SPEC, clip_surgery.SPEC, rise.SPEC, m2ib.SPEC, itsm.SPEC, legrad.SPEC,
+              itm_gradcam.SPEC):
     register(_spec)
 del _spec
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 from ..adapters import CAPTURES
-from .scores import DEFAULT_SCORE, SCORES, TEXT_CONTRAST
+from .scores import DEFAULT_SCORE, KNOWN_SCORES, SCORE_ALIASES, SCORE_REASONS, SCORES, TEXT_CONTRAST
 
 if TYPE_CHECKING:
     from ..adapters import CLIPAdapter
@@ -159,9 +159,9 @@ class MethodSpec:
             object.__setattr__(self, "text_scores", tuple(s for s in self.scores if s != "contrast"))
         object.__setattr__(self, "scores", tuple(self.scores))
         object.__setattr__(self, "text_scores", tuple(self.text_scores))
-        unknown = [s for s in (*self.scores, *self.text_scores) if s not in SCORES]
+        unknown = [s for s in (*self.scores, *self.text_scores) if s not in KNOWN_SCORES]
         if unknown:
-            raise ValueError(f"method {self.name!r}: {unknown} are not scores; scores: {SCORES}")
+            raise ValueError(f"method {self.name!r}: {unknown} are not scores; scores: {KNOWN_SCORES}")
 
     def unused_setting(self, setting: str, value: Any) -> str | None:
         """Why ``setting=value`` is refused for this method: None when the method uses the setting or
@@ -178,15 +178,20 @@ class MethodSpec:
         """Why the method's ``tower`` function refuses to explain ``score``: None when it takes it (or does not
         use the setting and ``score`` is the default: ``unused_setting`` says the rest); otherwise a message
         naming the method, the score and the reason."""
-        if "score" not in self.uses:
+        if "score" not in self.uses or self.explains(score, tower):
             return None
         supported = self.scores if tower == "image" else self.text_scores
-        if score in supported:
-            return None
         if tower == "text" and score == "contrast":
             return f"{self.name}'s word importance cannot explain score='contrast': {TEXT_CONTRAST}"
+        reason = f": {SCORE_REASONS[score]}" if score in SCORE_REASONS else ""
         return (f"{self.name} cannot explain score={score!r} on the {tower} side; it explains "
-                f"{', '.join(map(repr, supported))}")
+                f"{', '.join(map(repr, supported))}{reason}")
+
+    def explains(self, score: str, tower: Literal["image", "text"] = "image") -> bool:
+        """Whether the method's ``tower`` function explains ``score``: one of its ``scores`` / ``text_scores``, or a
+        model's own name for one of them (``scores.SCORE_ALIASES``: BLIP's "itc" is the cosine)."""
+        supported = self.scores if tower == "image" else self.text_scores
+        return score in supported or SCORE_ALIASES.get(score) in supported
 
     def takes(self, option: str, tower: Literal["image", "text"] = "image") -> bool:
         """Whether the method uses ``option`` (a setting such as "layers" or "mode", or an option): its

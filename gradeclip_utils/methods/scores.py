@@ -71,8 +71,24 @@ CLASS_SCORES: tuple[str, ...] = ("logit", "probability")
 SIGMOID_SCORES: tuple[str, ...] = ("logit", "probability")
 #: the scores that need the model's logit scale
 SCALED: tuple[str, ...] = ("logit", "probability")
+#: a model family's own name for one of CLIP's scores, and the score it computes as (BLIP's image-text
+#: contrastive score is the cosine of its projected class tokens)
+SCORE_ALIASES: dict[str, str] = {"itc": "cosine"}
+#: scores of an image and a caption's tokens together, not of their embeddings (BLIP's image-text matching
+#: probability, which reads the image through the text encoder's cross-attention): their targets are the
+#: captions' token ids (``prompts.prompt_targets``), and only the methods that declare them explain them
+MATCH_SCORES: tuple[str, ...] = ("itm",)
+#: every score name a model may give (a model says which it gives: ``model_scores``)
+KNOWN_SCORES: tuple[str, ...] = SCORES + tuple(SCORE_ALIASES) + MATCH_SCORES
+#: why the methods that do not declare a score cannot explain it (said in their refusal)
+SCORE_REASONS: dict[str, str] = {
+    "itm": "the image-text matching head reads the image through the text encoder's cross-attention over every "
+           "image token, not through the image class token or embedding that this method differentiates; explain "
+           "it with itm_gradcam (Grad-CAM on the cross-attention), or explain score='itc'",
+}
 #: how figures name each score's value
-SYMBOLS: dict[str, str] = {"cosine": "S", "logit": "logit", "probability": "p", "contrast": "ΔS"}
+SYMBOLS: dict[str, str] = {"cosine": "S", "logit": "logit", "probability": "p", "contrast": "ΔS", "itc": "S",
+                           "itm": "p(match)"}
 
 #: why the contrast has no text side
 TEXT_CONTRAST = ("the contrast S(a) - S(b) has no word importance: captions a and b have separate tokens, so its "
@@ -81,9 +97,9 @@ TEXT_CONTRAST = ("the contrast S(a) - S(b) has no word importance: captions a an
 
 
 def check_score(score: Any) -> str:
-    """``score`` when it is one of ``SCORES``; otherwise a ValueError naming the choices."""
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    """``score`` when it is one of ``KNOWN_SCORES``; otherwise a ValueError naming the choices."""
+    if score not in KNOWN_SCORES:
+        raise ValueError(f"score must be one of {KNOWN_SCORES}, got {score!r}")
     return score
 
 
@@ -120,7 +136,8 @@ def cosine_gradients(embedding: Tensor, targets: Tensor) -> tuple[Tensor, Tensor
 
 @dataclass(frozen=True, eq=False)
 class ExplainedScore:
-    """One explained score, resolved for a model: its ``name`` (one of ``SCORES``), the model's logit
+    """One explained score, resolved for a model: its ``name`` (one of ``SCORES``, or a model's own name for
+    one of them: ``SCORE_ALIASES``, computed as that score, ``kind``), the model's logit
     ``scale`` (used by the logit and the probability) and, on the text side, ``rest`` (K, B): the
     log-sum-exp of the logits of the other captions given for each image (float64), when the method sees
     only some of them (``explain_text``'s chunks); without it the captions of the call are all of them.
@@ -142,12 +159,18 @@ class ExplainedScore:
         """Whether the score of a target depends on the other targets given (the probability, a softmax among
         them): the text side then needs ``rest``, an image-side ``columns`` is computed among every row, and a
         single target is refused (``check_count``)."""
-        return self.name == "probability"
+        return self.kind == "probability"
+
+    @property
+    def kind(self) -> str:
+        """The score this one computes as: its ``name``, or the score a model's own name stands for
+        (``SCORE_ALIASES``: BLIP's "itc" is the cosine)."""
+        return SCORE_ALIASES.get(self.name, self.name)
 
     @property
     def rows(self) -> int:
         """Target rows per explained score: 2 for the contrast (a and b), else 1."""
-        return 2 if self.name == "contrast" else 1
+        return 2 if self.kind == "contrast" else 1
 
     def count(self, rows: int) -> int:
         """The number of explained scores from ``rows`` target rows, or of the ``columns`` kept of them (a
@@ -192,11 +215,11 @@ class ExplainedScore:
         return self.kept(self._all_of_images(cosines))
 
     def _all_of_images(self, cosines: Tensor) -> Tensor:
-        if self.name == "cosine":
+        if self.kind == "cosine":
             return cosines
-        if self.name == "logit":
+        if self.kind == "logit":
             return self.scale * cosines
-        if self.name == "probability":
+        if self.kind == "probability":
             return torch.softmax(self.scale * cosines.double(), dim=-1).to(cosines.dtype)
         if cosines.shape[-1] % 2:
             raise ValueError(f"score='contrast' takes its targets in pairs (a, b): got {cosines.shape[-1]} rows")
@@ -207,11 +230,11 @@ class ExplainedScore:
         holds d cos[n, t] / d x[n], ``cosines`` (N, T) their values; returns (N, K, ...) d S[n, k] / d x[n],
         the combinations the cotangents of ``of_images`` make (the K > D path of Grad-ECLIP), or their
         ``columns``."""
-        if self.name == "cosine":
+        if self.kind == "cosine":
             return self.kept(per_row, dim=1)
-        if self.name == "logit":
+        if self.kind == "logit":
             return self.scale * self.kept(per_row, dim=1)
-        if self.name == "contrast":
+        if self.kind == "contrast":
             return self.kept(per_row[:, 0::2] - per_row[:, 1::2], dim=1)
         p = torch.softmax(self.scale * cosines.detach().double(), dim=-1).to(per_row.dtype)  # (N, T)
         extra = (1,) * (per_row.ndim - 2)
@@ -222,11 +245,11 @@ class ExplainedScore:
     def of_texts(self, cosines: Tensor) -> Tensor:
         """(K, B) cosines of captions against images -> (K, B) explained scores, each entry a function of
         its own cosine (the other captions' logits held constant: ``rest``)."""
-        if self.name == "cosine":
+        if self.kind == "cosine":
             return cosines
-        if self.name == "logit":
+        if self.kind == "logit":
             return self.scale * cosines
-        if self.name == "contrast":
+        if self.kind == "contrast":
             raise ValueError(TEXT_CONTRAST)
         logits = self.scale * cosines.double()
         return torch.sigmoid(logits - self.text_rest(cosines)).to(cosines.dtype)
@@ -241,7 +264,7 @@ class ExplainedScore:
     def pull_texts(self, per_entry: Tensor, cosines: Tensor) -> Tensor:
         """As ``pull`` for the text side: ``per_entry`` (K, B, ...) holds d cos[k, b] / d x[k]; each entry is
         scaled by d S[k, b] / d cos[k, b]."""
-        if self.name == "cosine":
+        if self.kind == "cosine":
             return per_entry
         with torch.enable_grad():
             c = cosines.detach().requires_grad_(True)
@@ -379,6 +402,28 @@ class SigmoidScore(ExplainedScore):
         raise TypeError("a sigmoid score scores each pair on its own: it has no other captions' rest")
 
 
+@dataclass(frozen=True, eq=False)
+class MatchScore(ExplainedScore):
+    """A score of an image and a caption's tokens together (``MATCH_SCORES``: BLIP's image-text matching
+    probability). It is no function of embeddings: its targets are the captions' token ids, and the methods
+    that declare it (``itm_gradcam``) compute it through the adapter (``match_trace``); the functions of
+    cosines and logits are errors."""
+
+    name: str = MATCH_SCORES[0]
+
+    def __post_init__(self) -> None:
+        if self.name not in MATCH_SCORES:
+            raise ValueError(f"a match score is one of {MATCH_SCORES}, got {self.name!r}")
+        if self.columns is not None:
+            object.__setattr__(self, "columns", tuple(int(c) for c in self.columns))
+
+    def _refuse(self, *_: Any) -> Tensor:
+        raise TypeError(f"score={self.name!r} is computed from an image and a caption's tokens together (the "
+                        f"model's matching head), not from embeddings: {SCORE_REASONS.get(self.name, '')}")
+
+    image_scores = embedding_gradients = of_images = pull = of_texts = pull_texts = _refuse
+
+
 def is_classifier(adapter: Any) -> bool:
     """Whether ``adapter`` explains an image classifier (its embedding is its logits, its targets classes)."""
     return bool(getattr(adapter, "is_classifier", False))
@@ -426,12 +471,13 @@ def has_logit_scale(adapter: Any) -> bool:
 
 
 def scale_refusal(score: str, adapter: Any) -> str | None:
-    """Why ``adapter``'s model cannot give ``score``: None, unless the model declares its own scores and
-    ``score`` is not one of them (the message names the family, its scores and its ``score_note``), or the
+    """Why ``adapter``'s model cannot give ``score``: None, unless ``score`` is not one of the model's scores
+    (its own, or a CLIP's ``SCORES``; a score one of its own names stands for, ``SCORE_ALIASES``, is one of them:
+    BLIP's "itc" is the cosine) (the message names the family, its scores and its ``score_note``), or the
     score needs the logit scale and the model carries none (the message names the score and the family)."""
     names = model_scores(adapter)
-    if names != SCORES:
-        if score in names:
+    if names != SCORES or score not in names:
+        if score in names or any(SCORE_ALIASES.get(name) == score for name in names):  # BLIP's "itc" is the cosine
             return None
         kind = "an image classifier" if is_classifier(adapter) else "this model"
         return score_refusal_text(score, kind, getattr(adapter, "family", "model"), names, getattr(adapter, "score_note", ""))
@@ -483,8 +529,8 @@ def explained_score(score: str | ExplainedScore = DEFAULT_SCORE, adapter: Any = 
     return ExplainedScore(score, scale, rest, kept)
 
 
-__all__ = ["CLASS_SCORES", "COSINE", "DEFAULT_SCORE", "SCALED", "SCORES", "SIGMOID_SCORES", "SYMBOLS", "TEXT_CONTRAST",
-           "ClassScore", "ExplainedScore", "SigmoidScore", "check_count", "check_score",
-           "cosine_gradients", "default_score", "explained_score", "has_logit_scale", "is_classifier", "model_scores",
-           "others_logsumexp", "own_logit_scale", "own_probabilities", "own_scores", "relative_score", "scale_refusal",
-           "score_name"]
+__all__ = ["CLASS_SCORES", "COSINE", "DEFAULT_SCORE", "KNOWN_SCORES", "MATCH_SCORES", "SCALED", "SCORES",
+           "SCORE_ALIASES", "SCORE_REASONS", "SIGMOID_SCORES", "SYMBOLS", "TEXT_CONTRAST", "ClassScore", "ExplainedScore",
+           "MatchScore", "SigmoidScore", "check_count", "check_score", "cosine_gradients", "default_score",
+           "explained_score", "has_logit_scale", "is_classifier", "model_scores", "others_logsumexp", "own_logit_scale",
+           "own_probabilities", "own_scores", "relative_score", "scale_refusal", "score_name"]

@@ -83,7 +83,7 @@ def text_score(text_method: str, score: str) -> str:
     default (the contrast has no text side: ``methods.scores.TEXT_CONTRAST``)."""
     from ..methods.scores import DEFAULT_SCORE
 
-    return score if score in (get_spec(text_method).text_scores or ()) else DEFAULT_SCORE
+    return score if get_spec(text_method).explains(score, "text") else DEFAULT_SCORE
 
 
 def contrast_pairs(prompts: Sequence[str]) -> list[tuple[str, str]]:

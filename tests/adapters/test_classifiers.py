@@ -21,6 +21,7 @@ from gradeclip_utils.methods import get_spec, list_methods, probe_options, refus
 from support.authors_vit import as_transformers4, authors_maps
 from support.classifiers import reference, timm_classifier, to_hf, to_torchvision
 from support.families import non_square_pixels, relative
+from support.blip import match_head_methods
 
 TOLERANCE = 1e-5
 CLASSES = [0, 3, 7]
@@ -292,7 +293,8 @@ def test_every_method_runs_or_is_refused_by_its_declaration(named):
         assert method_support(named, method) == reason
         if reason is not None:
             refused.append(method)
-            assert "a classifier's targets are its classes" in reason
+            assert ("does not feed its tokens to a text encoder's cross-attention" if method in match_head_methods()
+                    else "a classifier's targets are its classes") in reason
             with pytest.raises(UnsupportedMethodError, match=f"{method} is not available for timm ViT classifier"):
                 ge.explain_image(named, pixels, [2, 5], method=method, progress=False)
             continue
@@ -300,7 +302,7 @@ def test_every_method_runs_or_is_refused_by_its_declaration(named):
         maps = torch.stack(out.raw)
         assert maps.shape[:2] == (2, 2) and torch.isfinite(maps).all(), method
         assert relative(out.scores, logits) < TOLERANCE, method
-    assert sorted(refused) == ["clip_surgery", "itsm", "maskclip"]
+    assert sorted(refused) == sorted(["clip_surgery", "itsm", "maskclip", *match_head_methods()])
 
 
 def test_load_model_names_classifiers(tmp_path):

@@ -229,7 +229,8 @@ def test_the_command_passes_the_score(tmp_path, capsys):
     # the dataset job and the evaluation pass the score on too (the evaluation without the contrast)
     actions = {command: {a.dest: a for a in cli.build_parser().commands[command]._actions}
                for command in ("explain-dataset", "evaluate")}
-    assert tuple(actions["explain-dataset"]["score"].choices) == ("cosine", "logit", "probability", "contrast")
+    assert tuple(actions["explain-dataset"]["score"].choices) == ("cosine", "logit", "probability", "contrast", "itc",
+                                                                  "itm")
     assert tuple(actions["evaluate"]["score"].choices) == ("cosine", "logit", "probability")
     assert "--versus" not in {o for a in actions["explain-dataset"].values() for o in a.option_strings}
 

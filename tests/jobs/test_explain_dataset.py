@@ -154,7 +154,7 @@ def test_a_score_is_checked_before_any_work(tiny, tmp_path, capsys):
     out = tmp_path / "maps"
     refusals = [
         (dict(prompts=PROMPTS, score="banana"),
-         r"score must be one of \('cosine', 'logit', 'probability', 'contrast'\), got 'banana'"),
+         r"score must be one of \('cosine', 'logit', 'probability', 'contrast', 'itc', 'itm'\), got 'banana'"),
         (dict(prompts=PROMPTS[:1], score="probability"), "score='probability' is each prompt's softmax"),
         (dict(classes="own", score="contrast"), "score='contrast' explains pairs of prompts .* classes do not give"),
         (dict(prompts=["a red circle", "a blue circle"], score="contrast"),

@@ -37,6 +37,8 @@ TEXTS = ["a red circle and a blue square", "three green triangles", "a star"]
 PIXELS = fam.non_square_pixels(2, (48, 80))
 #: what the score-explaining methods are; the others take no gradient of a score
 EXPLAINING = {"grad_eclip", "grad_eclip_no_spatial", "grad_cam", "legrad", "game", "game_last", "m2ib", "rise"}
+#: the methods that explain a matching head's score only (tests/adapters/test_hf_blip.py runs them)
+MATCHING = {"itm_gradcam"}
 
 
 def scale_of(model) -> float:
@@ -326,16 +328,18 @@ def test_columns_keep_some_scores_computed_among_every_row(name):
 
 def test_which_methods_explain_which_score():
     explaining = {spec.name for spec in method_specs() if "score" in spec.uses}
-    assert explaining == EXPLAINING
+    assert explaining == EXPLAINING | MATCHING
     for spec in method_specs():
-        if spec.name in EXPLAINING:
+        if spec.name in MATCHING:
+            assert spec.scores == ("itm",) and spec.text is None
+        elif spec.name in EXPLAINING:
             assert spec.scores == SCORES
             assert spec.text is None or spec.text_scores == ("cosine", "logit", "probability")
         else:
             assert spec.scores == ("cosine",)
 
 
-@pytest.mark.parametrize("name", sorted(set(IMAGE_METHODS) - EXPLAINING))
+@pytest.mark.parametrize("name", sorted(set(IMAGE_METHODS) - EXPLAINING - MATCHING))
 def test_the_methods_without_a_gradient_of_the_score_refuse_another_score_by_name(tiny, name):
     for score in ("logit", "probability"):
         with pytest.raises(ValueError, match=rf"{name} does not use the setting score \(got {score!r}\).*no "
@@ -360,8 +364,8 @@ def test_the_settings_record_the_score(tiny, tmp_path):
     assert "score probability" in figure._suptitle.get_text()
     assert any("p = " in ax.get_title() for ax in figure.axes)
     plt.close(figure)
-    with pytest.raises(ValueError, match=r"score must be one of \('cosine', 'logit', 'probability', 'contrast'\), "
-                                         "got 'odds'"):
+    with pytest.raises(ValueError, match=r"score must be one of \('cosine', 'logit', 'probability', 'contrast', 'itc', "
+                                         r"'itm'\), got 'odds'"):
         ge.ExplainConfig(score="odds")
     with pytest.raises(ValueError, match="score must be one of"):
         ge.explain_image(tiny, PIXELS, PROMPTS, score="odds")
