@@ -21,7 +21,7 @@ from .loading import LoadedModel, as_loaded
 from .methods import (cosine_scores, get_image_method, get_spec, get_text_method, prepare_options, probe_options,
                       refusal)
 from .methods.registry import SETTING_DEFAULTS, MethodSpec, find_spec
-from .methods.scores import (DEFAULT_SCORE, MATCH_SCORES, check_count, explained_score, model_scores,
+from .methods.scores import (DEFAULT_SCORE, KNOWN_SCORES, MATCH_SCORES, check_count, explained_score, model_scores,
                              others_logsumexp, scale_refusal)
 from .prompts import encode_texts, prompt_count, prompt_targets, zero_shot_classifier
 from .results import ImageExplanation, TextExplanation
@@ -141,6 +141,8 @@ def explain_image(model: LoadedModel, images: Any, prompts: Any, *, method: str 
     model = as_loaded(model)
     if score is None:  # the model's default, for a method that explains a score
         score = method_default_score(model.adapter, find_spec(method))
+    elif score in KNOWN_SCORES:  # a score the model does not give: said before what a method would say of it
+        check_score(model, score, find_spec(method))
     config = ExplainConfig(method=method, layers=layers, mode=mode, qk=qk, resolution=resolution,
                            max_patches=max_patches, options=options, score=score, memory_budget=memory_budget)
     if batch_size < 1:
@@ -244,6 +246,8 @@ def explain_text(model: LoadedModel, images: Any, texts: str | Sequence[str], *,
         layers = TEXT_LAYERS if spec is None or "layers" in spec.uses else SETTING_DEFAULTS["layers"]
     if score is None:  # the model's default, for a method that explains a score
         score = method_default_score(model.adapter, spec)
+    elif score in KNOWN_SCORES:  # a score the model does not give: said before what a method would say of it
+        check_score(model, score, spec)
     config = ExplainConfig(method=method, layers=layers, mode=mode, qk=qk, resolution=resolution,
                            max_patches=max_patches, options=options, score=score)
     get_text_method(method)

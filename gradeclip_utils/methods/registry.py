@@ -289,10 +289,10 @@ def find_spec(name: str) -> MethodSpec | None:
 
 
 #: the figures' method colours, distinct on white (Sasha Trubetskoy's 20 distinct colours without the light
-#: ones): the first registered method (Grad-ECLIP) black, each further one the next colour (cycling after
-#: the last, black left out)
+#: ones, and a darkened yellow, its yellow being too light on white): the first registered method (Grad-ECLIP)
+#: black, each further one the next colour (cycling after the last, black left out)
 METHOD_PALETTE: tuple[str, ...] = ("#000000", "#4363d8", "#f58231", "#3cb44b", "#e6194b", "#911eb4", "#f032e6",
-                                   "#42d4f4", "#9a6324", "#469990", "#800000", "#808000", "#000075")
+                                   "#42d4f4", "#9a6324", "#469990", "#800000", "#808000", "#000075", "#c9a000")
 #: the colour of a reference that explains nothing (``MethodSpec.reference``) and of a name the registry
 #: does not know (the evaluation's random floor, which is not registered)
 REFERENCE_COLOUR = "#a9a9a9"

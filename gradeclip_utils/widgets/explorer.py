@@ -67,7 +67,7 @@ class Explorer(BaseExplorer):
         self.method_options = merged_options(model, method_options)
         self.text_layers = min(text_layers, text_blocks(model))
         self.colorbar = colorbar
-        methods = list(methods) if methods is not None else image_methods()
+        methods = list(methods) if methods is not None else image_methods(models=[model])
         image_methods([*methods, method])  # a ValueError naming any that is not registered
         if method not in methods:
             raise ValueError(f"method {method!r} is not among the methods offered {methods}")

@@ -51,7 +51,7 @@ class MethodComparison(BaseExplorer):
         self.resolution = resolution
         self.colorbar = colorbar
         self.method_options = merged_options(model, method_options)
-        available = image_methods()
+        available = image_methods(models=[model])
         if methods is None:  # by default the shown methods that this model can run
             chosen = [m for m in comparison_methods() if m in available and method_refusal(model, m) is None]
         else:

@@ -73,7 +73,9 @@ class ModelComparisonView(BaseExplorer):
         mixed = 0 < len(self.classifiers) < len(self.models)
         self.targets = "targets" if mixed else "classes" if self.classifiers else "prompts"
         self.image = controls.image_list(self.images)
-        self.method = w.Dropdown(options=self._method_choices(available), value=method, description="method")
+        offered = image_methods(models=list(self.models.values()))
+        offered = offered if method in offered else [*offered, method]
+        self.method = w.Dropdown(options=self._method_choices(offered), value=method, description="method")
         self.prompts, self.apply = controls.prompt_box(prompts, self.targets)
         self.mode = controls.mode_buttons(mode)
         self.shared = controls.shared_box(shared_scale, "panels")

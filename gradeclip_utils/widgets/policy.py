@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 from ..config import ExplainConfig
 from ..methods import get_spec, list_methods, method_specs, refusal
-from ..methods.scores import DEFAULT_SCORE
+from ..methods.scores import DEFAULT_SCORE, model_scores
 
 #: generic class names whose prompts form a method's class set (``MethodSpec.class_set``, e.g. CLIP Surgery's) on
 #: real models (COCO's categories, in part)
@@ -105,14 +105,19 @@ def words_method(method: str) -> str:
     return method if method in list_methods()["text"] else WORDS_METHOD
 
 
-def image_methods(wanted: Sequence[str] = ()) -> list[str]:
+def image_methods(wanted: Sequence[str] = (), models: Sequence[Any] = ()) -> list[str]:
     """The registered image methods, after checking that each of ``wanted`` is one of them (a ValueError
-    naming the unknown ones)."""
+    naming the unknown ones). With ``models``: those a method list offers them, without the methods that
+    explain only scores none of them gives (the matching head's Grad-CAM for a model without one); a method
+    one of them cannot run for want of a capture stays, marked by ``method_choices``."""
     available = list_methods()["image"]
     unknown = [m for m in wanted if m not in available]
     if unknown:
         raise ValueError(f"unknown image methods {unknown}; registered: {available}")
-    return available
+    if not models:
+        return available
+    given = {name for model in models for name in model_scores(model.adapter)}
+    return [m for m in available if "score" not in get_spec(m).uses or any(get_spec(m).explains(s) for s in given)]
 
 
 def method_refusal(model: Any, method: str, tower: str = "image") -> str | None:

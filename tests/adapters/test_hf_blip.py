@@ -263,7 +263,8 @@ def test_bad_inputs_are_clear_errors(blip):
     with pytest.raises(UnsupportedMethodError, match="itm_gradcam is not available for open_clip ViT models: the ViT "
                                                      "tower does not feed its tokens to a text encoder's cross-att"):
         ge.explain_image(clip, torch.randn(1, 3, 64, 64), ["a dog"], method="itm_gradcam", progress=False)
-    with pytest.raises(ValueError, match="grad_eclip cannot explain score='itm'"):
+    # a CLIP does not give the matching probability: the model says so before the method would
+    with pytest.raises(UnsupportedMethodError, match=r"score='itm' is not a score of this model \(open_clip ViT\)"):
         ge.explain_image(clip, torch.randn(1, 3, 64, 64), ["a dog"], score="itm", progress=False)
     assert scale_refusal("itm", clip.adapter).startswith("score='itm' is not a score of this model (open_clip ViT)")
     assert scale_refusal("itc", clip.adapter) is not None

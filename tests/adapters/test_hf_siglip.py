@@ -417,7 +417,9 @@ def test_every_text_method_runs_with_the_models_scores(loaded, method, score):
 # ------------------------------------------------------------------------------------- refusals
 def test_bad_scores_are_refused_naming_the_models_scores(loaded):
     with pytest.raises(ValueError, match="score must be one of"):
-        ge.explain_image(loaded, pixels("model"), PROMPTS, score="itm")
+        ge.explain_image(loaded, pixels("model"), PROMPTS, score="sigmoid")  # no model's score
+    with pytest.raises(UnsupportedMethodError, match="'itm' is not a score of this model"):
+        ge.explain_image(loaded, pixels("model"), PROMPTS, score="itm")  # BLIP's, not SigLIP's
     reason = scale_refusal("itm", loaded.adapter)
     assert "Hugging Face SigLIP" in reason and "'logit', 'probability', 'cosine', 'contrast'" in reason
     with pytest.raises(ValueError, match="raw_attention does not use the setting score"):

@@ -102,9 +102,12 @@ def test_the_score_switch_offers_the_probability_over_all_classes(classifiers, w
 def test_methods_a_classifier_cannot_run_are_marked_and_refused_with_their_reason(classifiers):
     model = classifiers["timm"]
     refused = sorted(m for m in list_methods()["image"] if refusal(get_spec(m), model.adapter) is not None)
-    assert refused == ["clip_surgery", "itsm", "maskclip"]
+    assert refused == ["clip_surgery", "itm_gradcam", "itsm", "maskclip"]
     explorer = Explorer(model, {"noise": PICTURE}, ["whippet"])
     labels = dict((value, label) for label, value in explorer.method.options)
+    # the matching head's Grad-CAM explains only a score the classifier does not give: not offered at all
+    assert "itm_gradcam" not in labels
+    refused.remove("itm_gradcam")
     assert all(labels[m] == f"{m} (not for this model)" for m in refused) and labels["grad_cam"] == "grad_cam"
     for method in refused:
         explorer.method.value = method
