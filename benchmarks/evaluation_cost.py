@@ -207,8 +207,8 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_evaluation(model, args: argparse.Namespace) -> dict[str, Any]:
-    """The evaluation of ``--evaluate`` random pictures (one class each) in this process: its peak above the
-    model and in all, the chunks it planned, its seconds."""
+    """The evaluation of ``--evaluate`` random pictures (one class each) in this process, in batches of
+    ``--batch``: its peak above the model and in all, the chunks it planned, its seconds."""
     from gradeclip_utils.evaluation import EvalItem, EvalSet, evaluate
 
     count = args.evaluate
@@ -220,17 +220,19 @@ def run_evaluation(model, args: argparse.Namespace) -> dict[str, Any]:
     meter = Meter(torch.device(args.device))
     release_free_memory()
     before = meter.in_use()
+    methods = args.eval_methods.split(",")
+    # the RISE masks and M2IB steps asked for where those methods run, else the evaluation's defaults
+    counts = {**({"rise_masks": args.rise_masks[-1]} if "rise" in methods else {}),
+              **({"m2ib_steps": args.m2ib_steps[-1]} if "m2ib" in methods else {})}
     with tempfile.TemporaryDirectory() as out:
         sample = meter.run(lambda: evaluate(model, data, out, eval_config(
-            args, methods=args.eval_methods.split(","), sanity_images=0, timing_images=0,
-            m2ib_steps=args.m2ib_steps[-1], rise_masks=args.rise_masks[-1], memory_budget=args.memory_budget)),
+            args, methods=methods, sanity_images=0, timing_images=0, memory_budget=args.memory_budget, **counts)),
             memory=True)
         config = json.loads((Path(out) / "config.json").read_text())
-    return {"case": "evaluation", "images": count, "methods": args.eval_methods.split(","),
-            "peak_bytes": sample.peak, "before_bytes": before,
-            "peak_rss_bytes": None if sample.peak is None else before + sample.peak,
+    return {"case": "evaluation", "images": count, "methods": methods, "peak_bytes": sample.peak,
+            "before_bytes": before, "peak_rss_bytes": None if sample.peak is None else before + sample.peak,
             "wall_s": sample.wall, "cpu_s": sample.cpu, "chunks": config.get("chunks"),
-            "memory_budget": args.memory_budget, "m2ib_steps": args.m2ib_steps[-1], "rise_masks": args.rise_masks[-1]}
+            "batch_size": args.batch, "memory_budget": args.memory_budget, **counts}
 
 
 # ------------------------------------------------------------------------------------------ the parent
@@ -267,8 +269,8 @@ def measure(args: argparse.Namespace, case: str, folder: str) -> dict[str, Any]:
 
 def extrapolate(records: list[dict[str, Any]], method: str, target: int) -> dict[str, Any] | None:
     """``method`` (RISE or M2IB) at ``target`` masks or steps from its two largest measured counts (None when
-    ``target`` was measured or fewer than two counts were). Seconds: the line through them (each mask a
-    forward of the same chunk, each step the same work). Peak: M2IB's steps run one after another, so its
+    ``target`` was measured or fewer than two counts were). CPU seconds: the line through them (each mask a
+    forward of the same chunk, each step the same work); no wall seconds. Peak: M2IB's steps run one after another, so its
     peak is the largest measured; RISE's cases ran the chunks of ``target`` masks, so its peak is the
     largest measured and the masks it did not hold (``mask_bytes`` each: all masks are drawn at once), when it
     forwarded a whole chunk of masks (else no peak: measure more masks than ``mask_chunk``)."""
@@ -286,8 +288,9 @@ def extrapolate(records: list[dict[str, Any]], method: str, target: int) -> dict
         # a forward of fewer masks than the chunk would not show the chunk's peak: none then
         chunk = (r1.get("chunks") or {}).get("mask_chunk", 0)
         peak = None if n1 < min(chunk, target) else peak + (target - n1) * r1["mask_bytes"]
+    # no wall time: on a shared machine it follows the other work, and a line through two runs does not hold
     return {"case": f"{method}@{target}", "estimate": True, "from": [f"{method}@{n0}", f"{method}@{n1}"],
-            "peak_bytes": peak, "cpu_s": line("cpu_s"), "wall_s": line("wall_s"), "chunks": r1.get("chunks")}
+            "peak_bytes": peak, "cpu_s": line("cpu_s"), "wall_s": None, "chunks": r1.get("chunks")}
 
 
 def print_row(record: dict[str, Any], batch: int, forward_cpu: float | None) -> None:
@@ -305,8 +308,9 @@ def print_row(record: dict[str, Any], batch: int, forward_cpu: float | None) -> 
     if record.get("estimate"):
         notes.append("estimate (from " + " and ".join(record["from"]) + ")")
     note = "; ".join(notes)
+    wall = record["wall_s"]
     print(f"{record['case']:24s} {'' if peak is None else f'{peak / MiB:10,.0f}':>10s} {cpu:11.2f} "
-          f"{record['wall_s'] / batch:11.2f} {ratio}  {note}", flush=True)
+          f"{'' if wall is None else f'{wall / batch:11.2f}':>11s} {ratio}  {note}", flush=True)
 
 
 def print_plans(args: argparse.Namespace) -> None:
@@ -358,7 +362,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads in each case's process")
-    parser.add_argument("--batch", type=int, default=1, help="pictures per call (the evaluation's batch: 16)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="pictures per call (default 1; --evaluate: the evaluation's batch size, default 16)")
     parser.add_argument("--classes", type=int, default=1000, help="rows of the zero-shot classifier")
     parser.add_argument("--methods", default=None, help="comma-separated methods (default: the evaluation's)")
     parser.add_argument("--cases", default="*", help="comma-separated case names or patterns (default: all)")
@@ -383,6 +388,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.batch is None:
+        from gradeclip_utils.evaluation import EvalConfig
+
+        args.batch = EvalConfig.batch_size if args.evaluate else 1
     if args.child:
         Path(args.child_out).write_text(json.dumps(run_child(args)))
         return 0
