@@ -335,7 +335,8 @@ def print_plans(args: argparse.Namespace) -> None:
     for label, value in budgets:
         within = memory_budget.resolve_budget(value, model.device)
         chunks = planner.plan_chunks(model, config, every, runnable, classes=args.classes, budget=within, bounds={})
-        print(f"budget {label}: {within / MiB:,.0f} MiB; batch {config.batch_size}, {count} targets per call")
+        size = "" if value == PLAN_BUDGETS[-1][1] else f": {within / MiB:,.0f} MiB"
+        print(f"budget {label}{size}; batch {config.batch_size}, {count} targets per call")
         cost = memory_budget.curves_cost(adapter, grid, config.batch_size, config.tie_seeds, chunks[planner.CURVES])
         print(f"  curves: {chunks[planner.CURVES]} pictures per forward "
               f"(estimated peak {cost.total(1, chunks[planner.CURVES]) / MiB:,.0f} MiB)")
