@@ -6,7 +6,7 @@ the model, build the inputs, return the C heap's free pages to the OS, reset the
 (``gradeclip_utils.timing.Meter``). "peak MiB" is the peak resident set (CUDA: ``max_memory_allocated``)
 above the memory in use just before the call, with the model and the inputs loaded; "CPU s" the process
 CPU time of the call (``time.process_time``: on a shared machine the steadier number), "wall s" its wall
-time. One run per case: read the seconds to about 10%.
+time. One run per case: on a shared machine even the CPU seconds move by up to 20% from run to run.
 
 The calls are the evaluation's own (``gradeclip_utils.evaluation``), with its default settings
 (``EvalConfig``) and the chunks it plans from the memory budget (``evaluation/chunks.py``; the budget's
@@ -36,13 +36,17 @@ timing) in a fresh process and reports its peak resident set, with and above the
 
     python benchmarks/evaluation_cost.py --in-process        # the embedded model in one process: seconds
     python benchmarks/evaluation_cost.py                     # the same, a fresh process per case
-    OMP_NUM_THREADS=1 python benchmarks/evaluation_cost.py --model ViT-B-16 --threads 1 \\
-        --json docs/results/evaluation_cost_vit_b_16.json
-    OMP_NUM_THREADS=1 python benchmarks/evaluation_cost.py --model ViT-L-14 --threads 1 --rise-masks 16,32 \\
-        --json docs/results/evaluation_cost_vit_l_14.json
+    OMP_NUM_THREADS=1 python benchmarks/evaluation_cost.py --model ViT-B-16 --threads 1 --rise-masks 32,64 \\
+        --json vit_b_16.json
+    OMP_NUM_THREADS=1 python benchmarks/evaluation_cost.py --model ViT-L-14 --threads 1 --rise-masks 12,24 \\
+        --m2ib-steps 1,2 --json vit_l_14.json
     OMP_NUM_THREADS=1 python benchmarks/evaluation_cost.py --model ViT-L-14 --threads 1 --evaluate 2 \\
-        --eval-methods grad_eclip,m2ib --m2ib-steps 2 --memory-budget 8G --json run.json
-    python benchmarks/evaluation_cost.py --model ViT-L-14 --plan          # the evaluation's chunks, no work
+        --eval-methods grad_eclip,m2ib --m2ib-steps 1 --memory-budget 8G --json run.json
+    python benchmarks/evaluation_cost.py --model ViT-L-14 --plan --batch 16     # the evaluation's chunks
+
+RISE's largest mask count should be at least its chunk (``mask_chunk``, printed) for its peak to be
+extrapolated. The measured results and every command: docs/results/evaluation_cost.json and
+docs/performance.md (The evaluation at ViT-B-16 and ViT-L-14 on the CPU).
 """
 
 from __future__ import annotations
