@@ -124,10 +124,10 @@ def compare_models(models: Mapping[str, Any] | Sequence[Any], images: Any, promp
     """Explain the same ``images`` against the same text ``prompts`` under every model (a mapping of
     names to LoadedModels, or a sequence named by each model's name); ``options`` go to
     ``explain_image`` for every model (layers, mode, qk, resolution, ...). ``settings["score_names"]``: the
-    score each model explained (``methods.scores.score_name``)."""
+    score each model's values are (``methods.scores.values_score``)."""
     from .explain import explain_image
     from .loading import as_loaded
-    from .methods.scores import DEFAULT_SCORE, score_name
+    from .methods.registry import values_score
 
     if isinstance(prompts, (torch.Tensor, np.ndarray)):
         raise TypeError("compare_models takes prompts as text: each model embeds them with its own text tower")
@@ -149,6 +149,5 @@ def compare_models(models: Mapping[str, Any] | Sequence[Any], images: Any, promp
             raise
     settings = {"method": method, **{k: v for k, v in options.items() if isinstance(v, (int, float, str, bool, tuple))},
                 "models": [m.describe() for m in loaded],
-                "score_names": [score_name(m.adapter, ex.config.score if ex.config else DEFAULT_SCORE)
-                                for m, ex in zip(loaded, explanations)]}
+                "score_names": [values_score(m.adapter, ex.config) for m, ex in zip(loaded, explanations)]}
     return ModelComparison(names, explanations, settings)

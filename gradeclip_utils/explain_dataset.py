@@ -13,8 +13,9 @@ folders are the classes (ImageNet's 1000 wnid folders get the standard class nam
 own name with ``_`` as a space); a class's text embedding is the mean of its normalised template
 embeddings (``--templates``: OpenAI's 80 or the simple ones), renormalised, as in the evaluation.
 
-``--score``: what the maps explain, as ``explain_image``'s ``score`` (docs/method.md section 1.1): the
-cosine (default), the logit, the probability (each prompt's softmax among all the prompts, or each class's
+``--score``: what the maps explain, as ``explain_image``'s ``score`` (docs/method.md section 1.1): left
+out, the model's own default (a CLIP's cosine, SigLIP's logit, BLIP's ITC cosine, a classifier's logit); the
+cosine, the logit, the probability (each prompt's softmax among all the prompts, or each class's
 among all the classes: with ``--classes`` (own) an image's map is its class's probability among every
 class, as ``explain_image`` against all the classes gives it, at the cost of its own class's map only) or
 the contrast, whose pairs come from the ``--prompts`` file, one pair a line, the two prompts separated by
@@ -66,11 +67,12 @@ from PIL import Image
 
 from . import maps_store
 from .config import ExplainConfig, check_choice
-from .explain import check_score
+from .explain import check_score, method_default_score
 from .inputs import DEFAULT_MAX_PATCHES, IMAGE_SUFFIXES, class_names
 from .jobs.distributed import Context, init, items_per_rank, load_units, unit_size
 from .maps_store import ALL, OWN, DatasetMaps, StoredMaps  # the reader, importable beside the job (README)
 from .methods import get_image_method, get_spec, prepare_options
+from .methods.registry import find_spec
 from .methods.scores import DEFAULT_SCORE, MATCH_SCORES, check_count, is_classifier, score_name
 from .prompts import caption_targets, class_index, class_targets, encode_texts, folder_classes, zero_shot_classifier
 from .records import RunFolder, provenance
@@ -359,6 +361,8 @@ def _checked_config(model, prompts: Sequence[Any] | None, classes: str | None, t
         raise ValueError("give either prompts or classes ('own' or 'all')")
     if classes is not None and classes not in (OWN, ALL):
         raise ValueError(f"classes must be 'own' or 'all', got {classes!r}")
+    if settings.get("score") is None:  # left out: the model's own default, as explain_image resolves it
+        settings["score"] = method_default_score(model.adapter, find_spec(settings["method"]))
     config = ExplainConfig(**settings)
     if config.score == "contrast" and classes is not None:
         raise ValueError("score='contrast' explains pairs of prompts (a rather than b), which classes do not give: "
@@ -419,7 +423,7 @@ def _job(model, folder: Path, out: Path, config: ExplainConfig, prompts: Sequenc
 def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequence[Any] | None = None,
                     classes: str | None = None, templates: str = "openai", method: str = "grad_eclip",
                     layers: int | Sequence[int] = (-1,), mode: str = "faithful", qk: str = "raw",
-                    score: str = DEFAULT_SCORE, resolution: str = "native", max_patches: int | None = None,
+                    score: str | None = None, resolution: str = "native", max_patches: int | None = None,
                     batch_size: int = 8, shard_size: int = 256, workers: int = 0, overwrite: bool = False,
                     progress: bool = True, context: Context | None = None, memory_budget: int | None = None) -> Path:
     """Explain every image under ``folder`` and write the maps into ``out`` (see the module docstring);
@@ -427,8 +431,9 @@ def explain_dataset(model, folder: str | Path, out: str | Path, *, prompts: Sequ
 
     Exactly one of ``prompts`` (strings: every image against every prompt) and ``classes`` ("own": each
     image against its class folder; "all": against every class). ``score``: what the maps explain, as
-    ``explain_image``'s (the probability among all the prompts or all the classes, also for "own"; the
-    contrast takes ``prompts`` as pairs, each a line "a | b" or a pair (a, b), and no classes). ``context``:
+    ``explain_image``'s (None: the model's own default, for the method; the probability among all the prompts
+    or all the classes, also for "own"; the contrast takes ``prompts`` as pairs, each a line "a | b" or a pair
+    (a, b), and no classes). ``context``:
     this process's place in a run on several processes (every rank calls this with the same arguments). A
     folder that holds a run with the same settings is resumed; other settings are an error unless
     ``overwrite``. ``memory_budget``: bytes one batch's work may hold, as ``explain_image``'s (a batch is cut
@@ -469,7 +474,7 @@ def run_command(args: argparse.Namespace) -> Path:
             workers = args.workers if args.workers is not None else (4 if model.device.type == "cuda" else 0)
             index = explain_dataset(model, args.folder, args.out, prompts=prompts, classes=args.classes,
                                     templates=args.templates, method=args.method, layers=args.layers, mode=args.mode,
-                                    qk=args.qk, score=args.score or DEFAULT_SCORE, resolution=args.resolution,
+                                    qk=args.qk, score=args.score, resolution=args.resolution,
                                     max_patches=args.max_patches, batch_size=args.batch_size,
                                     shard_size=args.shard_size, workers=workers, overwrite=args.overwrite,
                                     context=context, memory_budget=args.memory_budget)

@@ -145,23 +145,23 @@ def target_fields(model: Any, prompts: Sequence[Any] | None, settings: dict[str,
     ``settings["score"]``, the model's default where the method does not use it, ``methods.scores.score_name``)
     and ``classes`` (a classifier's: ``{"index", "label"}`` of each of ``prompts``, named or indexed; None
     when they are not its classes, or for a CLIP)."""
-    from .methods.scores import DEFAULT_SCORE, is_classifier, score_name
+    from .methods.scores import DEFAULT_SCORE, default_score, is_classifier, score_name
     from .prompts import class_entries
 
     adapter = getattr(model, "adapter", None)
     if adapter is None:
         return {"model_kind": None, "score": (settings or {}).get("score"), "classes": None}
     settings = settings or {}
-    score = settings.get("score") or DEFAULT_SCORE
+    score = score_name(adapter, settings.get("score") or DEFAULT_SCORE)
     if settings.get("uses_score") is False:  # the method explains no score: its values are the model's default
-        score = DEFAULT_SCORE
+        score = default_score(adapter)  # (SigLIP's logit, which the cosine recorded with it does not name)
     classes = None
     if is_classifier(adapter):
         try:
             classes = class_entries(adapter.labels, list(prompts or []))
         except (TypeError, ValueError):  # prompts renamed by the caller (``labels=``): not class names
             classes = None
-    return {"model_kind": "classifier" if is_classifier(adapter) else "clip", "score": score_name(adapter, score),
+    return {"model_kind": "classifier" if is_classifier(adapter) else "clip", "score": score,
             "classes": classes}
 
 

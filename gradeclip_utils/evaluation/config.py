@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 from ..budget import check_budget
 from ..config import check_choice
 from ..methods.scores import DEFAULT_SCORE, SCORES
+from ..methods import method_specs
 from .methods import RANDOM, default_methods
 
 PROTOCOLS = ("project", "authors")
@@ -164,6 +165,13 @@ class EvalConfig:
         """A ValueError naming the methods of ``methods`` and ``sanity_methods`` that are not registered."""
         runnable = default_methods()
         unknown = [m for m in (self.methods or ()) + (self.sanity_methods or ()) if m not in runnable]
+        registered = {spec.name: spec for spec in method_specs() if spec.image is not None}
+        scoreless = [m for m in unknown if m in registered]  # registered, but for no score the evaluation explains
+        if scoreless:
+            raise ValueError("; ".join(
+                f"{m} is not evaluated: it explains only {', '.join(map(repr, registered[m].scores))}, a score that "
+                "the evaluation's targets (each class's text embedding, averaged over the templates) do not give"
+                for m in scoreless) + f"; the evaluation takes {sorted(set(runnable) - {RANDOM}) + [RANDOM]}")
         if unknown:
             known = sorted(set(runnable) - {RANDOM}) + [RANDOM]
             raise ValueError(f"unknown methods {unknown}; available: {known}")

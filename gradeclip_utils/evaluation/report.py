@@ -155,11 +155,16 @@ def _method_table(frame: Any, timing: Any, methods: Sequence[str], columns: list
     return lines + ["", "Cells: mean [95% bootstrap confidence interval, 1000 resamples over images]."], table
 
 
+def _classifier_run(config: dict[str, Any]) -> bool:
+    """Whether the run explained an image classifier (its model's kind, which its provenance records)."""
+    return config.get("model", {}).get("kind") == "image classifier"
+
+
 def _faithfulness_notes(frame: Any, methods: Sequence[str], config: dict[str, Any]) -> list[str]:
     """What the AUCs measure, the authors' per-point accuracies and the tie table (nothing without faithfulness)."""
     if not config["faithfulness"]:
         return []
-    classifier = "explained_score" in config  # an image classifier's run: its own scores are its logits
+    classifier = _classifier_run(config)  # its own scores are its logits
     lines = ["", f"**AUC.** {AUC_DEFINITION} 'score' is the ground-truth class's "
              + ("logit" if classifier else "cosine with the image") + "; "
              f"'top-1' the share of images whose highest-scoring class (of {config['classes']}) is the "
@@ -209,7 +214,7 @@ def _settings_note(config: dict[str, Any]) -> list[str]:
                                                                  score == "probability" else "") + "; ")
     game = ("the logit exp(logit_scale) x cos differentiated (as Chefer et al.)" if score == "cosine" else
             f"the {score} differentiated")
-    if "explained_score" in config:  # an image classifier: its own logit, or its probability
+    if _classifier_run(config):  # its own logit, or its probability
         game = f"the {config['explained_score']} differentiated"
     lines = ["", f"Settings: {explained}RISE {config['rise_masks']} masks (8 x 8 cells, p = 0.5, seed "
              f"{config['seed']}){centred}; M2IB {config['m2ib_steps']} steps x {config['m2ib_samples']} samples, no "

@@ -27,7 +27,8 @@ from ..adapters import UnsupportedMethodError
 from ..explain import check_score
 from ..jobs.files import Journal
 from ..methods import refusal
-from ..methods.scores import DEFAULT_SCORE, default_score, is_classifier, own_logit_scale, score_name
+from ..methods.scores import (SCORES, DEFAULT_SCORE, default_score, is_classifier, model_scores, own_logit_scale,
+                              score_name)
 from ..metrics import cascading_randomisation, localisation_scores
 from ..records import RunFolder, provenance
 from . import methods as method_calls  # called through the module: replacing one replaces it in every phase
@@ -164,7 +165,7 @@ def plan(model, data: EvalSet, out: Path, config: EvalConfig, context: distribut
     sanity_methods = list(config.sanity_methods or [])
     settings = config.to_json(dataset=data.name, provenance=provenance(model, weights=True),
                               classes=len(data.class_names))
-    if is_classifier(model.adapter):  # what its maps and curves explain, its own default named
+    if model_scores(model.adapter) != SCORES:  # a model of its own scores (a classifier, SigLIP, BLIP): which one
         settings["explained_score"] = score_name(model.adapter, config.score)
     options = {name: method_options(name, settings, data.classifier)
                for name in dict.fromkeys(requested + sanity_methods)}

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 from ..adapters import CAPTURES
-from .scores import DEFAULT_SCORE, KNOWN_SCORES, SCORE_ALIASES, SCORE_REASONS, SCORES, TEXT_CONTRAST
+from .scores import (DEFAULT_SCORE, KNOWN_SCORES, SCORE_ALIASES, SCORE_REASONS, SCORES, TEXT_CONTRAST, default_score,
+                     score_name)
 
 if TYPE_CHECKING:
     from ..adapters import CLIPAdapter
@@ -288,6 +289,18 @@ def find_spec(name: str) -> MethodSpec | None:
     return _SPECS.get(name)
 
 
+def values_score(adapter: Any, config: Any = None) -> str:
+    """The score that an explanation's ``scores`` are, for ``adapter``'s model (``config``: its ``ExplainConfig``,
+    or None): ``score_name`` of the score its method explained; for a method that explains no score (or no
+    config), the model's own default (``own_scores``: a CLIP's cosine, SigLIP's logit, a classifier's logit),
+    which the default score it is recorded with (the cosine) names only where the model does not give the
+    cosine itself."""
+    spec = None if config is None else find_spec(config.method)
+    if config is None or (spec is not None and "score" not in spec.uses):
+        return default_score(adapter)
+    return score_name(adapter, config.score)
+
+
 #: the figures' method colours, distinct on white (Sasha Trubetskoy's 20 distinct colours without the light
 #: ones, and a darkened yellow, its yellow being too light on white): the first registered method (Grad-ECLIP)
 #: black, each further one the next colour (cycling after the last, black left out)
@@ -377,5 +390,5 @@ __all__ = [
     "IMAGE_METHODS", "SETTINGS", "SETTING_DEFAULTS", "SETTING_HINTS", "TEXT_METHODS", "AuthorsProtocol", "ImageMethod",
     "MethodSpec", "TextMethod",
     "find_spec", "get_image_method", "get_spec", "get_text_method", "list_methods", "method_specs", "prepare_options",
-    "probe_options", "refusal", "register", "register_image_method", "register_text_method", "unregister",
+    "probe_options", "refusal", "register", "register_image_method", "register_text_method", "unregister", "values_score",
 ]

@@ -8,7 +8,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 from ..config import ExplainConfig, applied_settings
 from ..maps import resize_maps
-from ..methods.scores import DEFAULT_SCORE, SYMBOLS, model_scores, score_name
+from ..methods.registry import values_score
+from ..methods.scores import SYMBOLS, model_scores
 from ..plotting import heat_map_panels, signed
 from ..samples import as_input, default_resolution, image_prompts, named_images, object_prompts
 from ..text import cut_note, has_words
@@ -205,7 +206,7 @@ class Explorer(BaseExplorer):
         text_method = words_method(state["method"])
         no_text = method_refusal(self.model, text_method, "text")  # a model without a text tower: no words
         words = None if no_text else self._explain_words(state, image, resolution, text_method)
-        score = score_name(self.model.adapter, explanation.config.score if explanation.config else DEFAULT_SCORE)
+        score = values_score(self.model.adapter, explanation.config)
         state.update(text_method=text_method, resolution=resolution, labels=list(explanation.prompts),
                      symbol=SYMBOLS.get(score, "S"), scores=[float(s) for s in explanation.scores[0]],
                      no_words=[p for p in state["prompts"] if not has_words(p)], no_text=no_text,

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from ..maps import resize_maps
-from ..methods.scores import DEFAULT_SCORE, SYMBOLS, score_name
+from ..methods.registry import values_score
+from ..methods.scores import SYMBOLS
 from ..plotting import heat_map_panels, signed
 from ..samples import default_resolution, named_images
 from . import controls
@@ -67,7 +68,7 @@ class LayerViewer(BaseExplorer):
         picture = chosen.images[0]
         raw = sum(torch.relu(self.maps[b].raw[0][0]) for b in state["layers"])
         heat = resize_maps(raw, (picture.height, picture.width)).numpy()
-        score = score_name(self.model.adapter, chosen.config.score if chosen.config else DEFAULT_SCORE)
+        score = values_score(self.model.adapter, chosen.config)
         return BlockMap(picture, heat, float(chosen.scores[0, 0]), SYMBOLS.get(score, "S"))
 
     def draw(self, result: BlockMap, state: Mapping[str, Any]):

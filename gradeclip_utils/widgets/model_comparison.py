@@ -128,8 +128,11 @@ class ModelComparisonView(BaseExplorer):
 
         if self.last is not None and "data" not in manifest:
             used = {"score": self.last.get("score"), "uses_score": self.last.get("uses_score")}
+            # the score each model's values are, as compare_models named it (a score left out is each model's own)
+            named = self.last.get("score_names") or [None] * len(self.models)
             manifest["data"] = {"scores": self.last.get("scores"), "models": [
-                {"name": n, **target_fields(m, self.last.get("prompts"), used)} for n, m in self.models.items()]}
+                {"name": n, **target_fields(m, self.last.get("prompts"), used), **({"score": s} if s else {})}
+                for (n, m), s in zip(self.models.items(), named)]}
         return super().export(exporter, name, show=show, **manifest)
 
     def _clear_outputs(self) -> None:
@@ -162,6 +165,7 @@ class ModelComparisonView(BaseExplorer):
         agreement = comparison.agreement()[0]  # (K, M, M)
         scores = comparison.scores[:, 0]  # (M, K)
         state.update(resolution=resolution, scores=scores.tolist(),
+                     score_names=list(comparison.settings.get("score_names") or []),
                      agreement={p: agreement[k].round(4).tolist() for k, p in enumerate(state["prompts"])})
         return Compared(comparison, agreement)
 

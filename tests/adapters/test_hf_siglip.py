@@ -2,19 +2,19 @@
 SigLIP probe, the bidirectional text tower pooled at the last position, SigLIP's own scores (the logit with its
 bias, each pair's sigmoid probability), its tokenizer's padding and words, loading a saved folder offline.
 
-Models are small ``SiglipModel`` s built from a config with realistic random weights (tests/support/realistic.py;
+Models are small ``SiglipModel`` s built from a config with realistic random weights (``support.siglip``;
 the head's probe N(0, 0.5)). Maps are checked against a literal implementation of the equations of docs/method.md
 sections 2 and 5.2 written below (per image, per prompt, every head in its own iteration, one backward pass per
 prompt), the trunk run by the model's own code; and against the open_clip/timm SigLIP family on the same weights
-(copied into a CustomTextCLIP with a timm SigLIP trunk). The tokenizer is a small SentencePiece-style (Unigram,
-U+2581 word starts) ``tokenizers`` tokenizer with SigLIP's special tokens (end and padding ``</s>``, no start).
+(copied into a CustomTextCLIP with a timm SigLIP trunk). The tokenizer (``support.siglip``) is a small
+SentencePiece-style (Unigram, U+2581 word starts) ``tokenizers`` tokenizer with SigLIP's special tokens (end and
+padding ``</s>``, no start).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import math
 
 import pytest
 import torch
@@ -28,59 +28,14 @@ from gradeclip_utils.methods.scores import scale_refusal
 
 from support.families import relative
 from support.reference import pooled_heads
-from support.realistic import realistic_init
+from support.siglip import CONTEXT, HEADS, PATCH, SIZE, VOCAB, WIDTH, build, config, hf_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
 TOL = 1e-5
-WIDTH, HEADS, SIZE, PATCH, CONTEXT = 64, 2, 64, 16, 16
 NATIVE = (48, 80)
-WORDS = ["a", "photo", "of", "dog", "red", "car", "tree", "cat", "blue", "square", "two", "circle", "green"]
 PROMPTS = ["a red circle", "a photo of a dog", "two blue squares"]
 FAST = {"rise": {"masks": 32, "mask_batch": 32}, "m2ib": {"steps": 2, "samples": 2}}
-LOGIT_SCALE, LOGIT_BIAS = math.log(10.0), -2.0
-
-
-def hf_tokenizer():
-    """SigLIP-like: SentencePiece pieces (Unigram, U+2581 starts a word), lower-cased, '</s>' appended as the end
-    token and used as padding, no start token."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *[("\u2581" + w, -1.0) for w in WORDS], ("s", -2.0),
-             ("\u2581", -3.0), *[(c, -5.0) for c in "abcdefghijklmnopqrtuvwxyz"]]
-    inner = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
-    inner.normalizer = normalizers.Lowercase()
-    inner.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
-    inner.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
-    inner.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=inner, eos_token="</s>", pad_token="</s>",
-                                                unk_token="<unk>")
-
-
-VOCAB = len(hf_tokenizer())
-
-
-def config(**vision):
-    text = dict(vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=4 * WIDTH, num_hidden_layers=2,
-                num_attention_heads=HEADS, max_position_embeddings=CONTEXT, projection_size=WIDTH, hidden_act="gelu",
-                pad_token_id=1, eos_token_id=1, bos_token_id=None)
-    image = dict(hidden_size=WIDTH, intermediate_size=4 * WIDTH, num_hidden_layers=2, num_attention_heads=HEADS,
-                 image_size=SIZE, patch_size=PATCH, hidden_act="gelu", **vision)  # timm's SigLIP trunk: exact GELU
-    cfg = transformers.SiglipConfig(text_config=text, vision_config=image)
-    cfg._attn_implementation = "sdpa"
-    return cfg
-
-
-def build(seed: int = 0, bias: float = LOGIT_BIAS):
-    torch.manual_seed(seed)
-    model = transformers.SiglipModel(config()).eval()
-    left = realistic_init(model, seed)
-    assert sorted(left) == ["logit_bias", "logit_scale", "vision_model.head.probe"], left
-    with torch.no_grad():
-        model.vision_model.head.probe.copy_(torch.randn(1, 1, WIDTH, generator=torch.Generator().manual_seed(seed)) * 0.5)
-        model.logit_scale.fill_(LOGIT_SCALE)
-        model.logit_bias.fill_(bias)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ embeddings of about 1e-10): the maps of such a model are degenerate. ``realistic
 
 Sizes: the authors' notebook fixes an image size of 224 and a patch of 16 (its positional grid is 14 x 14), so
 the model has those; its width is small (64, two heads; the text encoder 64, two heads), with two image blocks
-and three text layers (the matching Grad-CAM reads a middle one).
+and three text layers (the matching Grad-CAM reads a middle one). Tests that need no notebook take a smaller
+``image_size``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def bert_tokenizer(folder: Path):
     return tokenizer
 
 
-def blip_config(*, image_layers: int = 2, text_layers: int = 3, width: int = 64, heads: int = 2):
+def blip_config(*, image_layers: int = 2, text_layers: int = 3, width: int = 64, heads: int = 2,
+                image_size: int = 224):
     from transformers import BlipConfig
 
     vocab = {token: index for index, token in enumerate(VOCAB)}
@@ -50,7 +52,7 @@ def blip_config(*, image_layers: int = 2, text_layers: int = 3, width: int = 64,
                 pad_token_id=vocab["[PAD]"], sep_token_id=vocab["[SEP]"], bos_token_id=vocab["[DEC]"],
                 initializer_range=0.02)
     vision = dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=image_layers,
-                  num_attention_heads=heads, image_size=224, patch_size=16, initializer_range=0.02)
+                  num_attention_heads=heads, image_size=image_size, patch_size=16, initializer_range=0.02)
     return BlipConfig(text_config=text, vision_config=vision, image_text_hidden_size=32)
 
 
@@ -64,6 +66,15 @@ def blip_model(seed: int = 0, **sizes):
     return model.eval()
 
 
+def save_blip(folder: Path, seed: int = 0, **sizes):
+    """``blip_model(seed, **sizes)`` and its tokenizer saved to ``folder`` with ``save_pretrained`` (what
+    ``load_model("hf:FOLDER")`` reads offline); returns the model."""
+    model = blip_model(seed, **sizes)
+    model.save_pretrained(str(folder))
+    bert_tokenizer(folder)
+    return model
+
+
 def match_head_methods() -> set[str]:
     """The registered methods of an image-text matching head (they require a tower that feeds a text encoder's
     cross-attention): every CLIP refuses them; ``tests/adapters/test_hf_blip.py`` runs them on BLIP."""
@@ -72,4 +83,4 @@ def match_head_methods() -> set[str]:
     return {spec.name for spec in method_specs() if "cross_attention" in spec.requires}
 
 
-__all__ = ["VOCAB", "bert_tokenizer", "blip_config", "blip_model", "match_head_methods", "write_vocab"]
+__all__ = ["VOCAB", "bert_tokenizer", "blip_config", "blip_model", "match_head_methods", "save_blip", "write_vocab"]
