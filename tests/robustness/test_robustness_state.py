@@ -15,6 +15,7 @@ import torch
 import gradeclip_utils as ge
 from gradeclip_utils.adapters import CLIPAdapter
 from gradeclip_utils.methods import IMAGE_METHODS, TEXT_METHODS, grad_eclip
+from support.blip import match_head_methods
 
 PROMPTS = ["a red circle", "two blue squares", "a photo"]
 PIXELS = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(3))
@@ -227,21 +228,18 @@ def test_concurrent_calls_on_one_model_are_serialised_and_correct():
     assert all(m.training for m in loaded.model.modules())
 
 
-@pytest.mark.parametrize("method", ge.list_methods()["image"])
-def test_every_image_method_leaves_nothing_and_repeats_exactly(tiny, method):
-    """Each registered method, on a model in train mode with a frozen image tower: finite maps, the
-    same maps twice, and the model exactly as it was, with no graph alive."""
-    options = {"clip_surgery": {"surgery_targets": ge.encode_texts(tiny, PROMPTS)},
-               "rise": {"masks": 200}}.get(method, {})
-    ge.explain_image(tiny, PIXELS[:1], PROMPTS[:2], method=method, **options)  # warm-up
+def _leaves_nothing_and_repeats_exactly(loaded, pixels, method, frozen, **options):
+    """``method`` on ``loaded`` in train mode with the module ``frozen`` frozen: finite maps, the same maps
+    twice, and the model exactly as it was, with no graph alive."""
+    ge.explain_image(loaded, pixels, PROMPTS[:2], method=method, **options)  # warm-up
     baseline = graph_tensors()
-    model = tiny.model
+    model = loaded.model
     model.train()
-    model.visual.requires_grad_(False)
+    frozen.requires_grad_(False)
     try:
         before = model_state(model)
-        first = ge.explain_image(tiny, PIXELS[:1], PROMPTS[:2], method=method, **options)
-        second = ge.explain_image(tiny, PIXELS[:1], PROMPTS[:2], method=method, **options)
+        first = ge.explain_image(loaded, pixels, PROMPTS[:2], method=method, **options)
+        second = ge.explain_image(loaded, pixels, PROMPTS[:2], method=method, **options)
         same_state(before, model_state(model))
         assert graph_tensors() == baseline
     finally:
@@ -250,6 +248,25 @@ def test_every_image_method_leaves_nothing_and_repeats_exactly(tiny, method):
     assert torch.isfinite(first.maps).all() and torch.equal(first.maps, second.maps)
     heat = first.heatmaps()
     assert heat.min() >= 0 and heat.max() <= 1
+
+
+@pytest.mark.parametrize("method", [m for m in ge.list_methods()["image"] if m not in match_head_methods()])
+def test_every_image_method_leaves_nothing_and_repeats_exactly(tiny, method):
+    """Each registered method of a CLIP (the matching head's: on BLIP, below), on a model in train mode with
+    a frozen image tower."""
+    options = {"clip_surgery": {"surgery_targets": ge.encode_texts(tiny, PROMPTS)},
+               "rise": {"masks": 200}}.get(method, {})
+    _leaves_nothing_and_repeats_exactly(tiny, PIXELS[:1], method, tiny.model.visual, **options)
+
+
+@pytest.mark.parametrize("method", sorted(match_head_methods()))
+def test_the_matching_head_methods_leave_nothing_and_repeat_exactly_on_blip(method, tmp_path):
+    from gradeclip_utils.adapters.hf_blip import BlipTokenizer
+    from support.blip import bert_tokenizer, blip_model
+
+    blip = ge.wrap_model(blip_model(image_size=64), tokenizer=BlipTokenizer(bert_tokenizer(tmp_path), 35))
+    pixels = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    _leaves_nothing_and_repeats_exactly(blip, pixels, method, blip.model.vision_model, score="itm")
 
 
 @pytest.mark.parametrize("method", ge.list_methods()["text"])
