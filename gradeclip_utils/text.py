@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import codecs
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -64,8 +64,19 @@ class HFTokenizer:
         """Tokens of ``text`` without the start and end tokens."""
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    @property
+    def special_tokens(self) -> int:
+        """How many start and end tokens the tokenizer adds to a text (CLIP's and BERT's 2)."""
+        return special_token_count(self.tokenizer)
+
     def pieces(self, ids: Sequence[int]) -> list[str]:
         return list(self.tokenizer.convert_ids_to_tokens([int(i) for i in ids]))
+
+
+def special_token_count(tokenizer: Any) -> int:
+    """How many special tokens a Hugging Face ``tokenizer`` adds to one text (2 for CLIP's start and end and
+    for BERT's [CLS] and [SEP]; 1 for SigLIP's end token alone)."""
+    return len(tokenizer("", add_special_tokens=True)["input_ids"])
 
 
 def _is_hf_tokenizer(tokenizer) -> bool:
@@ -105,17 +116,18 @@ def checked_tokenizer(tokenizer, context_length: int, vocab_size: int | None = N
 
 def tokenize(model: "LoadedModel", texts: str | Sequence[str]) -> torch.Tensor:
     """Token ids (K, L) for the model's text tower; warns (pointing at the caller's line) when a text
-    is cut to the context length, start and end tokens included."""
+    is cut to the context length, the tokenizer's start and end tokens included."""
     texts = as_text_list(texts, "texts")
     simple = _simple_tokenizer(model.tokenizer)
     count = (lambda t: len(simple.encode(t))) if simple is not None else getattr(model.tokenizer, "count", None)
     length = model.context_length
+    special = getattr(model.tokenizer, "special_tokens", 2)  # a wrapped tokenizer's own; CLIP's start and end
     if count is not None:
         for text in texts:
             pieces = count(text)
-            if pieces + 2 > length:
+            if pieces + special > length:
                 warn_user(f"text of {pieces} tokens is cut to the context length {length} "
-                          f"(start and end tokens included): {text[:60]!r}...")
+                          f"({special} start/end token{'s' if special != 1 else ''} included): {text[:60]!r}...")
     return model.tokenizer(texts).to(model.device)
 
 

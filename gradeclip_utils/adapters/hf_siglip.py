@@ -206,6 +206,13 @@ class SiglipTokenizer:
     def count(self, text: str) -> int:
         return len(self.all_ids(text))
 
+    @property
+    def special_tokens(self) -> int:
+        """The special tokens SigLIP's tokenizer adds to a text: its end token alone."""
+        from ..text import special_token_count
+
+        return special_token_count(self.tokenizer)
+
     def spans(self, tokens: Tensor) -> list[tuple[int, int]]:
         """(start, end) of each row's words: from its first to its last token that is not a start, end or
         padding token ((0, 0) for a text without words)."""

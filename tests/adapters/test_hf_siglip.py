@@ -426,3 +426,23 @@ def test_a_saved_folder_loads_offline_with_and_without_its_tokenizer(loaded, tmp
     (naflex / "model.safetensors").write_bytes(b"")
     with pytest.raises(UnsupportedModelError, match="is a Siglip2Model: SigLIP 2's NaFlex"):
         ge.load_model(f"hf:{naflex}", device="cpu")
+
+
+def test_a_text_is_said_to_be_cut_only_when_it_is(loaded):
+    """SigLIP's tokenizer adds its end token alone: a text of CONTEXT - 1 pieces fits whole (no warning, its
+    last piece kept before the end token), one of CONTEXT pieces is cut (a warning naming the one special token)."""
+    import warnings
+
+    from gradeclip_utils.text import tokenize
+
+    tokenizer = loaded.tokenizer
+    assert tokenizer.special_tokens == len(tokenizer.tokenizer("")["input_ids"]) == 1
+    texts = {tokenizer.count(" ".join(["red"] * n)): " ".join(["red"] * n) for n in range(1, CONTEXT + 2)}
+    fits, cut = texts[CONTEXT - 1], texts[CONTEXT]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ids = tokenize(loaded, [fits])
+    assert ids[0].tolist() == tokenizer.tokenizer(fits)["input_ids"]  # every piece and the end token
+    with pytest.warns(UserWarning, match=f"text of {CONTEXT} tokens is cut to the context length {CONTEXT} "
+                                         r"\(1 start/end token included\)"):
+        tokenize(loaded, [cut])
