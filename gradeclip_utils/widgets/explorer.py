@@ -7,8 +7,9 @@ import html
 from typing import Any, Mapping, NamedTuple, Sequence
 
 from ..config import ExplainConfig, applied_settings
+from ..explain import method_default_score
 from ..maps import resize_maps
-from ..methods.registry import values_score
+from ..methods.registry import find_spec, values_score
 from ..methods.scores import SYMBOLS, model_scores
 from ..plotting import heat_map_panels, signed
 from ..samples import as_input, default_resolution, image_prompts, named_images, object_prompts
@@ -128,6 +129,18 @@ class Explorer(BaseExplorer):
                                         (self.score, "score", "score")):
             control.disabled = not used[setting]
             control.tooltip = None if used[setting] else f"{method} does not use the {label} setting"
+        self._follow_score(method, used["score"])
+
+    def _follow_score(self, method: str, uses_score: bool) -> None:
+        """A chosen method that cannot explain the score shown but explains another of the model's takes that
+        one (BLIP's matching head's Grad-CAM explains 'itm', the class-token methods 'itc'): the score switch
+        follows the method; a score chosen afterwards that the method cannot explain is refused with the reason."""
+        spec = find_spec(method) if method else None
+        if spec is None or not uses_score or spec.explains(self.score.value):
+            return
+        own = method_default_score(self.model.adapter, spec)
+        if spec.explains(own) and own in [value for _, value in self.score.options]:
+            self.score.value = own
 
     def _used(self) -> dict[str, bool]:
         """Which offered settings the chosen method applies (all of them while no method is chosen)."""

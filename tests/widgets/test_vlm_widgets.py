@@ -75,9 +75,16 @@ def test_the_score_switch_explains_siglips_probability_and_blips_match(models):
     assert blip.error is None and want.settings["score"] == "itm"
     assert torch.allclose(blip.explanation.maps, want.maps, atol=1e-6)
     assert blip.last["scores"] == pytest.approx(want.scores[0].tolist(), abs=1e-6)
-    blip.method.value = "grad_eclip"  # the ITM is no class-token score: refused with its reason, no figure
+    blip.method.value = "grad_eclip"  # a class-token method: the score switch follows it to BLIP's ITC
+    assert blip.score.value == "itc" and blip.error is None and blip.last["method"] == "grad_eclip"
+    itc = ge.explain_image(models["blip"], PICTURE, PROMPTS, progress=False)
+    assert torch.allclose(blip.explanation.maps, itc.maps, atol=1e-6)
+    blip.score.value = "itm"  # the ITM is no class-token score: refused with its reason, no figure
     assert blip.figure is None and "grad_eclip cannot explain score='itm'" in blip.error
     assert "explain it with itm_gradcam" in blip.error
+    blip.method.value = "itm_gradcam"  # and back: the switch follows the matching head's method to the ITM
+    assert blip.score.value == "itm" and blip.error is None
+    assert torch.allclose(blip.explanation.maps, want.maps, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["siglip", "blip"])
