@@ -23,7 +23,7 @@ so its scores are ``"logit"`` = exp(logit_scale) cos + logit_bias (the default: 
 ``logits_per_image``) and ``"probability"`` = sigmoid(logit), the probability that the pair matches, not a
 softmax over the prompts given (``methods.scores.SigmoidScore``); and a CLIP's ``"cosine"`` and ``"contrast"``
 (the cosine's maps are the logit's divided by the scale, for the methods linear in the gradient: the cosine is
-kept to compare with CLIP families, and with the open_clip SigLIP family, whose default it is).
+kept to compare with CLIP families). open_clip's SigLIP models give the same scores (``sigmoid.py``).
 
 ``Siglip2Model`` (NaFlex) is refused with the reason (``REASONS``).
 """
@@ -42,6 +42,7 @@ from .. import hub
 from ..errors import WeightsUnavailableError
 from .base import CLIPAdapter, UnsupportedModelError
 from .hf_clip import ATTENTION_IMPLEMENTATIONS, _path_like, block_view
+from .sigmoid import SigmoidScores
 from .timm_vit import ProbeTower
 from .transformer import BlockView, CausalTextTower, interpolate_positions, pool_positions, run_native
 
@@ -60,8 +61,6 @@ REASONS = {
         "a pixel attention mask over the padding), which the fixed-grid probe tower does not read: use a "
         "fixed-resolution SigLIP 2 checkpoint (such as google/siglip2-base-patch16-224, saved as a SiglipModel)"),
 }
-_SCORE_NOTE = ("SigLIP scores each image-text pair on its own: 'logit' (exp(logit_scale) x cos + logit_bias, the "
-               "default), 'probability' (its sigmoid), 'cosine' or 'contrast'")
 
 
 def recognises(model: nn.Module) -> bool:
@@ -255,12 +254,9 @@ def _tokenizer_missing(reason: str) -> Callable:
     return tokenizer
 
 
-class SiglipAdapter(CLIPAdapter):
+class SiglipAdapter(SigmoidScores, CLIPAdapter):
     """The adapter of a ``SiglipModel``: its scores (the logit with its bias, the pair's sigmoid probability,
     a CLIP's cosine and contrast), its preprocessing and its tokenizer's padding."""
-
-    score_names = ("logit", "probability", "cosine", "contrast")
-    score_note = _SCORE_NOTE
 
     def __init__(self, model: nn.Module) -> None:
         vision, text = model.vision_model, model.text_model
@@ -275,18 +271,6 @@ class SiglipAdapter(CLIPAdapter):
 
         super().__init__(model, HeadTower(vision), _text_tower(text), FAMILY, native_image=native_image,
                          native_text=native_text, logit_scale=model.logit_scale)
-
-    @property
-    def logit_bias(self) -> float:
-        """The learnt bias b of the logit exp(logit_scale) cos + b."""
-        return float(self.model.logit_bias.detach().float())
-
-    def make_score(self, name: str, *, rest: Tensor | None = None, columns: Sequence[int] | None = None):
-        from ..methods.scores import SIGMOID_SCORES, ExplainedScore, SigmoidScore  # the scores import the adapters
-
-        if name in SIGMOID_SCORES:
-            return SigmoidScore(name, self.logit_scale, None, columns, bias=self.logit_bias)
-        return ExplainedScore(name, self.logit_scale, rest, columns)
 
     def default_preprocess(self) -> Callable:
         return preprocess_from(None, self.image_size)

@@ -19,6 +19,7 @@ from torch import nn
 
 from .base import CLIPAdapter, UnsupportedModelError
 from .resnet import image_tower, is_modified_resnet
+from .sigmoid import adapter_class
 from .transformer import (BlockView, CausalTextTower, ViTTower, fused_qkv, identity, interpolate_positions,
                           pool_positions)
 
@@ -216,7 +217,7 @@ def build(model: nn.Module) -> CLIPAdapter:
     if reason:
         raise UnsupportedModelError(reason)
     image, kind = image_tower(model.visual, _vit_tower)
-    return CLIPAdapter(model, image, _text_tower(model), f"{FAMILY} {kind}",
+    return adapter_class(model)(model, image, _text_tower(model), f"{FAMILY} {kind}",
                        native_image=model.encode_image, native_text=model.encode_text,
                        logit_scale=model.logit_scale)
 

@@ -55,6 +55,7 @@ from torch import Tensor, nn
 from . import openclip
 from .base import (BlockCapture, BlockSteps, CLIPAdapter, ImageTower, Mode, TowerTrace, UnsupportedModelError,
                    check_block_index)
+from .sigmoid import adapter_class
 from .transformer import BlockView, ViTTower, fused_qkv, identity, run_native
 
 FAMILY = "open_clip"
@@ -545,5 +546,5 @@ def build(model: nn.Module) -> CLIPAdapter:
     embed_dim = _output_width(visual)
     probe = visual.trunk.global_pool == "map"
     image = ProbeTower(visual, trunk, embed_dim) if probe else _token_tower(visual, trunk, embed_dim)
-    return CLIPAdapter(model, image, openclip._text_tower(model), family_name(visual.trunk),
+    return adapter_class(model)(model, image, openclip._text_tower(model), family_name(visual.trunk),
                        native_image=model.encode_image, native_text=model.encode_text, logit_scale=model.logit_scale)

@@ -299,6 +299,22 @@ def test_maps_equal_the_open_clip_siglip_family_at_the_models_size(twins, mode, 
     assert relative(got.maps, want.maps) < TOL and relative(got.scores, want.scores) < TOL
 
 
+@pytest.mark.parametrize("score", ["logit", "probability"])
+def test_open_clip_siglip_gives_the_same_sigmoid_scores(twins, score):
+    """open_clip's SigLIP carries the same logit bias: the same scores (its default the logit with the bias,
+    the probability each pair's sigmoid, not a softmax over the prompts) and the same maps."""
+    hf, oc = twins
+    assert oc.adapter.score_names == hf.adapter.score_names and oc.adapter.logit_bias == hf.adapter.logit_bias
+    images, targets = pixels("model"), unit(3)
+    want = ge.explain_image(oc, images, targets, score=score)
+    got = ge.explain_image(hf, images, targets, score=score)
+    logits = hf.adapter.logit_scale * F.normalize(hf.adapter.encode_image(images), dim=-1) @ targets.T \
+        + hf.adapter.logit_bias
+    assert relative(want.scores, logits if score == "logit" else torch.sigmoid(logits)) < TOL
+    assert relative(got.maps, want.maps) < TOL and relative(got.scores, want.scores) < TOL
+    assert ge.explain_image(oc, images, targets).settings["score"] == "logit"  # the default
+
+
 @pytest.mark.parametrize("method", ["raw_attention", "rollout", "game", "grad_cam", "maskclip", "grad_eclip_no_spatial"])
 def test_other_methods_equal_the_open_clip_siglip_family(twins, method):
     hf, oc = twins
@@ -328,7 +344,7 @@ def test_maps_at_another_size_differ_from_timms_resampled_positions(twins):
     targets = unit(3)
     for shape in (NATIVE, (96, 96)):
         images = torch.randn(2, 3, *shape, generator=torch.Generator().manual_seed(9))
-        want, got = ge.explain_image(oc, images, targets), ge.explain_image(hf, images, targets, score="cosine")
+        want, got = ge.explain_image(oc, images, targets, score="cosine"), ge.explain_image(hf, images, targets, score="cosine")
         assert relative(got.scores, want.scores) < 0.5 and relative(got.maps, want.maps) > TOL
 
 

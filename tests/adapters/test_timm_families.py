@@ -677,10 +677,15 @@ def test_siglip_with_its_tokenizer_unavailable_offline_takes_prompts_as_embeddin
         ge.explain_image(loaded, pixels("siglip", "model"), ["a dog"])
     targets = unit(3, seed=8)
     images = pixels("siglip", "native")
-    got = ge.explain_image(loaded, images, targets, labels=["cat", "dog", "car"])
+    got = ge.explain_image(loaded, images, targets, labels=["cat", "dog", "car"], score="cosine")
     want, want_scores = literal_probe(loaded.model, images, targets)
     assert got.prompts == ["cat", "dog", "car"]
     assert relative(got.maps, want) < TOL and relative(got.scores, want_scores) < TOL
+    # its default score is SigLIP's logit, s cos + b (its bias carried), whose maps are s times the cosine's
+    logit = ge.explain_image(loaded, images, targets)
+    scale, bias = float(loaded.model.logit_scale.exp()), float(loaded.model.logit_bias)
+    assert logit.settings["score"] == "logit" and bias != 0
+    assert relative(logit.scores, scale * want_scores + bias) < TOL and relative(logit.maps, scale * want) < TOL
 
 
 # ------------------------------------------------------------------------------------- refusals
