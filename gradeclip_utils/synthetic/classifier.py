@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from .config import write_folder
 from .scenes import Scene, generate_scene
 from .world import COLOURS, SHAPES
 
@@ -110,20 +111,7 @@ def init_from_clip(model: torch.nn.Module, folder: str | Path) -> None:
 
 def save_classifier(model: torch.nn.Module, out_dir: str | Path, config: Optional[dict] = None) -> Path:
     """Write ``classifier_config.json`` and ``model.safetensors`` (fp32) into ``out_dir``."""
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
-             for k, v in model.state_dict().items()}
-    tmp = out / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    tmp.chmod(0o644)
-    tmp.replace(out / WEIGHTS_NAME)
-    with open(out / CONFIG_NAME, "w", encoding="utf-8") as f:
-        json.dump(config or CLASSIFIER_CONFIG, f, indent=2)
-        f.write("\n")
-    return out
+    return write_folder(model, out_dir, config or CLASSIFIER_CONFIG, torch.float32, CONFIG_NAME, WEIGHTS_NAME)
 
 
 def is_classifier_folder(path: str | Path) -> bool:

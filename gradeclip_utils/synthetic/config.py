@@ -71,17 +71,24 @@ def save_model(model: torch.nn.Module, out_dir: str | Path, config: Optional[dic
                dtype: torch.dtype = torch.float16) -> Path:
     """Write ``open_clip_config.json`` and ``open_clip_model.safetensors`` (weights cast to ``dtype``;
     open_clip casts them back to the model's precision on loading) into ``out_dir``."""
+    return write_folder(model, out_dir, config or OPEN_CLIP_CONFIG, dtype, CONFIG_NAME, WEIGHTS_NAME)
+
+
+def write_folder(model: torch.nn.Module, out_dir: str | Path, config: dict, dtype: torch.dtype, config_name: str,
+                 weights_name: str) -> Path:
+    """Write ``config`` as JSON (``config_name``) and the model's weights, floating ones cast to ``dtype``, as
+    safetensors (``weights_name``, written to a temporary file first) into ``out_dir``."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
              for k, v in model.state_dict().items()}
-    tmp = out / (WEIGHTS_NAME + ".tmp")
+    tmp = out / (weights_name + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.chmod(0o644)
-    tmp.replace(out / WEIGHTS_NAME)
-    with open(out / CONFIG_NAME, "w", encoding="utf-8") as f:
-        json.dump(config or OPEN_CLIP_CONFIG, f, indent=2)
+    tmp.replace(out / weights_name)
+    with open(out / config_name, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
         f.write("\n")
     return out
