@@ -15,10 +15,11 @@ import os
 import socket
 import urllib.request
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 from urllib.parse import urlparse
 
-__all__ = ["PROBE_TIMEOUT", "hub_endpoint", "offline_by_choice", "session", "unreachable"]
+__all__ = ["PROBE_TIMEOUT", "from_pretrained", "hub_endpoint", "model_config", "offline_by_choice", "session",
+           "unreachable"]
 
 #: seconds the one connection that tells whether a host can be reached may take
 PROBE_TIMEOUT = 3.0
@@ -99,3 +100,32 @@ def session(offline: bool) -> Iterator[None]:
             constants.HF_HUB_OFFLINE = before
         if guard is not None:
             root.removeHandler(guard)
+
+
+def model_config(spec: str) -> dict:
+    """A Hugging Face model's config.json as a dict: a local folder's, or the hub's through transformers (in
+    offline mode when the hub cannot be reached); {} when there is none (offline, or not a model: the loader
+    that is tried next says why)."""
+    import json
+    from pathlib import Path
+
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        path = folder / "config.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        from transformers import AutoConfig
+
+        with session(unreachable() is not None):
+            return AutoConfig.from_pretrained(spec).to_dict()
+    except Exception:
+        return {}
+
+
+def from_pretrained(cls: Any, spec: str, dtype: Any, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(spec)`` from safetensors weights only, in ``dtype``: transformers 5.x's ``dtype``
+    keyword, or 4.x's ``torch_dtype`` where it refuses that one."""
+    try:
+        return cls.from_pretrained(spec, dtype=dtype, use_safetensors=True, **kwargs)
+    except TypeError:  # transformers 4.x calls the dtype torch_dtype
+        return cls.from_pretrained(spec, torch_dtype=dtype, use_safetensors=True, **kwargs)

@@ -44,6 +44,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from .. import hub
 from ..text import HFTokenizer
 from .base import CLIPAdapter, UnsupportedModelError
 from .transformer import (BlockView, CausalTextTower, Official, ViTTower, check_block_index, fused_qkv, identity,
@@ -348,22 +349,9 @@ class BlipTokenizer(HFTokenizer):
         return out
 
 
-def _config(spec: str) -> dict:
-    folder = Path(spec).expanduser()
-    if folder.is_dir():
-        path = folder / "config.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
-    try:
-        from transformers import AutoConfig
-
-        return AutoConfig.from_pretrained(spec).to_dict()
-    except Exception:  # offline, or not a model: another Hugging Face loader says why
-        return {}
-
-
 def claims(spec: str) -> bool:
     """Whether "hf:SPEC" names a BLIP model (its config's model type or architectures)."""
-    config = _config(spec)
+    config = hub.model_config(spec)
     architectures = config.get("architectures") or []
     return config.get("model_type") == "blip" or any(name.startswith("Blip") for name in architectures)
 
@@ -405,12 +393,7 @@ def load(spec: str, *, pretrained: str | None, device: torch.device, dtype: torc
         raise FileNotFoundError(f"{folder} has no tokenizer (tokenizer.json or vocab.txt): BLIP's captions need its "
                                 "own BERT tokenizer; copy the tokenizer's files of the checkpoint into the folder")
     source = str(folder) if local else spec
-    try:
-        model = BlipForImageTextRetrieval.from_pretrained(source, dtype=dtype, use_safetensors=True,
-                                                          cache_dir=cache_dir)
-    except TypeError:  # transformers 4.x calls the dtype torch_dtype
-        model = BlipForImageTextRetrieval.from_pretrained(source, torch_dtype=dtype, use_safetensors=True,
-                                                          cache_dir=cache_dir)
+    model = hub.from_pretrained(BlipForImageTextRetrieval, source, dtype, cache_dir=cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(source, cache_dir=cache_dir)
     model = model.to(device).eval()
     size = int(model.config.vision_config.image_size)

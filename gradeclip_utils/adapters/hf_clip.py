@@ -213,12 +213,7 @@ def load(spec: str, *, pretrained: str | None, device: torch.device, dtype: torc
                                 "and model.safetensors, or a hub repository such as openai/clip-vit-base-patch16)")
     offline = not folder.exists() and hub.unreachable() is not None  # cached files only, without retries
     with hub.session(offline):
-        try:
-            model = CLIPModel.from_pretrained(spec, dtype=dtype, attn_implementation="sdpa", use_safetensors=True,
-                                              cache_dir=cache_dir)
-        except TypeError:  # transformers 4.x calls the dtype torch_dtype
-            model = CLIPModel.from_pretrained(spec, torch_dtype=dtype, attn_implementation="sdpa",
-                                              use_safetensors=True, cache_dir=cache_dir)
+        model = hub.from_pretrained(CLIPModel, spec, dtype, attn_implementation="sdpa", cache_dir=cache_dir)
     model = model.to(device).eval()
     local = folder if folder.is_dir() else Path(getattr(model.config, "_name_or_path", "") or spec)
     return model, _preprocess_from(local, int(model.config.vision_config.image_size)), None

@@ -291,24 +291,9 @@ def build(model: nn.Module) -> CLIPAdapter:
 
 
 # ------------------------------------------------------------------------------------------ loading
-def _config(spec: str) -> dict:
-    """The model's config.json (a local folder's, or the hub's through transformers), or {}."""
-    folder = Path(spec).expanduser()
-    if folder.is_dir():
-        path = folder / "config.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
-    try:
-        from transformers import AutoConfig
-
-        with hub.session(hub.unreachable() is not None):
-            return AutoConfig.from_pretrained(spec).to_dict()
-    except Exception:  # offline, or not a model: the CLIP loader says why
-        return {}
-
-
 def claims(spec: str) -> bool:
     """Whether "hf:SPEC" names a SigLIP model (its config's model type), rather than a CLIP model."""
-    return _config(spec).get("model_type") in ("siglip", "siglip2")
+    return hub.model_config(spec).get("model_type") in ("siglip", "siglip2")
 
 
 def preprocess_from(folder: Path | None, image_size: tuple[int, int]):
@@ -346,16 +331,11 @@ def load(spec: str, *, pretrained: str | None, device: torch.device, dtype: torc
         spec = str(folder)
     elif _path_like(spec):
         raise FileNotFoundError(f"model folder not found: {spec}")
-    if _config(spec).get("model_type") == "siglip2":
+    if hub.model_config(spec).get("model_type") == "siglip2":
         raise UnsupportedModelError(f"{PREFIX}{spec} is a Siglip2Model: {REASONS['Siglip2Model']}")
     offline = not folder.exists() and hub.unreachable() is not None
     with hub.session(offline):
-        try:
-            model = SiglipModel.from_pretrained(spec, dtype=dtype, attn_implementation="sdpa", use_safetensors=True,
-                                                cache_dir=cache_dir)
-        except TypeError:  # transformers 4.x calls the dtype torch_dtype
-            model = SiglipModel.from_pretrained(spec, torch_dtype=dtype, attn_implementation="sdpa",
-                                                use_safetensors=True, cache_dir=cache_dir)
+        model = hub.from_pretrained(SiglipModel, spec, dtype, attn_implementation="sdpa", cache_dir=cache_dir)
         context = int(model.config.text_config.max_position_embeddings)
         try:
             tokenizer = SiglipTokenizer(AutoTokenizer.from_pretrained(spec, cache_dir=cache_dir), context)

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import hub
 from .base import UnsupportedModelError
 from .classifier import DISTILLED_MAPS, NOTEBOOK_OFFICIAL, ClassifierAdapter, ClassifierTower
 from .transformer import BlockView
@@ -188,23 +189,9 @@ def build(model: nn.Module) -> ClassifierAdapter:
 
 
 # ------------------------------------------------------------------------------------------ loading
-def _config(spec: str) -> dict:
-    """The model's config.json (a local folder's, or the hub's through transformers), or {}."""
-    folder = Path(spec)
-    if folder.is_dir():
-        path = folder / "config.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
-    try:
-        from transformers import AutoConfig
-
-        return AutoConfig.from_pretrained(spec).to_dict()
-    except Exception:  # offline, or not a model: the CLIP loader says why
-        return {}
-
-
 def claims(spec: str) -> bool:
     """Whether "hf:SPEC" names an image classifier (its config's architectures), rather than a CLIP model."""
-    architectures = _config(spec).get("architectures") or []
+    architectures = hub.model_config(spec).get("architectures") or []
     return any(name.endswith("ForImageClassification") for name in architectures)
 
 
@@ -232,12 +219,7 @@ def load(spec: str, *, pretrained: str | None, device: torch.device, dtype: torc
 
     if pretrained is not None:
         raise ValueError(f"{PREFIX}{spec} carries its own weights; leave pretrained=None")
-    try:
-        model = AutoModelForImageClassification.from_pretrained(spec, dtype=dtype, use_safetensors=True,
-                                                                cache_dir=cache_dir)
-    except TypeError:  # transformers 4.x calls the dtype torch_dtype
-        model = AutoModelForImageClassification.from_pretrained(spec, torch_dtype=dtype, use_safetensors=True,
-                                                                cache_dir=cache_dir)
+    model = hub.from_pretrained(AutoModelForImageClassification, spec, dtype, cache_dir=cache_dir)
     model = model.to(device).eval()
     folder = Path(spec) if Path(spec).is_dir() else None
     return model, preprocess_from(folder, _pair(model.config.image_size)), None
