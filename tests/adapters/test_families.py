@@ -269,7 +269,7 @@ def authors_resnet_surgery(visual, pixels):
 def test_resnet_clip_surgery_equals_the_authors_cs_resnet(resnets, name):
     """Both forms (class set and the empty string's single-text form) against the authors' CS-RN features
     and their ``clip_feature_surgery``; the scores are the model's own."""
-    from test_baselines import authors_feature_surgery
+    from methods.test_baselines import authors_feature_surgery  # by its folder: any collection order
 
     loaded = resnets[name]
     targets = ge.encode_texts(loaded, PROMPTS[:3])

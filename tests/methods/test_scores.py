@@ -405,7 +405,7 @@ def test_every_family_carries_its_logit_scale_and_a_pair_without_one_is_refused_
 def test_m2ib_optimises_the_literal_score_of_each_pair(tiny, name):
     """M2IB's fit is the pair's explained score (the literal per-pair optimisation of test_baselines with the
     literal score as its fit); the paired mode takes the probability among its B targets."""
-    from test_baselines import grid_of, literal_m2ib, m2ib_literal_setup
+    from methods.test_baselines import grid_of, literal_m2ib, m2ib_literal_setup  # by its folder: any order
 
     prompts, targets = targets_for(tiny, name)
     pixels = fam.non_square_pixels(2, (48, 48))

@@ -201,7 +201,7 @@ def test_memory_is_flat_over_a_thousand_calls():
 def test_concurrent_calls_on_one_model_are_serialised_and_correct():
     """Threads explaining one model (in train mode, with patch dropout) all get the eval-mode result,
     and the model's flags come back as they were."""
-    from test_robustness_models import patch_dropout_clip
+    from robustness.test_robustness_models import patch_dropout_clip  # by its folder: any collection order
 
     loaded = patch_dropout_clip()
     pixels = PIXELS[:1, :, :32, :32]
