@@ -27,7 +27,7 @@ from gradeclip_utils.methods import IMAGE_METHODS, TEXT_METHODS
 from gradeclip_utils.methods.scores import scale_refusal
 
 from support.families import relative
-from support.reference import pooled_heads
+from support.reference import loosen, pooled_heads
 from support.siglip import CONTEXT, HEADS, PATCH, SIZE, VOCAB, WIDTH, build, config, hf_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -55,14 +55,6 @@ def unit(n: int, seed: int = 1) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the literal code
 def _cos(a, b):
     return (a * b).sum() / (a.norm() * b.norm())
-
-
-def _loosen(q, k, qk, proj):
-    if qk == "out_proj":
-        q, k = q @ proj.weight.T + proj.bias, k @ proj.weight.T + proj.bias
-    r = torch.stack([_cos(q, key) for key in k])
-    span = float(r.max() - r.min())
-    return (r - r.min()) / span if span > 0 else torch.zeros_like(r)
 
 
 def literal_score(model, f, t, score):
@@ -95,7 +87,7 @@ def literal_head(model, images, targets, official=False, qk="raw", score="logit"
             o = pooled_heads(q, k, v, heads).detach().requires_grad_(True)
             y = o @ attention.out_proj.weight.T + attention.out_proj.bias
             f = y + head.mlp(head.layernorm(y))
-            loose = _loosen(q.detach(), k.detach(), qk, attention.out_proj)
+            loose = loosen(q.detach(), k.detach(), qk, attention.out_proj)
             for t in range(len(targets)):
                 s = literal_score(model, f, targets[t], score)
                 scores[i, t] = s.detach()

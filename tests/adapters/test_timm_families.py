@@ -29,7 +29,7 @@ from gradeclip_utils.methods import IMAGE_METHODS
 
 from support import full_matrix
 from support.families import relative
-from support.reference import input_of, pooled_heads
+from support.reference import input_of, loosen, pooled_heads
 from support.realistic import realistic_init
 from support.blip import match_head_methods
 
@@ -240,15 +240,6 @@ def literal_class_token(model, images, layers, official):
     return model.visual.head(trunk.head(pooled)), captures, tuple(grid)
 
 
-@torch.no_grad()
-def _loosen(q, k, qk, proj):
-    if qk == "out_proj":
-        q, k = q @ proj.weight.T + proj.bias, k @ proj.weight.T + proj.bias
-    r = torch.stack([_cos(q, key) for key in k])
-    span = float(r.max() - r.min())
-    return (r - r.min()) / span if span > 0 else torch.zeros_like(r)
-
-
 def literal_maps(model, images, targets, layers, official=False, qk="raw"):
     """Literal Grad-ECLIP maps (B, K, h, w) and scores for a class-token trunk, one backward per prompt."""
     blocks = model.visual.trunk.blocks
@@ -263,7 +254,7 @@ def literal_maps(model, images, targets, layers, official=False, qk="raw"):
                 grads = torch.autograd.grad(s, [captures[l][3] for l in layers], retain_graph=True)
                 for layer, grad in zip(layers, grads):
                     q, k, v, _ = captures[layer]
-                    loose = _loosen(q[b, 0], k[b, 1:], qk, blocks[layer].attn.proj)
+                    loose = loosen(q[b, 0], k[b, 1:], qk, blocks[layer].attn.proj)
                     for i in range(grid[0] * grid[1]):
                         maps[b, t, i] += torch.relu((grad[b] * loose[i] * v[b, i + 1]).sum())
     return maps.reshape(images.shape[0], len(targets), *grid), scores
@@ -300,7 +291,7 @@ def literal_probe(model, images, targets, official=False, qk="raw"):
             y = o @ probe.proj.weight.T + probe.proj.bias
             y = y + probe.mlp(probe.norm(y))
             f = model.visual.head(trunk.head(trunk.fc_norm(y)))
-            loose = _loosen(q.detach(), k.detach(), qk, probe.proj)
+            loose = loosen(q.detach(), k.detach(), qk, probe.proj)
             for t in range(len(targets)):
                 s = _cos(f, targets[t])
                 scores[b, t] = s.detach()

@@ -121,14 +121,19 @@ def _cos(a, b):
 
 
 @torch.no_grad()
-def _loosen(q, k, token, keys, out_proj, qk):
+def loosen(q, k, qk, proj):
+    """The loosened spatial weight of one query ``q`` (C,) over keys ``k`` (N, C), one cosine at a time:
+    min-max normalised (zero when all equal), q and k first through ``proj`` (the attention's output
+    projection) for ``qk="out_proj"``."""
     if qk == "out_proj":
-        q = q @ out_proj.weight.T + out_proj.bias
-        k = k @ out_proj.weight.T + out_proj.bias
-    r = torch.stack([_cos(q[token], k[j]) for j in keys])
-    if float(r.max() - r.min()) == 0.0:
-        return torch.zeros_like(r)
-    return (r - r.min()) / (r.max() - r.min())
+        q, k = q @ proj.weight.T + proj.bias, k @ proj.weight.T + proj.bias
+    r = torch.stack([_cos(q, key) for key in k])
+    span = float(r.max() - r.min())
+    return (r - r.min()) / span if span > 0 else torch.zeros_like(r)
+
+
+def _loosen(q, k, token, keys, out_proj, qk):
+    return loosen(q[token], k[list(keys)], qk, out_proj)
 
 
 def cosines(f, rows):
